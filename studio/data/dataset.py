@@ -1,0 +1,191 @@
+"""Dataset configuration, the dataset registry and the in-memory image dataset.
+
+Every dataset studio trains on is small enough to hold as one uint8 array (N, H, W, C). Items are
+dicts in diffusers' vocabulary: ``pixel_values`` (float, C x H x W, in [-1, 1]) and
+``class_labels`` (int64), plus optional condition maps (``mask``, ``edges``: float, 1 x H x W, in
+[0, 1]). Families that need another range (VE-SDE: [0, 1]) convert in their step function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from studio.errors import DataError
+
+
+@dataclass
+class DataConfig:
+    """Which images to train or evaluate on.
+
+    :param name: a built-in dataset (``mnist``, ``digits``, ``photos``, ``shapes``), a folder of
+        images (one subfolder per class, or flat), or ``hf:NAME_OR_PATH`` for a Hugging Face
+        ``datasets`` split.
+    :param image_size: side length every image is resized to.
+    :param channels: 1 or 3; 0 keeps the dataset's own channel count.
+    :param val_fraction: share of images held out for the validation split.
+    :param seed: seed of the train/val split (and of procedural datasets).
+    :param num_images: size of procedural datasets (``photos``, ``shapes``); 0 = their default.
+    :param hflip: random horizontal flips while training.
+    """
+
+    name: str = "mnist"
+    image_size: int = 28
+    channels: int = 0
+    val_fraction: float = 0.1
+    seed: int = 0
+    num_images: int = 0
+    hflip: bool = False
+
+
+@dataclass
+class RawImages:
+    """What a dataset loader returns: uint8 images (N, H, W, C) and int labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # per-image maps (N, H, W) uint8
+
+
+Loader = Callable[[DataConfig], RawImages]
+_LOADERS: dict[str, Loader] = {}
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Register a built-in dataset loader under ``name``; duplicate names are refused."""
+
+    def decorator(loader: Loader) -> Loader:
+        if name in _LOADERS:
+            raise ValueError(f"dataset {name!r} is already registered")
+        _LOADERS[name] = loader
+        return loader
+
+    return decorator
+
+
+def builtin_datasets() -> list[str]:
+    """Names of the registered built-in datasets."""
+    return sorted(_LOADERS)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about its data."""
+
+    name: str
+    image_size: int
+    channels: int
+    num_classes: int  # 0 = unconditional
+    class_names: tuple[str, ...]
+
+
+class ImageDataset(Dataset):
+    """Images held in memory as uint8, served as float tensors in [-1, 1]."""
+
+    def __init__(self, raw: RawImages, info: DatasetInfo, hflip: bool = False):
+        self.images = torch.from_numpy(np.ascontiguousarray(raw.images)).permute(0, 3, 1, 2)  # (N, C, H, W)
+        self.labels = torch.from_numpy(raw.labels.astype(np.int64))
+        self.extras = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in raw.extras.items()}
+        self.info = info
+        self.hflip = hflip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = {
+            "pixel_values": self.images[index].float() / 127.5 - 1.0,
+            "class_labels": self.labels[index],
+        }
+        for key, maps in self.extras.items():
+            item[key] = maps[index].float().unsqueeze(0) / 255.0
+        if self.hflip and torch.rand(()) < 0.5:
+            item = {k: v.flip(-1) if v.ndim == 3 else v for k, v in item.items()}
+        return item
+
+    def uint8_images(self) -> torch.Tensor:
+        """All images as uint8 (N, C, H, W): the form metrics consume."""
+        return self.images
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 (N, H, W, C) images to (N, size, size, C) with PIL's antialiased bicubic."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    out = np.empty((len(images), size, size, images.shape[3]), dtype=np.uint8)
+    for i, image in enumerate(images):
+        pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+        resized = np.asarray(pil.resize((size, size), Image.BICUBIC))
+        out[i] = resized.reshape(size, size, -1)
+    return out
+
+
+def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """Convert uint8 (N, H, W, C) images to 1 (luma) or 3 (replicated grey) channels."""
+    if channels in (0, images.shape[3]):
+        return images
+    if channels == 1:
+        luma = images[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.clip(luma + 0.5, 0, 255).astype(np.uint8)[..., None]
+    if channels == 3:
+        return np.repeat(images, 3, axis=3)
+    raise DataError(f"channels must be 1 or 3, got {channels}")
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, val) index split of ``n`` items for a seed."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def load_raw(config: DataConfig) -> RawImages:
+    """Load a dataset by name (built-in, folder or ``hf:``) at its native size."""
+    from studio.data import folder
+
+    if config.name in _LOADERS:
+        return _LOADERS[config.name](config)
+    if config.name.startswith("hf:"):
+        return folder.load_hf_dataset(config.name[3:])
+    return folder.load_image_folder(config.name)
+
+
+def build_dataset(config: DataConfig, split: str = "train") -> ImageDataset:
+    """Build the ``train`` or ``val`` split of a dataset, resized to ``config.image_size``."""
+    if split not in ("train", "val", "all"):
+        raise DataError(f"split must be 'train', 'val' or 'all', got {split!r}")
+    if config.image_size < 4:
+        raise DataError(f"image_size must be at least 4, got {config.image_size}")
+    raw = load_raw(config)
+    images = convert_channels(resize_images(raw.images, config.image_size), config.channels)
+    extras = {k: resize_images(v[..., None], config.image_size)[..., 0] for k, v in raw.extras.items()}
+    if split != "all":
+        train_idx, val_idx = split_indices(len(images), config.val_fraction, config.seed)
+        keep = train_idx if split == "train" else val_idx
+        images, labels = images[keep], raw.labels[keep]
+        extras = {k: v[keep] for k, v in extras.items()}
+    else:
+        labels = raw.labels
+    if len(images) == 0:
+        raise DataError(f"dataset {config.name!r} has no images in its {split!r} split")
+    info = DatasetInfo(
+        name=config.name,
+        image_size=config.image_size,
+        channels=images.shape[3],
+        num_classes=len(raw.class_names),
+        class_names=tuple(raw.class_names),
+    )
+    return ImageDataset(RawImages(images, labels, raw.class_names, extras), info, hflip=config.hflip and split == "train")
+
+
+def dataset_info(config: DataConfig) -> DatasetInfo:
+    """The `DatasetInfo` of a dataset without keeping its images."""
+    return build_dataset(config, "all").info

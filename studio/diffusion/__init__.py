@@ -1,0 +1,1 @@
+"""Diffusion math: noise schedules, scheduler selection, guidance and losses."""

@@ -1,0 +1,148 @@
+"""Save, find and load checkpoints: shipped defaults, local training runs, paths and hub ids.
+
+A loadable checkpoint is a diffusers pipeline folder (``model_index.json`` + one folder per
+component, safetensors weights) with a ``studio.json`` model card (family, how it was trained, its
+measured metrics). A training run folder holds one under ``pipeline/``. Loading needs no flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from studio.errors import CheckpointError
+
+SHIPPED_DIR = Path(__file__).parent / "weights"
+MODEL_CARD = "studio.json"
+_PIPELINES: dict[str, type] = {}
+
+def register_pipeline(cls: type) -> type:
+    """Register a studio pipeline class so `load_pipeline` finds it by ``model_index.json``."""
+    if cls.__name__ in _PIPELINES:
+        raise ValueError(f"pipeline {cls.__name__} is already registered")
+    _PIPELINES[cls.__name__] = cls
+    return cls
+
+def runs_dir() -> Path:
+    """Where training runs go by default: ``$STUDIO_RUNS`` or ``./runs``."""
+    return Path(os.environ.get("STUDIO_RUNS", "runs"))
+
+@dataclass
+class ModelEntry:
+    """A checkpoint `load_pipeline` can open."""
+
+    name: str
+    path: Path
+    source: str  # shipped | run
+    family: str
+    card: dict[str, Any] = field(default_factory=dict)
+
+def pipeline_dir(path: Path) -> Path | None:
+    """The pipeline folder inside ``path`` (itself, or ``path/pipeline``), if there is one."""
+    for candidate in (path, path / "pipeline"):
+        if (candidate / "model_index.json").is_file():
+            return candidate
+    return None
+
+def read_card(folder: Path) -> dict[str, Any]:
+    """The ``studio.json`` model card of a pipeline folder ({} if it has none)."""
+    card = folder / MODEL_CARD
+    return json.loads(card.read_text()) if card.is_file() else {}
+
+def write_card(folder: Path, card: dict[str, Any]) -> None:
+    """Write (or replace) the model card of a pipeline folder, atomically."""
+    tmp = folder / f"{MODEL_CARD}.tmp"
+    tmp.write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, folder / MODEL_CARD)
+
+def _family_of(folder: Path) -> str:
+    card = read_card(folder)
+    if card.get("family"):
+        return str(card["family"])
+    class_name = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+    cls = _PIPELINES.get(class_name)
+    return getattr(cls, "family", "") or class_name
+
+def list_models(extra_dirs: list[Path] | None = None) -> list[ModelEntry]:
+    """Shipped defaults, then the runs under `runs_dir` (and ``extra_dirs``), sorted by name."""
+    entries: list[ModelEntry] = []
+    sources = [(SHIPPED_DIR, "shipped"), (runs_dir(), "run")] + [(d, "run") for d in extra_dirs or []]
+    for root, source in sources:
+        if not root.is_dir():
+            continue
+        for child in sorted(root.iterdir()):
+            folder = pipeline_dir(child) if child.is_dir() else None
+            if folder is not None:
+                entries.append(ModelEntry(child.name, folder, source, _family_of(folder), read_card(folder)))
+    return entries
+
+def resolve(name_or_path: str) -> Path | str:
+    """A local pipeline folder for a shipped name, run name or path; a hub id is returned as is."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        folder = pipeline_dir(path)
+        if folder is None:
+            raise CheckpointError(f"{path} is not a studio checkpoint (no model_index.json in it or in {path}/pipeline)")
+        return folder
+    for entry in list_models():
+        if entry.name == name_or_path:
+            return entry.path
+    looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
+    if looks_like_hub_id:
+        return name_or_path
+    known = ", ".join(e.name for e in list_models()) or "none found"
+    raise CheckpointError(f"unknown model {name_or_path!r}: not a path, a shipped model or a run (known: {known})")
+
+def _pipeline_class(folder: Path | str) -> type:
+    from diffusers import DiffusionPipeline
+
+    if isinstance(folder, Path):
+        try:
+            class_name = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"checkpoint {folder} has an unreadable model_index.json: {exc}") from None
+        return _PIPELINES.get(class_name, DiffusionPipeline)
+    return DiffusionPipeline
+
+def load_pipeline(name_or_path: str, device: str | None = None, **kwargs: Any) -> Any:
+    """Load a pipeline by shipped name, run name, folder or hub id, ready on ``device``.
+
+    Studio pipelines come back as their studio class; other diffusers pipelines (a hub id or a
+    folder saved by diffusers) as whatever `DiffusionPipeline.from_pretrained` builds.
+    """
+    import studio.pipelines  # noqa: F401  (registers the studio pipeline classes)
+    from studio.runtime import resolve_device
+
+    target = resolve(name_or_path)
+    cls = _pipeline_class(target)
+    try:
+        pipe = cls.from_pretrained(str(target), **kwargs)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # diffusers/safetensors raise many types for a bad folder
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"cannot load checkpoint {target}: {message}") from None
+    pipe.to(resolve_device(device))
+    if isinstance(target, Path):
+        pipe.register_to_config(_name_or_path=str(target))
+    return pipe
+
+def save_pipeline(pipe: Any, folder: Path, card: dict[str, Any]) -> None:
+    """Write ``pipe`` and its model card to ``folder`` atomically (temp folder, then rename)."""
+    import shutil
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    write_card(tmp, {"family": getattr(pipe, "family", ""), **card})
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old.exists():
+        shutil.rmtree(old)

@@ -1,0 +1,1 @@
+"""Networks only: each family's nn.Modules and their configs. Nothing here trains or samples."""

@@ -1,0 +1,10 @@
+"""Sampling pipelines (one per family) and batch sampling to folders."""
+
+from studio.hub import register_pipeline
+from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput
+from studio.pipelines.dit import StudioDiTPipeline
+from studio.pipelines.record import GenerationRecord
+
+register_pipeline(StudioDiTPipeline)
+
+__all__ = ["GenerationRecord", "StudioDiTPipeline", "StudioPipelineMixin", "StudioPipelineOutput"]

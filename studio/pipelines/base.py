@@ -1,0 +1,152 @@
+"""What every studio pipeline shares: per-image seeds, plugin bookkeeping, output conversion.
+
+Pipelines subclass diffusers' `DiffusionPipeline` and this mixin. A call returns
+`StudioPipelineOutput(images, record)`; image i is drawn from its own `torch.Generator` seeded
+``seed + i``, so it is the same whatever the batch size or the number of processes.
+
+Plugins (``samplers/``) register their handles with `add_plugin`; the pipeline resets them at the
+start of every call and lists their settings and statistics in the record. A handle needs
+``name``, ``reset()``, ``remove()``, ``settings() -> dict`` and ``stats() -> dict``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import BaseOutput
+
+from studio.errors import StudioError
+from studio.pipelines.record import GenerationRecord, to_pil
+
+
+class PluginHandle(Protocol):
+    """The part of a plugin handle a pipeline talks to."""
+
+    name: str
+
+    def reset(self) -> None: ...
+
+    def remove(self) -> None: ...
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class StudioPipelineOutput(BaseOutput):
+    """Images (PIL list, numpy (N, H, W, C) in [0, 1], or tensor (N, C, H, W) in [0, 1]) and their record."""
+
+    images: Union[list[PIL.Image.Image], np.ndarray, torch.Tensor]
+    record: GenerationRecord
+
+
+class StudioPipelineMixin:
+    """Seeds, plugins, labels and output handling for `DiffusionPipeline` subclasses."""
+
+    family: str = ""
+
+    # ---------------------------------------------------------------- plugins
+    @property
+    def plugins(self) -> list[PluginHandle]:
+        if "_studio_plugins" not in self.__dict__:
+            self.__dict__["_studio_plugins"] = []
+        return self.__dict__["_studio_plugins"]
+
+    def add_plugin(self, handle: PluginHandle) -> None:
+        """Attach an applied plugin so it is reset per call and reported in the record."""
+        if any(p.name == handle.name for p in self.plugins):
+            raise StudioError(f"plugin {handle.name!r} is already applied to this pipeline")
+        self.plugins.append(handle)
+
+    def remove_plugin(self, handle: PluginHandle) -> None:
+        """Detach a plugin (its ``remove()`` restores the model; this only forgets the handle)."""
+        self.plugins.remove(handle)
+
+    def _reset_plugins(self) -> None:
+        for plugin in self.plugins:
+            plugin.reset()
+
+    def _plugin_report(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        settings = {p.name: p.settings() for p in self.plugins}
+        stats = {p.name: p.stats() for p in self.plugins}
+        return settings, stats
+
+    # ---------------------------------------------------------------- inputs
+    @staticmethod
+    def seeds_for(num_images: int, seed: int | Sequence[int] | None) -> list[int]:
+        """Per-image seeds: ``seed + i`` for an int, the list itself, or random seeds for None."""
+        if seed is None:
+            base = int(torch.randint(0, 2**31 - 1, ()).item())
+            return [base + i for i in range(num_images)]
+        if isinstance(seed, int):
+            return [seed + i for i in range(num_images)]
+        seeds = [int(s) for s in seed]
+        if len(seeds) != num_images:
+            raise StudioError(f"got {len(seeds)} seeds for {num_images} images")
+        return seeds
+
+    @staticmethod
+    def generators_for(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+        """One `torch.Generator` per image, seeded with that image's seed."""
+        device = torch.device(device)
+        gen_device = "cpu" if device.type == "mps" else device
+        return [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds]
+
+    @staticmethod
+    def labels_for(num_images: int, class_labels: int | Sequence[int] | None, num_classes: int) -> list[int] | None:
+        """Class of each image: one int for all, a list cycled over the images, or None.
+
+        None on a class-conditional model gives balanced classes (image i gets ``i % num_classes``).
+        """
+        if num_classes <= 0:
+            if class_labels is not None:
+                raise StudioError("this model is unconditional: it takes no class labels")
+            return None
+        if class_labels is None:
+            labels = [i % num_classes for i in range(num_images)]
+        elif isinstance(class_labels, (int, np.integer)):
+            labels = [int(class_labels)] * num_images
+        else:
+            given = list(class_labels)
+            if not given:
+                raise StudioError("class_labels is empty")
+            labels = [given[i % len(given)] for i in range(num_images)]
+        for label in labels:
+            if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+                raise StudioError(f"class labels must be integers, got {label!r}")
+            if not 0 <= int(label) < num_classes:
+                raise StudioError(f"class label {label} is out of range: this model has classes 0..{num_classes - 1}")
+        return [int(label) for label in labels]
+
+    # ---------------------------------------------------------------- outputs
+    @staticmethod
+    def convert_output(images: torch.Tensor, output_type: str) -> Any:
+        """Tensor (N, C, H, W) in [-1, 1] to ``pt``/``np`` in [0, 1] or a list of PIL images."""
+        images = (images / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return images
+        array = images.permute(0, 2, 3, 1).float().cpu().numpy()
+        if output_type == "np":
+            return array
+        if output_type == "pil":
+            return [to_pil(a) for a in array]
+        raise StudioError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+
+    def model_name(self) -> str:
+        name = getattr(self, "name_or_path", None) or ""
+        return str(name) or type(self).__name__
+
+    def finish_record(self, record: GenerationRecord, started: float) -> GenerationRecord:
+        """Add plugin settings/stats and the total wall time to ``record``."""
+        from studio import __version__
+
+        record.plugins, record.plugin_stats = self._plugin_report()
+        record.timings["total_s"] = round(time.perf_counter() - started, 4)
+        record.studio_version = __version__
+        return record

@@ -1,0 +1,53 @@
+"""Device and attention-backend selection shared by training, sampling and the app."""
+
+from __future__ import annotations
+
+import torch
+
+from studio.errors import ConfigError
+
+ATTENTION_BACKENDS = ("sdpa", "xformers")
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """``auto``/None picks CUDA when present, else CPU; anything else is taken as given."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available on this machine")
+    return device
+
+
+def xformers_unavailable_reason() -> str | None:
+    """Why xformers cannot be used here, or None if it can."""
+    if not torch.cuda.is_available():
+        return "xformers attention needs a CUDA GPU and none is available; using PyTorch SDPA"
+    try:
+        import xformers  # noqa: F401
+    except ImportError:
+        return "xformers is not installed (pip install 'studio[gpu]'); using PyTorch SDPA"
+    return None
+
+
+def set_attention_backend(module: torch.nn.Module, backend: str) -> None:
+    """Switch every diffusers model inside ``module`` to ``sdpa`` (default) or ``xformers``.
+
+    Raises `ConfigError` with the reason when xformers is asked for but cannot run.
+    """
+    if backend not in ATTENTION_BACKENDS:
+        raise ConfigError(f"unknown attention backend {backend!r}; choose {' or '.join(ATTENTION_BACKENDS)}")
+    if backend == "xformers":
+        reason = xformers_unavailable_reason()
+        if reason:
+            raise ConfigError(reason)
+    for sub in module.modules():
+        if backend == "xformers" and hasattr(sub, "enable_xformers_memory_efficient_attention"):
+            sub.enable_xformers_memory_efficient_attention()
+            return
+        if backend == "sdpa" and hasattr(sub, "set_default_attn_processor"):
+            sub.set_default_attn_processor()
+            return
