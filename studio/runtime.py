@@ -44,10 +44,9 @@ def set_attention_backend(module: torch.nn.Module, backend: str) -> None:
         reason = xformers_unavailable_reason()
         if reason:
             raise ConfigError(reason)
+    if backend == "sdpa":
+        return  # diffusers models use PyTorch SDPA by default
     for sub in module.modules():
-        if backend == "xformers" and hasattr(sub, "enable_xformers_memory_efficient_attention"):
+        if hasattr(sub, "enable_xformers_memory_efficient_attention"):
             sub.enable_xformers_memory_efficient_attention()
-            return
-        if backend == "sdpa" and hasattr(sub, "set_default_attn_processor"):
-            sub.set_default_attn_processor()
             return

@@ -1,0 +1,98 @@
+"""The contract between the shared training loop and a model family, and the family registry.
+
+A family module (``training/<name>.py``) defines one `Family` subclass decorated with
+`register_family`. The loop owns everything generic (accelerate, data stream, EMA, checkpoints,
+logging, sample grids, time budget); the family owns only: which networks exist, their
+optimizers, one training step, and how to turn networks into a sampling pipeline.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from studio.data import DatasetInfo
+from studio.errors import ConfigError
+from training.config import TrainConfig, available_presets
+
+_FAMILIES: dict[str, type["Family"]] = {}
+
+
+def register_family(cls: type["Family"]) -> type["Family"]:
+    """Class decorator: make ``cls`` available to ``studio train <cls.name>``."""
+    if cls.name in _FAMILIES:
+        raise ValueError(f"family {cls.name!r} is already registered")
+    _FAMILIES[cls.name] = cls
+    return cls
+
+
+def get_family(name: str) -> type["Family"]:
+    """The family class called ``name`` (imports ``training.<name>`` on first use)."""
+    known = sorted(available_presets())
+    if name not in _FAMILIES and name.isidentifier():
+        try:
+            importlib.import_module(f"training.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"training.{name}":
+                raise
+    if name not in _FAMILIES:
+        raise ConfigError(f"unknown model family {name!r} (known: {', '.join(known)})")
+    return _FAMILIES[name]
+
+
+class Family(ABC):
+    """One model family's part of training. Instances live for one run.
+
+    ``config.model`` holds an instance of ``config_class``; ``info`` describes the training data.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    #: names (keys of `build_models`) of the networks tracked by EMA and exported from it
+    ema_targets: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: TrainConfig, info: DatasetInfo):
+        self.config = config
+        self.info = info
+
+    @abstractmethod
+    def build_models(self) -> dict[str, nn.Module]:
+        """The trainable networks, by name (e.g. ``{"transformer": dit}``)."""
+
+    @abstractmethod
+    def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        """One optimizer per independently stepped part (GANs: generator and discriminator)."""
+
+    @abstractmethod
+    def training_step(self, batch: dict[str, torch.Tensor], models: dict[str, nn.Module],
+                      optimizers: dict[str, torch.optim.Optimizer], accelerator: Any) -> dict[str, float]:
+        """Forward, ``accelerator.backward``, clip and ``optimizer.step()``; return logged scalars.
+
+        Runs inside ``accelerator.accumulate``; the loop zeroes grads and steps LR schedules.
+        """
+
+    @abstractmethod
+    def make_pipeline(self, models: dict[str, nn.Module]) -> Any:
+        """A sampling pipeline (a studio `DiffusionPipeline`) over ``models`` (EMA copies when on)."""
+
+    def sample_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the pipeline call that draws the training sample grids."""
+        return {}
+
+    def clip_and_step(self, loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      accelerator: Any) -> None:
+        """Backward ``loss``, clip gradients on sync steps, step ``optimizer`` (a common step body)."""
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and self.config.optim.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), self.config.optim.grad_clip)
+        optimizer.step()
+
+    def adamw(self, params: Any, lr: float | None = None) -> torch.optim.Optimizer:
+        """AdamW with the run's optimizer settings (``lr`` overrides the configured one)."""
+        optim = self.config.optim
+        return torch.optim.AdamW(params, lr=optim.lr if lr is None else lr, betas=tuple(optim.betas),
+                                 weight_decay=optim.weight_decay)

@@ -1,0 +1,207 @@
+"""The one training loop every family shares (accelerate: CPU, DDP, FSDP, multi-node).
+
+Shaped like DiT's train.py: setup, models + EMA, optimizers, data, then one loop with a log,
+checkpoint and sample cadence. What differs between families lives in `training.family.Family`.
+A run folder holds ``config.yaml``, ``checkpoints/checkpoint-<step>`` (full state: models,
+optimizers, LR schedules, EMA, RNG, data position), ``pipeline/`` (the loadable EMA export with its
+model card), ``samples/`` (grids with their generation record) and ``logs/`` (TensorBoard).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from studio.data import build_dataset
+from studio.errors import StudioError
+from studio.hub import save_pipeline
+from studio.pipelines.record import make_grid, png_info
+from studio.runtime import resolve_device, set_attention_backend
+from training.checkpoint import resolve_resume, save_checkpoint
+from training.config import TrainConfig, config_to_dict, save_config
+from training.ema import EMA
+from training.family import Family, get_family
+from training.stream import BatchStream
+
+
+class TrainingError(StudioError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+@dataclass
+class RunProgress:
+    """Counters saved with every checkpoint."""
+
+    step: int = 0
+    train_seconds: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "train_seconds": self.train_seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
+
+
+def make_accelerator(config: TrainConfig, output_dir: Path) -> Accelerator:
+    device = resolve_device(config.device)
+    try:
+        return Accelerator(
+            cpu=device.type == "cpu",
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        )
+    except ValueError as exc:
+        raise StudioError(f"cannot set up training: {exc}") from None
+
+
+def export_pipeline(family: Family, models: dict[str, torch.nn.Module], emas: dict[str, EMA], folder: Path,
+                    card: dict[str, Any]) -> Any:
+    """Save the sampling pipeline built from the EMA weights (or the raw ones without EMA)."""
+    pipe = family.make_pipeline(sampling_models(models, emas))
+    save_pipeline(pipe, folder, card)
+    return pipe
+
+
+def sampling_models(models: dict[str, torch.nn.Module], emas: dict[str, EMA]) -> dict[str, torch.nn.Module]:
+    """EMA shadows where they exist, the raw networks otherwise."""
+    return {name: emas[name].shadow if name in emas else model for name, model in models.items()}
+
+
+def save_sample_grid(family: Family, models: dict[str, torch.nn.Module], emas: dict[str, EMA], path: Path,
+                     num_images: int, accelerator: Accelerator, step: int) -> None:
+    """Draw a fixed-seed sample grid, save it as PNG (with its record) and log it to TensorBoard."""
+    chosen = sampling_models(models, emas)
+    modes = {name: m.training for name, m in chosen.items()}
+    for model in chosen.values():
+        model.eval()
+    pipe = family.make_pipeline(chosen)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(num_images=num_images, seed=0, output_type="np", **family.sample_kwargs())
+    for name, model in chosen.items():
+        model.train(modes[name])
+    images = (np.clip(out.images, 0, 1) * 255 + 0.5).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = out.record
+    record.extra["training_step"] = step
+    make_grid(images).save(path, pnginfo=png_info(record))
+    tracker = accelerator.get_tracker("tensorboard", unwrap=True)
+    tracker.add_image("samples", np.asarray(make_grid(images).convert("RGB")), step, dataformats="HWC")
+
+
+def train(config: TrainConfig, command: str = "") -> Path:
+    """Run (or resume) training as configured; return the exported pipeline folder."""
+    family_cls = get_family(config.family)
+    output_dir = Path(config.output_dir)
+    accelerator = make_accelerator(config, output_dir)
+    is_main = accelerator.is_main_process
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
+
+    # 1. data and networks (identical init on every process), then per-process randomness
+    set_seed(config.seed)
+    dataset = build_dataset(config.data, "train")
+    family = family_cls(config, dataset.info)
+    models = family.build_models()
+    for model in models.values():
+        set_attention_backend(model, config.attention)
+    optimizers = family.build_optimizers(models)
+    schedules = {name: get_scheduler("constant_with_warmup", opt, num_warmup_steps=config.optim.warmup_steps)
+                 for name, opt in optimizers.items()}
+    emas = {name: EMA(models[name], config.ema_decay, config.ema_start) for name in family.ema_targets
+            if config.ema_decay > 0}
+    stream = BatchStream(dataset, config.batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    progress = RunProgress()
+
+    prepared = accelerator.prepare(*models.values(), *optimizers.values())
+    models = dict(zip(models, prepared[: len(models)]))
+    optimizers = dict(zip(optimizers, prepared[len(models):]))
+    for ema in emas.values():
+        ema.shadow.to(accelerator.device)
+    for obj in [*schedules.values(), *emas.values(), stream, progress]:
+        accelerator.register_for_checkpointing(obj)
+
+    # 2. resume
+    checkpoints = output_dir / "checkpoints"
+    resume = resolve_resume(config.resume_from_checkpoint, checkpoints)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        accelerator.print(f"resumed from {resume} at step {progress.step}")
+    else:
+        set_seed(config.seed + accelerator.process_index)
+    if is_main:
+        accelerator.init_trackers("logs", config={"family": config.family, "preset": config.preset})
+
+    # 3. the loop
+    unwrapped = {name: accelerator.unwrap_model(m) for name, m in models.items()}
+    card = {"preset": config.preset, "dataset": config.data.name, "image_size": config.data.image_size,
+            "num_classes": dataset.info.num_classes, "command": command, "config": config_to_dict(config)}
+    images_per_step = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+    budget_s = config.time_budget_minutes * 60
+    session_start, session_start_step = time.perf_counter(), progress.step
+    last_saved = progress.step if resume is not None else -1
+    batches = iter(stream)
+    bar = tqdm(total=config.max_steps, initial=progress.step, disable=not is_main, desc=f"train {config.family}")
+    for model in models.values():
+        model.train()
+    while progress.step < config.max_steps:
+        tick = time.perf_counter()
+        batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+        with accelerator.accumulate(*models.values()):
+            logs = family.training_step(batch, models, optimizers, accelerator)
+            for optimizer in optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+        progress.train_seconds += time.perf_counter() - tick
+        if not accelerator.sync_gradients:
+            continue
+        progress.step += 1
+        step = progress.step
+        for schedule in schedules.values():
+            schedule.step()
+        for name, ema in emas.items():
+            ema.update(unwrapped[name], step)
+        bad = [k for k, v in logs.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingError(f"{', '.join(bad)} became {logs[bad[0]]} at step {step}; "
+                                f"lower the learning rate or resume from {checkpoints}")
+        bar.update(1)
+        if step % config.log_every == 0 or step == config.max_steps:
+            rate = images_per_step * (step - session_start_step) / max(time.perf_counter() - session_start, 1e-9)
+            logs = {**logs, "lr": schedules[next(iter(schedules))].get_last_lr()[0], "images_per_s": rate}
+            accelerator.log(logs, step=step)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
+        out_of_time = budget_s > 0 and time.perf_counter() - session_start >= budget_s
+        if step % config.checkpointing_steps == 0 or step == config.max_steps or out_of_time:
+            save_checkpoint(accelerator, checkpoints, step, config.checkpoints_total_limit)
+            last_saved = step
+            if is_main:
+                export_pipeline(family, unwrapped, emas, output_dir / "pipeline", {
+                    **card, "trained_steps": step, "train_seconds": round(progress.train_seconds, 1),
+                    "images_per_s": round(images_per_step * step / max(progress.train_seconds, 1e-9), 2)})
+        if is_main and ((config.sample_every and step % config.sample_every == 0) or step == config.max_steps
+                        or out_of_time):
+            save_sample_grid(family, unwrapped, emas, output_dir / "samples" / f"step-{step:06d}.png",
+                             config.num_sample_images, accelerator, step)
+        if out_of_time:
+            accelerator.print(f"time budget of {config.time_budget_minutes} min reached at step {step}")
+            break
+    bar.close()
+    if last_saved != progress.step and progress.step > 0:
+        save_checkpoint(accelerator, checkpoints, progress.step, config.checkpoints_total_limit)
+        if is_main:
+            export_pipeline(family, unwrapped, emas, output_dir / "pipeline", {**card, "trained_steps": progress.step})
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return output_dir / "pipeline"
