@@ -1,0 +1,305 @@
+"""FORA: reuse every block's attention and MLP outputs for N-1 of every N steps.
+
+Adjacent denoising steps give nearly the same attention and MLP outputs inside a DiT block, so
+FORA computes them on "refresh" steps only and replays the stored (pre-gate) outputs in between,
+while the cheap, timestep-dependent parts (adaLN modulation, gates, residual adds, patch embed,
+final layer) still run every step (spec fora_ras.md §1; FORA, arXiv 2407.01425).
+
+Hooks (diffusers `HookRegistry`):
+
+- `FORA_ROOT_HOOK` on the transformer (`pre_forward`) decides once per call: bypass (grad on,
+  skip-layer aux call), refresh, or reuse;
+- `FORA_SLOT_HOOK` on every cached module (`new_forward`) runs the module and stores its output
+  on refresh, or returns the stored output on reuse without running it.
+
+The schedule is the reference's, in forward-step form: refresh at k = 0 and whenever
+(T - 1 - k) mod N = 0, so the last step is always fresh. T comes from the loop tap (the
+scheduler's timesteps) or `FORAConfig.num_inference_steps`; when unknown, refresh when k mod N = 0.
+State is kept per call ordinal within a step, so pipelines that call the model separately for
+cond and uncond never mix their caches. With RAS active, slots keep the full token grid and the
+active rows are read and written through the shared `TokenSubset` (spec §3.4).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from diffusers.hooks import ModelHook
+from torch import nn
+
+from samplers.base import (
+    HookSet,
+    LoopClock,
+    PluginHandle,
+    TokenSubset,
+    TransformerLayout,
+    block_modules,
+    gather_tokens,
+    has_hook,
+    hidden_input,
+    is_aux_call,
+    resolve_target,
+    scatter_tokens_,
+    token_subset,
+    warn_once,
+)
+from studio.errors import ConfigError
+
+FORA_ROOT_HOOK = "fora_root"
+FORA_SLOT_HOOK = "fora_slot"
+ANCHORS = ("end", "start")
+
+
+@dataclass
+class FORAConfig:
+    """Settings of FORA; the defaults are the reference's README example.
+
+    :param cache_interval: N, refresh every N-th evaluation. 1 turns caching off (bit-identical to
+        no plugin); 2-3 is safe at 20-50 steps, 4+ trades visible quality for speed.
+    :param anchor: ``"end"`` (reference): refresh at k = 0 and when (T-1-k) mod N = 0, so the last
+        step is fresh; ``"start"``: when k mod N = 0.
+    :param warmup_steps: always refresh the first W evaluations (helps few-step runs).
+    :param cooldown_steps: always refresh the last C evaluations.
+    :param num_inference_steps: T when no scheduler tells it (a bare model target).
+    :param cache_attention: cache the attention outputs.
+    :param cache_mlp: cache the feed-forward outputs.
+    :param cache_context_stream: SD3: also cache the text-stream feed-forward (``ff_context``).
+    :param clone_on_store: store copies instead of references (defensive; blocks do not modify
+        these outputs in place, so the default False is safe and free).
+    """
+
+    cache_interval: int = 3
+    anchor: str = "end"
+    warmup_steps: int = 0
+    cooldown_steps: int = 0
+    num_inference_steps: int | None = None
+    cache_attention: bool = True
+    cache_mlp: bool = True
+    cache_context_stream: bool = True
+    clone_on_store: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cache_interval, bool) or int(self.cache_interval) != self.cache_interval or self.cache_interval < 1:
+            raise ConfigError(f"fora: cache_interval must be an integer >= 1, got {self.cache_interval!r}")
+        self.cache_interval = int(self.cache_interval)
+        if self.anchor not in ANCHORS:
+            raise ConfigError(f"fora: anchor must be one of {', '.join(ANCHORS)}, got {self.anchor!r}")
+        for name in ("warmup_steps", "cooldown_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"fora: {name} must be >= 0, got {getattr(self, name)}")
+        if self.num_inference_steps is not None and self.num_inference_steps < 1:
+            raise ConfigError(f"fora: num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if not (self.cache_attention or self.cache_mlp):
+            raise ConfigError("fora: cache_attention and cache_mlp are both off: nothing to cache")
+
+
+def is_refresh_step(k: int, num_steps: int | None, config: FORAConfig) -> bool:
+    """Whether evaluation ``k`` (0-based) of ``num_steps`` recomputes the cached modules."""
+    n = config.cache_interval
+    if k < config.warmup_steps:
+        return True
+    if num_steps is None or config.anchor == "start":
+        return k % n == 0
+    if k >= num_steps - config.cooldown_steps:
+        return True
+    return k == 0 or (num_steps - 1 - k) % n == 0
+
+
+# ---------------------------------------------------------------------------- slots
+class Mode(enum.Enum):
+    BYPASS = "bypass"
+    REFRESH = "refresh"
+    REUSE = "reuse"
+
+
+class SlotKind(enum.Enum):
+    """How a cached output relates to image tokens (only image tokens are ever token-reduced)."""
+
+    IMAGE = "image"  # tensor (B, N_tok, D)
+    JOINT = "joint"  # tuple (image (B, N_tok, D), text (B, L, D) or None)
+    TEXT = "text"  # tensor (B, L, D)
+
+    def read(self, stored: Any, index: torch.Tensor | None) -> Any:
+        """The stored output, restricted to the active image tokens when ``index`` is given."""
+        if index is None or self is SlotKind.TEXT:
+            return stored
+        if self is SlotKind.IMAGE:
+            return gather_tokens(stored, index)
+        return (gather_tokens(stored[0], index), *stored[1:])
+
+    def write(self, stored: Any, index: torch.Tensor, output: Any) -> Any:
+        """Merge an output computed on the active image tokens into the full stored output."""
+        if self is SlotKind.TEXT:
+            return output
+        if self is SlotKind.IMAGE:
+            return scatter_tokens_(stored, index, output)
+        return (scatter_tokens_(stored[0], index, output[0]), *output[1:])
+
+
+def _cloned(output: Any) -> Any:
+    if isinstance(output, tuple):
+        return tuple(o.clone() if torch.is_tensor(o) else o for o in output)
+    return output.clone()
+
+
+@dataclass
+class _CallState:
+    """The cache of one call ordinal: shape signature, evaluations so far, stored outputs."""
+
+    signature: tuple | None = None
+    calls: int = 0
+    slots: dict[str, Any] = field(default_factory=dict)
+
+
+class FORAController:
+    """Per-generation FORA state: the schedule decision of the current call and the caches."""
+
+    def __init__(self, config: FORAConfig, subset: TokenSubset):
+        self.config = config
+        self.subset = subset
+        self.clock = LoopClock()
+        self.mode = Mode.BYPASS
+        self.current: _CallState | None = None
+        self.states: dict[int, _CallState] = {}
+        self._counts = dict(evaluations=0, full_evaluations=0, reused_module_calls=0, computed_module_calls=0)
+        self._store: Callable[[Any], Any] = _cloned if config.clone_on_store else (lambda output: output)
+
+    # loop tap
+    def begin(self, num_steps: int | None) -> None:
+        self.reset()
+        self.clock.begin(num_steps)
+
+    def before_step(self, model_output: torch.Tensor) -> torch.Tensor:
+        return model_output
+
+    def after_step(self, model_output: torch.Tensor) -> None:
+        self.clock.end_step()
+
+    # handle
+    def reset(self) -> None:
+        self.clock.begin(self.clock.num_steps)
+        self.states.clear()
+        self.current = None
+        self.mode = Mode.BYPASS
+        self._counts = dict.fromkeys(self._counts, 0)
+
+    def stats(self) -> dict[str, Any]:
+        modules = self._counts["reused_module_calls"] + self._counts["computed_module_calls"]
+        saved = self._counts["reused_module_calls"] / modules if modules else 0.0
+        return {**self._counts, "est_saved_fraction": round(saved, 4)}
+
+    # hooks
+    @torch.compiler.disable
+    def decide(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Set `mode` for this transformer call (root hook)."""
+        self.mode = Mode.BYPASS
+        ordinal = self.clock.next_call()
+        if torch.is_grad_enabled() or is_aux_call(kwargs):
+            return
+        x = hidden_input(args, kwargs)
+        state = self.states.setdefault(ordinal, _CallState())
+        signature = (tuple(x.shape), x.dtype, x.device)
+        if state.signature != signature:
+            state.signature = signature
+            state.slots.clear()
+        num_steps = self.clock.num_steps or self.config.num_inference_steps
+        if num_steps is None and self.config.anchor == "end":
+            warn_once(self, "fora: number of steps unknown (no scheduler, no num_inference_steps): "
+                            "refreshing every N-th call from the first")
+        k = state.calls
+        state.calls += 1
+        refresh = not state.slots or is_refresh_step(k, num_steps, self.config)
+        if num_steps is not None and state.calls >= num_steps:
+            state.calls = 0
+        self.current = state
+        self.mode = Mode.REFRESH if refresh else Mode.REUSE
+        self._counts["evaluations"] += 1
+        self._counts["full_evaluations"] += int(refresh)
+
+    def run_slot(self, name: str, kind: SlotKind, original: Callable[..., Any], args: tuple,
+                 kwargs: dict[str, Any]) -> Any:
+        """Compute-and-store or replay one cached module (slot hook)."""
+        state, index = self.current, self.subset.index
+        stored = state.slots.get(name)
+        if self.mode is Mode.REUSE and stored is not None:
+            self._counts["reused_module_calls"] += 1
+            return kind.read(stored, index)
+        output = original(*args, **kwargs)
+        self._counts["computed_module_calls"] += 1
+        if index is None:
+            state.slots[name] = self._store(output)
+        elif stored is not None:
+            state.slots[name] = kind.write(stored, index, output)
+        return output
+
+
+class _RootHook(ModelHook):
+    """Decides refresh / reuse once per transformer call."""
+
+    _is_stateful = True
+
+    def __init__(self, controller: FORAController):
+        super().__init__()
+        self.controller = controller
+
+    def pre_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict[str, Any]]:
+        self.controller.decide(args, kwargs)
+        return args, kwargs
+
+    def post_forward(self, module: nn.Module, output: Any) -> Any:
+        self.controller.mode = Mode.BYPASS
+        return output
+
+    def reset_state(self, module: nn.Module) -> nn.Module:
+        self.controller.reset()
+        return module
+
+
+class _SlotHook(ModelHook):
+    """Replaces one attention / feed-forward module's forward by the controller's slot logic."""
+
+    def __init__(self, controller: FORAController, name: str, kind: SlotKind):
+        super().__init__()
+        self.controller = controller
+        self.name = name
+        self.kind = kind
+
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.controller.mode is Mode.BYPASS:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        return self.controller.run_slot(self.name, self.kind, self.fn_ref.original_forward, args, kwargs)
+
+
+def cached_modules(model: nn.Module, layout: TransformerLayout,
+                   config: FORAConfig) -> list[tuple[str, nn.Module, SlotKind]]:
+    """The modules FORA caches in ``model`` with the kind of their outputs."""
+    groups: list[tuple[tuple[str, ...], SlotKind]] = []
+    if config.cache_attention:
+        groups += [(layout.image_attention, SlotKind.IMAGE), (layout.joint_attention, SlotKind.JOINT)]
+    if config.cache_mlp:
+        groups.append((layout.image_ff, SlotKind.IMAGE))
+        if config.cache_context_stream:
+            groups.append((layout.text_ff, SlotKind.TEXT))
+    return [(name, module, kind) for names, kind in groups for name, module in block_modules(model, layout, names)]
+
+
+def apply_fora(target: Any, config: FORAConfig | None = None) -> PluginHandle:
+    """Apply FORA to a pipeline, a transformer, or a ``(transformer, scheduler)`` pair.
+
+    Supported transformers: `DiTTransformer2DModel`, `SD3Transformer2DModel`. On a studio
+    pipeline the handle is registered with ``pipe.add_plugin``. Raises `ConfigError`
+    (`UnsupportedTargetError`) for other models or if FORA is already applied.
+    """
+    config = config or FORAConfig()
+    found = resolve_target("fora", target)
+    if has_hook(found.model, FORA_ROOT_HOOK):
+        raise ConfigError(f"fora is already applied to this {type(found.model).__name__}; remove it first")
+    controller = FORAController(config, token_subset(found.model))
+    hooks = HookSet(found.model)
+    hooks.add(found.model, _RootHook(controller), FORA_ROOT_HOOK)
+    for name, module, kind in cached_modules(found.model, found.layout, config):
+        hooks.add(module, _SlotHook(controller, name, kind), FORA_SLOT_HOOK)
+    return PluginHandle("fora", config, found, hooks, controller, [found.attach(controller)])
