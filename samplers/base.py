@@ -182,22 +182,29 @@ class LoopClock:
 
     A tap calls `begin` when a generation's timesteps are set and `end_step` after every
     scheduler step; root hooks call `next_call` once per transformer call. Without a tap the
-    clock never learns T and every call is call 0 of its step.
+    clock never learns T and every call is call 0 (the plugin counts calls itself).
     """
 
     def __init__(self) -> None:
         self.num_steps: int | None = None
+        self.tapped = False
         self.step_index = 0
         self.calls_in_step = 0
 
     def begin(self, num_steps: int | None) -> None:
+        """A tap saw the timesteps of a new generation (T = ``num_steps``)."""
         self.num_steps = num_steps
+        self.tapped = True
+        self.restart()
+
+    def restart(self) -> None:
+        """Back to step 0, keeping what is known about T."""
         self.step_index = 0
         self.calls_in_step = 0
 
     def next_call(self) -> int:
         """The ordinal of this transformer call within the current step (0 = the main call)."""
-        ordinal = self.calls_in_step
+        ordinal = self.calls_in_step if self.tapped else 0
         self.calls_in_step += 1
         return ordinal
 

@@ -180,7 +180,7 @@ class FORAController:
 
     # handle
     def reset(self) -> None:
-        self.clock.begin(self.clock.num_steps)
+        self.clock.restart()
         self.states.clear()
         self.current = None
         self.mode = Mode.BYPASS

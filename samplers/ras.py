@@ -226,7 +226,7 @@ class RASController:
 
     # handle
     def reset(self) -> None:
-        self.clock.begin(self.clock.num_steps)
+        self.clock.restart()
         self.mode = Mode.DENSE
         self.row_index: torch.Tensor | None = None
         self.layout: tuple | None = None
