@@ -9,7 +9,7 @@ from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
 
 from samplers import FORAConfig, apply_fora
 from samplers.fora import FORA_ROOT_HOOK, is_refresh_step
-from test_samplers_common import CallCounter, hooked_modules, tiny_sd3_transformer, tiny_studio_dit
+from test_samplers_common import CallCounter, hooked_modules, single_thread, tiny_sd3_transformer, tiny_studio_dit  # noqa: F401
 
 LAYERS = 2
 
