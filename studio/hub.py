@@ -90,9 +90,11 @@ def resolve(name_or_path: str) -> Path | str:
     for entry in list_models():
         if entry.name == name_or_path:
             return entry.path
-    looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
+    looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~"))
     if looks_like_hub_id:
         return name_or_path
+    if name_or_path.startswith((".", "/", "~")):
+        raise CheckpointError(f"checkpoint folder {name_or_path} does not exist")
     known = ", ".join(e.name for e in list_models()) or "none found"
     raise CheckpointError(f"unknown model {name_or_path!r}: not a path, a shipped model or a run (known: {known})")
 

@@ -39,6 +39,15 @@ class TrainingError(StudioError):
 
 
 @dataclass
+class TrainResult:
+    """Where the run's loadable pipeline is, the step it reached and the scalars logged per step."""
+
+    pipeline_dir: Path
+    step: int
+    history: list[dict[str, float]]
+
+
+@dataclass
 class RunProgress:
     """Counters saved with every checkpoint."""
 
@@ -100,8 +109,8 @@ def save_sample_grid(family: Family, models: dict[str, torch.nn.Module], emas: d
     tracker.add_image("samples", np.asarray(make_grid(images).convert("RGB")), step, dataformats="HWC")
 
 
-def train(config: TrainConfig, command: str = "") -> Path:
-    """Run (or resume) training as configured; return the exported pipeline folder."""
+def train(config: TrainConfig, command: str = "") -> TrainResult:
+    """Run (or resume) training as configured; the result names the exported pipeline folder."""
     family_cls = get_family(config.family)
     output_dir = Path(config.output_dir)
     accelerator = make_accelerator(config, output_dir)
@@ -153,6 +162,7 @@ def train(config: TrainConfig, command: str = "") -> Path:
     session_start, session_start_step = time.perf_counter(), progress.step
     last_saved = progress.step if resume is not None else -1
     batches = iter(stream)
+    history: list[dict[str, float]] = []
     bar = tqdm(total=config.max_steps, initial=progress.step, disable=not is_main, desc=f"train {config.family}")
     for model in models.values():
         model.train()
@@ -176,6 +186,7 @@ def train(config: TrainConfig, command: str = "") -> Path:
         if bad:
             raise TrainingError(f"{', '.join(bad)} became {logs[bad[0]]} at step {step}; "
                                 f"lower the learning rate or resume from {checkpoints}")
+        history.append(logs)
         bar.update(1)
         if step % config.log_every == 0 or step == config.max_steps:
             rate = images_per_step * (step - session_start_step) / max(time.perf_counter() - session_start, 1e-9)
@@ -204,4 +215,4 @@ def train(config: TrainConfig, command: str = "") -> Path:
             export_pipeline(family, unwrapped, emas, output_dir / "pipeline", {**card, "trained_steps": progress.step})
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return output_dir / "pipeline"
+    return TrainResult(output_dir / "pipeline", progress.step, history)

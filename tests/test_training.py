@@ -1,0 +1,85 @@
+"""The shared training loop on the DiT family: loss falls, exact resume, atomic checkpoints."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from studio.errors import CheckpointError, ConfigError
+from studio.hub import load_pipeline
+from tests.conftest import TINY_DIT_OVERRIDES
+from training.checkpoint import latest_checkpoint
+from training.config import load_config
+from training.family import get_family
+from training.loop import train
+
+
+def tiny_config(output_dir, *overrides):
+    family = get_family("dit")
+    return load_config("dit", family.config_class, "mnist-tiny", TINY_DIT_OVERRIDES + [f"output_dir={output_dir}",
+                                                                                    *overrides])
+
+
+def test_dit_tiny_loss_falls(tmp_path):
+    result = train(tiny_config(tmp_path / "run", "max_steps=60", "optim.lr=1e-3", "checkpointing_steps=60"))
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 60
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+    pipe = load_pipeline(str(result.pipeline_dir))
+    assert pipe.transformer.config.sample_size == 16
+    assert (tmp_path / "run" / "samples" / "step-000060.png").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
+
+
+def _state(run_dir):
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    ema = torch.load(checkpoint / "custom_checkpoint_1.pkl", weights_only=False)["shadow"]
+    optimizer = torch.load(checkpoint / "optimizer.bin", weights_only=False)
+    return weights, ema, optimizer
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path):
+    train(tiny_config(tmp_path / "full", "max_steps=6", "checkpointing_steps=3"))
+    train(tiny_config(tmp_path / "split", "max_steps=3", "checkpointing_steps=3"))
+    train(tiny_config(tmp_path / "split", "max_steps=6", "checkpointing_steps=3", "resume_from_checkpoint=latest"))
+    full, split = _state(tmp_path / "full"), _state(tmp_path / "split")
+    for a, b in zip(full[:2], split[:2]):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    exp_avg = [s["exp_avg"] for s in full[2]["state"].values()]
+    assert all(torch.equal(x, y["exp_avg"]) for x, y in zip(exp_avg, split[2]["state"].values()))
+
+
+def test_time_budget_stops_with_a_loadable_checkpoint(tmp_path):
+    result = train(tiny_config(tmp_path / "run", "max_steps=100000", "time_budget_minutes=0.02"))
+    assert 0 < result.step < 100000
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == f"checkpoint-{result.step}"
+    load_pipeline(str(tmp_path / "run"))
+
+
+def test_checkpoints_are_pruned_and_half_written_ones_ignored(tmp_path):
+    train(tiny_config(tmp_path / "run", "max_steps=4", "checkpointing_steps=1", "checkpoints_total_limit=2"))
+    folder = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-3", "checkpoint-4"]
+    (folder / "checkpoint-9.tmp").mkdir()  # a save that died midway
+    assert latest_checkpoint(folder).name == "checkpoint-4"
+
+
+def test_bad_configs_are_refused_with_names():
+    family = get_family("dit")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("dit", family.config_class, "mnist-huge")
+    with pytest.raises(ConfigError, match="bad configuration"):
+        load_config("dit", family.config_class, "mnist-tiny", ["model.no_such_key=1"])
+    with pytest.raises(ConfigError, match="bad configuration"):
+        load_config("dit", family.config_class, "mnist-tiny", ["max_steps=many"])
+    with pytest.raises(ConfigError, match="unknown model family"):
+        get_family("vqgan")
+
+
+def test_resume_from_a_missing_checkpoint_path_is_an_error(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(tiny_config(tmp_path / "run", "max_steps=2", f"resume_from_checkpoint={tmp_path}/nowhere"))

@@ -1,0 +1,152 @@
+"""SAGAN family: hinge-loss training of a self-attention SN-ResNet GAN with a projection D.
+
+One loop step is one generator update (spec 1.2):
+
+1. ``d_steps`` discriminator updates. The loop's batch is split into ``d_steps`` equal chunks, one
+   chunk of real images per D update, against as many fakes from fresh latents and uniformly drawn
+   classes (G in train mode, no grad). Splitting the batch keeps the data stream the loop's (so
+   resume stays exact); ``batch_size`` must be divisible by ``d_steps``.
+2. One generator update on fresh latents, one chunk's worth, with D frozen
+   (``requires_grad_(False)``, BigGAN-PyTorch's ``toggle_grads``), so no stale D gradients build up.
+
+Two time-scale learning rates (TTUR): ``optim.lr`` is G's, ``model.d_lr`` D's; both use Adam with
+``optim.betas`` (presets: (0.0, 0.999)). Gradient accumulation is not supported: with D and G
+updated inside one step, accumulating would mix micro-batches of different D states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from studio.errors import ConfigError
+from studio.models.gan import DiscriminatorConfig, ProjectionDiscriminator, SAGANGenerator, SAGANGeneratorConfig
+from studio.models.gan.losses import discriminator_hinge_loss, generator_hinge_loss, orthogonal_regularization, orthogonal_targets
+from studio.pipelines.gan import StudioGANPipeline
+from training.family import Family, register_family
+
+
+@dataclass
+class SAGANTrainConfig:
+    """SAGAN shape and GAN-training settings; image size, channels and classes come from the data.
+
+    :param width: base width ``ch`` of G and D (block widths are the arch plan's multiples).
+    :param z_dim: latent width.
+    :param attention_resolution: side of the feature maps (in G and D) followed by self-attention;
+        0 = none. Must be even and produced by a block (28 px: 14; 32 px: 8 or 16).
+    :param conditional: class-conditional (cBN in G, projection in D); needs a labelled dataset.
+    :param d_lr: D's learning rate (G's is ``optim.lr``): two time-scale update rule.
+    :param d_steps: D updates per G update; splits the loop's batch into this many chunks.
+    :param ortho_beta: orthogonal regularisation strength on G's weights; 0 = off.
+    :param truncation_threshold: truncation of the training sample grids' latents; None = off.
+    """
+
+    width: int = 32
+    z_dim: int = 64
+    attention_resolution: int = 14
+    conditional: bool = True
+    d_lr: float = 4e-4
+    d_steps: int = 1
+    ortho_beta: float = 0.0
+    truncation_threshold: Optional[float] = None
+
+
+@register_family
+class SAGANFamily(Family):
+    name = "sagan"
+    config_class = SAGANTrainConfig
+    ema_targets = ("generator",)
+    #: weight init of D (G's comes from its own config)
+    discriminator_init = "xavier"
+
+    def __init__(self, config: Any, info: Any):
+        super().__init__(config, info)
+        settings: SAGANTrainConfig = config.model
+        if config.gradient_accumulation_steps != 1:
+            raise ConfigError(f"{self.name} does not support gradient accumulation "
+                              f"(gradient_accumulation_steps={config.gradient_accumulation_steps}); "
+                              "raise batch_size instead")
+        if settings.d_steps < 1 or config.batch_size % settings.d_steps:
+            raise ConfigError(f"batch_size {config.batch_size} must split into model.d_steps={settings.d_steps} "
+                              "equal chunks (one per discriminator update)")
+        if settings.conditional and info.num_classes < 1:
+            raise ConfigError(f"dataset {info.name!r} has no classes: set model.conditional=false")
+        if settings.truncation_threshold is not None and settings.truncation_threshold < 0:
+            raise ConfigError(f"model.truncation_threshold must be >= 0 or null, got {settings.truncation_threshold}")
+        self.num_classes = info.num_classes if settings.conditional else 0
+
+    # ---------------------------------------------------------------- networks
+    def build_generator(self) -> nn.Module:
+        settings: SAGANTrainConfig = self.config.model
+        return SAGANGenerator.from_arch(SAGANGeneratorConfig(
+            image_size=self.info.image_size, out_channels=self.info.channels, num_classes=self.num_classes,
+            z_dim=settings.z_dim, width=settings.width, attention_resolution=settings.attention_resolution))
+
+    def build_models(self) -> dict[str, nn.Module]:
+        settings: SAGANTrainConfig = self.config.model
+        discriminator = ProjectionDiscriminator(DiscriminatorConfig(
+            image_size=self.info.image_size, in_channels=self.info.channels, num_classes=self.num_classes,
+            width=settings.width, attention_resolution=settings.attention_resolution, init=self.discriminator_init))
+        return {"generator": self.build_generator(), "discriminator": discriminator}
+
+    def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.adamw(models["generator"].parameters()),
+                "discriminator": self.adamw(models["discriminator"].parameters(), lr=self.config.model.d_lr)}
+
+    # ---------------------------------------------------------------- training
+    def fake_inputs(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh latents (n, z_dim) ~ N(0, I) and uniform classes (n,) (zeros when unconditional)."""
+        z = torch.randn(n, self.config.model.z_dim, device=device)
+        labels = torch.randint(0, max(self.num_classes, 1), (n,), device=device)
+        return z, labels
+
+    def training_step(self, batch: dict[str, torch.Tensor], models: dict[str, nn.Module],
+                      optimizers: dict[str, torch.optim.Optimizer], accelerator: Any) -> dict[str, float]:
+        generator, discriminator = models["generator"], models["discriminator"]
+        settings: SAGANTrainConfig = self.config.model
+        reals = batch["pixel_values"].chunk(settings.d_steps)
+        labels = batch["class_labels"].chunk(settings.d_steps)
+        device = reals[0].device
+
+        # 1. discriminator updates, one chunk of real images each
+        d_real = d_fake = 0.0
+        for x, y in zip(reals, labels):
+            z, y_fake = self.fake_inputs(len(x), device)
+            with torch.no_grad(), accelerator.autocast():
+                fakes = generator(z, y_fake)
+            with accelerator.autocast():
+                logits = discriminator(torch.cat([x, fakes.to(x.dtype)]), torch.cat([y, y_fake]))
+            loss_real, loss_fake = discriminator_hinge_loss(*logits.float().split(len(x)))
+            optimizers["discriminator"].zero_grad(set_to_none=True)
+            self.clip_and_step(loss_real + loss_fake, discriminator, optimizers["discriminator"], accelerator)
+            d_real += loss_real.item() / settings.d_steps
+            d_fake += loss_fake.item() / settings.d_steps
+
+        # 2. generator update against the frozen discriminator
+        discriminator.requires_grad_(False)
+        z, y_fake = self.fake_inputs(len(reals[0]), device)
+        with accelerator.autocast():
+            fake_logits = discriminator(generator(z, y_fake), y_fake)
+        g_loss = generator_hinge_loss(fake_logits.float())
+        ortho = self.ortho_loss(accelerator.unwrap_model(generator))
+        self.clip_and_step(g_loss + ortho, generator, optimizers["generator"], accelerator)
+        discriminator.requires_grad_(True)
+        return {"d_loss": d_real + d_fake, "d_loss_real": d_real, "d_loss_fake": d_fake,
+                "g_loss": g_loss.item(), "ortho": ortho.item()}
+
+    def ortho_loss(self, generator: nn.Module) -> torch.Tensor:
+        """``model.ortho_beta`` times G's off-diagonal orthogonality penalty (0 when beta is 0)."""
+        beta = self.config.model.ortho_beta
+        if beta == 0:
+            return torch.zeros((), device=generator.device)
+        return orthogonal_regularization(orthogonal_targets(generator), beta)
+
+    # ---------------------------------------------------------------- sampling
+    def make_pipeline(self, models: dict[str, nn.Module]) -> StudioGANPipeline:
+        return StudioGANPipeline(generator=models["generator"])
+
+    def sample_kwargs(self) -> dict[str, Any]:
+        return {"truncation": self.config.model.truncation_threshold}
