@@ -1,0 +1,35 @@
+"""The truncation trick (BigGAN, spec 2.5): latents from a normal truncated at ``threshold``.
+
+Definition used here (the paper's, and StudioGAN's ``truncnorm(-psi, psi)``): draw z ~ N(0, I) and
+redraw every coordinate with ``|z_k| > threshold`` until all lie inside. Smaller thresholds trade
+variety for fidelity; ``threshold = 0`` is the limit z = 0 (one image per class). BigGAN-PyTorch's
+TF-Hub port instead scales a (-2, 2)-truncated normal by psi: a different convention.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from studio.errors import StudioError
+
+
+def truncated_normal(size: int, threshold: float | None, generator: torch.Generator,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One latent (size,) from ``generator``: N(0, I), or truncated at ``threshold`` by redrawing.
+
+    ``threshold`` None means no truncation; 0 gives zeros. The expected number of redraws per
+    coordinate is 1 / P(|z| <= threshold) (about 1.25 / threshold for small thresholds).
+    """
+    device = generator.device
+    if threshold is None:
+        return torch.randn(size, generator=generator, device=device, dtype=dtype)
+    if threshold < 0:
+        raise StudioError(f"truncation threshold must be >= 0 (or None for no truncation), got {threshold}")
+    if threshold == 0:
+        return torch.zeros(size, device=device, dtype=dtype)
+    z = torch.randn(size, generator=generator, device=device, dtype=dtype)
+    outside = z.abs() > threshold
+    while outside.any():
+        z[outside] = torch.randn(int(outside.sum()), generator=generator, device=device, dtype=dtype)
+        outside = z.abs() > threshold
+    return z
