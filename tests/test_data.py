@@ -69,3 +69,14 @@ def test_bad_datasets_name_the_problem(tmp_path):
         build_dataset(DataConfig(name=str(tmp_path / "junk")))
     with pytest.raises(DataError, match="unknown dataset"):
         build_dataset(DataConfig(name="no-such-dataset"))
+
+
+def test_hugging_face_split_from_a_local_path(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    images = [Image.fromarray(np.full((10, 10, 3), 20 * i, dtype=np.uint8)) for i in range(6)]
+    split = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2, 0, 1, 2]})
+    split = split.cast_column("label", datasets.ClassLabel(names=["a", "b", "c"]))
+    split.save_to_disk(str(tmp_path / "hf"))
+    data = build_dataset(DataConfig(name=f"hf:{tmp_path / 'hf'}", image_size=8, val_fraction=0.0), "train")
+    assert data.info.class_names == ("a", "b", "c") and data[0]["pixel_values"].shape == (3, 8, 8)
+    assert data.labels.tolist() == [0, 1, 2, 0, 1, 2]

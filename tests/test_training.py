@@ -83,3 +83,15 @@ def test_bad_configs_are_refused_with_names():
 def test_resume_from_a_missing_checkpoint_path_is_an_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         train(tiny_config(tmp_path / "run", "max_steps=2", f"resume_from_checkpoint={tmp_path}/nowhere"))
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    result = train(tiny_config(tmp_path / "run", "max_steps=2", "mixed_precision=bf16", "checkpointing_steps=2"))
+    assert result.step == 2 and all(h["loss"] == h["loss"] for h in result.history)
+
+
+def test_xformers_request_without_cuda_says_why(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="xformers"):
+        train(tiny_config(tmp_path / "run", "max_steps=1", "attention=xformers"))

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
@@ -62,6 +63,9 @@ class RunProgress:
 
 
 def make_accelerator(config: TrainConfig, output_dir: Path) -> Accelerator:
+    """An Accelerator for this run. accelerate keeps its settings in process-wide singletons, so a
+    second run in the same process (tests, the app's Train tab) with other settings would be
+    refused; `release_accelerator` clears them when a run ends. The process group is kept."""
     device = resolve_device(config.device)
     try:
         return Accelerator(
@@ -73,6 +77,12 @@ def make_accelerator(config: TrainConfig, output_dir: Path) -> Accelerator:
         )
     except ValueError as exc:
         raise StudioError(f"cannot set up training: {exc}") from None
+
+
+def release_accelerator() -> None:
+    """Forget this run's accelerate settings (mixed precision, accumulation) but keep the processes."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
 
 
 def export_pipeline(family: Family, models: dict[str, torch.nn.Module], emas: dict[str, EMA], folder: Path,
@@ -112,8 +122,15 @@ def save_sample_grid(family: Family, models: dict[str, torch.nn.Module], emas: d
 def train(config: TrainConfig, command: str = "") -> TrainResult:
     """Run (or resume) training as configured; the result names the exported pipeline folder."""
     family_cls = get_family(config.family)
+    accelerator = make_accelerator(config, Path(config.output_dir))
+    try:
+        return _run(accelerator, family_cls, config, command)
+    finally:
+        release_accelerator()
+
+
+def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig, command: str) -> TrainResult:
     output_dir = Path(config.output_dir)
-    accelerator = make_accelerator(config, output_dir)
     is_main = accelerator.is_main_process
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
