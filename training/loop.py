@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -119,17 +119,26 @@ def save_sample_grid(family: Family, models: dict[str, torch.nn.Module], emas: d
     tracker.add_image("samples", np.asarray(make_grid(images).convert("RGB")), step, dataformats="HWC")
 
 
-def train(config: TrainConfig, command: str = "") -> TrainResult:
-    """Run (or resume) training as configured; the result names the exported pipeline folder."""
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def train(config: TrainConfig, command: str = "", on_step: StepCallback | None = None,
+          should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Run (or resume) training as configured; the result names the exported pipeline folder.
+
+    ``on_step(step, logs)`` is called after every optimizer step (live loss in the app);
+    ``should_stop()`` returning True ends the run early, with a checkpoint, like the time budget.
+    """
     family_cls = get_family(config.family)
     accelerator = make_accelerator(config, Path(config.output_dir))
     try:
-        return _run(accelerator, family_cls, config, command)
+        return _run(accelerator, family_cls, config, command, on_step, should_stop)
     finally:
         release_accelerator()
 
 
-def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig, command: str) -> TrainResult:
+def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig, command: str,
+         on_step: StepCallback | None, should_stop: Callable[[], bool] | None) -> TrainResult:
     output_dir = Path(config.output_dir)
     is_main = accelerator.is_main_process
     if is_main:
@@ -204,13 +213,16 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
             raise TrainingError(f"{', '.join(bad)} became {logs[bad[0]]} at step {step}; "
                                 f"lower the learning rate or resume from {checkpoints}")
         history.append(logs)
+        if on_step is not None:
+            on_step(step, logs)
         bar.update(1)
         if step % config.log_every == 0 or step == config.max_steps:
             rate = images_per_step * (step - session_start_step) / max(time.perf_counter() - session_start, 1e-9)
             logs = {**logs, "lr": schedules[next(iter(schedules))].get_last_lr()[0], "images_per_s": rate}
             accelerator.log(logs, step=step)
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
-        out_of_time = budget_s > 0 and time.perf_counter() - session_start >= budget_s
+        out_of_time = (budget_s > 0 and time.perf_counter() - session_start >= budget_s) or bool(
+            should_stop and should_stop())
         if step % config.checkpointing_steps == 0 or step == config.max_steps or out_of_time:
             save_checkpoint(accelerator, checkpoints, step, config.checkpoints_total_limit)
             last_saved = step
@@ -223,7 +235,7 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
             save_sample_grid(family, unwrapped, emas, output_dir / "samples" / f"step-{step:06d}.png",
                              config.num_sample_images, accelerator, step)
         if out_of_time:
-            accelerator.print(f"time budget of {config.time_budget_minutes} min reached at step {step}")
+            accelerator.print(f"stopping at step {step} (time budget or stop request)")
             break
     bar.close()
     if last_saved != progress.step and progress.step > 0:
