@@ -133,14 +133,22 @@ def token_subset(model: nn.Module) -> TokenSubset:
     return _SUBSETS[model]
 
 
+def flat_rows(index: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Per-row token indices (B, n) -> indices into the flattened (B * N_tok) token rows."""
+    offsets = torch.arange(index.shape[0], device=index.device).unsqueeze(1) * num_tokens
+    return (index + offsets).flatten()
+
+
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Rows ``index`` (B, n) of token sequences ``x`` (B, N, D) -> (B, n, D)."""
-    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    rows = x.reshape(-1, x.shape[-1]).index_select(0, flat_rows(index, x.shape[1]))
+    return rows.view(*index.shape, x.shape[-1])
 
 
 def scatter_tokens_(dest: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """Write ``src`` (B, n, D) into rows ``index`` (B, n) of ``dest`` (B, N, D), in place."""
-    return dest.scatter_(1, index.unsqueeze(-1).expand(-1, -1, dest.shape[-1]), src)
+    """Write ``src`` (B, n, D) into rows ``index`` (B, n) of the contiguous ``dest`` (B, N, D), in place."""
+    dest.view(-1, dest.shape[-1]).index_copy_(0, flat_rows(index, dest.shape[1]), src.reshape(-1, src.shape[-1]))
+    return dest
 
 
 # ---------------------------------------------------------------------------- hooks

@@ -10,7 +10,10 @@ Hooks (diffusers `HookRegistry`):
 - `FORA_ROOT_HOOK` on the transformer (`pre_forward`) decides once per call: bypass (grad on,
   skip-layer aux call), refresh, or reuse;
 - `FORA_SLOT_HOOK` on every cached module (`new_forward`) runs the module and stores its output
-  on refresh, or returns the stored output on reuse without running it.
+  on refresh, or returns the stored output on reuse without running it;
+- `FORA_BLOCK_HOOK` on DiT blocks (adaLN-Zero `BasicTransformerBlock`, both sub-layers cached):
+  on reuse steps it replays the whole block as the reference does — only the adaLN gates are
+  recomputed, and the two layer norms and modulations whose results would be discarded are skipped.
 
 The schedule is the reference's, in forward-step form: refresh at k = 0 and whenever
 (T - 1 - k) mod N = 0, so the last step is always fresh. T comes from the loop tap (the
@@ -28,6 +31,7 @@ from typing import Any, Callable
 
 import torch
 from diffusers.hooks import ModelHook
+from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
 from samplers.base import (
@@ -50,6 +54,7 @@ from studio.errors import ConfigError
 
 FORA_ROOT_HOOK = "fora_root"
 FORA_SLOT_HOOK = "fora_slot"
+FORA_BLOCK_HOOK = "fora_block"
 ANCHORS = ("end", "start")
 
 
@@ -235,6 +240,58 @@ class FORAController:
             state.slots[name] = kind.write(stored, index, output)
         return output
 
+    def run_block(self, block: nn.Module, names: tuple[str, str], original: Callable[..., Any], args: tuple,
+                  kwargs: dict[str, Any]) -> Any:
+        """A DiT block on a reuse step: gates from this step, attention and MLP outputs from the slots."""
+        slots = self.current.slots if self.mode is Mode.REUSE else {}
+        if names[0] not in slots or names[1] not in slots:
+            return original(*args, **kwargs)
+        index = self.subset.index
+        self._counts["reused_module_calls"] += 2
+        return _replay_dit_block(block, hidden_input(args, kwargs), SlotKind.IMAGE.read(slots[names[0]], index),
+                                 SlotKind.IMAGE.read(slots[names[1]], index), kwargs["timestep"],
+                                 kwargs["class_labels"])
+
+
+def _replay_dit_block(block: BasicTransformerBlock, hidden_states: torch.Tensor, attn_output: torch.Tensor,
+                      ff_output: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+    """`BasicTransformerBlock.forward` (ada_norm_zero) with attention and MLP outputs given.
+
+    Same operations in the same order as the stock block, minus the norms and modulations that
+    only feed the replaced sub-layers, so the result equals the module-level replay bit for bit.
+    """
+    norm1 = block.norm1
+    emb = norm1.linear(norm1.silu(norm1.emb(timestep, class_labels, hidden_dtype=hidden_states.dtype)))
+    _, _, gate_msa, _, _, gate_mlp = emb.chunk(6, dim=1)
+    hidden_states = gate_msa.unsqueeze(1) * attn_output + hidden_states  # (B, N, D)
+    return gate_mlp.unsqueeze(1) * ff_output + hidden_states
+
+
+def _replayable_blocks(model: nn.Module, layout: TransformerLayout, config: FORAConfig) -> list[tuple[str, nn.Module]]:
+    """DiT blocks whose reuse step can skip the discarded norms: adaLN-Zero, self-attention + MLP only."""
+    if not (config.cache_attention and config.cache_mlp):
+        return []
+    blocks = []
+    for index, block in enumerate(getattr(model, layout.blocks)):
+        if (type(block) is BasicTransformerBlock and block.norm_type == "ada_norm_zero" and block.attn2 is None
+                and block.pos_embed is None and not hasattr(block, "fuser") and block._chunk_size is None):
+            blocks.append((f"{layout.blocks}.{index}", block))
+    return blocks
+
+
+class _BlockHook(ModelHook):
+    """Replays a whole DiT block on reuse steps (see `_replay_dit_block`)."""
+
+    def __init__(self, controller: FORAController, name: str):
+        super().__init__()
+        self.controller = controller
+        self.names = (f"{name}.attn1", f"{name}.ff")
+
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.controller.mode is not Mode.REUSE or "timestep" not in kwargs or "class_labels" not in kwargs:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        return self.controller.run_block(module, self.names, self.fn_ref.original_forward, args, kwargs)
+
 
 class _RootHook(ModelHook):
     """Decides refresh / reuse once per transformer call."""
@@ -302,4 +359,6 @@ def apply_fora(target: Any, config: FORAConfig | None = None) -> PluginHandle:
     hooks.add(found.model, _RootHook(controller), FORA_ROOT_HOOK)
     for name, module, kind in cached_modules(found.model, found.layout, config):
         hooks.add(module, _SlotHook(controller, name, kind), FORA_SLOT_HOOK)
+    for name, block in _replayable_blocks(found.model, found.layout, config):
+        hooks.add(block, _BlockHook(controller, name), FORA_BLOCK_HOOK)
     return PluginHandle("fora", config, found, hooks, controller, [found.attach(controller)])

@@ -47,12 +47,14 @@ from samplers.base import (
     TransformerLayout,
     UnsupportedTargetError,
     block_modules,
+    flat_rows,
     gather_tokens,
     has_hook,
     hidden_input,
     is_aux_call,
     logger,
     resolve_target,
+    scatter_tokens_,
     token_subset,
     warn_once,
 )
@@ -82,7 +84,8 @@ class RASConfig:
     :param scheduler_end_step: last RAS step (None: the last step); later steps are dense.
     :param error_reset_steps: dense steps inside the RAS range that refresh every token and the
         K/V caches; out-of-range entries are dropped with a warning.
-    :param metric: per-pixel focus metric over channels: ``"std"`` (reference) or ``"l2norm"``.
+    :param metric: per-pixel focus metric over channels: ``"std"`` (reference) or ``"l2norm"``;
+        one-channel models (pixel-space MNIST) always use ``"l2norm"`` (a std over one value is undefined).
     :param high_ratio: share of the skipped tokens taken from the top of the metric ranking
         (reference default 1.0: the largest-metric tokens are reused; 0 skips the smallest).
     :param starvation_scale: s in the factor exp(s * times_skipped) applied to the metric.
@@ -217,9 +220,10 @@ class Mode(enum.Enum):
 class RASController:
     """Per-generation RAS state: step schedule, selections, previous output, K/V caches."""
 
-    def __init__(self, config: RASConfig, patch_size: int, subset: TokenSubset):
+    def __init__(self, config: RASConfig, patch_size: int, metric: str, subset: TokenSubset):
         self.config = config
         self.patch_size = patch_size
+        self.metric = metric
         self.subset = subset
         self.clock = LoopClock()
         self.reset()
@@ -229,6 +233,7 @@ class RASController:
         self.clock.restart()
         self.mode = Mode.DENSE
         self.row_index: torch.Tensor | None = None
+        self.flat_rows: torch.Tensor | None = None
         self.layout: tuple | None = None
         self.schedule: list[int] = []
         self.drop_count: torch.Tensor | None = None
@@ -267,7 +272,7 @@ class RASController:
             if self.drop_count is None or self.drop_count.shape[0] != model_output.shape[0]:
                 self.drop_count = torch.zeros(model_output.shape[0], self.layout[0][0] * self.layout[0][1],
                                               device=model_output.device)
-            metric = token_metric(model_output, self.patch_size, self.config.metric)
+            metric = token_metric(model_output, self.patch_size, self.metric)
             self.active, self.skipped = select_tokens(metric, self.drop_count, next_skip, self.config)
             self.prev_output = model_output.detach().clone()
         self.clock.end_step()
@@ -315,6 +320,7 @@ class RASController:
         if ras_now:
             self.mode = Mode.RAS
             self.row_index = self.active.repeat(rows // self.active.shape[0], 1)  # (B_model, n_active)
+            self.flat_rows = flat_rows(self.row_index, num_tokens)  # rows of the (B * N_tok, width) K/V caches
             self.subset.index = self.row_index
             self.ran_ras = True
             self._counts["ras_steps"] += 1
@@ -342,22 +348,28 @@ class RASController:
         query = attn.to_q(hidden_states)
         key = attn.to_k(hidden_states)
         value = attn.to_v(hidden_states)
-        head_dim = key.shape[-1] // attn.heads
+        width = key.shape[-1]
+        head_dim = width // attn.heads
         query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, n, d)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
         if attn.norm_q is not None:
             query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
         if self.mode is Mode.RAS:
-            cached_key, cached_value = self.kv[name]
-            index = self.row_index[:, None, :, None].expand(-1, attn.heads, -1, head_dim)
-            key = cached_key.scatter_(2, index, key)  # (B, heads, N_tok, d)
-            value = cached_value.scatter_(2, index, value)
+            if attn.norm_k is not None:  # per-head norm is row-wise: apply before the head transpose
+                key = attn.norm_k(key.view(batch_size, -1, attn.heads, head_dim)).reshape(batch_size, -1, width)
+            cached_key, cached_value = self.kv[name]  # (B, N_tok, width), post-norm keys
+            rows = self.flat_rows
+            cached_key.view(-1, width).index_copy_(0, rows, key.reshape(-1, width))
+            cached_value.view(-1, width).index_copy_(0, rows, value.reshape(-1, width))
+            key = cached_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, N_tok, d)
+            value = cached_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
         else:
-            self.kv[name] = (key, value)
+            key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            if attn.norm_k is not None:
+                key = attn.norm_k(key)
+            # (B, N_tok, width) row layout: a view of the projections when there is no k-norm
+            self.kv[name] = (key.transpose(1, 2).reshape(batch_size, -1, width),
+                             value.transpose(1, 2).reshape(batch_size, -1, width))
 
         if encoder_hidden_states is not None:
             context_query = attn.add_q_proj(encoder_hidden_states)
@@ -461,8 +473,7 @@ class _ScatterHook(ModelHook):
             return output
         grid = self.controller.layout[0]
         full = output.new_zeros(output.shape[0], grid[0] * grid[1], output.shape[-1])
-        index = self.controller.row_index.unsqueeze(-1).expand(-1, -1, output.shape[-1])
-        return full.scatter_(1, index, output)
+        return scatter_tokens_(full, self.controller.row_index, output)
 
 
 def _attention_modules(plugin: str, model: nn.Module, layout: TransformerLayout) -> list[tuple[str, Attention]]:
@@ -499,7 +510,12 @@ def apply_ras(target: Any, config: RASConfig | None = None) -> PluginHandle:
     if has_hook(model, RAS_ROOT_HOOK):
         raise ConfigError(f"ras is already applied to this {type(model).__name__}; remove it first")
     attentions = _attention_modules("ras", model, found.layout)
-    controller = RASController(config, int(model.config.patch_size), token_subset(model))
+    metric = config.metric
+    if config.metric == "std" and model.config.in_channels == 1:
+        logger.warning("ras: %s has one channel, where a channel std is undefined; selecting by l2norm",
+                       type(model).__name__)
+        metric = "l2norm"
+    controller = RASController(config, int(model.config.patch_size), metric, token_subset(model))
     hooks = HookSet(model)
     hooks.add(model, _RootHook(controller), RAS_ROOT_HOOK)
     hooks.add(model.get_submodule(found.layout.token_embed), _GatherHook(controller), RAS_GATHER_HOOK)

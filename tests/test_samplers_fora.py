@@ -61,10 +61,11 @@ def test_schedule_counts_and_start_anchor():
 def test_hooked_modules_run_only_on_refresh_steps(num_steps, interval, anchor):
     model = tiny_studio_dit()
     handle = apply_fora(model, FORAConfig(cache_interval=interval, anchor=anchor, num_inference_steps=num_steps))
-    counter = CallCounter(model, (".attn1.to_q", ".ff.net.2"))
+    counter = CallCounter(model, (".attn1.to_q", ".ff.net.2", ".norm3"))
     dit_loop(model, num_steps)
     refreshes = len(refresh_steps(num_steps, interval, anchor))
     assert counter.total(".attn1.to_q") == counter.total(".ff.net.2") == refreshes * LAYERS
+    assert counter.total(".norm3") == refreshes * LAYERS  # reuse steps replay the block without its norms
     stats = handle.stats()
     assert stats["evaluations"] == num_steps and stats["full_evaluations"] == refreshes
     assert stats["reused_module_calls"] == (num_steps - refreshes) * 2 * LAYERS
