@@ -1,0 +1,227 @@
+"""The app's logic without Gradio: model cache, generation, plugins per call, history, compare, training."""
+
+from __future__ import annotations
+
+import gc
+import time
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from samplers import PLUGINS
+from studio.errors import StudioError
+from studio.hub import list_models, save_pipeline
+from tests.conftest import TINY_DIT_OVERRIDES, tiny_dit_pipeline
+from webapp.service import (
+    DEMO_MODEL,
+    GenerateRequest,
+    GenerationStopped,
+    History,
+    StudioService,
+    parse_plugin_list,
+    plugin_panels,
+    plugin_spec,
+    plugin_values,
+)
+
+DIT = "tiny-dit"
+GAN = "tiny-sagan"
+
+
+def tiny_sagan_pipeline():
+    """A 28 px, width-8 SAGAN generator (10 classes) in a `StudioGANPipeline`."""
+    from studio.models.gan import SAGANGenerator, SAGANGeneratorConfig
+    from studio.pipelines.gan import StudioGANPipeline
+
+    torch.manual_seed(0)
+    generator = SAGANGenerator.from_arch(SAGANGeneratorConfig(z_dim=16, width=8, attention_resolution=14))
+    return StudioGANPipeline(generator)
+
+
+def write_checkpoints(runs) -> None:
+    """The tiny DiT and SAGAN as runs ``tiny-dit`` and ``tiny-sagan`` under ``runs``."""
+    names = [f"digit {i}" for i in range(10)]
+    save_pipeline(tiny_dit_pipeline(), runs / DIT / "pipeline", {"num_classes": 10, "class_names": names})
+    save_pipeline(tiny_sagan_pipeline(), runs / GAN / "pipeline", {"num_classes": 10})
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    write_checkpoints(runs)
+    return runs
+
+
+@pytest.fixture
+def service(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_RUNS", str(checkpoints))
+    return StudioService(tmp_path / "outputs", device="cpu")
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image).copy()
+
+
+def dit_request(**changes) -> GenerateRequest:
+    return GenerateRequest(**{"model": DIT, "num_images": 2, "seed": 3, "num_inference_steps": 4,
+                              "scheduler": "ddim", **changes})
+
+
+def test_plugin_applies_for_one_call_and_is_removed_after(service):
+    with_plugin = service.generate(dit_request(plugins=("fora:interval=2",)))
+    assert with_plugin.batch.records[0].plugins["fora"]["cache_interval"] == 2
+    pipe = service.models.pipe
+    assert pipe.plugins == [] and not hasattr(pipe.transformer, "_diffusers_hook")
+    after = service.generate(dit_request())
+    assert after.batch.records[0].plugins == {}
+    fresh = tiny_dit_pipeline()(num_images=2, seed=3, num_inference_steps=4, scheduler="ddim", guidance_scale=4.0,
+                                output_type="pil").images
+    for path, image in zip(after.batch.paths, fresh):
+        np.testing.assert_array_equal(pixels(path), np.asarray(image))
+    assert not np.array_equal(pixels(with_plugin.batch.paths[0]), pixels(after.batch.paths[0]))
+
+
+def test_each_image_is_a_png_with_its_own_record(service):
+    result = service.generate(dit_request(num_images=3, class_label=7))
+    assert [p.suffix for p in result.batch.paths] == [".png"] * 3
+    assert result.batch.seconds > 0
+    with Image.open(result.batch.paths[2]) as image:
+        assert "Seed: 5" in image.text["parameters"] and "Class: 7" in image.text["parameters"]
+    assert [r.seeds for r in result.batch.records] == [[3], [4], [5]]
+
+
+def test_arguments_a_family_does_not_take_are_left_out(service):
+    request = GenerateRequest(GAN, num_images=2, seed=1, num_inference_steps=7, guidance_scale=9.0, scheduler="ddim",
+                              truncation=0.5)
+    record = service.generate(request).batch.records[0]
+    assert record.family == "sagan" and record.steps is None and record.extra["truncation"] == 0.5
+    info = service.select(GAN)
+    assert not info.takes("num_inference_steps") and info.takes("truncation")
+    assert set(info.plugin_errors) == set(PLUGINS)
+
+
+def test_unsupported_plugin_is_a_readable_error(service):
+    with pytest.raises(StudioError, match="fora cannot be applied to StudioGANPipeline"):
+        service.generate(GenerateRequest(GAN, num_images=1, plugins=("fora",)))
+    assert service.generate(GenerateRequest(GAN, num_images=1)).batch.paths
+
+
+def test_switching_models_unloads_the_previous_one(service):
+    service.select(DIT)
+    first = weakref.ref(service.models.pipe)
+    service.select(GAN)
+    gc.collect()
+    assert first() is None
+    assert service.models.name == GAN
+
+
+def test_history_recall_reproduces_a_random_seed_generation(service):
+    first = service.generate(dit_request(seed=None, class_label=2))
+    recalled = service.recall(first.history_id)
+    assert isinstance(recalled.seed, int) and recalled == first.request
+    again = service.generate(recalled)
+    for a, b in zip(first.batch.paths, again.batch.paths):
+        np.testing.assert_array_equal(pixels(a), pixels(b))
+    from_png = service.request_from_png(first.batch.paths[1])
+    assert (from_png.model, from_png.seed, from_png.num_images, from_png.class_label) == (DIT, recalled.seed + 1, 1, 2)
+    np.testing.assert_array_equal(pixels(service.generate(from_png).batch.paths[0]), pixels(first.batch.paths[1]))
+
+
+def test_history_is_bounded_and_newest_first():
+    history = History(size=2)
+    for seed in range(3):
+        history.add(dit_request(seed=seed), [], 0.1)
+    assert [e.request.seed for e in history.entries()] == [2, 1]
+    with pytest.raises(StudioError, match="not in the history"):
+        history.get(1)
+
+
+def test_compare_reports_both_timings_and_a_neutral_plugin_changes_nothing(service):
+    result = service.compare(dit_request(plugins=("fora:interval=1",)))
+    assert result.baseline.seconds > 0 and result.accelerated.seconds > 0
+    assert result.speedup == pytest.approx(result.baseline.seconds / result.accelerated.seconds)
+    assert result.mean_abs_diff == 0.0
+    assert result.accelerated.records[0].plugins and not result.baseline.records[0].plugins
+    with pytest.raises(StudioError, match="at least one plugin"):
+        service.compare(dit_request())
+
+
+def test_measure_speedup_runs_the_baseline(service):
+    result = service.generate(dit_request(plugins=("fora:interval=2",)), measure_speedup=True)
+    assert result.baseline_seconds > 0 and result.speedup == pytest.approx(result.baseline_seconds / result.batch.seconds)
+    assert service.generate(dit_request(), measure_speedup=True).speedup is None
+
+
+def test_stop_interrupts_a_generation_and_the_next_one_runs(service):
+    steps = []
+
+    def progress(done, total, phase):
+        steps.append(done)
+        if done == 2:
+            service.stop()
+
+    with pytest.raises(GenerationStopped):
+        service.generate(dit_request(num_inference_steps=10), progress=progress)
+    assert steps == [1, 2]
+    assert len(service.history.entries()) == 0
+    assert service.generate(dit_request()).batch.paths
+
+
+def test_bad_requests_raise_studio_errors(service, tmp_path):
+    with pytest.raises(StudioError, match="unknown model"):
+        service.generate(GenerateRequest("no-such-model"))
+    broken = tmp_path / "broken"
+    (broken / "pipeline").mkdir(parents=True)
+    (broken / "pipeline" / "model_index.json").write_text("{not json")
+    with pytest.raises(StudioError, match="unreadable model_index.json"):
+        service.select(str(broken))
+    text = tmp_path / "fake.png"
+    text.write_text("not an image")
+    with pytest.raises(StudioError, match="not a PNG with a studio generation record"):
+        service.request_from_png(text)
+    with pytest.raises(StudioError, match="unknown plugin"):
+        parse_plugin_list("nope:x=1")
+    assert service.generate(dit_request()).batch.paths
+
+
+def test_plugin_panels_follow_the_registry_and_specs_round_trip():
+    panels = plugin_panels()
+    assert [p.name for p in panels] == sorted(PLUGINS)
+    for panel in panels:
+        assert panel.fields and all(f.kind in ("bool", "int", "float", "text") for f in panel.fields)
+        assert plugin_spec(panel.name, {f.name: f.default for f in panel.fields}) == panel.name
+    spec = plugin_spec("ras", {"sample_ratio": 0.25, "error_reset_steps": "0.5/0.8", "metric": "l2norm"})
+    assert spec == "ras:sample_ratio=0.25,error_reset_steps=0.5/0.8,metric=l2norm"
+    name, values = plugin_values(spec)
+    assert name == "ras" and plugin_spec(name, values) == spec
+    assert parse_plugin_list(f"fora:interval=2; {spec}") == ("fora:interval=2", spec)
+
+
+def test_demo_model_is_offered_when_there_are_no_checkpoints(runs_dir, tmp_path):
+    service = StudioService(tmp_path / "outputs", device="cpu")
+    assert [o.name for o in service.model_options()] == [DEMO_MODEL]
+    result = service.generate(GenerateRequest(DEMO_MODEL, num_images=1, num_inference_steps=2))
+    assert result.batch.records[0].model == DEMO_MODEL
+    assert "untrained demo" in service.select(DEMO_MODEL).note
+
+
+def test_training_run_streams_losses_stops_and_its_checkpoint_is_listed(runs_dir, tmp_path):
+    service = StudioService(tmp_path / "outputs", device="cpu")
+    status = service.trainer.start("dit", "mnist-tiny", 30, overrides=TINY_DIT_OVERRIDES)
+    assert status.running
+    with pytest.raises(StudioError, match="still going"):
+        service.trainer.start("dit", "mnist-tiny", 30)
+    deadline = time.monotonic() + 90
+    while service.trainer.status().step < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    service.trainer.stop()
+    status = service.trainer.wait(90)
+    assert status.state == "stopped", status.message
+    assert 2 <= status.step < 30 and len(status.history) == status.step and "loss" in status.history[0]
+    assert status.sample and status.sample.endswith(f"step-{status.step:06d}.png")
+    assert status.run in [e.name for e in list_models()]
+    assert service.generate(GenerateRequest(status.run, num_images=1, num_inference_steps=2)).batch.paths
