@@ -294,47 +294,47 @@ class SchedulerTap:
 
 
 class StudioLoopTap:
-    """Binds listeners to the scheduler a studio pipeline call actually uses.
+    """Binds plugin handles to the scheduler a studio pipeline call actually uses.
 
     `StudioDiTPipeline.__call__` builds a fresh scheduler when ``scheduler=`` is given and hands it
     to ``_denoise(latents, y, sampler, ...)`` after ``set_timesteps``. The tap wraps ``_denoise``
-    on the pipeline instance, tells listeners T, taps that scheduler for the call, then untaps.
-    (A pipeline-side per-step hook would make this wrapper unnecessary; see samplers/README.)
+    on the pipeline instance and calls ``handle.bind_scheduler(sampler)`` before the loop and
+    ``handle.unbind_scheduler(sampler)`` after it. (If the pipeline made those two calls itself,
+    this wrapper would go away: see samplers/README.md.)
     """
 
     def __init__(self, pipe: Any):
         self.pipe = pipe
-        self.listeners: list[StepListener] = []
+        self.handles: list[PluginHandle] = []
         original = pipe._denoise
 
         @functools.wraps(original)
         def denoise(latents: torch.Tensor, y: torch.Tensor, sampler: Any, *args: Any, **kwargs: Any) -> Any:
-            listeners = list(self.listeners)
-            for listener in listeners:
-                listener.begin(len(sampler.timesteps))
-                SchedulerTap.attach(sampler, listener)
+            handles = list(self.handles)
+            for handle in handles:
+                handle.bind_scheduler(sampler)
             try:
                 return original(latents, y, sampler, *args, **kwargs)
             finally:
-                for listener in listeners:
-                    SchedulerTap.detach(sampler, listener)
+                for handle in handles:
+                    handle.unbind_scheduler(sampler)
 
         pipe.__dict__["_denoise"] = denoise
 
     @classmethod
-    def attach(cls, pipe: Any, listener: StepListener) -> None:
+    def attach(cls, pipe: Any, handle: PluginHandle) -> None:
         tap = _LOOP_TAPS.get(pipe)
         if tap is None:
             tap = _LOOP_TAPS[pipe] = cls(pipe)
-        tap.listeners.append(listener)
+        tap.handles.append(handle)
 
     @classmethod
-    def detach(cls, pipe: Any, listener: StepListener) -> None:
+    def detach(cls, pipe: Any, handle: PluginHandle) -> None:
         tap = _LOOP_TAPS.get(pipe)
-        if tap is None or listener not in tap.listeners:
+        if tap is None or handle not in tap.handles:
             return
-        tap.listeners.remove(listener)
-        if not tap.listeners:
+        tap.handles.remove(handle)
+        if not tap.handles:
             del pipe.__dict__["_denoise"]
             del _LOOP_TAPS[pipe]
 
@@ -342,25 +342,19 @@ class StudioLoopTap:
 # ---------------------------------------------------------------------------- targets
 @dataclass
 class Target:
-    """What `resolve_target` found: the transformer, its layout, and how to follow the loop.
-
-    ``attach(listener)`` connects a controller to the loop tap and returns the matching detach
-    callable; for a bare model both do nothing.
-    """
+    """What `resolve_target` found: the transformer, its layout, and what tells where the loop is
+    (a studio pipeline, a scheduler, or neither for a bare model)."""
 
     model: nn.Module
     layout: TransformerLayout
     pipeline: Any = None
     scheduler: Any = None
 
-    def attach(self, listener: StepListener) -> Callable[[], None]:
-        if self.pipeline is not None and hasattr(self.pipeline, "add_plugin"):
-            StudioLoopTap.attach(self.pipeline, listener)
-            return functools.partial(StudioLoopTap.detach, self.pipeline, listener)
-        if self.scheduler is not None:
-            SchedulerTap.attach(self.scheduler, listener)
-            return functools.partial(SchedulerTap.detach, self.scheduler, listener)
-        return lambda: None
+    @property
+    def studio_pipeline(self) -> Any:
+        """The studio pipeline (with ``add_plugin`` and ``_denoise``) this target is, or None."""
+        pipe = self.pipeline
+        return pipe if hasattr(pipe, "add_plugin") and hasattr(pipe, "_denoise") else None
 
 
 def resolve_target(plugin: str, target: Any) -> Target:
@@ -377,9 +371,9 @@ def resolve_target(plugin: str, target: Any) -> Target:
                 f"{plugin} cannot be applied to {type(target).__name__} ({what}): it needs a pipeline "
                 f"with a diffusion transformer ({', '.join(sorted(c.__name__ for c in LAYOUTS))})"
             )
-        layout = layout_for(plugin, model)
-        is_studio = hasattr(target, "add_plugin") and hasattr(target, "_denoise")
-        return Target(model, layout, pipeline=target, scheduler=None if is_studio else target.scheduler)
+        found = Target(model, layout_for(plugin, model), pipeline=target)
+        found.scheduler = None if found.studio_pipeline is not None else target.scheduler
+        return found
     model = _as_model(plugin, target)
     return Target(model, layout_for(plugin, model))
 
@@ -394,8 +388,8 @@ def _as_model(plugin: str, obj: Any) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- handles
-class Controller(Protocol):
-    """Per-generation state of one applied plugin."""
+class Controller(StepListener, Protocol):
+    """Per-generation state of one applied plugin; follows the loop through a tap."""
 
     def reset(self) -> None: ...
 
@@ -405,9 +399,11 @@ class Controller(Protocol):
 class PluginHandle:
     """What `apply` returns: reset per generation, report, and remove exactly.
 
-    On a studio pipeline the handle is also registered with ``pipe.add_plugin`` (so the
-    pipeline resets it per call and puts `settings` / `stats` in the generation record) and
-    `remove` detaches it again.
+    The handle connects its controller to the loop: on a studio pipeline it registers with
+    ``pipe.add_plugin`` (so the pipeline resets it per call and puts `settings` / `stats` in the
+    generation record) and is bound to each call's scheduler; on a diffusers pipeline or a
+    ``(model, scheduler)`` pair the scheduler is tapped for the handle's lifetime. `remove`
+    undoes all of it.
     """
 
     def __init__(self, name: str, config: Any, target: Target, hooks: HookSet, controller: Controller,
@@ -417,14 +413,30 @@ class PluginHandle:
         self.target = target
         self._hooks = hooks
         self._controller = controller
-        self._undo = undo
+        self._undo = list(undo)
         self._removed = False
-        if target.pipeline is not None and hasattr(target.pipeline, "add_plugin"):
-            target.pipeline.add_plugin(self)
+        pipe = target.studio_pipeline
+        if pipe is not None:
+            StudioLoopTap.attach(pipe, self)
+            self._undo.append(functools.partial(StudioLoopTap.detach, pipe, self))
+            pipe.add_plugin(self)
+        elif target.scheduler is not None:
+            self.bind_scheduler(target.scheduler)
+            self._undo.append(functools.partial(self.unbind_scheduler, target.scheduler))
 
     @property
     def controller(self) -> Controller:
         return self._controller
+
+    def bind_scheduler(self, scheduler: Any) -> None:
+        """Follow ``scheduler``: its timesteps (if already set) start a generation, its steps advance it."""
+        if getattr(scheduler, "timesteps", None) is not None:
+            self._controller.begin(len(scheduler.timesteps))
+        SchedulerTap.attach(scheduler, self._controller)
+
+    def unbind_scheduler(self, scheduler: Any) -> None:
+        """Stop following ``scheduler`` (its methods are restored when no plugin follows it)."""
+        SchedulerTap.detach(scheduler, self._controller)
 
     def reset(self) -> None:
         """Forget all cached tensors and counters (called at the start of every generation)."""
@@ -447,9 +459,9 @@ class PluginHandle:
         self._hooks.remove()
         for undo in reversed(self._undo):
             undo()
-        pipeline = self.target.pipeline
-        if pipeline is not None and hasattr(pipeline, "remove_plugin") and self in pipeline.plugins:
-            pipeline.remove_plugin(self)
+        pipe = self.target.studio_pipeline
+        if pipe is not None and self in pipe.plugins:
+            pipe.remove_plugin(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}, {self.config})"

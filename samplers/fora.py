@@ -361,4 +361,4 @@ def apply_fora(target: Any, config: FORAConfig | None = None) -> PluginHandle:
         hooks.add(module, _SlotHook(controller, name, kind), FORA_SLOT_HOOK)
     for name, block in _replayable_blocks(found.model, found.layout, config):
         hooks.add(block, _BlockHook(controller, name), FORA_BLOCK_HOOK)
-    return PluginHandle("fora", config, found, hooks, controller, [found.attach(controller)])
+    return PluginHandle("fora", config, found, hooks, controller, [])

@@ -525,5 +525,4 @@ def apply_ras(target: Any, config: RASConfig | None = None) -> PluginHandle:
         original = attn.processor
         attn.set_processor(RASAttnProcessor(controller, name, original))
         undo.append(lambda attn=attn, original=original: attn.set_processor(original))
-    undo.append(found.attach(controller))
     return PluginHandle("ras", config, found, hooks, controller, undo)

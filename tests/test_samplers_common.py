@@ -107,6 +107,7 @@ def tiny_sd3_transformer() -> SD3Transformer2DModel:
 
 def sd3_pipeline(tmp_path: Path) -> StableDiffusion3Pipeline:
     """`StableDiffusion3Pipeline` with tiny CLIP x2 / T5 text encoders, saved and reloaded."""
+    pytest.importorskip("transformers")
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     torch.manual_seed(0)
