@@ -1,0 +1,415 @@
+"""Benchmark the fast-sampling plugins against the plain sampler and diffusers' cache hooks.
+
+Protocol (spec fora_ras.md §3.3): one process, one model object, same scheduler (DDIM), steps,
+guidance and seeds for every method; each method is applied to and removed from the same
+pipeline. Pass 1 (untimed warm-up) runs every method once and keeps its images, plugin stats and
+the attention/MLP work it did; then ``--repeats`` timed rounds run all methods round-robin, so
+load changes on the machine hit every method alike. The time is the pipeline's own denoising
+loop time (``record.timings["denoise_s"]``: transformer + guidance + scheduler, no decoding).
+
+Reported per method: median denoise time; speedup vs. the plain run (median over rounds of the
+paired ratio, for wall time and for process CPU time); the ideal "MAC bound" (1 / share of the
+attention+MLP multiply-adds still done, counted from the tokens entering every ``attn1.to_q`` and
+``ff.net.2``: the speedup if those were the whole step); plugin stats; and the output change vs.
+the plain run (mean abs diff and PSNR of the [0, 1] images). ``--profile`` adds the top operators
+of a profiled run of the main methods, to show where the remaining time goes.
+
+    python bench/plugins.py --checkpoint none          # random-init mnist-small DiT
+    python bench/plugins.py --checkpoint dit-mnist     # anything studio.load_pipeline opens
+
+Writes ``<out>.json``, ``<out>.md`` and (with matplotlib) ``<out>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    FasterCacheConfig,
+    FirstBlockCacheConfig,
+    PyramidAttentionBroadcastConfig,
+    TaylorSeerCacheConfig,
+    apply_faster_cache,
+    apply_first_block_cache,
+    apply_pyramid_attention_broadcast,
+    apply_taylorseer_cache,
+)
+from diffusers.hooks import HookRegistry
+from diffusers.models.cache_utils import CacheMixin
+
+import samplers
+from studio.models.dit import DiTConfig, build_dit
+from studio.pipelines.dit import StudioDiTPipeline
+
+RESULTS = Path(__file__).parent / "results" / "plugins"
+MLP_MULT = 4  # DiT FeedForward width multiplier
+INIT_STD = 0.02  # random-init model: std of the adaLN / output layers that build_dit zeroes
+
+
+# ---------------------------------------------------------------------------- model
+def random_pipeline(seed: int = 0) -> StudioDiTPipeline:
+    """mnist-small DiT (28 px, patch 4, depth 6, 4 heads x 32) with non-zero adaLN and output layers."""
+    torch.manual_seed(seed)
+    model = build_dit(DiTConfig())
+    with torch.no_grad():
+        for block in model.transformer_blocks:
+            block.norm1.linear.weight.normal_(0, INIT_STD)
+        model.proj_out_1.weight.normal_(0, INIT_STD)
+        model.proj_out_2.weight.normal_(0, INIT_STD)
+    pipe = StudioDiTPipeline(transformer=model.eval(), scheduler=DDIMScheduler())
+    pipe.register_to_config(_name_or_path="random-init mnist-small DiT")
+    return pipe
+
+
+def load(checkpoint: str) -> StudioDiTPipeline:
+    if checkpoint.lower() == "none":
+        return random_pipeline()
+    import studio
+
+    return studio.load_pipeline(checkpoint, device="cpu")
+
+
+# ---------------------------------------------------------------------------- work counting
+class BlockWork:
+    """Attention + MLP multiply-adds actually done, from the tokens entering q-projections and MLP outputs.
+
+    Per query token, attention costs 4 d^2 (q, k, v, out projections) + 2 N d (scores and values
+    against all N keys, which RAS keeps through its K/V cache); per MLP token 2 * MLP_MULT * d^2.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.width = model.config.num_attention_heads * model.config.attention_head_dim
+        size, patch = model.config.sample_size, model.config.patch_size
+        self.tokens = (size // patch) ** 2
+        self.macs = 0.0
+        targets = [m for name, m in model.named_modules() if name.endswith((".attn1.to_q", ".ff.net.2"))]
+        self._handles = [m.register_forward_hook(self._count) for m in targets]
+
+    def _count(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        rows = output.numel() // output.shape[-1]
+        d = self.width
+        if module.in_features == d and module.out_features == d:  # attn1.to_q
+            self.macs += rows * (4 * d * d + 2 * self.tokens * d)
+        else:  # ff.net.2
+            self.macs += rows * 2 * MLP_MULT * d * d
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+# ---------------------------------------------------------------------------- methods
+@dataclass
+class Method:
+    """A way to sample: ``enable(pipe)`` is a context manager active during one generation."""
+
+    name: str
+    family: str
+    enable: Callable[[StudioDiTPipeline], Any]
+
+
+@contextmanager
+def plain(pipe: StudioDiTPipeline) -> Iterator[dict]:
+    yield {}
+
+
+def studio_plugins(*specs: str) -> Callable[[StudioDiTPipeline], Any]:
+    @contextmanager
+    def enable(pipe: StudioDiTPipeline) -> Iterator[dict]:
+        handles = [samplers.apply(pipe, samplers.parse_plugin_spec(spec)) for spec in specs]
+        try:
+            yield {"handles": handles}
+        finally:
+            for handle in reversed(handles):
+                handle.remove()
+    return enable
+
+
+class TimestepProbe:
+    """Records the timestep of the latest transformer call (PAB / FasterCache need a callback)."""
+
+    def __init__(self) -> None:
+        self.value = 1000
+
+    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self.value = int(kwargs["timestep"].flatten()[0])
+
+
+def diffusers_hook(apply_fn: Callable, make_config: Callable[[TimestepProbe], Any]) -> Callable:
+    """Apply a diffusers cache hook to the transformer for one generation, with a cache context.
+
+    DiTTransformer2DModel has no `CacheMixin`, so the context is entered with the mixin's own
+    ``cache_context`` on the model (one context, "batched", for the CFG-batched call), the
+    stateful hooks are reset before the generation, and every hook added is removed after it.
+    """
+
+    @contextmanager
+    def enable(pipe: StudioDiTPipeline) -> Iterator[dict]:
+        model = pipe.transformer
+        before = _hook_names(model)
+        probe = TimestepProbe()
+        probe_handle = model.register_forward_pre_hook(probe, with_kwargs=True)
+        registry = HookRegistry.check_if_exists_or_initialize(model)
+        try:
+            apply_fn(model, make_config(probe))
+            registry.invalidate_child_registries_cache()
+            registry.reset_stateful_hooks()
+            with CacheMixin.cache_context(model, "batched"):
+                yield {}
+        finally:
+            probe_handle.remove()
+            for module, names in _hook_names(model).items():
+                for name in names - before.get(module, set()):
+                    module._diffusers_hook.remove_hook(name, recurse=False)
+                if module not in before and not module._diffusers_hook.hooks:
+                    del module._diffusers_hook
+                    module.__dict__.pop("forward", None)
+    return enable
+
+
+def _hook_names(model: torch.nn.Module) -> dict[torch.nn.Module, set[str]]:
+    return {m: set(m._diffusers_hook.hooks) for m in model.modules() if hasattr(m, "_diffusers_hook")}
+
+
+DIT_CACHE_IDS = [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"]
+
+METHODS = [
+    Method("plain DDIM", "baseline", plain),
+    Method("FORA N=2", "studio", studio_plugins("fora:interval=2")),
+    Method("FORA N=3", "studio", studio_plugins("fora:interval=3")),
+    Method("FORA N=4", "studio", studio_plugins("fora:interval=4")),
+    Method("RAS 0.75", "studio", studio_plugins("ras:ratio=0.75")),
+    Method("RAS 0.5", "studio", studio_plugins("ras:ratio=0.5")),
+    Method("RAS 0.25", "studio", studio_plugins("ras:ratio=0.25")),
+    Method("FORA N=3 + RAS 0.5", "studio", studio_plugins("fora:interval=3", "ras:ratio=0.5")),
+    Method("FirstBlockCache 0.05", "diffusers", diffusers_hook(
+        apply_first_block_cache, lambda probe: FirstBlockCacheConfig(threshold=0.05))),
+    Method("FirstBlockCache 0.2", "diffusers", diffusers_hook(
+        apply_first_block_cache, lambda probe: FirstBlockCacheConfig(threshold=0.2))),
+    Method("PAB spatial 2", "diffusers", diffusers_hook(
+        apply_pyramid_attention_broadcast, lambda probe: PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2, current_timestep_callback=lambda: probe.value))),
+    Method("TaylorSeer N=3 order 1", "diffusers", diffusers_hook(
+        apply_taylorseer_cache, lambda probe: TaylorSeerCacheConfig(
+            cache_interval=3, disable_cache_before_step=3, max_order=1, taylor_factors_dtype=torch.float32,
+            cache_identifiers=DIT_CACHE_IDS))),
+    Method("FasterCache", "diffusers", diffusers_hook(
+        apply_faster_cache, lambda probe: FasterCacheConfig(
+            spatial_attention_block_skip_range=2, current_timestep_callback=lambda: probe.value))),
+]
+
+
+# ---------------------------------------------------------------------------- measuring
+def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
+    mse = float(((images - reference) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+def paired_speedup(baseline: list[float], method: list[float]) -> float:
+    """Median over rounds of baseline time / method time (pairs run back to back, so load drift cancels)."""
+    return round(statistics.median(b / m for b, m in zip(baseline, method)), 3)
+
+
+def run_once(pipe: StudioDiTPipeline, method: Method, args: argparse.Namespace,
+             count_work: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    with ExitStack() as stack:
+        stack.enter_context(method.enable(pipe))
+        work = BlockWork(pipe.transformer) if count_work else None
+        cpu_started = time.process_time()
+        output = pipe(num_images=args.images, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      seed=args.seed, scheduler="ddim", output_type="pt")
+        cpu_s = time.process_time() - cpu_started
+        if work is not None:
+            work.remove()
+    info = {"denoise_s": output.record.timings["denoise_s"], "cpu_s": cpu_s, "stats": output.record.plugin_stats,
+            "settings": output.record.plugins}
+    if work is not None:
+        info["macs"] = work.macs
+    return output.images, info
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    pipe = load(args.checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    methods = [m for m in METHODS if not args.only or m.name in args.only or m.family == "baseline"]
+    results: dict[str, dict[str, Any]] = {}
+    reference, base_macs = None, None
+    for method in methods:  # pass 1: warm-up, images, stats, work
+        try:
+            images, info = run_once(pipe, method, args, count_work=True)
+        except Exception as exc:  # a diffusers hook that does not fit this model
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            results[method.name] = {"family": method.family, "applicable": False,
+                                    "reason": f"not applicable: {type(exc).__name__}: {message}"}
+            print(f"{method.name}: not applicable ({message})", file=sys.stderr)
+            continue
+        reference = images if reference is None else reference
+        base_macs = info["macs"] if base_macs is None else base_macs
+        results[method.name] = {
+            "family": method.family, "applicable": True, "stats": info["stats"], "settings": info["settings"],
+            "work_fraction": round(info["macs"] / base_macs, 4),
+            "ideal_speedup": round(base_macs / info["macs"], 3) if info["macs"] else None,
+            "mean_abs_diff": round(float((images - reference).abs().mean()), 5),
+            "psnr_db": round(psnr(images, reference), 2), "times_s": [], "cpu_times_s": [],
+        }
+        print(f"{method.name}: warm-up {info['denoise_s']:.2f}s", file=sys.stderr)
+    for round_index in range(args.repeats):  # timed rounds, round-robin
+        for method in methods:
+            if results[method.name]["applicable"]:
+                _, info = run_once(pipe, method, args)
+                results[method.name]["times_s"].append(info["denoise_s"])
+                results[method.name]["cpu_times_s"].append(round(info["cpu_s"], 3))
+        print(f"round {round_index + 1}/{args.repeats} done", file=sys.stderr)
+    base = results["plain DDIM"]
+    for entry in results.values():
+        if entry["applicable"]:
+            entry["median_s"] = round(statistics.median(entry["times_s"]), 4)
+            entry["speedup"] = paired_speedup(base["times_s"], entry["times_s"])
+            entry["cpu_speedup"] = paired_speedup(base["cpu_times_s"], entry["cpu_times_s"])
+    return {
+        "model": pipe.model_name(),
+        "setup": {"scheduler": "ddim", "steps": args.steps, "images": args.images, "guidance": args.guidance,
+                  "seed": args.seed, "repeats": args.repeats, "threads": torch.get_num_threads(),
+                  "sample_size": pipe.transformer.config.sample_size, "patch_size": pipe.transformer.config.patch_size,
+                  "depth": pipe.transformer.config.num_layers,
+                  "width": pipe.transformer.config.num_attention_heads * pipe.transformer.config.attention_head_dim},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
+        "methods": results,
+    }
+
+
+PROFILED = ("plain DDIM", "FORA N=3", "RAS 0.5", "FORA N=3 + RAS 0.5")
+
+
+def profile(args: argparse.Namespace, rows: int = 12) -> str:
+    """Top operators by self CPU time of one run of each `PROFILED` method."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    pipe = load(args.checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    sections = []
+    for method in (m for m in METHODS if m.name in PROFILED):
+        run_once(pipe, method, args)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            run_once(pipe, method, args)
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+        sections.append(f"===== {method.name}\n{table}")
+    return "\n".join(sections)
+
+
+# ---------------------------------------------------------------------------- reporting
+def markdown(report: dict[str, Any]) -> str:
+    setup = report["setup"]
+    lines = [
+        f"# Fast-sampling plugins: {report['model']}",
+        "",
+        f"DDIM {setup['steps']} steps, {setup['images']} images (CFG {setup['guidance']}, batch "
+        f"{2 * setup['images']} rows), seeds {setup['seed']}+i, {setup['sample_size']} px / patch "
+        f"{setup['patch_size']}, depth {setup['depth']}, width {setup['width']}; {setup['threads']} torch "
+        f"thread(s), median of {setup['repeats']} timed round-robin runs; load average at the end "
+        f"{report['machine']['loadavg_end']}.",
+        "",
+        "Speedup = median over rounds of plain / method wall time of the denoising loop (each round runs "
+        "every method back to back); CPU speedup = the same with the process CPU time of the call (robust "
+        "when other processes share the cores). MAC bound = 1 / share of the attention+MLP multiply-adds "
+        "still done: the speedup if they were the whole step. FORA leaves norms, modulation, embeddings "
+        "and the scheduler running, so it stays below it; RAS also shrinks the token-wise norms, GELU and "
+        "residual ops and the working set, so on a small CPU model it can exceed it. Output change is "
+        "against the plain run with the same seeds, images in [0, 1].",
+        "",
+        "| method | family | median s | speedup | CPU speedup | MAC bound | MACs done | mean abs diff | PSNR dB "
+        "| notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in report["methods"].items():
+        if not entry["applicable"]:
+            lines.append(f"| {name} | {entry['family']} | – | – | – | – | – | – | – | {entry['reason']} |")
+            continue
+        notes = "; ".join(f"{k}: {_short(v)}" for k, v in entry["stats"].items())
+        lines.append(f"| {name} | {entry['family']} | {entry['median_s']:.3f} | {entry['speedup']:.2f}x | "
+                     f"{entry['cpu_speedup']:.2f}x | {entry['ideal_speedup']:.2f}x | {entry['work_fraction']:.2f} | {entry['mean_abs_diff']:.4f} | "
+                     f"{entry['psnr_db']} | {notes} |")
+    return "\n".join(lines) + "\n"
+
+
+def _short(stats: dict[str, Any]) -> str:
+    keys = ("full_evaluations", "est_saved_fraction", "ras_steps", "token_fraction")
+    return ", ".join(f"{k}={stats[k]}" for k in keys if k in stats)
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {"baseline": "black", "studio": "tab:blue", "diffusers": "tab:orange"}
+    for name, entry in report["methods"].items():
+        if not entry["applicable"] or entry["family"] == "baseline":
+            continue
+        quality = min(entry["psnr_db"], 60.0)
+        ax.scatter(entry["speedup"], quality, color=colours[entry["family"]])
+        ax.annotate(name, (entry["speedup"], quality), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlabel("wall-time speedup vs plain DDIM (x)")
+    ax.set_ylabel("PSNR vs plain DDIM output (dB, higher = closer)")
+    ax.set_title(f"speed / quality: {report['model']}, DDIM {report['setup']['steps']} steps", fontsize=9)
+    ax.axvline(1.0, color="grey", lw=0.5)
+    ax.grid(alpha=0.3)
+    for family, colour in colours.items():
+        if family != "baseline":
+            ax.scatter([], [], color=colour, label=family)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="none", help="studio.load_pipeline name/path, or 'none' (random init)")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--only", nargs="*", default=None, help="method names to run besides the plain one")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="output path without extension")
+    parser.add_argument("--profile", action="store_true", help=f"also profile {', '.join(PROFILED)}")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    report = benchmark(args)
+    report["bench_wall_s"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
+    table = markdown(report)
+    args.out.with_suffix(".md").write_text(table)
+    if args.profile:
+        args.out.with_suffix(".profile.txt").write_text(profile(args))
+    if plot(report, args.out.with_suffix(".png")):
+        print(f"wrote {args.out.with_suffix('.png')}", file=sys.stderr)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
