@@ -87,10 +87,11 @@ class SAGANFamily(Family):
 
     def build_models(self) -> dict[str, nn.Module]:
         settings: SAGANTrainConfig = self.config.model
+        generator = self.build_generator()
         discriminator = ProjectionDiscriminator(DiscriminatorConfig(
             image_size=self.info.image_size, in_channels=self.info.channels, num_classes=self.num_classes,
             width=settings.width, attention_resolution=settings.attention_resolution, init=self.discriminator_init))
-        return {"generator": self.build_generator(), "discriminator": discriminator}
+        return {"generator": generator, "discriminator": discriminator}
 
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.adamw(models["generator"].parameters()),

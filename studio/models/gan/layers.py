@@ -288,6 +288,19 @@ class GANGeneratorMixin:
             raise TypeError(f"{cls.__name__} needs a {cls.arch_class.__name__}, got {type(arch).__name__}")
         return cls(arch=asdict(arch))
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """diffusers' ``from_pretrained``, building the network with real tensors before loading.
+
+        diffusers builds models on the meta device by default (``low_cpu_mem_usage``), but torch's
+        spectral norm runs 15 power iterations when it wraps a layer, and on meta tensors those go
+        through slow decomposed kernels (measured: over 1 s per layer). Building for real costs
+        milliseconds at GAN sizes. With a ``device_map`` the caller's choice stands.
+        """
+        if kwargs.get("device_map") is None:
+            kwargs["low_cpu_mem_usage"] = False
+        return super().from_pretrained(*args, **kwargs)  # type: ignore[misc]
+
     @property
     def num_classes(self) -> int:
         """K of a class-conditional generator; 0 when unconditional."""
