@@ -58,13 +58,16 @@ class GenerationStopped(StudioError):
 # ============================================================================ models
 @dataclass(frozen=True)
 class ModelOption:
-    """One entry of the model picker: ``name`` is what `StudioService.generate` takes."""
+    """One entry of the model picker: ``name`` is what `StudioService.generate` takes.
+
+    (``folder``, not ``path``: gradio_client would take a dict with a ``path`` key for a file.)
+    """
 
     name: str
     label: str
     family: str
     source: str  # shipped | run | demo
-    path: str
+    folder: str
 
 
 def model_options() -> list[ModelOption]:
@@ -390,8 +393,9 @@ class Batch:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
+        """Wall time and ``{"png": path, "record": ...}`` per image (JSON-ready)."""
         return {"seconds": round(self.seconds, 4),
-                "images": [{"path": str(p), "record": r.to_dict()} for p, r in zip(self.paths, self.records)]}
+                "images": [{"png": str(p), "record": r.to_dict()} for p, r in zip(self.paths, self.records)]}
 
 
 @dataclass

@@ -1,0 +1,149 @@
+"""The Gradio app driven through its API with `gradio_client`, on a free local port.
+
+One app per module (tiny DiT and SAGAN runs in a temporary ``STUDIO_RUNS``); every request goes
+through the real queue, components and file serving.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from tests.test_app_service import DIT, GAN, write_checkpoints
+from webapp.service import StudioService
+from webapp.ui import API_NAMES, allowed_paths, build_app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_app(root: Path) -> Iterator[tuple[str, StudioService]]:
+    """The app over tiny runs in ``root/runs``, launched on a free port; yields its URL and service."""
+    write_checkpoints(root / "runs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STUDIO_RUNS", str(root / "runs"))
+        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        service = StudioService(root / "outputs", device="cpu")
+        demo = build_app(service)
+        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
+                                allowed_paths=allowed_paths(service), quiet=True)
+        try:
+            yield url, service
+        finally:
+            demo.close()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    with running_app(tmp_path_factory.mktemp("app")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app[0], verbose=False)
+
+
+def generate(client: Client, model: str = DIT, plugins: str = "", measure: bool = False, steps: int = 3,
+             batch: int = 2, seed: int = 7, truncation: float = 0.0) -> tuple[list, str, dict]:
+    return client.predict(model, "all", "ddim", steps, 4.0, truncation, seed, False, batch, plugins, measure,
+                          api_name="/generate")
+
+
+def test_every_action_is_a_named_endpoint(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {f"/{name}" for name in API_NAMES} <= set(endpoints)
+    generate_inputs = [p["label"] for p in endpoints["/generate"]["parameters"]]
+    assert generate_inputs[:3] == ["Model", "Class", "Sampler"] and "Plugin specs" in generate_inputs
+
+
+@pytest.mark.parametrize("model, truncation", [(DIT, 0.0), (GAN, 0.7)])
+def test_generate_returns_pngs_with_their_records_for_each_family(client, model, truncation):
+    gallery, timing, details = generate(client, model, truncation=truncation)
+    assert len(gallery) == 2 and gallery[1]["caption"] == "seed 8 · class 1"
+    assert "2 images in" in timing
+    for item, image in zip(gallery, details["images"]):
+        with Image.open(item["image"]) as png:
+            assert png.format == "PNG"
+            assert "Seed: " in png.text["parameters"]
+            assert json.loads(png.text["studio"]) == image["record"]
+    record = details["images"][0]["record"]
+    assert record["seeds"] == [7] and record["family"] == ("dit" if model == DIT else "sagan")
+    assert record["extra"].get("truncation") == (0.7 if model == GAN else None)
+
+
+def test_plugins_apply_and_the_speedup_is_measured_on_request(client):
+    _, timing, details = generate(client, plugins="fora:interval=2", measure=True, steps=4)
+    assert details["images"][0]["record"]["plugins"]["fora"]["cache_interval"] == 2
+    assert details["baseline_seconds"] > 0 and details["speedup"] > 0 and "speedup" in timing
+
+
+def test_compare_shows_both_sides_with_their_timings(client):
+    baseline, accelerated, text, details = client.predict(DIT, "3", "ddim", 4, 4.0, 0.0, 1, False, 2, "fora:interval=2",
+                                                          api_name="/compare")
+    assert len(baseline) == len(accelerated) == 2 and "speedup" in text
+    assert details["baseline"]["seconds"] > 0 and details["accelerated"]["seconds"] > 0
+    assert details["baseline"]["images"][0]["record"]["class_labels"] == [3]
+
+
+def test_model_info_follows_call_parameters(client):
+    dit, gan = (client.predict(name, api_name="/model_info") for name in (DIT, GAN))
+    assert "num_inference_steps" in dit["parameters"] and "truncation" not in dit["parameters"]
+    assert "num_inference_steps" not in gan["parameters"] and "truncation" in gan["parameters"]
+    assert dit["class_names"][3] == "digit 3" and set(gan["plugin_errors"]) == {"fora", "ras"}
+    models = client.predict(api_name="/models")[1]
+    assert {m["name"] for m in models} == {DIT, GAN}
+
+
+def test_history_recall_and_png_info_return_the_parameters(client):
+    gallery, _, details = generate(client, seed=11)
+    recalled = client.predict(details["history_id"], api_name="/recall")
+    assert recalled == details["request"] and recalled["seed"] == 11
+    assert details["history_id"] in [e["id"] for e in client.predict(api_name="/history")]
+    from_png = client.predict(handle_file(gallery[1]["image"]), api_name="/png_info")
+    assert (from_png["seed"], from_png["num_images"], from_png["class_label"]) == (12, 1, 1)
+
+
+def test_bad_requests_are_readable_errors_and_the_app_keeps_serving(client, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{not json")
+    fake_png = tmp_path / "fake.png"
+    fake_png.write_bytes(b"not an image")
+    cases = [
+        (lambda: generate(client, "no-such-model"), "unknown model 'no-such-model'"),
+        (lambda: generate(client, str(broken)), "unreadable model_index.json"),
+        (lambda: generate(client, GAN, plugins="fora"), "fora cannot be applied to StudioGANPipeline"),
+        (lambda: generate(client, plugins="nope:x=1"), "unknown plugin 'nope'"),
+        (lambda: client.predict(handle_file(str(fake_png)), api_name="/png_info"), "not a PNG with a studio"),
+        (lambda: client.predict(999, api_name="/recall"), "not in the history"),
+        (lambda: client.predict("dit", "no-preset", 10, api_name="/train"), "unknown preset 'no-preset'"),
+    ]
+    for call, message in cases:
+        with pytest.raises(AppError, match=message):
+            call()
+    assert len(generate(client)[0]) == 2
+
+
+def test_stop_interrupts_a_running_generation(client):
+    job = client.submit(DIT, "all", "ddpm", 250, 4.0, 0.0, 0, False, 16, "", False, api_name="/generate")
+    deadline = time.monotonic() + 60
+    while not (job.status().progress_data or []) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.predict(api_name="/stop")
+    with pytest.raises(AppError, match="generation stopped"):
+        job.result(timeout=60)
+    assert len(generate(client)[0]) == 2

@@ -1,0 +1,470 @@
+"""The studio Gradio app: Generate, Compare and Train tabs over one `StudioService`.
+
+Thin by design: every handler converts component values to service calls and service results
+to component values; all logic is in `webapp.service`. Conventions (ecosystem.md section 4):
+
+- CPU-bound events (generate, compare, train) share the concurrency id ``cpu`` with limit 1, so
+  they run one at a time, in order; model loading has its own queue (``models``); stop buttons
+  and quick UI syncs are never queued behind them;
+- every user-facing action is an API endpoint with a stable name (`API_NAMES`), usable from
+  `gradio_client`; helper events are private;
+- galleries serve the PNG files the service wrote (with their ``parameters`` / ``studio``
+  chunks), as PNG;
+- a `StudioError` becomes a `gr.Error` with its message; the page stays alive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import gradio as gr
+import pandas as pd
+
+from studio.diffusion.schedulers import scheduler_names
+from studio.errors import StudioError
+from studio.hub import runs_dir
+from webapp.service import (
+    PLUGIN_SEPARATOR,
+    GenerateRequest,
+    GenerateResult,
+    ModelInfo,
+    PluginField,
+    StudioService,
+    TrainStatus,
+    parse_plugin_list,
+    plugin_panels,
+    plugin_spec,
+    plugin_values,
+    training_presets,
+)
+
+#: the public endpoints (``Client(url).predict(..., api_name="/generate")``)
+API_NAMES = ("generate", "compare", "stop", "models", "model_info", "history", "recall", "png_info", "train",
+             "train_stop", "train_status")
+#: concurrency group of the CPU-bound events (one at a time)
+CPU = "cpu"
+#: the class dropdown value that means "balanced classes" (image i gets class i mod K)
+ALL_CLASSES = "all"
+#: seconds between live updates of a training run
+TRAIN_POLL_S = 1.0
+MAX_QUEUE = 32
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show a `StudioError` as a readable error in the page (and to API clients)."""
+    try:
+        yield
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def allowed_paths(service: StudioService) -> list[str]:
+    """Folders whose files the app serves: generated PNGs and training sample grids."""
+    return [str(service.outputs_dir.resolve()), str(runs_dir().resolve())]
+
+
+# ============================================================================ value conversion
+def parse_class(value: Any) -> int | None:
+    """Class dropdown value (``all``, ``"3"`` or 3) -> class index or None (balanced)."""
+    if value in (None, "", ALL_CLASSES):
+        return None
+    try:
+        return int(str(value).split(":")[0])
+    except ValueError:
+        raise StudioError(f"class must be a class index or {ALL_CLASSES!r}, got {value!r}") from None
+
+
+def make_request(model: str, class_value: Any, scheduler: str | None, steps: float, guidance: float,
+                 truncation: float, seed: float | None, randomize: bool, batch: float,
+                 plugins: str) -> GenerateRequest:
+    """A `GenerateRequest` from the Generate tab's values (truncation 0 = off, empty seed = random)."""
+    return GenerateRequest(
+        model=model or "",
+        num_images=int(batch),
+        class_label=parse_class(class_value),
+        seed=None if randomize or seed is None else int(seed),
+        num_inference_steps=int(steps),
+        guidance_scale=float(guidance),
+        scheduler=scheduler or None,
+        truncation=float(truncation) if truncation else None,
+        plugins=parse_plugin_list(plugins),
+    )
+
+
+def class_choices(info: ModelInfo) -> list[tuple[str, str]]:
+    """``(label, value)`` pairs: balanced, then every class (``"3: cat"`` when it has a name)."""
+    named = [(name if name == str(i) else f"{i}: {name}", str(i)) for i, name in enumerate(info.class_names)]
+    return [("all classes (balanced)", ALL_CLASSES)] + named
+
+
+def gallery_items(result_paths: list[Any], records: list[Any]) -> list[tuple[str, str]]:
+    """``(png path, caption)`` per image: seed and class."""
+    items = []
+    for path, record in zip(result_paths, records):
+        caption = f"seed {record.seeds[0]}"
+        if record.class_labels:
+            caption += f" · class {record.class_labels[0]}"
+        items.append((str(path), caption))
+    return items
+
+
+def timing_text(result: GenerateResult, measured: bool) -> str:
+    """Wall time of a generation, and the speedup when the baseline was measured."""
+    n, seconds = len(result.batch.paths), result.batch.seconds
+    text = f"**{n} image{'s' * (n != 1)} in {seconds:.2f} s** ({seconds / n:.2f} s each)"
+    if result.speedup is not None:
+        text += f" · without plugins {result.baseline_seconds:.2f} s → **speedup {result.speedup:.2f}×**"
+    elif measured:
+        text += " · no plugins chosen, so there is no speedup to measure"
+    folder = result.batch.paths[0].parent if result.batch.paths else ""
+    return text + f"  \nsaved in `{folder}`"
+
+
+def loss_frame(status: TrainStatus) -> pd.DataFrame:
+    """Long-form table (step, value, series) of every scalar the run logged."""
+    rows = [(entry["step"], value, key) for entry in status.history for key, value in entry.items() if key != "step"]
+    return pd.DataFrame(rows, columns=["step", "value", "series"])
+
+
+def train_text(status: TrainStatus) -> str:
+    if status.state == "idle":
+        return "No training run yet."
+    last = status.history[-1] if status.history else {}
+    scalars = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
+    return (f"**{status.state}** · run `{status.run}` · step {status.step}/{status.max_steps}"
+            + (f" · {scalars}" if scalars else "") + f"  \n{status.message}")
+
+
+# ============================================================================ the app
+def build_app(service: StudioService) -> gr.Blocks:
+    """The studio app over ``service``, with its queue configured (one CPU-bound event at a time)."""
+    options = service.model_options()
+    panels = plugin_panels()
+    presets = training_presets()
+    with gr.Blocks(title="studio") as demo:
+        gr.Markdown("# studio\nGenerate with diffusion and GAN checkpoints, compare fast-sampling plugins, "
+                    "train a tiny model.")
+        with gr.Tab("Generate"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        model = gr.Dropdown([(o.label, o.name) for o in options], value=options[0].name,
+                                            label="Model", allow_custom_value=True, scale=5,
+                                            info="a shipped model or local run; or type a checkpoint folder / hub id")
+                        refresh = gr.Button("Refresh models", scale=1, size="sm")
+                    model_note = gr.Markdown()
+                    class_label = gr.Dropdown([("all classes (balanced)", ALL_CLASSES)], value=ALL_CLASSES,
+                                              label="Class", allow_custom_value=True)
+                    scheduler = gr.Dropdown(scheduler_names(), value=None, label="Sampler", allow_custom_value=True)
+                    steps = gr.Slider(1, 250, value=20, step=1, label="Steps")
+                    guidance = gr.Slider(0.0, 15.0, value=4.0, step=0.25, label="Guidance scale (CFG)",
+                                         info="1 = conditional model only, > 1 = classifier-free guidance")
+                    truncation = gr.Slider(0.0, 3.0, value=0.0, step=0.05, label="Truncation",
+                                           info="latents resampled into [-t, t]; 0 = off (plain normal latents)")
+                    with gr.Row():
+                        seed = gr.Number(0, precision=0, label="Seed", info="image i uses seed + i")
+                        randomize = gr.Checkbox(False, label="Randomize seed")
+                    batch = gr.Slider(1, 16, value=4, step=1, label="Batch size")
+                    with gr.Accordion("Fast-sampling plugins", open=True):
+                        plugin_parts = [_plugin_panel(panel) for panel in panels]
+                        plugin_text = gr.Textbox(label="Plugin specs", placeholder="none",
+                                                 info="set by the switches above, or type "
+                                                      f"name:key=value,... (several separated by '{PLUGIN_SEPARATOR}')")
+                    measure = gr.Checkbox(False, label="Measure speedup (also runs the request without plugins)")
+                    with gr.Row():
+                        generate_btn = gr.Button("Generate", variant="primary")
+                        stop_btn = gr.Button("Stop", variant="stop")
+                with gr.Column(scale=3):
+                    gallery = gr.Gallery(label="Images", format="png", columns=4, height="auto", interactive=False)
+                    timing = gr.Markdown()
+                    with gr.Accordion("Generation records", open=False):
+                        details = gr.JSON(label="Records")
+                    with gr.Accordion("History (click an image to recall its parameters)", open=True):
+                        history = gr.Gallery(label="Recent generations", columns=6, height="auto",
+                                             allow_preview=False, interactive=False)
+                        png_file = gr.File(label="Recall from a studio PNG", file_types=[".png"], type="filepath")
+                        recalled = gr.JSON(label="Recalled parameters")
+                    with gr.Accordion("Model details", open=False):
+                        model_details = gr.JSON(label="Model")
+                        models_json = gr.JSON(label="Available models")
+
+        with gr.Tab("Compare"):
+            gr.Markdown("Runs the Generate tab's request twice, with the same seeds: with its plugins and "
+                        "without. The plugin run goes first, so warm-up costs never favour the plugins.")
+            compare_btn = gr.Button("Compare", variant="primary")
+            compare_text = gr.Markdown()
+            with gr.Row():
+                baseline_gallery = gr.Gallery(label="Without plugins", format="png", columns=4, height="auto",
+                                              interactive=False)
+                plugin_gallery = gr.Gallery(label="With plugins", format="png", columns=4, height="auto",
+                                            interactive=False)
+            with gr.Accordion("Comparison records", open=False):
+                compare_json = gr.JSON(label="Comparison")
+
+        with gr.Tab("Train"):
+            families = sorted(presets)
+            gr.Markdown("Train a tiny model on a built-in dataset. The run is a normal `runs/` folder; its "
+                        "checkpoint appears in the model list when it ends (or is stopped).")
+            with gr.Row():
+                family = gr.Dropdown(families, value=families[0] if families else None, label="Family",
+                                     allow_custom_value=True)
+                preset = gr.Dropdown(presets.get(families[0], []) if families else [],
+                                     value=presets[families[0]][0] if families else None, label="Preset",
+                                     allow_custom_value=True)
+                max_steps = gr.Slider(10, 1000, value=100, step=10, label="Max steps")
+            with gr.Row():
+                train_btn = gr.Button("Start training", variant="primary")
+                train_stop_btn = gr.Button("Stop training", variant="stop")
+            train_status = gr.Markdown(train_text(service.trainer.status()))
+            with gr.Row():
+                loss_plot = gr.LinePlot(x="step", y="value", color="series", label="Training losses", height=280)
+                sample = gr.Image(label="Latest sample grid", type="filepath", interactive=False, height=280)
+            with gr.Accordion("Run status", open=False):
+                train_json = gr.JSON(label="Status")
+
+        # Extension point: the Control tab (ControlNet). studio.pipelines has no ControlNet pipeline
+        # yet. When it lands, with ``control_image`` in its call_parameters: add the condition (image
+        # path + condition kind) to GenerateRequest.call_kwargs, then a tab here with a
+        # gr.Image(type="filepath") condition input and the Generate tab's controls, wired like
+        # generate_btn (api_name "control", concurrency_id CPU).
+
+        # ------------------------------------------------------------------ model selection
+        plugin_widgets = [w for part in plugin_parts for w in part.widgets]
+        plugin_notes = [part.note for part in plugin_parts]
+        controls = [model, model_note, class_label, scheduler, steps, guidance, truncation, seed, randomize, batch,
+                    plugin_text, *plugin_widgets, *plugin_notes]
+
+        def control_values(info: ModelInfo, request: GenerateRequest | None) -> list[Any]:
+            """Updates for `controls`: what applies to ``info``; values from ``request`` or the model defaults."""
+            keep = gr.update()
+            chosen = dict(plugin_values(spec) for spec in request.plugins) if request else {}
+            plugin_updates, note_updates = [], []
+            for part in plugin_parts:
+                error = info.plugin_errors.get(part.panel.name)
+                plugin_updates += part.updates(chosen.get(part.panel.name, {}) if request else None, error)
+                note_updates.append(gr.update(value=f"*{part.panel.name} is not available for this model: {error}*"
+                                              if error else "", visible=bool(error)))
+            label = request.class_label if request else None
+            return [
+                request.model if request else keep,
+                info.note,
+                gr.update(choices=class_choices(info), visible=bool(info.class_names),
+                          value=ALL_CLASSES if label is None else str(label)),
+                gr.update(visible=info.takes("scheduler"),
+                          value=(request.scheduler if request and request.scheduler else info.default_scheduler)),
+                gr.update(visible=info.takes("num_inference_steps"),
+                          value=request.num_inference_steps if request else info.default_steps),
+                gr.update(visible=info.takes("guidance_scale"),
+                          value=request.guidance_scale if request else info.default_guidance),
+                gr.update(visible=info.takes("truncation"), **({"value": request.truncation or 0.0} if request else {})),
+                request.seed if request else keep,
+                False if request else keep,
+                request.num_images if request else keep,
+                f"{PLUGIN_SEPARATOR} ".join(request.plugins) if request else keep,
+                *plugin_updates,
+                *note_updates,
+            ]
+
+        def pick_model(name: str) -> list[Any]:
+            with user_errors():
+                info = service.select(name)
+            return [info.to_dict(), *control_values(info, None)]
+
+        def apply_request(data: dict[str, Any]) -> list[Any]:
+            if not data:
+                return [gr.update()] * len(controls)
+            request = GenerateRequest.from_dict(data)
+            with user_errors():
+                info = service.select(request.model)
+            return control_values(info, request)
+
+        def list_models() -> tuple[Any, list[dict[str, Any]]]:
+            found = service.model_options()
+            return gr.update(choices=[(o.label, o.name) for o in found]), [dataclasses.asdict(o) for o in found]
+
+        def model_info(name: str) -> dict:
+            """Load a model and describe it: family, call parameters, classes, defaults, plugins that do not apply."""
+            with user_errors():
+                return service.select(name).to_dict()
+
+        model.input(pick_model, model, [model_details, *controls], api_visibility="private", concurrency_id="models")
+        demo.load(pick_model, model, [model_details, *controls], api_visibility="private", concurrency_id="models")
+        refresh.click(list_models, None, [model, models_json], api_name="models", concurrency_limit=None)
+        gr.api(model_info, api_name="model_info", concurrency_id="models")
+
+        # ------------------------------------------------------------------ plugins panel -> spec text
+        def plugin_specs(*values: Any) -> str:
+            specs, offset = [], 0
+            for part in plugin_parts:
+                enabled, *settings = values[offset: offset + len(part.widgets)]
+                offset += len(part.widgets)
+                if enabled:
+                    specs.append(plugin_spec(part.panel.name, dict(zip(part.field_names, settings))))
+            return f"{PLUGIN_SEPARATOR} ".join(specs)
+
+        gr.on([w.change for w in plugin_widgets], plugin_specs, plugin_widgets, plugin_text,
+              api_visibility="private", queue=False, show_progress="hidden")
+
+        # ------------------------------------------------------------------ generate / stop
+        request_inputs = [model, class_label, scheduler, steps, guidance, truncation, seed, randomize, batch,
+                          plugin_text]
+
+        def generate(model_name: str, class_value: Any, scheduler_name: str | None, steps_value: float,
+                     guidance_value: float, truncation_value: float, seed_value: float | None, random_seed: bool,
+                     batch_value: float, plugins: str, measure_speedup: bool,
+                     progress: gr.Progress = gr.Progress()) -> tuple[list, str, dict]:
+            """Generate a batch; returns the PNGs (with records), the timing and every image's record."""
+            with user_errors():
+                request = make_request(model_name, class_value, scheduler_name, steps_value, guidance_value,
+                                       truncation_value, seed_value, random_seed, batch_value, plugins)
+                result = service.generate(request, bool(measure_speedup),
+                                          lambda done, total, desc: progress((done, total), desc=desc))
+            return (gallery_items(result.batch.paths, result.batch.records), timing_text(result, measure_speedup),
+                    result.to_dict())
+
+        def after_generate(data: dict[str, Any]) -> tuple[list, Any]:
+            return history_items(), data["request"]["seed"] if data else gr.update()
+
+        def history_items() -> list[tuple[str, str]]:
+            return [(str(e.paths[0]), e.caption()) for e in service.history.entries() if e.paths]
+
+        generate_event = generate_btn.click(generate, [*request_inputs, measure], [gallery, timing, details],
+                                            api_name="generate", concurrency_id=CPU, concurrency_limit=1)
+        generate_event.success(after_generate, details, [history, seed], api_visibility="private", queue=False)
+
+        def compare(model_name: str, class_value: Any, scheduler_name: str | None, steps_value: float,
+                    guidance_value: float, truncation_value: float, seed_value: float | None, random_seed: bool,
+                    batch_value: float, plugins: str, progress: gr.Progress = gr.Progress()) -> tuple[list, list, str, dict]:
+            """The request with and without its plugins: both galleries, the timings and the records."""
+            with user_errors():
+                request = make_request(model_name, class_value, scheduler_name, steps_value, guidance_value,
+                                       truncation_value, seed_value, random_seed, batch_value, plugins)
+                result = service.compare(request, lambda done, total, desc: progress((done, total), desc=desc))
+            text = (f"without plugins **{result.baseline.seconds:.2f} s** · with `{'; '.join(request.plugins)}` "
+                    f"**{result.accelerated.seconds:.2f} s** → **speedup {result.speedup:.2f}×** · "
+                    f"mean |Δ pixel| {result.mean_abs_diff:.4f}")
+            return (gallery_items(result.baseline.paths, result.baseline.records),
+                    gallery_items(result.accelerated.paths, result.accelerated.records), text, result.to_dict())
+
+        compare_event = compare_btn.click(compare, request_inputs,
+                                          [baseline_gallery, plugin_gallery, compare_text, compare_json],
+                                          api_name="compare", concurrency_id=CPU, concurrency_limit=1)
+
+        def stop() -> None:
+            """Stop the running generation or comparison after its current step."""
+            service.stop()
+
+        stop_btn.click(stop, None, None, api_name="stop", cancels=[generate_event, compare_event],
+                       concurrency_limit=None)
+
+        # ------------------------------------------------------------------ history and recall
+        def recall_selected(evt: gr.SelectData) -> dict[str, Any]:
+            entries = service.history.entries()
+            if not 0 <= evt.index < len(entries):
+                raise gr.Error("that generation is no longer in the history")
+            return entries[evt.index].request.to_dict()
+
+        def history_list() -> list[dict]:
+            """The recent generations, newest first: id, parameters, PNG paths, wall time."""
+            return [entry.to_dict() for entry in service.history.entries()]
+
+        def recall(entry_id: int) -> dict:
+            """The parameters of history entry ``entry_id`` (with the seed it used)."""
+            with user_errors():
+                return service.recall(int(entry_id)).to_dict()
+
+        def png_info(path: str | None) -> dict[str, Any]:
+            """The parameters stored in a PNG written by studio."""
+            if not path:
+                return {}
+            with user_errors():
+                return service.request_from_png(path).to_dict()
+
+        history.select(recall_selected, None, recalled, api_visibility="private", queue=False).success(
+            apply_request, recalled, controls, api_visibility="private", concurrency_id="models")
+        png_file.upload(png_info, png_file, recalled, api_name="png_info", concurrency_limit=None).success(
+            apply_request, recalled, controls, api_visibility="private", concurrency_id="models")
+        gr.api(history_list, api_name="history", concurrency_limit=None)
+        gr.api(recall, api_name="recall", concurrency_limit=None)
+
+        # ------------------------------------------------------------------ training
+        def train(family_name: str, preset_name: str, steps_value: float) -> Iterator[tuple[str, Any, Any, dict]]:
+            """Start a training run and stream its losses and sample grids until it ends."""
+            with user_errors():
+                status = service.trainer.start(family_name, preset_name, int(steps_value))
+            while True:
+                yield train_text(status), loss_frame(status), status.sample, status.to_dict()
+                if not status.running:
+                    return
+                status = service.trainer.wait(TRAIN_POLL_S)
+
+        def train_stop() -> str:
+            """Stop the training run after its current step (it still writes its checkpoint)."""
+            return train_text(service.trainer.stop())
+
+        def train_status_info() -> dict:
+            """The training runner's status: state, step, logged losses, newest sample grid, checkpoint."""
+            return service.trainer.status().to_dict()
+
+        family.change(lambda name: gr.update(choices=presets.get(name, []), value=(presets.get(name) or [None])[0]),
+                      family, preset, api_visibility="private", queue=False)
+        train_btn.click(train, [family, preset, max_steps], [train_status, loss_plot, sample, train_json],
+                        api_name="train", concurrency_id=CPU, concurrency_limit=1).then(
+            list_models, None, [model, models_json], api_visibility="private", queue=False)
+        train_stop_btn.click(train_stop, None, train_status, api_name="train_stop", concurrency_limit=None)
+        gr.api(train_status_info, api_name="train_status", concurrency_limit=None)
+
+    demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
+    return demo
+
+
+class _PluginPart:
+    """The widgets of one plugin: an on/off switch, its main setting, the rest in an accordion."""
+
+    def __init__(self, panel: Any, enabled: gr.Checkbox, settings: list[gr.Component], note: gr.Markdown):
+        self.panel = panel
+        self.enabled = enabled
+        self.settings = settings
+        self.note = note
+        self.field_names = [f.name for f in panel.fields]
+
+    @property
+    def widgets(self) -> list[gr.Component]:
+        return [self.enabled, *self.settings]
+
+    def updates(self, values: dict[str, Any] | None, error: str | None) -> list[Any]:
+        """Switch and setting updates: off and locked if ``error``; otherwise ``values`` None leaves
+        them as they are, ``{}`` switches the plugin off, and settings switch it on with them."""
+        keep = [gr.update()] * len(self.settings)
+        if error:
+            return [gr.update(value=False, interactive=False), *keep]
+        if values is None:
+            return [gr.update(interactive=True), *keep]
+        if not values:
+            return [gr.update(value=False, interactive=True), *keep]
+        return [gr.update(value=True, interactive=True), *[gr.update(value=values[n]) for n in self.field_names]]
+
+
+def _plugin_panel(panel: Any) -> _PluginPart:
+    """Build the widgets of one registered plugin from its config fields."""
+    main, *rest = panel.fields
+    with gr.Group():
+        enabled = gr.Checkbox(False, label=f"{panel.title}")
+        settings = [_field_widget(panel.name, main)]
+        if rest:
+            with gr.Accordion(f"more {panel.name} settings", open=False):
+                settings += [_field_widget(panel.name, f) for f in rest]
+        note = gr.Markdown(visible=False)
+    return _PluginPart(panel, enabled, settings, note)
+
+
+def _field_widget(plugin: str, item: PluginField) -> gr.Component:
+    label = f"{plugin}: {item.name}"
+    if item.kind == "bool":
+        return gr.Checkbox(item.default, label=label, info=item.doc)
+    if item.kind in ("int", "float"):
+        return gr.Number(item.default, label=label, info=item.doc, precision=0 if item.kind == "int" else None)
+    return gr.Textbox(item.default, label=label, info=item.doc)
