@@ -19,3 +19,7 @@ class CheckpointError(StudioError):
 
 class DataError(StudioError):
     """A dataset cannot be found or read, or holds data of the wrong shape."""
+
+
+class MetricError(StudioError):
+    """A metric cannot be computed: unusable samples or reference, too few images, no classifier."""

@@ -49,7 +49,9 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     scale = SCALE_RANGE[0] + torch.rand(n, generator=generator) * (SCALE_RANGE[1] - SCALE_RANGE[0])
     shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * MAX_SHIFT
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (N, H, W, 2)
     # grid_sample pads with 0, so sample x + 1 (background 0) and shift back to background -1
     return F.grid_sample(images + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
@@ -58,12 +60,14 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def build_classifier(dataset: ImageDataset) -> StudioClassifier:
     """A classifier shaped for ``dataset`` (channels, classes, image size)."""
     info = dataset.info
-    return StudioClassifier(in_channels=info.channels, num_classes=info.num_classes, image_size=info.image_size,
-                            dataset=info.name)
+    return StudioClassifier(
+        in_channels=info.channels, num_classes=info.num_classes, image_size=info.image_size, dataset=info.name
+    )
 
 
-def train_classifier(data: DataConfig, steps: int = 600, batch_size: int = 64, lr: float = 3e-3,
-                     seed: int = 0) -> ClassifierRun:
+def train_classifier(
+    data: DataConfig, steps: int = 600, batch_size: int = 64, lr: float = 3e-3, seed: int = 0
+) -> ClassifierRun:
     """Train a `StudioClassifier` on ``data``'s train split with AdamW and a one-cycle schedule.
 
     Returns the model in eval mode with its accuracy on the val split.
@@ -98,17 +102,20 @@ def save_classifier(run: ClassifierRun, folder: str | Path, command: str = "") -
     """Write the classifier (safetensors + config.json) and its ``studio.json`` model card."""
     folder = Path(folder)
     run.model.save_pretrained(str(folder), safe_serialization=True)
-    write_card(folder, {
-        "family": "classifier",
-        "dataset": run.data.name,
-        "image_size": run.data.image_size,
-        "val_split": {"val_fraction": run.data.val_fraction, "seed": run.data.seed},
-        "steps": run.steps,
-        "val_accuracy": round(run.val_accuracy, 4),
-        "train_seconds": round(run.train_seconds, 1),
-        "cpu_seconds": round(run.cpu_seconds, 1),
-        "command": command,
-    })
+    write_card(
+        folder,
+        {
+            "family": "classifier",
+            "dataset": run.data.name,
+            "image_size": run.data.image_size,
+            "val_split": {"val_fraction": run.data.val_fraction, "seed": run.data.seed},
+            "steps": run.steps,
+            "val_accuracy": round(run.val_accuracy, 4),
+            "train_seconds": round(run.train_seconds, 1),
+            "cpu_seconds": round(run.cpu_seconds, 1),
+            "command": command,
+        },
+    )
 
 
 if __name__ == "__main__":
@@ -125,7 +132,14 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args()
-    result = train_classifier(DataConfig(name=args.dataset, image_size=args.image_size), args.steps,
-                              args.batch_size, args.lr, args.seed)
-    save_classifier(result, args.out, "python -m training.classifier " + " ".join(map(shlex.quote, sys.argv[1:])))
-    print(f"val accuracy {result.val_accuracy:.4f} after {result.steps} steps ({result.train_seconds:.0f} s): {args.out}")
+    result = train_classifier(
+        DataConfig(name=args.dataset, image_size=args.image_size),
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.seed,
+    )
+    save_classifier(
+        result, args.out, "python -m training.classifier " + " ".join(map(shlex.quote, sys.argv[1:]))
+    )
+    print(f"val accuracy {result.val_accuracy:.4f} after {result.steps} steps: {args.out}")
