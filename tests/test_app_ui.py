@@ -18,7 +18,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from tests.test_app_service import DIT, GAN, write_checkpoints
+from tests.test_app_service import DIT, GAN, one_thread, write_checkpoints  # noqa: F401 (fixture)
 from webapp.service import StudioService
 from webapp.ui import API_NAMES, allowed_paths, build_app
 

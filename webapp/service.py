@@ -197,7 +197,9 @@ class ModelCache:
         return self.pipe, self.info  # type: ignore[return-value]
 
     def unload(self) -> None:
-        """Drop the current pipeline and give its memory back."""
+        """Drop the current pipeline (if any) and give its memory back."""
+        if self.pipe is None:
+            return
         self.name = self.pipe = self.info = None
         gc.collect()
         if torch.cuda.is_available():

@@ -1,0 +1,93 @@
+"""The app in headless Chromium (Debian's, driven by playwright): generate, recall, family controls.
+
+Install the browser with ``scripts/install_browser.sh``; without /usr/bin/chromium these tests skip.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.test_app_service import GAN, one_thread  # noqa: F401 (fixture)
+from tests.test_app_ui import running_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium tries to reach outside hosts (ecosystem.md 8).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 60_000
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium "
+                                                     "(run scripts/install_browser.sh)"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+# A shared 2-core machine can take seconds to load a model on page open; expect() retries until then.
+sync_api.expect.set_options(timeout=TIMEOUT_MS)
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    with running_app(tmp_path_factory.mktemp("browser")) as (app_url, _):
+        yield app_url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, url):
+    """One page for the module (opening a page loads the default model; the tests run in file order)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    yield page
+    page.close()
+
+
+def generate_with_seed(page, seed: int):
+    """Set the seed, click Generate, and return the gallery image of that seed (class 0)."""
+    page.get_by_role("spinbutton", name="Seed").fill(str(seed))
+    page.get_by_role("button", name="Generate", exact=True).click()
+    image = page.get_by_role("img", name=f"seed {seed} · class 0", exact=True)
+    sync_api.expect(image).to_be_visible()
+    return image
+
+
+def test_generate_shows_pngs_that_carry_their_parameters(page):
+    image = generate_with_seed(page, 4)
+    sync_api.expect(page.get_by_role("img", name=re.compile(r"^seed \d+ · class \d+$"))).to_have_count(4)
+    served = page.request.get(image.get_attribute("src"))
+    with Image.open(io.BytesIO(served.body())) as png:
+        assert png.format == "PNG"
+        assert "Seed: 4" in png.text["parameters"] and "Class: 0" in png.text["parameters"]
+
+
+def test_clicking_a_history_entry_recalls_its_parameters(page):
+    generate_with_seed(page, 21)
+    seed = page.get_by_role("spinbutton", name="Seed")
+    seed.fill("99")
+    page.get_by_role("img", name=re.compile(r"· seed 21 ·")).first.click()
+    sync_api.expect(seed).to_have_value("21")
+
+
+def test_controls_follow_the_selected_models_family(page):
+    steps = page.get_by_role("spinbutton", name="number input for Steps")
+    truncation = page.get_by_role("spinbutton", name="number input for Truncation")
+    sync_api.expect(steps).to_be_visible()
+    sync_api.expect(truncation).to_be_hidden()
+    page.get_by_role("combobox", name="Model").click()
+    page.get_by_role("option", name=re.compile(f"^{GAN} ")).click()
+    sync_api.expect(truncation).to_be_visible()
+    sync_api.expect(steps).to_be_hidden()
+    sync_api.expect(page.get_by_text("fora is not available for this model")).to_be_visible()
