@@ -118,6 +118,7 @@ class Method:
     name: str
     family: str
     enable: Callable[[StudioDiTPipeline], Any]
+    note: str = ""
 
 
 @contextmanager
@@ -207,7 +208,9 @@ METHODS = [
             cache_identifiers=DIT_CACHE_IDS))),
     Method("FasterCache", "diffusers", diffusers_hook(
         apply_faster_cache, lambda probe: FasterCacheConfig(
-            spatial_attention_block_skip_range=2, current_timestep_callback=lambda: probe.value))),
+            spatial_attention_block_skip_range=2, current_timestep_callback=lambda: probe.value)),
+        note="its denoiser hook approximates the unconditional half on 5-D video latents (B, C, F, H, W) and "
+             "assumes uncond-first CFG batches; DiT gives 4-D, cond-first batches"),
 ]
 
 
@@ -251,8 +254,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             images, info = run_once(pipe, method, args, count_work=True)
         except Exception as exc:  # a diffusers hook that does not fit this model
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            results[method.name] = {"family": method.family, "applicable": False,
-                                    "reason": f"not applicable: {type(exc).__name__}: {message}"}
+            reason = f"not applicable: {type(exc).__name__}: {message}" + (f" ({method.note})" if method.note else "")
+            results[method.name] = {"family": method.family, "applicable": False, "reason": reason}
             print(f"{method.name}: not applicable ({message})", file=sys.stderr)
             continue
         reference = images if reference is None else reference
@@ -375,7 +378,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     for family, colour in colours.items():
         if family != "baseline":
             ax.scatter([], [], color=colour, label=family)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

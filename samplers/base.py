@@ -1,9 +1,9 @@
 """Machinery every fast-sampling plugin shares: targets, hooks, the denoising-loop clock, handles.
 
 A plugin is applied to a *target*: a pipeline (studio or diffusers), a bare transformer, or a
-``(transformer, scheduler)`` pair. `resolve_target` finds the transformer, checks its class
-against the plugin's supported layouts, and picks a loop tap that tells the plugin where the
-denoising loop is (spec fora_ras.md §3.2):
+``(transformer, scheduler)`` pair. `resolve_target` finds the transformer and checks its class
+against the supported layouts; the `PluginHandle` then connects the plugin to a loop tap that
+tells it where the denoising loop is (spec fora_ras.md §3.2):
 
 - studio pipelines choose their scheduler per call (``scheduler="ddim"``), so the tap wraps the
   pipeline's ``_denoise`` and binds to whichever scheduler that call uses (`StudioLoopTap`);
@@ -421,7 +421,7 @@ class PluginHandle:
             self._undo.append(functools.partial(StudioLoopTap.detach, pipe, self))
             pipe.add_plugin(self)
         elif target.scheduler is not None:
-            self.bind_scheduler(target.scheduler)
+            SchedulerTap.attach(target.scheduler, controller)
             self._undo.append(functools.partial(self.unbind_scheduler, target.scheduler))
 
     @property
@@ -429,9 +429,8 @@ class PluginHandle:
         return self._controller
 
     def bind_scheduler(self, scheduler: Any) -> None:
-        """Follow ``scheduler``: its timesteps (if already set) start a generation, its steps advance it."""
-        if getattr(scheduler, "timesteps", None) is not None:
-            self._controller.begin(len(scheduler.timesteps))
+        """Start a generation on ``scheduler`` after its ``set_timesteps``; follow its steps until unbound."""
+        self._controller.begin(len(scheduler.timesteps))
         SchedulerTap.attach(scheduler, self._controller)
 
     def unbind_scheduler(self, scheduler: Any) -> None:

@@ -293,7 +293,11 @@ class RASController:
         self.mode, self.row_index, self.subset.index = Mode.DENSE, None, None
         ordinal = self.clock.next_call()
         num_steps, k = self.clock.num_steps, self.clock.step_index
-        if ordinal or num_steps is None or k >= num_steps or is_aux_call(kwargs):
+        if num_steps is None:
+            warn_once(self, "ras: no set_timesteps seen on the tapped scheduler (was the pipeline's scheduler "
+                            "replaced after apply?); running dense")
+            return kwargs
+        if ordinal or k >= num_steps or is_aux_call(kwargs):
             return kwargs
         if torch.is_grad_enabled():
             warn_once(self, "ras: gradients are enabled; running dense")

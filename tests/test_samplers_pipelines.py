@@ -228,3 +228,22 @@ def test_double_apply_is_refused(studio):
         with pytest.raises(ConfigError, match="already applied"):
             samplers.apply(studio, FORAConfig())
     assert_restored(studio)
+
+
+def test_replaced_scheduler_falls_back_to_dense(dit, caplog):
+    import logging
+
+    from diffusers import DDIMScheduler
+
+    original = dit.scheduler
+    baseline = run_dit(dit)
+    handle = samplers.apply(dit, RASConfig())
+    dit.scheduler = DDIMScheduler.from_config(original.config)
+    try:
+        with caplog.at_level(logging.WARNING, logger="samplers"):
+            assert torch.equal(run_dit(dit), baseline)
+        assert "running dense" in caplog.text and handle.stats()["ras_steps"] == 0
+    finally:
+        handle.remove()
+        dit.scheduler = original
+    assert_restored(dit)
