@@ -3,6 +3,7 @@
     studio train FAMILY --preset NAME [KEY=VALUE ...]
     studio sample CHECKPOINT --num-images N --out DIR [--steps --scheduler --guidance-scale ...]
     studio models
+    studio eval SAMPLES --reference DATASET_OR_DIR --metrics fid,kid,pr,acc,is,mem
 
 User errors print one line (``error: ...``) and exit with status 2; a traceback means a bug.
 Training is imported lazily: the library never depends on the trainers.
@@ -189,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(subparsers)
     add_sample_parser(subparsers)
     add_models_parser(subparsers)
+    from studio.metrics.command import add_parser as add_eval_parser
+
+    add_eval_parser(subparsers)
     return parser
 
 

@@ -3,8 +3,9 @@
 from studio.hub import register_pipeline
 from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput
 from studio.pipelines.dit import StudioDiTPipeline
+from studio.pipelines.gan import StudioGANPipeline
 from studio.pipelines.record import GenerationRecord
 
 register_pipeline(StudioDiTPipeline)
 
-__all__ = ["GenerationRecord", "StudioDiTPipeline", "StudioPipelineMixin", "StudioPipelineOutput"]
+__all__ = ["GenerationRecord", "StudioDiTPipeline", "StudioGANPipeline", "StudioPipelineMixin", "StudioPipelineOutput"]
