@@ -14,7 +14,7 @@ by EMA). One power iteration runs per forward in train mode; in eval mode the we
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -264,12 +264,17 @@ class GeneratorTrunk(nn.Module):
         return torch.tanh(self.out_conv(F.relu(self.out_norm(h))))
 
 
+GeneratorT = TypeVar("GeneratorT", bound="GANGeneratorMixin")
+
+
 class GANGeneratorMixin:
     """What the studio GAN generators share; each is also a diffusers ``ModelMixin, ConfigMixin``.
 
-    Being diffusers models lets pipelines save and load them (diffusers finds the load method by
-    looking ``ModelMixin`` up in the module that defines the class, so each generator module
-    subclasses it directly). A subclass's ``__init__`` takes one argument, ``arch``: the fields of its frozen config
+    Being diffusers models lets pipelines save and load them. (diffusers finds a component's load
+    method by looking ``ModelMixin`` up in the module that defines its class, so each generator
+    module subclasses ``ModelMixin`` itself rather than inheriting it through this mixin.)
+
+    A subclass's ``__init__`` takes one argument, ``arch``: the fields of its frozen config
     dataclass (``arch_class``) as a plain dict, which diffusers writes to ``config.json``; the
     dataclass itself is ``self.arch``. Build one from a dataclass with `from_arch`. Subclasses
     implement ``forward(z, class_labels=None)``: ``z`` (B, z_dim), labels (B,) int64 in [0, K)
@@ -282,11 +287,11 @@ class GANGeneratorMixin:
     arch: Any
 
     @classmethod
-    def from_arch(cls, arch: Any) -> Any:
+    def from_arch(cls: type[GeneratorT], arch: Any) -> GeneratorT:
         """A freshly initialised generator of shape ``arch`` (an ``arch_class`` instance)."""
         if not isinstance(arch, cls.arch_class):
             raise TypeError(f"{cls.__name__} needs a {cls.arch_class.__name__}, got {type(arch).__name__}")
-        return cls(arch=asdict(arch))
+        return cls(arch=asdict(arch))  # type: ignore[call-arg]
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
@@ -309,11 +314,3 @@ class GANGeneratorMixin:
     @property
     def z_dim(self) -> int:
         return self.arch.z_dim
-
-    @property
-    def image_size(self) -> int:
-        return self.arch.image_size
-
-    @property
-    def out_channels(self) -> int:
-        return self.arch.out_channels
