@@ -29,10 +29,11 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from diffusers import (
@@ -135,6 +136,7 @@ def studio_plugins(*specs: str) -> Callable[[StudioDiTPipeline], Any]:
         finally:
             for handle in reversed(handles):
                 handle.remove()
+
     return enable
 
 
@@ -177,6 +179,7 @@ def diffusers_hook(apply_fn: Callable, make_config: Callable[[TimestepProbe], An
                 if module not in before and not module._diffusers_hook.hooks:
                     del module._diffusers_hook
                     module.__dict__.pop("forward", None)
+
     return enable
 
 
@@ -195,22 +198,52 @@ METHODS = [
     Method("RAS 0.5", "studio", studio_plugins("ras:ratio=0.5")),
     Method("RAS 0.25", "studio", studio_plugins("ras:ratio=0.25")),
     Method("FORA N=3 + RAS 0.5", "studio", studio_plugins("fora:interval=3", "ras:ratio=0.5")),
-    Method("FirstBlockCache 0.05", "diffusers", diffusers_hook(
-        apply_first_block_cache, lambda probe: FirstBlockCacheConfig(threshold=0.05))),
-    Method("FirstBlockCache 0.2", "diffusers", diffusers_hook(
-        apply_first_block_cache, lambda probe: FirstBlockCacheConfig(threshold=0.2))),
-    Method("PAB spatial 2", "diffusers", diffusers_hook(
-        apply_pyramid_attention_broadcast, lambda probe: PyramidAttentionBroadcastConfig(
-            spatial_attention_block_skip_range=2, current_timestep_callback=lambda: probe.value))),
-    Method("TaylorSeer N=3 order 1", "diffusers", diffusers_hook(
-        apply_taylorseer_cache, lambda probe: TaylorSeerCacheConfig(
-            cache_interval=3, disable_cache_before_step=3, max_order=1, taylor_factors_dtype=torch.float32,
-            cache_identifiers=DIT_CACHE_IDS))),
-    Method("FasterCache", "diffusers", diffusers_hook(
-        apply_faster_cache, lambda probe: FasterCacheConfig(
-            spatial_attention_block_skip_range=2, current_timestep_callback=lambda: probe.value)),
+    Method(
+        "FirstBlockCache 0.05",
+        "diffusers",
+        diffusers_hook(apply_first_block_cache, lambda probe: FirstBlockCacheConfig(threshold=0.05)),
+    ),
+    Method(
+        "FirstBlockCache 0.2",
+        "diffusers",
+        diffusers_hook(apply_first_block_cache, lambda probe: FirstBlockCacheConfig(threshold=0.2)),
+    ),
+    Method(
+        "PAB spatial 2",
+        "diffusers",
+        diffusers_hook(
+            apply_pyramid_attention_broadcast,
+            lambda probe: PyramidAttentionBroadcastConfig(
+                spatial_attention_block_skip_range=2, current_timestep_callback=lambda: probe.value
+            ),
+        ),
+    ),
+    Method(
+        "TaylorSeer N=3 order 1",
+        "diffusers",
+        diffusers_hook(
+            apply_taylorseer_cache,
+            lambda probe: TaylorSeerCacheConfig(
+                cache_interval=3,
+                disable_cache_before_step=3,
+                max_order=1,
+                taylor_factors_dtype=torch.float32,
+                cache_identifiers=DIT_CACHE_IDS,
+            ),
+        ),
+    ),
+    Method(
+        "FasterCache",
+        "diffusers",
+        diffusers_hook(
+            apply_faster_cache,
+            lambda probe: FasterCacheConfig(
+                spatial_attention_block_skip_range=2, current_timestep_callback=lambda: probe.value
+            ),
+        ),
         note="its denoiser hook approximates the unconditional half on 5-D video latents (B, C, F, H, W) and "
-             "assumes uncond-first CFG batches; DiT gives 4-D, cond-first batches"),
+        "assumes uncond-first CFG batches; DiT gives 4-D, cond-first batches",
+    ),
 ]
 
 
@@ -225,19 +258,30 @@ def paired_speedup(baseline: list[float], method: list[float]) -> float:
     return round(statistics.median(b / m for b, m in zip(baseline, method)), 3)
 
 
-def run_once(pipe: StudioDiTPipeline, method: Method, args: argparse.Namespace,
-             count_work: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+def run_once(
+    pipe: StudioDiTPipeline, method: Method, args: argparse.Namespace, count_work: bool = False
+) -> tuple[torch.Tensor, dict[str, Any]]:
     with ExitStack() as stack:
         stack.enter_context(method.enable(pipe))
         work = BlockWork(pipe.transformer) if count_work else None
         cpu_started = time.process_time()
-        output = pipe(num_images=args.images, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      seed=args.seed, scheduler="ddim", output_type="pt")
+        output = pipe(
+            num_images=args.images,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            seed=args.seed,
+            scheduler="ddim",
+            output_type="pt",
+        )
         cpu_s = time.process_time() - cpu_started
         if work is not None:
             work.remove()
-    info = {"denoise_s": output.record.timings["denoise_s"], "cpu_s": cpu_s, "stats": output.record.plugin_stats,
-            "settings": output.record.plugins}
+    info = {
+        "denoise_s": output.record.timings["denoise_s"],
+        "cpu_s": cpu_s,
+        "stats": output.record.plugin_stats,
+        "settings": output.record.plugins,
+    }
     if work is not None:
         info["macs"] = work.macs
     return output.images, info
@@ -252,20 +296,27 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     for method in methods:  # pass 1: warm-up, images, stats, work
         try:
             images, info = run_once(pipe, method, args, count_work=True)
-        except Exception as exc:  # a diffusers hook that does not fit this model
+        except Exception as exc:  # noqa: BLE001  (a diffusers hook that does not fit this model)
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            reason = f"not applicable: {type(exc).__name__}: {message}" + (f" ({method.note})" if method.note else "")
+            reason = f"not applicable: {type(exc).__name__}: {message}" + (
+                f" ({method.note})" if method.note else ""
+            )
             results[method.name] = {"family": method.family, "applicable": False, "reason": reason}
             print(f"{method.name}: not applicable ({message})", file=sys.stderr)
             continue
         reference = images if reference is None else reference
         base_macs = info["macs"] if base_macs is None else base_macs
         results[method.name] = {
-            "family": method.family, "applicable": True, "stats": info["stats"], "settings": info["settings"],
+            "family": method.family,
+            "applicable": True,
+            "stats": info["stats"],
+            "settings": info["settings"],
             "work_fraction": round(info["macs"] / base_macs, 4),
             "ideal_speedup": round(base_macs / info["macs"], 3) if info["macs"] else None,
             "mean_abs_diff": round(float((images - reference).abs().mean()), 5),
-            "psnr_db": round(psnr(images, reference), 2), "times_s": [], "cpu_times_s": [],
+            "psnr_db": round(psnr(images, reference), 2),
+            "times_s": [],
+            "cpu_times_s": [],
         }
         print(f"{method.name}: warm-up {info['denoise_s']:.2f}s", file=sys.stderr)
     for round_index in range(args.repeats):  # timed rounds, round-robin
@@ -283,13 +334,25 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             entry["cpu_speedup"] = paired_speedup(base["cpu_times_s"], entry["cpu_times_s"])
     return {
         "model": pipe.model_name(),
-        "setup": {"scheduler": "ddim", "steps": args.steps, "images": args.images, "guidance": args.guidance,
-                  "seed": args.seed, "repeats": args.repeats, "threads": torch.get_num_threads(),
-                  "sample_size": pipe.transformer.config.sample_size, "patch_size": pipe.transformer.config.patch_size,
-                  "depth": pipe.transformer.config.num_layers,
-                  "width": pipe.transformer.config.num_attention_heads * pipe.transformer.config.attention_head_dim},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
+        "setup": {
+            "scheduler": "ddim",
+            "steps": args.steps,
+            "images": args.images,
+            "guidance": args.guidance,
+            "seed": args.seed,
+            "repeats": args.repeats,
+            "threads": torch.get_num_threads(),
+            "sample_size": pipe.transformer.config.sample_size,
+            "patch_size": pipe.transformer.config.patch_size,
+            "depth": pipe.transformer.config.num_layers,
+            "width": pipe.transformer.config.num_attention_heads * pipe.transformer.config.attention_head_dim,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "methods": results,
     }
 
@@ -320,22 +383,28 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Fast-sampling plugins: {report['model']}",
         "",
-        f"DDIM {setup['steps']} steps, {setup['images']} images (CFG {setup['guidance']}, batch "
-        f"{2 * setup['images']} rows), seeds {setup['seed']}+i, {setup['sample_size']} px / patch "
-        f"{setup['patch_size']}, depth {setup['depth']}, width {setup['width']}; {setup['threads']} torch "
-        f"thread(s), median of {setup['repeats']} timed round-robin runs; load average at the end "
-        f"{report['machine']['loadavg_end']}.",
+        (
+            f"DDIM {setup['steps']} steps, {setup['images']} images (CFG {setup['guidance']}, batch "
+            f"{2 * setup['images']} rows), seeds {setup['seed']}+i, {setup['sample_size']} px / patch "
+            f"{setup['patch_size']}, depth {setup['depth']}, width {setup['width']}; {setup['threads']} torch "
+            f"thread(s), median of {setup['repeats']} timed round-robin runs; load average at the end "
+            f"{report['machine']['loadavg_end']}."
+        ),
         "",
-        "Speedup = median over rounds of plain / method wall time of the denoising loop (each round runs "
-        "every method back to back); CPU speedup = the same with the process CPU time of the call (robust "
-        "when other processes share the cores). MAC bound = 1 / share of the attention+MLP multiply-adds "
-        "still done: the speedup if they were the whole step. FORA leaves norms, modulation, embeddings "
-        "and the scheduler running, so it stays below it; RAS also shrinks the token-wise norms, GELU and "
-        "residual ops and the working set, so on a small CPU model it can exceed it. Output change is "
-        "against the plain run with the same seeds, images in [0, 1].",
+        (
+            "Speedup = median over rounds of plain / method wall time of the denoising loop (each round runs "
+            "every method back to back); CPU speedup = the same with the process CPU time of the call (robust "
+            "when other processes share the cores). MAC bound = 1 / share of the attention+MLP multiply-adds "
+            "still done: the speedup if they were the whole step. FORA leaves norms, modulation, embeddings "
+            "and the scheduler running, so it stays below it; RAS also shrinks the token-wise norms, GELU and "
+            "residual ops and the working set, so on a small CPU model it can exceed it. Output change is "
+            "against the plain run with the same seeds, images in [0, 1]."
+        ),
         "",
-        "| method | family | median s | speedup | CPU speedup | MAC bound | MACs done | mean abs diff | PSNR dB "
-        "| notes |",
+        (
+            "| method | family | median s | speedup | CPU speedup | MAC bound | MACs done | mean abs diff | PSNR dB "
+            "| notes |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in report["methods"].items():
@@ -343,9 +412,11 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {entry['family']} | – | – | – | – | – | – | – | {entry['reason']} |")
             continue
         notes = "; ".join(f"{k}: {_short(v)}" for k, v in entry["stats"].items())
-        lines.append(f"| {name} | {entry['family']} | {entry['median_s']:.3f} | {entry['speedup']:.2f}x | "
-                     f"{entry['cpu_speedup']:.2f}x | {entry['ideal_speedup']:.2f}x | {entry['work_fraction']:.2f} | {entry['mean_abs_diff']:.4f} | "
-                     f"{entry['psnr_db']} | {notes} |")
+        lines.append(
+            f"| {name} | {entry['family']} | {entry['median_s']:.3f} | {entry['speedup']:.2f}x | "
+            f"{entry['cpu_speedup']:.2f}x | {entry['ideal_speedup']:.2f}x | {entry['work_fraction']:.2f} | {entry['mean_abs_diff']:.4f} | "
+            f"{entry['psnr_db']} | {notes} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -387,7 +458,9 @@ def plot(report: dict[str, Any], path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default="none", help="studio.load_pipeline name/path, or 'none' (random init)")
+    parser.add_argument(
+        "--checkpoint", default="none", help="studio.load_pipeline name/path, or 'none' (random init)"
+    )
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--guidance", type=float, default=4.0)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 from samplers.base import PluginHandle, UnsupportedTargetError
 from samplers.fora import FORAConfig, apply_fora
@@ -40,8 +41,12 @@ PLUGINS: dict[str, PluginEntry] = {}
 _BY_CONFIG: dict[type, PluginEntry] = {}
 
 
-def register_plugin(name: str, config_class: type, apply_fn: Callable[[Any, Any], PluginHandle],
-                    aliases: dict[str, str] | None = None) -> PluginEntry:
+def register_plugin(
+    name: str,
+    config_class: type,
+    apply_fn: Callable[[Any, Any], PluginHandle],
+    aliases: dict[str, str] | None = None,
+) -> PluginEntry:
     """Register a plugin under ``name``; a duplicate name or config class raises ValueError."""
     if name in PLUGINS or config_class in _BY_CONFIG:
         raise ValueError(f"plugin {name!r} ({config_class.__name__}) is already registered")
@@ -50,12 +55,30 @@ def register_plugin(name: str, config_class: type, apply_fn: Callable[[Any, Any]
     return entry
 
 
-register_plugin("fora", FORAConfig, apply_fora, {"interval": "cache_interval", "n": "cache_interval",
-                                                  "warmup": "warmup_steps", "cooldown": "cooldown_steps",
-                                                  "steps": "num_inference_steps"})
-register_plugin("ras", RASConfig, apply_ras, {"ratio": "sample_ratio", "start": "scheduler_start_step",
-                                               "end": "scheduler_end_step", "resets": "error_reset_steps",
-                                               "starvation": "starvation_scale"})
+register_plugin(
+    "fora",
+    FORAConfig,
+    apply_fora,
+    {
+        "interval": "cache_interval",
+        "n": "cache_interval",
+        "warmup": "warmup_steps",
+        "cooldown": "cooldown_steps",
+        "steps": "num_inference_steps",
+    },
+)
+register_plugin(
+    "ras",
+    RASConfig,
+    apply_ras,
+    {
+        "ratio": "sample_ratio",
+        "start": "scheduler_start_step",
+        "end": "scheduler_end_step",
+        "resets": "error_reset_steps",
+        "starvation": "starvation_scale",
+    },
+)
 
 
 def plugin_names() -> list[str]:
@@ -85,8 +108,10 @@ def parse_plugin_spec(spec: str) -> Any:
         key = key.strip().lower()
         field_name = entry.aliases.get(key, key)
         if not sep or field_name not in hints:
-            raise ConfigError(f"{entry.name}: unknown setting {item!r}; use key=value with keys "
-                              f"{', '.join(plugin_keys(entry.name))}")
+            raise ConfigError(
+                f"{entry.name}: unknown setting {item!r}; use key=value with keys "
+                f"{', '.join(plugin_keys(entry.name))}"
+            )
         values[field_name] = _parse_value(entry.name, key, text.strip(), hints[field_name])
     return entry.config_class(**values)
 
@@ -95,8 +120,9 @@ def apply(target: Any, config: Any) -> PluginHandle:
     """Apply the plugin that owns ``config`` (a registered config object) to ``target``."""
     entry = _BY_CONFIG.get(type(config))
     if entry is None:
-        raise ConfigError(f"{type(config).__name__} is not a plugin config; known plugins: "
-                          f"{', '.join(plugin_names())}")
+        raise ConfigError(
+            f"{type(config).__name__} is not a plugin config; known plugins: {', '.join(plugin_names())}"
+        )
     return entry.apply(target, config)
 
 
@@ -108,8 +134,11 @@ def _entry(name: str) -> PluginEntry:
 
 def _parse_value(plugin: str, key: str, text: str, hint: Any) -> Any:
     """Parse ``text`` as the field type ``hint`` (bool, int, float, str, unions, tuples, Optional)."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+    options = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
         else (hint,)
+    )
     if text.lower() in ("none", "null") and type(None) in options:
         return None
     for option in options:
@@ -128,8 +157,16 @@ def _parse_value(plugin: str, key: str, text: str, hint: Any) -> Any:
 
 def _scalar(text: str, kind: type) -> Any:
     if kind is bool:
-        return {"true": True, "yes": True, "on": True, "1": True,
-                "false": False, "no": False, "off": False, "0": False}.get(text.lower())
+        return {
+            "true": True,
+            "yes": True,
+            "on": True,
+            "1": True,
+            "false": False,
+            "no": False,
+            "off": False,
+            "0": False,
+        }.get(text.lower())
     if kind is str:
         return text
     try:
@@ -139,8 +176,8 @@ def _scalar(text: str, kind: type) -> Any:
 
 
 __all__ = [
-    "FORAConfig",
     "PLUGINS",
+    "FORAConfig",
     "PluginHandle",
     "RASConfig",
     "UnsupportedTargetError",

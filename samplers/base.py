@@ -21,8 +21,9 @@ from __future__ import annotations
 import functools
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from diffusers import DiffusionPipeline, DiTTransformer2DModel, SD3Transformer2DModel
@@ -81,7 +82,9 @@ def layout_for(plugin: str, model: nn.Module) -> TransformerLayout:
     )
 
 
-def block_modules(model: nn.Module, layout: TransformerLayout, names: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+def block_modules(
+    model: nn.Module, layout: TransformerLayout, names: tuple[str, ...]
+) -> list[tuple[str, nn.Module]]:
     """``(qualified name, module)`` for each present submodule ``names`` of every block."""
     found = []
     for index, block in enumerate(getattr(model, layout.blocks)):
@@ -123,7 +126,7 @@ class TokenSubset:
         self.index: torch.Tensor | None = None
 
 
-_SUBSETS: "weakref.WeakKeyDictionary[nn.Module, TokenSubset]" = weakref.WeakKeyDictionary()
+_SUBSETS: weakref.WeakKeyDictionary[nn.Module, TokenSubset] = weakref.WeakKeyDictionary()
 
 
 def token_subset(model: nn.Module) -> TokenSubset:
@@ -147,7 +150,9 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def scatter_tokens_(dest: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     """Write ``src`` (B, n, D) into rows ``index`` (B, n) of the contiguous ``dest`` (B, N, D), in place."""
-    dest.view(-1, dest.shape[-1]).index_copy_(0, flat_rows(index, dest.shape[1]), src.reshape(-1, src.shape[-1]))
+    dest.view(-1, dest.shape[-1]).index_copy_(
+        0, flat_rows(index, dest.shape[1]), src.reshape(-1, src.shape[-1])
+    )
     return dest
 
 
@@ -231,8 +236,8 @@ class StepListener(Protocol):
     def after_step(self, model_output: torch.Tensor) -> None: ...
 
 
-_SCHEDULER_TAPS: "weakref.WeakKeyDictionary[Any, SchedulerTap]" = weakref.WeakKeyDictionary()
-_LOOP_TAPS: "weakref.WeakKeyDictionary[Any, StudioLoopTap]" = weakref.WeakKeyDictionary()
+_SCHEDULER_TAPS: weakref.WeakKeyDictionary[Any, SchedulerTap] = weakref.WeakKeyDictionary()
+_LOOP_TAPS: weakref.WeakKeyDictionary[Any, StudioLoopTap] = weakref.WeakKeyDictionary()
 
 
 class SchedulerTap:
@@ -406,8 +411,15 @@ class PluginHandle:
     undoes all of it.
     """
 
-    def __init__(self, name: str, config: Any, target: Target, hooks: HookSet, controller: Controller,
-                 undo: list[Callable[[], None]]):
+    def __init__(
+        self,
+        name: str,
+        config: Any,
+        target: Target,
+        hooks: HookSet,
+        controller: Controller,
+        undo: list[Callable[[], None]],
+    ):
         self.name = name
         self.config = config
         self.target = target
@@ -443,7 +455,10 @@ class PluginHandle:
 
     def settings(self) -> dict[str, Any]:
         """The config as plain data, for the generation record."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self.config).items()}
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(self.config).items()
+        }
 
     def stats(self) -> dict[str, Any]:
         """What the plugin skipped in the last (or current) generation."""

@@ -26,8 +26,9 @@ active rows are read and written through the shared `TokenSubset` (spec §3.4).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from diffusers.hooks import ModelHook
@@ -87,7 +88,11 @@ class FORAConfig:
     clone_on_store: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.cache_interval, bool) or int(self.cache_interval) != self.cache_interval or self.cache_interval < 1:
+        if (
+            isinstance(self.cache_interval, bool)
+            or int(self.cache_interval) != self.cache_interval
+            or self.cache_interval < 1
+        ):
             raise ConfigError(f"fora: cache_interval must be an integer >= 1, got {self.cache_interval!r}")
         self.cache_interval = int(self.cache_interval)
         if self.anchor not in ANCHORS:
@@ -169,7 +174,12 @@ class FORAController:
         self.mode = Mode.BYPASS
         self.current: _CallState | None = None
         self.states: dict[int, _CallState] = {}
-        self._counts = dict(evaluations=0, full_evaluations=0, reused_module_calls=0, computed_module_calls=0)
+        self._counts = {
+            "evaluations": 0,
+            "full_evaluations": 0,
+            "reused_module_calls": 0,
+            "computed_module_calls": 0,
+        }
         self._store: Callable[[Any], Any] = _cloned if config.clone_on_store else (lambda output: output)
 
     # loop tap
@@ -212,8 +222,11 @@ class FORAController:
             state.slots.clear()
         num_steps = self.clock.num_steps or self.config.num_inference_steps
         if num_steps is None and self.config.anchor == "end":
-            warn_once(self, "fora: number of steps unknown (no scheduler, no num_inference_steps): "
-                            "refreshing every N-th call from the first")
+            warn_once(
+                self,
+                "fora: number of steps unknown (no scheduler, no num_inference_steps): "
+                "refreshing every N-th call from the first",
+            )
         k = state.calls
         state.calls += 1
         refresh = not state.slots or is_refresh_step(k, num_steps, self.config)
@@ -224,8 +237,9 @@ class FORAController:
         self._counts["evaluations"] += 1
         self._counts["full_evaluations"] += int(refresh)
 
-    def run_slot(self, name: str, kind: SlotKind, original: Callable[..., Any], args: tuple,
-                 kwargs: dict[str, Any]) -> Any:
+    def run_slot(
+        self, name: str, kind: SlotKind, original: Callable[..., Any], args: tuple, kwargs: dict[str, Any]
+    ) -> Any:
         """Compute-and-store or replay one cached module (slot hook)."""
         state, index = self.current, self.subset.index
         stored = state.slots.get(name)
@@ -240,21 +254,38 @@ class FORAController:
             state.slots[name] = kind.write(stored, index, output)
         return output
 
-    def run_block(self, block: nn.Module, names: tuple[str, str], original: Callable[..., Any], args: tuple,
-                  kwargs: dict[str, Any]) -> Any:
+    def run_block(
+        self,
+        block: nn.Module,
+        names: tuple[str, str],
+        original: Callable[..., Any],
+        args: tuple,
+        kwargs: dict[str, Any],
+    ) -> Any:
         """A DiT block on a reuse step: gates from this step, attention and MLP outputs from the slots."""
         slots = self.current.slots if self.mode is Mode.REUSE else {}
         if names[0] not in slots or names[1] not in slots:
             return original(*args, **kwargs)
         index = self.subset.index
         self._counts["reused_module_calls"] += 2
-        return _replay_dit_block(block, hidden_input(args, kwargs), SlotKind.IMAGE.read(slots[names[0]], index),
-                                 SlotKind.IMAGE.read(slots[names[1]], index), kwargs["timestep"],
-                                 kwargs["class_labels"])
+        return _replay_dit_block(
+            block,
+            hidden_input(args, kwargs),
+            SlotKind.IMAGE.read(slots[names[0]], index),
+            SlotKind.IMAGE.read(slots[names[1]], index),
+            kwargs["timestep"],
+            kwargs["class_labels"],
+        )
 
 
-def _replay_dit_block(block: BasicTransformerBlock, hidden_states: torch.Tensor, attn_output: torch.Tensor,
-                      ff_output: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+def _replay_dit_block(
+    block: BasicTransformerBlock,
+    hidden_states: torch.Tensor,
+    attn_output: torch.Tensor,
+    ff_output: torch.Tensor,
+    timestep: torch.Tensor,
+    class_labels: torch.Tensor,
+) -> torch.Tensor:
     """`BasicTransformerBlock.forward` (ada_norm_zero) with attention and MLP outputs given.
 
     Same operations in the same order as the stock block, minus the norms and modulations that
@@ -267,14 +298,22 @@ def _replay_dit_block(block: BasicTransformerBlock, hidden_states: torch.Tensor,
     return gate_mlp.unsqueeze(1) * ff_output + hidden_states
 
 
-def _replayable_blocks(model: nn.Module, layout: TransformerLayout, config: FORAConfig) -> list[tuple[str, nn.Module]]:
+def _replayable_blocks(
+    model: nn.Module, layout: TransformerLayout, config: FORAConfig
+) -> list[tuple[str, nn.Module]]:
     """DiT blocks whose reuse step can skip the discarded norms: adaLN-Zero, self-attention + MLP only."""
     if not (config.cache_attention and config.cache_mlp):
         return []
     blocks = []
     for index, block in enumerate(getattr(model, layout.blocks)):
-        if (type(block) is BasicTransformerBlock and block.norm_type == "ada_norm_zero" and block.attn2 is None
-                and block.pos_embed is None and not hasattr(block, "fuser") and block._chunk_size is None):
+        if (
+            type(block) is BasicTransformerBlock
+            and block.norm_type == "ada_norm_zero"
+            and block.attn2 is None
+            and block.pos_embed is None
+            and not hasattr(block, "fuser")
+            and block._chunk_size is None
+        ):
             blocks.append((f"{layout.blocks}.{index}", block))
     return blocks
 
@@ -330,8 +369,9 @@ class _SlotHook(ModelHook):
         return self.controller.run_slot(self.name, self.kind, self.fn_ref.original_forward, args, kwargs)
 
 
-def cached_modules(model: nn.Module, layout: TransformerLayout,
-                   config: FORAConfig) -> list[tuple[str, nn.Module, SlotKind]]:
+def cached_modules(
+    model: nn.Module, layout: TransformerLayout, config: FORAConfig
+) -> list[tuple[str, nn.Module, SlotKind]]:
     """The modules FORA caches in ``model`` with the kind of their outputs."""
     groups: list[tuple[tuple[str, ...], SlotKind]] = []
     if config.cache_attention:
@@ -340,7 +380,9 @@ def cached_modules(model: nn.Module, layout: TransformerLayout,
         groups.append((layout.image_ff, SlotKind.IMAGE))
         if config.cache_context_stream:
             groups.append((layout.text_ff, SlotKind.TEXT))
-    return [(name, module, kind) for names, kind in groups for name, module in block_modules(model, layout, names)]
+    return [
+        (name, module, kind) for names, kind in groups for name, module in block_modules(model, layout, names)
+    ]
 
 
 def apply_fora(target: Any, config: FORAConfig | None = None) -> PluginHandle:

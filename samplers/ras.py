@@ -114,15 +114,19 @@ class RASConfig:
         if self.metric not in METRICS:
             raise ConfigError(f"ras: metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.starvation_mode not in STARVATION_MODES:
-            raise ConfigError(f"ras: starvation_mode must be one of {', '.join(STARVATION_MODES)}, "
-                              f"got {self.starvation_mode!r}")
+            raise ConfigError(
+                f"ras: starvation_mode must be one of {', '.join(STARVATION_MODES)}, "
+                f"got {self.starvation_mode!r}"
+            )
         if self.skip_num_step_length < 0:
             raise ConfigError(f"ras: skip_num_step_length must be >= 0, got {self.skip_num_step_length}")
         if isinstance(self.error_reset_steps, (int, float)):
             self.error_reset_steps = (self.error_reset_steps,)
         self.error_reset_steps = tuple(self.error_reset_steps)
         for value in (self.scheduler_start_step, self.scheduler_end_step, *self.error_reset_steps):
-            if value is not None and (isinstance(value, bool) or value < 0 or (value >= 1 and value != int(value))):
+            if value is not None and (
+                isinstance(value, bool) or value < 0 or (value >= 1 and value != int(value))
+            ):
                 raise ConfigError(f"ras: step {value!r} must be an int >= 0 or a fraction in (0, 1)")
         if isinstance(self.scheduler_start_step, int) and self.scheduler_start_step < 1:
             raise ConfigError("ras: scheduler_start_step must be >= 1 (selection needs a previous output)")
@@ -145,14 +149,20 @@ def skip_schedule(config: RASConfig, num_steps: int, num_tokens: int) -> list[in
     at error resets are dense. At most N_tok - 1 tokens are skipped.
     """
     start = max(1, resolve_step(config.scheduler_start_step, num_steps))
-    end = num_steps - 1 if config.scheduler_end_step is None else resolve_step(config.scheduler_end_step, num_steps)
+    end = (
+        num_steps - 1
+        if config.scheduler_end_step is None
+        else resolve_step(config.scheduler_end_step, num_steps)
+    )
     resets = set()
     for value in config.error_reset_steps:
         step = resolve_step(value, num_steps)
         if 0 <= step < num_steps:
             resets.add(step)
         else:
-            logger.warning("ras: error reset step %s is outside the %d steps of this run; dropped", value, num_steps)
+            logger.warning(
+                "ras: error reset step %s is outside the %d steps of this run; dropped", value, num_steps
+            )
     average = int((1.0 - config.sample_ratio) * num_tokens)
     length = config.skip_num_step_length
     schedule = []
@@ -181,8 +191,9 @@ def token_metric(output: torch.Tensor, patch_size: int, metric: str) -> torch.Te
     return F.avg_pool2d(per_pixel[:, None], patch_size, patch_size).flatten(1)  # (B, N_tok)
 
 
-def select_tokens(metric: torch.Tensor, drop_count: torch.Tensor, num_skip: int,
-                  config: RASConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def select_tokens(
+    metric: torch.Tensor, drop_count: torch.Tensor, num_skip: int, config: RASConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Split tokens into active and skipped for the next step, and count the skips.
 
     The metric is weighted by ``exp(±s * drop_count)`` (starvation), sorted ascending (stable);
@@ -243,7 +254,7 @@ class RASController:
         self.ran_ras = False
         self.kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.subset.index = None
-        self._counts = dict(steps=0, dense_steps=0, ras_steps=0, tokens_computed=0, tokens_total=0)
+        self._counts = {"steps": 0, "dense_steps": 0, "ras_steps": 0, "tokens_computed": 0, "tokens_total": 0}
 
     def stats(self) -> dict[str, Any]:
         total = self._counts["tokens_total"]
@@ -270,8 +281,9 @@ class RASController:
         next_skip = self.schedule[k + 1] if num_steps is not None and k + 1 < len(self.schedule) else 0
         if next_skip and self._output_fits(model_output):
             if self.drop_count is None or self.drop_count.shape[0] != model_output.shape[0]:
-                self.drop_count = torch.zeros(model_output.shape[0], self.layout[0][0] * self.layout[0][1],
-                                              device=model_output.device)
+                self.drop_count = torch.zeros(
+                    model_output.shape[0], self.layout[0][0] * self.layout[0][1], device=model_output.device
+                )
             metric = token_metric(model_output, self.patch_size, self.metric)
             self.active, self.skipped = select_tokens(metric, self.drop_count, next_skip, self.config)
             self.prev_output = model_output.detach().clone()
@@ -294,8 +306,11 @@ class RASController:
         ordinal = self.clock.next_call()
         num_steps, k = self.clock.num_steps, self.clock.step_index
         if num_steps is None:
-            warn_once(self, "ras: no set_timesteps seen on the tapped scheduler (was the pipeline's scheduler "
-                            "replaced after apply?); running dense")
+            warn_once(
+                self,
+                "ras: no set_timesteps seen on the tapped scheduler (was the pipeline's scheduler "
+                "replaced after apply?); running dense",
+            )
             return kwargs
         if ordinal or k >= num_steps or is_aux_call(kwargs):
             return kwargs
@@ -314,8 +329,11 @@ class RASController:
             self.active, self.drop_count, self.kv = None, None, {}
         ras_now = bool(self.schedule[k]) and self.active is not None
         if ras_now and rows % self.active.shape[0]:
-            warn_once(self, f"ras: transformer batch {rows} is not a multiple of the scheduler batch "
-                            f"{self.active.shape[0]}; running dense")
+            warn_once(
+                self,
+                f"ras: transformer batch {rows} is not a multiple of the scheduler batch "
+                f"{self.active.shape[0]}; running dense",
+            )
             ras_now = False
         if ras_now and not _controlnet_fits(kwargs, rows, num_tokens):
             warn_once(self, "ras: unexpected ControlNet residual shapes; running dense")
@@ -324,7 +342,9 @@ class RASController:
         if ras_now:
             self.mode = Mode.RAS
             self.row_index = self.active.repeat(rows // self.active.shape[0], 1)  # (B_model, n_active)
-            self.flat_rows = flat_rows(self.row_index, num_tokens)  # rows of the (B * N_tok, width) K/V caches
+            self.flat_rows = flat_rows(
+                self.row_index, num_tokens
+            )  # rows of the (B * N_tok, width) K/V caches
             self.subset.index = self.row_index
             self.ran_ras = True
             self._counts["ras_steps"] += 1
@@ -340,8 +360,13 @@ class RASController:
     def end_call(self) -> None:
         self.mode, self.row_index, self.subset.index = Mode.DENSE, None, None
 
-    def attention(self, name: str, attn: Attention, hidden_states: torch.Tensor,
-                  encoder_hidden_states: torch.Tensor | None) -> Any:
+    def attention(
+        self,
+        name: str,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None,
+    ) -> Any:
         """Joint/self attention of `JointAttnProcessor2_0` / `AttnProcessor2_0`, with the K/V cache.
 
         CAPTURE: the stock math on all tokens (bit-identical), keeping this layer's image K/V.
@@ -359,12 +384,16 @@ class RASController:
             query = attn.norm_q(query)
         if self.mode is Mode.RAS:
             if attn.norm_k is not None:  # per-head norm is row-wise: apply before the head transpose
-                key = attn.norm_k(key.view(batch_size, -1, attn.heads, head_dim)).reshape(batch_size, -1, width)
+                key = attn.norm_k(key.view(batch_size, -1, attn.heads, head_dim)).reshape(
+                    batch_size, -1, width
+                )
             cached_key, cached_value = self.kv[name]  # (B, N_tok, width), post-norm keys
             rows = self.flat_rows
             cached_key.view(-1, width).index_copy_(0, rows, key.reshape(-1, width))
             cached_value.view(-1, width).index_copy_(0, rows, value.reshape(-1, width))
-            key = cached_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, N_tok, d)
+            key = cached_key.view(batch_size, -1, attn.heads, head_dim).transpose(
+                1, 2
+            )  # (B, heads, N_tok, d)
             value = cached_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
         else:
             key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
@@ -372,8 +401,10 @@ class RASController:
             if attn.norm_k is not None:
                 key = attn.norm_k(key)
             # (B, N_tok, width) row layout: a view of the projections when there is no k-norm
-            self.kv[name] = (key.transpose(1, 2).reshape(batch_size, -1, width),
-                             value.transpose(1, 2).reshape(batch_size, -1, width))
+            self.kv[name] = (
+                key.transpose(1, 2).reshape(batch_size, -1, width),
+                value.transpose(1, 2).reshape(batch_size, -1, width),
+            )
 
         if encoder_hidden_states is not None:
             context_query = attn.add_q_proj(encoder_hidden_states)
@@ -423,11 +454,22 @@ class RASAttnProcessor:
         self.name = name
         self.original = original
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
         if self.controller.mode is Mode.DENSE:
-            return self.original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                                 attention_mask=attention_mask, **kwargs)
+            return self.original(
+                attn,
+                hidden_states,
+                encoder_hidden_states=encoder_hidden_states,
+                attention_mask=attention_mask,
+                **kwargs,
+            )
         return self.controller.attention(self.name, attn, hidden_states, encoder_hidden_states)
 
 
@@ -480,13 +522,19 @@ class _ScatterHook(ModelHook):
         return scatter_tokens_(full, self.controller.row_index, output)
 
 
-def _attention_modules(plugin: str, model: nn.Module, layout: TransformerLayout) -> list[tuple[str, Attention]]:
+def _attention_modules(
+    plugin: str, model: nn.Module, layout: TransformerLayout
+) -> list[tuple[str, Attention]]:
     """Every image / joint attention of the blocks, checked to run a stock processor."""
     modules = block_modules(model, layout, layout.image_attention + layout.joint_attention)
     for name, attn in modules:
         processor = attn.processor
-        neutral = (attn.spatial_norm is None and attn.group_norm is None and not attn.residual_connection
-                   and attn.rescale_output_factor == 1.0)
+        neutral = (
+            attn.spatial_norm is None
+            and attn.group_norm is None
+            and not attn.residual_connection
+            and attn.rescale_output_factor == 1.0
+        )
         if type(processor) not in STOCK_PROCESSORS or not neutral:
             raise UnsupportedTargetError(
                 f"{plugin} cannot be applied to {type(model).__name__}: {name} uses "
@@ -516,8 +564,10 @@ def apply_ras(target: Any, config: RASConfig | None = None) -> PluginHandle:
     attentions = _attention_modules("ras", model, found.layout)
     metric = config.metric
     if config.metric == "std" and model.config.in_channels == 1:
-        logger.warning("ras: %s has one channel, where a channel std is undefined; selecting by l2norm",
-                       type(model).__name__)
+        logger.warning(
+            "ras: %s has one channel, where a channel std is undefined; selecting by l2norm",
+            type(model).__name__,
+        )
         metric = "l2norm"
     controller = RASController(config, int(model.config.patch_size), metric, token_subset(model))
     hooks = HookSet(model)

@@ -6,10 +6,16 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
+from test_samplers_common import (  # noqa: F401
+    CallCounter,
+    hooked_modules,
+    single_thread,
+    tiny_sd3_transformer,
+    tiny_studio_dit,
+)
 
 from samplers import FORAConfig, apply_fora
 from samplers.fora import FORA_ROOT_HOOK, is_refresh_step
-from test_samplers_common import CallCounter, hooked_modules, single_thread, tiny_sd3_transformer, tiny_studio_dit  # noqa: F401
 
 LAYERS = 2
 
@@ -57,10 +63,14 @@ def test_schedule_counts_and_start_anchor():
     assert [k for k in range(12) if is_refresh_step(k, 12, config)] == [0, 1, 3, 7, 10, 11]
 
 
-@pytest.mark.parametrize("num_steps, interval, anchor", [(7, 3, "end"), (10, 2, "end"), (10, 3, "start"), (6, 1, "end")])
+@pytest.mark.parametrize(
+    "num_steps, interval, anchor", [(7, 3, "end"), (10, 2, "end"), (10, 3, "start"), (6, 1, "end")]
+)
 def test_hooked_modules_run_only_on_refresh_steps(num_steps, interval, anchor):
     model = tiny_studio_dit()
-    handle = apply_fora(model, FORAConfig(cache_interval=interval, anchor=anchor, num_inference_steps=num_steps))
+    handle = apply_fora(
+        model, FORAConfig(cache_interval=interval, anchor=anchor, num_inference_steps=num_steps)
+    )
     counter = CallCounter(model, (".attn1.to_q", ".ff.net.2", ".norm3"))
     dit_loop(model, num_steps)
     refreshes = len(refresh_steps(num_steps, interval, anchor))
@@ -110,9 +120,16 @@ def test_matches_taylorseer_order_zero():
     """Peer cross-check (spec §1.9-3): FORA N=2 start-anchored == TaylorSeer order 0 on attn1 + ff."""
     fora_model, peer_model = tiny_studio_dit(), tiny_studio_dit()
     handle = apply_fora(fora_model, FORAConfig(cache_interval=2, anchor="start", num_inference_steps=6))
-    apply_taylorseer_cache(peer_model, TaylorSeerCacheConfig(
-        cache_interval=2, disable_cache_before_step=1, max_order=0, taylor_factors_dtype=torch.float32,
-        cache_identifiers=[r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"]))
+    apply_taylorseer_cache(
+        peer_model,
+        TaylorSeerCacheConfig(
+            cache_interval=2,
+            disable_cache_before_step=1,
+            max_order=0,
+            taylor_factors_dtype=torch.float32,
+            cache_identifiers=[r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"],
+        ),
+    )
     from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
     _set_cache_context(peer_model, CacheContext("batched"))
@@ -179,8 +196,13 @@ def sd3_call(model, seed: int, **kwargs):
     context = torch.randn(2, 5, 32, generator=generator)
     pooled = torch.randn(2, 64, generator=generator)
     with torch.no_grad():
-        return model(hidden_states=x, encoder_hidden_states=context, pooled_projections=pooled,
-                     timestep=torch.full((2,), 900.0 - 50 * seed), **kwargs).sample
+        return model(
+            hidden_states=x,
+            encoder_hidden_states=context,
+            pooled_projections=pooled,
+            timestep=torch.full((2,), 900.0 - 50 * seed),
+            **kwargs,
+        ).sample
 
 
 def test_sd3_neutral_and_skip_counts():

@@ -11,10 +11,6 @@ from contextlib import contextmanager
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
-import samplers
-from samplers import FORAConfig, RASConfig, UnsupportedTargetError, parse_plugin_spec
-from studio.errors import ConfigError
 from test_samplers_common import (  # noqa: F401
     CallCounter,
     dit_pipeline,
@@ -26,6 +22,10 @@ from test_samplers_common import (  # noqa: F401
     single_thread,
     studio_pipeline,
 )
+
+import samplers
+from samplers import FORAConfig, RASConfig, UnsupportedTargetError, parse_plugin_spec
+from studio.errors import ConfigError
 
 NEUTRAL = ("fora:interval=1", "ras:ratio=1", "fora:interval=1+ras:ratio=1")
 
@@ -45,8 +45,11 @@ def assert_restored(pipe):
     assert hooked_modules(pipe.transformer) == []
     assert "step" not in pipe.scheduler.__dict__ and "set_timesteps" not in pipe.scheduler.__dict__
     assert "_denoise" not in pipe.__dict__
-    assert all(type(m.processor).__name__ != "RASAttnProcessor" for m in pipe.transformer.modules()
-               if hasattr(m, "processor"))
+    assert all(
+        type(m.processor).__name__ != "RASAttnProcessor"
+        for m in pipe.transformer.modules()
+        if hasattr(m, "processor")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +118,14 @@ def test_fora_and_ras_compose(studio, sd3, runner):
         return run_studio(p).images if runner == "studio" else run_sd3(p, batch=2)
 
     results = {}
-    for specs in ("fora:interval=3", "ras:ratio=0.5", "fora:interval=3+ras:ratio=1",
-                  "fora:interval=1+ras:ratio=0.5", "ras:ratio=0.5+fora:interval=3", "fora:interval=3+ras:ratio=0.5"):
+    for specs in (
+        "fora:interval=3",
+        "ras:ratio=0.5",
+        "fora:interval=3+ras:ratio=1",
+        "fora:interval=1+ras:ratio=0.5",
+        "ras:ratio=0.5+fora:interval=3",
+        "fora:interval=3+ras:ratio=0.5",
+    ):
         with applied(pipe, specs):
             results[specs] = run(pipe)
     assert torch.equal(results["fora:interval=3+ras:ratio=1"], results["fora:interval=3"])
@@ -175,7 +184,7 @@ def test_dit_pipeline_consecutive_batches_equal_fresh_runs(dit):
 # ---------------------------------------------------------------------------- schedulers, record
 @pytest.mark.parametrize("scheduler", ["ddpm", "dpm++", "euler", "heun"])
 def test_any_scheduler_and_step_count(studio, scheduler):
-    with applied(studio, "fora:interval=2+ras:ratio=0.5") as (fora, ras):
+    with applied(studio, "fora:interval=2+ras:ratio=0.5"):
         output = run_studio(studio, steps=7, scheduler=scheduler)
     assert torch.isfinite(output.images).all()
     evaluations = output.record.plugin_stats["fora"]["evaluations"]
@@ -187,7 +196,10 @@ def test_record_lists_plugins_settings_and_stats(studio):
     with applied(studio, "fora:interval=2,warmup=1+ras:ratio=0.25,resets=3/5"):
         record = run_studio(studio, steps=8).record
     assert record.plugins["fora"]["cache_interval"] == 2 and record.plugins["fora"]["warmup_steps"] == 1
-    assert record.plugins["ras"]["sample_ratio"] == 0.25 and record.plugins["ras"]["error_reset_steps"] == [3, 5]
+    assert record.plugins["ras"]["sample_ratio"] == 0.25 and record.plugins["ras"]["error_reset_steps"] == [
+        3,
+        5,
+    ]
     assert record.plugin_stats["fora"]["reused_module_calls"] > 0
     assert 0 < record.plugin_stats["ras"]["token_fraction"] < 1
     assert "fora" in record.parameters_text()
@@ -198,11 +210,16 @@ def test_parse_plugin_spec():
     assert parse_plugin_spec("fora:interval=3") == FORAConfig(cache_interval=3)
     assert parse_plugin_spec("FORA") == FORAConfig()
     assert parse_plugin_spec("ras:ratio=0.5,resets=12/20,end=none,metric=l2norm") == RASConfig(
-        sample_ratio=0.5, error_reset_steps=(12, 20), metric="l2norm")
+        sample_ratio=0.5, error_reset_steps=(12, 20), metric="l2norm"
+    )
     assert parse_plugin_spec("ras:start=0.2,high_ratio=0.3").scheduler_start_step == 0.2
-    for bad, message in [("teacache", "unknown plugin 'teacache'.*fora, ras"), ("fora:speed=2", "unknown setting"),
-                         ("fora:interval=x", "interval expects int"), ("ras:ratio", "unknown setting"),
-                         ("ras:metric=max", "metric must be one of")]:
+    for bad, message in [
+        ("teacache", "unknown plugin 'teacache'.*fora, ras"),
+        ("fora:speed=2", "unknown setting"),
+        ("fora:interval=x", "interval expects int"),
+        ("ras:ratio", "unknown setting"),
+        ("ras:metric=max", "metric must be one of"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             parse_plugin_spec(bad)
     with pytest.raises(ConfigError, match="not a plugin config"):
@@ -210,13 +227,22 @@ def test_parse_plugin_spec():
 
 
 def test_unsupported_targets_name_plugin_and_class():
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4, layers_per_block=1)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 8),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
     for spec in ("fora", "ras"):
         with pytest.raises(UnsupportedTargetError, match=f"{spec} cannot be applied to UNet2DModel"):
             samplers.apply(unet, parse_plugin_spec(spec))
-        with pytest.raises(UnsupportedTargetError, match=f"{spec} cannot be applied to DDPMPipeline.*UNet2DModel"):
+        with pytest.raises(
+            UnsupportedTargetError, match=f"{spec} cannot be applied to DDPMPipeline.*UNet2DModel"
+        ):
             samplers.apply(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()), parse_plugin_spec(spec))
         with pytest.raises(UnsupportedTargetError, match=f"{spec} cannot be applied to str"):
             samplers.apply("model", parse_plugin_spec(spec))
@@ -224,9 +250,8 @@ def test_unsupported_targets_name_plugin_and_class():
 
 
 def test_double_apply_is_refused(studio):
-    with applied(studio, "fora"):
-        with pytest.raises(ConfigError, match="already applied"):
-            samplers.apply(studio, FORAConfig())
+    with applied(studio, "fora"), pytest.raises(ConfigError, match="already applied"):
+        samplers.apply(studio, FORAConfig())
     assert_restored(studio)
 
 

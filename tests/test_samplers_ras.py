@@ -8,9 +8,6 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-from samplers import RASConfig, UnsupportedTargetError, apply_ras
-from samplers.ras import select_tokens, skip_schedule, token_mask_to_pixels, token_metric
 from test_samplers_common import (  # noqa: F401
     hooked_modules,
     run_studio,
@@ -19,6 +16,9 @@ from test_samplers_common import (  # noqa: F401
     tiny_sd3_transformer,
     tiny_studio_dit,
 )
+
+from samplers import RASConfig, UnsupportedTargetError, apply_ras
+from samplers.ras import select_tokens, skip_schedule, token_mask_to_pixels, token_metric
 
 
 # ---------------------------------------------------------------------------- schedule
@@ -32,10 +32,26 @@ def test_schedule_sd3_script():
 
 
 def test_schedule_lumina_dynamic():
-    config = RASConfig(sample_ratio=0.5, scheduler_start_step=4, error_reset_steps=(12, 22), skip_num_step=256,
-                       skip_num_step_length=4)
-    expected = ([0] * 4 + [1280] * 4 + [1536] * 4 + [0] + [1792] * 3 + [2048] * 4 + [2304] * 2 + [0] + [2304]
-                + [2560] * 4 + [2816] * 2)
+    config = RASConfig(
+        sample_ratio=0.5,
+        scheduler_start_step=4,
+        error_reset_steps=(12, 22),
+        skip_num_step=256,
+        skip_num_step_length=4,
+    )
+    expected = (
+        [0] * 4
+        + [1280] * 4
+        + [1536] * 4
+        + [0]
+        + [1792] * 3
+        + [2048] * 4
+        + [2304] * 2
+        + [0]
+        + [2304]
+        + [2560] * 4
+        + [2816] * 2
+    )
     assert skip_schedule(config, 30, 4096) == expected
 
 
@@ -64,7 +80,7 @@ def test_metric_per_pixel_and_patch_average():
     std = token_metric(output, 2, "std")
     l2 = token_metric(output, 2, "l2norm")
     assert std.shape == (1, 4)
-    assert torch.allclose(std[0], torch.tensor([2 ** 0.5 / 4, 0, 0, 0]))
+    assert torch.allclose(std[0], torch.tensor([2**0.5 / 4, 0, 0, 0]))
     assert torch.allclose(l2[0], torch.tensor([2.0 / 4, 0, 0, 0]))
 
 
@@ -105,7 +121,9 @@ def test_token_mask_to_pixels_non_square():
 def dit_call(model, x=None, batch=4, seed=0):
     x = torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) if x is None else x
     with torch.no_grad():
-        return model(x, timestep=torch.full((x.shape[0],), 500), class_labels=torch.arange(x.shape[0]) % 5).sample
+        return model(
+            x, timestep=torch.full((x.shape[0],), 500), class_labels=torch.arange(x.shape[0]) % 5
+        ).sample
 
 
 def sd3_call(model, batch=2, seed=0, grad=False, **kwargs):
@@ -114,8 +132,13 @@ def sd3_call(model, batch=2, seed=0, grad=False, **kwargs):
     context = torch.randn(batch, 5, 32, generator=generator)
     pooled = torch.randn(batch, 64, generator=generator)
     with torch.set_grad_enabled(grad):
-        return model(hidden_states=x, encoder_hidden_states=context, pooled_projections=pooled,
-                     timestep=torch.full((batch,), 700.0), **kwargs).sample.detach()
+        return model(
+            hidden_states=x,
+            encoder_hidden_states=context,
+            pooled_projections=pooled,
+            timestep=torch.full((batch,), 700.0),
+            **kwargs,
+        ).sample.detach()
 
 
 def ras_at_step_one(model, scheduler, active):
@@ -129,8 +152,9 @@ def ras_at_step_one(model, scheduler, active):
 def force_step_one(controller, active):
     controller.clock.end_step()
     controller.active = active
-    controller.skipped = torch.ones(active.shape[0], controller.layout[0][0] * controller.layout[0][1],
-                                    dtype=torch.bool).scatter_(1, active, False)
+    controller.skipped = torch.ones(
+        active.shape[0], controller.layout[0][0] * controller.layout[0][1], dtype=torch.bool
+    ).scatter_(1, active, False)
 
 
 @pytest.mark.parametrize("family", ["dit", "sd3"])
@@ -158,7 +182,9 @@ def test_kv_recovery_on_a_subset(family):
     tokens = grid[0] * grid[1]
     generator = torch.Generator().manual_seed(1)
     rows = 2 if family == "dit" else 1  # scheduler batch: DiT rows 0-1 cond/uncond share sets via r mod Bs
-    active = torch.stack([torch.randperm(tokens, generator=generator)[: tokens // 3].sort().values for _ in range(rows)])
+    active = torch.stack(
+        [torch.randperm(tokens, generator=generator)[: tokens // 3].sort().values for _ in range(rows)]
+    )
     force_step_one(controller, active)
     got = call(model)
     row_index = active.repeat(got.shape[0] // rows, 1)
@@ -210,7 +236,9 @@ def test_refuses_bare_models_and_custom_processors():
     with pytest.raises(UnsupportedTargetError, match="ras.*DiTTransformer2DModel.*scheduler"):
         apply_ras(model)
     model.transformer_blocks[0].attn1.set_processor(AttnProcessor())
-    with pytest.raises(UnsupportedTargetError, match="ras.*DiTTransformer2DModel.*transformer_blocks.0.attn1"):
+    with pytest.raises(
+        UnsupportedTargetError, match="ras.*DiTTransformer2DModel.*transformer_blocks.0.attn1"
+    ):
         apply_ras((model, DDIMScheduler()))
     assert hooked_modules(model) == []
 
@@ -220,7 +248,9 @@ def test_remove_restores_processors_and_scheduler():
     processors = [block.attn1.processor for block in pipe.transformer.transformer_blocks]
     baseline = run_studio(pipe).images
     handle = apply_ras(pipe, RASConfig())
-    assert all(type(b.attn1.processor).__name__ == "RASAttnProcessor" for b in pipe.transformer.transformer_blocks)
+    assert all(
+        type(b.attn1.processor).__name__ == "RASAttnProcessor" for b in pipe.transformer.transformer_blocks
+    )
     run_studio(pipe)
     handle.remove()
     assert [b.attn1.processor for b in pipe.transformer.transformer_blocks] == processors
@@ -239,6 +269,7 @@ def test_dense_prefix_is_exact_and_stats_match_schedule():
         def callback(pipeline, step, t, tensors):
             seen[key].append(tensors["latents"].clone())
             return tensors
+
         return callback
 
     run_studio(pipe, steps=10, callback_on_step_end=recorder("base"))
