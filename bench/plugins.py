@@ -253,6 +253,20 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
 
 
+def domain_quality(images: torch.Tensor, labels: list[int] | None, reference: str) -> dict[str, Any]:
+    """Class accuracy (vs the requested labels) and domain FD (vs the reference data) of [0, 1] images."""
+    from studio.errors import StudioError
+    from studio.metrics import evaluate
+
+    pixels = (images * 255).round().to(torch.uint8)
+    metrics = ("acc", "dfd") if labels is not None else ("dfd",)
+    try:
+        result = evaluate(pixels, reference, metrics=metrics, class_labels=labels)
+    except StudioError as exc:
+        return {"quality_error": str(exc)}
+    return {name: round(value, 4) for name, value in result.metrics.items()}
+
+
 def paired_speedup(baseline: list[float], method: list[float]) -> float:
     """Median over rounds of baseline time / method time (pairs run back to back, so load drift cancels)."""
     return round(statistics.median(b / m for b, m in zip(baseline, method)), 3)
@@ -281,6 +295,7 @@ def run_once(
         "cpu_s": cpu_s,
         "stats": output.record.plugin_stats,
         "settings": output.record.plugins,
+        "class_labels": output.record.class_labels,
     }
     if work is not None:
         info["macs"] = work.macs
@@ -318,6 +333,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "times_s": [],
             "cpu_times_s": [],
         }
+        if args.reference != "none":
+            results[method.name].update(domain_quality(images, info["class_labels"], args.reference))
         print(f"{method.name}: warm-up {info['denoise_s']:.2f}s", file=sys.stderr)
     for round_index in range(args.repeats):  # timed rounds, round-robin
         for method in methods:
@@ -341,6 +358,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "guidance": args.guidance,
             "seed": args.seed,
             "repeats": args.repeats,
+            "reference": args.reference,
             "threads": torch.get_num_threads(),
             "sample_size": pipe.transformer.config.sample_size,
             "patch_size": pipe.transformer.config.patch_size,
@@ -398,24 +416,27 @@ def markdown(report: dict[str, Any]) -> str:
             "still done: the speedup if they were the whole step. FORA leaves norms, modulation, embeddings "
             "and the scheduler running, so it stays below it; RAS also shrinks the token-wise norms, GELU and "
             "residual ops and the working set, so on a small CPU model it can exceed it. Output change is "
-            "against the plain run with the same seeds, images in [0, 1]."
+            "against the plain run with the same seeds, images in [0, 1]. Class accuracy (requested class, "
+            f"shipped classifier) and domain FD (classifier features vs {setup['reference']} data) come "
+            "from studio.metrics; with few images they are coarse."
         ),
         "",
         (
             "| method | family | median s | speedup | CPU speedup | MAC bound | MACs done | mean abs diff | PSNR dB "
-            "| notes |"
+            "| class acc | domain FD | notes |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in report["methods"].items():
         if not entry["applicable"]:
-            lines.append(f"| {name} | {entry['family']} | – | – | – | – | – | – | – | {entry['reason']} |")
+            lines.append(f"| {name} | {entry['family']} |" + " – |" * 9 + f" {entry['reason']} |")
             continue
         notes = "; ".join(f"{k}: {_short(v)}" for k, v in entry["stats"].items())
         lines.append(
             f"| {name} | {entry['family']} | {entry['median_s']:.3f} | {entry['speedup']:.2f}x | "
-            f"{entry['cpu_speedup']:.2f}x | {entry['ideal_speedup']:.2f}x | {entry['work_fraction']:.2f} | {entry['mean_abs_diff']:.4f} | "
-            f"{entry['psnr_db']} | {notes} |"
+            f"{entry['cpu_speedup']:.2f}x | {entry['ideal_speedup']:.2f}x | {entry['work_fraction']:.2f} | "
+            f"{entry['mean_abs_diff']:.4f} | {entry['psnr_db']} | {entry.get('class_accuracy', '–')} | "
+            f"{entry.get('domain_fd', '–')} | {notes} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -467,6 +488,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--reference", default="mnist", help="built-in dataset for class accuracy / domain FD, or 'none'"
+    )
     parser.add_argument("--only", nargs="*", default=None, help="method names to run besides the plain one")
     parser.add_argument("--out", type=Path, default=RESULTS, help="output path without extension")
     parser.add_argument("--profile", action="store_true", help=f"also profile {', '.join(PROFILED)}")
