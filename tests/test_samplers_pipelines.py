@@ -272,3 +272,13 @@ def test_replaced_scheduler_falls_back_to_dense(dit, caplog):
         handle.remove()
         dit.scheduler = original
     assert_restored(dit)
+
+
+def test_sd3_skip_layer_guidance_calls_are_bypassed(sd3):
+    slg = {"skip_guidance_layers": [1], "skip_layer_guidance_start": 0.0}
+    baseline = run_sd3(sd3, steps=6, **slg)
+    with applied(sd3, "fora:interval=2+ras:ratio=0.5") as (fora, ras):
+        output = run_sd3(sd3, steps=6, **slg)
+        assert torch.isfinite(output).all()
+        assert fora.stats()["evaluations"] == ras.stats()["steps"] == 6  # the aux calls are not counted
+    assert torch.equal(run_sd3(sd3, steps=6, **slg), baseline)
