@@ -141,7 +141,7 @@ def test_unusable_sample_folders_raise_clear_errors(tmp_path, kind, message):
         (
             ["--metrics", "kid", "--feature-net", "{net}", "--feature-size", "32", "--num-samples", "1"],
             r"KID needs at least 2 images",
-        ),  # fmt: skip
+        ),
         (["--metrics", "mem", "--num-samples", "10"], r"asked for 10 samples but .* holds only 3"),
         (["--metrics", "fid,sharpness"], r"unknown metric\(s\) sharpness; choose from fid, kid"),
         (["--metrics", "acc"], r"class accuracy needs the requested class of every sample"),

@@ -1,35 +1,192 @@
 """Classifier family: the small CNN behind studio's domain metrics (class accuracy, domain FD).
 
-`train_classifier` is a plain, self-contained trainer (one process, a few minutes on CPU) that
-produced the shipped ``studio/weights/mnist-classifier`` checkpoint:
+Two ways to train it:
 
-    python -m training.classifier --dataset mnist --steps 600 --out studio/weights/mnist-classifier
+- ``studio train classifier --preset mnist``: the shared accelerate loop (`ClassifierFamily`). The
+  run's ``pipeline/`` folder holds the network under ``classifier/``; pass the run folder to
+  ``studio eval --classifier``.
+- `train_classifier`: a plain single-process trainer with a one-cycle schedule. It made the
+  shipped checkpoint (about 450 CPU-seconds):
 
-Training uses light augmentation (random rotation, scale and shift) because the built-in MNIST
-holds only 4,500 training images, and reports accuracy on the dataset's ``val`` split.
+      python -m training.classifier --dataset mnist --steps 600 --out studio/weights/mnist-classifier
+
+Both use light augmentation (random rotation, scale and shift), because the built-in MNIST holds
+only 4,500 training images. The plain trainer reports accuracy on the dataset's ``val`` split.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from torch import nn
 
 from studio.data import DataConfig, ImageDataset, build_dataset
+from studio.errors import ConfigError, StudioError
 from studio.hub import write_card
 from studio.metrics.classifier_metrics import class_accuracy
 from studio.metrics.features import classifier_outputs
 from studio.models.classifier import StudioClassifier
+from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput
+from studio.pipelines.record import GenerationRecord
+from training.family import Family, register_family
 
 MAX_ROTATION = math.radians(12.0)
 SCALE_RANGE = (0.9, 1.1)
 MAX_SHIFT = 0.12  # in units of half the image side (0.12 = 1.7 px at 28 px)
+LABEL_SMOOTHING = 0.05
 
 
+def augment(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random rotation, scale and shift of images (N, C, H, W) in [-1, 1]; the border stays -1."""
+    n, device = images.shape[0], images.device
+    angle = (torch.rand(n, generator=generator, device=device) * 2 - 1) * MAX_ROTATION
+    scale = SCALE_RANGE[0] + torch.rand(n, generator=generator, device=device) * (
+        SCALE_RANGE[1] - SCALE_RANGE[0]
+    )
+    shift = (torch.rand(n, 2, generator=generator, device=device) * 2 - 1) * MAX_SHIFT
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    rows = [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)]
+    grid = F.affine_grid(torch.stack(rows, 1), list(images.shape), align_corners=False)  # (N, H, W, 2)
+    # grid_sample pads with 0, so sample x + 1 (background 0) and shift back to background -1
+    return F.grid_sample(images + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+
+
+def classification_loss(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label-smoothed cross-entropy on augmented ``images``, and the batch accuracy (detached)."""
+    logits = model(augment(images, generator)).logits
+    loss = F.cross_entropy(logits, labels, label_smoothing=LABEL_SMOOTHING)
+    return loss, (logits.argmax(dim=1) == labels).float().mean().detach()
+
+
+# ------------------------------------------------------------------------------------------ loop family
+@dataclass
+class ClassifierTrainConfig:
+    """Network shape; image size, channels and classes come from the data."""
+
+    block_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    feature_dim: int = 128
+    dropout: float = 0.2
+    visualise_steps: int = 40  # gradient-ascent steps of the class visualisations in sample grids
+
+
+class ClassifierExportPipeline(StudioPipelineMixin, DiffusionPipeline):
+    """The training loop's export of a classifier run: the network, written with ``save_pretrained``.
+
+    Calling it draws **class visualisations**, not samples of a generative model. Each image is
+    seeded noise moved by gradient ascent on one class's logit, with an L2 penalty (Simonyan et
+    al., 2014), so it shows what the classifier takes for that class. The loop's sample grids show
+    these images.
+    """
+
+    family = "classifier"
+
+    def __init__(self, classifier: StudioClassifier):
+        super().__init__()
+        self.register_modules(classifier=classifier)
+
+    def __call__(
+        self,
+        num_images: int = 10,
+        class_labels: int | Sequence[int] | None = None,
+        seed: int | Sequence[int] | None = 0,
+        steps: int = 40,
+        step_size: float = 0.1,
+        l2_weight: float = 0.05,
+        output_type: str = "np",
+    ) -> StudioPipelineOutput:
+        """Visualise ``class_labels`` (balanced when None); images in [0, 1] as ``output_type``."""
+        started = time.perf_counter()
+        config = self.classifier.config
+        seeds = self.seeds_for(num_images, seed)
+        labels = self.labels_for(num_images, class_labels, config.num_classes)
+        shape = (config.in_channels, config.image_size, config.image_size)
+        noise = torch.stack([torch.randn(shape, generator=g) * 0.1 for g in self.generators_for(seeds)])
+        was_training = self.classifier.training
+        self.classifier.eval()
+        x = noise.to(self.device).requires_grad_(True)  # pre-tanh image, (N, C, H, W)
+        index = torch.arange(num_images)
+        with torch.enable_grad():
+            for _ in range(steps):
+                logits = self.classifier(torch.tanh(x)).logits  # (N, K)
+                objective = logits[index, labels].sum() - l2_weight * x.pow(2).sum()
+                (grad,) = torch.autograd.grad(objective, x)
+                norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                x = (x + step_size * grad / norm).detach().requires_grad_(True)  # normalised ascent step
+        self.classifier.train(was_training)
+        record = GenerationRecord(
+            model=self.model_name(),
+            family=self.family,
+            seeds=seeds,
+            class_labels=labels,
+            steps=steps,
+            extra={"kind": "class visualisation (gradient ascent on the logit)"},
+        )
+        images = self.convert_output(torch.tanh(x.detach()), output_type)
+        return StudioPipelineOutput(images=images, record=self.finish_record(record, started))
+
+
+@register_family
+class ClassifierFamily(Family):
+    name = "classifier"
+    config_class = ClassifierTrainConfig
+    ema_targets = ()  # the network is used as trained
+
+    def __init__(self, config: Any, info: Any):
+        super().__init__(config, info)
+        if info.num_classes < 2:
+            raise ConfigError(
+                f"a classifier needs a labelled dataset; {info.name!r} has {info.num_classes} classes"
+            )
+
+    def build_models(self) -> dict[str, nn.Module]:
+        settings: ClassifierTrainConfig = self.config.model
+        return {
+            "classifier": StudioClassifier(
+                in_channels=self.info.channels,
+                num_classes=self.info.num_classes,
+                image_size=self.info.image_size,
+                block_channels=tuple(settings.block_channels),
+                feature_dim=settings.feature_dim,
+                dropout=settings.dropout,
+                dataset=self.info.name,
+            )
+        }
+
+    def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        return {"classifier": self.adamw(models["classifier"].parameters())}
+
+    def training_step(
+        self,
+        batch: dict[str, torch.Tensor],
+        models: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        accelerator: Any,
+    ) -> dict[str, float]:
+        with accelerator.autocast():
+            loss, accuracy = classification_loss(
+                models["classifier"], batch["pixel_values"], batch["class_labels"]
+            )
+        self.clip_and_step(loss, models["classifier"], optimizers["classifier"], accelerator)
+        return {"loss": loss.detach().item(), "batch_accuracy": accuracy.item()}
+
+    def make_pipeline(self, models: dict[str, nn.Module]) -> ClassifierExportPipeline:
+        return ClassifierExportPipeline(classifier=models["classifier"])
+
+    def sample_kwargs(self) -> dict[str, Any]:
+        return {"steps": self.config.model.visualise_steps}
+
+
+# ------------------------------------------------------------------------------------------ plain trainer
 @dataclass
 class ClassifierRun:
     """A trained classifier and how it was made."""
@@ -40,21 +197,6 @@ class ClassifierRun:
     val_accuracy: float
     train_seconds: float  # wall time
     cpu_seconds: float  # process CPU time (all threads): comparable across busy and idle machines
-
-
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation, scale and shift of images (N, C, H, W) in [-1, 1]; the border stays -1."""
-    n = images.shape[0]
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * MAX_ROTATION
-    scale = SCALE_RANGE[0] + torch.rand(n, generator=generator) * (SCALE_RANGE[1] - SCALE_RANGE[0])
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * MAX_SHIFT
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-    )
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (N, H, W, 2)
-    # grid_sample pads with 0, so sample x + 1 (background 0) and shift back to background -1
-    return F.grid_sample(images + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
 
 
 def build_classifier(dataset: ImageDataset) -> StudioClassifier:
@@ -75,6 +217,8 @@ def train_classifier(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     train_set, val_set = build_dataset(data, "train"), build_dataset(data, "val")
+    if train_set.info.num_classes < 2:
+        raise StudioError(f"a classifier needs a labelled dataset; {data.name!r} has no classes")
     images = train_set.uint8_images().float() / 127.5 - 1.0  # (N, C, H, W) in [-1, 1]
     labels = train_set.labels
     model = build_classifier(train_set)
@@ -85,8 +229,7 @@ def train_classifier(
     model.train()
     for _ in range(steps):
         index = torch.randint(0, len(images), (batch_size,), generator=generator)
-        logits = model(augment(images[index], generator)).logits
-        loss = F.cross_entropy(logits, labels[index], label_smoothing=0.05)
+        loss, _ = classification_loss(model, images[index], labels[index], generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -178,14 +178,29 @@ def shipped_classifier_path(dataset: str) -> Path:
 
 
 def load_classifier(path: str | Path) -> StudioClassifier:
-    """A `StudioClassifier` saved with ``save_pretrained``, in eval mode."""
-    path = Path(path).expanduser()
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path} is not a classifier checkpoint (no config.json)")
+    """A `StudioClassifier` in eval mode, from its ``save_pretrained`` folder or a training run.
+
+    Accepts the folder itself, a pipeline export holding it under ``classifier/``, or a run folder
+    (``pipeline/classifier/``, as ``studio train classifier`` writes).
+    """
+    root = Path(path).expanduser()
+    folder = next(
+        (
+            c
+            for c in (root, root / "classifier", root / "pipeline" / "classifier")
+            if (c / "config.json").is_file()
+        ),
+        None,
+    )
+    if folder is None:
+        raise CheckpointError(
+            f"{root} is not a classifier checkpoint (no config.json in it, in classifier/ "
+            "or in pipeline/classifier/)"
+        )
     try:
-        return StudioClassifier.from_pretrained(str(path)).eval()
+        return StudioClassifier.from_pretrained(str(folder)).eval()
     except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"cannot load classifier {path}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot load classifier {folder}: {str(exc).splitlines()[0]}") from None
 
 
 def describe_classifier(model: StudioClassifier) -> dict[str, Any]:
