@@ -20,7 +20,9 @@ TINY = ["max_steps=40", "batch_size=32", "data.image_size=16", "checkpointing_st
 
 def test_studio_train_classifier_learns_and_exports_a_loadable_classifier(tmp_path):
     family = get_family("classifier")
-    config = load_config("classifier", family.config_class, "mnist", [*TINY, f"output_dir={tmp_path / 'run'}"])
+    config = load_config(
+        "classifier", family.config_class, "mnist", [*TINY, f"output_dir={tmp_path / 'run'}"]
+    )
     result = train(config)
     losses = [h["loss"] for h in result.history]
     assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])  # from ln(10) = 2.30

@@ -15,7 +15,7 @@ from studio.metrics import (
     memorisation,
     prdc,
 )
-from studio.metrics.samples import to_uint8
+from studio.metrics.samples import image_set, to_uint8
 
 
 def random_covariance(rng: np.random.Generator, dim: int) -> np.ndarray:
@@ -138,11 +138,14 @@ def test_memorisation_flags_copies_not_fresh_samples():
     assert fresh["mem_near_copy_share"] == 0.0 and fresh["mem_nn_distance"] > 0.2
 
 
-def test_float_images_quantise_like_saved_pngs():
+def test_float_images_quantise_like_saved_pngs_and_evaluate_refuses_them():
     pixels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
-    assert torch.equal(to_uint8(pixels.float() / 127.5 - 1.0), pixels)
+    assert torch.equal(to_uint8(pixels.float() / 127.5 - 1.0), pixels)  # model space [-1, 1]
+    assert torch.equal(to_uint8(pixels.float() / 255.0, value_range=(0, 1)), pixels)  # pipeline output
     assert torch.equal(
         to_uint8(torch.full((1, 1, 2, 2), 3.0)), torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)
     )
     with pytest.raises(StudioError, match=r"\(N, C, H, W\)"):
         to_uint8(np.zeros((4, 28, 28, 1), dtype=np.uint8))
+    with pytest.raises(MetricError, match=r"evaluate takes uint8 images.*value_range=\(0, 1\)"):
+        image_set(pixels.float() / 255.0)

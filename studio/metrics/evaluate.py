@@ -299,8 +299,8 @@ def evaluate(
 ) -> EvalResult:
     """Score ``samples`` against ``reference``.
 
-    :param samples: a folder of images, an ``.npz``, an `ImageSet`, or images (N, C, H, W): uint8 or
-        float in [-1, 1].
+    :param samples: a folder of images, an ``.npz``, an `ImageSet`, or uint8 images (N, C, H, W)
+        (convert floats with `studio.metrics.samples.to_uint8` and their value range).
     :param reference: a `DataConfig`, a built-in dataset name, an image folder or an ``.npz``.
     :param metrics: names from `available_metrics` (see the module docstring).
     :param class_labels: the requested class of each sample (overrides labels read from files).

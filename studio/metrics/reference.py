@@ -8,8 +8,8 @@ Reference features are computed once per (pixels, feature network, preprocessing
 ``$STUDIO_CACHE/stats`` (default ``~/.cache/studio/stats``). Each ``.npz`` holds the features
 (float32: KID and precision/recall need them), their mean, covariance and count (float64, for
 FID), the cache key and the settings that produced them. The key hashes the data hash and the
-feature network's settings (weights hash, input size and range, resize). Changing any of them
-makes a new entry, never a stale hit.
+feature network's settings (weights hash, input size and range, resize; not the weights' path).
+Changing any of them makes a new entry, never a stale hit.
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ class ReferenceFeatures:
 
 
 def cache_key(reference: Reference, net_settings: dict[str, Any]) -> str:
-    payload = {"version": CACHE_VERSION, "data": reference.digest, "net": net_settings}
+    """Hash of the pixels and the network settings; the weights' path is left out (their hash is in)."""
+    net = {k: v for k, v in net_settings.items() if k != "path"}
+    payload = {"version": CACHE_VERSION, "data": reference.digest, "net": net}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

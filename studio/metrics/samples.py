@@ -44,23 +44,32 @@ class ImageSet:
         return ImageSet(self.images[:count], labels, self.source)
 
 
-def to_uint8(images: Any) -> torch.Tensor:
-    """uint8 (N, C, H, W) from uint8 or float (N, C, H, W) in [-1, 1] (numpy or torch).
-
-    Floats are quantised as ``(x + 1) / 2 * 255 + 0.5`` clamped, the way samples are saved as PNG.
-    """
+def as_batch(images: Any) -> torch.Tensor:
+    """A CPU tensor (N, C, H, W), C = 1 or 3, N >= 1, from numpy or torch."""
     tensor = (
-        torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).detach().cpu()
+        torch.as_tensor(images if isinstance(images, torch.Tensor) else np.asarray(images)).detach().cpu()
     )
     if tensor.ndim != 4 or tensor.shape[1] not in (1, 3):
         raise MetricError(f"images must be (N, C, H, W) with C = 1 or 3, got shape {tuple(tensor.shape)}")
     if len(tensor) == 0:
         raise MetricError("no images to evaluate (got an empty batch)")
+    return tensor
+
+
+def to_uint8(images: Any, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """uint8 (N, C, H, W) from uint8 images, or from floats in ``value_range``.
+
+    (-1, 1) is the datasets' and models' range, (0, 1) the pipelines' output range. Floats are
+    mapped to [0, 1] and quantised as ``x * 255 + 0.5``, clamped, the way samples are saved as PNG.
+    """
+    tensor = as_batch(images)
     if tensor.dtype == torch.uint8:
         return tensor.contiguous()
     if not tensor.is_floating_point():
-        raise MetricError(f"images must be uint8 or float in [-1, 1], got {tensor.dtype}")
-    return ((tensor.float() + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).contiguous()
+        raise MetricError(f"images must be uint8 or float, got {tensor.dtype}")
+    lo, hi = value_range
+    unit = (tensor.float() - lo) / (hi - lo)
+    return (unit * 255 + 0.5).clamp(0, 255).to(torch.uint8).contiguous()
 
 
 def _labels_or_none(labels: Any, count: int, source: str) -> np.ndarray | None:
@@ -73,9 +82,19 @@ def _labels_or_none(labels: Any, count: int, source: str) -> np.ndarray | None:
 
 
 def image_set(images: Any, class_labels: Any = None, source: str = "images") -> ImageSet:
-    """An `ImageSet` from an in-memory batch (see `to_uint8`) and optional labels."""
-    tensor = to_uint8(images)
-    return ImageSet(tensor, _labels_or_none(class_labels, len(tensor), source), source)
+    """An `ImageSet` from uint8 images (N, C, H, W) and optional labels.
+
+    Float images are refused: [0, 1] (pipeline output) and [-1, 1] (model space) both occur in
+    studio, and guessing wrong would skew every score without an error. Convert them with
+    `to_uint8` and an explicit ``value_range``.
+    """
+    tensor = as_batch(images)
+    if tensor.dtype != torch.uint8:
+        raise MetricError(
+            f"evaluate takes uint8 images, got {tensor.dtype}; convert with studio.metrics."
+            "samples.to_uint8(images, value_range=(0, 1)) for pipeline output or (-1, 1) for model space"
+        )
+    return ImageSet(tensor.contiguous(), _labels_or_none(class_labels, len(tensor), source), source)
 
 
 def load_npz(path: Path) -> ImageSet:
