@@ -38,12 +38,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--out", default=None, help="write the results (metrics + settings) to this JSON file"
     )
     for item in dataclasses.fields(EvalConfig):
+        help_text = item.metadata["help"]
+        if item.default != "" and "default" not in help_text:
+            shown = f"{item.default:.4g}" if isinstance(item.default, float) else item.default
+            help_text += f" (default: {shown})"
         parser.add_argument(
             f"--{item.name.replace('_', '-')}",
             dest=item.name,
             type=type(item.default),
             default=item.default,
-            help=f"{item.metadata['help']} (default: {item.default})",
+            choices=item.metadata["choices"],
+            help=help_text,
         )
     parser.set_defaults(func=run)
     return parser

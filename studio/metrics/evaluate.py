@@ -61,9 +61,9 @@ from studio.models.classifier import StudioClassifier
 from studio.runtime import resolve_device
 
 
-def option(default: Any, help: str) -> Any:
-    """A dataclass field whose ``help`` text becomes the ``studio eval`` flag's help."""
-    return field(default=default, metadata={"help": help})
+def option(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
+    """A dataclass field whose ``help`` (and ``choices``) become the ``studio eval`` flag's."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
@@ -71,7 +71,7 @@ class EvalConfig:
     """How to evaluate; every field is also a ``studio eval`` flag (``--num-samples`` ...)."""
 
     num_samples: int = option(0, "evaluate the first N samples (0 = all)")
-    reference_split: str = option("train", "split of a built-in reference: train, val, all")
+    reference_split: str = option("train", "split of a built-in reference", ("train", "val", "all"))
     image_size: int = option(0, "size a built-in/folder reference is loaded at (0 = the samples' size)")
     feature_net: str = option("", "TorchScript feature network for fid/kid/pr (default: Inception-v3)")
     feature_size: int = option(299, "input size of --feature-net")
@@ -81,7 +81,7 @@ class EvalConfig:
     pr_k: int = option(3, "precision/recall/density/coverage: neighbours k")
     mem_ratio: float = option(NEAR_COPY_RATIO, "mem: a sample is a near-copy when d1 <= ratio * d2")
     batch_size: int = option(32, "feature-extraction batch size")
-    device: str = option("cpu", "cpu, cuda or auto")
+    device: str = option("cpu", "cpu, cuda, cuda:N or auto")
     cache_dir: str = option(
         "", "reference cache (default $STUDIO_CACHE/stats or ~/.cache/studio/stats; none = off)"
     )
