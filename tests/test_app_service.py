@@ -219,13 +219,18 @@ def test_demo_model_is_offered_when_there_are_no_checkpoints(runs_dir, tmp_path)
     assert "untrained demo" in service.select(DEMO_MODEL).note
 
 
-def test_training_run_streams_losses_stops_and_its_checkpoint_is_listed(runs_dir, tmp_path):
+def test_training_run_streams_losses_stops_and_its_checkpoint_is_listed(runs_dir, checkpoints, tmp_path):
     service = StudioService(tmp_path / "outputs", device="cpu")
     status = service.trainer.start("dit", "mnist-tiny", 30, overrides=TINY_DIT_OVERRIDES)
     assert status.running
     with pytest.raises(StudioError, match="still going"):
         service.trainer.start("dit", "mnist-tiny", 30)
     deadline = time.monotonic() + 90
+    while service.trainer.status().state == "running" and not service.trainer.status().history:
+        # loading models while the run builds its networks must not leave them uninitialised
+        service.select(str(checkpoints / GAN))
+        service.models.unload()
+        assert time.monotonic() < deadline
     while service.trainer.status().step < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     service.trainer.stop()

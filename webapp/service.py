@@ -35,7 +35,7 @@ import torch
 import studio.pipelines.gan  # noqa: F401  (registers StudioGANPipeline, so GAN checkpoints load)
 from samplers import PLUGINS, apply, parse_plugin_spec
 from studio.errors import StudioError
-from studio.hub import list_models, load_pipeline, runs_dir
+from studio.hub import list_models, load_pipeline, read_card, runs_dir
 from studio.pipelines.record import GenerationRecord, read_record, save_png
 
 logger = logging.getLogger("webapp")
@@ -49,6 +49,13 @@ HISTORY_SIZE = 24
 
 #: ``progress(done, total, description)``, called after every denoising step
 ProgressFn = Callable[[int, int, str], None]
+
+#: Held by whatever builds networks in this process: a model load, or a training run until its
+#: first step. diffusers' ``from_pretrained`` replaces the ``torch.nn.init`` functions with no-ops,
+#: process-wide, while it builds a model, so a network built in another thread at that moment keeps
+#: uninitialised weights (seen: a training run started while the app loaded a model had a NaN loss
+#: at step 1).
+MODEL_BUILD_LOCK = threading.Lock()
 
 
 class GenerationStopped(StudioError):
@@ -95,9 +102,10 @@ def build_demo_pipeline() -> Any:
     from studio.models.dit import DiTConfig, build_dit
     from studio.pipelines.dit import StudioDiTPipeline
 
-    torch.manual_seed(0)
-    transformer = build_dit(DiTConfig(sample_size=28, in_channels=1, patch_size=4, depth=2, num_heads=2,
-                                      head_dim=32, num_classes=10))
+    with torch.random.fork_rng():  # a fixed demo, without reseeding everyone else's random numbers
+        torch.manual_seed(0)
+        transformer = build_dit(DiTConfig(sample_size=28, in_channels=1, patch_size=4, depth=2, num_heads=2,
+                                          head_dim=32, num_classes=10))
     pipe = StudioDiTPipeline(transformer=transformer, scheduler=DDPMScheduler(num_train_timesteps=1000))
     pipe.register_to_config(_name_or_path=DEMO_MODEL)
     return pipe
@@ -206,18 +214,17 @@ class ModelCache:
             torch.cuda.empty_cache()
 
     def _load(self, name: str) -> tuple[Any, dict[str, Any]]:
-        if name == DEMO_MODEL:
-            pipe = build_demo_pipeline().to(self.device or "cpu")
-            card: dict[str, Any] = {"family": "dit"}
-        else:
-            # GAN generators run spectral-norm power iterations while they are built; on diffusers'
-            # meta-device init that costs seconds even for tiny nets (7.4 s vs 1.4 s, tiny SAGAN),
-            # and studio checkpoints are small, so build them directly.
-            pipe = load_pipeline(name, device=self.device, low_cpu_mem_usage=False)
-            from studio.hub import read_card
-
-            folder = Path(str(getattr(pipe, "name_or_path", "") or ""))
-            card = read_card(folder) if folder.is_dir() else {}
+        with MODEL_BUILD_LOCK:
+            if name == DEMO_MODEL:
+                pipe = build_demo_pipeline().to(self.device or "cpu")
+                card: dict[str, Any] = {"family": "dit"}
+            else:
+                # GAN generators run spectral-norm power iterations while they are built; on diffusers'
+                # meta-device init that costs seconds even for tiny nets (7.4 s vs 1.4 s, tiny SAGAN),
+                # and studio checkpoints are small, so build them directly.
+                pipe = load_pipeline(name, device=self.device, low_cpu_mem_usage=False)
+                folder = Path(str(getattr(pipe, "name_or_path", "") or ""))
+                card = read_card(folder) if folder.is_dir() else {}
         pipe.set_progress_bar_config(disable=True)
         return pipe, card
 
@@ -719,6 +726,7 @@ class TrainingRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._run_dir: Path | None = None
+        self._building = False  # the run thread holds MODEL_BUILD_LOCK
 
     def start(self, family: str, preset: str, max_steps: int, overrides: Sequence[str] = ()) -> TrainStatus:
         """Start a run; `StudioError` if one is going or the family / preset / overrides are wrong."""
@@ -766,6 +774,8 @@ class TrainingRunner:
     def _train(self, config: Any, command: str) -> None:
         from training.loop import train
 
+        MODEL_BUILD_LOCK.acquire()  # released by the first step (networks built) or at the end
+        self._building = True
         try:
             result = train(config, command=command, on_step=self._on_step, should_stop=self._stop.is_set)
         except Exception as exc:  # the thread must report every failure, not die silently
@@ -775,6 +785,8 @@ class TrainingRunner:
             with self._lock:
                 self._status.state, self._status.message = "failed", f"training failed: {message}"
             return
+        finally:
+            self._networks_built()
         with self._lock:
             status = self._status
             status.state = "stopped" if result.step < status.max_steps else "finished"
@@ -783,7 +795,13 @@ class TrainingRunner:
             status.message = (f"{status.state} at step {result.step}: checkpoint {status.run} is in the model list"
                               if status.checkpoint else f"{status.state} at step {result.step} (no checkpoint)")
 
+    def _networks_built(self) -> None:
+        if self._building:
+            self._building = False
+            MODEL_BUILD_LOCK.release()
+
     def _on_step(self, step: int, logs: dict[str, float]) -> None:
+        self._networks_built()
         with self._lock:
             self._status.step = step
             self._status.history.append({"step": step, **{k: float(v) for k, v in logs.items()}})

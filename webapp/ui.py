@@ -50,6 +50,8 @@ ALL_CLASSES = "all"
 #: seconds between live updates of a training run
 TRAIN_POLL_S = 1.0
 MAX_QUEUE = 32
+#: the Train tab's first family (the fastest to train on CPU)
+DEFAULT_TRAIN_FAMILY = "dit"
 
 
 @contextmanager
@@ -126,7 +128,8 @@ def timing_text(result: GenerateResult, measured: bool) -> str:
 def loss_frame(status: TrainStatus) -> pd.DataFrame:
     """Long-form table (step, value, series) of every scalar the run logged."""
     rows = [(entry["step"], value, key) for entry in status.history for key, value in entry.items() if key != "step"]
-    return pd.DataFrame(rows, columns=["step", "value", "series"])
+    # typed even when empty: the plot fixes its axis types from the first frame it is sent
+    return pd.DataFrame(rows, columns=["step", "value", "series"]).astype({"step": int, "value": float, "series": str})
 
 
 def train_text(status: TrainStatus) -> str:
@@ -205,7 +208,7 @@ def build_app(service: StudioService) -> gr.Blocks:
                 compare_json = gr.JSON(label="Comparison")
 
         with gr.Tab("Train"):
-            families = sorted(presets)
+            families = sorted(presets, key=lambda name: (name != DEFAULT_TRAIN_FAMILY, name))
             gr.Markdown("Train a tiny model on a built-in dataset. The run is a normal `runs/` folder; its "
                         "checkpoint appears in the model list when it ends (or is stopped).")
             with gr.Row():
@@ -220,8 +223,9 @@ def build_app(service: StudioService) -> gr.Blocks:
                 train_stop_btn = gr.Button("Stop training", variant="stop")
             train_status = gr.Markdown(train_text(service.trainer.status()))
             with gr.Row():
-                loss_plot = gr.LinePlot(x="step", y="value", color="series", label="Training losses", height=280)
-                sample = gr.Image(label="Latest sample grid", type="filepath", interactive=False, height=280)
+                # no ``height=``: in gradio 6.31 a LinePlot with a fixed height draws axes but no lines
+                loss_plot = gr.LinePlot(x="step", y="value", color="series", label="Training losses")
+                sample = gr.Image(label="Latest sample grid", type="filepath", interactive=False)
             with gr.Accordion("Run status", open=False):
                 train_json = gr.JSON(label="Status")
 
