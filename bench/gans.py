@@ -1,7 +1,7 @@
 """Benchmark the GAN families: train the MNIST presets, then judge their samples.
 
     python bench/gans.py [--families sagan,biggan] [--preset mnist-small] [--skip-train]
-                         [--num-samples 2000] [--truncations 0.5,1.0,2.0] [--threads 1]
+                         [--num-samples 2000] [--truncations 0.5,1.0,2.0] [--threads 1] [--name gans]
 
 For each family: train ``<family>-<preset>`` into ``runs/<family>-<preset>`` (the loop's time budget
 keeps it within the preset's minutes; ``--skip-train`` reuses an existing run), then draw
@@ -11,7 +11,7 @@ penultimate features), classifier score, and k-NN precision / recall / density /
 same feature space. BigGAN is also swept over truncation thresholds. Real validation images
 scored the same way give the floor of each number.
 
-Writes ``bench/results/gans.json`` and ``bench/results/gans.md``. Never run in CI. The CPU is
+Writes ``bench/results/<name>.json`` and ``.md`` (default name ``gans``). Never run in CI. The CPU is
 shared, so timings are noisy: the load average is recorded next to them.
 """
 
@@ -92,7 +92,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Preset `{s['preset']}`, {s['num_samples']} balanced conditional samples per row (seed 0, EMA "
         f"generator). Judge: the shipped MNIST classifier (sha256 `{s['classifier']['sha256'][:12]}`); domain FD, "
         f"precision/recall (k={PR_K}) in its penultimate features against the {s['reference_count']} training "
-        f"images. torch threads: {s['threads']}; load average during the run: {s['load_average']} on "
+        f"images. Training stops at the preset's time budget or its max_steps, whichever comes first (steps "
+        f"below). torch threads: {s['threads']}; load average during the run: {s['load_average']} on "
         f"{os.cpu_count()} shared cores (timings are noisy).",
         "",
         "| model | steps | train min | train img/s | sample img/s | class acc | domain FD | classifier score "
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--truncations", default="0.5,1.0,2.0", help="BigGAN sweep thresholds")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="gans", help="results file stem: <out>/<name>.json and .md")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,8 +180,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["settings"]["load_average"] = round(float(np.mean(loads)), 1) if loads else None
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gans.json").write_text(json.dumps(results, indent=2, sort_keys=True))
-    (args.out / "gans.md").write_text(markdown(results))
+    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    (args.out / f"{args.name}.md").write_text(markdown(results))
     print(markdown(results))
     return results
 

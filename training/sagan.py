@@ -9,8 +9,8 @@ One loop step is one generator update (spec 1.2):
 2. One generator update on fresh latents, one chunk's worth, with D frozen
    (``requires_grad_(False)``, BigGAN-PyTorch's ``toggle_grads``), so no stale D gradients build up.
 
-Two time-scale learning rates (TTUR): ``optim.lr`` is G's, ``model.d_lr`` D's; both use Adam with
-``optim.betas`` (presets: (0.0, 0.999)). Gradient accumulation is not supported: with D and G
+Two time-scale learning rates (TTUR): ``optim.lr`` is G's, ``model.d_lr`` D's; both optimizers are
+the run's AdamW with ``optim.betas`` (presets: (0.0, 0.999)) and weight decay 0, i.e. Adam. Gradient accumulation is not supported: with D and G
 updated inside one step, accumulating would mix micro-batches of different D states.
 """
 
