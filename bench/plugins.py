@@ -501,13 +501,13 @@ def main(argv: list[str] | None = None) -> None:
     report = benchmark(args)
     report["bench_wall_s"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
+    Path(f"{args.out}.json").write_text(json.dumps(report, indent=2, default=str))
     table = markdown(report)
-    args.out.with_suffix(".md").write_text(table)
+    Path(f"{args.out}.md").write_text(table)
     if args.profile:
-        args.out.with_suffix(".profile.txt").write_text(profile(args))
-    if plot(report, args.out.with_suffix(".png")):
-        print(f"wrote {args.out.with_suffix('.png')}", file=sys.stderr)
+        Path(f"{args.out}.profile.txt").write_text(profile(args))
+    if plot(report, Path(f"{args.out}.png")):
+        print(f"wrote {args.out}.png", file=sys.stderr)
     print(table)
 
 
