@@ -5,8 +5,8 @@ A plugin is applied to a *target*: a pipeline (studio or diffusers), a bare tran
 against the supported layouts; the `PluginHandle` then connects the plugin to a loop tap that
 tells it where the denoising loop is (spec fora_ras.md §3.2):
 
-- studio pipelines choose their scheduler per call (``scheduler="ddim"``), so the tap wraps the
-  pipeline's ``_denoise`` and binds to whichever scheduler that call uses (`StudioLoopTap`);
+- studio pipelines choose their scheduler per call (``scheduler="ddim"``) and call every attached
+  handle's ``bind_scheduler`` / ``unbind_scheduler`` around their loop;
 - diffusers pipelines and explicit pairs get their scheduler's ``set_timesteps`` / ``step``
   wrapped on the instance (`SchedulerTap`);
 - a bare model gets no tap: plugins then count transformer calls themselves.
@@ -237,7 +237,6 @@ class StepListener(Protocol):
 
 
 _SCHEDULER_TAPS: weakref.WeakKeyDictionary[Any, SchedulerTap] = weakref.WeakKeyDictionary()
-_LOOP_TAPS: weakref.WeakKeyDictionary[Any, StudioLoopTap] = weakref.WeakKeyDictionary()
 
 
 class SchedulerTap:
@@ -298,52 +297,6 @@ class SchedulerTap:
             del _SCHEDULER_TAPS[scheduler]
 
 
-class StudioLoopTap:
-    """Binds plugin handles to the scheduler a studio pipeline call actually uses.
-
-    `StudioDiTPipeline.__call__` builds a fresh scheduler when ``scheduler=`` is given and hands it
-    to ``_denoise(latents, y, sampler, ...)`` after ``set_timesteps``. The tap wraps ``_denoise``
-    on the pipeline instance and calls ``handle.bind_scheduler(sampler)`` before the loop and
-    ``handle.unbind_scheduler(sampler)`` after it. (If the pipeline made those two calls itself,
-    this wrapper would go away: see samplers/README.md.)
-    """
-
-    def __init__(self, pipe: Any):
-        self.pipe = pipe
-        self.handles: list[PluginHandle] = []
-        original = pipe._denoise
-
-        @functools.wraps(original)
-        def denoise(latents: torch.Tensor, y: torch.Tensor, sampler: Any, *args: Any, **kwargs: Any) -> Any:
-            handles = list(self.handles)
-            for handle in handles:
-                handle.bind_scheduler(sampler)
-            try:
-                return original(latents, y, sampler, *args, **kwargs)
-            finally:
-                for handle in handles:
-                    handle.unbind_scheduler(sampler)
-
-        pipe.__dict__["_denoise"] = denoise
-
-    @classmethod
-    def attach(cls, pipe: Any, handle: PluginHandle) -> None:
-        tap = _LOOP_TAPS.get(pipe)
-        if tap is None:
-            tap = _LOOP_TAPS[pipe] = cls(pipe)
-        tap.handles.append(handle)
-
-    @classmethod
-    def detach(cls, pipe: Any, handle: PluginHandle) -> None:
-        tap = _LOOP_TAPS.get(pipe)
-        if tap is None or handle not in tap.handles:
-            return
-        tap.handles.remove(handle)
-        if not tap.handles:
-            del pipe.__dict__["_denoise"]
-            del _LOOP_TAPS[pipe]
-
-
 # ---------------------------------------------------------------------------- targets
 @dataclass
 class Target:
@@ -357,9 +310,9 @@ class Target:
 
     @property
     def studio_pipeline(self) -> Any:
-        """The studio pipeline (with ``add_plugin`` and ``_denoise``) this target is, or None."""
+        """The studio pipeline (with ``add_plugin`` and ``_plugins_bound``) this target is, or None."""
         pipe = self.pipeline
-        return pipe if hasattr(pipe, "add_plugin") and hasattr(pipe, "_denoise") else None
+        return pipe if hasattr(pipe, "add_plugin") and hasattr(pipe, "_plugins_bound") else None
 
 
 def resolve_target(plugin: str, target: Any) -> Target:
@@ -429,9 +382,7 @@ class PluginHandle:
         self._removed = False
         pipe = target.studio_pipeline
         if pipe is not None:
-            StudioLoopTap.attach(pipe, self)
-            self._undo.append(functools.partial(StudioLoopTap.detach, pipe, self))
-            pipe.add_plugin(self)
+            pipe.add_plugin(self)  # the pipeline calls bind_scheduler / unbind_scheduler around its loop
         elif target.scheduler is not None:
             SchedulerTap.attach(target.scheduler, controller)
             self._undo.append(functools.partial(self.unbind_scheduler, target.scheduler))

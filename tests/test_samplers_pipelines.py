@@ -44,7 +44,6 @@ def applied(pipe, specs: str):
 def assert_restored(pipe):
     assert hooked_modules(pipe.transformer) == []
     assert "step" not in pipe.scheduler.__dict__ and "set_timesteps" not in pipe.scheduler.__dict__
-    assert "_denoise" not in pipe.__dict__
     assert all(
         type(m.processor).__name__ != "RASAttnProcessor"
         for m in pipe.transformer.modules()

@@ -255,7 +255,7 @@ def test_remove_restores_processors_and_scheduler():
     handle.remove()
     assert [b.attn1.processor for b in pipe.transformer.transformer_blocks] == processors
     assert all(type(p) is AttnProcessor2_0 for p in processors)
-    assert hooked_modules(pipe.transformer) == [] and "_denoise" not in pipe.__dict__ and pipe.plugins == []
+    assert hooked_modules(pipe.transformer) == [] and pipe.plugins == []
     assert "step" not in pipe.scheduler.__dict__
     assert torch.equal(run_studio(pipe).images, baseline)
 

@@ -6,14 +6,16 @@ Pipelines subclass diffusers' `DiffusionPipeline` and this mixin. A call returns
 
 Plugins (``samplers/``) register their handles with `add_plugin`; the pipeline resets them at the
 start of every call and lists their settings and statistics in the record. A handle needs
-``name``, ``reset()``, ``remove()``, ``settings() -> dict`` and ``stats() -> dict``.
+``name``, ``reset()``, ``remove()``, ``settings() -> dict`` and ``stats() -> dict``; handles that follow
+the denoising loop also have ``bind_scheduler(s)`` / ``unbind_scheduler(s)``, called around the loop.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, Union
+from typing import Any, Iterator, Protocol, Sequence, Union
 
 import numpy as np
 import PIL.Image
@@ -71,6 +73,22 @@ class StudioPipelineMixin:
     def _reset_plugins(self) -> None:
         for plugin in self.plugins:
             plugin.reset()
+
+    @contextmanager
+    def _plugins_bound(self, scheduler: Any) -> Iterator[None]:
+        """Tell plugins which scheduler this call uses (after ``set_timesteps``), and release it after.
+
+        The scheduler may be built per call (``scheduler="ddim"``), so plugins that follow the
+        denoising loop (RAS fills skipped tokens at each ``step``) bind to it here.
+        """
+        bound = [p for p in self.plugins if hasattr(p, "bind_scheduler")]
+        for plugin in bound:
+            plugin.bind_scheduler(scheduler)
+        try:
+            yield
+        finally:
+            for plugin in bound:
+                plugin.unbind_scheduler(scheduler)
 
     def _plugin_report(self) -> tuple[dict[str, Any], dict[str, Any]]:
         settings = {p.name: p.settings() for p in self.plugins}

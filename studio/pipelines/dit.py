@@ -100,7 +100,7 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
 
         # 3. denoising loop
         denoise_started = time.perf_counter()
-        with batch_invariant(self.transformer):
+        with batch_invariant(self.transformer), self._plugins_bound(sampler):
             latents = self._denoise(latents, y, sampler, guidance_scale, step_kwargs, callback_on_step_end)
         denoise_s = time.perf_counter() - denoise_started
 
