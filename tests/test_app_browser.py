@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.test_app_service import GAN, one_thread  # noqa: F401 (fixture)
+from tests.test_app_service import DIT, GAN, one_thread  # noqa: F401 (fixture)
 from tests.test_app_ui import running_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -81,13 +81,20 @@ def test_clicking_a_history_entry_recalls_its_parameters(page):
     sync_api.expect(seed).to_have_value("21")
 
 
+def pick_model(page, name: str) -> None:
+    page.get_by_role("combobox", name="Model").click()
+    page.get_by_role("option", name=re.compile(f"^{name} ")).click()
+
+
 def test_controls_follow_the_selected_models_family(page):
     steps = page.get_by_role("spinbutton", name="number input for Steps")
     truncation = page.get_by_role("spinbutton", name="number input for Truncation")
+    fora_note = page.get_by_text("fora is not available for this model")
+    pick_model(page, DIT)
     sync_api.expect(steps).to_be_visible()
     sync_api.expect(truncation).to_be_hidden()
-    page.get_by_role("combobox", name="Model").click()
-    page.get_by_role("option", name=re.compile(f"^{GAN} ")).click()
+    sync_api.expect(fora_note).to_be_hidden()
+    pick_model(page, GAN)
     sync_api.expect(truncation).to_be_visible()
     sync_api.expect(steps).to_be_hidden()
-    sync_api.expect(page.get_by_text("fora is not available for this model")).to_be_visible()
+    sync_api.expect(fora_note).to_be_visible()

@@ -29,6 +29,7 @@ from webapp.service import (
 
 DIT = "tiny-dit"
 GAN = "tiny-sagan"
+BIGGAN = "tiny-biggan"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,11 +52,29 @@ def tiny_sagan_pipeline():
     return StudioGANPipeline(generator)
 
 
+def tiny_biggan_pipeline():
+    """A 28 px, width-8 BigGAN generator (10 classes) in a `StudioGANPipeline`."""
+    from studio.models.gan import BigGANGenerator, BigGANGeneratorConfig
+    from studio.pipelines.gan import StudioGANPipeline
+
+    torch.manual_seed(0)
+    generator = BigGANGenerator.from_arch(BigGANGeneratorConfig(z_dim=24, shared_dim=8, width=8,
+                                                                attention_resolution=14))
+    return StudioGANPipeline(generator)
+
+
 def write_checkpoints(runs) -> None:
-    """The tiny DiT and SAGAN as runs ``tiny-dit`` and ``tiny-sagan`` under ``runs``."""
+    """One tiny model per family as runs ``tiny-dit``, ``tiny-sagan`` and ``tiny-biggan`` under ``runs``."""
     names = [f"digit {i}" for i in range(10)]
     save_pipeline(tiny_dit_pipeline(), runs / DIT / "pipeline", {"num_classes": 10, "class_names": names})
     save_pipeline(tiny_sagan_pipeline(), runs / GAN / "pipeline", {"num_classes": 10})
+    save_pipeline(tiny_biggan_pipeline(), runs / BIGGAN / "pipeline", {"num_classes": 10})
+
+
+@pytest.fixture
+def no_shipped_models(tmp_path, monkeypatch):
+    """Hide the shipped checkpoints (studio/weights), so only this test's runs are listed."""
+    monkeypatch.setattr("studio.hub.SHIPPED_DIR", tmp_path / "no-shipped-weights")
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +230,7 @@ def test_plugin_panels_follow_the_registry_and_specs_round_trip():
     assert parse_plugin_list(f"fora:interval=2; {spec}") == ("fora:interval=2", spec)
 
 
-def test_demo_model_is_offered_when_there_are_no_checkpoints(runs_dir, tmp_path):
+def test_demo_model_is_offered_when_there_are_no_checkpoints(runs_dir, no_shipped_models, tmp_path):
     service = StudioService(tmp_path / "outputs", device="cpu")
     assert [o.name for o in service.model_options()] == [DEMO_MODEL]
     result = service.generate(GenerateRequest(DEMO_MODEL, num_images=1, num_inference_steps=2))

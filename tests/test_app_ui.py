@@ -1,7 +1,8 @@
 """The Gradio app driven through its API with `gradio_client`, on a free local port.
 
-One app per module (tiny DiT and SAGAN runs in a temporary ``STUDIO_RUNS``); every request goes
-through the real queue, components and file serving.
+One app per module over one tiny run per family in a temporary ``STUDIO_RUNS`` (shipped checkpoints
+hidden, so the tests do not depend on what studio/weights holds); every request goes through the
+real queue, components and file serving.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from tests.test_app_service import DIT, GAN, one_thread, write_checkpoints  # noqa: F401 (fixture)
+from tests.test_app_service import BIGGAN, DIT, GAN, one_thread, write_checkpoints  # noqa: F401 (fixture)
 from webapp.service import StudioService
 from webapp.ui import API_NAMES, allowed_paths, build_app
 
@@ -34,6 +35,7 @@ def running_app(root: Path) -> Iterator[tuple[str, StudioService]]:
     """The app over tiny runs in ``root/runs``, launched on a free port; yields its URL and service."""
     write_checkpoints(root / "runs")
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("studio.hub.SHIPPED_DIR", root / "no-shipped-weights")
         patch.setenv("STUDIO_RUNS", str(root / "runs"))
         patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         service = StudioService(root / "outputs", device="cpu")
@@ -70,8 +72,8 @@ def test_every_action_is_a_named_endpoint(client):
     assert generate_inputs[:3] == ["Model", "Class", "Sampler"] and "Plugin specs" in generate_inputs
 
 
-@pytest.mark.parametrize("model, truncation", [(DIT, 0.0), (GAN, 0.7)])
-def test_generate_returns_pngs_with_their_records_for_each_family(client, model, truncation):
+@pytest.mark.parametrize("model, family, truncation", [(DIT, "dit", 0.0), (GAN, "sagan", 0.7), (BIGGAN, "biggan", 0.5)])
+def test_generate_returns_pngs_with_their_records_for_each_family(client, model, family, truncation):
     gallery, timing, details = generate(client, model, truncation=truncation)
     assert len(gallery) == 2 and gallery[1]["caption"] == "seed 8 · class 1"
     assert "2 images in" in timing
@@ -81,8 +83,8 @@ def test_generate_returns_pngs_with_their_records_for_each_family(client, model,
             assert "Seed: " in png.text["parameters"]
             assert json.loads(png.text["studio"]) == image["record"]
     record = details["images"][0]["record"]
-    assert record["seeds"] == [7] and record["family"] == ("dit" if model == DIT else "sagan")
-    assert record["extra"].get("truncation") == (0.7 if model == GAN else None)
+    assert record["seeds"] == [7] and record["family"] == family
+    assert record["extra"].get("truncation") == (truncation or None)
 
 
 def test_plugins_apply_and_the_speedup_is_measured_on_request(client):
@@ -103,9 +105,10 @@ def test_model_info_follows_call_parameters(client):
     dit, gan = (client.predict(name, api_name="/model_info") for name in (DIT, GAN))
     assert "num_inference_steps" in dit["parameters"] and "truncation" not in dit["parameters"]
     assert "num_inference_steps" not in gan["parameters"] and "truncation" in gan["parameters"]
-    assert dit["class_names"][3] == "digit 3" and set(gan["plugin_errors"]) == {"fora", "ras"}
+    assert dit["class_names"][3] == "digit 3" and dit["plugins"] == ["fora", "ras"] and not dit["plugin_errors"]
+    assert gan["plugins"] == [] and set(gan["plugin_errors"]) == {"fora", "ras"}
     models = client.predict(api_name="/models")[1]
-    assert {m["name"] for m in models} == {DIT, GAN}
+    assert {m["name"] for m in models} == {DIT, GAN, BIGGAN}
 
 
 def test_history_recall_and_png_info_return_the_parameters(client):

@@ -117,7 +117,8 @@ class ModelInfo:
 
     :param parameters: the pipeline's ``call_parameters`` (e.g. no steps for a GAN).
     :param class_names: one name per class (index i is class i); empty for unconditional models.
-    :param plugin_errors: plugin name -> why it cannot be applied to this model.
+    :param plugins: the registered plugins that can be applied to this model.
+    :param plugin_errors: plugin name -> why it cannot be applied to this model (the others).
     """
 
     name: str
@@ -127,6 +128,7 @@ class ModelInfo:
     default_steps: int
     default_scheduler: str | None
     default_guidance: float
+    plugins: tuple[str, ...]
     plugin_errors: dict[str, str]
     note: str
 
@@ -159,6 +161,7 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
         facts += [f"{key.replace('_', ' ')} {card[key]}" for key in ("dataset", "image_size", "trained_steps")
                   if card.get(key) is not None]
         note = ", ".join(facts)
+    errors = plugin_errors(pipe)
     return ModelInfo(
         name=name,
         family=str(getattr(pipe, "family", "") or card.get("family", "")),
@@ -167,7 +170,8 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
         default_steps=int(sampling.get("sample_steps", 20)),
         default_scheduler=scheduler,
         default_guidance=float(sampling.get("sample_guidance_scale", 4.0)),
-        plugin_errors=plugin_errors(pipe),
+        plugins=tuple(name for name in sorted(PLUGINS) if name not in errors),
+        plugin_errors=errors,
         note=note,
     )
 

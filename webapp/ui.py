@@ -128,7 +128,6 @@ def timing_text(result: GenerateResult, measured: bool) -> str:
 def loss_frame(status: TrainStatus) -> pd.DataFrame:
     """Long-form table (step, value, series) of every scalar the run logged."""
     rows = [(entry["step"], value, key) for entry in status.history for key, value in entry.items() if key != "step"]
-    # typed even when empty: the plot fixes its axis types from the first frame it is sent
     return pd.DataFrame(rows, columns=["step", "value", "series"]).astype({"step": int, "value": float, "series": str})
 
 
@@ -181,13 +180,14 @@ def build_app(service: StudioService) -> gr.Blocks:
                         generate_btn = gr.Button("Generate", variant="primary")
                         stop_btn = gr.Button("Stop", variant="stop")
                 with gr.Column(scale=3):
-                    gallery = gr.Gallery(label="Images", format="png", columns=4, height="auto", interactive=False)
+                    gallery = gr.Gallery(label="Images", format="png", columns=4, height="auto", interactive=False,
+                                         fit_columns=False)
                     timing = gr.Markdown()
                     with gr.Accordion("Generation records", open=False):
                         details = gr.JSON(label="Records")
                     with gr.Accordion("History (click an image to recall its parameters)", open=True):
                         history = gr.Gallery(label="Recent generations", columns=6, height="auto",
-                                             allow_preview=False, interactive=False)
+                                             allow_preview=False, interactive=False, fit_columns=False)
                         png_file = gr.File(label="Recall from a studio PNG", file_types=[".png"], type="filepath")
                         recalled = gr.JSON(label="Recalled parameters")
                     with gr.Accordion("Model details", open=False):
@@ -201,9 +201,9 @@ def build_app(service: StudioService) -> gr.Blocks:
             compare_text = gr.Markdown()
             with gr.Row():
                 baseline_gallery = gr.Gallery(label="Without plugins", format="png", columns=4, height="auto",
-                                              interactive=False)
+                                              interactive=False, fit_columns=False)
                 plugin_gallery = gr.Gallery(label="With plugins", format="png", columns=4, height="auto",
-                                            interactive=False)
+                                            interactive=False, fit_columns=False)
             with gr.Accordion("Comparison records", open=False):
                 compare_json = gr.JSON(label="Comparison")
 
@@ -223,9 +223,8 @@ def build_app(service: StudioService) -> gr.Blocks:
                 train_stop_btn = gr.Button("Stop training", variant="stop")
             train_status = gr.Markdown(train_text(service.trainer.status()))
             with gr.Row():
-                # no ``height=``: in gradio 6.31 a LinePlot with a fixed height draws axes but no lines
                 loss_plot = gr.LinePlot(x="step", y="value", color="series", label="Training losses")
-                sample = gr.Image(label="Latest sample grid", type="filepath", interactive=False)
+                sample = gr.Image(label="Latest sample grid", type="filepath", interactive=False, height=320)
             with gr.Accordion("Run status", open=False):
                 train_json = gr.JSON(label="Status")
 
@@ -277,6 +276,14 @@ def build_app(service: StudioService) -> gr.Blocks:
                 info = service.select(name)
             return [info.to_dict(), *control_values(info, None)]
 
+        def open_page(name: str) -> list[Any]:
+            """Current model list (runs may have appeared since the app started), then pick ``name`` or the first."""
+            found = service.model_options()
+            if name not in [o.name for o in found]:
+                name = found[0].name
+            details, _, *rest = pick_model(name)
+            return [details, gr.update(choices=[(o.label, o.name) for o in found], value=name), *rest]
+
         def apply_request(data: dict[str, Any]) -> list[Any]:
             if not data:
                 return [gr.update()] * len(controls)
@@ -295,7 +302,7 @@ def build_app(service: StudioService) -> gr.Blocks:
                 return service.select(name).to_dict()
 
         model.input(pick_model, model, [model_details, *controls], api_visibility="private", concurrency_id="models")
-        demo.load(pick_model, model, [model_details, *controls], api_visibility="private", concurrency_id="models")
+        demo.load(open_page, model, [model_details, *controls], api_visibility="private", concurrency_id="models")
         refresh.click(list_models, None, [model, models_json], api_name="models", concurrency_limit=None)
         gr.api(model_info, api_name="model_info", concurrency_id="models")
 
@@ -400,7 +407,9 @@ def build_app(service: StudioService) -> gr.Blocks:
             with user_errors():
                 status = service.trainer.start(family_name, preset_name, int(steps_value))
             while True:
-                yield train_text(status), loss_frame(status), status.sample, status.to_dict()
+                # no empty frame: a LinePlot that first gets one never draws its lines (gradio 6.31)
+                losses = loss_frame(status) if status.history else gr.skip()
+                yield train_text(status), losses, status.sample, status.to_dict()
                 if not status.running:
                     return
                 status = service.trainer.wait(TRAIN_POLL_S)
