@@ -31,6 +31,7 @@ from webapp.service import (
     GenerateResult,
     ModelInfo,
     PluginField,
+    PluginPanel,
     StudioService,
     TrainStatus,
     parse_plugin_list,
@@ -132,6 +133,7 @@ def loss_frame(status: TrainStatus) -> pd.DataFrame:
 
 
 def train_text(status: TrainStatus) -> str:
+    """One status line (state, run, step, latest scalars) and the runner's message."""
     if status.state == "idle":
         return "No training run yet."
     last = status.history[-1] if status.history else {}
@@ -272,6 +274,7 @@ def build_app(service: StudioService) -> gr.Blocks:
             ]
 
         def pick_model(name: str) -> list[Any]:
+            """Load the model the user picked; show its controls with its defaults."""
             with user_errors():
                 info = service.select(name)
             return [info.to_dict(), *control_values(info, None)]
@@ -285,6 +288,7 @@ def build_app(service: StudioService) -> gr.Blocks:
             return [details, gr.update(choices=[(o.label, o.name) for o in found], value=name), *rest]
 
         def apply_request(data: dict[str, Any]) -> list[Any]:
+            """Set every control from recalled parameters (loading their model first)."""
             if not data:
                 return [gr.update()] * len(controls)
             request = GenerateRequest.from_dict(data)
@@ -293,11 +297,12 @@ def build_app(service: StudioService) -> gr.Blocks:
             return control_values(info, request)
 
         def list_models() -> tuple[Any, list[dict[str, Any]]]:
+            """The models the app can serve now: picker choices, and name / label / family / source / folder."""
             found = service.model_options()
             return gr.update(choices=[(o.label, o.name) for o in found]), [dataclasses.asdict(o) for o in found]
 
         def model_info(name: str) -> dict:
-            """Load a model and describe it: family, call parameters, classes, defaults, plugins that do not apply."""
+            """Load a model and describe it: family, call parameters, classes, defaults, usable plugins."""
             with user_errors():
                 return service.select(name).to_dict()
 
@@ -308,6 +313,7 @@ def build_app(service: StudioService) -> gr.Blocks:
 
         # ------------------------------------------------------------------ plugins panel -> spec text
         def plugin_specs(*values: Any) -> str:
+            """The spec text of the switched-on plugins, from every plugin widget's value."""
             specs, offset = [], 0
             for part in plugin_parts:
                 enabled, *settings = values[offset: offset + len(part.widgets)]
@@ -337,9 +343,11 @@ def build_app(service: StudioService) -> gr.Blocks:
                     result.to_dict())
 
         def after_generate(data: dict[str, Any]) -> tuple[list, Any]:
+            """Refresh the history and show the seed used (a randomised one included)."""
             return history_items(), data["request"]["seed"] if data else gr.update()
 
         def history_items() -> list[tuple[str, str]]:
+            """First image and caption of every history entry, newest first."""
             return [(str(e.paths[0]), e.caption()) for e in service.history.entries() if e.paths]
 
         generate_event = generate_btn.click(generate, [*request_inputs, measure], [gallery, timing, details],
@@ -373,6 +381,7 @@ def build_app(service: StudioService) -> gr.Blocks:
 
         # ------------------------------------------------------------------ history and recall
         def recall_selected(evt: gr.SelectData) -> dict[str, Any]:
+            """The parameters of the clicked history entry."""
             entries = service.history.entries()
             if not 0 <= evt.index < len(entries):
                 raise gr.Error("that generation is no longer in the history")
@@ -403,7 +412,10 @@ def build_app(service: StudioService) -> gr.Blocks:
 
         # ------------------------------------------------------------------ training
         def train(family_name: str, preset_name: str, steps_value: float) -> Iterator[tuple[str, Any, Any, dict]]:
-            """Start a training run and stream its losses and sample grids until it ends."""
+            """Start a training run and stream its losses and sample grids until it ends.
+
+            Closing the page does not stop the run (it is small and writes a checkpoint); Stop does.
+            """
             with user_errors():
                 status = service.trainer.start(family_name, preset_name, int(steps_value))
             while True:
@@ -437,7 +449,7 @@ def build_app(service: StudioService) -> gr.Blocks:
 class _PluginPart:
     """The widgets of one plugin: an on/off switch, its main setting, the rest in an accordion."""
 
-    def __init__(self, panel: Any, enabled: gr.Checkbox, settings: list[gr.Component], note: gr.Markdown):
+    def __init__(self, panel: PluginPanel, enabled: gr.Checkbox, settings: list[gr.Component], note: gr.Markdown):
         self.panel = panel
         self.enabled = enabled
         self.settings = settings
@@ -461,7 +473,7 @@ class _PluginPart:
         return [gr.update(value=True, interactive=True), *[gr.update(value=values[n]) for n in self.field_names]]
 
 
-def _plugin_panel(panel: Any) -> _PluginPart:
+def _plugin_panel(panel: PluginPanel) -> _PluginPart:
     """Build the widgets of one registered plugin from its config fields."""
     main, *rest = panel.fields
     with gr.Group():
@@ -475,6 +487,7 @@ def _plugin_panel(panel: Any) -> _PluginPart:
 
 
 def _field_widget(plugin: str, item: PluginField) -> gr.Component:
+    """Checkbox, number box or text box (spec syntax) for one config field, with its docs as info."""
     label = f"{plugin}: {item.name}"
     if item.kind == "bool":
         return gr.Checkbox(item.default, label=label, info=item.doc)
