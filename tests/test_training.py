@@ -95,3 +95,11 @@ def test_xformers_request_without_cuda_says_why(tmp_path):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="xformers"):
         train(tiny_config(tmp_path / "run", "max_steps=1", "attention=xformers"))
+
+
+def test_in_loop_evaluation_logs_metrics(tmp_path):
+    result = train(tiny_config(tmp_path / "run", "max_steps=2", "eval_every=2", "eval_num_images=20",
+                               "eval_metrics=acc,dfd", "checkpointing_steps=2"))
+    scores = result.history[-1]
+    assert 0.0 <= scores["eval/class_accuracy"] <= 1.0 and scores["eval/domain_fd"] > 0
+    assert "eval/class_accuracy" not in result.history[0]

@@ -55,6 +55,9 @@ class TrainConfig:
     sample_every: int = 500  # 0 = only at the end
     num_sample_images: int = 16
     log_every: int = 10
+    eval_every: int = 0  # 0 = off; else score eval_num_images samples every N steps (logged as eval/*)
+    eval_metrics: str = "acc,dfd"  # studio.metrics names, e.g. acc,dfd,kid,pr
+    eval_num_images: int = 100
     resume_from_checkpoint: str = ""  # "" | latest | path
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -98,9 +98,9 @@ def sampling_models(models: dict[str, torch.nn.Module], emas: dict[str, EMA]) ->
     return {name: emas[name].shadow if name in emas else model for name, model in models.items()}
 
 
-def save_sample_grid(family: Family, models: dict[str, torch.nn.Module], emas: dict[str, EMA], path: Path,
-                     num_images: int, accelerator: Accelerator, step: int) -> None:
-    """Draw a fixed-seed sample grid, save it as PNG (with its record) and log it to TensorBoard."""
+def draw_samples(family: Family, models: dict[str, torch.nn.Module], emas: dict[str, EMA],
+                 num_images: int) -> tuple[np.ndarray, Any]:
+    """Fixed-seed samples (uint8 (N, H, W, C)) and their record, from the EMA weights in eval mode."""
     chosen = sampling_models(models, emas)
     modes = {name: m.training for name, m in chosen.items()}
     for model in chosen.values():
@@ -110,13 +110,30 @@ def save_sample_grid(family: Family, models: dict[str, torch.nn.Module], emas: d
     out = pipe(num_images=num_images, seed=0, output_type="np", **family.sample_kwargs())
     for name, model in chosen.items():
         model.train(modes[name])
-    images = (np.clip(out.images, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return (np.clip(out.images, 0, 1) * 255 + 0.5).astype(np.uint8), out.record
+
+
+def save_sample_grid(family: Family, models: dict[str, torch.nn.Module], emas: dict[str, EMA], path: Path,
+                     num_images: int, accelerator: Accelerator, step: int) -> None:
+    """Draw a fixed-seed sample grid, save it as PNG (with its record) and log it to TensorBoard."""
+    images, record = draw_samples(family, models, emas, num_images)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = out.record
     record.extra["training_step"] = step
     make_grid(images).save(path, pnginfo=png_info(record))
     tracker = accelerator.get_tracker("tensorboard", unwrap=True)
     tracker.add_image("samples", np.asarray(make_grid(images).convert("RGB")), step, dataformats="HWC")
+
+
+def evaluate_samples(family: Family, models: dict[str, torch.nn.Module], emas: dict[str, EMA],
+                     config: TrainConfig) -> dict[str, float]:
+    """In-loop evaluation: ``eval_num_images`` fixed-seed samples scored by `studio.metrics.evaluate`
+    against the training data. A small-sample trend, logged as ``eval/<metric>``; not a paper FID."""
+    from studio.metrics import evaluate
+
+    images, record = draw_samples(family, models, emas, config.eval_num_images)
+    result = evaluate(images.transpose(0, 3, 1, 2), config.data, metrics=config.eval_metrics,
+                      class_labels=record.class_labels)
+    return {f"eval/{name}": float(value) for name, value in result.metrics.items()}
 
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -234,6 +251,10 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
                         or out_of_time):
             save_sample_grid(family, unwrapped, emas, output_dir / "samples" / f"step-{step:06d}.png",
                              config.num_sample_images, accelerator, step)
+        if is_main and config.eval_every and step % config.eval_every == 0:
+            scores = evaluate_samples(family, unwrapped, emas, config)
+            history[-1].update(scores)
+            accelerator.log(scores, step=step)
         if out_of_time:
             accelerator.print(f"stopping at step {step} (time budget or stop request)")
             break
