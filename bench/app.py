@@ -1,0 +1,155 @@
+"""App benchmark: time to first image after launch, and 4-image latency per model with and without plugins.
+
+    python bench/app.py [--models NAME,PATH,...] [--runs DIR] [--steps 20] [--batch 4] [--repeats 3]
+                        [--threads N]
+
+Starts ``python app.py`` in a subprocess on a free port, exactly as a user would, and drives it with
+`gradio_client`:
+
+1. launch: seconds from process start until the page answers, and until the first image comes back
+   (1 image of the first listed model: includes loading it);
+2. per model (every model the app lists, plus folders or names given with ``--models``): one warm-up
+   call, then ``--repeats`` rounds of a ``--batch``-image request without plugins and with each
+   plugin the model takes (and all of them together), in rotating order so drifting machine load
+   hits every variant alike. Reported: median end-to-end latency seen by the client, median
+   pipeline wall time measured by the app, and the speedup of the pipeline time against no plugins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.report import write_results  # noqa: E402
+
+COLUMNS = ["measure", "model", "family", "plugins", "latency_s", "generate_s", "speedup"]
+READY_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(port: int, outputs: Path, runs: str | None, threads: int | None) -> subprocess.Popen:
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    if runs:
+        env["STUDIO_RUNS"] = runs
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--outputs", str(outputs)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_ready(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"app.py exited with status {process.returncode} before serving")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"app.py did not answer within {READY_TIMEOUT_S} s")
+
+
+def generate(client, model: str, steps: int, batch: int, plugins: str = "") -> tuple[float, dict]:
+    """One /generate call: (client wall seconds, the app's details JSON)."""
+    started = time.perf_counter()
+    _, _, details = client.predict(model, "all", "ddim", steps, 4.0, 0.0, 0, False, batch, plugins, False,
+                                   api_name="/generate")
+    return time.perf_counter() - started, details
+
+
+def plugin_variants(info: dict) -> list[tuple[str, str]]:
+    """(label, spec text): none, each plugin the model takes with its defaults, and all of them."""
+    usable = list(info["plugins"])
+    variants = [("none", "")] + [(name, name) for name in usable]
+    if len(usable) > 1:
+        variants.append(("+".join(usable), "; ".join(usable)))
+    return variants
+
+
+def bench_model(client, model: str, steps: int, batch: int, repeats: int) -> list[dict]:
+    info = client.predict(model, api_name="/model_info")
+    generate(client, model, steps, batch)  # warm-up: first call after loading
+    variants = plugin_variants(info)
+    latency: dict[str, list[float]] = {label: [] for label, _ in variants}
+    pipeline: dict[str, list[float]] = {label: [] for label, _ in variants}
+    for round_index in range(repeats):
+        shift = round_index % len(variants)
+        for label, spec in variants[shift:] + variants[:shift]:
+            seconds, details = generate(client, model, steps, batch, spec)
+            latency[label].append(seconds)
+            pipeline[label].append(details["seconds"])
+    base = statistics.median(pipeline["none"])
+    rows = []
+    for label, _ in variants:
+        generate_s = statistics.median(pipeline[label])
+        rows.append({"measure": f"{batch}-image batch", "model": model, "family": info["family"], "plugins": label,
+                     "latency_s": statistics.median(latency[label]), "generate_s": generate_s,
+                     "speedup": base / generate_s})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="", help="comma-separated model names or checkpoint folders to "
+                                                     "benchmark besides every model the app lists")
+    parser.add_argument("--runs", default=None, help="STUDIO_RUNS for the app (default: ./runs)")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps for diffusion models")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="OMP/MKL threads of the app process")
+    args = parser.parse_args()
+    from gradio_client import Client
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with tempfile.TemporaryDirectory() as outputs:
+        started = time.perf_counter()
+        process = start_app(port, Path(outputs), args.runs, args.threads)
+        try:
+            wait_ready(url, process)
+            ready_s = time.perf_counter() - started
+            client = Client(url, verbose=False)
+            listed = [m["name"] for m in client.predict(api_name="/models")[1]]
+            _, first = generate(client, listed[0], args.steps, 1)
+            first_s = time.perf_counter() - started
+            rows = [{"measure": "launch to ready", "model": "", "latency_s": ready_s},
+                    {"measure": "launch to first image", "model": listed[0], "family": first["images"][0]["record"]["family"],
+                     "latency_s": first_s, "generate_s": first["seconds"]}]
+            models = listed + [m for m in args.models.split(",") if m and m not in listed]
+            for model in models:
+                print(f"benchmarking {model} ...", flush=True)
+                rows += bench_model(client, model, args.steps, args.batch, args.repeats)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    notes = (f"`python bench/app.py` against `python app.py` in a subprocess, driven by gradio_client. "
+             f"Diffusion: {args.steps} DDIM steps, CFG 4; batch {args.batch}; median of {args.repeats} rounds "
+             "(variants in rotating order), after one warm-up call per model. latency_s: end to end at the "
+             "client (queue, PNG writing, file transfer); generate_s: the pipeline call timed by the app; "
+             "speedup: generate_s without plugins / with. Plugins at their defaults (FORA interval 3, RAS "
+             "ratio 0.5). On a shared CPU the numbers move with other load.")
+    settings = {"steps": args.steps, "batch": args.batch, "repeats": args.repeats, "threads": args.threads,
+                "runs": args.runs, "models": models}
+    json_path, md_path = write_results("app", rows, COLUMNS, notes, settings)
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()
