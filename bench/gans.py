@@ -62,7 +62,7 @@ def sample(pipe: Any, num_samples: int, truncation: float | None) -> tuple[torch
     images = pipe(num_images=num_samples, class_labels=labels.tolist(), seed=0, truncation=truncation,
                   output_type="pt").images  # [0, 1]
     rate = num_samples / (time.perf_counter() - started)
-    return to_uint8(images * 2 - 1), labels, rate
+    return to_uint8(images, value_range=(0.0, 1.0)), labels, rate
 
 
 class DomainJudge:

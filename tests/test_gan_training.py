@@ -139,8 +139,36 @@ def test_unconditional_sagan_trains_and_exports_before_ema_start(tmp_path):
     assert pipe.num_classes == 0 and pipe.family == "sagan"
     assert pipe(num_images=2, seed=0, output_type="np").record.class_labels is None
     raw = load_file(str(latest_checkpoint(tmp_path / "run" / "checkpoints") / "model.safetensors"))
-    exported = pipe.generator.state_dict()  # EMA before its start step: an exact copy of G
-    assert all(torch.equal(raw[k], exported[k]) for k in raw)
+    exported = pipe.generator.state_dict()  # EMA before its start step: an exact copy of G ...
+    weights = [k for k in raw if not k.endswith(("._u", "._v"))]  # ... up to refreshed SN vectors
+    assert len(weights) < len(raw) and all(torch.equal(raw[k], exported[k]) for k in weights)
+
+
+def test_pipelines_refresh_the_spectral_norm_vectors_an_average_shortens():
+    torch.manual_seed(0)
+    family = get_family("sagan")(load_config("sagan", get_family("sagan").config_class, "mnist-tiny",
+                                             ["model.width=8", "model.z_dim=24"]), MNIST)
+    generator = family.build_generator()
+    ema = EMA(generator, decay=0.5, start_step=0, warmup=False)
+    with torch.no_grad():  # move G far enough that its top singular vectors turn
+        for param in generator.parameters():
+            if param.ndim >= 2:
+                param.copy_(torch.randn_like(param) * param.std())
+        for _ in range(20):
+            generator(torch.randn(4, 24), torch.arange(4))
+    ema.update(generator, 1)  # lerps the unit u / v vectors into shorter ones
+    shadow_state = {k: v.clone() for k, v in ema.shadow.state_dict().items()}
+
+    def sigmas(model):
+        model.eval()
+        return [torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2).item() for m in model.modules()
+                if hasattr(m, "parametrizations")]
+
+    assert max(sigmas(ema.shadow)) > 1.05  # eval-mode SN of the raw average is off
+    pipe = family.make_pipeline({"generator": ema.shadow})
+    assert all(s == pytest.approx(1.0, abs=0.01) for s in sigmas(pipe.generator))
+    changed = [k for k, v in ema.shadow.state_dict().items() if not torch.equal(v, shadow_state[k])]
+    assert not changed  # the EMA itself is untouched
 
 
 @pytest.mark.parametrize("family", ["sagan", "biggan"])

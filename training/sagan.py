@@ -16,6 +16,7 @@ updated inside one step, accumulating would mix micro-batches of different D sta
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from studio.errors import ConfigError
 from studio.models.gan import DiscriminatorConfig, ProjectionDiscriminator, SAGANGenerator, SAGANGeneratorConfig
+from studio.models.gan.layers import refresh_spectral_norms
 from studio.models.gan.losses import discriminator_hinge_loss, generator_hinge_loss, orthogonal_regularization, orthogonal_targets
 from studio.pipelines.gan import StudioGANPipeline
 from training.family import Family, register_family
@@ -147,7 +149,15 @@ class SAGANFamily(Family):
 
     # ---------------------------------------------------------------- sampling
     def make_pipeline(self, models: dict[str, nn.Module]) -> StudioGANPipeline:
-        return StudioGANPipeline(generator=models["generator"])
+        """A pipeline over a copy of G (usually the EMA average) with refreshed spectral-norm vectors.
+
+        Averaging lerps the power-iteration vectors too, leaving them too short for the averaged
+        weights (see `refresh_spectral_norms`). The copy keeps the EMA state itself untouched, so a
+        resumed run stays bit-identical to an uninterrupted one.
+        """
+        generator = copy.deepcopy(models["generator"])
+        refresh_spectral_norms(generator)
+        return StudioGANPipeline(generator=generator)
 
     def sample_kwargs(self) -> dict[str, Any]:
         return {"truncation": self.config.model.truncation_threshold}
