@@ -44,7 +44,9 @@ def test_class_visualisations_are_seeded_images_in_range():
     assert out.images.shape == (3, 28, 28, 1) and 0 <= out.images.min() and out.images.max() <= 1
     np.testing.assert_array_equal(out.images, again.images)
     assert out.record.class_labels == [1, 7, 7] and out.record.seeds == [5, 6, 7]
-    assert out.record.family == "classifier"
+    assert out.record.family == "classifier" and len(out.record.extra["class_probability"]) == 3
+    full = pipe(num_images=10, seed=0)  # the default 100 steps reach every digit
+    assert min(full.record.extra["class_probability"]) > 0.5
 
 
 def test_load_classifier_names_folders_without_one(tmp_path):

@@ -76,16 +76,17 @@ class ClassifierTrainConfig:
     block_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     feature_dim: int = 128
     dropout: float = 0.2
-    visualise_steps: int = 40  # gradient-ascent steps of the class visualisations in sample grids
+    visualise_steps: int = 100  # gradient-ascent steps of the class visualisations in sample grids
 
 
 class ClassifierExportPipeline(StudioPipelineMixin, DiffusionPipeline):
     """The training loop's export of a classifier run: the network, written with ``save_pretrained``.
 
-    Calling it draws **class visualisations**, not samples of a generative model. Each image is
-    seeded noise moved by gradient ascent on one class's logit, with an L2 penalty (Simonyan et
-    al., 2014), so it shows what the classifier takes for that class. The loop's sample grids show
-    these images.
+    Calling it draws **class visualisations**, not samples of a generative model (Simonyan et al.,
+    2014). Each image starts black with a little seeded noise. Normalised gradient-ascent steps
+    then raise one class's logit, with an L2 penalty on ink, so the image shows strokes the
+    classifier takes for that class. The record lists the softmax probability each image reaches.
+    The loop's sample grids show these images.
     """
 
     family = "classifier"
@@ -99,9 +100,9 @@ class ClassifierExportPipeline(StudioPipelineMixin, DiffusionPipeline):
         num_images: int = 10,
         class_labels: int | Sequence[int] | None = None,
         seed: int | Sequence[int] | None = 0,
-        steps: int = 40,
-        step_size: float = 0.1,
-        l2_weight: float = 0.05,
+        steps: int = 100,
+        step_size: float = 1.0,
+        ink_weight: float = 0.01,
         output_type: str = "np",
     ) -> StudioPipelineOutput:
         """Visualise ``class_labels`` (balanced when None); images in [0, 1] as ``output_type``."""
@@ -111,17 +112,22 @@ class ClassifierExportPipeline(StudioPipelineMixin, DiffusionPipeline):
         labels = self.labels_for(num_images, class_labels, config.num_classes)
         shape = (config.in_channels, config.image_size, config.image_size)
         noise = torch.stack([torch.randn(shape, generator=g) * 0.1 for g in self.generators_for(seeds)])
+        x = (
+            (noise - 2.0).to(self.device).requires_grad_(True)
+        )  # pre-tanh image (N, C, H, W); tanh(-2) ~ black
+        index = torch.arange(num_images)
         was_training = self.classifier.training
         self.classifier.eval()
-        x = noise.to(self.device).requires_grad_(True)  # pre-tanh image, (N, C, H, W)
-        index = torch.arange(num_images)
         with torch.enable_grad():
             for _ in range(steps):
                 logits = self.classifier(torch.tanh(x)).logits  # (N, K)
-                objective = logits[index, labels].sum() - l2_weight * x.pow(2).sum()
+                ink = torch.tanh(x) + 1  # 0 on black
+                objective = logits[index, labels].sum() - ink_weight * ink.pow(2).sum()
                 (grad,) = torch.autograd.grad(objective, x)
                 norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                x = (x + step_size * grad / norm).detach().requires_grad_(True)  # normalised ascent step
+                x = (x + step_size * grad / norm).detach().requires_grad_(True)
+        with torch.no_grad():
+            reached = self.classifier(torch.tanh(x)).logits.softmax(dim=1)[index, labels]
         self.classifier.train(was_training)
         record = GenerationRecord(
             model=self.model_name(),
@@ -129,7 +135,10 @@ class ClassifierExportPipeline(StudioPipelineMixin, DiffusionPipeline):
             seeds=seeds,
             class_labels=labels,
             steps=steps,
-            extra={"kind": "class visualisation (gradient ascent on the logit)"},
+            extra={
+                "kind": "class visualisation",
+                "class_probability": [round(p, 4) for p in reached.tolist()],
+            },
         )
         images = self.convert_output(torch.tanh(x.detach()), output_type)
         return StudioPipelineOutput(images=images, record=self.finish_record(record, started))
