@@ -29,7 +29,14 @@ import torch
 
 from studio.data import DataConfig, build_dataset
 from studio.hub import load_pipeline, read_card
-from studio.metrics import GaussianStats, class_accuracy, classifier_score, frechet_distance, load_classifier, prdc
+from studio.metrics import (
+    GaussianStats,
+    class_accuracy,
+    classifier_score,
+    frechet_distance,
+    load_classifier,
+    prdc,
+)
 from studio.metrics.features import classifier_outputs, describe_classifier, shipped_classifier_path
 from studio.metrics.samples import to_uint8
 from training.config import load_config
@@ -89,15 +96,20 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# GAN benchmark (MNIST presets)",
         "",
-        f"Preset `{s['preset']}`, {s['num_samples']} balanced conditional samples per row (seed 0, EMA "
-        f"generator). Judge: the shipped MNIST classifier (sha256 `{s['classifier']['sha256'][:12]}`); domain FD, "
-        f"precision/recall (k={PR_K}) in its penultimate features against the {s['reference_count']} training "
-        f"images. Training stops at the preset's time budget or its max_steps, whichever comes first (steps "
-        f"below). torch threads: {s['threads']}; load average during the run: {s['load_average']} on "
-        f"{os.cpu_count()} shared cores (timings are noisy).",
+        (
+            f"Preset `{s['preset']}`, {s['num_samples']} balanced conditional samples per row (seed 0, EMA "
+            f"generator). Judge: the shipped MNIST classifier (sha256 `{s['classifier']['sha256'][:12]}`); "
+            f"domain FD, precision/recall (k={PR_K}) in its penultimate features against the "
+            f"{s['reference_count']} training images. Training stops at the preset's time budget or its "
+            f"max_steps, whichever comes first (steps below). torch threads: {s['threads']}; load average "
+            f"during the run: {s['load_average']} on {os.cpu_count()} shared cores (timings are noisy)."
+        ),
+        *(["", s["note"]] if s.get("note") else []),
         "",
-        "| model | steps | train min | train img/s | sample img/s | class acc | domain FD | classifier score "
-        "| precision | recall | density | coverage |",
+        (
+            "| model | steps | train min | train img/s | sample img/s | class acc | domain FD | classifier score "
+            "| precision | recall | density | coverage |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results["runs"].items():
@@ -138,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="gans", help="results file stem: <out>/<name>.json and .md")
+    parser.add_argument("--note", default="", help="a line of context for the markdown (how runs were extended)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     real = build_dataset(DataConfig(), "val")
     results: dict[str, Any] = {
         "settings": {"preset": args.preset, "num_samples": args.num_samples, "threads": torch.get_num_threads(),
+                     "note": args.note,
                      "classifier": describe_classifier(judge.classifier), "reference_count": len(judge.reference),
                      "pr_k": PR_K},
         "real_validation": judge.score(real.uint8_images(), real.labels.numpy()),

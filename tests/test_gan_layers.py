@@ -45,10 +45,10 @@ def tiny_sagan(num_classes=10, image_size=28, channels=1):
 
 def tiny_biggan(num_classes=10, image_size=28, channels=1):
     torch.manual_seed(0)
-    return BigGANGenerator.from_arch(BigGANGeneratorConfig(image_size=image_size, out_channels=channels,
-                                                           num_classes=num_classes, z_dim=24 if image_size == 28 else 32,
-                                                           shared_dim=8, width=8,
-                                                           attention_resolution=14 if image_size == 28 else 16))
+    return BigGANGenerator.from_arch(BigGANGeneratorConfig(
+        image_size=image_size, out_channels=channels, num_classes=num_classes,
+        z_dim=24 if image_size == 28 else 32, shared_dim=8, width=8,
+        attention_resolution=14 if image_size == 28 else 16))
 
 
 def tiny_discriminator(num_classes=10, image_size=28, channels=1):

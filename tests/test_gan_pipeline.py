@@ -35,8 +35,8 @@ def trained_looking(generator):
 def tiny_pipeline(family="biggan", num_classes=10):
     torch.manual_seed(0)
     if family == "biggan":
-        generator = BigGANGenerator.from_arch(BigGANGeneratorConfig(num_classes=num_classes, z_dim=24, shared_dim=8,
-                                                                    width=8))
+        generator = BigGANGenerator.from_arch(
+            BigGANGeneratorConfig(num_classes=num_classes, z_dim=24, shared_dim=8, width=8))
     else:
         generator = SAGANGenerator.from_arch(SAGANGeneratorConfig(num_classes=num_classes, z_dim=16, width=8))
     return StudioGANPipeline(generator=trained_looking(generator))
@@ -65,8 +65,9 @@ def test_images_do_not_depend_on_batch_size(family):
     together = pipe(num_images=count, class_labels=labels, seed=5, output_type="np").images
     one_by_one = np.concatenate([pipe(num_images=1, class_labels=labels[i], seed=5 + i, output_type="np").images
                                  for i in range(count)])
-    split = np.concatenate([pipe(num_images=7, class_labels=labels[:7], seed=5, output_type="np").images,
-                            pipe(num_images=count - 7, class_labels=labels[7:], seed=12, output_type="np").images])
+    first = pipe(num_images=7, class_labels=labels[:7], seed=5, output_type="np").images
+    rest = pipe(num_images=count - 7, class_labels=labels[7:], seed=12, output_type="np").images
+    split = np.concatenate([first, rest])
     assert np.array_equal(together, one_by_one)
     assert np.array_equal(together, split)
 
@@ -135,5 +136,6 @@ def test_bad_arguments_give_clear_errors():
 
 def test_call_parameters_name_the_call_signature():
     accepted = inspect.signature(StudioGANPipeline.__call__).parameters
-    assert StudioGANPipeline.call_parameters == ("num_images", "class_labels", "seed", "truncation", "output_type")
+    expected = ("num_images", "class_labels", "seed", "truncation", "output_type")
+    assert StudioGANPipeline.call_parameters == expected
     assert all(name in accepted for name in StudioGANPipeline.call_parameters)

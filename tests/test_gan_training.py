@@ -75,7 +75,8 @@ def _checkpoint_state(run_dir):
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     extras = [torch.load(p, weights_only=False) for p in sorted(checkpoint.glob("custom_checkpoint_*.pkl"))]
     ema = next(e["shadow"] for e in extras if isinstance(e, dict) and "shadow" in e)
-    optimizers = [torch.load(checkpoint / name, weights_only=False) for name in ("optimizer.bin", "optimizer_1.bin")]
+    optimizers = [torch.load(checkpoint / name, weights_only=False)
+                  for name in ("optimizer.bin", "optimizer_1.bin")]
     generator = load_file(str(checkpoint / "model.safetensors"))
     discriminator = load_file(str(checkpoint / "model_1.safetensors"))
     return generator, discriminator, ema, optimizers
@@ -179,8 +180,8 @@ def test_every_preset_loads_and_builds(family):
         config = load_config(family, get_family(family).config_class, preset)
         assert config.optim.betas[0] == 0.0 and config.optim.grad_clip == 0.0
         data = config.data
-        info = DatasetInfo(data.name, data.image_size, 3 if data.name == "photos" else 1, 6 if data.name == "photos"
-                           else 10, ())
+        photos = data.name == "photos"
+        info = DatasetInfo(data.name, data.image_size, 3 if photos else 1, 6 if photos else 10, ())
         models = get_family(family)(config, info).build_models()
         images = models["generator"](torch.randn(2, config.model.z_dim), torch.tensor([0, 1]))
         assert images.shape == (2, info.channels, data.image_size, data.image_size)

@@ -10,7 +10,8 @@ One loop step is one generator update (spec 1.2):
    (``requires_grad_(False)``, BigGAN-PyTorch's ``toggle_grads``), so no stale D gradients build up.
 
 Two time-scale learning rates (TTUR): ``optim.lr`` is G's, ``model.d_lr`` D's; both optimizers are
-the run's AdamW with ``optim.betas`` (presets: (0.0, 0.999)) and weight decay 0, i.e. Adam. Gradient accumulation is not supported: with D and G
+the run's AdamW with ``optim.betas`` (presets: (0.0, 0.999)) and weight decay 0, i.e. Adam.
+Gradient accumulation is not supported: with D and G
 updated inside one step, accumulating would mix micro-batches of different D states.
 """
 
@@ -18,15 +19,25 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
 
 from studio.errors import ConfigError
-from studio.models.gan import DiscriminatorConfig, ProjectionDiscriminator, SAGANGenerator, SAGANGeneratorConfig
+from studio.models.gan import (
+    DiscriminatorConfig,
+    ProjectionDiscriminator,
+    SAGANGenerator,
+    SAGANGeneratorConfig,
+)
 from studio.models.gan.layers import refresh_spectral_norms
-from studio.models.gan.losses import discriminator_hinge_loss, generator_hinge_loss, orthogonal_regularization, orthogonal_targets
+from studio.models.gan.losses import (
+    discriminator_hinge_loss,
+    generator_hinge_loss,
+    orthogonal_regularization,
+    orthogonal_targets,
+)
 from studio.pipelines.gan import StudioGANPipeline
 from training.family import Family, register_family
 
@@ -53,7 +64,7 @@ class SAGANTrainConfig:
     d_lr: float = 4e-4
     d_steps: int = 1
     ortho_beta: float = 0.0
-    truncation_threshold: Optional[float] = None
+    truncation_threshold: float | None = None
 
 
 @register_family
@@ -77,7 +88,8 @@ class SAGANFamily(Family):
         if settings.conditional and info.num_classes < 1:
             raise ConfigError(f"dataset {info.name!r} has no classes: set model.conditional=false")
         if settings.truncation_threshold is not None and settings.truncation_threshold < 0:
-            raise ConfigError(f"model.truncation_threshold must be >= 0 or null, got {settings.truncation_threshold}")
+            raise ConfigError("model.truncation_threshold must be >= 0 or null, "
+                              f"got {settings.truncation_threshold}")
         self.num_classes = info.num_classes if settings.conditional else 0
 
     # ---------------------------------------------------------------- networks
@@ -92,7 +104,8 @@ class SAGANFamily(Family):
         generator = self.build_generator()
         discriminator = ProjectionDiscriminator(DiscriminatorConfig(
             image_size=self.info.image_size, in_channels=self.info.channels, num_classes=self.num_classes,
-            width=settings.width, attention_resolution=settings.attention_resolution, init=self.discriminator_init))
+            width=settings.width, attention_resolution=settings.attention_resolution,
+            init=self.discriminator_init))
         return {"generator": generator, "discriminator": discriminator}
 
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:

@@ -15,7 +15,8 @@ handful of rows take different code paths than larger batches.)
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline

@@ -8,7 +8,12 @@
 
 from studio.models.gan.biggan import BigGANGenerator, BigGANGeneratorConfig
 from studio.models.gan.layers import GANGeneratorMixin
-from studio.models.gan.sagan import DiscriminatorConfig, ProjectionDiscriminator, SAGANGenerator, SAGANGeneratorConfig
+from studio.models.gan.sagan import (
+    DiscriminatorConfig,
+    ProjectionDiscriminator,
+    SAGANGenerator,
+    SAGANGeneratorConfig,
+)
 
 __all__ = [
     "BigGANGenerator",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
@@ -22,7 +21,15 @@ from torch import nn
 
 from studio.errors import ConfigError
 from studio.models.gan.arch import attention_flags, gan_arch
-from studio.models.gan.layers import ConditionalBatchNorm2d, GANGeneratorMixin, GeneratorTrunk, initializer, sn_conv2d, sn_linear
+from studio.models.gan.layers import (
+    ConditionalBatchNorm2d,
+    GANGeneratorMixin,
+    GeneratorTrunk,
+    InitFn,
+    initializer,
+    sn_conv2d,
+    sn_linear,
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,7 @@ class NoClassEmbedding(nn.Module):
 class SharedClassEmbedding(nn.Module):
     """The one class embedding table (K x shared_dim) every conditional BN of G reads."""
 
-    def __init__(self, num_classes: int, shared_dim: int, init: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, num_classes: int, shared_dim: int, init: InitFn):
         super().__init__()
         self.embedding = nn.Embedding(num_classes, shared_dim)
         init(self.embedding.weight)

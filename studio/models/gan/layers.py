@@ -13,29 +13,33 @@ by EMA). One power iteration runs per forward in train mode; in eval mode the we
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any, Callable, ClassVar, Sequence, TypeVar
+from itertools import pairwise
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
+from typing_extensions import Self
 
 from studio.errors import ConfigError
-
-#: weight initialisers a GAN config may name (SAGAN-tf: xavier; BigGAN-PyTorch: orthogonal)
-INITS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "xavier": nn.init.xavier_uniform_,
-    "orthogonal": nn.init.orthogonal_,
-}
 
 ConvFactory = Callable[..., nn.Module]
 LinearFactory = Callable[[int, int], nn.Module]
 NormFactory = Callable[[int], nn.Module]
+InitFn = Callable[[torch.Tensor], torch.Tensor]
+
+#: weight initialisers a GAN config may name (SAGAN-tf: xavier; BigGAN-PyTorch: orthogonal)
+INITS: dict[str, InitFn] = {
+    "xavier": nn.init.xavier_uniform_,
+    "orthogonal": nn.init.orthogonal_,
+}
 
 
-def initializer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def initializer(name: str) -> InitFn:
     """The weight initialiser called ``name`` (a key of `INITS`)."""
     if name not in INITS:
         raise ConfigError(f"unknown weight init {name!r}; choose one of {', '.join(INITS)}")
@@ -50,7 +54,7 @@ def initializer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def sn_conv2d(in_channels: int, out_channels: int, kernel_size: int, *, bias: bool = True,
-              init: Callable[[torch.Tensor], torch.Tensor] = nn.init.xavier_uniform_, eps: float = 1e-6) -> nn.Module:
+              init: InitFn = nn.init.xavier_uniform_, eps: float = 1e-6) -> nn.Module:
     """A 'same'-padded Conv2d whose reshaped weight (out x in*k*k) has spectral norm 1."""
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
     init(conv.weight)
@@ -60,7 +64,7 @@ def sn_conv2d(in_channels: int, out_channels: int, kernel_size: int, *, bias: bo
 
 
 def sn_linear(in_features: int, out_features: int, *, bias: bool = True,
-              init: Callable[[torch.Tensor], torch.Tensor] = nn.init.xavier_uniform_, eps: float = 1e-6) -> nn.Module:
+              init: InitFn = nn.init.xavier_uniform_, eps: float = 1e-6) -> nn.Module:
     """A Linear whose weight (out x in) has spectral norm 1."""
     linear = nn.Linear(in_features, out_features, bias=bias)
     init(linear.weight)
@@ -69,8 +73,8 @@ def sn_linear(in_features: int, out_features: int, *, bias: bool = True,
     return spectral_norm(linear, eps=eps)
 
 
-def sn_embedding(num_embeddings: int, embedding_dim: int, *,
-                 init: Callable[[torch.Tensor], torch.Tensor] = nn.init.xavier_uniform_, eps: float = 1e-6) -> nn.Module:
+def sn_embedding(num_embeddings: int, embedding_dim: int, *, init: InitFn = nn.init.xavier_uniform_,
+                 eps: float = 1e-6) -> nn.Module:
     """An Embedding whose table (num_embeddings x embedding_dim) has spectral norm 1."""
     embedding = nn.Embedding(num_embeddings, embedding_dim)
     init(embedding.weight)
@@ -274,7 +278,7 @@ class GeneratorTrunk(nn.Module):
     def __init__(self, channels: Sequence[int], attention: Sequence[bool], out_channels: int, conv: ConvFactory,
                  norm: NormFactory, bn_eps: float):
         super().__init__()
-        self.blocks = nn.ModuleList(GBlock(c_in, c_out, conv, norm) for c_in, c_out in zip(channels, channels[1:]))
+        self.blocks = nn.ModuleList(GBlock(c_in, c_out, conv, norm) for c_in, c_out in pairwise(channels))
         self.attentions = nn.ModuleList(
             SelfAttention2d(c, conv) if on else nn.Identity() for c, on in zip(channels[1:], attention))
         self.out_norm = nn.BatchNorm2d(channels[-1], eps=bn_eps)
@@ -285,9 +289,6 @@ class GeneratorTrunk(nn.Module):
         for block, attention, cond in zip(self.blocks, self.attentions, conds):
             h = attention(block(h, cond))
         return torch.tanh(self.out_conv(F.relu(self.out_norm(h))))
-
-
-GeneratorT = TypeVar("GeneratorT", bound="GANGeneratorMixin")
 
 
 class GANGeneratorMixin:
@@ -310,7 +311,7 @@ class GANGeneratorMixin:
     arch: Any
 
     @classmethod
-    def from_arch(cls: type[GeneratorT], arch: Any) -> GeneratorT:
+    def from_arch(cls, arch: Any) -> Self:
         """A freshly initialised generator of shape ``arch`` (an ``arch_class`` instance)."""
         if not isinstance(arch, cls.arch_class):
             raise TypeError(f"{cls.__name__} needs a {cls.arch_class.__name__}, got {type(arch).__name__}")
