@@ -32,7 +32,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-import studio.pipelines.gan  # noqa: F401  (registers StudioGANPipeline, so GAN checkpoints load)
 from samplers import PLUGINS, apply, parse_plugin_spec
 from studio.errors import StudioError
 from studio.hub import list_models, load_pipeline, read_card, runs_dir
