@@ -1,6 +1,7 @@
 """Start the studio app: ``python app.py`` serves it on http://127.0.0.1:7860 (no flags needed).
 
     python app.py [--port N] [--server-name HOST] [--share] [--outputs DIR] [--device cpu|cuda|auto]
+                  [--threads N]
 
 The port comes from ``--port``, else ``GRADIO_SERVER_PORT``, else 7860; the host from
 ``--server-name``, else ``GRADIO_SERVER_NAME``, else 127.0.0.1 (local only). No share link unless
@@ -26,11 +27,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--outputs", type=Path, default=Path("outputs") / "app", help="where generated PNGs go")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per generation (default: PyTorch's choice; 1 is faster on a busy shared CPU)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from webapp.service import StudioService
     from webapp.ui import allowed_paths, build_app
 

@@ -198,7 +198,7 @@ def build_app(service: StudioService) -> gr.Blocks:
 
         with gr.Tab("Compare"):
             gr.Markdown("Runs the Generate tab's request twice, with the same seeds: with its plugins and "
-                        "without. The plugin run goes first, so warm-up costs never favour the plugins.")
+                        "without, after an untimed one-step warm-up, so one-time costs count for neither.")
             compare_btn = gr.Button("Compare", variant="primary")
             compare_text = gr.Markdown()
             with gr.Row():
