@@ -390,7 +390,7 @@ class GenerateRequest:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GenerateRequest":
+    def from_dict(cls, data: dict[str, Any]) -> GenerateRequest:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known["plugins"] = tuple(known.get("plugins") or ())
         return cls(**known)
