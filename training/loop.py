@@ -199,7 +199,8 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
     # 3. the loop
     unwrapped = {name: accelerator.unwrap_model(m) for name, m in models.items()}
     card = {"preset": config.preset, "dataset": config.data.name, "image_size": config.data.image_size,
-            "num_classes": dataset.info.num_classes, "command": command, "config": config_to_dict(config)}
+            "num_classes": dataset.info.num_classes,
+            "class_names": list(dataset.info.class_names), "command": command, "config": config_to_dict(config)}
     images_per_step = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
     budget_s = config.time_budget_minutes * 60
     session_start, session_start_step = time.perf_counter(), progress.step
