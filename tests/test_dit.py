@@ -22,6 +22,16 @@ def test_adaln_zero_init_makes_output_zero_and_blocks_identity():
     assert torch.equal(out, hidden)
 
 
+def test_conditioning_embeddings_start_small_as_in_the_paper():
+    """Class tables start at N(0, 0.02), not N(0, 1): otherwise they drown the timestep signal."""
+    model = build_dit(DiTConfig(sample_size=16, patch_size=4, depth=2, num_heads=2, head_dim=32))
+    for block in model.transformer_blocks:
+        table = block.norm1.emb.class_embedder.embedding_table.weight
+        assert 0.01 < table.std().item() < 0.03
+        assert 0.01 < block.norm1.emb.timestep_embedder.linear_1.weight.std().item() < 0.03
+    assert torch.count_nonzero(model.pos_embed.proj.bias) == 0
+
+
 def test_null_class_is_num_classes_and_beyond_is_refused():
     model = build_dit(DiTConfig(sample_size=16, patch_size=4, depth=1, num_heads=2, head_dim=8)).eval()
     x, t = torch.randn(1, 1, 16, 16), torch.tensor([10])

@@ -32,6 +32,19 @@ def test_dit_tiny_loss_falls(tmp_path):
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
 
 
+@pytest.mark.parametrize("objective", [["model.prediction_type=v_prediction"], ["model.snr_gamma=5"]])
+def test_v_prediction_and_min_snr_objectives_train_and_sample(tmp_path, objective):
+    result = train(tiny_config(tmp_path / "run", "max_steps=40", "optim.lr=1e-3", "checkpointing_steps=40",
+                               "sample_every=0", *objective))
+    losses = [h["loss"] for h in result.history]
+    assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8
+    pipe = load_pipeline(str(result.pipeline_dir))
+    expected = "v_prediction" if "v_prediction" in objective[0] else "epsilon"
+    assert pipe.scheduler.config.prediction_type == expected
+    image = pipe(class_labels=[3], num_inference_steps=4, scheduler="euler", output_type="pt").images
+    assert torch.isfinite(image).all()
+
+
 def _state(run_dir):
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     weights = load_file(str(checkpoint / "model.safetensors"))
@@ -68,6 +81,12 @@ def test_checkpoints_are_pruned_and_half_written_ones_ignored(tmp_path):
     assert latest_checkpoint(folder).name == "checkpoint-4"
 
 
+def _mnist_info():
+    from studio.data import DataConfig
+    from studio.data.dataset import dataset_info
+    return dataset_info(DataConfig(name="mnist", image_size=16))
+
+
 def test_bad_configs_are_refused_with_names():
     family = get_family("dit")
     with pytest.raises(ConfigError, match="unknown preset"):
@@ -76,6 +95,9 @@ def test_bad_configs_are_refused_with_names():
         load_config("dit", family.config_class, "mnist-tiny", ["model.no_such_key=1"])
     with pytest.raises(ConfigError, match="bad configuration"):
         load_config("dit", family.config_class, "mnist-tiny", ["max_steps=many"])
+    with pytest.raises(ConfigError, match="prediction_type 'x0'"):
+        get_family("dit")(load_config("dit", family.config_class, "mnist-tiny", ["model.prediction_type=x0"]),
+                          _mnist_info())
     with pytest.raises(ConfigError, match="unknown model family"):
         get_family("vqgan")
 

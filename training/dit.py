@@ -20,6 +20,9 @@ from studio.pipelines.dit import StudioDiTPipeline
 from training.family import Family, register_family
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
 @dataclass
 class DiTTrainConfig:
     """DiT shape and diffusion settings; image size, channels and classes come from the data."""
@@ -31,6 +34,8 @@ class DiTTrainConfig:
     class_dropout: float = 0.1
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2
+    prediction_type: str = "epsilon"  # epsilon | v_prediction (saved in the scheduler config)
+    snr_gamma: float = 0.0  # > 0: Min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain MSE
     sample_steps: int = 50  # sample grids during training
     sample_scheduler: str = "ddim"
     sample_guidance_scale: float = 4.0
@@ -47,8 +52,12 @@ class DiTFamily(Family):
         if info.num_classes < 1:
             raise ConfigError(f"DiT is class-conditional but dataset {info.name!r} has no classes")
         settings: DiTTrainConfig = config.model
+        if settings.prediction_type not in PREDICTION_TYPES:
+            raise ConfigError(f"unknown DiT prediction_type {settings.prediction_type!r} "
+                              f"(known: {', '.join(PREDICTION_TYPES)})")
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=settings.num_train_timesteps,
-                                             beta_schedule=settings.beta_schedule)
+                                             beta_schedule=settings.beta_schedule,
+                                             prediction_type=settings.prediction_type)
 
     def build_models(self) -> dict[str, nn.Module]:
         settings: DiTTrainConfig = self.config.model
@@ -71,9 +80,30 @@ class DiTFamily(Family):
         labels = drop_labels(labels, self.info.num_classes, self.config.model.class_dropout)
         with accelerator.autocast():
             prediction = transformer(noisy, timestep=timesteps, class_labels=labels).sample
-        loss = F.mse_loss(prediction.float(), noise)
+        if self.config.model.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(images, noise, timesteps)
+        else:
+            target = noise
+        loss = self.weighted_mse(prediction.float(), target, timesteps)
         self.clip_and_step(loss, transformer, optimizers["transformer"], accelerator)
         return {"loss": loss.detach().item()}
+
+    def weighted_mse(self, prediction: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """MSE to the target, optionally Min-SNR-gamma weighted (Hang et al. 2023).
+
+        The weight ``min(SNR, gamma) / SNR`` (epsilon) or ``min(SNR, gamma) / (SNR + 1)`` (v) caps
+        the easy low-noise steps that otherwise dominate the gradient; the paper measures
+        several-fold faster convergence for ViT-style denoisers.
+        """
+        gamma = self.config.model.snr_gamma
+        if gamma <= 0:
+            return F.mse_loss(prediction, target)
+        per_example = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
+        alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        snr = alphas_cumprod / (1.0 - alphas_cumprod)
+        denominator = snr + 1.0 if self.config.model.prediction_type == "v_prediction" else snr
+        weights = torch.clamp(snr, max=gamma) / denominator
+        return (weights * per_example).mean()
 
     def make_pipeline(self, models: dict[str, nn.Module]) -> StudioDiTPipeline:
         return StudioDiTPipeline(transformer=models["transformer"], scheduler=self.noise_scheduler)

@@ -3,8 +3,12 @@
 diffusers' DiT differs from the paper's in three ways that matter for training (spec 5.3); we
 fix them after construction instead of forking the class, so checkpoints stay plain diffusers:
 
-1. no adaLN-Zero init: the modulation linears and the output projection are default-initialised.
-   `initialize_weights` zeroes them, so every block is the identity and the output is 0 at init.
+1. no DiT init: every layer keeps PyTorch's default init. Worst, the class tables are N(0, 1)
+   (norm ~ sqrt(width)) while the timestep embedding has norm ~1, so the conditioning vector is
+   almost all class noise and the model learns the timestep slowly (measured: 17% class accuracy
+   after 1,000 MNIST steps). `initialize_weights` applies the paper's init: xavier linears and
+   patch projection, N(0, 0.02) class tables and timestep MLPs, and adaLN-Zero (modulation
+   linears and the output projection zeroed, so every block is the identity at init).
 2. label dropout is drawn independently in every block (and the final layer) in train mode, so no
    example is ever fully unconditional. `disable_internal_label_dropout` sets it to 0; studio drops
    labels once, outside the model (`drop_labels`), replacing them by the null class K.
@@ -66,9 +70,21 @@ def build_dit(config: DiTConfig) -> DiTTransformer2DModel:
 
 
 def initialize_weights(model: DiTTransformer2DModel) -> None:
-    """DiT's special init: zero every adaLN modulation linear and the final projection."""
+    """DiT's init (paper, section 3): xavier everywhere, small conditioning embeddings, adaLN-Zero."""
     with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        patch_projection = model.pos_embed.proj
+        nn.init.xavier_uniform_(patch_projection.weight.view(patch_projection.weight.shape[0], -1))
+        nn.init.zeros_(patch_projection.bias)
         for block in model.transformer_blocks:
+            embedding = block.norm1.emb
+            nn.init.normal_(embedding.class_embedder.embedding_table.weight, std=0.02)
+            nn.init.normal_(embedding.timestep_embedder.linear_1.weight, std=0.02)
+            nn.init.normal_(embedding.timestep_embedder.linear_2.weight, std=0.02)
             nn.init.zeros_(block.norm1.linear.weight)
             nn.init.zeros_(block.norm1.linear.bias)
         for layer in (model.proj_out_1, model.proj_out_2):
