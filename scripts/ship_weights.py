@@ -1,0 +1,99 @@
+"""Ship a trained run as a default checkpoint: score it, write its model card, copy it into the package.
+
+    python scripts/ship_weights.py runs/dit-mnist-small --name dit-mnist \\
+        --sample '{"num_inference_steps": 50, "scheduler": "ddim", "guidance_scale": 2.0}'
+
+Draws ``--num-samples`` class-balanced samples (seed 0 + i) with the given call arguments, scores
+them with the shipped MNIST judge (class accuracy, domain Frechet distance), writes the numbers and
+the sampling settings into the card (``studio.json``), and replaces ``studio/weights/<name>``
+atomically (copy to a temporary folder, then rename). Refuses folders over the 25 MB budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from studio.hub import SHIPPED_DIR, load_pipeline, pipeline_dir, read_card, write_card  # noqa: E402
+from studio.metrics.evaluate import evaluate  # noqa: E402
+
+MAX_BYTES = 25 * 1024 * 1024
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def score(folder: Path, num_samples: int, sample_kwargs: dict, dataset: str) -> dict:
+    """Class accuracy and domain FD of ``num_samples`` balanced samples from the pipeline in ``folder``."""
+    pipe = load_pipeline(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    num_classes = pipe.num_classes
+    labels = [i % num_classes for i in range(num_samples)]
+    images = []
+    started = time.perf_counter()
+    for start in range(0, num_samples, 100):
+        batch = labels[start:start + 100]
+        out = pipe(class_labels=batch, seed=start, output_type="pt", **sample_kwargs)
+        images.append((out.images.clamp(0, 1) * 255).round().to(torch.uint8))
+    seconds = time.perf_counter() - started
+    result = evaluate(torch.cat(images), dataset, metrics="acc,dfd", class_labels=labels)
+    metrics = {k: round(float(v), 4) for k, v in result.metrics.items()}
+    return {**metrics, "num_samples": num_samples, "sampling": sample_kwargs,
+            "judge": "studio-classifier (shipped mnist-classifier)", "sample_seconds": round(seconds, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a run folder (or its pipeline folder)")
+    parser.add_argument("--name", required=True, help="shipped name, e.g. dit-mnist")
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--sample", default="{}", help="JSON of extra pipeline call arguments")
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--note", default="", help="free text for the card's 'status' field")
+    parser.add_argument("--reproduce", default="", help="the command a user runs to retrain it from scratch")
+    args = parser.parse_args(argv)
+    source = pipeline_dir(args.run)
+    if source is None:
+        raise SystemExit(f"error: no pipeline folder in {args.run}")
+    size = folder_bytes(source)
+    if size > MAX_BYTES:
+        raise SystemExit(f"error: {source} is {size / 1e6:.1f} MB, over the 25 MB budget")
+    sample_kwargs = json.loads(args.sample)
+    metrics = score(source, args.num_samples, sample_kwargs, args.dataset)
+
+    target = SHIPPED_DIR / args.name
+    staging = SHIPPED_DIR / f".{args.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    card = read_card(staging)
+    card["metrics"] = metrics
+    card["metrics_command"] = "python scripts/ship_weights.py " + " ".join(argv or sys.argv[1:])
+    card.pop("status", None)
+    if args.reproduce:
+        card["reproduce"] = args.reproduce
+    if args.note:
+        card["status"] = args.note
+    write_card(staging, card)
+    if target.exists():
+        old = SHIPPED_DIR / f".{args.name}.old"
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, target)
+    print(json.dumps({"shipped": str(target), "megabytes": round(size / 1e6, 2), **metrics}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
