@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from studio.cli import main
-from studio.hub import save_pipeline
+from studio.hub import load_pipeline, save_pipeline
 from tests.conftest import TINY_DIT_OVERRIDES, tiny_dit_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,3 +142,16 @@ def test_two_process_training_runs_and_checkpoints(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
     assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
     assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_gan_training_runs_and_checkpoints(tmp_path):
+    """BigGAN under DDP: two models, D frozen during the G step, per-process batch norm."""
+    result = _launch("train", "biggan", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
+                     str(tmp_path / "run"), "--checkpointing-steps", "3", "batch_size=8", "model.width=8",
+                     "model.z_dim=24", "num_sample_images=4", "sample_every=0", cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
+    assert (checkpoint / "random_states_1.pkl").is_file() and (checkpoint / "model_1.safetensors").is_file()
+    pipe = load_pipeline(str(tmp_path / "run"))
+    assert np.isfinite(np.asarray(pipe(class_labels=[1, 2], output_type="np").images)).all()
