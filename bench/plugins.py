@@ -273,14 +273,15 @@ def paired_speedup(baseline: list[float], method: list[float]) -> float:
 
 
 def run_once(
-    pipe: StudioDiTPipeline, method: Method, args: argparse.Namespace, count_work: bool = False
+    pipe: StudioDiTPipeline, method: Method, args: argparse.Namespace, count_work: bool = False,
+    num_images: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     with ExitStack() as stack:
         stack.enter_context(method.enable(pipe))
         work = BlockWork(pipe.transformer) if count_work else None
         cpu_started = time.process_time()
         output = pipe(
-            num_images=args.images,
+            num_images=num_images or args.images,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             seed=args.seed,
@@ -310,7 +311,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     reference, base_macs = None, None
     for method in methods:  # pass 1: warm-up, images, stats, work
         try:
-            images, info = run_once(pipe, method, args, count_work=True)
+            images, info = run_once(pipe, method, args, count_work=True, num_images=args.quality_images)
         except Exception as exc:  # noqa: BLE001  (a diffusers hook that does not fit this model)
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             reason = f"not applicable: {type(exc).__name__}: {message}" + (
@@ -355,6 +356,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "scheduler": "ddim",
             "steps": args.steps,
             "images": args.images,
+            "quality_images": args.quality_images or args.images,
             "guidance": args.guidance,
             "seed": args.seed,
             "repeats": args.repeats,
@@ -406,7 +408,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"{2 * setup['images']} rows), seeds {setup['seed']}+i, {setup['sample_size']} px / patch "
             f"{setup['patch_size']}, depth {setup['depth']}, width {setup['width']}; {setup['threads']} torch "
             f"thread(s), median of {setup['repeats']} timed round-robin runs; load average at the end "
-            f"{report['machine']['loadavg_end']}."
+            f"{report['machine']['loadavg_end']}. Quality columns: the untimed first pass of "
+            f"{setup.get('quality_images', setup['images'])} images per method."
         ),
         "",
         (
@@ -484,6 +487,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--quality-images", type=int, default=None,
+                        help="images of the untimed first pass, scored for quality (default: --images)")
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)

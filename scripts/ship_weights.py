@@ -28,6 +28,8 @@ from studio.hub import SHIPPED_DIR, load_pipeline, pipeline_dir, read_card, writ
 from studio.metrics.evaluate import evaluate  # noqa: E402
 
 MAX_BYTES = 25 * 1024 * 1024
+SAMPLING_DEFAULTS = {"num_inference_steps": "sample_steps", "scheduler": "sample_scheduler",
+                     "guidance_scale": "sample_guidance_scale"}  # pipeline argument -> card config field
 
 
 def folder_bytes(folder: Path) -> int:
@@ -82,6 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     card.pop("status", None)
     if args.reproduce:
         card["reproduce"] = args.reproduce
+    # the settings the metrics were measured with become the app's defaults for this model
+    model_settings = card.setdefault("config", {}).setdefault("model", {})
+    for call_key, card_key in SAMPLING_DEFAULTS.items():
+        if call_key in sample_kwargs:
+            model_settings[card_key] = sample_kwargs[call_key]
     if args.note:
         card["status"] = args.note
     write_card(staging, card)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from studio.errors import ConfigError, StudioError
@@ -183,6 +184,44 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- bench
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+def bench_names() -> list[str]:
+    """The benchmark scripts of a source checkout (``bench/<name>.py``), empty for a wheel install."""
+    if not BENCH_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in BENCH_DIR.glob("*.py") if p.stem != "report")
+
+
+def add_bench_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="run a benchmark from bench/ (JSON + markdown table in bench/results)",
+        description="Run bench/NAME.py with the remaining arguments, e.g. "
+                    "`studio bench plugins --checkpoint dit-mnist --repeats 3`.")
+    parser.add_argument("name", help="benchmark name: " + (", ".join(bench_names()) or "none found"))
+    parser.add_argument("arguments", nargs=argparse.REMAINDER, help="passed to the benchmark script")
+    parser.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    names = bench_names()
+    if args.name not in names:
+        where = f"known: {', '.join(names)}" if names else f"no bench/ folder next to the package ({BENCH_DIR})"
+        raise StudioError(f"unknown benchmark {args.name!r} ({where})")
+    script = BENCH_DIR / f"{args.name}.py"
+    saved_argv = sys.argv
+    sys.argv = [str(script), *args.arguments]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="studio", description="Train, sample, accelerate and evaluate image generators.")
@@ -190,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(subparsers)
     add_sample_parser(subparsers)
     add_models_parser(subparsers)
+    add_bench_parser(subparsers)
     from studio.metrics.command import add_parser as add_eval_parser
 
     add_eval_parser(subparsers)

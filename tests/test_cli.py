@@ -155,3 +155,11 @@ def test_two_process_gan_training_runs_and_checkpoints(tmp_path):
     assert (checkpoint / "random_states_1.pkl").is_file() and (checkpoint / "model_1.safetensors").is_file()
     pipe = load_pipeline(str(tmp_path / "run"))
     assert np.isfinite(np.asarray(pipe(class_labels=[1, 2], output_type="np").images)).all()
+
+
+def test_bench_runs_a_bench_script_and_names_unknown_ones(capsys):
+    assert_one_line_error(*run_cli("bench", "nope", capsys=capsys)[::2], "unknown benchmark 'nope'", "plugins")
+    with pytest.raises(SystemExit) as exit_info:  # argparse of bench/plugins.py itself
+        main(["bench", "plugins", "--help"])
+    assert exit_info.value.code == 0
+    assert "--quality-images" in capsys.readouterr().out
