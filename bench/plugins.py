@@ -405,7 +405,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         (
             f"DDIM {setup['steps']} steps, {setup['images']} images (CFG {setup['guidance']}, batch "
-            f"{2 * setup['images']} rows), seeds {setup['seed']}+i, {setup['sample_size']} px / patch "
+            f"{(2 if setup['guidance'] != 1.0 else 1) * setup['images']} rows), seeds {setup['seed']}+i, {setup['sample_size']} px / patch "
             f"{setup['patch_size']}, depth {setup['depth']}, width {setup['width']}; {setup['threads']} torch "
             f"thread(s), median of {setup['repeats']} timed round-robin runs; load average at the end "
             f"{report['machine']['loadavg_end']}. Quality columns: the untimed first pass of "

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -115,12 +116,23 @@ def test_corrupt_checkpoint_is_named(checkpoint, tmp_path, capsys):
     assert_one_line_error(code, err, "cannot load checkpoint")
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """2-process CPU launch on a free rendezvous port (29500 may be held by another job)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "studio.cli", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+               "--main_process_port", str(_free_port()), "-m", "studio.cli", *args]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:  # the workers' own errors come first; the launcher's summary last
+        errors = [line for line in result.stderr.splitlines() if "Error" in line or "error:" in line]
+        result.stderr = "\n".join(errors[:20]) + "\n...\n" + result.stderr[-1000:]
+    return result
 
 
 @pytest.mark.slow
