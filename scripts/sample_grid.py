@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from studio.hub import load_pipeline  # noqa: E402
-from studio.pipelines.record import make_grid, save_png  # noqa: E402
+from studio.hub import load_pipeline
+from studio.pipelines.record import make_grid, save_png
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,8 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from studio.hub import SHIPPED_DIR, load_pipeline, pipeline_dir, read_card, write_card  # noqa: E402
-from studio.metrics.evaluate import evaluate  # noqa: E402
+from studio.hub import SHIPPED_DIR, load_pipeline, pipeline_dir, read_card, write_card
+from studio.metrics.evaluate import evaluate
 
 MAX_BYTES = 25 * 1024 * 1024
 SAMPLING_DEFAULTS = {"num_inference_steps": "sample_steps", "scheduler": "sample_scheduler",

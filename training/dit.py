@@ -19,7 +19,6 @@ from studio.models.dit import DiTConfig, build_dit, drop_labels
 from studio.pipelines.dit import StudioDiTPipeline
 from training.family import Family, register_family
 
-
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
