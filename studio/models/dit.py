@@ -3,12 +3,11 @@
 diffusers' DiT differs from the paper's in three ways that matter for training (spec 5.3); we
 fix them after construction instead of forking the class, so checkpoints stay plain diffusers:
 
-1. no DiT init: every layer keeps PyTorch's default init. Worst, the class tables are N(0, 1)
-   (norm ~ sqrt(width)) while the timestep embedding has norm ~1, so the conditioning vector is
-   almost all class noise and the model learns the timestep slowly (measured: 17% class accuracy
-   after 1,000 MNIST steps). `initialize_weights` applies the paper's init: xavier linears and
-   patch projection, N(0, 0.02) class tables and timestep MLPs, and adaLN-Zero (modulation
-   linears and the output projection zeroed, so every block is the identity at init).
+1. no DiT init: every layer keeps PyTorch's default init; the class tables are N(0, 1)
+   (norm ~ sqrt(width)) while the timestep embedding has norm ~1, so at init the conditioning
+   vector is almost all class noise. `initialize_weights` applies the paper's init: xavier
+   linears and patch projection, N(0, 0.02) class tables and timestep MLPs, and adaLN-Zero
+   (modulation linears and the output projection zeroed, so every block is the identity at init).
 2. label dropout is drawn independently in every block (and the final layer) in train mode, so no
    example is ever fully unconditional. `disable_internal_label_dropout` sets it to 0; studio drops
    labels once, outside the model (`drop_labels`), replacing them by the null class K.
