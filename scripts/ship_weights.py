@@ -1,12 +1,15 @@
 """Ship a trained run as a default checkpoint: score it, write its model card, copy it into the package.
 
     python scripts/ship_weights.py runs/dit-mnist-small --name dit-mnist \\
-        --sample '{"num_inference_steps": 50, "scheduler": "ddim", "guidance_scale": 2.0}'
+        --sample '{"num_inference_steps": 50, "scheduler": "ddim", "guidance_scale": 1.0}'
+    python scripts/ship_weights.py runs/dit-mnist-small --score-only --num-samples 200 \\
+        --sample '{"num_inference_steps": 50, "scheduler": "ddim", "guidance_scale": 1.5}'
 
 Draws ``--num-samples`` class-balanced samples (seed 0 + i) with the given call arguments, scores
 them with the shipped MNIST judge (class accuracy, domain Frechet distance), writes the numbers and
 the sampling settings into the card (``studio.json``), and replaces ``studio/weights/<name>``
 atomically (copy to a temporary folder, then rename). Refuses folders over the 25 MB budget.
+``--score-only`` prints the scores and ships nothing (how recipes and guidance scales are compared).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -26,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from studio.hub import SHIPPED_DIR, load_pipeline, pipeline_dir, read_card, write_card
 from studio.metrics.evaluate import evaluate
+from studio.metrics.samples import to_uint8
 
 MAX_BYTES = 25 * 1024 * 1024
 SAMPLING_DEFAULTS = {"num_inference_steps": "sample_steps", "scheduler": "sample_scheduler",
@@ -47,18 +52,20 @@ def score(folder: Path, num_samples: int, sample_kwargs: dict, dataset: str) -> 
     for start in range(0, num_samples, 100):
         batch = labels[start:start + 100]
         out = pipe(class_labels=batch, seed=start, output_type="pt", **sample_kwargs)
-        images.append((out.images.clamp(0, 1) * 255).round().to(torch.uint8))
+        images.append(to_uint8(out.images, value_range=(0.0, 1.0)))
     seconds = time.perf_counter() - started
     result = evaluate(torch.cat(images), dataset, metrics="acc,dfd", class_labels=labels)
     metrics = {k: round(float(v), 4) for k, v in result.metrics.items()}
     return {**metrics, "num_samples": num_samples, "sampling": sample_kwargs,
-            "judge": "studio-classifier (shipped mnist-classifier)", "sample_seconds": round(seconds, 1)}
+            "judge": result.settings.get("classifier"), "sample_seconds": round(seconds, 1)}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a run folder (or its pipeline folder)")
-    parser.add_argument("--name", required=True, help="shipped name, e.g. dit-mnist")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--name", help="shipped name, e.g. dit-mnist")
+    target.add_argument("--score-only", action="store_true", help="print the scores, ship nothing")
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--sample", default="{}", help="JSON of extra pipeline call arguments")
     parser.add_argument("--dataset", default="mnist")
@@ -73,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {source} is {size / 1e6:.1f} MB, over the 25 MB budget")
     sample_kwargs = json.loads(args.sample)
     metrics = score(source, args.num_samples, sample_kwargs, args.dataset)
+    if args.score_only:
+        print(json.dumps(metrics, indent=2, default=str))
+        return
 
     target = SHIPPED_DIR / args.name
     staging = SHIPPED_DIR / f".{args.name}.tmp"
@@ -80,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     shutil.copytree(source, staging)
     card = read_card(staging)
     card["metrics"] = metrics
-    card["metrics_command"] = "python scripts/ship_weights.py " + " ".join(argv or sys.argv[1:])
+    card["metrics_command"] = "python scripts/ship_weights.py " + shlex.join(argv or sys.argv[1:])
     card.pop("status", None)
     if args.reproduce:
         card["reproduce"] = args.reproduce
@@ -99,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(old)
     else:
         os.replace(staging, target)
-    print(json.dumps({"shipped": str(target), "megabytes": round(size / 1e6, 2), **metrics}, indent=2))
+    print(json.dumps({"shipped": str(target), "megabytes": round(size / 1e6, 2), **metrics}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def _launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "studio.cli", *args]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:  # the workers' own errors come first; the launcher's summary last
         errors = [line for line in result.stderr.splitlines() if "Error" in line or "error:" in line]
         result.stderr = "\n".join(errors[:20]) + "\n...\n" + result.stderr[-1000:]
@@ -139,7 +139,7 @@ def _launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_two_process_sampling_shards_and_matches_one_process(checkpoint, tmp_path, capsys):
     common = ["--num-images", "10", "--batch-size", "3", "--steps", "2", "--class-labels", "0,1,2"]
     result = _launch("sample", str(checkpoint), "--out", str(tmp_path / "two"), *common, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr
     assert result.stderr.count("sampling (process 1)") > 0  # the second process really sampled
     assert run_cli("sample", checkpoint, "--out", tmp_path / "one", *common, capsys=capsys)[0] == 0
     two, one = np.load(tmp_path / "two" / "samples.npz"), np.load(tmp_path / "one" / "samples.npz")
@@ -150,7 +150,7 @@ def test_two_process_sampling_shards_and_matches_one_process(checkpoint, tmp_pat
 def test_two_process_training_runs_and_checkpoints(tmp_path):
     result = _launch("train", "dit", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
                      str(tmp_path / "run"), "--checkpointing-steps", "3", *TINY_DIT_OVERRIDES, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr
     checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
     assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
     assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
@@ -162,7 +162,7 @@ def test_two_process_gan_training_runs_and_checkpoints(tmp_path):
     result = _launch("train", "biggan", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
                      str(tmp_path / "run"), "--checkpointing-steps", "3", "batch_size=8", "model.width=8",
                      "model.z_dim=24", "num_sample_images=4", "sample_every=0", cwd=REPO)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr
     checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
     assert (checkpoint / "random_states_1.pkl").is_file() and (checkpoint / "model_1.safetensors").is_file()
     pipe = load_pipeline(str(tmp_path / "run"))
