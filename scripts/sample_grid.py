@@ -2,7 +2,7 @@
 
     python scripts/sample_grid.py biggan-mnist docs/images/biggan-mnist-small.png
     python scripts/sample_grid.py dit-mnist docs/images/dit-mnist-small.png \\
-        --call '{"num_inference_steps": 50, "scheduler": "ddim", "guidance_scale": 2.0}'
+        --call '{"num_inference_steps": 50, "scheduler": "ddim", "guidance_scale": 1.0}'
 
 The PNG carries the generation record like every studio sample.
 """

@@ -45,6 +45,22 @@ def test_v_prediction_and_min_snr_objectives_train_and_sample(tmp_path, objectiv
     assert torch.isfinite(image).all()
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_follow_the_formula(prediction_type):
+    config = load_config("dit", get_family("dit").config_class, "mnist-tiny",
+                         ["model.snr_gamma=5", f"model.prediction_type={prediction_type}"])
+    family = get_family("dit")(config, _mnist_info())
+    timesteps = torch.tensor([0, 200, 500, 999])
+    target = torch.zeros(4, 1, 2, 2)
+    prediction = torch.ones(4, 1, 2, 2)  # per-example MSE 1, so the loss is the mean weight
+    alphas = family.noise_scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    denominator = snr + 1 if prediction_type == "v_prediction" else snr
+    expected = (torch.clamp(snr, max=5.0) / denominator).mean()
+    assert torch.allclose(family.weighted_mse(prediction, target, timesteps), expected)
+    assert expected < 1.0  # the low-noise steps (SNR > 5) really are down-weighted
+
+
 def _state(run_dir):
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     weights = load_file(str(checkpoint / "model.safetensors"))

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 from torch import nn
 
 from studio.errors import ConfigError
@@ -98,8 +99,7 @@ class DiTFamily(Family):
         if gamma <= 0:
             return F.mse_loss(prediction, target)
         per_example = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
-        alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-        snr = alphas_cumprod / (1.0 - alphas_cumprod)
+        snr = compute_snr(self.noise_scheduler, timesteps)
         denominator = snr + 1.0 if self.config.model.prediction_type == "v_prediction" else snr
         weights = torch.clamp(snr, max=gamma) / denominator
         return (weights * per_example).mean()
