@@ -13,9 +13,11 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
+from diffusers.optimization import get_scheduler
 from torch import nn
+from torch.utils.data import Dataset
 
-from studio.data import DatasetInfo
+from studio.data import DatasetInfo, build_dataset
 from studio.errors import ConfigError
 from training.config import TrainConfig, available_presets
 
@@ -59,6 +61,15 @@ class Family(ABC):
         self.config = config
         self.info = info
 
+    @classmethod
+    def training_data(cls, config: TrainConfig) -> Dataset:
+        """The training set: items are dicts of tensors, ``.info`` a `DatasetInfo`.
+
+        Default: the train split of ``config.data``. Families that learn from something other than
+        images (DSNO: a teacher's trajectories) override it.
+        """
+        return build_dataset(config.data, "train")
+
     @abstractmethod
     def build_models(self) -> dict[str, nn.Module]:
         """The trainable networks, by name (e.g. ``{"transformer": dit}``)."""
@@ -78,6 +89,14 @@ class Family(ABC):
     @abstractmethod
     def make_pipeline(self, models: dict[str, nn.Module]) -> Any:
         """A sampling pipeline (a studio `DiffusionPipeline`) over ``models`` (EMA copies when on)."""
+
+    def lr_schedules(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+        """One LR schedule per optimizer, stepped after every optimizer step (and checkpointed).
+
+        Default: linear warm-up over ``optim.warmup_steps``, then constant.
+        """
+        return {name: get_scheduler("constant_with_warmup", opt, num_warmup_steps=self.config.optim.warmup_steps)
+                for name, opt in optimizers.items()}
 
     def sample_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the pipeline call that draws the training sample grids."""

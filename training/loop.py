@@ -20,10 +20,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from studio.data import build_dataset
 from studio.errors import StudioError
 from studio.hub import save_pipeline
 from studio.pipelines.record import make_grid, png_info
@@ -164,14 +162,13 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
 
     # 1. data and networks (identical init on every process), then per-process randomness
     set_seed(config.seed)
-    dataset = build_dataset(config.data, "train")
+    dataset = family_cls.training_data(config)
     family = family_cls(config, dataset.info)
     models = family.build_models()
     for model in models.values():
         set_attention_backend(model, config.attention)
     optimizers = family.build_optimizers(models)
-    schedules = {name: get_scheduler("constant_with_warmup", opt, num_warmup_steps=config.optim.warmup_steps)
-                 for name, opt in optimizers.items()}
+    schedules = family.lr_schedules(optimizers)
     emas = {name: EMA(models[name], config.ema_decay, config.ema_start) for name in family.ema_targets
             if config.ema_decay > 0}
     stream = BatchStream(dataset, config.batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
