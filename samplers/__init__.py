@@ -1,4 +1,4 @@
-"""Fast-sampling plugins for studio's diffusion transformers: FORA and RAS.
+"""Fast-sampling plugins: FORA and RAS (diffusion transformers), Skip-Tuning and encoder propagation (UNets).
 
 One protocol for every plugin (design.md "The plugin protocol"): a config dataclass with safe
 defaults; ``apply(target, config) -> handle`` where target is a pipeline (studio or diffusers),
@@ -20,8 +20,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from samplers.base import PluginHandle, UnsupportedTargetError
+from samplers.encoder_propagation import EncPropConfig, apply_encoder_propagation
 from samplers.fora import FORAConfig, apply_fora
 from samplers.ras import RASConfig, apply_ras
+from samplers.skip_tuning import SkipTuningConfig, apply_skip_tuning
 from studio.errors import ConfigError
 
 LIST_SEPARATOR = "/"
@@ -78,6 +80,19 @@ register_plugin(
         "resets": "error_reset_steps",
         "starvation": "starvation_scale",
     },
+)
+
+register_plugin(
+    "skip_tuning",
+    SkipTuningConfig,
+    apply_skip_tuning,
+    {"top": "rho_top", "bottom": "rho_bottom", "level": "granularity", "window": "sigma_window"},
+)
+register_plugin(
+    "encprop",
+    EncPropConfig,
+    apply_encoder_propagation,
+    {"alpha": "inject_alpha", "tau": "inject_tau_frac", "chunk": "max_parallel"},
 )
 
 
@@ -177,13 +192,17 @@ def _scalar(text: str, kind: type) -> Any:
 
 __all__ = [
     "PLUGINS",
+    "EncPropConfig",
     "FORAConfig",
     "PluginHandle",
     "RASConfig",
+    "SkipTuningConfig",
     "UnsupportedTargetError",
     "apply",
+    "apply_encoder_propagation",
     "apply_fora",
     "apply_ras",
+    "apply_skip_tuning",
     "parse_plugin_spec",
     "plugin_keys",
     "plugin_names",

@@ -227,7 +227,12 @@ class LoopClock:
 
 
 class StepListener(Protocol):
-    """What a tap tells a plugin controller about the loop."""
+    """What a tap tells a plugin controller about the loop.
+
+    A listener may also define ``revise_step(args, kwargs, result) -> result``: it sees the
+    arguments and output of each ``scheduler.step`` and may return a replacement output
+    (encoder propagation adds prior noise to the next latent this way).
+    """
 
     def begin(self, num_steps: int | None) -> None: ...
 
@@ -264,6 +269,9 @@ class SchedulerTap:
             args, kwargs, model_output = self._filled(args, kwargs)
             result = original_step(*args, **kwargs)
             for listener in list(self.listeners):
+                revise = getattr(listener, "revise_step", None)  # optional: may replace the step's output
+                if revise is not None:
+                    result = revise(args, kwargs, result)
                 listener.after_step(model_output)
             return result
 
@@ -301,10 +309,10 @@ class SchedulerTap:
 @dataclass
 class Target:
     """What `resolve_target` found: the transformer, its layout, and what tells where the loop is
-    (a studio pipeline, a scheduler, or neither for a bare model)."""
+    (a studio pipeline, a scheduler, or neither for a bare model). UNet plugins have no layout."""
 
     model: nn.Module
-    layout: TransformerLayout
+    layout: TransformerLayout | None
     pipeline: Any = None
     scheduler: Any = None
 
