@@ -267,6 +267,38 @@ def domain_quality(images: torch.Tensor, labels: list[int] | None, reference: st
     return {name: round(value, 4) for name, value in result.metrics.items()}
 
 
+def correct_per_image(images: torch.Tensor, labels: list[int] | None, reference: str) -> list[bool] | None:
+    """Whether the shipped classifier of ``reference`` reads each [0, 1] image as its requested class."""
+    from studio.errors import StudioError
+    from studio.metrics.features import classifier_outputs, load_classifier, shipped_classifier_path
+
+    if labels is None:
+        return None
+    try:
+        classifier = load_classifier(shipped_classifier_path(reference))
+    except StudioError:
+        return None
+    logits, _ = classifier_outputs(classifier, (images * 255).round().to(torch.uint8))
+    return [bool(p == y) for p, y in zip(logits.argmax(axis=1), labels)]
+
+
+def paired_accuracy_change(correct: list[bool], baseline: list[bool]) -> dict[str, float]:
+    """Accuracy change vs the baseline on the same seeds, with a 95% normal interval of the paired mean.
+
+    Each seed gives d = correct - baseline in {-1, 0, 1}; pairing removes the seed-to-seed spread that
+    two independent accuracies would carry, so only images whose verdict flipped count.
+    """
+    diffs = [int(c) - int(b) for c, b in zip(correct, baseline)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    spread = statistics.stdev(diffs) if n > 1 else 0.0
+    return {
+        "accuracy_change": round(mean, 4),
+        "accuracy_change_ci95": round(1.96 * spread / n**0.5, 4),
+        "verdicts_flipped": sum(d != 0 for d in diffs),
+    }
+
+
 def paired_speedup(baseline: list[float], method: list[float]) -> float:
     """Median over rounds of baseline time / method time (pairs run back to back, so load drift cancels)."""
     return round(statistics.median(b / m for b, m in zip(baseline, method)), 3)
@@ -308,7 +340,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     pipe.set_progress_bar_config(disable=True)
     methods = [m for m in METHODS if not args.only or m.name in args.only or m.family == "baseline"]
     results: dict[str, dict[str, Any]] = {}
-    reference, base_macs = None, None
+    reference, base_macs, base_correct = None, None, None
     for method in methods:  # pass 1: warm-up, images, stats, work
         try:
             images, info = run_once(pipe, method, args, count_work=True, num_images=args.quality_images)
@@ -336,6 +368,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         }
         if args.reference != "none":
             results[method.name].update(domain_quality(images, info["class_labels"], args.reference))
+            correct = correct_per_image(images, info["class_labels"], args.reference)
+            base_correct = base_correct if base_correct is not None else correct
+            if correct is not None and base_correct is not None:
+                results[method.name].update(paired_accuracy_change(correct, base_correct))
         print(f"{method.name}: warm-up {info['denoise_s']:.2f}s", file=sys.stderr)
     for round_index in range(args.repeats):  # timed rounds, round-robin
         for method in methods:
@@ -421,27 +457,36 @@ def markdown(report: dict[str, Any]) -> str:
             "residual ops and the working set, so on a small CPU model it can exceed it. Output change is "
             "against the plain run with the same seeds, images in [0, 1]. Class accuracy (requested class, "
             f"shipped classifier) and domain FD (classifier features vs {setup['reference']} data) come "
-            "from studio.metrics; with few images they are coarse."
+            "from studio.metrics; with few images they are coarse. Δ acc is the paired change vs plain on the same "
+            "seeds (mean of correct - plain-correct per image, 95% normal interval)."
         ),
         "",
         (
             "| method | family | median s | speedup | CPU speedup | MAC bound | MACs done | mean abs diff | PSNR dB "
-            "| class acc | domain FD | notes |"
+            "| class acc | Δ acc (95% CI) | domain FD | notes |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in report["methods"].items():
         if not entry["applicable"]:
-            lines.append(f"| {name} | {entry['family']} |" + " – |" * 9 + f" {entry['reason']} |")
+            lines.append(f"| {name} | {entry['family']} |" + " – |" * 10 + f" {entry['reason']} |")
             continue
         notes = "; ".join(f"{k}: {_short(v)}" for k, v in entry["stats"].items())
         lines.append(
             f"| {name} | {entry['family']} | {entry['median_s']:.3f} | {entry['speedup']:.2f}x | "
             f"{entry['cpu_speedup']:.2f}x | {entry['ideal_speedup']:.2f}x | {entry['work_fraction']:.2f} | "
             f"{entry['mean_abs_diff']:.4f} | {entry['psnr_db']} | {entry.get('class_accuracy', '–')} | "
+            f"{_accuracy_change(entry)} | "
             f"{entry.get('domain_fd', '–')} | {notes} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _accuracy_change(entry: dict[str, Any]) -> str:
+    if "accuracy_change" not in entry:
+        return "–"
+    return (f"{100 * entry['accuracy_change']:+.1f} ± {100 * entry['accuracy_change_ci95']:.1f} pts "
+            f"({entry['verdicts_flipped']} flipped)")
 
 
 def _short(stats: dict[str, Any]) -> str:
