@@ -1,0 +1,120 @@
+"""ADM family: class-conditional UNet with learned variance, trained on the hybrid loss (IDDPM).
+
+One training step: x_t = q_sample(x_0, t, ε) with t uniform over all T steps, labels replaced by
+the null class K with probability ``p_uncond`` (so the same network serves classifier-free
+guidance), loss = L_simple + λ·L_vlb (`GaussianDiffusion.training_losses`, spec 4.2). With
+``classifier_path`` set to a trained ``adm_classifier`` run, the exported pipeline carries that
+noisy classifier, so sample grids (and the shipped folder) can use classifier guidance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler
+from torch import nn
+
+from studio.diffusion.gaussian import BETA_SCHEDULES, GaussianDiffusion
+from studio.diffusion.schedulers import make_scheduler
+from studio.errors import ConfigError
+from studio.models.adm import ADMConfig, build_adm_unet
+from studio.models.dit import drop_labels
+from studio.pipelines.adm import StudioADMPipeline, check_classifier, load_noisy_classifier
+from training.family import Family, register_family
+
+
+@dataclass
+class ADMTrainConfig:
+    """UNet shape and diffusion settings. ``network``'s sample_size, in_channels and num_classes
+    are taken from the data."""
+
+    network: ADMConfig = field(default_factory=ADMConfig)
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"  # squaredcos_cap_v2 (cosine) | linear
+    vlb_weight: float = 0.001  # λ of the hybrid loss (ignored without learned sigma)
+    p_uncond: float = 0.1  # label -> null class K, per example (classifier-free guidance)
+    classifier_path: str = ""  # a trained adm_classifier run to ship with the UNet ("" = none)
+    sample_steps: int = 50  # sample grids during training
+    sample_scheduler: str = "ddim"
+    sample_guidance_scale: float = 1.0
+    sample_classifier_scale: float = 0.0
+
+
+def diffusion_scheduler(num_train_timesteps: int, beta_schedule: str, learn_sigma: bool) -> DDPMScheduler:
+    """The `DDPMScheduler` saved with ADM pipelines: it records T, the β schedule and the variance type."""
+    if beta_schedule not in BETA_SCHEDULES:
+        raise ConfigError(f"unknown ADM beta_schedule {beta_schedule!r} (known: {', '.join(BETA_SCHEDULES)})")
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                         variance_type="learned_range" if learn_sigma else "fixed_small", clip_sample=True)
+
+
+@register_family
+class ADMFamily(Family):
+    name = "adm"
+    config_class = ADMTrainConfig
+    ema_targets = ("unet",)
+
+    def __init__(self, config: Any, info: Any):
+        super().__init__(config, info)
+        settings: ADMTrainConfig = config.model
+        if info.num_classes < 1:
+            raise ConfigError(f"the ADM family is class-conditional but dataset {info.name!r} has no classes")
+        if not 0.0 <= settings.p_uncond < 1.0:
+            raise ConfigError(f"ADM p_uncond must be in [0, 1), got {settings.p_uncond}")
+        if settings.vlb_weight < 0:
+            raise ConfigError(f"ADM vlb_weight must be >= 0, got {settings.vlb_weight}")
+        self.network = dataclasses.replace(settings.network, sample_size=info.image_size, in_channels=info.channels,
+                                           num_classes=info.num_classes)
+        self.network.validate()
+        self.noise_scheduler = diffusion_scheduler(settings.num_train_timesteps, settings.beta_schedule,
+                                                   self.network.learn_sigma)
+        self.diffusion = GaussianDiffusion.from_scheduler_config(self.noise_scheduler.config)
+        make_scheduler(settings.sample_scheduler, self.noise_scheduler.config)  # refuse unknown names now
+        self.classifier = load_noisy_classifier(settings.classifier_path) if settings.classifier_path else None
+        if settings.sample_classifier_scale > 0 and self.classifier is None:
+            raise ConfigError("model.sample_classifier_scale > 0 needs model.classifier_path (a trained "
+                              "adm_classifier run)")
+
+    def build_models(self) -> dict[str, nn.Module]:
+        unet = build_adm_unet(self.network)
+        if self.classifier is not None:
+            check_classifier(unet, self.noise_scheduler, self.classifier)
+        return {"unet": unet}
+
+    def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        return {"unet": self.adamw(models["unet"].parameters())}
+
+    def training_step(self, batch: dict[str, torch.Tensor], models: dict[str, nn.Module],
+                      optimizers: dict[str, torch.optim.Optimizer], accelerator: Any) -> dict[str, float]:
+        unet = models["unet"]
+        settings: ADMTrainConfig = self.config.model
+        images = batch["pixel_values"]
+        labels = drop_labels(batch["class_labels"], self.info.num_classes, settings.p_uncond)
+        timesteps = torch.randint(0, self.diffusion.num_timesteps, (images.shape[0],), device=images.device)
+        noise = torch.randn_like(images)
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return unet(x_t, t, class_labels=labels).sample
+
+        with accelerator.autocast():
+            terms = self.diffusion.training_losses(model_fn, images, timesteps, noise, settings.vlb_weight)
+        loss = terms["loss"].mean()
+        self.clip_and_step(loss, unet, optimizers["unet"], accelerator)
+        logs = {"loss": loss.detach().item(), "mse": terms["mse"].mean().item()}
+        if "vb" in terms:
+            logs["vb"] = terms["vb"].mean().item()
+        return logs
+
+    def make_pipeline(self, models: dict[str, nn.Module]) -> StudioADMPipeline:
+        unet = models["unet"]
+        classifier = self.classifier.to(unet.device).eval() if self.classifier is not None else None
+        return StudioADMPipeline(unet=unet, scheduler=self.noise_scheduler, classifier=classifier)
+
+    def sample_kwargs(self) -> dict[str, Any]:
+        settings: ADMTrainConfig = self.config.model
+        return {"num_inference_steps": settings.sample_steps, "scheduler": settings.sample_scheduler,
+                "guidance_scale": settings.sample_guidance_scale,
+                "classifier_scale": settings.sample_classifier_scale}
