@@ -3,6 +3,7 @@
     studio train FAMILY --preset NAME [KEY=VALUE ...]
     studio sample CHECKPOINT --num-images N --out DIR [--steps --scheduler --guidance-scale ...]
     studio models
+    studio distill-trajectories TEACHER --out DIR --pairs N [--teacher-steps 64 --slices 4 ...]
     studio eval SAMPLES --reference DATASET_OR_DIR --metrics fid,kid,pr,acc,is,mem
 
 User errors print one line (``error: ...``) and exit with status 2; a traceback means a bug.
@@ -129,7 +130,7 @@ def sample_call_kwargs(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
             family = getattr(pipe, "family", type(pipe).__name__)
             raise ConfigError(f"--{flag.replace('_', '-')} does not apply to {family} models")
         kwargs[name] = value
-    if "scheduler" in kwargs:
+    if "scheduler" in kwargs and not hasattr(pipe, "samplers"):  # score pipelines name their own samplers
         from studio.diffusion.schedulers import make_scheduler
 
         make_scheduler(kwargs["scheduler"], pipe.scheduler.config)  # refuse unknown names before sampling
@@ -184,6 +185,38 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- distill-trajectories
+def add_trajectories_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "distill-trajectories", help="record a teacher's DDIM trajectories for DSNO distillation",
+        description="Deterministic DDIM (eta 0) trajectories of a UNet teacher on the quadratic DSNO grid; resumable. "
+                    "Point `studio train dsno` at the folder with model.trajectories=DIR.")
+    parser.add_argument("teacher", help="shipped model name, run name, folder or hub id (a UNet2DModel pipeline)")
+    parser.add_argument("--out", required=True, help="trajectory folder")
+    parser.add_argument("--pairs", type=int, default=256, help="number of trajectories")
+    parser.add_argument("--teacher-steps", type=int, default=64, help="DDIM steps N")
+    parser.add_argument("--slices", type=int, default=4, help="recorded states M per trajectory")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="CFG scale (needs a null class unless 1)")
+    parser.add_argument("--seed", type=int, default=0, help="pair p uses noise seed + p")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda")
+    parser.set_defaults(func=run_trajectories)
+
+
+def run_trajectories(args: argparse.Namespace) -> int:
+    from studio.diffusion.trajectories import TrajectoryGrid, load_teacher, record_trajectories
+    from studio.runtime import resolve_device
+
+    if args.pairs < 1:
+        raise ConfigError(f"--pairs must be at least 1, got {args.pairs}")
+    teacher = load_teacher(args.teacher, device=str(resolve_device(args.device)))
+    grid = TrajectoryGrid.for_scheduler(teacher.scheduler, args.teacher_steps, args.slices)
+    folder = record_trajectories(teacher, grid, args.out, args.pairs, args.seed, args.guidance_scale, args.batch_size)
+    print(f"{args.pairs} trajectories of DDIM-{args.teacher_steps} (states after steps "
+          f"{', '.join(map(str, grid.record_steps))}) in {folder}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- bench
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
@@ -230,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_parser(subparsers)
     add_models_parser(subparsers)
     add_bench_parser(subparsers)
+    add_trajectories_parser(subparsers)
     from studio.metrics.command import add_parser as add_eval_parser
 
     add_eval_parser(subparsers)

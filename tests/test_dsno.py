@@ -1,0 +1,375 @@
+"""DSNO (spec 3.11): student equivalence and hooks, TimeConv, the trajectory recorder, loss weights,
+overfitting, guard rails, the one-call pipeline and the training family."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel, UNet2DModel
+
+from studio.diffusion.trajectories import (
+    TrajectoryDataset,
+    TrajectoryGrid,
+    ddim_trajectory,
+    initial_noise,
+    loss_weights,
+    record_steps,
+    record_trajectories,
+)
+from studio.errors import CheckpointError, ConfigError, DataError, StudioError
+from studio.hub import list_models, load_pipeline, save_pipeline
+from studio.models.dsno import DSNOStudent, TimeConv, hook_points, teacher_fingerprint
+from studio.pipelines.dsno import StudioDSNOPipeline
+from training.dsno import random_teacher
+
+TIMES = [525, 225, 45, 0]
+ABARS = [0.4, 0.8, 0.97, 1.0]
+
+
+# ---------------------------------------------------------------------------- tiny models
+def tiny_unet2d(seed: int = 0) -> UNet2DModel:
+    """3 levels, 2 layers per block, attention in the middle level, learned-σ output, 10 classes + null."""
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=2, block_out_channels=(8, 16, 16), layers_per_block=2,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                       attention_head_dim=8, num_class_embeds=11).eval()
+
+
+def tiny_unet_condition(seed: int = 0) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8,
+                                cross_attention_dim=8, attention_head_dim=8).eval()
+
+
+def student_of(unet, **settings) -> DSNOStudent:
+    settings = {"timesteps": TIMES, "alphas_cumprod": ABARS, "alpha_cumprod_start": 0.01, **settings}
+    return DSNOStudent.from_teacher(unet, **settings).eval()
+
+
+def teacher_call(unet, x, t, y=None, context=None):
+    t = torch.full((x.shape[0],), t)
+    if context is not None:
+        return unet(x, t, encoder_hidden_states=context).sample
+    return unet(x, t, class_labels=y).sample
+
+
+@pytest.fixture
+def teacher():
+    return random_teacher(8, 1, 10, [8, 8], seed=0)
+
+
+# ---------------------------------------------------------------------------- 1. equivalence
+@pytest.mark.parametrize("kind", ["unet2d", "condition"])
+def test_zero_init_student_slices_equal_the_teacher_and_the_teacher_is_untouched(kind):
+    unet = tiny_unet2d() if kind == "unet2d" else tiny_unet_condition()
+    x = torch.randn(3, 1, 8, 8)
+    y = torch.tensor([1, 5, 9]) if kind == "unet2d" else None
+    context = torch.randn(3, 4, 8) if kind == "condition" else None
+    with torch.no_grad():
+        before = [teacher_call(unet, x, t, y, context) for t in TIMES]
+        student = student_of(unet, init="zero", output_param="state")
+        raw = student.raw(x, y, context)
+        after = [teacher_call(unet, x, t, y, context) for t in TIMES]
+    assert raw.shape == (3, 4, unet.config.out_channels, 8, 8)
+    for m, t in enumerate(TIMES):
+        torch.testing.assert_close(raw[:, m], before[m], atol=1e-5, rtol=0)
+        assert torch.equal(before[m], after[m])
+    assert not any(mod._forward_hooks for mod in unet.modules())
+
+
+def test_gradients_reach_every_temporal_layer_from_zero_init():
+    student = student_of(tiny_unet2d(), init="zero").train()
+    student(torch.randn(2, 1, 8, 8), torch.tensor([0, 1])).square().mean().backward()
+    assert all(tc.weight.grad is not None and tc.weight.grad.abs().sum() > 0 for tc in student.tconvs)
+
+
+# ---------------------------------------------------------------------------- 2. shapes, hooks, save/load
+@pytest.mark.parametrize("kind", ["unet2d", "condition"])
+def test_shapes_hook_count_and_save_load_round_trip(kind, tmp_path):
+    unet = tiny_unet2d() if kind == "unet2d" else tiny_unet_condition()
+    student = student_of(unet)
+    layers = unet.config.layers_per_block
+    levels = len(unet.config.block_out_channels)
+    assert student.num_hooks == levels * layers + levels * (layers + 1) + 1  # down + up + mid
+    assert len(hook_points(unet)) == student.num_hooks
+    x = torch.randn(2, 1, 8, 8)
+    kwargs = {"class_labels": torch.tensor([3, 4])} if kind == "unet2d" else {
+        "encoder_hidden_states": torch.randn(2, 4, 8)}
+    with torch.no_grad():
+        states = student(x, **kwargs)
+    assert states.shape == (2, 4, 1, 8, 8)
+    student.save_pretrained(tmp_path / "student")
+    loaded = DSNOStudent.from_pretrained(tmp_path / "student").eval()
+    assert loaded.num_hooks == student.num_hooks
+    with torch.no_grad():
+        assert torch.equal(loaded(x, **kwargs), states)
+
+
+def test_ema_style_deep_copy_hooks_its_own_temporal_layers():
+    import copy
+
+    student = student_of(tiny_unet2d(), init="zero")
+    shadow = copy.deepcopy(student)
+    x, y = torch.randn(1, 1, 8, 8), torch.tensor([2])
+    with torch.no_grad():
+        shadow.tconvs[3].weight.fill_(0.5)
+        assert not torch.equal(shadow(x, y), student(x, y))
+        assert torch.equal(student(x, y), student_of(tiny_unet2d(), init="zero")(x, y))
+
+
+# ---------------------------------------------------------------------------- 3. TimeConv
+def test_time_constant_input_only_uses_mode_zero():
+    layer = TimeConv(channels=3, num_slices=4, modes=2)
+    u = torch.randn(2, 1, 3, 5, 5).expand(2, 4, 3, 5, 5).contiguous()
+    out = layer(u)
+    with torch.no_grad():
+        layer.weight[:, :, 1:] = 0
+    torch.testing.assert_close(layer(u), out, atol=1e-6, rtol=0)
+
+
+def test_impulse_spreads_to_other_slices_iff_weights_are_nonzero():
+    u = torch.zeros(1, 4, 2, 3, 3)
+    u[:, 0] = torch.rand(2, 3, 3) + 0.5
+    mixing = TimeConv(channels=2, num_slices=4, modes=2)
+    assert (mixing(u)[:, 1:] - u[:, 1:]).abs().max() > 1e-4
+    identity = TimeConv(channels=2, num_slices=4, modes=2, init="zero")
+    assert torch.equal(identity(u), u)
+
+
+def test_too_many_modes_are_refused():
+    with pytest.raises(ConfigError, match="modes"):
+        TimeConv(channels=2, num_slices=4, modes=4)
+
+
+# ---------------------------------------------------------------------------- 4. recorder
+def test_record_grid_is_quadratic_and_matches_ddim():
+    assert record_steps(64, 4) == [28, 48, 60, 64]
+    grid = TrajectoryGrid.for_scheduler(DDIMScheduler(num_train_timesteps=1000), 64, 4)
+    # leading spacing: timesteps 945, 930, ..., 0; state after s steps sits at timesteps[s]; the last at 0
+    assert grid.timesteps == (525, 225, 45, 0) and grid.start_timestep == 945
+    assert grid.alphas_cumprod[-1] == 1.0
+    with pytest.raises(ConfigError, match="too few"):
+        record_steps(3, 4)
+
+
+def test_recorder_is_deterministic_and_ends_at_the_plain_ddim_sample(teacher):
+    grid = TrajectoryGrid.for_scheduler(teacher.scheduler, 16, 4)
+    x_T, y = initial_noise(range(3), (1, 8, 8), seed=5), torch.tensor([0, 1, 2])
+    first = ddim_trajectory(teacher, grid, x_T, y, guidance_scale=2.0)
+    assert torch.equal(first, ddim_trajectory(teacher, grid, x_T, y, guidance_scale=2.0))
+    assert first.shape == (3, 5, 1, 8, 8) and torch.equal(first[:, 0], x_T)
+    scheduler = DDIMScheduler.from_config(teacher.scheduler.config)
+    scheduler.set_timesteps(16)
+    x, kept = x_T.clone(), []
+    for s, t in enumerate(scheduler.timesteps):
+        with torch.no_grad():
+            cond = teacher.unet(x, t.expand(3), class_labels=y).sample
+            uncond = teacher.unet(x, t.expand(3), class_labels=torch.full_like(y, 10)).sample
+        x = scheduler.step(uncond + 2.0 * (cond - uncond), t, x, eta=0.0).prev_sample
+        if s + 1 in grid.record_steps:
+            kept.append(x)
+    torch.testing.assert_close(first[:, -1], x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(first[:, 1:], torch.stack(kept, 1), atol=1e-5, rtol=0)
+
+
+def test_recorded_folder_is_resumable_and_identical(teacher, tmp_path, monkeypatch):
+    from studio.diffusion import trajectories
+
+    grid = TrajectoryGrid.for_scheduler(teacher.scheduler, 16, 4)
+    whole = record_trajectories(teacher, grid, tmp_path / "whole", 10, seed=1, batch_size=4, progress=False)
+    real, calls = trajectories.ddim_trajectory, []
+
+    def crash_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trajectories, "ddim_trajectory", crash_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        record_trajectories(teacher, grid, tmp_path / "resumed", 10, seed=1, batch_size=4, progress=False)
+    assert not (tmp_path / "resumed").exists() and (tmp_path / "resumed.partial").is_dir()
+    monkeypatch.setattr(trajectories, "ddim_trajectory", real)
+    resumed = record_trajectories(teacher, grid, tmp_path / "resumed", 10, seed=1, batch_size=4, progress=False)
+    assert np.array_equal(np.load(whole / "states.npy"), np.load(resumed / "states.npy"))
+    meta = json.loads((resumed / "meta.json").read_text())
+    assert meta["record_steps"] == [7, 12, 15, 16] and meta["teacher_hash"] == teacher_fingerprint(
+        teacher.unet, dict(teacher.scheduler.config))
+    item = TrajectoryDataset(resumed, "train", holdout_fraction=0.2)[0]
+    assert item["noise"].shape == (1, 8, 8) and item["states"].shape == (4, 1, 8, 8)
+    assert len(TrajectoryDataset(resumed, "val", holdout_fraction=0.2)) == 2
+    with pytest.raises(DataError, match="other settings"):
+        record_trajectories(teacher, grid, resumed, 10, seed=2, batch_size=4, progress=False)
+
+
+def test_unguidable_teacher_is_refused(teacher):
+    teacher.null_class = None
+    grid = TrajectoryGrid.for_scheduler(teacher.scheduler, 16, 4)
+    with pytest.raises(ConfigError, match="no null class"):
+        ddim_trajectory(teacher, grid, torch.randn(1, 1, 8, 8), torch.tensor([0]), guidance_scale=3.0)
+
+
+# ---------------------------------------------------------------------------- 5. weights, x0_ddim
+def test_loss_weights_follow_the_closed_form():
+    abar = [0.2, 0.5, 0.99, 1.0]
+    expected = [1.0, 1.0, (0.99 / 0.01) ** 0.5, 1e4]  # clamp(sqrt(abar / (1 - abar)), 1, 1e4)
+    torch.testing.assert_close(loss_weights(abar), torch.tensor(expected))
+    assert torch.equal(loss_weights(abar, "uniform"), torch.ones(4))
+    with pytest.raises(ConfigError, match="weighting"):
+        loss_weights(abar, "lpips")
+
+
+def test_x0_ddim_states_are_x_T_at_T_and_x0_at_alpha_one():
+    student = student_of(tiny_unet2d(), alphas_cumprod=[0.01, 0.5, 0.9, 1.0], alpha_cumprod_start=0.01)
+    x_T, x0 = torch.randn(2, 1, 8, 8), torch.randn(2, 4, 1, 8, 8)
+    states = student.states_from_x0(x0, x_T)
+    torch.testing.assert_close(states[:, 0], x_T, atol=1e-6, rtol=0)
+    torch.testing.assert_close(states[:, -1], x0[:, -1], atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------- 6. overfit
+def test_student_overfits_16_pairs(teacher):
+    """16 pairs, Adam 2e-3: the weighted L1 falls by >= 10x (reached by ~50 steps; 100 run, for CI time)."""
+    torch.manual_seed(0)
+    grid = TrajectoryGrid.for_scheduler(teacher.scheduler, 16, 4)
+    x_T, y = initial_noise(range(16), (1, 8, 8), seed=0), torch.arange(16) % 10
+    target = ddim_trajectory(teacher, grid, x_T, y)[:, 1:]
+    student = DSNOStudent.from_teacher(teacher.unet, timesteps=list(grid.timesteps),
+                                       alphas_cumprod=list(grid.alphas_cumprod),
+                                       alpha_cumprod_start=grid.alpha_cumprod_start).train()
+    weights = loss_weights(grid.alphas_cumprod)
+    optimizer = torch.optim.Adam(student.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(100):
+        loss = (weights * (student(x_T, y) - target).abs().mean(dim=(0, 2, 3, 4))).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) / 10, (losses[:5], losses[-5:])
+
+
+# ---------------------------------------------------------------------------- 7. guard rails
+def test_a_student_refuses_other_grids_teachers_and_load_overrides(tmp_path):
+    student = student_of(tiny_unet2d(), teacher_hash="abc", guidance_scale=2.0)
+    student.check_compatible(num_slices=4, timesteps=TIMES, teacher_hash="abc", guidance_scale=2.0)
+    for bad in ({"num_slices": 8}, {"timesteps": [500, 200, 40, 0]}, {"teacher_hash": "xyz"}, {"guidance_scale": 1.0}):
+        with pytest.raises(CheckpointError, match=next(iter(bad))):
+            student.check_compatible(**bad)
+    student.save_pretrained(tmp_path / "s")
+    with pytest.raises(CheckpointError, match="fixed by its distillation"):
+        DSNOStudent.from_pretrained(tmp_path / "s", num_slices=8)
+    with pytest.raises(ConfigError, match="grid mismatch"):
+        student_of(tiny_unet2d(), timesteps=[500, 0])
+
+
+def test_teacher_fingerprint_changes_with_weights():
+    unet = tiny_unet2d()
+    before = teacher_fingerprint(unet)
+    with torch.no_grad():
+        unet.conv_out.bias.add_(1e-3)
+    assert teacher_fingerprint(unet) != before
+
+
+# ---------------------------------------------------------------------------- pipeline
+@pytest.fixture
+def dsno_pipe(teacher):
+    grid = TrajectoryGrid.for_scheduler(teacher.scheduler, 16, 4)
+    student = DSNOStudent.from_teacher(teacher.unet, timesteps=list(grid.timesteps),
+                                       alphas_cumprod=list(grid.alphas_cumprod),
+                                       alpha_cumprod_start=grid.alpha_cumprod_start, teacher="random",
+                                       teacher_steps=16, guidance_scale=2.0, num_classes=10).eval()
+    pipe = StudioDSNOPipeline(student=student)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_pipeline_outputs_record_and_batch_invariance(dsno_pipe):
+    out = dsno_pipe(num_images=3, class_labels=[1, 2, 3], seed=7, output_type="np")
+    assert out.images.shape == (3, 8, 8, 1) and 0 <= out.images.min() and out.images.max() <= 1
+    record = out.record
+    assert record.seeds == [7, 8, 9] and record.class_labels == [1, 2, 3] and record.family == "dsno"
+    assert record.steps == 1 and record.extra["nfe"] == 1 and record.guidance_scale == 2.0
+    assert record.extra["teacher_sampler"] == "ddim-16" and record.sampler == "dsno"
+    assert len(dsno_pipe(num_images=2, output_type="pil").images) == 2
+    many = dsno_pipe(num_images=11, class_labels=list(range(10)) + [0], seed=0, output_type="pt").images
+    one = dsno_pipe(num_images=1, class_labels=[9], seed=9, output_type="pt").images
+    assert torch.equal(many[9:10], one)
+
+
+def test_pipeline_image_is_the_students_last_state_for_the_recorded_noise(dsno_pipe):
+    image = dsno_pipe(class_labels=[4], seed=4, output_type="pt").images
+    x_T = initial_noise(range(4, 5), (1, 8, 8), seed=0)
+    with torch.no_grad():
+        last = dsno_pipe.student(x_T, torch.tensor([4]))[:, -1]
+    torch.testing.assert_close(image, (last / 2 + 0.5).clamp(0, 1), atol=1e-6, rtol=0)
+
+
+def test_pipeline_refuses_steps_and_guidance_it_was_not_trained_for(dsno_pipe):
+    with pytest.raises(StudioError, match="one network call"):
+        dsno_pipe(num_inference_steps=16)
+    with pytest.raises(StudioError, match="guidance scale 2.0"):
+        dsno_pipe(guidance_scale=4.0)
+    dsno_pipe(num_inference_steps=1, guidance_scale=2.0, output_type="np")
+    with pytest.raises(StudioError, match="out of range"):
+        dsno_pipe(class_labels=[10])
+
+
+def test_pipeline_save_load_and_listing(dsno_pipe, runs_dir):
+    save_pipeline(dsno_pipe, runs_dir / "dsno-test" / "pipeline", {"trained_steps": 3})
+    loaded = load_pipeline("dsno-test")
+    assert isinstance(loaded, StudioDSNOPipeline) and loaded.student.num_hooks == dsno_pipe.student.num_hooks
+    a = dsno_pipe(num_images=2, seed=3, output_type="pt").images
+    b = loaded(num_images=2, seed=3, output_type="pt").images
+    assert torch.equal(a, b)
+    assert [e.family for e in list_models() if e.name == "dsno-test"] == ["dsno"]
+
+
+def test_app_shows_no_step_or_guidance_controls_and_no_plugins(dsno_pipe):
+    from webapp.service import describe
+
+    info = describe("dsno-test", dsno_pipe, {"family": "dsno"})
+    assert not info.takes("num_inference_steps") and not info.takes("guidance_scale") and info.takes("seed")
+    assert info.plugins == () and set(info.plugin_errors) >= {"fora", "ras"}
+
+
+# ---------------------------------------------------------------------------- training family and CLI
+def tiny_dsno_config(output_dir, *overrides):
+    from training.config import load_config
+    from training.family import get_family
+
+    return load_config("dsno", get_family("dsno").config_class, "mnist-tiny", [
+        f"output_dir={output_dir}", "data.image_size=8", "model.random_teacher_channels=[8,8]", "model.num_pairs=64",
+        "model.teacher_steps=16", "max_steps=40", "checkpointing_steps=40", "log_every=5", "optim.lr=2e-3",
+        "num_sample_images=4", *overrides])
+
+
+def test_tiny_preset_trains_and_its_loss_falls(tmp_path):
+    from training.loop import train
+
+    result = train(tiny_dsno_config(tmp_path / "run"))
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 40 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), (losses[:5], losses[-5:])
+    pipe = load_pipeline(str(result.pipeline_dir))
+    assert isinstance(pipe, StudioDSNOPipeline) and pipe.student.config.teacher_steps == 16
+    assert pipe(num_images=2, output_type="np").images.shape == (2, 8, 8, 1)
+    meta = json.loads((tmp_path / "run" / "trajectories" / "meta.json").read_text())
+    pipe.student.check_compatible(timesteps=meta["timesteps"], teacher_hash=meta["teacher_hash"])
+
+
+def test_cli_train_tiny_preset_and_a_missing_teacher_is_named(tmp_path, capsys):
+    from studio.cli import main
+
+    code = main(["train", "dsno", "--preset", "mnist-tiny", "--output-dir", str(tmp_path / "cli"),
+                 "data.image_size=8", "model.random_teacher_channels=[8,8]", "model.num_pairs=16",
+                 "model.teacher_steps=16", "max_steps=3", "batch_size=4", "checkpointing_steps=3"])
+    assert code == 0 and (tmp_path / "cli" / "pipeline" / "studio.json").is_file()
+    capsys.readouterr()
+    code = main(["train", "dsno", "--preset", "mnist-tiny", "--output-dir", str(tmp_path / "x"),
+                 "model.teacher=no-such-teacher"])
+    err = capsys.readouterr().err
+    assert code == 2 and "DSNO teacher 'no-such-teacher' is not available" in err and len(err.splitlines()) == 1
