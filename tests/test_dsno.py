@@ -373,3 +373,35 @@ def test_cli_train_tiny_preset_and_a_missing_teacher_is_named(tmp_path, capsys):
                  "model.teacher=no-such-teacher"])
     err = capsys.readouterr().err
     assert code == 2 and "DSNO teacher 'no-such-teacher' is not available" in err and len(err.splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------- an ADM teacher
+def test_adm_teacher_trajectory_ends_at_the_adm_pipelines_ddim_sample():
+    """The recorder's DDIM-N on a studio ADM checkpoint equals that pipeline's diffusers-DDIM sample
+    (CFG with its null class, learned-sigma half dropped), so the bench compares like with like."""
+    from diffusers import DDPMScheduler
+
+    from studio.diffusion.trajectories import teacher_from_pipeline
+    from studio.models.adm import ADMConfig, build_adm_unet
+    from studio.pipelines.adm import StudioADMPipeline
+
+    torch.manual_seed(0)
+    unet = build_adm_unet(ADMConfig(sample_size=8, model_channels=8, channel_mult=[1, 2], attention_resolutions=[4],
+                                    head_channels=8, num_classes=10))
+    with torch.no_grad():
+        for param in unet.parameters():
+            param.normal_(0, 0.05)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range")
+    pipe = StudioADMPipeline(unet=unet.eval(), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    teacher = teacher_from_pipeline(pipe, "adm-test")
+    assert teacher.num_classes == 10 and teacher.null_class == 10 and teacher.channels == 1
+    grid = TrajectoryGrid.for_scheduler(teacher.scheduler, 16, 4)
+    states = ddim_trajectory(teacher, grid, initial_noise(range(3, 5), (1, 8, 8), seed=0), torch.tensor([3, 4]), 2.0)
+    images = pipe(class_labels=[3, 4], seed=3, num_inference_steps=16, guidance_scale=2.0, scheduler="DDIMScheduler",
+                  output_type="pt").images
+    torch.testing.assert_close(images, (states[:, -1] / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)
+    student = DSNOStudent.from_teacher(teacher.unet, timesteps=list(grid.timesteps),
+                                       alphas_cumprod=list(grid.alphas_cumprod),
+                                       alpha_cumprod_start=grid.alpha_cumprod_start, num_classes=10)
+    assert student(states[:, 0], torch.tensor([3, 4])).shape == (2, 4, 1, 8, 8)
