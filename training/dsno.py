@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 from torch.utils.data import Dataset
@@ -121,8 +122,11 @@ class DSNOFamily(Family):
         validate(settings)
         teacher = build_teacher(config)
         grid = TrajectoryGrid.for_scheduler(teacher.scheduler, settings.teacher_steps, settings.num_slices)
-        folder = record_trajectories(teacher, grid, trajectory_folder(config), settings.num_pairs,
-                                     settings.trajectory_seed, settings.guidance_scale, settings.record_batch_size)
+        state = PartialState()
+        with state.main_process_first():  # the main process records; the others then find the folder complete
+            folder = record_trajectories(teacher, grid, trajectory_folder(config), settings.num_pairs,
+                                         settings.trajectory_seed, settings.guidance_scale, settings.record_batch_size,
+                                         progress=state.is_main_process)
         return TrajectoryDataset(folder, "train", settings.holdout_fraction, name=config.data.name)
 
     def build_models(self) -> dict[str, nn.Module]:
