@@ -223,7 +223,7 @@ class EncPropController:
         step = self.clock.step_index
         if step == 0:
             sample = args[2] if len(args) > 2 else kwargs["sample"]
-            self.prior_noise = sample / float(self.scheduler.init_noise_sigma)
+            self.prior_noise = sample / float(getattr(self.scheduler, "init_noise_sigma", 1.0))
         if self.config.inject_alpha == 0 or self.prior_noise is None or not self._injects(step + 1):
             return result
         self._counts["injected_steps"] += 1
@@ -238,9 +238,9 @@ class EncPropController:
         num_steps = self.clock.num_steps or 0
         if step >= num_steps:
             return False
-        config = self.scheduler.config
+        config = getattr(self.scheduler, "config", None) or {}
         train_steps = config.get("num_train_timesteps")
-        if train_steps is None or "sigma_data" in config:  # EDM-style: timesteps are not train steps
+        if train_steps is None or "sigma_data" in config:  # EDM-style or non-diffusers: by step index
             return step >= math.ceil(num_steps * self.config.inject_tau_frac)
         return float(self.scheduler.timesteps[step]) < self.config.inject_tau_frac * train_steps
 
