@@ -334,8 +334,11 @@ class EncPropController:
         timestep = inputs["timestep"]
         pending = state.pending.pop(step, None)
         if pending is not None:
-            if self._timestep_is(timestep, pending.timestep) and all(
-                _same(inputs.get(k), v) for k, v in pending.inputs.items()
+            conditioning = {k: v for k, v in inputs.items() if k not in ("sample", "timestep")}
+            if (
+                self._timestep_is(timestep, pending.timestep)
+                and conditioning.keys() == pending.inputs.keys()
+                and all(_same(conditioning[k], v) for k, v in pending.inputs.items())
             ):
                 return pending.output
             self._counts["recomputed_ahead"] += 1
@@ -345,10 +348,9 @@ class EncPropController:
         call = dict(inputs)
         if len(slots) > 1:
             call = {k: _repeat_rows(v, rows, len(slots)) for k, v in inputs.items()}
-            dtype = timestep.dtype if torch.is_tensor(timestep) else self.scheduler.timesteps.dtype
             call["timestep"] = torch.cat(
-                [self.scheduler.timesteps[s].to(dtype).reshape(1).expand(rows) for s in slots]
-            ).to(inputs["sample"].device)
+                [self.scheduler.timesteps[s].reshape(1).expand(rows) for s in slots]
+            ).to(device=inputs["sample"].device, dtype=self._timestep_dtype(timestep))
         self.state, self.phase, self.repeat = state, Phase.REPLAY, len(slots)
         try:
             out = original(**call, return_dict=False)[0]
@@ -371,6 +373,14 @@ class EncPropController:
             return [step]
         end = min([k for k in self.keys if k > step] + [self.clock.num_steps or step + 1])
         return list(range(step, min(end, step + self.config.max_parallel)))
+
+    def _timestep_dtype(self, timestep: Any) -> torch.dtype:
+        """The dtype the stock forward gives ``timestep`` (UNet2DModel casts Python numbers to long)."""
+        if torch.is_tensor(timestep):
+            return timestep.dtype
+        if isinstance(timestep, float) and isinstance(self.unet, UNet2DConditionModel):
+            return torch.float32
+        return torch.long
 
     @staticmethod
     def _timestep_is(timestep: Any, value: float) -> bool:

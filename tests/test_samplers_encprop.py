@@ -404,3 +404,20 @@ def test_grad_and_calls_outside_the_loop_run_the_full_unet(caplog):
     assert torch.equal(unet(x, 10, class_labels=labels).sample.detach(), plain)  # grad on: bypass
     assert handle.stats()["bypassed_calls"] == 1 and handle.stats()["encoder_calls"] == 0
     handle.remove()
+
+
+def test_two_decodes_from_one_cache_with_skip_tuning_are_equal():
+    """Skip-Tuning scales the cached skips out of place, so the cache is unchanged between decodes."""
+    unet, scheduler = adm_unet(), DDIMScheduler()
+    handles = [samplers.apply((unet, scheduler), EncPropConfig(keys="0", parallel=False, inject_alpha=0.0)),
+               samplers.apply(unet, SkipTuningConfig(rho_bottom=0.5, rho_top=0.9))]
+    x, labels = torch.randn(2, 1, 16, 16), torch.tensor([0, NUM_CLASSES])
+    scheduler.set_timesteps(3)
+    outs = []
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            outs.append(unet(x, scheduler.timesteps[1], class_labels=labels).sample)
+            scheduler.step(outs[-1][:, :1], t, x)
+    assert torch.equal(outs[1], outs[2]) and handles[1].stats()["skips_scaled"] > 0
+    for handle in reversed(handles):
+        handle.remove()
