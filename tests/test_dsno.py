@@ -377,6 +377,10 @@ def test_cli_train_tiny_preset_and_a_missing_teacher_is_named(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- an ADM teacher
 def test_adm_teacher_trajectory_ends_at_the_adm_pipelines_ddim_sample():
+    tiny_adm_teacher_pipeline()
+
+
+def tiny_adm_teacher_pipeline():
     """The recorder's DDIM-N on a studio ADM checkpoint equals that pipeline's diffusers-DDIM sample
     (CFG with its null class, learned-sigma half dropped), so the bench compares like with like."""
     from diffusers import DDPMScheduler
@@ -401,7 +405,21 @@ def test_adm_teacher_trajectory_ends_at_the_adm_pipelines_ddim_sample():
     images = pipe(class_labels=[3, 4], seed=3, num_inference_steps=16, guidance_scale=2.0, scheduler="DDIMScheduler",
                   output_type="pt").images
     torch.testing.assert_close(images, (states[:, -1] / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)
+    return pipe
     student = DSNOStudent.from_teacher(teacher.unet, timesteps=list(grid.timesteps),
                                        alphas_cumprod=list(grid.alphas_cumprod),
                                        alpha_cumprod_start=grid.alpha_cumprod_start, num_classes=10)
     assert student(states[:, 0], torch.tensor([3, 4])).shape == (2, 4, 1, 8, 8)
+
+
+def test_cli_records_trajectories_of_a_saved_teacher(tmp_path, capsys):
+    from studio.cli import main
+
+    save_pipeline(tiny_adm_teacher_pipeline(), tmp_path / "adm", {"class_names": [f"digit {i}" for i in range(10)]})
+    args = ["distill-trajectories", str(tmp_path / "adm"), "--out", str(tmp_path / "traj"), "--pairs", "5",
+            "--teacher-steps", "16", "--guidance-scale", "1.5", "--batch-size", "2"]
+    assert main(args) == 0 and "5 trajectories of DDIM-16" in capsys.readouterr().out
+    data = TrajectoryDataset(tmp_path / "traj")
+    assert len(data) == 5 and data.info.class_names[3] == "digit 3" and data.meta["guidance_scale"] == 1.5
+    assert main(args[:2] + ["--out", str(tmp_path / "t2"), "--teacher-steps", "3"]) == 2
+    assert "too few" in capsys.readouterr().err
