@@ -423,3 +423,19 @@ def test_cli_records_trajectories_of_a_saved_teacher(tmp_path, capsys):
     assert len(data) == 5 and data.info.class_names[3] == "digit 3" and data.meta["guidance_scale"] == 1.5
     assert main(args[:2] + ["--out", str(tmp_path / "t2"), "--teacher-steps", "3"]) == 2
     assert "too few" in capsys.readouterr().err
+
+
+def test_lr_warms_up_from_a_thousandth_and_halves_at_50_75_90_percent(tmp_path):
+    from training.dsno import DSNOFamily
+
+    family = DSNOFamily(tiny_dsno_config(tmp_path, "max_steps=100", "optim.lr=1.0"), None)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = family.lr_schedules({"student": optimizer})["student"]
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(0.001) and lrs[5] == pytest.approx(1.0)  # warm-up: 5% of 100 steps
+    assert lrs[49] == pytest.approx(1.0) and lrs[50] == pytest.approx(0.5)
+    assert lrs[75] == pytest.approx(0.25) and lrs[90] == pytest.approx(0.125)

@@ -121,6 +121,10 @@ class DSNOFamily(Family):
         settings: DSNOTrainConfig = config.model
         validate(settings)
         teacher = build_teacher(config)
+        if teacher.image_size != config.data.image_size:
+            raise ConfigError(f"teacher {settings.teacher!r} makes {teacher.image_size} px images but data.image_size is "
+                              f"{config.data.image_size} (the size samples are evaluated at); set data.image_size="
+                              f"{teacher.image_size}")
         grid = TrajectoryGrid.for_scheduler(teacher.scheduler, settings.teacher_steps, settings.num_slices)
         state = PartialState()
         with state.main_process_first():  # the main process records; the others then find the folder complete
