@@ -101,14 +101,34 @@ def sd_mini(workdir: Path) -> StableDiffusionPipeline:
         norm_num_groups=4,
         layers_per_block=1,
     )
-    text = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32,
-                                        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                                        vocab_size=60))
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=60,
+        )
+    )
     pipe = StableDiffusionPipeline(
-        unet=unet.eval(), vae=vae.eval(), text_encoder=text.eval(), tokenizer=_clip_tokenizer(workdir / "clip"),
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text.eval(),
+        tokenizer=_clip_tokenizer(workdir / "clip"),
+        scheduler=DDIMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -150,16 +170,27 @@ def sd_case(args: argparse.Namespace, workdir: Path) -> Case:
     pipe = sd_mini(workdir)
 
     def call(output_type: str) -> Any:
-        return pipe(prompt=["a red cat"] * args.images, num_inference_steps=args.steps,
-                    guidance_scale=args.guidance, height=32, width=32, output_type=output_type,
-                    generator=torch.Generator().manual_seed(args.seed))
+        return pipe(
+            prompt=["a red cat"] * args.images,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            height=32,
+            width=32,
+            output_type=output_type,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
 
     def images() -> torch.Tensor:
         return torch.as_tensor(call("np").images).permute(0, 3, 1, 2)
 
-    return Case("sd-mini", pipe, lambda: call("latent"), images,
-                f"StableDiffusionPipeline, UNet2DConditionModel {_params(pipe.unet)} M params, 16x16x4 latents, "
-                f"{args.images} prompt(s), CFG {args.guidance}")
+    return Case(
+        "sd-mini",
+        pipe,
+        lambda: call("latent"),
+        images,
+        f"StableDiffusionPipeline, UNet2DConditionModel {_params(pipe.unet)} M params, 16x16x4 latents, "
+        f"{args.images} prompt(s), CFG {args.guidance}",
+    )
 
 
 def adm_case(args: argparse.Namespace) -> Case:
@@ -176,9 +207,14 @@ def adm_case(args: argparse.Namespace) -> Case:
             x = scheduler.step(uncond + args.guidance * (cond - uncond), t, x).prev_sample
         return (x / 2 + 0.5).clamp(0, 1)
 
-    return Case("adm-mini", (unet, scheduler), sample, sample,
-                f"UNet2DModel {_params(unet)} M params (training.md §4.6), 28 px, {args.images} image(s), "
-                f"CFG {args.guidance}, (unet, scheduler) pair")
+    return Case(
+        "adm-mini",
+        (unet, scheduler),
+        sample,
+        sample,
+        f"UNet2DModel {_params(unet)} M params (training.md §4.6), 28 px, {args.images} image(s), "
+        f"CFG {args.guidance}, (unet, scheduler) pair",
+    )
 
 
 def _params(model: torch.nn.Module) -> float:
@@ -222,31 +258,43 @@ def bench_case(case: Case, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for name, specs in METHODS.items():
         encprop = stats[name].get("encprop", {})
-        rows.append({
-            "model": case.name,
-            "method": name,
-            "plugins": " + ".join(specs) or "-",
-            "median_s": round(statistics.median(times[name]), 3),
-            "speedup": round(statistics.median(p / m for p, m in zip(times["plain"], times[name])), 3),
-            "psnr_vs_plain_db": psnr(outputs[name], outputs["plain"]),
-            "encoder_calls": encprop.get("encoder_calls", args.steps),
-            "encoder_calls_saved": encprop.get("encoder_calls_saved", 0),
-            "decoder_batches": encprop.get("decoder_batches", args.steps),
-            "times_s": [round(t, 3) for t in times[name]],
-            "stats": stats[name],
-        })
+        rows.append(
+            {
+                "model": case.name,
+                "method": name,
+                "plugins": " + ".join(specs) or "-",
+                "median_s": round(statistics.median(times[name]), 3),
+                "speedup": round(statistics.median(p / m for p, m in zip(times["plain"], times[name])), 3),
+                "psnr_vs_plain_db": psnr(outputs[name], outputs["plain"]),
+                "encoder_calls": encprop.get("encoder_calls", args.steps),
+                "encoder_calls_saved": encprop.get("encoder_calls_saved", 0),
+                "decoder_batches": encprop.get("decoder_batches", args.steps),
+                "times_s": [round(t, 3) for t in times[name]],
+                "stats": stats[name],
+            }
+        )
     return rows
 
 
 # ---------------------------------------------------------------------------- report
-COLUMNS = ["model", "method", "median_s", "speedup", "psnr_vs_plain_db", "encoder_calls", "encoder_calls_saved",
-           "decoder_batches"]
+COLUMNS = [
+    "model",
+    "method",
+    "median_s",
+    "speedup",
+    "psnr_vs_plain_db",
+    "encoder_calls",
+    "encoder_calls_saved",
+    "decoder_batches",
+]
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        (f"# UNet plugins: {report['steps']} DDIM steps, {report['repeats']} paired rounds, "
-        f"{report['machine']['threads']} thread(s)"),
+        (
+            f"# UNet plugins: {report['steps']} DDIM steps, {report['repeats']} paired rounds, "
+            f"{report['machine']['threads']} thread(s)"
+        ),
         "",
         *[f"- `{c['name']}`: {c['description']}" for c in report["cases"]],
         "",
@@ -258,9 +306,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {' | '.join(cells)} |")
     lines += [
         "",
-        ("speedup: median over rounds of plain time / method time (same round, back to back). "
-        "psnr_vs_plain_db: final images vs the plain run (random weights: trajectory change, not quality). "
-        "sd-mini times the pipeline call with output_type='latent' (text encoder + denoising loop)."),
+        (
+            "speedup: median over rounds of plain time / method time (same round, back to back). "
+            "psnr_vs_plain_db: final images vs the plain run (random weights: trajectory change, not quality). "
+            "sd-mini times the pipeline call with output_type='latent' (text encoder + denoising loop)."
+        ),
         f"Command: `{report['command']}`; wall time {report.get('bench_wall_s', '?')} s.",
     ]
     return "\n".join(lines) + "\n"
@@ -274,7 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--models", nargs="*", default=["sd-mini", "adm-mini"], choices=["sd-mini", "adm-mini"])
+    parser.add_argument(
+        "--models", nargs="*", default=["sd-mini", "adm-mini"], choices=["sd-mini", "adm-mini"]
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="output path without extension")
     args = parser.parse_args(argv)
     if args.threads:

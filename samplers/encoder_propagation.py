@@ -59,8 +59,11 @@ PAPER_KEYS: dict[int, tuple[int, ...]] = {
     50: (0, 1, 2, 3, 5, 10, 15, 25, 35),
     20: (0, 1, 2, 3, 5, 10, 15),
 }
-_RESIDUAL_KWARGS = ("down_block_additional_residuals", "mid_block_additional_residual",
-                    "down_intrablock_additional_residuals")
+_RESIDUAL_KWARGS = (
+    "down_block_additional_residuals",
+    "mid_block_additional_residual",
+    "down_intrablock_additional_residuals",
+)
 
 
 @dataclass
@@ -89,7 +92,11 @@ class EncPropConfig:
         if isinstance(self.keys, (list, tuple)):
             self.keys = "/".join(str(int(k)) for k in self.keys)
         key_steps(self.keys, 1)  # validates the spelling
-        if isinstance(self.max_parallel, bool) or int(self.max_parallel) != self.max_parallel or self.max_parallel < 1:
+        if (
+            isinstance(self.max_parallel, bool)
+            or int(self.max_parallel) != self.max_parallel
+            or self.max_parallel < 1
+        ):
             raise ConfigError(f"encprop: max_parallel must be an integer >= 1, got {self.max_parallel!r}")
         self.max_parallel = int(self.max_parallel)
         if self.inject_alpha < 0:
@@ -302,7 +309,9 @@ class EncPropController:
             warn_once(self, "encprop: no denoising loop seen (no scheduler tap); running the full UNet")
             return False
         if self.pipeline is not None and self.pipeline.scheduler is not self.scheduler:
-            warn_once(self, "encprop: the pipeline's scheduler was replaced after apply; running the full UNet")
+            warn_once(
+                self, "encprop: the pipeline's scheduler was replaced after apply; running the full UNet"
+            )
             return False
         return True
 
@@ -328,7 +337,9 @@ class EncPropController:
         self._count_decode(1, out.shape[0])
         return out
 
-    def _non_key_step(self, original: Any, state: _CallState, step: int, inputs: dict[str, Any]) -> torch.Tensor:
+    def _non_key_step(
+        self, original: Any, state: _CallState, step: int, inputs: dict[str, Any]
+    ) -> torch.Tensor:
         """This step's prediction from the cache (decoded ahead, or now with the next steps)."""
         self._counts["encoder_calls_saved"] += 1
         timestep = inputs["timestep"]
@@ -369,7 +380,10 @@ class EncPropController:
         if not self.config.parallel or self.config.max_parallel == 1:
             return [step]
         if not self._timestep_is(timestep, float(self.scheduler.timesteps[step])):
-            warn_once(self, "encprop: the pipeline's timesteps differ from its scheduler's; decoding one step at a time")
+            warn_once(
+                self,
+                "encprop: the pipeline's timesteps differ from its scheduler's; decoding one step at a time",
+            )
             return [step]
         end = min([k for k in self.keys if k > step] + [self.clock.num_steps or step + 1])
         return list(range(step, min(end, step + self.config.max_parallel)))
@@ -461,7 +475,9 @@ def _check_blocks(unet: nn.Module) -> None:
                 "progressive skip_sample path (NCSN++) is not cached"
             )
     if getattr(unet.config, "addition_embed_type", None) == "image_hint":
-        raise UnsupportedTargetError("encprop cannot be applied to a UNet2DConditionModel with image_hint embeddings")
+        raise UnsupportedTargetError(
+            "encprop cannot be applied to a UNet2DConditionModel with image_hint embeddings"
+        )
 
 
 def apply_encoder_propagation(target: Any, config: EncPropConfig | None = None) -> UNetPluginHandle:

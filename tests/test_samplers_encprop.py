@@ -40,7 +40,12 @@ from samplers.encoder_propagation import key_steps, step_groups
 from studio.errors import ConfigError
 
 NEUTRAL = EncPropConfig(keys="all", inject_alpha=0.0)
-ENCODER = ["down_blocks.0.resnets.0", "down_blocks.1.resnets.0", "down_blocks.2.resnets.0", "mid_block.resnets.0"]
+ENCODER = [
+    "down_blocks.0.resnets.0",
+    "down_blocks.1.resnets.0",
+    "down_blocks.2.resnets.0",
+    "mid_block.resnets.0",
+]
 DECODER = ["up_blocks.0.resnets.0"]
 
 
@@ -62,8 +67,9 @@ def test_key_schedules_match_the_paper_and_rescale():
 
 def test_config_and_spec_errors():
     config = parse_plugin_spec("encprop:keys=uniform:3,alpha=0,parallel=false,chunk=4,tau=0.4")
-    assert config == EncPropConfig(keys="uniform:3", inject_alpha=0.0, parallel=False, max_parallel=4,
-                                   inject_tau_frac=0.4)
+    assert config == EncPropConfig(
+        keys="uniform:3", inject_alpha=0.0, parallel=False, max_parallel=4, inject_tau_frac=0.4
+    )
     assert EncPropConfig(keys=[0, 2, 5]).keys == "0/2/5"
     for bad, message in [
         ("encprop:keys=sparse", "keys must be 'paper', 'all', 'uniform:k'"),
@@ -85,8 +91,12 @@ def test_neutral_is_bit_identical_parallel_and_sequential(which, cfg):
     scheduler = DDIMScheduler()
     baseline = unet_loop(unet, scheduler, steps=6, guidance=cfg, height=size, width=size)
     for parallel in (True, False):
-        handle = samplers.apply((unet, scheduler), EncPropConfig(keys="all", inject_alpha=0.0, parallel=parallel))
-        assert torch.equal(unet_loop(unet, scheduler, steps=6, guidance=cfg, height=size, width=size), baseline)
+        handle = samplers.apply(
+            (unet, scheduler), EncPropConfig(keys="all", inject_alpha=0.0, parallel=parallel)
+        )
+        assert torch.equal(
+            unet_loop(unet, scheduler, steps=6, guidance=cfg, height=size, width=size), baseline
+        )
         assert handle.stats()["encoder_calls"] == 6 and handle.stats()["encoder_calls_saved"] == 0
         handle.remove()
     assert hooked_modules(unet) == [] and scheduler_untouched(scheduler)
@@ -113,7 +123,9 @@ def test_decode_of_cached_encoder_equals_the_stock_forward(which):
         handle = samplers.apply((unet, scheduler), EncPropConfig(keys="0", parallel=False, inject_alpha=0.0))
         scheduler.set_timesteps(4)
         key = unet(x, t0, **cond).sample
-        scheduler.step(key[:, :1] if which == "adm" else key, t0, x[:, : key.shape[1]] if which != "adm" else x)
+        scheduler.step(
+            key[:, :1] if which == "adm" else key, t0, x[:, : key.shape[1]] if which != "adm" else x
+        )
         replayed = unet(torch.randn_like(x), t0, **cond).sample  # step 1: the latent is ignored
     assert torch.equal(key, plain) and torch.equal(replayed, plain)
     assert handle.stats()["encoder_calls"] == 1 and handle.stats()["encoder_calls_saved"] == 1
@@ -201,8 +213,11 @@ def test_composes_with_skip_tuning_in_either_order():
     for order in (("encprop", "skip"), ("skip", "encprop")):
         handles = []
         for name in order:
-            config = EncPropConfig(inject_alpha=0.0) if name == "encprop" else SkipTuningConfig(
-                rho_bottom=0.7, sigma_window=(0, 600))
+            config = (
+                EncPropConfig(inject_alpha=0.0)
+                if name == "encprop"
+                else SkipTuningConfig(rho_bottom=0.7, sigma_window=(0, 600))
+            )
             handles.append(samplers.apply((unet, scheduler), config))
         results.append(unet_loop(unet, scheduler, steps=12))
         assert handles[0].stats() and handles[1].stats()
@@ -247,7 +262,8 @@ def test_injection_matches_a_reference_loop(scheduler_class):
 
 # ---------------------------------------------------------------------------- schedulers and pipelines
 @pytest.mark.parametrize(
-    "scheduler_class", [DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerDiscreteScheduler]
+    "scheduler_class",
+    [DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerDiscreteScheduler],
 )
 def test_first_order_schedulers_run(scheduler_class):
     unet, scheduler = adm_unet(), scheduler_class()
@@ -274,15 +290,30 @@ def test_second_order_schedulers_are_refused(scheduler_class):
 
 
 def test_ddpm_pipeline_neutral_reset_and_remove():
-    pipe = DDPMPipeline(unet=UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
-                                         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                         up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4,
-                                         layers_per_block=1), scheduler=DDPMScheduler(num_train_timesteps=20))
+    pipe = DDPMPipeline(
+        unet=UNet2DModel(
+            sample_size=8,
+            in_channels=1,
+            out_channels=1,
+            block_out_channels=(8, 8),
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            norm_num_groups=4,
+            layers_per_block=1,
+        ),
+        scheduler=DDPMScheduler(num_train_timesteps=20),
+    )
     pipe.set_progress_bar_config(disable=True)
 
     def run(batch: int, seed: int = 0) -> torch.Tensor:
-        return torch.as_tensor(pipe(batch_size=batch, num_inference_steps=20, output_type="np",
-                                    generator=torch.Generator().manual_seed(seed)).images)
+        return torch.as_tensor(
+            pipe(
+                batch_size=batch,
+                num_inference_steps=20,
+                output_type="np",
+                generator=torch.Generator().manual_seed(seed),
+            ).images
+        )
 
     baseline = run(2)
     handle = samplers.apply(pipe, NEUTRAL)
@@ -312,7 +343,9 @@ def test_stable_diffusion_pipeline(tmp_path):
     stats = handle.stats()
     second = run_sd(pipe, batch=2, seed=1, steps=20)
     counter.remove()
-    assert stats["encoder_calls"] == 7 and stats["peak_decode_rows"] == 4 * 2  # steps 6-9, CFG doubles the batch
+    assert (
+        stats["encoder_calls"] == 7 and stats["peak_decode_rows"] == 4 * 2
+    )  # steps 6-9, CFG doubles the batch
     assert counter.counts["down_blocks.0.resnets.0"] == 14 and counter.counts["mid_block.resnets.0"] == 14
     assert not torch.equal(first, run_sd(pipe.__class__.from_pretrained(tmp_path / "sd"), steps=20))
     handle.remove()
@@ -326,7 +359,9 @@ def test_stable_diffusion_pipeline(tmp_path):
 def test_studio_pipeline_record_lists_both_plugins():
     pipe = studio_unet_pipeline()
     baseline = pipe(num_images=2, num_inference_steps=10).images
-    handles = [samplers.apply(pipe, parse_plugin_spec(s)) for s in ("encprop:keys=all,alpha=0", "skip_tuning")]
+    handles = [
+        samplers.apply(pipe, parse_plugin_spec(s)) for s in ("encprop:keys=all,alpha=0", "skip_tuning")
+    ]
     out = pipe(num_images=2, num_inference_steps=10)
     assert torch.equal(out.images, baseline)
     assert out.record.plugins == {"encprop": handles[0].settings(), "skip_tuning": handles[1].settings()}
@@ -350,8 +385,24 @@ def test_cli_sample_applies_the_plugins(tmp_path, capsys):
     folder = tmp_path / "tiny-unet"
     hub.save_pipeline(studio_unet_pipeline(), folder, {"preset": "test"})
     out = tmp_path / "samples"
-    code = main(["sample", str(folder), "--num-images", "2", "--batch-size", "2", "--out", str(out), "--steps", "6",
-                 "--plugin", "skip_tuning:bottom=0.8", "--plugin", "encprop:keys=uniform:2"])
+    code = main(
+        [
+            "sample",
+            str(folder),
+            "--num-images",
+            "2",
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+            "--steps",
+            "6",
+            "--plugin",
+            "skip_tuning:bottom=0.8",
+            "--plugin",
+            "encprop:keys=uniform:2",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     with Image.open(out / "000001.png") as image:
         record = json.loads(image.text["studio"])
@@ -365,12 +416,22 @@ def test_unsupported_targets_and_inputs():
         samplers.apply(unet, EncPropConfig())
     with pytest.raises(UnsupportedTargetError, match="encprop cannot be applied to DiTTransformer2DModel"):
         samplers.apply((tiny_studio_dit(), DDIMScheduler()), EncPropConfig())
-    with pytest.raises(UnsupportedTargetError, match="encprop cannot be applied to StudioDiTPipeline "
-                                                     r"\(DiTTransformer2DModel\)"):
+    with pytest.raises(
+        UnsupportedTargetError,
+        match="encprop cannot be applied to StudioDiTPipeline "
+        r"\(DiTTransformer2DModel\)",
+    ):
         samplers.apply(studio_pipeline(), EncPropConfig())
-    ncsn = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), norm_num_groups=4,
-                       down_block_types=("SkipDownBlock2D", "SkipDownBlock2D"),
-                       up_block_types=("SkipUpBlock2D", "SkipUpBlock2D"), layers_per_block=1)
+    ncsn = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 8),
+        norm_num_groups=4,
+        down_block_types=("SkipDownBlock2D", "SkipDownBlock2D"),
+        up_block_types=("SkipUpBlock2D", "SkipUpBlock2D"),
+        layers_per_block=1,
+    )
     with pytest.raises(UnsupportedTargetError, match="SkipDownBlock2D"):
         samplers.apply((ncsn, DDIMScheduler()), EncPropConfig())
     scheduler = DDIMScheduler()
@@ -383,8 +444,13 @@ def test_unsupported_targets_and_inputs():
     x = torch.randn(1, 4, 8, 8)
     residuals = (torch.zeros(1, 8, 8, 8),)
     with pytest.raises(ConfigError, match="down_block_additional_residuals"), torch.no_grad():
-        cond(x, 1, encoder_hidden_states=torch.zeros(1, 3, 32), down_block_additional_residuals=residuals,
-             mid_block_additional_residual=torch.zeros(1, 16, 4, 4))
+        cond(
+            x,
+            1,
+            encoder_hidden_states=torch.zeros(1, 3, 32),
+            down_block_additional_residuals=residuals,
+            mid_block_additional_residual=torch.zeros(1, 16, 4, 4),
+        )
     cond_handle.remove()
     handle.remove()
     assert hooked_modules(unet) == [] and hooked_modules(cond) == []
@@ -409,8 +475,10 @@ def test_grad_and_calls_outside_the_loop_run_the_full_unet(caplog):
 def test_two_decodes_from_one_cache_with_skip_tuning_are_equal():
     """Skip-Tuning scales the cached skips out of place, so the cache is unchanged between decodes."""
     unet, scheduler = adm_unet(), DDIMScheduler()
-    handles = [samplers.apply((unet, scheduler), EncPropConfig(keys="0", parallel=False, inject_alpha=0.0)),
-               samplers.apply(unet, SkipTuningConfig(rho_bottom=0.5, rho_top=0.9))]
+    handles = [
+        samplers.apply((unet, scheduler), EncPropConfig(keys="0", parallel=False, inject_alpha=0.0)),
+        samplers.apply(unet, SkipTuningConfig(rho_bottom=0.5, rho_top=0.9)),
+    ]
     x, labels = torch.randn(2, 1, 16, 16), torch.tensor([0, NUM_CLASSES])
     scheduler.set_timesteps(3)
     outs = []

@@ -54,9 +54,18 @@ class _Capture(ModelHook):
 def test_factors_follow_the_depth_linear_rule():
     unet = adm_unet()
     factors = skip_factors(unet, SkipTuningConfig(rho_top=1.0, rho_bottom=0.5))
-    assert len(factors) == 6  # conv_in + 2 per level (resnet, downsampler) - the last level has no downsampler
+    assert (
+        len(factors) == 6
+    )  # conv_in + 2 per level (resnet, downsampler) - the last level has no downsampler
     assert factors[(0, 1)] == 0.5 and factors[(2, 0)] == 1.0  # deepest skip, conv_in skip
-    ordered = [factors[(0, 1)], factors[(0, 0)], factors[(1, 1)], factors[(1, 0)], factors[(2, 1)], factors[(2, 0)]]
+    ordered = [
+        factors[(0, 1)],
+        factors[(0, 0)],
+        factors[(1, 1)],
+        factors[(1, 0)],
+        factors[(2, 1)],
+        factors[(2, 0)],
+    ]
     assert ordered == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     level = skip_factors(unet, SkipTuningConfig(rho_top=1.0, rho_bottom=0.5, granularity="level"))
     assert level[(0, 0)] == level[(0, 1)] == 0.5 and level[(1, 1)] == 0.75 and level[(2, 0)] == 1.0
@@ -135,7 +144,9 @@ def test_window_gates_per_row():
     assert torch.equal(adm_call(unet, t=100), base_low)  # outside the window: baseline
     assert torch.equal(adm_call(unet, t=900), tuned_high)  # inside: same as no window
     mixed = adm_call(unet, t=torch.tensor([100, 900, 100]))  # one batch, rows at different steps
-    assert torch.allclose(mixed[0], base_low[0], atol=1e-6) and torch.allclose(mixed[1], tuned_high[1], atol=1e-6)
+    assert torch.allclose(mixed[0], base_low[0], atol=1e-6) and torch.allclose(
+        mixed[1], tuned_high[1], atol=1e-6
+    )
     assert not torch.allclose(tuned_low, base_low, atol=1e-4)
     handle.remove()
     assert hooked_modules(unet) == []
@@ -143,9 +154,17 @@ def test_window_gates_per_row():
 
 def test_class_embed_type_timestep_reads_the_timesteps_not_labels():
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4, layers_per_block=1, class_embed_type="timestep").eval()
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 8),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        layers_per_block=1,
+        class_embed_type="timestep",
+    ).eval()
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         base = unet(x, 100, class_labels=torch.tensor([900, 900])).sample
@@ -155,16 +174,31 @@ def test_class_embed_type_timestep_reads_the_timesteps_not_labels():
 
 
 def test_pipelines_ddim_and_stable_diffusion(tmp_path):
-    ddim = DDIMPipeline(unet=UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
-                                         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                         up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4,
-                                         layers_per_block=1), scheduler=DDIMScheduler())
+    ddim = DDIMPipeline(
+        unet=UNet2DModel(
+            sample_size=8,
+            in_channels=1,
+            out_channels=1,
+            block_out_channels=(8, 8),
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            norm_num_groups=4,
+            layers_per_block=1,
+        ),
+        scheduler=DDIMScheduler(),
+    )
     ddim.set_progress_bar_config(disable=True)
     sd = sd_pipeline(tmp_path)
 
     def run_ddim(batch=2):
-        return torch.as_tensor(ddim(batch_size=batch, num_inference_steps=5, output_type="np",
-                                    generator=torch.Generator().manual_seed(0)).images)
+        return torch.as_tensor(
+            ddim(
+                batch_size=batch,
+                num_inference_steps=5,
+                output_type="np",
+                generator=torch.Generator().manual_seed(0),
+            ).images
+        )
 
     for pipe, run in ((ddim, run_ddim), (sd, run_sd)):
         baseline = run(pipe) if pipe is sd else run()
@@ -206,7 +240,9 @@ def test_config_and_spec_errors():
 
 
 def test_unsupported_targets_and_double_apply():
-    with pytest.raises(UnsupportedTargetError, match="skip_tuning cannot be applied to DiTTransformer2DModel"):
+    with pytest.raises(
+        UnsupportedTargetError, match="skip_tuning cannot be applied to DiTTransformer2DModel"
+    ):
         samplers.apply(tiny_studio_dit(), SkipTuningConfig())
     with pytest.raises(UnsupportedTargetError, match="skip_tuning cannot be applied to str"):
         samplers.apply("unet", SkipTuningConfig())

@@ -109,8 +109,14 @@ def sd_pipeline(tmp_path: Path) -> StableDiffusionPipeline:
     )
     pipe = StableDiffusionPipeline(
         unet=cond_unet(),
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        scheduler=DDIMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        ),
         vae=vae.eval(),
         text_encoder=CLIPTextModel(text_config).eval(),
         tokenizer=_clip_tokenizer(tmp_path / "clip_vocab"),
@@ -124,7 +130,9 @@ def sd_pipeline(tmp_path: Path) -> StableDiffusionPipeline:
     return pipe
 
 
-def run_sd(pipe: StableDiffusionPipeline, batch: int = 1, steps: int = 10, seed: int = 0, **kwargs) -> torch.Tensor:
+def run_sd(
+    pipe: StableDiffusionPipeline, batch: int = 1, steps: int = 10, seed: int = 0, **kwargs
+) -> torch.Tensor:
     return torch.as_tensor(
         pipe(
             prompt=["a cat", "a dog", "a bird"][:batch],
@@ -210,17 +218,31 @@ class TinyStudioUNetPipeline(StudioPipelineMixin, DiffusionPipeline):
     """Class-conditional CFG sampling on a `UNet2DModel`, written like `StudioDiTPipeline`."""
 
     family = "unet-test"
-    call_parameters = ("num_images", "class_labels", "num_inference_steps", "guidance_scale", "seed",
-                       "scheduler", "output_type")
+    call_parameters = (
+        "num_images",
+        "class_labels",
+        "num_inference_steps",
+        "guidance_scale",
+        "seed",
+        "scheduler",
+        "output_type",
+    )
 
     def __init__(self, unet: UNet2DModel, scheduler: Any):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
     @torch.no_grad()
-    def __call__(self, num_images: int = 1, class_labels: Any = None, num_inference_steps: int = 10,
-                 guidance_scale: float = 3.0, seed: Any = 0, scheduler: str | None = None,
-                 output_type: str = "pt") -> StudioPipelineOutput:
+    def __call__(
+        self,
+        num_images: int = 1,
+        class_labels: Any = None,
+        num_inference_steps: int = 10,
+        guidance_scale: float = 3.0,
+        seed: Any = 0,
+        scheduler: str | None = None,
+        output_type: str = "pt",
+    ) -> StudioPipelineOutput:
         started = time.perf_counter()
         sampler = make_scheduler(scheduler, self.scheduler.config) if scheduler else self.scheduler
         seeds = self.seeds_for(num_images, seed)
@@ -237,11 +259,18 @@ class TinyStudioUNetPipeline(StudioPipelineMixin, DiffusionPipeline):
                 model_input = sampler.scale_model_input(torch.cat([x, x]), t)
                 cond, uncond = self.unet(model_input, t, class_labels=y).sample[:, :channels].chunk(2)
                 x = sampler.step(uncond + guidance_scale * (cond - uncond), t, x).prev_sample
-        record = GenerationRecord(model=self.model_name(), family=self.family, seeds=seeds, class_labels=labels,
-                                  sampler=scheduler_name(sampler), steps=num_inference_steps,
-                                  guidance_scale=guidance_scale)
-        return StudioPipelineOutput(images=self.convert_output(x, output_type),
-                                    record=self.finish_record(record, started))
+        record = GenerationRecord(
+            model=self.model_name(),
+            family=self.family,
+            seeds=seeds,
+            class_labels=labels,
+            sampler=scheduler_name(sampler),
+            steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+        )
+        return StudioPipelineOutput(
+            images=self.convert_output(x, output_type), record=self.finish_record(record, started)
+        )
 
 
 def studio_unet_pipeline() -> TinyStudioUNetPipeline:
