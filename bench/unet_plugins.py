@@ -1,7 +1,7 @@
 """Benchmark the UNet plugins (Skip-Tuning, encoder propagation) against the plain sampler.
 
 Protocol (as bench/plugins.py, spec skip_encprop_dsno.md §4): one process; per model one object,
-one scheduler (DDIM), the same steps, guidance and seeds for every method; each method is
+one scheduler (``--scheduler``, DDIM by default), the same steps, guidance and seeds for every method; each method is
 applied to and removed from the same target. Pass 1 (untimed warm-up) runs every method once and
 keeps its output and plugin stats; then ``--repeats`` rounds run all methods round-robin, so load
 changes on the shared machine hit every method alike. Speedup = median over rounds of the paired
@@ -19,6 +19,7 @@ Output change is PSNR of the final [0, 1] images vs the plain run; on random wei
 how far a method moves the trajectory, not image quality.
 
     python bench/unet_plugins.py --threads 1          # or: studio bench unet_plugins --threads 1
+    python bench/unet_plugins.py --threads 1 --scheduler dpm++ --steps 20 --out bench/results/unet_plugins.dpm20
 
 Writes ``bench/results/unet_plugins.json`` and ``.md``.
 """
@@ -166,8 +167,16 @@ class Case:
     description: str
 
 
+def with_scheduler(scheduler: Any, name: str) -> Any:
+    """``scheduler`` rebuilt as the studio scheduler called ``name`` (same betas and T)."""
+    from studio.diffusion.schedulers import make_scheduler
+
+    return make_scheduler(name, scheduler.config)
+
+
 def sd_case(args: argparse.Namespace, workdir: Path) -> Case:
     pipe = sd_mini(workdir)
+    pipe.scheduler = with_scheduler(pipe.scheduler, args.scheduler)
 
     def call(output_type: str) -> Any:
         return pipe(
@@ -194,7 +203,7 @@ def sd_case(args: argparse.Namespace, workdir: Path) -> Case:
 
 
 def adm_case(args: argparse.Namespace) -> Case:
-    unet, scheduler = adm_mini(), DDIMScheduler()
+    unet, scheduler = adm_mini(), with_scheduler(DDIMScheduler(), args.scheduler)
     labels = torch.arange(args.images) % ADM_CLASSES
     y = torch.cat([labels, torch.full_like(labels, ADM_CLASSES)])
 
@@ -292,7 +301,7 @@ COLUMNS = [
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         (
-            f"# UNet plugins: {report['steps']} DDIM steps, {report['repeats']} paired rounds, "
+            f"# UNet plugins: {report['steps']} {report['scheduler']} steps, {report['repeats']} paired rounds, "
             f"{report['machine']['threads']} thread(s)"
         ),
         "",
@@ -319,6 +328,9 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument(
+        "--scheduler", default="ddim", help="studio scheduler name: ddim, dpm++, unipc, euler..."
+    )
     parser.add_argument("--images", type=int, default=1, help="images per call (CFG doubles the UNet batch)")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -341,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "unet_plugins",
         "command": "python bench/unet_plugins.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "steps": args.steps,
+        "scheduler": args.scheduler,
         "images": args.images,
         "guidance": args.guidance,
         "repeats": args.repeats,

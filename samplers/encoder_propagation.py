@@ -49,6 +49,7 @@ from samplers.base import HookSet, LoopClock, UnsupportedTargetError, has_hook, 
 from samplers.unet import UNetPluginHandle, resolve_unet_target
 from studio.errors import ConfigError
 
+FEW_STEPS = 10  # below this many steps propagation costs visible quality [FD §5]
 ROOT_HOOK = "encprop_root"
 SLOT_HOOK = "encprop_slot"
 MID = "mid_block"
@@ -218,6 +219,8 @@ class EncPropController:
         self.reset()
         self.clock.begin(num_steps)
         self.keys = frozenset(key_steps(self.config.keys, num_steps or 0))
+        if num_steps and len(self.keys) < num_steps < FEW_STEPS:
+            warn_once(self, f"encprop: fewer than {FEW_STEPS} steps; expect a visible quality drop")
 
     def before_step(self, model_output: torch.Tensor) -> torch.Tensor:
         return model_output

@@ -156,10 +156,11 @@ def test_parallel_equals_sequential_and_skips_the_encoder():
     assert not torch.allclose(results[True], baseline, atol=1e-3)
 
 
-def test_max_parallel_caps_the_decoder_batch():
+def test_max_parallel_caps_the_decoder_batch(caplog):
     unet, scheduler = adm_unet(), DDIMScheduler()
     handle = samplers.apply((unet, scheduler), EncPropConfig(keys="0", max_parallel=3, inject_alpha=0.0))
     unet_loop(unet, scheduler, steps=8)
+    assert "fewer than 10 steps" in caplog.text
     assert handle.stats()["decoder_batches"] == 1 + 3 and handle.stats()["peak_decode_rows"] == 3 * 4
     handle.remove()
 
