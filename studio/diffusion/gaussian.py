@@ -252,9 +252,10 @@ class GaussianDiffusion:
         out = self.p_mean_variance(model_output, x_t, t)
         pred_xstart = out["pred_xstart"]
         eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
-        if gradient is not None:
-            eps = eps - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * scale * gradient
-            pred_xstart = self.predict_xstart_from_eps(x_t, t, eps)
+        if gradient is not None:  # x̂_0(ε̂) = x̂_0(ε) + sqrt(1/ᾱ − 1)·sqrt(1 − ᾱ)·s·g, written as a shift
+            shift = self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * scale * gradient
+            eps = eps - shift
+            pred_xstart = pred_xstart + self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * shift
         alpha_bar = self._extract(self.alphas_cumprod, t, x_t)
         alpha_bar_prev = self._extract(self.alphas_cumprod_prev, t, x_t)
         sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)

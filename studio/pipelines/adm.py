@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -103,7 +104,7 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
 
         # 2. denoising loop
         denoise_started = time.perf_counter()
-        with batch_invariant(self.unet), self._plugins_bound(sampler):
+        with batch_invariant(self.unet), self._classifier_batch_invariant(), self._plugins_bound(sampler):
             sample = self._denoise(sample, y, sampler, guidance_scale, classifier_scale, generators, eta,
                                    callback_on_step_end)
         denoise_s = time.perf_counter() - denoise_started
@@ -154,6 +155,10 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
         if classifier_scale > 0:
             raise StudioError(f"classifier guidance runs with scheduler 'ddpm' or 'ddim', not {name!r}")
         return make_scheduler(name, self.scheduler.config) if name else self.scheduler
+
+    def _classifier_batch_invariant(self) -> AbstractContextManager:
+        """Guidance gradients of image i independent of the batch, as the UNet's outputs are."""
+        return batch_invariant(self.classifier) if self.classifier is not None else nullcontext()
 
     # ---------------------------------------------------------------- loop
     def _denoise(self, sample: torch.Tensor, y: torch.Tensor | None, sampler: Any, guidance_scale: float,
