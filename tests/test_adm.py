@@ -395,3 +395,23 @@ def test_cli_trains_the_tiny_preset(tmp_path, capsys):
                  "checkpointing_steps=3"])
     assert code == 0 and "step 3" in capsys.readouterr().out
     assert type(load_pipeline(str(tmp_path / "run"))) is StudioADMPipeline
+
+
+def test_app_offers_the_classifier_scale_only_with_a_classifier(tmp_path, monkeypatch):
+    from webapp.service import GenerateRequest, StudioService, request_from_record
+
+    card = {"num_classes": NUM_CLASSES, "config": {"model": {"sample_classifier_scale": 1.5}}}
+    save_pipeline(tiny_pipe(), tmp_path / "runs" / "guided" / "pipeline", card)
+    save_pipeline(tiny_pipe(with_classifier=False), tmp_path / "runs" / "plain" / "pipeline", card)
+    monkeypatch.setenv("STUDIO_RUNS", str(tmp_path / "runs"))
+    service = StudioService(tmp_path / "outputs", device="cpu")
+    guided = service.select("guided")
+    assert guided.takes("classifier_scale") and guided.default_classifier_scale == 1.5
+    assert not service.select("plain").takes("classifier_scale")
+    request = GenerateRequest("guided", num_images=2, seed=1, num_inference_steps=3, scheduler="ddpm",
+                              guidance_scale=1.0, classifier_scale=2.0)
+    record = service.generate(request).batch.records[0]
+    assert record.family == "adm" and record.extra["classifier_scale"] == 2.0
+    assert request_from_record(record).classifier_scale == 2.0
+    plain = service.generate(GenerateRequest("plain", num_images=1, num_inference_steps=2, classifier_scale=2.0))
+    assert plain.batch.records[0].extra["classifier_scale"] == 0.0  # left out: nothing to guide with

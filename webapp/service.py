@@ -130,6 +130,7 @@ class ModelInfo:
     plugins: tuple[str, ...]
     plugin_errors: dict[str, str]
     note: str
+    default_classifier_scale: float = 0.0
 
     def takes(self, parameter: str) -> bool:
         return parameter in self.parameters
@@ -144,6 +145,8 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
     if not parameters:
         raise StudioError(f"{name} loads as {type(pipe).__name__}, which is not a studio pipeline "
                           "(it lists no call_parameters); the app serves studio checkpoints")
+    if "classifier_scale" in parameters and getattr(pipe, "classifier", None) is None:
+        parameters = tuple(p for p in parameters if p != "classifier_scale")  # ADM without a noisy classifier
     num_classes = int(getattr(pipe, "num_classes", 0) or 0)
     names = [str(n) for n in card.get("class_names", [])]
     class_names = tuple(names) if len(names) == num_classes else tuple(str(i) for i in range(num_classes))
@@ -172,6 +175,7 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
         plugins=tuple(name for name in sorted(PLUGINS) if name not in errors),
         plugin_errors=errors,
         note=note,
+        default_classifier_scale=float(sampling.get("sample_classifier_scale", 0.0)),
     )
 
 
@@ -369,6 +373,7 @@ class GenerateRequest:
     guidance_scale: float = 4.0
     scheduler: str | None = None
     truncation: float | None = None
+    classifier_scale: float | None = None
     plugins: tuple[str, ...] = ()
 
     def call_kwargs(self, parameters: Sequence[str]) -> dict[str, Any]:
@@ -381,6 +386,7 @@ class GenerateRequest:
             "guidance_scale": float(self.guidance_scale),
             "scheduler": self.scheduler or None,
             "truncation": self.truncation,
+            "classifier_scale": self.classifier_scale,
         }
         return {k: v for k, v in candidates.items() if k in parameters and v is not None}
 
@@ -675,6 +681,7 @@ def request_from_record(record: GenerationRecord) -> GenerateRequest:
         guidance_scale=record.guidance_scale if record.guidance_scale is not None else 4.0,
         scheduler=record.sampler,
         truncation=record.extra.get("truncation"),
+        classifier_scale=record.extra.get("classifier_scale"),
         plugins=tuple(plugin_spec(name, settings) for name, settings in record.plugins.items()),
     )
 

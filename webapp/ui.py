@@ -82,8 +82,9 @@ def parse_class(value: Any) -> int | None:
 
 def make_request(model: str, class_value: Any, scheduler: str | None, steps: float, guidance: float,
                  truncation: float, seed: float | None, randomize: bool, batch: float,
-                 plugins: str) -> GenerateRequest:
-    """A `GenerateRequest` from the Generate tab's values (truncation 0 = off, empty seed = random)."""
+                 plugins: str, classifier_scale: float = 0.0) -> GenerateRequest:
+    """A `GenerateRequest` from the Generate tab's values (truncation and classifier scale 0 = off,
+    empty seed = random)."""
     return GenerateRequest(
         model=model or "",
         num_images=int(batch),
@@ -93,6 +94,7 @@ def make_request(model: str, class_value: Any, scheduler: str | None, steps: flo
         guidance_scale=float(guidance),
         scheduler=scheduler or None,
         truncation=float(truncation) if truncation else None,
+        classifier_scale=float(classifier_scale) if classifier_scale else None,
         plugins=parse_plugin_list(plugins),
     )
 
@@ -168,6 +170,9 @@ def build_app(service: StudioService) -> gr.Blocks:
                                          info="1 = conditional model only, > 1 = classifier-free guidance")
                     truncation = gr.Slider(0.0, 3.0, value=0.0, step=0.05, label="Truncation",
                                            info="latents resampled into [-t, t]; 0 = off (plain normal latents)")
+                    classifier = gr.Slider(0.0, 10.0, value=0.0, step=0.25, label="Classifier guidance scale",
+                                           visible=False,
+                                           info="ADM: follow a noisy classifier's gradient (ddpm/ddim); 0 = off")
                     with gr.Row():
                         seed = gr.Number(0, precision=0, label="Seed", info="image i uses seed + i")
                         randomize = gr.Checkbox(False, label="Randomize seed")
@@ -239,7 +244,8 @@ def build_app(service: StudioService) -> gr.Blocks:
         # ------------------------------------------------------------------ model selection
         plugin_widgets = [w for part in plugin_parts for w in part.widgets]
         plugin_notes = [part.note for part in plugin_parts]
-        controls = [model, model_note, class_label, scheduler, steps, guidance, truncation, seed, randomize, batch,
+        controls = [model, model_note, class_label, scheduler, steps, guidance, truncation, classifier, seed,
+                    randomize, batch,
                     plugin_text, *plugin_widgets, *plugin_notes]
 
         def control_values(info: ModelInfo, request: GenerateRequest | None) -> list[Any]:
@@ -265,6 +271,8 @@ def build_app(service: StudioService) -> gr.Blocks:
                 gr.update(visible=info.takes("guidance_scale"),
                           value=request.guidance_scale if request else info.default_guidance),
                 gr.update(visible=info.takes("truncation"), **({"value": request.truncation or 0.0} if request else {})),
+                gr.update(visible=info.takes("classifier_scale"),
+                          value=(request.classifier_scale or 0.0) if request else info.default_classifier_scale),
                 request.seed if request else keep,
                 False if request else keep,
                 request.num_images if request else keep,
@@ -331,12 +339,13 @@ def build_app(service: StudioService) -> gr.Blocks:
 
         def generate(model_name: str, class_value: Any, scheduler_name: str | None, steps_value: float,
                      guidance_value: float, truncation_value: float, seed_value: float | None, random_seed: bool,
-                     batch_value: float, plugins: str, measure_speedup: bool,
+                     batch_value: float, plugins: str, measure_speedup: bool, classifier_value: float = 0.0,
                      progress: gr.Progress = gr.Progress()) -> tuple[list, str, dict]:
             """Generate a batch; returns the PNGs (with records), the timing and every image's record."""
             with user_errors():
                 request = make_request(model_name, class_value, scheduler_name, steps_value, guidance_value,
-                                       truncation_value, seed_value, random_seed, batch_value, plugins)
+                                       truncation_value, seed_value, random_seed, batch_value, plugins,
+                                       classifier_value)
                 result = service.generate(request, bool(measure_speedup),
                                           lambda done, total, desc: progress((done, total), desc=desc))
             return (gallery_items(result.batch.paths, result.batch.records), timing_text(result, measure_speedup),
@@ -350,17 +359,20 @@ def build_app(service: StudioService) -> gr.Blocks:
             """First image and caption of every history entry, newest first."""
             return [(str(e.paths[0]), e.caption()) for e in service.history.entries() if e.paths]
 
-        generate_event = generate_btn.click(generate, [*request_inputs, measure], [gallery, timing, details],
+        # the classifier scale goes last, so API clients that predate it keep their positions
+        generate_event = generate_btn.click(generate, [*request_inputs, measure, classifier], [gallery, timing, details],
                                             api_name="generate", concurrency_id=CPU, concurrency_limit=1)
         generate_event.success(after_generate, details, [history, seed], api_visibility="private", queue=False)
 
         def compare(model_name: str, class_value: Any, scheduler_name: str | None, steps_value: float,
                     guidance_value: float, truncation_value: float, seed_value: float | None, random_seed: bool,
-                    batch_value: float, plugins: str, progress: gr.Progress = gr.Progress()) -> tuple[list, list, str, dict]:
+                    batch_value: float, plugins: str, classifier_value: float = 0.0,
+                    progress: gr.Progress = gr.Progress()) -> tuple[list, list, str, dict]:
             """The request with and without its plugins: both galleries, the timings and the records."""
             with user_errors():
                 request = make_request(model_name, class_value, scheduler_name, steps_value, guidance_value,
-                                       truncation_value, seed_value, random_seed, batch_value, plugins)
+                                       truncation_value, seed_value, random_seed, batch_value, plugins,
+                                       classifier_value)
                 result = service.compare(request, lambda done, total, desc: progress((done, total), desc=desc))
             text = (f"without plugins **{result.baseline.seconds:.2f} s** · with `{'; '.join(request.plugins)}` "
                     f"**{result.accelerated.seconds:.2f} s** → **speedup {result.speedup:.2f}×** · "
@@ -368,7 +380,7 @@ def build_app(service: StudioService) -> gr.Blocks:
             return (gallery_items(result.baseline.paths, result.baseline.records),
                     gallery_items(result.accelerated.paths, result.accelerated.records), text, result.to_dict())
 
-        compare_event = compare_btn.click(compare, request_inputs,
+        compare_event = compare_btn.click(compare, [*request_inputs, classifier],
                                           [baseline_gallery, plugin_gallery, compare_text, compare_json],
                                           api_name="compare", concurrency_id=CPU, concurrency_limit=1)
 
