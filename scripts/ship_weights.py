@@ -34,7 +34,8 @@ from studio.metrics.samples import to_uint8
 
 MAX_BYTES = 25 * 1024 * 1024
 SAMPLING_DEFAULTS = {"num_inference_steps": "sample_steps", "scheduler": "sample_scheduler",
-                     "guidance_scale": "sample_guidance_scale"}  # pipeline argument -> card config field
+                     "guidance_scale": "sample_guidance_scale",
+                     "classifier_scale": "sample_classifier_scale"}  # pipeline argument -> card config field
 
 
 def folder_bytes(folder: Path) -> int:
