@@ -46,6 +46,7 @@ SAMPLE_ARGUMENTS = {
     "guidance_scale": "guidance_scale",
     "eta": "eta",
     "truncation": "truncation",
+    "classifier_scale": "classifier_scale",
 }
 
 
@@ -111,6 +112,8 @@ def add_sample_parser(subparsers: Any) -> None:
     parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale")
     parser.add_argument("--eta", type=float, default=None, help="DDIM eta")
     parser.add_argument("--truncation", type=float, default=None, help="BigGAN truncation threshold")
+    parser.add_argument("--classifier-scale", type=float, default=None,
+                        help="ADM classifier guidance scale (needs a checkpoint with a noisy classifier)")
     parser.add_argument("--plugin", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                         help="fast-sampling plugin, e.g. fora:interval=3 (repeatable)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda")

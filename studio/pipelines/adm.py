@@ -140,7 +140,7 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
             raise StudioError(f"classifier_scale must be >= 0, got {classifier_scale}")
         if classifier_scale > 0 and self.classifier is None:
             raise StudioError(f"classifier_scale={classifier_scale} needs a noisy classifier, but this ADM pipeline "
-                              "has none; attach one with studio.pipelines.adm.attach_classifier")
+                              "has none; attach one with scripts/attach_classifier.py (studio.pipelines.adm.attach_classifier)")
         if guidance_scale != 1.0 and null_class(self.unet) < 1:
             raise StudioError(f"guidance_scale={guidance_scale} (classifier-free guidance) needs a class-conditional "
                               "UNet; this one is unconditional: use guidance_scale=1")
