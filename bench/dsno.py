@@ -5,7 +5,9 @@ Rows, all from the same noise (image i: seed ``--seed + i``) and classes (i % K)
 (equal-NFE baselines) and with its training N (the target the student imitates); and the teacher's
 DDIM with as many steps as fit in the student's wall time (equal-time baseline). Per row: wall time
 per image (median of ``--repeats`` timed passes after an untimed warm-up), NFE (network calls per
-image; CFG doubles a teacher call's batch, not its count), class accuracy and domain FD from
+image; CFG doubles a teacher call's batch, not its count), UNet image-evaluations per image (the
+FLOP-equivalent: M for the student, whose one call runs M slices; steps, or 2 x steps with CFG, for
+the teacher), class accuracy and domain FD from
 `studio.metrics` (the shipped MNIST classifier), and the mean absolute difference to the teacher's
 DDIM-N images. ``--trajectories DIR`` adds the student's per-slice MSE on the held-out pairs.
 
@@ -137,13 +139,16 @@ def main() -> None:
     per_step_s = reference_s / config.teacher_steps
     equal_time = max(1, int(student_s / per_step_s))
     step_counts = sorted({int(s) for s in args.steps.split(",")} | {equal_time} - {config.teacher_steps})
-    rows = [{"method": "dsno student (1 call)", "nfe": 1, "seconds": student_s, "images": student_images}]
+    cfg = 2 if guidance != 1.0 else 1
+    rows = [{"method": "dsno student (1 call)", "nfe": 1, "unet_evals": config.num_slices, "seconds": student_s,
+             "images": student_images}]
     for steps in step_counts:
         images, seconds = timed(lambda steps=steps: run_teacher(steps), args.repeats)
         tag = " (equal time)" if steps == equal_time else ""
-        rows.append({"method": f"teacher ddim-{steps}{tag}", "nfe": steps, "seconds": seconds, "images": images})
+        rows.append({"method": f"teacher ddim-{steps}{tag}", "nfe": steps, "unet_evals": cfg * steps,
+                     "seconds": seconds, "images": images})
     rows.append({"method": f"teacher ddim-{config.teacher_steps} (target)", "nfe": config.teacher_steps,
-                 "seconds": reference_s, "images": reference})
+                 "unet_evals": cfg * config.teacher_steps, "seconds": reference_s, "images": reference})
     for row in rows:
         images = row.pop("images")
         row["ms_per_image"] = 1000 * row.pop("seconds") / args.num_images
