@@ -247,15 +247,20 @@ class GaussianDiffusion:
 
     def ddim_sample(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None,
                     eta: float = 0.0, gradient: torch.Tensor | None = None, scale: float = 0.0) -> StepOutput:
-        """DDIM step x_t -> x_{t-1}; with ``gradient`` ε̂ = ε − sqrt(1 − ᾱ_t)·s·g and x̂_0 recomputed
-        from ε̂ (ADM ``condition_score``). ``eta`` 0 is deterministic (``noise`` may be None)."""
+        """DDIM step x_t -> x_{t-1}; with ``gradient`` ε̂ = ε − sqrt(1 − ᾱ_t)·s·g (ADM ``condition_score``).
+        ``eta`` 0 is deterministic (``noise`` may be None).
+
+        x̂_0(ε̂) = x̂_0(ε) + sqrt(1/ᾱ_t − 1)·sqrt(1 − ᾱ_t)·s·g is clipped to [-1, 1] like the unguided
+        x̂_0 and ε̂ is re-derived from it. ADM leaves it unclipped; under the cosine schedule the first
+        step (ᾱ ≈ 2e-9 at t = T − 1) would multiply the guidance by ~1e3 and saturate the image.
+        Pixels inside [-1, 1] get exactly ADM's update.
+        """
         out = self.p_mean_variance(model_output, x_t, t)
         pred_xstart = out["pred_xstart"]
+        if gradient is not None:
+            shift = self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * scale * gradient  # ε − ε̂
+            pred_xstart = (pred_xstart + self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * shift).clamp(-1, 1)
         eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
-        if gradient is not None:  # x̂_0(ε̂) = x̂_0(ε) + sqrt(1/ᾱ − 1)·sqrt(1 − ᾱ)·s·g, written as a shift
-            shift = self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * scale * gradient
-            eps = eps - shift
-            pred_xstart = pred_xstart + self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * shift
         alpha_bar = self._extract(self.alphas_cumprod, t, x_t)
         alpha_bar_prev = self._extract(self.alphas_cumprod_prev, t, x_t)
         sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
