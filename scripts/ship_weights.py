@@ -47,18 +47,32 @@ def score(folder: Path, num_samples: int, sample_kwargs: dict, dataset: str) -> 
     pipe = load_pipeline(str(folder))
     pipe.set_progress_bar_config(disable=True)
     num_classes = pipe.num_classes
-    labels = [i % num_classes for i in range(num_samples)]
+    labels = [i % num_classes for i in range(num_samples)] if num_classes else None
     images = []
     started = time.perf_counter()
     for start in range(0, num_samples, 100):
-        batch = labels[start:start + 100]
-        out = pipe(class_labels=batch, seed=start, output_type="pt", **sample_kwargs)
+        if labels is None:  # unconditional (score models): no labels, so no class accuracy
+            out = pipe(num_images=min(100, num_samples - start), seed=start, output_type="pt", **sample_kwargs)
+        else:
+            out = pipe(class_labels=labels[start:start + 100], seed=start, output_type="pt", **sample_kwargs)
         images.append(to_uint8(out.images, value_range=(0.0, 1.0)))
     seconds = time.perf_counter() - started
-    result = evaluate(torch.cat(images), dataset, metrics="acc,dfd", class_labels=labels)
+    result = evaluate(torch.cat(images), dataset, metrics="acc,dfd" if labels else "dfd", class_labels=labels)
     metrics = {k: round(float(v), 4) for k, v in result.metrics.items()}
+    if labels is None:
+        metrics["predicted_class_histogram"] = predicted_classes(torch.cat(images), dataset)
     return {**metrics, "num_samples": num_samples, "sampling": sample_kwargs,
             "judge": result.settings.get("classifier"), "sample_seconds": round(seconds, 1)}
+
+
+def predicted_classes(images: torch.Tensor, dataset: str) -> list[int]:
+    """How many samples the shipped judge assigns to each class (coverage of an unconditional model)."""
+    import numpy as np
+
+    from studio.metrics.features import classifier_outputs, load_classifier, shipped_classifier_path
+
+    logits, _ = classifier_outputs(load_classifier(shipped_classifier_path(dataset)), images)
+    return np.bincount(logits.argmax(1), minlength=logits.shape[1]).tolist()
 
 
 def main(argv: list[str] | None = None) -> None:
