@@ -84,20 +84,15 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
         ``scheduler``: ``ddpm`` | ``ddim`` (guided samplers) or another diffusers scheduler name.
         """
         started = time.perf_counter()
-        if num_images is None:
-            num_images = len(class_labels) if isinstance(class_labels, Sequence) else 1
-        self._check_call(num_images, num_inference_steps, guidance_scale, classifier_scale, eta)
-        sampler = self._sampler(scheduler, eta, classifier_scale)
-        seeds = self.seeds_for(num_images, seed)
-        labels = self.labels_for(num_images, class_labels, self.num_classes)
+        self._check_call(num_inference_steps, guidance_scale, classifier_scale, eta)
         device, dtype = self._execution_device, self.unet.dtype
-        generators = self.generators_for(seeds, device)
-        self._reset_plugins()
-        self._interrupt = False
+        plan = self.begin_call(num_images, class_labels, seed, device)
+        sampler = self._sampler(scheduler, eta, classifier_scale)
+        generators, labels = plan.generators, plan.labels
 
         # 1. initial noise, one generator per image
         channels, size = self.unet.config.in_channels, self.unet.config.sample_size
-        sample = randn_tensor((num_images, channels, size, size), generator=generators, device=device, dtype=dtype)
+        sample = randn_tensor((plan.num_images, channels, size, size), generator=generators, device=device, dtype=dtype)
         sampler.set_timesteps(num_inference_steps, device=device)
         sample = sample * sampler.init_noise_sigma
         y = torch.tensor(labels, device=device) if labels is not None else None
@@ -110,11 +105,10 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
         denoise_s = time.perf_counter() - denoise_started
 
         # 3. convert
-        images = self.convert_output(sample, output_type)
         record = GenerationRecord(
             model=self.model_name(),
             family=self.family,
-            seeds=seeds,
+            seeds=plan.seeds,
             class_labels=labels,
             sampler=scheduler_name(sampler) if not isinstance(sampler, ADMSampler) else sampler.kind,
             steps=num_inference_steps,
@@ -123,16 +117,10 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
                    "interrupted": self._interrupt},
             timings={"denoise_s": round(denoise_s, 4)},
         )
-        record = self.finish_record(record, started)
-        if not return_dict:
-            return images, record
-        return StudioPipelineOutput(images=images, record=record)
+        return self.finish_call(sample, output_type, record, started, return_dict)
 
     # ---------------------------------------------------------------- checks and setup
-    def _check_call(self, num_images: int, steps: int, guidance_scale: float, classifier_scale: float,
-                    eta: float) -> None:
-        if num_images < 1:
-            raise StudioError(f"num_images must be at least 1, got {num_images}")
+    def _check_call(self, steps: int, guidance_scale: float, classifier_scale: float, eta: float) -> None:
         if not 1 <= steps <= self.scheduler.config.num_train_timesteps:
             raise StudioError(f"num_inference_steps must be in 1..{self.scheduler.config.num_train_timesteps} "
                               f"(the trained T), got {steps}")

@@ -41,6 +41,16 @@ class PluginHandle(Protocol):
 
 
 @dataclass
+class CallPlan:
+    """What every call starts from: the number of images, their seeds, classes and generators."""
+
+    num_images: int
+    seeds: list[int]
+    labels: list[int] | None
+    generators: list[torch.Generator]
+
+
+@dataclass
 class StudioPipelineOutput(BaseOutput):
     """Images (PIL list, numpy (N, H, W, C) in [0, 1], or tensor (N, C, H, W) in [0, 1]) and their record."""
 
@@ -96,6 +106,28 @@ class StudioPipelineMixin:
         return settings, stats
 
     # ---------------------------------------------------------------- inputs
+    def begin_call(
+        self,
+        num_images: int | None,
+        class_labels: int | Sequence[int] | None,
+        seed: int | Sequence[int] | None,
+        device: torch.device | str,
+    ) -> CallPlan:
+        """The shared call preamble: check the image count, draw seeds, labels and generators, reset plugins.
+
+        ``num_images`` defaults to one image per class label given (else 1).
+        """
+        if num_images is None:
+            num_images = len(class_labels) if isinstance(class_labels, Sequence) else 1
+        if num_images < 1:
+            raise StudioError(f"num_images must be at least 1, got {num_images}")
+        seeds = self.seeds_for(num_images, seed)
+        labels = self.labels_for(num_images, class_labels, self.num_classes)
+        generators = self.generators_for(seeds, device)
+        self._reset_plugins()
+        self._interrupt = False
+        return CallPlan(num_images, seeds, labels, generators)
+
     @staticmethod
     def seeds_for(num_images: int, seed: int | Sequence[int] | None) -> list[int]:
         """Per-image seeds: ``seed + i`` for an int, the list itself, or random seeds for None."""
@@ -155,6 +187,16 @@ class StudioPipelineMixin:
         if output_type == "pil":
             return [to_pil(a) for a in array]
         raise StudioError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+
+    def finish_call(
+        self, images: torch.Tensor, output_type: str, record: GenerationRecord, started: float, return_dict: bool
+    ) -> StudioPipelineOutput | tuple:
+        """Convert ``images`` (in [-1, 1]), complete ``record`` and return them the diffusers way."""
+        converted = self.convert_output(images, output_type)
+        record = self.finish_record(record, started)
+        if not return_dict:
+            return converted, record
+        return StudioPipelineOutput(images=converted, record=record)
 
     def model_name(self) -> str:
         name = getattr(self, "name_or_path", None) or ""

@@ -70,30 +70,23 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
         ``seed`` is the base seed (image i uses seed + i) or one seed per image.
         """
         started = time.perf_counter()
-        if num_images is None:
-            num_images = len(class_labels) if isinstance(class_labels, Sequence) else 1
-        if num_images < 1:
-            raise StudioError(f"num_images must be at least 1, got {num_images}")
         if num_inference_steps < 1:
             raise StudioError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        sampler = make_scheduler(scheduler, self.scheduler.config) if scheduler else self.scheduler
-        seeds = self.seeds_for(num_images, seed)
-        labels = self.labels_for(num_images, class_labels, self.num_classes)
         device, dtype = self._execution_device, self.transformer.dtype
-        generators = self.generators_for(seeds, device)
-        self._reset_plugins()
-        self._interrupt = False
+        plan = self.begin_call(num_images, class_labels, seed, device)
+        sampler = make_scheduler(scheduler, self.scheduler.config) if scheduler else self.scheduler
+        generators = plan.generators
 
         # 1. initial noise, one generator per image
         size = self.transformer.config.sample_size
         channels = self.transformer.config.in_channels
-        latents = randn_tensor((num_images, channels, size, size), generator=generators, device=device, dtype=dtype)
+        latents = randn_tensor((plan.num_images, channels, size, size), generator=generators, device=device, dtype=dtype)
         sampler.set_timesteps(num_inference_steps, device=latents.device)
         latents = latents * sampler.init_noise_sigma
 
         # 2. labels: conditional half, then the null class for the unconditional half
         use_cfg = guidance_scale != 1.0
-        y = torch.tensor(labels, device=latents.device)
+        y = torch.tensor(plan.labels, device=latents.device)
         if use_cfg:
             y = torch.cat([y, torch.full_like(y, self.num_classes)])
         step_kwargs = self._step_kwargs(sampler, generators, eta)
@@ -107,22 +100,18 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
         # 4. decode and convert
         if self.vae is not None:
             latents = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        images = self.convert_output(latents, output_type)
         record = GenerationRecord(
             model=self.model_name(),
             family=self.family,
-            seeds=seeds,
-            class_labels=labels,
+            seeds=plan.seeds,
+            class_labels=plan.labels,
             sampler=scheduler_name(sampler),
             steps=num_inference_steps,
             guidance_scale=guidance_scale,
             extra={"eta": eta, "image_size": int(latents.shape[-1]), "interrupted": self._interrupt},
             timings={"denoise_s": round(denoise_s, 4)},
         )
-        record = self.finish_record(record, started)
-        if not return_dict:
-            return images, record
-        return StudioPipelineOutput(images=images, record=record)
+        return self.finish_call(latents, output_type, record, started, return_dict)
 
     def _denoise(
         self,

@@ -65,20 +65,15 @@ class StudioDSNOPipeline(StudioPipelineMixin, DiffusionPipeline):
         """
         started = time.perf_counter()
         self._check_fixed_settings(num_inference_steps, guidance_scale)
-        if num_images is None:
-            num_images = len(class_labels) if isinstance(class_labels, Sequence) else 1
-        if num_images < 1:
-            raise StudioError(f"num_images must be at least 1, got {num_images}")
-        seeds = self.seeds_for(num_images, seed)
-        labels = self.labels_for(num_images, class_labels, self.num_classes)
         device, dtype = self._execution_device, self.student.dtype
-        self._reset_plugins()
+        plan = self.begin_call(num_images, class_labels, seed, device)
+        num_images, labels = plan.num_images, plan.labels
 
         # 1. initial noise, one generator per image
         config = self.student.unet.config
         size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
         shape = (num_images, self.student.image_channels, size, size)
-        noise = randn_tensor(shape, generator=self.generators_for(seeds, device), device=device, dtype=dtype)
+        noise = randn_tensor(shape, generator=plan.generators, device=device, dtype=dtype)
         y = torch.tensor(labels, device=device) if labels is not None else None
 
         # 2. one student call per fixed-size chunk; the last state of each trajectory is the sample
@@ -91,7 +86,7 @@ class StudioDSNOPipeline(StudioPipelineMixin, DiffusionPipeline):
         record = GenerationRecord(
             model=self.model_name(),
             family=self.family,
-            seeds=seeds,
+            seeds=plan.seeds,
             class_labels=labels,
             sampler="dsno",
             steps=1,
@@ -100,11 +95,7 @@ class StudioDSNOPipeline(StudioPipelineMixin, DiffusionPipeline):
                    "time_grid": list(student.timesteps), "image_size": size},
             timings={"student_s": round(call_s, 4)},
         )
-        record = self.finish_record(record, started)
-        out = self.convert_output(images, output_type)
-        if not return_dict:
-            return out, record
-        return StudioPipelineOutput(images=out, record=record)
+        return self.finish_call(images, output_type, record, started, return_dict)
 
     def _sample_chunk(self, noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Final states of up to `CHUNK_SIZE` trajectories, computed on exactly `CHUNK_SIZE` rows."""

@@ -78,18 +78,13 @@ class StudioGANPipeline(StudioPipelineMixin, DiffusionPipeline):
             raise StudioError(f"{type(self).__name__} does not take {names}: a GAN draws each image in one "
                               f"forward pass (it takes {', '.join(self.call_parameters)})")
         started = time.perf_counter()
-        if num_images is None:
-            num_images = len(class_labels) if isinstance(class_labels, Sequence) else 1
-        if num_images < 1:
-            raise StudioError(f"num_images must be at least 1, got {num_images}")
-        seeds = self.seeds_for(num_images, seed)
-        labels = self.labels_for(num_images, class_labels, self.num_classes)
         device, dtype = self._execution_device, self.generator.dtype
-        self._reset_plugins()
+        plan = self.begin_call(num_images, class_labels, seed, device)
+        labels = plan.labels
 
         # 1. one latent per image from its own generator
         latents = torch.stack([truncated_normal(self.generator.z_dim, truncation, g, dtype)
-                               for g in self.generators_for(seeds, device)])  # (N, z_dim)
+                               for g in plan.generators])  # (N, z_dim)
         y = torch.tensor(labels, device=device) if labels is not None else None
 
         # 2. the generator in eval mode, on fixed-size chunks
@@ -101,16 +96,12 @@ class StudioGANPipeline(StudioPipelineMixin, DiffusionPipeline):
         record = GenerationRecord(
             model=self.model_name(),
             family=self.family,
-            seeds=seeds,
+            seeds=plan.seeds,
             class_labels=labels,
             extra={"truncation": truncation, "image_size": int(images.shape[-1])},
             timings={"generate_s": round(generate_s, 4)},
         )
-        images = self.convert_output(images, output_type)
-        record = self.finish_record(record, started)
-        if not return_dict:
-            return images, record
-        return StudioPipelineOutput(images=images, record=record)
+        return self.finish_call(images, output_type, record, started, return_dict)
 
     def _generate(self, latents: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """``G(z, y)`` over `CHUNK_SIZE` chunks: (N, z_dim) -> (N, C, S, S) in [-1, 1]."""
