@@ -30,6 +30,8 @@ from webapp.service import (
 DIT = "tiny-dit"
 GAN = "tiny-sagan"
 BIGGAN = "tiny-biggan"
+ADM = "tiny-adm"
+DSNO = "tiny-dsno"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,12 +65,38 @@ def tiny_biggan_pipeline():
     return StudioGANPipeline(generator)
 
 
+def tiny_adm_pipeline():
+    """A 16 px ADM UNet (4 classes + null) with its noisy classifier in a `StudioADMPipeline`."""
+    from tests.test_adm import tiny_pipe
+
+    return tiny_pipe(with_classifier=True)
+
+
+def tiny_dsno_pipeline():
+    """A one-call DSNO student of a random 8 px teacher (10 classes) in a `StudioDSNOPipeline`."""
+    from studio.diffusion.trajectories import TrajectoryGrid
+    from studio.models.dsno import DSNOStudent
+    from studio.pipelines.dsno import StudioDSNOPipeline
+    from training.dsno import random_teacher
+
+    teacher = random_teacher(8, 1, 10, [8, 8], seed=0)
+    grid = TrajectoryGrid.for_scheduler(teacher.scheduler, 16, 4)
+    student = DSNOStudent.from_teacher(teacher.unet, timesteps=list(grid.timesteps),
+                                       alphas_cumprod=list(grid.alphas_cumprod),
+                                       alpha_cumprod_start=grid.alpha_cumprod_start, teacher="random",
+                                       teacher_steps=16, guidance_scale=1.0, num_classes=10).eval()
+    return StudioDSNOPipeline(student=student)
+
+
 def write_checkpoints(runs) -> None:
-    """One tiny model per family as runs ``tiny-dit``, ``tiny-sagan`` and ``tiny-biggan`` under ``runs``."""
+    """One tiny model per family as runs ``tiny-dit``, ``tiny-sagan``, ``tiny-biggan``, ``tiny-adm`` and
+    ``tiny-dsno`` under ``runs``."""
     names = [f"digit {i}" for i in range(10)]
     save_pipeline(tiny_dit_pipeline(), runs / DIT / "pipeline", {"num_classes": 10, "class_names": names})
     save_pipeline(tiny_sagan_pipeline(), runs / GAN / "pipeline", {"num_classes": 10})
     save_pipeline(tiny_biggan_pipeline(), runs / BIGGAN / "pipeline", {"num_classes": 10})
+    save_pipeline(tiny_adm_pipeline(), runs / ADM / "pipeline", {"num_classes": 4})
+    save_pipeline(tiny_dsno_pipeline(), runs / DSNO / "pipeline", {"num_classes": 10})
 
 
 @pytest.fixture

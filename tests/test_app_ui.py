@@ -19,7 +19,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from tests.test_app_service import BIGGAN, DIT, GAN, one_thread, write_checkpoints  # noqa: F401 (fixture)
+from tests.test_app_service import ADM, BIGGAN, DIT, DSNO, GAN, one_thread, write_checkpoints  # noqa: F401 (fixture)
 from webapp.service import StudioService
 from webapp.ui import API_NAMES, allowed_paths, build_app
 
@@ -60,9 +60,9 @@ def client(app):
 
 
 def generate(client: Client, model: str = DIT, plugins: str = "", measure: bool = False, steps: int = 3,
-             batch: int = 2, seed: int = 7, truncation: float = 0.0) -> tuple[list, str, dict]:
+             batch: int = 2, seed: int = 7, truncation: float = 0.0, classifier: float = 0.0) -> tuple[list, str, dict]:
     return client.predict(model, "all", "ddim", steps, 4.0, truncation, seed, False, batch, plugins, measure,
-                          api_name="/generate")
+                          classifier, api_name="/generate")
 
 
 def test_every_action_is_a_named_endpoint(client):
@@ -72,9 +72,11 @@ def test_every_action_is_a_named_endpoint(client):
     assert generate_inputs[:3] == ["Model", "Class", "Sampler"] and "Plugin specs" in generate_inputs
 
 
-@pytest.mark.parametrize("model, family, truncation", [(DIT, "dit", 0.0), (GAN, "sagan", 0.7), (BIGGAN, "biggan", 0.5)])
-def test_generate_returns_pngs_with_their_records_for_each_family(client, model, family, truncation):
-    gallery, timing, details = generate(client, model, truncation=truncation)
+@pytest.mark.parametrize("model, family, truncation, classifier", [
+    (DIT, "dit", 0.0, 0.0), (GAN, "sagan", 0.7, 0.0), (BIGGAN, "biggan", 0.5, 0.0), (ADM, "adm", 0.0, 2.0),
+    (DSNO, "dsno", 0.0, 0.0)])
+def test_generate_returns_pngs_with_their_records_for_each_family(client, model, family, truncation, classifier):
+    gallery, timing, details = generate(client, model, truncation=truncation, classifier=classifier)
     assert len(gallery) == 2 and gallery[1]["caption"] == "seed 8 · class 1"
     assert "2 images in" in timing
     for item, image in zip(gallery, details["images"]):
@@ -85,6 +87,7 @@ def test_generate_returns_pngs_with_their_records_for_each_family(client, model,
     record = details["images"][0]["record"]
     assert record["seeds"] == [7] and record["family"] == family
     assert record["extra"].get("truncation") == (truncation or None)
+    assert record["extra"].get("classifier_scale") == (classifier if family == "adm" else None)
 
 
 def test_plugins_apply_and_the_speedup_is_measured_on_request(client):
@@ -108,8 +111,11 @@ def test_model_info_follows_call_parameters(client):
     assert dit["class_names"][3] == "digit 3" and dit["plugins"] == ["fora", "ras"]
     assert set(dit["plugin_errors"]) == {"skip_tuning", "encprop"}  # UNet plugins refuse a DiT
     assert gan["plugins"] == [] and set(gan["plugin_errors"]) == {"fora", "ras", "skip_tuning", "encprop"}
+    adm, dsno = (client.predict(name, api_name="/model_info") for name in (ADM, DSNO))
+    assert "classifier_scale" in adm["parameters"] and adm["plugins"] == ["encprop", "skip_tuning"]
+    assert dsno["parameters"] == ["num_images", "class_labels", "seed", "output_type"]
     models = client.predict(api_name="/models")[1]
-    assert {m["name"] for m in models} == {DIT, GAN, BIGGAN}
+    assert {m["name"] for m in models} == {DIT, GAN, BIGGAN, ADM, DSNO}
 
 
 def test_history_recall_and_png_info_return_the_parameters(client):
