@@ -35,7 +35,8 @@ import torch
 from samplers import PLUGINS, apply, parse_plugin_spec
 from studio.errors import StudioError
 from studio.hub import list_models, load_pipeline, read_card, runs_dir
-from studio.pipelines.record import GenerationRecord, read_record, save_png
+from studio.pipelines.record import GenerationRecord, read_record, save_png, to_pil
+from webapp.control import ControlRequest, read_control_image
 
 logger = logging.getLogger("webapp")
 
@@ -439,6 +440,22 @@ class GenerateResult:
 
 
 @dataclass
+class ControlResult:
+    """A controlled generation: the request as run (seed resolved), its images and the condition map."""
+
+    request: ControlRequest
+    batch: Batch
+    condition: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request": self.request.to_dict(), "condition": str(self.condition), **self.batch.to_dict()}
+
+
+#: requests `StudioService._resolve` fixes the seed of
+AnyRequest = typing.TypeVar("AnyRequest", GenerateRequest, ControlRequest)
+
+
+@dataclass
 class CompareResult:
     """The same request with and without its plugins.
 
@@ -554,11 +571,14 @@ class StudioService:
             folder = self._new_folder()
             if measure:
                 self._warm_up(pipe, info, request)
-            images, record, seconds = self._run(pipe, info, request, configs, progress, "generating")
-            batch = self._save(images, record, seconds, folder)
+            kwargs = request.call_kwargs(info.parameters)
+            output, seconds = self._run(pipe, info, kwargs, request.num_inference_steps, configs, progress,
+                                        "generating")
+            batch = self._save(list(output.images), output.record, seconds, folder)
             baseline = None
             if measure:
-                baseline = self._run(pipe, info, request, [], progress, "baseline without plugins")[2]
+                baseline = self._run(pipe, info, kwargs, request.num_inference_steps, [], progress,
+                                     "baseline without plugins")[1]
         entry = self.history.add(request, batch.paths, seconds)
         return GenerateResult(request, batch, entry.id, baseline)
 
@@ -573,12 +593,32 @@ class StudioService:
             request = self._resolve(request, info)
             folder = self._new_folder("compare")
             self._warm_up(pipe, info, request)
-            fast, fast_record, fast_s = self._run(pipe, info, request, configs, progress, "with plugins")
-            base, base_record, base_s = self._run(pipe, info, request, [], progress, "without plugins")
-            accelerated = self._save(fast, fast_record, fast_s, folder / "plugins")
-            baseline = self._save(base, base_record, base_s, folder / "baseline")
-        diff = float(np.mean([np.abs(_as_unit(a) - _as_unit(b)).mean() for a, b in zip(fast, base)]))
+            kwargs, steps = request.call_kwargs(info.parameters), request.num_inference_steps
+            fast, fast_s = self._run(pipe, info, kwargs, steps, configs, progress, "with plugins")
+            base, base_s = self._run(pipe, info, kwargs, steps, [], progress, "without plugins")
+            accelerated = self._save(list(fast.images), fast.record, fast_s, folder / "plugins")
+            baseline = self._save(list(base.images), base.record, base_s, folder / "baseline")
+        diff = float(np.mean([np.abs(_as_unit(a) - _as_unit(b)).mean() for a, b in zip(fast.images, base.images)]))
         return CompareResult(request, baseline, accelerated, diff)
+
+    def control(self, request: ControlRequest, progress: ProgressFn | None = None) -> ControlResult:
+        """Generate with a ControlNet checkpoint following ``request.control_image``; save the PNGs and
+        the condition map the network saw."""
+        picture = read_control_image(request.control_image, request.condition)
+        with self._lock:
+            self._stop.clear()
+            pipe, info = self.models.get(request.model)
+            if not info.takes("control_image"):
+                raise StudioError(f"{request.model} is a {info.family or 'non-ControlNet'} model; the Control tab "
+                                  "needs a ControlNet checkpoint (family controlnet)")
+            request = self._resolve(request, info)
+            folder = self._new_folder("control")
+            output, seconds = self._run(pipe, info, request.call_kwargs(picture, info.parameters),
+                                        request.num_inference_steps, [], progress, "generating")
+            batch = self._save(list(output.images), output.record, seconds, folder)
+            condition = folder / "condition.png"
+            to_pil(np.asarray(output.conditions[0], dtype=np.float32)).save(condition)
+        return ControlResult(request, batch, condition)
 
     def stop(self) -> None:
         """Ask the running generation to stop after its current step."""
@@ -598,7 +638,7 @@ class StudioService:
         return request_from_record(record)
 
     # ------------------------------------------------------------------ internals
-    def _resolve(self, request: GenerateRequest, info: ModelInfo) -> GenerateRequest:
+    def _resolve(self, request: AnyRequest, info: ModelInfo) -> AnyRequest:
         """Fix the random seed and drop a class for unconditional models."""
         seed = request.seed
         if seed is None:
@@ -606,12 +646,12 @@ class StudioService:
         class_label = request.class_label if info.class_names else None
         return dataclasses.replace(request, seed=int(seed), class_label=class_label)
 
-    def _run(self, pipe: Any, info: ModelInfo, request: GenerateRequest, configs: list[Any],
-             progress: ProgressFn | None, phase: str) -> tuple[list[Any], GenerationRecord, float]:
-        """One pipeline call with ``configs`` applied for its duration; images, record, wall time."""
-        kwargs = request.call_kwargs(info.parameters)
+    def _run(self, pipe: Any, info: ModelInfo, kwargs: dict[str, Any], steps: int, configs: list[Any],
+             progress: ProgressFn | None, phase: str) -> tuple[Any, float]:
+        """One pipeline call with ``configs`` applied for its duration: its output and wall time."""
+        kwargs = dict(kwargs)
         if info.takes("callback_on_step_end"):
-            kwargs["callback_on_step_end"] = self._step_callback(int(request.num_inference_steps), progress, phase)
+            kwargs["callback_on_step_end"] = self._step_callback(int(steps), progress, phase)
         handles = []
         try:
             for config in configs:
@@ -624,7 +664,7 @@ class StudioService:
                 handle.remove()
         if self._stop.is_set():
             raise GenerationStopped(f"generation stopped ({phase}) by request; nothing was saved")
-        return list(output.images), output.record, seconds
+        return output, seconds
 
     def _warm_up(self, pipe: Any, info: ModelInfo, request: GenerateRequest) -> None:
         """One image, one step with the request's settings, untimed, before timed runs are compared.
@@ -633,7 +673,8 @@ class StudioService:
         kernel setup): measured 6.5 s against 0.7 s for the same call later, which would make
         whichever run goes first look slow.
         """
-        self._run(pipe, info, dataclasses.replace(request, num_images=1, num_inference_steps=1), [], None, "warm-up")
+        self._run(pipe, info, dataclasses.replace(request, num_images=1, num_inference_steps=1).call_kwargs(info.parameters),
+                  1, [], None, "warm-up")
 
     def _step_callback(self, total: int, progress: ProgressFn | None, phase: str) -> Callable:
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:

@@ -1,4 +1,4 @@
-"""The studio Gradio app: Generate, Compare and Train tabs over one `StudioService`.
+"""The studio Gradio app: Generate, Compare, Control and Train tabs over one `StudioService`.
 
 Thin by design: every handler converts component values to service calls and service results
 to component values; all logic is in `webapp.service`. Conventions (ecosystem.md section 4):
@@ -25,11 +25,13 @@ import pandas as pd
 from studio.diffusion.schedulers import scheduler_names
 from studio.errors import StudioError
 from studio.hub import runs_dir
+from webapp.control import CONDITIONS, ControlRequest
 from webapp.service import (
     PLUGIN_SEPARATOR,
     GenerateRequest,
     GenerateResult,
     ModelInfo,
+    ModelOption,
     PluginField,
     PluginPanel,
     StudioService,
@@ -43,7 +45,9 @@ from webapp.service import (
 
 #: the public endpoints (``Client(url).predict(..., api_name="/generate")``)
 API_NAMES = ("generate", "compare", "stop", "models", "model_info", "history", "recall", "png_info", "train",
-             "train_stop", "train_status")
+             "train_stop", "train_status", "control")
+#: the family whose checkpoints the Control tab lists
+CONTROL_FAMILY = "controlnet"
 #: concurrency group of the CPU-bound events (one at a time)
 CPU = "cpu"
 #: the class dropdown value that means "balanced classes" (image i gets class i mod K)
@@ -235,11 +239,8 @@ def build_app(service: StudioService) -> gr.Blocks:
             with gr.Accordion("Run status", open=False):
                 train_json = gr.JSON(label="Status")
 
-        # Extension point: the Control tab (ControlNet). studio.pipelines has no ControlNet pipeline
-        # yet. When it lands, with ``control_image`` in its call_parameters: add the condition (image
-        # path + condition kind) to GenerateRequest.call_kwargs, then a tab here with a
-        # gr.Image(type="filepath") condition input and the Generate tab's controls, wired like
-        # generate_btn (api_name "control", concurrency_id CPU).
+        with gr.Tab("Control"):
+            _control_tab(service, options)
 
         # ------------------------------------------------------------------ model selection
         plugin_widgets = [w for part in plugin_parts for w in part.widgets]
@@ -456,6 +457,81 @@ def build_app(service: StudioService) -> gr.Blocks:
 
     demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     return demo
+
+
+def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
+    """The Control tab: a ControlNet checkpoint, a picture (upload or sketch) and how strongly to follow it.
+
+    The picture goes to the pipeline as a file path, so the ``/control`` endpoint takes the same
+    upload from `gradio_client` (``handle_file``); the sketch pad's "Use sketch" copies its drawing
+    into that input.
+    """
+    controlnets = [(o.label, o.name) for o in options if o.family == CONTROL_FAMILY]
+    gr.Markdown("Generate images that follow a picture's edges with a ControlNet checkpoint. Upload a picture "
+                "or draw one, pick how it becomes the condition (edges detected from it, or the drawing itself "
+                "as white strokes on black), and set how strongly the network follows it (0 = the base model).")
+    with gr.Row():
+        with gr.Column(scale=2):
+            model = gr.Dropdown(controlnets, value=controlnets[0][1] if controlnets else None, label="ControlNet model",
+                                allow_custom_value=True,
+                                info="shipped or local ControlNet runs; or type a checkpoint folder")
+            with gr.Tab("Upload"):
+                picture = gr.Image(type="filepath", label="Control image", sources=["upload", "clipboard"],
+                                   image_mode="L", height=240)
+            with gr.Tab("Sketch"):
+                sketch = gr.Sketchpad(type="filepath", label="Sketch", canvas_size=(280, 280), image_mode="RGBA")
+                use_sketch = gr.Button("Use sketch", size="sm")
+            condition = gr.Radio(list(CONDITIONS), value="canny", label="Condition",
+                                 info="canny / sobel: edges of the picture; none: the picture is the condition map")
+            class_label = gr.Dropdown([("all classes (balanced)", ALL_CLASSES)] + [(str(i), str(i)) for i in range(10)],
+                                      value=ALL_CLASSES, label="Class", allow_custom_value=True)
+            scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control scale",
+                              info="multiplies every ControlNet residual; 0 = the base model alone")
+            guess = gr.Checkbox(False, label="Guess mode", info="condition only on the CFG conditional branch, "
+                                                                 "residuals scaled from 0.1 (shallow) to 1 (middle)")
+            with gr.Row():
+                steps = gr.Slider(1, 250, value=20, step=1, label="Steps")
+                guidance = gr.Slider(0.0, 15.0, value=1.0, step=0.25, label="Guidance scale (CFG)")
+            with gr.Row():
+                seed = gr.Number(0, precision=0, label="Seed", info="image i uses seed + i")
+                batch = gr.Slider(1, 16, value=4, step=1, label="Batch size")
+            with gr.Row():
+                run = gr.Button("Generate with control", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+        with gr.Column(scale=3):
+            with gr.Row():
+                condition_view = gr.Image(label="Condition the network sees", type="filepath", interactive=False,
+                                          height=240, format="png")
+                gallery = gr.Gallery(label="Images", format="png", columns=4, height="auto", interactive=False,
+                                     fit_columns=False)
+            with gr.Accordion("Generation records", open=False):
+                details = gr.JSON(label="Records")
+
+    def control(model_name: str, image: str | None, condition_name: str, class_value: Any, scale_value: float,
+                guess_mode: bool, steps_value: float, guidance_value: float, seed_value: float | None,
+                batch_value: float, progress: gr.Progress = gr.Progress()) -> tuple[str, list, dict]:
+        """Generate following a control picture; returns the condition map, the PNGs and their records."""
+        with user_errors():
+            request = ControlRequest(model=model_name or "", control_image=image or "", condition=condition_name,
+                                     class_label=parse_class(class_value), num_images=int(batch_value),
+                                     seed=None if seed_value is None else int(seed_value),
+                                     num_inference_steps=int(steps_value), guidance_scale=float(guidance_value),
+                                     control_scale=float(scale_value), guess_mode=bool(guess_mode))
+            result = service.control(request, lambda done, total, desc: progress((done, total), desc=desc))
+        return str(result.condition), gallery_items(result.batch.paths, result.batch.records), result.to_dict()
+
+    def sketch_file(value: dict | None) -> str | None:
+        """The sketch pad's flattened drawing (a PNG path), for the control image input."""
+        if not value or not value.get("composite"):
+            raise gr.Error("draw something on the sketch pad first")
+        return value["composite"]
+
+    event = run.click(control, [model, picture, condition, class_label, scale, guess, steps, guidance, seed, batch],
+                      [condition_view, gallery, details], api_name="control", concurrency_id=CPU, concurrency_limit=1)
+    stop.click(service.stop, None, None, cancels=[event], api_name="control_stop", api_visibility="private",
+               concurrency_limit=None)
+    use_sketch.click(sketch_file, sketch, picture, api_visibility="private", queue=False)
+    use_sketch.click(lambda: "none", None, condition, api_visibility="private", queue=False)
 
 
 class _PluginPart:
