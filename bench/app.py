@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.report import write_results  # noqa: E402
 
-COLUMNS = ["measure", "model", "family", "plugins", "latency_s", "generate_s", "speedup"]
+COLUMNS = ["measure", "model", "family", "sampling", "plugins", "latency_s", "generate_s", "speedup"]
 READY_TIMEOUT_S = 300
 
 
@@ -65,11 +65,17 @@ def wait_ready(url: str, process: subprocess.Popen) -> None:
     raise SystemExit(f"app.py did not answer within {READY_TIMEOUT_S} s")
 
 
-def generate(client, model: str, steps: int, batch: int, plugins: str = "") -> tuple[float, dict]:
+def sampling(info: dict, steps: int | None) -> dict:
+    """The model's own sampling defaults (from its model card, as the app shows them); ``steps`` overrides."""
+    return {"scheduler": info["default_scheduler"] or "ddim", "steps": steps or info["default_steps"],
+            "guidance": info["default_guidance"], "classifier": info["default_classifier_scale"]}
+
+
+def generate(client, model: str, settings: dict, batch: int, plugins: str = "") -> tuple[float, dict]:
     """One /generate call: (client wall seconds, the app's details JSON)."""
     started = time.perf_counter()
-    _, _, details = client.predict(model, "all", "ddim", steps, 4.0, 0.0, 0, False, batch, plugins, False,
-                                   api_name="/generate")
+    _, _, details = client.predict(model, "all", settings["scheduler"], settings["steps"], settings["guidance"], 0.0,
+                                   0, False, batch, plugins, False, settings["classifier"], api_name="/generate")
     return time.perf_counter() - started, details
 
 
@@ -82,23 +88,26 @@ def plugin_variants(info: dict) -> list[tuple[str, str]]:
     return variants
 
 
-def bench_model(client, model: str, steps: int, batch: int, repeats: int) -> list[dict]:
+def bench_model(client, model: str, steps: int | None, batch: int, repeats: int) -> list[dict]:
     info = client.predict(model, api_name="/model_info")
-    generate(client, model, steps, batch)  # warm-up: first call after loading
+    settings = sampling(info, steps)
+    generate(client, model, settings, batch)  # warm-up: first call after loading
     variants = plugin_variants(info)
     latency: dict[str, list[float]] = {label: [] for label, _ in variants}
     pipeline: dict[str, list[float]] = {label: [] for label, _ in variants}
     for round_index in range(repeats):
         shift = round_index % len(variants)
         for label, spec in variants[shift:] + variants[:shift]:
-            seconds, details = generate(client, model, steps, batch, spec)
+            seconds, details = generate(client, model, settings, batch, spec)
             latency[label].append(seconds)
             pipeline[label].append(details["seconds"])
     base = statistics.median(pipeline["none"])
     rows = []
     for label, _ in variants:
         generate_s = statistics.median(pipeline[label])
+        takes_steps = "num_inference_steps" in info["parameters"]
         rows.append({"measure": f"{batch}-image batch", "model": model, "family": info["family"], "plugins": label,
+                     "sampling": f"{settings['scheduler']} {settings['steps']}" if takes_steps else "one call",
                      "latency_s": statistics.median(latency[label]), "generate_s": generate_s,
                      "speedup": base / generate_s})
     return rows
@@ -109,7 +118,8 @@ def main() -> None:
     parser.add_argument("--models", default="", help="comma-separated model names or checkpoint folders to "
                                                      "benchmark besides every model the app lists")
     parser.add_argument("--runs", default=None, help="STUDIO_RUNS for the app (default: ./runs)")
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps for diffusion models")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps for every diffusion model (default: each model's own, from its card)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="OMP/MKL threads of the app process")
@@ -126,7 +136,8 @@ def main() -> None:
             ready_s = time.perf_counter() - started
             client = Client(url, verbose=False)
             listed = [m["name"] for m in client.predict(api_name="/models")[1]]
-            _, first = generate(client, listed[0], args.steps, 1)
+            first_info = client.predict(listed[0], api_name="/model_info")
+            _, first = generate(client, listed[0], sampling(first_info, args.steps), 1)
             first_s = time.perf_counter() - started
             rows = [{"measure": "launch to ready", "model": "", "latency_s": ready_s},
                     {"measure": "launch to first image", "model": listed[0], "family": first["images"][0]["record"]["family"],
@@ -139,11 +150,13 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=30)
     notes = (f"`python bench/app.py` against `python app.py` in a subprocess, driven by gradio_client. "
-             f"Diffusion: {args.steps} DDIM steps, CFG 4; batch {args.batch}; median of {args.repeats} rounds "
+             "Each model samples with its own card's settings (sampler, steps, CFG, classifier scale: the "
+             f"app's defaults){'' if args.steps is None else f', steps forced to {args.steps}'}; "
+             f"batch {args.batch}; median of {args.repeats} rounds "
              "(variants in rotating order), after one warm-up call per model. latency_s: end to end at the "
              "client (queue, PNG writing, file transfer); generate_s: the pipeline call timed by the app; "
              "speedup: generate_s without plugins / with. Plugins at their defaults (FORA interval 3, RAS "
-             "ratio 0.5). On a shared CPU the numbers move with other load.")
+             "ratio 0.5, Skip-Tuning, encoder propagation). On a shared CPU the numbers move with other load.")
     settings = {"steps": args.steps, "batch": args.batch, "repeats": args.repeats, "threads": args.threads,
                 "runs": args.runs, "models": models}
     json_path, md_path = write_results("app", rows, COLUMNS, notes, settings)
