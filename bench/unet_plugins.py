@@ -38,7 +38,6 @@ from typing import Any
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     DDIMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -49,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import samplers
 from bench.report import machine
+from studio.testing import char_clip_tokenizer, sd_ddim_scheduler, tiny_clip_text_config, tiny_sd_vae
 
 RESULTS = ROOT / "bench" / "results" / "unet_plugins"
 ADM_CLASSES = 10
@@ -62,22 +62,8 @@ METHODS: dict[str, tuple[str, ...]] = {
 
 
 # ---------------------------------------------------------------------------- models
-def _clip_tokenizer(folder: Path) -> Any:
-    """A character-level CLIP tokenizer written to ``folder`` (no download)."""
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in "abcdefghijklmnopqrstuvwxyz":
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
-
-
 def sd_mini(workdir: Path) -> StableDiffusionPipeline:
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -92,41 +78,14 @@ def sd_mini(workdir: Path) -> StableDiffusionPipeline:
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-    )
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=60,
-        )
-    )
+    vae = tiny_sd_vae()
+    text = CLIPTextModel(tiny_clip_text_config())
     pipe = StableDiffusionPipeline(
         unet=unet.eval(),
         vae=vae.eval(),
         text_encoder=text.eval(),
-        tokenizer=_clip_tokenizer(workdir / "clip"),
-        scheduler=DDIMScheduler(
-            beta_schedule="scaled_linear",
-            beta_start=0.00085,
-            beta_end=0.012,
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-        ),
+        tokenizer=char_clip_tokenizer(workdir / "clip"),
+        scheduler=sd_ddim_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -7,7 +7,6 @@ read back with ``from_pretrained``, so the plugins are tested on what users actu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from torch import nn
 
 from studio.models.dit import DiTConfig, build_dit
 from studio.pipelines.dit import StudioDiTPipeline
+from studio.testing import char_clip_tokenizer, tiny_clip_text_config
 
 WEIGHT_SCALE = 0.1
 
@@ -94,19 +94,6 @@ def dit_pipeline(tmp_path: Path) -> DiTPipeline:
     return pipe
 
 
-def _clip_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in "abcdefghijklmnopqrstuvwxyz":
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
-
-
 def _t5_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import T5TokenizerFast
@@ -146,20 +133,10 @@ def tiny_sd3_transformer() -> SD3Transformer2DModel:
 def sd3_pipeline(tmp_path: Path) -> StableDiffusion3Pipeline:
     """`StableDiffusion3Pipeline` with tiny CLIP x2 / T5 text encoders, saved and reloaded."""
     pytest.importorskip("transformers")
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     torch.manual_seed(0)
-    clip_config = CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=60,
-        projection_dim=32,
-    )
+    clip_config = tiny_clip_text_config(projection_dim=32)
     t5_config = T5Config(
         vocab_size=40,
         d_model=32,
@@ -186,9 +163,9 @@ def sd3_pipeline(tmp_path: Path) -> StableDiffusion3Pipeline:
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae.eval(),
         text_encoder=CLIPTextModelWithProjection(clip_config).eval(),
-        tokenizer=_clip_tokenizer(tmp_path / "clip_vocab"),
+        tokenizer=char_clip_tokenizer(tmp_path / "clip_vocab"),
         text_encoder_2=CLIPTextModelWithProjection(clip_config).eval(),
-        tokenizer_2=_clip_tokenizer(tmp_path / "clip_vocab"),
+        tokenizer_2=char_clip_tokenizer(tmp_path / "clip_vocab"),
         text_encoder_3=T5EncoderModel(t5_config).eval(),
         tokenizer_3=_t5_tokenizer(),
     )

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
     DDIMScheduler,
     DiffusionPipeline,
     StableDiffusionPipeline,
@@ -25,11 +24,12 @@ from diffusers import (
     UNet2DModel,
 )
 from diffusers.utils.torch_utils import randn_tensor
-from test_samplers_common import _clip_tokenizer, randomize
+from test_samplers_common import randomize
 
 from studio.diffusion.schedulers import make_scheduler, scheduler_name
 from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput
 from studio.pipelines.record import GenerationRecord
+from studio.testing import char_clip_tokenizer, sd_ddim_scheduler, tiny_clip_text_config, tiny_sd_vae
 
 NUM_CLASSES = 4
 
@@ -83,43 +83,17 @@ def cond_unet(seed: int = 0) -> UNet2DConditionModel:
 def sd_pipeline(tmp_path: Path) -> StableDiffusionPipeline:
     """`StableDiffusionPipeline` with a tiny UNet, VAE and CLIP text encoder, saved and reloaded."""
     pytest.importorskip("transformers")
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(0)
-    text_config = CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=60,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-        sample_size=16,
-    )
+    text_config = tiny_clip_text_config()
+    vae = tiny_sd_vae(sample_size=16)
     pipe = StableDiffusionPipeline(
         unet=cond_unet(),
-        scheduler=DDIMScheduler(
-            beta_schedule="scaled_linear",
-            beta_start=0.00085,
-            beta_end=0.012,
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-        ),
+        scheduler=sd_ddim_scheduler(),
         vae=vae.eval(),
         text_encoder=CLIPTextModel(text_config).eval(),
-        tokenizer=_clip_tokenizer(tmp_path / "clip_vocab"),
+        tokenizer=char_clip_tokenizer(tmp_path / "clip_vocab"),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
