@@ -175,3 +175,18 @@ def test_bench_runs_a_bench_script_and_names_unknown_ones(capsys):
         main(["bench", "plugins", "--help"])
     assert exit_info.value.code == 0
     assert "--quality-images" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_two_process_adm_training_runs_and_checkpoints(tmp_path):
+    """ADM under DDP: learned-sigma hybrid loss, null-class dropout, EMA, one checkpoint per process."""
+    result = _launch("train", "adm", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
+                     str(tmp_path / "run"), "--checkpointing-steps", "3", "batch_size=8", "data.image_size=16",
+                     "model.network.attention_resolutions=[8]", "model.network.model_channels=8",
+                     "model.network.head_channels=8", "sample_every=0", cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
+    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    pipe = load_pipeline(str(tmp_path / "run"))
+    images = pipe(class_labels=[1, 2], num_inference_steps=2, scheduler="ddim", output_type="np").images
+    assert np.isfinite(np.asarray(images)).all()
