@@ -25,6 +25,7 @@ from webapp.service import (
     plugin_panels,
     plugin_spec,
     plugin_values,
+    training_presets,
 )
 
 DIT = "tiny-dit"
@@ -256,6 +257,19 @@ def test_plugin_panels_follow_the_registry_and_specs_round_trip():
     name, values = plugin_values(spec)
     assert name == "ras" and plugin_spec(name, values) == spec
     assert parse_plugin_list(f"fora:interval=2; {spec}") == ("fora:interval=2", spec)
+
+
+def test_classifier_runs_are_neither_offered_nor_trained_by_the_app(runs_dir, no_shipped_models, tmp_path):
+    from studio.cli import main
+
+    assert main(["train", "adm_classifier", "--preset", "mnist-tiny", f"output_dir={runs_dir / 'judge'}",
+                 "max_steps=1", "checkpointing_steps=1"]) == 0
+    assert [e.name for e in list_models()] == ["judge"]  # a run on disk...
+    service = StudioService(tmp_path / "outputs", device="cpu")
+    assert [o.name for o in service.model_options()] == [DEMO_MODEL]  # ...that the picker does not offer
+    presets = training_presets()
+    assert "dit" in presets and "adm" in presets
+    assert "adm_classifier" not in presets and "classifier" not in presets
 
 
 def test_demo_model_is_offered_when_there_are_no_checkpoints(runs_dir, no_shipped_models, tmp_path):

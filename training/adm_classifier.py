@@ -45,6 +45,7 @@ class ADMClassifierTrainConfig:
 @register_family
 class ADMClassifierFamily(Family):
     name = "adm_classifier"
+    generative = False
     config_class = ADMClassifierTrainConfig
     ema_targets = ()  # used as trained, like the domain classifier
 

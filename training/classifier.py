@@ -147,6 +147,7 @@ class ClassifierExportPipeline(StudioPipelineMixin, DiffusionPipeline):
 @register_family
 class ClassifierFamily(Family):
     name = "classifier"
+    generative = False
     config_class = ClassifierTrainConfig
     ema_targets = ()  # the network is used as trained
 

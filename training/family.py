@@ -56,6 +56,9 @@ class Family(ABC):
     config_class: ClassVar[type]
     #: names (keys of `build_models`) of the networks tracked by EMA and exported from it
     ema_targets: ClassVar[tuple[str, ...]] = ()
+    #: False for families whose export is not an image generator (classifiers): the app neither
+    #: offers them in its model picker nor trains them from its Train tab
+    generative: ClassVar[bool] = True
 
     def __init__(self, config: TrainConfig, info: DatasetInfo):
         self.config = config

@@ -77,10 +77,23 @@ class ModelOption:
     folder: str
 
 
+def is_generative(family: str) -> bool:
+    """Whether checkpoints of ``family`` generate images (False for classifier exports; unknown families
+    count as generative, so hub pipelines and foreign folders stay selectable)."""
+    from training.family import get_family
+
+    try:
+        return get_family(family).generative
+    except (StudioError, ImportError):
+        return True
+
+
 def model_options() -> list[ModelOption]:
-    """Shipped checkpoints and local runs; the untrained demo DiT when there are none."""
+    """Shipped checkpoints and local runs that generate images; the untrained demo DiT when there are none."""
     options = []
     for entry in list_models():
+        if not is_generative(entry.family):
+            continue
         steps = entry.card.get("trained_steps")
         trained = f", {steps} steps" if steps else ""
         options.append(ModelOption(entry.name, f"{entry.name} ({entry.family}, {entry.source}{trained})",
@@ -739,11 +752,11 @@ TRAIN_PRESET_MARK = "tiny"
 
 
 def training_presets() -> dict[str, list[str]]:
-    """Family -> its tiny presets (``training/configs/<family>-*tiny*.yaml``)."""
+    """Generative family -> its tiny presets (``training/configs/<family>-*tiny*.yaml``)."""
     from training.config import available_presets
 
     presets = {family: [p for p in names if TRAIN_PRESET_MARK in p] for family, names in available_presets().items()}
-    return {family: names for family, names in presets.items() if names}
+    return {family: names for family, names in presets.items() if names and is_generative(family)}
 
 
 @dataclass
