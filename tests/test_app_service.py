@@ -15,6 +15,7 @@ from samplers import PLUGINS
 from studio.errors import StudioError
 from studio.hub import list_models, save_pipeline
 from tests.conftest import TINY_DIT_OVERRIDES, tiny_dit_pipeline
+from webapp.control import ControlRequest, read_control_image
 from webapp.service import (
     DEMO_MODEL,
     GenerateRequest,
@@ -244,6 +245,32 @@ def test_bad_requests_raise_studio_errors(service, tmp_path):
     with pytest.raises(StudioError, match="unknown plugin"):
         parse_plugin_list("nope:x=1")
     assert service.generate(dit_request()).batch.paths
+
+
+def test_control_requests_name_a_bad_picture_or_a_model_without_controlnet(service, tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    drawn = tmp_path / "drawn.png"
+    Image.new("L", (28, 28), color=255).save(drawn)
+    cases = [(ControlRequest(DIT, ""), "upload a control image or draw a sketch first"),
+             (ControlRequest(DIT, str(tmp_path / "missing.png")), "control image missing.png does not exist"),
+             (ControlRequest(DIT, str(corrupt)), "control image corrupt.png is not a readable image"),
+             (ControlRequest(DIT, str(drawn), condition="depth"), "unknown condition 'depth'"),
+             (ControlRequest(DIT, str(drawn)), "tiny-dit is a dit model; the Control tab needs a ControlNet")]
+    for request, message in cases:
+        with pytest.raises(StudioError, match=message):
+            service.control(request)
+
+
+def test_a_sketch_on_a_light_canvas_becomes_light_strokes_on_black(tmp_path):
+    sketch = Image.new("RGBA", (28, 28), (0, 0, 0, 0))  # transparent canvas, as a sketch pad layer
+    sketch.paste((0, 0, 0, 255), (10, 4, 14, 24))  # one dark vertical stroke
+    path = tmp_path / "sketch.png"
+    sketch.save(path)
+    as_map = np.asarray(read_control_image(path, "none"))
+    assert as_map[:, 12].max() == 255 and as_map[0, 0] == 0  # stroke light, canvas dark
+    as_drawn = np.asarray(read_control_image(path, "canny"))  # edge detectors get the picture as drawn
+    assert as_drawn[0, 0] == 255 and as_drawn[10, 12] == 0
 
 
 def test_plugin_panels_follow_the_registry_and_specs_round_trip():

@@ -65,6 +65,12 @@ def generate(client: Client, model: str = DIT, plugins: str = "", measure: bool 
                           classifier, api_name="/generate")
 
 
+def control(client: Client, model: str, picture: str, condition: str = "canny", scale: float = 1.0,
+            batch: int = 2, seed: int = 5) -> tuple[str, list, dict]:
+    return client.predict(model, handle_file(picture), condition, "all", scale, False, 3, 1.0, seed, batch,
+                          api_name="/control")
+
+
 def test_every_action_is_a_named_endpoint(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert {f"/{name}" for name in API_NAMES} <= set(endpoints)
@@ -133,6 +139,8 @@ def test_bad_requests_are_readable_errors_and_the_app_keeps_serving(client, tmp_
     (broken / "model_index.json").write_text("{not json")
     fake_png = tmp_path / "fake.png"
     fake_png.write_bytes(b"not an image")
+    real_png = tmp_path / "digit.png"
+    Image.new("L", (28, 28)).save(real_png)
     cases = [
         (lambda: generate(client, "no-such-model"), "unknown model 'no-such-model'"),
         (lambda: generate(client, str(broken)), "unreadable model_index.json"),
@@ -141,6 +149,8 @@ def test_bad_requests_are_readable_errors_and_the_app_keeps_serving(client, tmp_
         (lambda: client.predict(handle_file(str(fake_png)), api_name="/png_info"), "not a PNG with a studio"),
         (lambda: client.predict(999, api_name="/recall"), "not in the history"),
         (lambda: client.predict("dit", "no-preset", 10, api_name="/train"), "unknown preset 'no-preset'"),
+        (lambda: control(client, DIT, str(fake_png)), "control image fake.png is not a readable image"),
+        (lambda: control(client, DIT, str(real_png)), "tiny-dit is a dit model; the Control tab needs a ControlNet"),
     ]
     for call, message in cases:
         with pytest.raises(AppError, match=message):

@@ -507,12 +507,17 @@ def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
             with gr.Accordion("Generation records", open=False):
                 details = gr.JSON(label="Records")
 
-    def control(model_name: str, image: str | None, condition_name: str, class_value: Any, scale_value: float,
+    def control(model_name: str, image: dict | str | None, condition_name: str, class_value: Any, scale_value: float,
                 guess_mode: bool, steps_value: float, guidance_value: float, seed_value: float | None,
                 batch_value: float, progress: gr.Progress = gr.Progress()) -> tuple[str, list, dict]:
-        """Generate following a control picture; returns the condition map, the PNGs and their records."""
+        """Generate following a control picture; returns the condition map, the PNGs and their records.
+
+        Runs unpreprocessed (the upload arrives as Gradio's file data, not decoded by gr.Image), so a
+        corrupt upload reaches `read_control_image` and comes back as a readable error.
+        """
+        path = image.get("path") if isinstance(image, dict) else image
         with user_errors():
-            request = ControlRequest(model=model_name or "", control_image=image or "", condition=condition_name,
+            request = ControlRequest(model=model_name or "", control_image=path or "", condition=condition_name,
                                      class_label=parse_class(class_value), num_images=int(batch_value),
                                      seed=None if seed_value is None else int(seed_value),
                                      num_inference_steps=int(steps_value), guidance_scale=float(guidance_value),
@@ -527,7 +532,8 @@ def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
         return value["composite"]
 
     event = run.click(control, [model, picture, condition, class_label, scale, guess, steps, guidance, seed, batch],
-                      [condition_view, gallery, details], api_name="control", concurrency_id=CPU, concurrency_limit=1)
+                      [condition_view, gallery, details], api_name="control", concurrency_id=CPU, concurrency_limit=1,
+                      preprocess=False)
     stop.click(service.stop, None, None, cancels=[event], api_name="control_stop", api_visibility="private",
                concurrency_limit=None)
     use_sketch.click(sketch_file, sketch, picture, api_visibility="private", queue=False)
