@@ -3,6 +3,7 @@
 from studio.hub import register_pipeline
 from studio.pipelines.adm import StudioADMPipeline
 from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput
+from studio.pipelines.controlnet import StudioControlNetPipeline
 from studio.pipelines.dit import StudioDiTPipeline
 from studio.pipelines.dsno import StudioDSNOPipeline
 from studio.pipelines.gan import StudioGANPipeline
@@ -10,5 +11,6 @@ from studio.pipelines.record import GenerationRecord
 
 register_pipeline(StudioDiTPipeline)
 register_pipeline(StudioADMPipeline)
+register_pipeline(StudioControlNetPipeline)
 
-__all__ = ["GenerationRecord", "StudioADMPipeline", "StudioDSNOPipeline", "StudioDiTPipeline", "StudioGANPipeline", "StudioPipelineMixin", "StudioPipelineOutput"]
+__all__ = ["GenerationRecord", "StudioADMPipeline", "StudioControlNetPipeline", "StudioDSNOPipeline", "StudioDiTPipeline", "StudioGANPipeline", "StudioPipelineMixin", "StudioPipelineOutput"]
