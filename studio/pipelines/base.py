@@ -26,6 +26,24 @@ from studio.errors import StudioError
 from studio.pipelines.record import GenerationRecord, to_pil
 
 
+@contextmanager
+def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
+    """Run ``modules`` in eval mode (dropout off, inference kernels), then restore their training flags.
+
+    A pipeline assembled from freshly built networks would otherwise sample in training mode: with
+    dropout that is wrong, and even without it some kernels differ (a tiny score UNet's samples moved
+    by 1e-6 between a train-mode and an eval-mode copy of the same weights, breaking save/load identity).
+    """
+    flags = [module.training for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, flag in zip(modules, flags):
+            module.train(flag)
+
+
 class PluginHandle(Protocol):
     """The part of a plugin handle a pipeline talks to."""
 
