@@ -10,6 +10,9 @@ them with the shipped MNIST judge (class accuracy, domain Frechet distance), wri
 the sampling settings into the card (``studio.json``), and replaces ``studio/weights/<name>``
 atomically (copy to a temporary folder, then rename). Refuses folders over the 25 MB budget.
 ``--score-only`` prints the scores and ships nothing (how recipes and guidance scales are compared).
+ControlNet pipelines (those taking ``control_image``) are driven by validation digits of the requested
+classes; their card also gets the edge-agreement F1 (`studio.metrics.edges`) at the given control
+scale and, as the baseline, at control scale 0 (the base model alone).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def score(folder: Path, num_samples: int, sample_kwargs: dict, dataset: str) -> 
     labels = [i % num_classes for i in range(num_samples)] if num_classes else None
     images = []
     started = time.perf_counter()
+    if "control_image" in getattr(pipe, "call_parameters", ()):
+        return score_controlled(pipe, labels, sample_kwargs, dataset)
     for start in range(0, num_samples, 100):
         if labels is None:  # unconditional (score models): no labels, so no class accuracy
             out = pipe(num_images=min(100, num_samples - start), seed=start, output_type="pt", **sample_kwargs)
@@ -63,6 +68,56 @@ def score(folder: Path, num_samples: int, sample_kwargs: dict, dataset: str) -> 
         metrics["predicted_class_histogram"] = predicted_classes(torch.cat(images), dataset)
     return {**metrics, "num_samples": num_samples, "sampling": sample_kwargs,
             "judge": result.settings.get("classifier"), "sample_seconds": round(seconds, 1)}
+
+
+def validation_digits(dataset: str, labels: list[int]) -> list:
+    """For each requested label, the next validation image of that class, as a [0, 1] (H, W) array."""
+    from studio.data import DataConfig, build_dataset
+
+    data = build_dataset(DataConfig(name=dataset), "val")
+    pools: dict[int, list[int]] = {}
+    for index in range(len(data)):
+        pools.setdefault(int(data[index]["class_labels"]), []).append(index)
+    used: dict[int, int] = {}
+    digits = []
+    for label in labels:
+        index = pools[label][used.get(label, 0) % len(pools[label])]
+        used[label] = used.get(label, 0) + 1
+        digits.append((data[index]["pixel_values"][0].numpy() + 1.0) / 2.0)
+    return digits
+
+
+def score_controlled(pipe, labels: list[int], sample_kwargs: dict, dataset: str) -> dict:
+    """Class accuracy, domain FD and edge F1 of a ControlNet following validation digits of ``labels``,
+    with edge F1 and class accuracy at control scale 0 (the base model) for comparison."""
+    import numpy as np
+
+    from studio.metrics.edges import edge_f1
+
+    controls = validation_digits(dataset, labels)
+    result: dict = {}
+    for tag, overrides in (("", {}), ("_scale0", {"controlnet_conditioning_scale": 0.0})):
+        images, conditions = [], []
+        started = time.perf_counter()
+        for start in range(0, len(labels), 100):
+            out = pipe(controls[start:start + 100], class_labels=labels[start:start + 100], seed=start,
+                       output_type="pt", **{**sample_kwargs, **overrides})
+            images.append(out.images)
+            conditions.append(out.conditions)
+        seconds = time.perf_counter() - started
+        stacked = torch.cat(images)
+        maps = np.concatenate(conditions)
+        if sample_kwargs.get("condition", "canny") != "canny":  # edge F1 is against canny edges of the digit
+            from studio.data.conditions import condition_maps
+            maps = np.moveaxis(condition_maps(np.stack(controls), "canny"), 1, -1)
+        scores = evaluate(to_uint8(stacked, value_range=(0.0, 1.0)), dataset, metrics="acc,dfd",
+                          class_labels=labels)
+        result.update({f"{k}{tag}": round(float(v), 4) for k, v in scores.metrics.items()})
+        result[f"edge_f1{tag}"] = round(edge_f1(stacked.permute(0, 2, 3, 1).numpy(), maps), 4)
+        result[f"sample_seconds{tag}"] = round(seconds, 1)
+        result["judge"] = scores.settings.get("classifier")
+    return {**result, "num_samples": len(labels), "sampling": sample_kwargs,
+            "edge_f1_definition": "canny of sample vs canny of the control digit, 1 px tolerance, mean per-image F1"}
 
 
 def predicted_classes(images: torch.Tensor, dataset: str) -> list[int]:
