@@ -34,6 +34,7 @@ GAN = "tiny-sagan"
 BIGGAN = "tiny-biggan"
 ADM = "tiny-adm"
 DSNO = "tiny-dsno"
+SCORE = "tiny-score"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -74,6 +75,13 @@ def tiny_adm_pipeline():
     return tiny_pipe(with_classifier=True)
 
 
+def tiny_score_pipeline(kind: str):
+    """A 12 px score UNet of ``kind`` (ncsn / ve / vp), unconditional, in a `StudioScorePipeline`."""
+    from tests.test_score import tiny_score_pipeline as build
+
+    return build(kind)
+
+
 def tiny_dsno_pipeline():
     """A one-call DSNO student of a random 8 px teacher (10 classes) in a `StudioDSNOPipeline`."""
     from studio.diffusion.trajectories import TrajectoryGrid
@@ -91,14 +99,15 @@ def tiny_dsno_pipeline():
 
 
 def write_checkpoints(runs) -> None:
-    """One tiny model per family as runs ``tiny-dit``, ``tiny-sagan``, ``tiny-biggan``, ``tiny-adm`` and
-    ``tiny-dsno`` under ``runs``."""
+    """One tiny model per family as runs ``tiny-dit``, ``tiny-sagan``, ``tiny-biggan``, ``tiny-adm``,
+    ``tiny-dsno`` and ``tiny-score`` under ``runs``."""
     names = [f"digit {i}" for i in range(10)]
     save_pipeline(tiny_dit_pipeline(), runs / DIT / "pipeline", {"num_classes": 10, "class_names": names})
     save_pipeline(tiny_sagan_pipeline(), runs / GAN / "pipeline", {"num_classes": 10})
     save_pipeline(tiny_biggan_pipeline(), runs / BIGGAN / "pipeline", {"num_classes": 10})
     save_pipeline(tiny_adm_pipeline(), runs / ADM / "pipeline", {"num_classes": 4})
     save_pipeline(tiny_dsno_pipeline(), runs / DSNO / "pipeline", {"num_classes": 10})
+    save_pipeline(tiny_score_pipeline("ve"), runs / SCORE / "pipeline", {})
 
 
 @pytest.fixture

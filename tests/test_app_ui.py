@@ -19,7 +19,16 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from tests.test_app_service import ADM, BIGGAN, DIT, DSNO, GAN, one_thread, write_checkpoints  # noqa: F401 (fixture)
+from tests.test_app_service import (  # noqa: F401 (fixture)
+    ADM,
+    BIGGAN,
+    DIT,
+    DSNO,
+    GAN,
+    SCORE,
+    one_thread,
+    write_checkpoints,
+)
 from webapp.service import StudioService
 from webapp.ui import API_NAMES, allowed_paths, build_app
 
@@ -96,6 +105,14 @@ def test_generate_returns_pngs_with_their_records_for_each_family(client, model,
     assert record["extra"].get("classifier_scale") == (classifier if family == "adm" else None)
 
 
+def test_generate_serves_an_unconditional_score_model_with_its_own_sampler(client):
+    gallery, _, details = client.predict(SCORE, "all", "pc", 3, 1.0, 0.0, 4, False, 2, "", False, 0.0,
+                                         api_name="/generate")
+    record = details["images"][0]["record"]
+    assert len(gallery) == 2 and record["family"] == "score" and record["sampler"] == "pc"
+    assert record["class_labels"] in (None, []) and record["seeds"] == [4]
+
+
 def test_plugins_apply_and_the_speedup_is_measured_on_request(client):
     _, timing, details = generate(client, plugins="fora:interval=2", measure=True, steps=4)
     assert details["images"][0]["record"]["plugins"]["fora"]["cache_interval"] == 2
@@ -121,7 +138,10 @@ def test_model_info_follows_call_parameters(client):
     assert "classifier_scale" in adm["parameters"] and adm["plugins"] == ["encprop", "skip_tuning"]
     assert dsno["parameters"] == ["num_images", "class_labels", "seed", "output_type"]
     models = client.predict(api_name="/models")[1]
-    assert {m["name"] for m in models} == {DIT, GAN, BIGGAN, ADM, DSNO}
+    assert {m["name"] for m in models} == {DIT, GAN, BIGGAN, ADM, DSNO, SCORE}
+    score = client.predict(SCORE, api_name="/model_info")
+    assert score["samplers"] == ["pc", "langevin", "ode"] and score["default_scheduler"] == "pc"
+    assert score["class_names"] == [] and "scheduler" in score["parameters"]
 
 
 def test_history_recall_and_png_info_return_the_parameters(client):

@@ -145,6 +145,7 @@ class ModelInfo:
     plugin_errors: dict[str, str]
     note: str
     default_classifier_scale: float = 0.0
+    samplers: tuple[str, ...] = ()  # the pipeline's own samplers (score models); empty: any diffusers scheduler
 
     def takes(self, parameter: str) -> bool:
         return parameter in self.parameters
@@ -169,7 +170,8 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
     if "scheduler" in parameters:
         from studio.diffusion.schedulers import scheduler_name
 
-        scheduler = sampling.get("sample_scheduler") or scheduler_name(pipe.scheduler)
+        own = tuple(getattr(pipe, "samplers", ()) or ())
+        scheduler = sampling.get("sample_scheduler") or (own[0] if own else scheduler_name(pipe.scheduler))
     if name == DEMO_MODEL:
         note = "**untrained demo**: a random-weight DiT built in memory; its images are noise."
     else:
@@ -190,6 +192,7 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
         plugin_errors=errors,
         note=note,
         default_classifier_scale=float(sampling.get("sample_classifier_scale", 0.0)),
+        samplers=tuple(getattr(pipe, "samplers", ()) or ()),
     )
 
 

@@ -265,7 +265,7 @@ def build_app(service: StudioService) -> gr.Blocks:
                 info.note,
                 gr.update(choices=class_choices(info), visible=bool(info.class_names),
                           value=ALL_CLASSES if label is None else str(label)),
-                gr.update(visible=info.takes("scheduler"),
+                gr.update(visible=info.takes("scheduler"), choices=list(info.samplers or scheduler_names()),
                           value=(request.scheduler if request and request.scheduler else info.default_scheduler)),
                 gr.update(visible=info.takes("num_inference_steps"),
                           value=request.num_inference_steps if request else info.default_steps),
