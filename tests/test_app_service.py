@@ -35,6 +35,7 @@ BIGGAN = "tiny-biggan"
 ADM = "tiny-adm"
 DSNO = "tiny-dsno"
 SCORE = "tiny-score"
+CONTROLNET = "tiny-controlnet"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,6 +83,13 @@ def tiny_score_pipeline(kind: str):
     return build(kind)
 
 
+def tiny_controlnet_pipeline():
+    """A 16 px ADM base (4 classes) with a randomised ControlNet in a `StudioControlNetPipeline`."""
+    from tests.test_controlnet import tiny_controlnet_pipeline as build
+
+    return build()
+
+
 def tiny_dsno_pipeline():
     """A one-call DSNO student of a random 8 px teacher (10 classes) in a `StudioDSNOPipeline`."""
     from studio.diffusion.trajectories import TrajectoryGrid
@@ -100,7 +108,7 @@ def tiny_dsno_pipeline():
 
 def write_checkpoints(runs) -> None:
     """One tiny model per family as runs ``tiny-dit``, ``tiny-sagan``, ``tiny-biggan``, ``tiny-adm``,
-    ``tiny-dsno`` and ``tiny-score`` under ``runs``."""
+    ``tiny-dsno``, ``tiny-score`` and ``tiny-controlnet`` under ``runs``."""
     names = [f"digit {i}" for i in range(10)]
     save_pipeline(tiny_dit_pipeline(), runs / DIT / "pipeline", {"num_classes": 10, "class_names": names})
     save_pipeline(tiny_sagan_pipeline(), runs / GAN / "pipeline", {"num_classes": 10})
@@ -108,6 +116,7 @@ def write_checkpoints(runs) -> None:
     save_pipeline(tiny_adm_pipeline(), runs / ADM / "pipeline", {"num_classes": 4})
     save_pipeline(tiny_dsno_pipeline(), runs / DSNO / "pipeline", {"num_classes": 10})
     save_pipeline(tiny_score_pipeline("ve"), runs / SCORE / "pipeline", {})
+    save_pipeline(tiny_controlnet_pipeline(), runs / CONTROLNET / "pipeline", {"num_classes": 4})
 
 
 @pytest.fixture

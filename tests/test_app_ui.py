@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -22,6 +23,7 @@ from PIL import Image
 from tests.test_app_service import (  # noqa: F401 (fixture)
     ADM,
     BIGGAN,
+    CONTROLNET,
     DIT,
     DSNO,
     GAN,
@@ -113,6 +115,27 @@ def test_generate_serves_an_unconditional_score_model_with_its_own_sampler(clien
     assert record["class_labels"] in (None, []) and record["seeds"] == [4]
 
 
+def test_control_follows_an_uploaded_picture_and_shows_its_condition(client, tmp_path):
+    picture = tmp_path / "digit.png"
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[6:22, 12:16] = 255  # a "1"
+    Image.fromarray(digit).save(picture)
+    condition, gallery, details = control(client, CONTROLNET, str(picture), condition="canny", scale=1.0)
+    with Image.open(condition) as shown:
+        edges = np.asarray(shown)
+    assert edges.shape == (16, 16) and edges.max() == 255 and edges[0, 0] == 0  # canny map at model size
+    assert len(gallery) == 2
+    record = details["images"][0]["record"]
+    assert record["family"] == "controlnet" and record["seeds"] == [5]
+    assert record["extra"]["condition"] == "canny" and record["extra"]["controlnet_conditioning_scale"] == 1.0
+    with Image.open(gallery[0]["image"]) as png:
+        assert json.loads(png.text["studio"]) == record
+    _, base, base_details = control(client, CONTROLNET, str(picture), scale=0.0)
+    assert base_details["images"][0]["record"]["extra"]["controlnet_conditioning_scale"] == 0.0
+    with Image.open(base[0]["image"]) as plain, Image.open(gallery[0]["image"]) as controlled:
+        assert not np.array_equal(np.asarray(plain), np.asarray(controlled))  # the control changes the image
+
+
 def test_plugins_apply_and_the_speedup_is_measured_on_request(client):
     _, timing, details = generate(client, plugins="fora:interval=2", measure=True, steps=4)
     assert details["images"][0]["record"]["plugins"]["fora"]["cache_interval"] == 2
@@ -138,7 +161,7 @@ def test_model_info_follows_call_parameters(client):
     assert "classifier_scale" in adm["parameters"] and adm["plugins"] == ["encprop", "skip_tuning"]
     assert dsno["parameters"] == ["num_images", "class_labels", "seed", "output_type"]
     models = client.predict(api_name="/models")[1]
-    assert {m["name"] for m in models} == {DIT, GAN, BIGGAN, ADM, DSNO, SCORE}
+    assert {m["name"] for m in models} == {DIT, GAN, BIGGAN, ADM, DSNO, SCORE, CONTROLNET}
     score = client.predict(SCORE, api_name="/model_info")
     assert score["samplers"] == ["pc", "langevin", "ode"] and score["default_scheduler"] == "pc"
     assert score["class_names"] == [] and "scheduler" in score["parameters"]
