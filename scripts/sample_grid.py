@@ -29,11 +29,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    labels = list(range(pipe.num_classes)) * args.rows
-    out = pipe(class_labels=labels, seed=0, output_type="np", **json.loads(args.call))
+    columns = pipe.num_classes or 10  # unconditional models: 10 seeds per row
+    if pipe.num_classes:
+        out = pipe(class_labels=list(range(columns)) * args.rows, seed=0, output_type="np", **json.loads(args.call))
+    else:
+        out = pipe(num_images=columns * args.rows, seed=0, output_type="np", **json.loads(args.call))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     images = (out.images * 255).round().astype("uint8")
-    save_png(make_grid(images, columns=pipe.num_classes), str(args.out), out.record)
+    save_png(make_grid(images, columns=columns), str(args.out), out.record)
     print(f"wrote {args.out}")
 
 
