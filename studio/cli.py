@@ -47,7 +47,22 @@ SAMPLE_ARGUMENTS = {
     "eta": "eta",
     "truncation": "truncation",
     "classifier_scale": "classifier_scale",
+    "condition": "condition",
+    "control_scale": "controlnet_conditioning_scale",
+    "guess_mode": "guess_mode",
+    "control_image": "control_image",
 }
+
+
+def read_image(path: str) -> Any:
+    """A picture file as a PIL image; a `ConfigError` naming it when it is missing or unreadable."""
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(path) as image:
+            return image.convert("L")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read control image {path}: {exc}") from None
 
 
 def parse_class_labels(text: str | None) -> int | list[int] | None:
@@ -114,6 +129,11 @@ def add_sample_parser(subparsers: Any) -> None:
     parser.add_argument("--truncation", type=float, default=None, help="BigGAN truncation threshold")
     parser.add_argument("--classifier-scale", type=float, default=None,
                         help="ADM classifier guidance scale (needs a checkpoint with a noisy classifier)")
+    parser.add_argument("--control-image", default=None, help="ControlNet: picture to follow (PNG, JPEG, ...)")
+    parser.add_argument("--condition", default=None, help="ControlNet: canny, sobel or none (picture is the map)")
+    parser.add_argument("--control-scale", type=float, default=None, help="ControlNet: residual scale (0 = base)")
+    parser.add_argument("--guess-mode", action="store_const", const=True, default=None,
+                        help="ControlNet: residuals 0.1 -> 1, condition only on the conditional CFG branch")
     parser.add_argument("--plugin", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                         help="fast-sampling plugin, e.g. fora:interval=3 (repeatable)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda")
@@ -133,6 +153,8 @@ def sample_call_kwargs(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
             family = getattr(pipe, "family", type(pipe).__name__)
             raise ConfigError(f"--{flag.replace('_', '-')} does not apply to {family} models")
         kwargs[name] = value
+    if "control_image" in kwargs:
+        kwargs["control_image"] = read_image(kwargs["control_image"])
     if "scheduler" in kwargs and not hasattr(pipe, "samplers"):  # score pipelines name their own samplers
         from studio.diffusion.schedulers import make_scheduler
 

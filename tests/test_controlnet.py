@@ -342,3 +342,18 @@ def test_tiny_run_exports_a_controlnet_checkpoint_and_resumes_exactly(tmp_path, 
     assert json.loads((result.pipeline_dir / "studio.json").read_text())["family"] == "controlnet"
     out = pipe(digit_like(), class_labels=[3], num_inference_steps=2, output_type="np")
     assert np.isfinite(out.images).all()
+
+
+def test_studio_sample_follows_a_control_image(tmp_path, capsys):
+    from studio.cli import main
+
+    pipe = tiny_controlnet_pipeline()
+    save_pipeline(pipe, tmp_path / "cn", {})
+    picture = tmp_path / "ring.png"
+    Image.fromarray((digit_like(28) * 255).astype(np.uint8)).save(picture)
+    common = ["sample", str(tmp_path / "cn"), "--num-images", "2", "--steps", "2", "--class-labels", "1,2"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--control-image", str(picture),
+                 "--condition", "sobel", "--control-scale", "0.5"]) == 0
+    assert len(list((tmp_path / "a").glob("0*.png"))) == 2
+    assert main([*common, "--out", str(tmp_path / "b"), "--control-image", str(tmp_path / "missing.png")]) != 0
+    assert "cannot read control image" in capsys.readouterr().err
