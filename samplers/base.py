@@ -323,12 +323,24 @@ class Target:
         return pipe if hasattr(pipe, "add_plugin") and hasattr(pipe, "_plugins_bound") else None
 
 
+def refuse_loopless_pipeline(plugin: str, pipeline: Any) -> None:
+    """Plugins follow a diffusers scheduler loop; pipelines whose samplers are not one (score models'
+    Langevin / predictor-corrector / ODE) say so with ``scheduler_loop = False`` and are refused here."""
+    if getattr(pipeline, "scheduler_loop", True) is False:
+        samplers = ", ".join(getattr(pipeline, "samplers", ()) or ())
+        raise UnsupportedTargetError(
+            f"{plugin} cannot be applied to {type(pipeline).__name__}: its samplers ({samplers}) do not run the "
+            f"diffusers scheduler loop that {plugin} follows"
+        )
+
+
 def resolve_target(plugin: str, target: Any) -> Target:
     """Find the transformer (and scheduler) in a pipeline, a model, or a ``(model, scheduler)`` pair."""
     if isinstance(target, tuple) and len(target) == 2:
         model = _as_model(plugin, target[0])
         return Target(model, layout_for(plugin, model), scheduler=target[1])
     if isinstance(target, DiffusionPipeline):
+        refuse_loopless_pipeline(plugin, target)
         model = getattr(target, "transformer", None)
         if model is None:
             denoiser = getattr(target, "unet", None)

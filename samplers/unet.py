@@ -13,7 +13,7 @@ from typing import Any
 from diffusers import DiffusionPipeline, UNet2DConditionModel, UNet2DModel
 from torch import nn
 
-from samplers.base import PluginHandle, Target, UnsupportedTargetError
+from samplers.base import PluginHandle, Target, UnsupportedTargetError, refuse_loopless_pipeline
 
 UNET_CLASSES: tuple[type, ...] = (UNet2DModel, UNet2DConditionModel)
 _SUPPORTED = ", ".join(c.__name__ for c in UNET_CLASSES)
@@ -33,6 +33,7 @@ def resolve_unet_target(plugin: str, target: Any) -> Target:
     if isinstance(target, tuple) and len(target) == 2:
         return Target(_as_unet(plugin, target[0]), None, scheduler=target[1])
     if isinstance(target, DiffusionPipeline):
+        refuse_loopless_pipeline(plugin, target)
         unet = getattr(target, "unet", None)
         if not isinstance(unet, UNET_CLASSES):
             inner = unet if unet is not None else getattr(target, "transformer", None)

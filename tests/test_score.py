@@ -428,3 +428,11 @@ def test_cli_trains_the_tiny_preset(tmp_path, capsys):
     assert code == 0
     pipe = load_pipeline(str(tmp_path / "cli"), device="cpu")
     assert isinstance(pipe, StudioScorePipeline) and pipe.kind.value == "ve"
+
+
+@pytest.mark.parametrize("plugin", ["skip_tuning", "encprop", "fora"])
+def test_step_plugins_refuse_score_pipelines_by_name(plugin):
+    import samplers
+
+    with pytest.raises(StudioError, match=f"{plugin} cannot be applied to StudioScorePipeline: its samplers"):
+        samplers.apply(tiny_score_pipeline("ve"), samplers.parse_plugin_spec(plugin))

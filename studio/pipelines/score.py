@@ -82,6 +82,8 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
     """
 
     family = "score"
+    #: its samplers (Langevin, predictor-corrector, ODE) are not a diffusers scheduler loop: step plugins refuse it
+    scheduler_loop = False
     model_cpu_offload_seq = "unet"
     call_parameters = ("num_images", "num_inference_steps", "seed", "scheduler", "corrector_steps", "snr",
                        "step_lr", "output_type", "callback_on_step_end")
