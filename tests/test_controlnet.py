@@ -20,6 +20,7 @@ from studio.models.adm import ADMConfig, build_adm_unet
 from studio.models.controlnet import condition_unet_from_adm, controlled_output, controlnet_from_unet
 from studio.pipelines.adm import StudioADMPipeline
 from studio.pipelines.controlnet import StudioControlNetPipeline
+from tests.test_adm import randomize, single_thread  # noqa: F401 (autouse fixture)
 from training.checkpoint import latest_checkpoint
 from training.config import load_config
 from training.family import get_family
@@ -27,23 +28,6 @@ from training.loop import train
 
 TINY = ADMConfig(sample_size=16, in_channels=1, model_channels=8, channel_mult=[1, 2, 2], layers_per_block=1,
                  attention_resolutions=[8], head_channels=8, norm_groups=4, num_classes=10)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomize(model: torch.nn.Module, seed: int, std: float = 0.1) -> torch.nn.Module:
-    """Small random weights on top of the zero init so outputs depend on inputs."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * std)
-    return model.eval()
 
 
 def tiny_adm(seed: int = 0) -> UNet2DModel:
