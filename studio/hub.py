@@ -116,7 +116,9 @@ def load_pipeline(name_or_path: str, device: str | None = None, **kwargs: Any) -
     folder saved by diffusers) as whatever `DiffusionPipeline.from_pretrained` builds.
     """
     import studio.pipelines  # noqa: F401  (registers the studio pipeline classes)
-    from studio.runtime import resolve_device
+    from torch import nn
+
+    from studio.runtime import own_aligned_memory, resolve_device
 
     target = resolve(name_or_path)
     cls = _pipeline_class(target)
@@ -128,6 +130,9 @@ def load_pipeline(name_or_path: str, device: str | None = None, **kwargs: Any) -
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"cannot load checkpoint {target}: {message}") from None
     pipe.to(resolve_device(device))
+    for component in pipe.components.values():
+        if isinstance(component, nn.Module):
+            own_aligned_memory(component)
     if isinstance(target, Path):
         pipe.register_to_config(_name_or_path=str(target))
     return pipe

@@ -8,6 +8,9 @@ from studio.errors import ConfigError
 
 ATTENTION_BACKENDS = ("sdpa", "xformers")
 
+#: byte alignment of PyTorch's CPU allocator; tensors read from a safetensors file may start anywhere
+CPU_ALIGNMENT = 64
+
 
 def resolve_device(name: str | None = None) -> torch.device:
     """``auto``/None picks CUDA when present, else CPU; anything else is taken as given."""
@@ -50,3 +53,22 @@ def set_attention_backend(module: torch.nn.Module, backend: str) -> None:
         if hasattr(sub, "enable_xformers_memory_efficient_attention"):
             sub.enable_xformers_memory_efficient_attention()
             return
+
+
+def own_aligned_memory(module: torch.nn.Module) -> int:
+    """Copy every CPU parameter or buffer of ``module`` that is not 64-byte aligned into fresh memory.
+
+    Tensors loaded from a safetensors file are views into one buffer at arbitrary offsets.
+    Vectorised CPU reductions (dot and matrix-vector products, e.g. spectral norm's σ = uᵀWv
+    recomputed at every forward) split their work by the address of the data, so a network
+    loaded from disk gave different last bits from the same weights in freshly allocated memory.
+    Copying restores one memory layout for trained and loaded models (and detaches the model from
+    the file). Returns the number of tensors copied.
+    """
+    copied = 0
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.device.type == "cpu" and tensor.numel() and tensor.data_ptr() % CPU_ALIGNMENT:
+                tensor.data = tensor.data.clone()
+                copied += 1
+    return copied

@@ -44,10 +44,12 @@ def randomize(model: torch.nn.Module, seed: int, std: float = 0.1) -> torch.nn.M
 
 
 def tiny_unet(seed: int = 0):
+    torch.manual_seed(seed)  # the builder's own init draws from the global generator too
     return randomize(build_adm_unet(TINY), seed)
 
 
 def tiny_classifier(seed: int = 1, num_train_timesteps: int = T):
+    torch.manual_seed(seed)
     return randomize(build_noisy_classifier(TINY, num_train_timesteps, "squaredcos_cap_v2"), seed)
 
 
@@ -166,6 +168,7 @@ def test_guidance_scale_zero_reproduces_the_unguided_trajectory_bit_exactly(kind
         guided = run_sampler(kind, unet, classifier, scale=0.0, eta=eta)
         unguided = run_sampler(kind, unet, classifier, scale=0.0, eta=eta, with_gradient=False)
         pushed = run_sampler(kind, unet, classifier, scale=2.0, eta=eta)
+    assert torch.isfinite(unguided).all() and torch.isfinite(pushed).all()  # NaN == NaN would prove nothing
     assert torch.equal(guided, unguided)
     assert not torch.equal(pushed, unguided)
 
@@ -232,7 +235,9 @@ def test_cfg_scale_one_is_conditional_zero_is_null_and_batching_agrees(pipe):
         cond = pipe.unet(x, ts, class_labels=y).sample
         uncond = pipe.unet(x, ts, class_labels=null).sample
         assert torch.equal(pipe._model_output(x, ts, y, 1.0), cond)
-        torch.testing.assert_close(pipe._model_output(x, ts, y, 0.0)[:, :1], uncond[:, :1], rtol=0, atol=1e-6)
+        # scale 0 runs the batched (x, y) + (x, null) pass: a batch of 2N picks other oneDNN kernels than N,
+        # so the null-class half agrees with the separate pass to float32 rounding (~1e-6), not bit for bit
+        torch.testing.assert_close(pipe._model_output(x, ts, y, 0.0)[:, :1], uncond[:, :1], rtol=1e-5, atol=1e-5)
         batched = pipe._model_output(x, ts, y, 3.0)
     separate = cfg_mix(cond, uncond, 3.0, channels=1)
     torch.testing.assert_close(batched, separate, rtol=0, atol=1e-5)
@@ -415,3 +420,14 @@ def test_app_offers_the_classifier_scale_only_with_a_classifier(tmp_path, monkey
     assert request_from_record(record).classifier_scale == 2.0
     plain = service.generate(GenerateRequest("plain", num_images=1, num_inference_steps=2, classifier_scale=2.0))
     assert plain.batch.records[0].extra["classifier_scale"] == 0.0  # left out: nothing to guide with
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("steps", [2, 6, 50, T])
+def test_ddim_coefficients_are_finite_at_every_step(eta, steps):
+    """σ_t(η) and sqrt(1 − ᾱ_{t−1} − σ_t²) are formed in float64: at the first cosine step with η = 1
+    the radicand is ~2e-8, which float32 cancellation turned negative (NaN) on some CPUs."""
+    spaced = cosine_diffusion().respaced(steps)
+    sigma, direction = spaced.ddim_coefficients(eta)
+    assert np.isfinite(sigma).all() and np.isfinite(direction).all() and (direction >= 0).all()
+    np.testing.assert_allclose(direction**2 + sigma**2, 1 - spaced.alphas_cumprod_prev, rtol=1e-9, atol=1e-12)

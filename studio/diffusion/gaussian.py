@@ -245,6 +245,18 @@ class GaussianDiffusion:
         sample = mean + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
         return StepOutput(sample, out["pred_xstart"])
 
+    def ddim_coefficients(self, eta: float) -> tuple[np.ndarray, np.ndarray]:
+        """DDIM's σ_t(η) and the ε coefficient sqrt(1 − ᾱ_{t−1} − σ_t²) per step, in float64.
+
+        Both are formed from the float64 schedule before any cast: at the first step of a cosine
+        schedule (ᾱ_t ≈ 2e-9) with η = 1, 1 − ᾱ_{t−1} − σ_t² is ~2e-8 and float32 cancellation can
+        make it negative (NaN under the square root) on some CPUs' kernels and not on others.
+        """
+        alpha_bar, alpha_bar_prev = self.alphas_cumprod, self.alphas_cumprod_prev
+        sigma = eta * np.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
+        direction = np.sqrt(np.clip(1 - alpha_bar_prev - sigma**2, 0.0, None))
+        return sigma, direction
+
     def ddim_sample(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None,
                     eta: float = 0.0, gradient: torch.Tensor | None = None, scale: float = 0.0) -> StepOutput:
         """DDIM step x_t -> x_{t-1}; with ``gradient`` ε̂ = ε − sqrt(1 − ᾱ_t)·s·g (ADM ``condition_score``).
@@ -261,10 +273,10 @@ class GaussianDiffusion:
             shift = self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * scale * gradient  # ε − ε̂
             pred_xstart = (pred_xstart + self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * shift).clamp(-1, 1)
         eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
-        alpha_bar = self._extract(self.alphas_cumprod, t, x_t)
-        alpha_bar_prev = self._extract(self.alphas_cumprod_prev, t, x_t)
-        sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
-        sample = pred_xstart * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
+        sigma, direction = self.ddim_coefficients(eta)
+        sigma = self._extract(sigma, t, x_t)
+        sample = (pred_xstart * self._extract(np.sqrt(self.alphas_cumprod_prev), t, x_t)
+                  + self._extract(direction, t, x_t) * eps)
         if eta > 0:
             nonzero = (t != 0).to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))
             sample = sample + nonzero * sigma * noise
