@@ -14,6 +14,7 @@ from PIL import Image
 from studio.cli import main
 from studio.hub import load_pipeline, save_pipeline
 from tests.conftest import TINY_DIT_OVERRIDES, tiny_dit_pipeline
+from training.checkpoint import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +153,7 @@ def test_two_process_training_runs_and_checkpoints(tmp_path):
                      str(tmp_path / "run"), "--checkpointing-steps", "3", *TINY_DIT_OVERRIDES, cwd=REPO)
     assert result.returncode == 0, result.stderr
     checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
-    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    assert (checkpoint / "rng_state_0.safetensors").is_file() and (checkpoint / "rng_state_1.safetensors").is_file()
     assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
 
 
@@ -164,7 +165,8 @@ def test_two_process_gan_training_runs_and_checkpoints(tmp_path):
                      "model.z_dim=24", "num_sample_images=4", "sample_every=0", cwd=REPO)
     assert result.returncode == 0, result.stderr
     checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
-    assert (checkpoint / "random_states_1.pkl").is_file() and (checkpoint / "model_1.safetensors").is_file()
+    assert (checkpoint / "rng_state_1.safetensors").is_file()
+    assert set(read_checkpoint(checkpoint)["models"]) == {"generator", "discriminator"}
     pipe = load_pipeline(str(tmp_path / "run"))
     assert np.isfinite(np.asarray(pipe(class_labels=[1, 2], output_type="np").images)).all()
 
@@ -186,7 +188,7 @@ def test_two_process_adm_training_runs_and_checkpoints(tmp_path):
                      "model.network.head_channels=8", "sample_every=0", cwd=REPO)
     assert result.returncode == 0, result.stderr
     checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
-    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    assert (checkpoint / "rng_state_0.safetensors").is_file() and (checkpoint / "rng_state_1.safetensors").is_file()
     pipe = load_pipeline(str(tmp_path / "run"))
     images = pipe(class_labels=[1, 2], num_inference_steps=2, scheduler="ddim", output_type="np").images
     assert np.isfinite(np.asarray(images)).all()

@@ -10,7 +10,6 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
-from safetensors.torch import load_file
 
 from studio.data.conditions import condition_maps
 from studio.errors import StudioError
@@ -21,7 +20,7 @@ from studio.models.controlnet import condition_unet_from_adm, controlled_output,
 from studio.pipelines.adm import StudioADMPipeline
 from studio.pipelines.controlnet import StudioControlNetPipeline
 from tests.test_adm import randomize, single_thread  # noqa: F401 (autouse fixture)
-from training.checkpoint import latest_checkpoint
+from training.checkpoint import latest_checkpoint, read_checkpoint
 from training.config import load_config
 from training.family import get_family
 from training.loop import train
@@ -317,10 +316,9 @@ def test_tiny_run_exports_a_controlnet_checkpoint_and_resumes_exactly(tmp_path, 
     train(tiny_config(tiny_base, tmp_path / "split", "max_steps=2", "checkpointing_steps=2"))
     train(tiny_config(tiny_base, tmp_path / "split", "max_steps=4", "checkpointing_steps=2",
                       "resume_from_checkpoint=latest"))
-    for name in ("model.safetensors",):
-        full = load_file(str(latest_checkpoint(tmp_path / "full" / "checkpoints") / name))
-        split = load_file(str(latest_checkpoint(tmp_path / "split" / "checkpoints") / name))
-        assert full.keys() == split.keys() and all(torch.equal(full[k], split[k]) for k in full)
+    full = read_checkpoint(latest_checkpoint(tmp_path / "full" / "checkpoints"))["models"]["controlnet"]
+    split = read_checkpoint(latest_checkpoint(tmp_path / "split" / "checkpoints"))["models"]["controlnet"]
+    assert full.keys() == split.keys() and all(torch.equal(full[k], split[k]) for k in full)
     pipe = load_pipeline(str(result.pipeline_dir), device="cpu")
     assert type(pipe) is StudioControlNetPipeline
     assert json.loads((result.pipeline_dir / "studio.json").read_text())["family"] == "controlnet"

@@ -6,13 +6,12 @@ import pytest
 import scipy.linalg
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from studio.data import DataConfig, DatasetInfo, build_dataset
 from studio.errors import ConfigError
 from studio.hub import load_pipeline
 from studio.pipelines.gan import StudioGANPipeline
-from training.checkpoint import latest_checkpoint
+from training.checkpoint import latest_checkpoint, read_checkpoint
 from training.config import available_presets, load_config
 from training.ema import EMA
 from training.family import get_family
@@ -72,14 +71,10 @@ def test_short_mnist_run_moves_sample_statistics_toward_the_data(tmp_path, famil
 
 
 def _checkpoint_state(run_dir):
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    extras = [torch.load(p, weights_only=False) for p in sorted(checkpoint.glob("custom_checkpoint_*.pkl"))]
-    ema = next(e["shadow"] for e in extras if isinstance(e, dict) and "shadow" in e)
-    optimizers = [torch.load(checkpoint / name, weights_only=False)
-                  for name in ("optimizer.bin", "optimizer_1.bin")]
-    generator = load_file(str(checkpoint / "model.safetensors"))
-    discriminator = load_file(str(checkpoint / "model_1.safetensors"))
-    return generator, discriminator, ema, optimizers
+    saved = read_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    models, optimizers = saved["models"], saved["optimizers"]
+    return (models["generator"], models["discriminator"], saved["extras"]["ema.generator"]["shadow"],
+            [optimizers["generator"], optimizers["discriminator"]])
 
 
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -139,7 +134,7 @@ def test_unconditional_sagan_trains_and_exports_before_ema_start(tmp_path):
     pipe = load_pipeline(str(result.pipeline_dir))
     assert pipe.num_classes == 0 and pipe.family == "sagan"
     assert pipe(num_images=2, seed=0, output_type="np").record.class_labels is None
-    raw = load_file(str(latest_checkpoint(tmp_path / "run" / "checkpoints") / "model.safetensors"))
+    raw = read_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))["models"]["generator"]
     exported = pipe.generator.state_dict()  # EMA before its start step: an exact copy of G ...
     weights = [k for k in raw if not k.endswith(("._u", "._v"))]  # ... up to refreshed SN vectors
     assert len(weights) < len(raw) and all(torch.equal(raw[k], exported[k]) for k in weights)

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from studio.errors import CheckpointError, ConfigError
 from studio.hub import load_pipeline
 from tests.conftest import TINY_DIT_OVERRIDES
-from training.checkpoint import latest_checkpoint
+from training.checkpoint import latest_checkpoint, read_checkpoint
 from training.config import load_config
 from training.family import get_family
 from training.loop import train
@@ -62,11 +61,8 @@ def test_min_snr_weights_follow_the_formula(prediction_type):
 
 
 def _state(run_dir):
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    weights = load_file(str(checkpoint / "model.safetensors"))
-    ema = torch.load(checkpoint / "custom_checkpoint_1.pkl", weights_only=False)["shadow"]
-    optimizer = torch.load(checkpoint / "optimizer.bin", weights_only=False)
-    return weights, ema, optimizer
+    saved = read_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    return saved["models"]["transformer"], saved["extras"]["ema.transformer"]["shadow"], saved["optimizers"]["transformer"]
 
 
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path):

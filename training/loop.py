@@ -1,4 +1,4 @@
-"""The one training loop every family shares (accelerate: CPU, DDP, FSDP, multi-node).
+"""The one training loop every family shares (accelerate: CPU, DDP, multi-node).
 
 Shaped like DiT's train.py: setup, models + EMA, optimizers, data, then one loop with a log,
 checkpoint and sample cadence. What differs between families lives in `training.family.Family`.
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,13 @@ from studio.errors import StudioError
 from studio.hub import save_pipeline
 from studio.pipelines.record import make_grid, png_info
 from studio.runtime import resolve_device, set_attention_backend
-from training.checkpoint import resolve_resume, save_checkpoint
+from training.checkpoint import (
+    TrainingState,
+    check_distributed_type,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
 from training.config import TrainConfig, config_to_dict, save_config
 from training.ema import EMA
 from training.family import Family, get_family
@@ -156,6 +163,7 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
          on_step: StepCallback | None, should_stop: Callable[[], bool] | None) -> TrainResult:
     output_dir = Path(config.output_dir)
     is_main = accelerator.is_main_process
+    check_distributed_type(accelerator)
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
@@ -179,14 +187,15 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
     optimizers = dict(zip(optimizers, prepared[len(models):]))
     for ema in emas.values():
         ema.shadow.to(accelerator.device)
-    for obj in [*schedules.values(), *emas.values(), stream, progress]:
-        accelerator.register_for_checkpointing(obj)
+    unwrapped = {name: accelerator.unwrap_model(m) for name, m in models.items()}
+    state = TrainingState(unwrapped, optimizers, schedules,
+                          {**{f"ema.{name}": ema for name, ema in emas.items()}, "stream": stream, "progress": progress})
 
     # 2. resume
     checkpoints = output_dir / "checkpoints"
     resume = resolve_resume(config.resume_from_checkpoint, checkpoints)
     if resume is not None:
-        accelerator.load_state(str(resume))
+        load_checkpoint(accelerator, resume, state)
         accelerator.print(f"resumed from {resume} at step {progress.step}")
     else:
         set_seed(config.seed + accelerator.process_index)
@@ -194,7 +203,6 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
         accelerator.init_trackers("logs", config={"family": config.family, "preset": config.preset})
 
     # 3. the loop
-    unwrapped = {name: accelerator.unwrap_model(m) for name, m in models.items()}
     card = {"preset": config.preset, "dataset": config.data.name, "image_size": config.data.image_size,
             "num_classes": dataset.info.num_classes,
             "class_names": list(dataset.info.class_names), "command": command, "config": config_to_dict(config)}
@@ -239,7 +247,7 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
         out_of_time = (budget_s > 0 and time.perf_counter() - session_start >= budget_s) or bool(
             should_stop and should_stop())
         if step % config.checkpointing_steps == 0 or step == config.max_steps or out_of_time:
-            save_checkpoint(accelerator, checkpoints, step, config.checkpoints_total_limit)
+            save_checkpoint(accelerator, checkpoints, step, config.checkpoints_total_limit, state)
             last_saved = step
             if is_main:
                 export_pipeline(family, unwrapped, emas, output_dir / "pipeline", {
@@ -258,7 +266,7 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
             break
     bar.close()
     if last_saved != progress.step and progress.step > 0:
-        save_checkpoint(accelerator, checkpoints, progress.step, config.checkpoints_total_limit)
+        save_checkpoint(accelerator, checkpoints, progress.step, config.checkpoints_total_limit, state)
         if is_main:
             export_pipeline(family, unwrapped, emas, output_dir / "pipeline", {**card, "trained_steps": progress.step})
     accelerator.wait_for_everyone()
