@@ -45,7 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", default="1,2,4", help="teacher DDIM step counts besides N and the equal-time one")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per row")
     parser.add_argument("--metrics", default="acc,dfd", help="studio.metrics names, or none")
-    parser.add_argument("--reference", default="mnist", help="reference dataset of the metrics")
+    parser.add_argument("--reference", default="mnist-5k", help="reference dataset of the metrics")
     parser.add_argument("--trajectories", default="", help="trajectory folder: adds held-out per-slice MSE")
     parser.add_argument("--holdout-fraction", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=1)

@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     truncations = [float(t) for t in args.truncations.split(",") if t.strip()]
 
-    judge = DomainJudge(shipped_classifier_path("mnist"), build_dataset(DataConfig(), "train").uint8_images())
-    real = build_dataset(DataConfig(), "val")
+    judge = DomainJudge(shipped_classifier_path("mnist"), build_dataset(DataConfig(name="mnist-5k"), "train").uint8_images())
+    real = build_dataset(DataConfig(name="mnist-5k"), "val")
     results: dict[str, Any] = {
         "settings": {"preset": args.preset, "num_samples": args.num_samples, "threads": torch.get_num_threads(),
                      "note": args.note,

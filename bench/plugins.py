@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
-        "--reference", default="mnist", help="built-in dataset for class accuracy / domain FD, or 'none'"
+        "--reference", default="mnist-5k", help="built-in dataset for class accuracy / domain FD, or 'none'"
     )
     parser.add_argument("--only", nargs="*", default=None, help="method names to run besides the plain one")
     parser.add_argument("--out", type=Path, default=RESULTS, help="output path without extension")

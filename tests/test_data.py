@@ -6,7 +6,7 @@ from studio.data import DataConfig, build_dataset
 from studio.errors import DataError
 
 
-@pytest.mark.parametrize("name,channels,classes", [("mnist", 1, 10), ("digits", 1, 10), ("photos", 3, 6),
+@pytest.mark.parametrize("name,channels,classes", [("mnist-5k", 1, 10), ("animals", 1, 10), ("digits", 1, 10), ("photos", 3, 6),
                                                    ("shapes", 3, 4)])
 def test_builtin_datasets_have_right_shape_range_and_classes(name, channels, classes):
     data = build_dataset(DataConfig(name=name, image_size=16, num_images=200), "train")
@@ -17,10 +17,10 @@ def test_builtin_datasets_have_right_shape_range_and_classes(name, channels, cla
     assert set(data.labels.tolist()) <= set(range(classes))
 
 
-def test_mnist_is_the_real_5000_digit_set_split_deterministically():
-    train = build_dataset(DataConfig(name="mnist"), "train")
-    val = build_dataset(DataConfig(name="mnist"), "val")
-    again = build_dataset(DataConfig(name="mnist"), "val")
+def test_mnist_5k_is_the_real_5000_digit_set_split_deterministically():
+    train = build_dataset(DataConfig(name="mnist-5k"), "train")
+    val = build_dataset(DataConfig(name="mnist-5k"), "val")
+    again = build_dataset(DataConfig(name="mnist-5k"), "val")
     assert len(train) + len(val) == 5000 and len(val) == 500
     assert np.bincount(val.labels.numpy(), minlength=10).min() > 20  # every class is in val
     assert (val.images == again.images).all()
@@ -38,7 +38,7 @@ def test_shapes_carry_masks_and_edges_that_match_the_image():
 
 def test_channel_conversion():
     grey = build_dataset(DataConfig(name="photos", image_size=16, channels=1, num_images=40), "all")
-    colour = build_dataset(DataConfig(name="mnist", image_size=16, channels=3), "val")
+    colour = build_dataset(DataConfig(name="mnist-5k", image_size=16, channels=3), "val")
     assert grey[0]["pixel_values"].shape[0] == 1 and colour[0]["pixel_values"].shape[0] == 3
 
 

@@ -50,7 +50,7 @@ def feature_net(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def train_digits():
     """64 random training digits with labels (the splits are sorted by class); the tests' reference is val."""
-    train = build_dataset(DataConfig(name="mnist"), "train")
+    train = build_dataset(DataConfig(name="mnist-5k"), "train")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:64]
     return train.uint8_images()[order], train.labels[order].numpy()
 
@@ -67,7 +67,7 @@ def test_eval_npz_all_metrics_writes_json_with_settings(tmp_path, feature_net, t
     images, labels = train_digits
     samples = write_npz(tmp_path / "samples.npz", images, labels)
     out = tmp_path / "results.json"
-    argv = [samples, "--reference", "mnist", "--reference-split", "val", "--metrics", "all"]
+    argv = [samples, "--reference", "mnist-5k", "--reference-split", "val", "--metrics", "all"]
     argv += ["--feature-net", feature_net, "--feature-size", "32", "--kid-subset-size", "50"]
     argv += ["--cache-dir", str(tmp_path / "cache")]
     assert run_eval(*argv, "--out", str(out)) == 0
@@ -82,7 +82,7 @@ def test_eval_npz_all_metrics_writes_json_with_settings(tmp_path, feature_net, t
     assert settings["reference"]["split"] == "val" and settings["reference"]["count"] == 500
     assert settings["kid"] == {"subsets": 100, "subset_size": 50}
     printed = capsys.readouterr().out
-    assert "class_accuracy" in printed and "reference: mnist:val (n=500" in printed
+    assert "class_accuracy" in printed and "reference: mnist-5k:val (n=500" in printed
 
 
 def test_eval_reads_class_labels_from_studio_pngs_and_skips_grids(tmp_path, train_digits):
@@ -93,7 +93,7 @@ def test_eval_reads_class_labels_from_studio_pngs_and_skips_grids(tmp_path, trai
     grid = GenerationRecord(model="test", family="test", seeds=[0, 1], class_labels=[0, 1])
     save_png(np.zeros((60, 60, 1), dtype=np.uint8), str(tmp_path / "grid.png"), grid)
     out = tmp_path / "out" / "results.json"
-    argv = [str(tmp_path), "--reference", "mnist", "--reference-split", "val", "--metrics", "acc"]
+    argv = [str(tmp_path), "--reference", "mnist-5k", "--reference-split", "val", "--metrics", "acc"]
     assert run_eval(*argv, "--out", str(out)) == 0
     result = json.loads(out.read_text())
     assert result["settings"]["num_samples"] == 20  # the grid is not a sample
@@ -130,7 +130,7 @@ def bad_folder(kind: str, root) -> str:
 def test_unusable_sample_folders_raise_clear_errors(tmp_path, kind, message):
     with pytest.raises(MetricError, match=message):
         run_eval(
-            bad_folder(kind, tmp_path), "--reference", "mnist", "--reference-split", "val", "--metrics", "mem"
+            bad_folder(kind, tmp_path), "--reference", "mnist-5k", "--reference-split", "val", "--metrics", "mem"
         )
 
 
@@ -158,7 +158,7 @@ def test_too_few_samples_and_bad_options_raise_clear_errors(
     samples = write_npz(tmp_path / "three.npz", train_digits[0][:3])  # no class labels
     argv = [a.replace("{net}", feature_net) for a in argv]
     with pytest.raises(StudioError, match=message):
-        run_eval(samples, "--reference", "mnist", "--reference-split", "val", "--cache-dir", "none", *argv)
+        run_eval(samples, "--reference", "mnist-5k", "--reference-split", "val", "--cache-dir", "none", *argv)
 
 
 def test_domain_metrics_without_a_classifier_name_the_fix(tmp_path, train_digits):

@@ -15,7 +15,7 @@ from studio.metrics.features import INCEPTION_RANGE, prepare_images
 @pytest.fixture(scope="module")
 def digits() -> torch.Tensor:
     """Four different digits (the val split is sorted by class): (4, 1, 28, 28)."""
-    return build_dataset(DataConfig(name="mnist"), "val").uint8_images()[::125]
+    return build_dataset(DataConfig(name="mnist-5k"), "val").uint8_images()[::125]
 
 
 def test_inception_loads_offline_from_the_wheel():

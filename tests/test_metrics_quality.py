@@ -16,7 +16,7 @@ NO_CACHE = EvalConfig(cache_dir="none")
 
 @pytest.fixture(scope="module")
 def mnist_val():
-    return build_dataset(DataConfig(name="mnist"), "val")
+    return build_dataset(DataConfig(name="mnist-5k"), "val")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_shipped_classifier_is_a_loadable_checkpoint_with_a_model_card(classifie
 
 def test_class_accuracy_of_real_val_images_with_true_labels(mnist_val):
     result = evaluate(
-        mnist_val.uint8_images(), "mnist", ["acc", "is"], class_labels=mnist_val.labels, config=NO_CACHE
+        mnist_val.uint8_images(), "mnist-5k", ["acc", "is"], class_labels=mnist_val.labels, config=NO_CACHE
     )
     assert result.metrics["class_accuracy"] >= 0.97
     assert result.metrics["classifier_score"] > 7.0  # confident and spread over the 10 digits
@@ -73,24 +73,24 @@ def test_domain_fd_grows_monotonically_with_noise(mnist_val, classifier):
 
 
 def test_memorisation_flags_copies_of_training_images(mnist_val):
-    train = build_dataset(DataConfig(name="mnist"), "train").uint8_images()
-    copied = evaluate(train[:100], "mnist", ["mem"], config=NO_CACHE).metrics
-    fresh = evaluate(mnist_val.uint8_images()[:100], "mnist", ["mem"], config=NO_CACHE).metrics
+    train = build_dataset(DataConfig(name="mnist-5k"), "train").uint8_images()
+    copied = evaluate(train[:100], "mnist-5k", ["mem"], config=NO_CACHE).metrics
+    fresh = evaluate(mnist_val.uint8_images()[:100], "mnist-5k", ["mem"], config=NO_CACHE).metrics
     assert copied["mem_near_copy_share"] == 1.0 and copied["mem_nn_distance"] == 0.0
     assert fresh["mem_near_copy_share"] == 0.0 and fresh["mem_nn_distance"] > 0.1
 
 
 def test_evaluate_reads_the_reference_features_from_the_cache(mnist_val, tmp_path):
     config = EvalConfig(cache_dir=str(tmp_path), reference_split="val")
-    first = evaluate(mnist_val.uint8_images()[:64], "mnist", ["dfd"], config=config)
-    second = evaluate(mnist_val.uint8_images()[:64], "mnist", ["dfd"], config=config)
+    first = evaluate(mnist_val.uint8_images()[:64], "mnist-5k", ["dfd"], config=config)
+    second = evaluate(mnist_val.uint8_images()[:64], "mnist-5k", ["dfd"], config=config)
     assert first.settings["reference_cache"] == {"classifier": "miss"}
     assert second.settings["reference_cache"] == {"classifier": "hit"}
     assert first.metrics == second.metrics
     (entry,) = tmp_path.glob("*.npz")
     with np.load(entry) as data:
         assert int(data["count"]) == 500 and data["cov"].shape == (128, 128)
-    other_data = DataConfig(name="mnist", val_fraction=0.05)  # a different val split: other pixels, other key
+    other_data = DataConfig(name="mnist-5k", val_fraction=0.05)  # a different val split: other pixels, other key
     other = evaluate(mnist_val.uint8_images()[:64], other_data, ["dfd"], config=config)
     assert other.settings["reference_cache"] == {"classifier": "miss"}
     assert other.metrics != first.metrics and len(list(tmp_path.glob("*.npz"))) == 2

