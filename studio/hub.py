@@ -41,10 +41,17 @@ class ModelEntry:
     card: dict[str, Any] = field(default_factory=dict)
 
 def pipeline_dir(path: Path) -> Path | None:
-    """The pipeline folder inside ``path`` (itself, or ``path/pipeline``), if there is one."""
+    """The pipeline folder inside ``path`` (itself, or ``path/pipeline``), if there is one.
+
+    A run whose export was interrupted between `save_pipeline`'s two renames has no ``pipeline/``
+    for a moment, but a complete previous export under ``pipeline.old``: that one is used.
+    """
     for candidate in (path, path / "pipeline"):
         if (candidate / "model_index.json").is_file():
             return candidate
+    previous = path / "pipeline.old"
+    if not (path / "pipeline").exists() and (previous / "model_index.json").is_file():
+        return previous
     return None
 
 def read_card(folder: Path) -> dict[str, Any]:
@@ -138,7 +145,13 @@ def load_pipeline(name_or_path: str, device: str | None = None, **kwargs: Any) -
     return pipe
 
 def save_pipeline(pipe: Any, folder: Path, card: dict[str, Any]) -> None:
-    """Write ``pipe`` and its model card to ``folder`` atomically (temp folder, then rename)."""
+    """Write ``pipe`` and its model card to ``folder`` atomically (temp folder, then rename).
+
+    The swap keeps one invariant for crash safety: whenever ``folder`` is missing, ``folder.old``
+    (if any) is a complete export, which `pipeline_dir` then falls back to. So a leftover
+    ``.old`` is deleted only while ``folder`` exists, and when ``folder`` is missing the new export
+    simply takes its place.
+    """
     import shutil
 
     folder = Path(folder)
@@ -149,6 +162,8 @@ def save_pipeline(pipe: Any, folder: Path, card: dict[str, Any]) -> None:
     write_card(tmp, {"family": getattr(pipe, "family", ""), **card})
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
+        if old.exists():  # what an interrupted delete left: possibly partial, and never needed
+            shutil.rmtree(old)
         os.replace(folder, old)
     os.replace(tmp, folder)
     if old.exists():

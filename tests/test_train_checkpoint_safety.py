@@ -1,0 +1,119 @@
+"""Crash windows of checkpointing and export, each built by hand: what a kill at the worst moment
+leaves behind must never break the next export, the next load or the next resume."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from studio.cli import main
+from studio.hub import load_pipeline, resolve, save_pipeline
+from tests.conftest import TINY_DIT_OVERRIDES, tiny_dit_pipeline
+from training.checkpoint import STATE_FILE, latest_checkpoint, rng_file
+from training.config import load_config
+from training.family import get_family
+from training.loop import train
+
+
+def tiny_config(output_dir: Path, *overrides: str):
+    return load_config("dit", get_family("dit").config_class, "mnist-tiny",
+                       TINY_DIT_OVERRIDES + [f"output_dir={output_dir}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A finished 4-step run with checkpoints at steps 2 and 4 and an export."""
+    folder = tmp_path_factory.mktemp("run") / "run"
+    train(tiny_config(folder, "max_steps=4", "checkpointing_steps=2"))
+    return folder
+
+
+def export_weights(folder: Path) -> dict[str, np.ndarray]:
+    pipe = load_pipeline(str(folder))
+    return {k: v.numpy().copy() for k, v in pipe.transformer.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------ export
+def test_a_partly_deleted_pipeline_old_does_not_block_the_next_export(tmp_path):
+    """Killed while removing ``pipeline.old`` after a swap: the next export still succeeds."""
+    run = tmp_path / "run"
+    save_pipeline(tiny_dit_pipeline(seed=0), run / "pipeline", {"trained_steps": 1})
+    shutil.copytree(run / "pipeline", run / "pipeline.old")
+    shutil.rmtree(run / "pipeline.old" / "transformer")  # the part of it the delete had reached
+    save_pipeline(tiny_dit_pipeline(seed=1), run / "pipeline", {"trained_steps": 2})
+    assert sorted(p.name for p in run.iterdir()) == ["pipeline"]
+    assert load_pipeline(str(run)).transformer is not None
+    assert resolve(str(run)) == run / "pipeline"
+
+
+def swap_interrupted(run: Path) -> None:
+    """The state between `save_pipeline`'s two renames: old export moved aside, new one not yet in place."""
+    save_pipeline(tiny_dit_pipeline(seed=0), run / "pipeline", {"trained_steps": 1})
+    save_pipeline(tiny_dit_pipeline(seed=1), run / "pipeline.tmp", {"trained_steps": 2})
+    (run / "pipeline").rename(run / "pipeline.old")
+
+
+def test_a_run_between_the_two_renames_loads_its_previous_export(tmp_path, capsys):
+    run = tmp_path / "run"
+    swap_interrupted(run)
+    assert resolve(str(run)) == run / "pipeline.old"
+    expected = {k: v.numpy() for k, v in tiny_dit_pipeline(seed=0).transformer.state_dict().items()}
+    loaded = export_weights(run)
+    assert all(np.array_equal(expected[k], loaded[k]) for k in expected)
+    code = main(["sample", str(run), "--num-images", "2", "--batch-size", "2", "--steps", "2",
+                 "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "out").glob("*.png"))) >= 2
+
+
+def test_the_next_export_completes_an_interrupted_swap(tmp_path):
+    run = tmp_path / "run"
+    swap_interrupted(run)
+    save_pipeline(tiny_dit_pipeline(seed=2), run / "pipeline", {"trained_steps": 3})
+    assert sorted(p.name for p in run.iterdir()) == ["pipeline"]
+    expected = {k: v.numpy() for k, v in tiny_dit_pipeline(seed=2).transformer.state_dict().items()}
+    loaded = export_weights(run)
+    assert all(np.array_equal(expected[k], loaded[k]) for k in expected)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+@pytest.mark.parametrize("missing", [STATE_FILE, rng_file(0)])
+def test_latest_skips_a_partly_deleted_checkpoint(tmp_path, run, missing):
+    """A delete killed midway (older studio deleted in place) left checkpoint-4 partial: `latest`
+    takes the complete checkpoint-2, and resuming from it works."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    shutil.copytree(run / "checkpoints", checkpoints)
+    (checkpoints / "checkpoint-4" / missing).unlink()
+    assert latest_checkpoint(checkpoints) == checkpoints / "checkpoint-2"
+    result = train(tiny_config(tmp_path / "run", "max_steps=3", "checkpointing_steps=3", "resume_from_checkpoint=latest"))
+    assert result.step == 3 and len(result.history) == 1
+
+
+def test_an_interrupted_delete_leaves_no_partial_checkpoint_under_its_name(tmp_path, run, monkeypatch):
+    """Resume from checkpoint-2 of a run that already has checkpoint-4: saving step 4 again deletes
+    the old checkpoint-4 first. Killed inside that delete, the partial folder must not be taken for
+    a checkpoint; the next run clears it."""
+    folder = tmp_path / "run"
+    shutil.copytree(run / "checkpoints", folder / "checkpoints")
+    checkpoints = folder / "checkpoints"
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):
+        victim = next(p for p in Path(path).iterdir() if p.is_file())
+        victim.unlink()  # the delete got this far
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(folder, "max_steps=4", "checkpointing_steps=2",
+                          f"resume_from_checkpoint={checkpoints / 'checkpoint-2'}"))
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    names = sorted(p.name for p in checkpoints.iterdir())
+    assert "checkpoint-4" not in names and "checkpoint-4.deleting" in names, names
+    assert latest_checkpoint(checkpoints) == checkpoints / "checkpoint-2"
+    result = train(tiny_config(folder, "max_steps=4", "checkpointing_steps=2", "resume_from_checkpoint=latest"))
+    assert result.step == 4 and len(result.history) == 2
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]
