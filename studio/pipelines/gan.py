@@ -25,7 +25,7 @@ from studio.errors import StudioError
 from studio.hub import register_pipeline
 from studio.models.gan import GANGeneratorMixin
 from studio.models.gan.truncation import truncated_normal
-from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput
+from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, eval_mode
 from studio.pipelines.record import GenerationRecord
 
 #: images per generator forward pass (fixed, so results do not depend on the requested batch)
@@ -106,9 +106,7 @@ class StudioGANPipeline(StudioPipelineMixin, DiffusionPipeline):
     def _generate(self, latents: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """``G(z, y)`` over `CHUNK_SIZE` chunks: (N, z_dim) -> (N, C, S, S) in [-1, 1]."""
         generator = self.generator
-        was_training = generator.training
-        generator.eval()
-        try:
+        with eval_mode(generator):
             outputs = []
             for start in range(0, len(latents), CHUNK_SIZE):
                 z = latents[start : start + CHUNK_SIZE]
@@ -117,6 +115,4 @@ class StudioGANPipeline(StudioPipelineMixin, DiffusionPipeline):
                 z = torch.cat([z, z.new_zeros(pad, z.shape[1])])
                 y = torch.cat([y, y.new_zeros(pad)]) if y is not None else None
                 outputs.append(generator(z, y)[: CHUNK_SIZE - pad])
-        finally:
-            generator.train(was_training)
         return torch.cat(outputs)

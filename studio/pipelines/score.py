@@ -140,11 +140,9 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
         if corrector_steps is None:
             corrector_steps = 100 if sampler == "langevin" else int(config.correct_steps)
         snr = float(config.snr if snr is None else snr)
-        seeds = self.seeds_for(num_images, seed)
         device, dtype = self._execution_device, self.unet.dtype
-        generators = self.generators_for(seeds, device)
-        self._reset_plugins()
-        self._interrupt = False
+        plan = self.begin_call(num_images, None, seed, device)
+        generators = plan.generators
         shape = (num_images, self.unet.config.in_channels, self.unet.config.sample_size,
                  self.unet.config.sample_size)
 
@@ -170,20 +168,16 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
 
         low, high = kind.data_range
         x = (x.clamp(low, high) - low) / (high - low) * 2 - 1  # to [-1, 1] for convert_output
-        images = self.convert_output(x, output_type)
         record = GenerationRecord(
             model=self.model_name(),
             family=self.family,
-            seeds=seeds,
+            seeds=plan.seeds,
             sampler=sampler,
             steps=None if sampler == "ode" else steps,
             extra=extra,
             timings={"denoise_s": round(denoise_s, 4)},
         )
-        record = self.finish_record(record, started)
-        if not return_dict:
-            return images, record
-        return StudioPipelineOutput(images=images, record=record)
+        return self.finish_call(x, output_type, record, started, return_dict)
 
     # ------------------------------------------------------------------ checks
     def _check_inputs(self, kind: ScoreKind, sampler: str, num_images: int, steps: int | None,
