@@ -71,7 +71,9 @@ class EvalConfig:
     """How to evaluate; every field is also a ``studio eval`` flag (``--num-samples`` ...)."""
 
     num_samples: int = option(0, "evaluate the first N samples (0 = all)")
-    reference_split: str = option("train", "split of a built-in reference", ("train", "val", "all"))
+    reference_split: str = option(
+        "auto", "split of a built-in reference (auto: its standard test split if it has one, else train)",
+        ("auto", "train", "val", "all"))
     image_size: int = option(0, "size a built-in/folder reference is loaded at (0 = the samples' size)")
     feature_net: str = option("", "TorchScript feature network for fid/kid/pr (default: Inception-v3)")
     feature_size: int = option(299, "input size of --feature-net")

@@ -2,7 +2,9 @@
 
 A reference is a dataset split (a `DataConfig` or a built-in dataset name), an image folder (flat,
 or one subfolder per class), or an ``.npz``. It is read as uint8 pixels and hashed (SHA-256 of the
-pixels and their shape).
+pixels and their shape). Split ``auto`` is a dataset's standard test split where it has one (the
+10,000 MNIST test digits, the 1,000 animals test silhouettes), so FID and domain metrics compare
+with the same images as published MNIST numbers; other datasets use their train split.
 
 Reference features are computed once per (pixels, feature network, preprocessing) and kept in
 ``$STUDIO_CACHE/stats`` (default ``~/.cache/studio/stats``). Each ``.npz`` holds the features
@@ -26,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from studio.data import DataConfig, build_dataset, builtin_datasets
-from studio.data.builtin import cache_dir
+from studio.data.cards import CARDS, dataset_domain
+from studio.data.wheels import cache_dir
 from studio.metrics.frechet import GaussianStats
 from studio.metrics.samples import ImageSet, load_npz
 
@@ -41,7 +44,7 @@ class Reference:
     name: str
     split: str
     digest: str
-    dataset: str  # built-in dataset name ("" for folders and npz): picks the shipped classifier
+    dataset: str  # judge domain of a built-in dataset ("" for folders and npz): picks the shipped classifier
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "split": self.split, "count": len(self.images), "sha256": self.digest[:16]}
@@ -54,12 +57,21 @@ def pixel_digest(images: ImageSet) -> str:
     return digest.hexdigest()
 
 
+def resolve_split(dataset: str, split: str) -> str:
+    """``auto`` -> ``val`` (the standard test split) for datasets that have one, else ``train``."""
+    if split != "auto":
+        return split
+    card = CARDS.get(dataset)
+    return "val" if card is not None and card.has_test_split else "train"
+
+
 def load_reference(
-    reference: DataConfig | str | Path, split: str = "train", image_size: int = 28, channels: int = 0
+    reference: DataConfig | str | Path, split: str = "auto", image_size: int = 28, channels: int = 0
 ) -> Reference:
     """Read a reference; names and folders are loaded at ``image_size`` with ``channels`` (0 = own).
 
-    A `DataConfig` is used as given. Folders and npz files are used whole (split ``all``).
+    A `DataConfig` is used as given; ``split`` goes through `resolve_split`. Folders and npz files
+    are used whole (split ``all``).
     """
     if isinstance(reference, (str, Path)) and str(reference).endswith(".npz"):
         images = load_npz(Path(reference).expanduser())
@@ -67,7 +79,7 @@ def load_reference(
     if not isinstance(reference, DataConfig):
         reference = DataConfig(name=str(reference), image_size=image_size, channels=channels)
     if reference.name in builtin_datasets():
-        return _builtin_reference(**asdict(reference), split=split)
+        return _builtin_reference(**asdict(reference), split=resolve_split(reference.name, split))
     return _dataset_reference(reference, "all")
 
 
@@ -82,7 +94,7 @@ def _dataset_reference(config: DataConfig, split: str) -> Reference:
     labels = dataset.labels.numpy() if dataset.info.num_classes else None
     images = ImageSet(dataset.uint8_images(), labels, f"{config.name}:{split}")
     is_builtin = config.name in builtin_datasets()
-    return Reference(images, config.name, split, pixel_digest(images), config.name if is_builtin else "")
+    return Reference(images, config.name, split, pixel_digest(images), dataset_domain(config.name) if is_builtin else "")
 
 
 def stats_cache_dir() -> Path:
