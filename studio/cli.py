@@ -5,6 +5,7 @@
     studio models
     studio distill-trajectories TEACHER --out DIR --pairs N [--teacher-steps 64 --slices 4 ...]
     studio eval SAMPLES --reference DATASET_OR_DIR --metrics fid,kid,pr,acc,is,mem
+    studio data list | show NAME [--grid PATH]
 
 User errors print one line (``error: ...``) and exit with status 2; a traceback means a bug.
 Training is imported lazily: the library never depends on the trainers.
@@ -292,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     from studio.metrics.command import add_parser as add_eval_parser
 
     add_eval_parser(subparsers)
+    from studio.data.command import add_parser as add_data_parser
+
+    add_data_parser(subparsers)
     return parser
 
 
