@@ -1,0 +1,78 @@
+"""Regression slices of every shipped model (the diffusers habit): a few pinned output pixels per family.
+
+They catch silent behaviour changes (a scheduler default, an init, a loader) that shape-only tests miss.
+The tolerance holds across CPUs and thread counts: the same calls differ by at most ~2e-6 between 1 and 2
+threads here (float32 rounding of oneDNN kernels, amplified by at most 10-20 sampler steps), while any real
+change moves pixels by 0.05 or more. After retraining a shipped model, regenerate its row with
+``python tests/regression_cases.py``.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from regression_cases import CASES, run_case
+
+TOLERANCE = 2e-3  # in [0, 1] pixel units; stored values are rounded to 1e-4
+
+EXPECTED = {
+    "sagan-mnist": [
+        0.0001, 0.6331, 0.0189, 0.0697, 0.0026, 0.0078, 0.5527, 0.8906,
+        0.0049, 0.9565, 0.9988, 0.9986, 0.0030, 0.0035, 0.0001, 0.0014,
+        0.1890, 0.2031, 0.7901, 0.9260, 0.0653, 0.0565, 0.0460, 0.9993,
+        0.0000, 0.0000, 0.6490, 0.6292, 0.0000, 0.0000, 0.8940, 0.0266,
+    ],
+    "biggan-mnist": [
+        0.0083, 0.0457, 0.1024, 0.9838, 0.0018, 0.8777, 0.9962, 0.9496,
+        0.0001, 0.1641, 0.0236, 0.0305, 0.0000, 0.0002, 0.0000, 0.0924,
+        0.0039, 0.0008, 0.0035, 0.1989, 0.9970, 0.9966, 0.9774, 0.3001,
+        0.5956, 0.3433, 0.9495, 0.9992, 0.0001, 0.5161, 0.9997, 0.0161,
+    ],
+    "dit-mnist": [
+        0.0011, 0.9772, 0.7344, 0.0000, 0.2722, 0.0031, 0.2521, 1.0000,
+        0.8307, 0.1172, 0.9999, 0.9671, 0.2554, 0.4885, 0.2861, 0.0235,
+        0.9902, 0.7757, 0.2900, 0.9881, 0.0232, 0.0000, 0.0070, 0.9846,
+        0.0025, 0.0090, 0.0021, 1.0000, 0.0068, 0.0001, 0.0027, 0.9935,
+    ],
+    "adm-mnist": [
+        0.1536, 0.3217, 0.6889, 0.1661, 0.4297, 0.1475, 0.7869, 0.9984,
+        0.1406, 0.3570, 0.9994, 0.7581, 0.1911, 0.0852, 0.2018, 0.3493,
+        0.8971, 0.6798, 0.3482, 0.9916, 0.5223, 0.0710, 0.1588, 0.9670,
+        0.2075, 0.1710, 0.1420, 0.9980, 0.2542, 0.1258, 0.0645, 0.9185,
+    ],
+    "score-mnist": [
+        1.0000, 1.0000, 0.0000, 0.7256, 0.4432, 1.0000, 0.5612, 0.0000,
+        0.0000, 0.0000, 0.6324, 0.0000, 1.0000, 0.0000, 0.2248, 1.0000,
+        1.0000, 1.0000, 0.0000, 0.6862, 0.0000, 0.0000, 0.5122, 0.2981,
+        0.0000, 1.0000, 0.2636, 1.0000, 0.8556, 0.0362, 0.0000, 1.0000,
+    ],
+    "dsno-mnist": [
+        0.1239, 0.4041, 0.5141, 0.0595, 0.8803, 0.1242, 0.7950, 0.8671,
+        0.6653, 0.3602, 0.9380, 0.7656, 0.1785, 0.5033, 0.2933, 0.1955,
+        0.8602, 0.6535, 0.2750, 0.9258, 0.1593, 0.0691, 0.1374, 0.9016,
+        0.1260, 0.4261, 0.7971, 0.9200, 0.2305, 0.7545, 0.0669, 0.2044,
+    ],
+    "controlnet-mnist": [
+        0.4467, 1.0000, 0.9980, 0.0009, 0.9556, 0.2028, 0.8447, 0.9991,
+        0.7803, 0.5628, 1.0000, 0.6294, 0.3712, 0.2234, 0.8385, 1.0000,
+        0.8677, 0.3746, 0.3015, 0.9980, 0.9992, 0.0387, 0.1847, 0.9900,
+        0.2735, 0.3890, 0.5393, 0.9996, 0.4201, 0.1656, 0.6523, 0.5541,
+    ],
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_shipped_family_has_a_pinned_slice():
+    assert set(EXPECTED) == set(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_shipped_model_output_matches_its_pinned_slice(name):
+    np.testing.assert_allclose(run_case(name), np.array(EXPECTED[name]), rtol=0, atol=TOLERANCE)
