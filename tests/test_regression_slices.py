@@ -60,12 +60,13 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """Each slice is checked at 1 and 2 torch threads: both must land within the same tolerance."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
 
 
 def test_every_shipped_family_has_a_pinned_slice():
@@ -73,5 +74,5 @@ def test_every_shipped_family_has_a_pinned_slice():
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_shipped_model_output_matches_its_pinned_slice(name):
+def test_shipped_model_output_matches_its_pinned_slice(name, threads):
     np.testing.assert_allclose(run_case(name), np.array(EXPECTED[name]), rtol=0, atol=TOLERANCE)
