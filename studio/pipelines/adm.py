@@ -28,7 +28,7 @@ from studio.diffusion.guidance import SAMPLER_KINDS, ADMSampler, cfg_mix, classi
 from studio.diffusion.schedulers import make_scheduler, scheduler_name
 from studio.errors import ConfigError, StudioError
 from studio.models.adm import NoisyClassifier, null_class
-from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput
+from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, check_finite
 from studio.pipelines.invariance import batch_invariant
 from studio.pipelines.record import GenerationRecord
 
@@ -121,6 +121,7 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
 
     # ---------------------------------------------------------------- checks and setup
     def _check_call(self, steps: int, guidance_scale: float, classifier_scale: float, eta: float) -> None:
+        check_finite(guidance_scale=guidance_scale, classifier_scale=classifier_scale, eta=eta)
         if not 1 <= steps <= self.scheduler.config.num_train_timesteps:
             raise StudioError(f"num_inference_steps must be in 1..{self.scheduler.config.num_train_timesteps} "
                               f"(the trained T), got {steps}")

@@ -12,10 +12,13 @@ the denoising loop also have ``bind_scheduler(s)`` / ``unbind_scheduler(s)``, ca
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, Sequence, Union
+from typing import Any, Protocol
 
 import numpy as np
 import PIL.Image
@@ -24,6 +27,77 @@ from diffusers.utils import BaseOutput
 
 from studio.errors import StudioError
 from studio.pipelines.record import GenerationRecord, to_pil
+
+#: seeds are unsigned 64-bit integers, `torch.Generator.manual_seed`'s range (a negative seed would alias a large one)
+MAX_SEED = 2**64 - 1
+
+
+def check_finite(**values: Any) -> None:
+    """Refuse settings that are not finite real numbers, naming them (None means "not set" and passes).
+
+    NaN passes every comparison silently: ``guidance_scale=nan`` turns every noise prediction into
+    NaN (black images), ``truncation=nan`` compares false with every threshold and is ignored while
+    being recorded, ``inf`` guidance gives noise. Every pipeline calls this on its float settings.
+    """
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise StudioError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise StudioError(f"{name} must be a finite number, got {value}")
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; a `StudioError` naming ``name`` otherwise (bools are not counts)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise StudioError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise StudioError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def check_steps(steps: Any, num_train_timesteps: int) -> int:
+    """The number of sampling steps, refused outside 1..T: a diffusion model knows only its T trained timesteps."""
+    steps = check_count("num_inference_steps", steps)
+    if steps > num_train_timesteps:
+        raise StudioError(f"num_inference_steps must be in 1..{num_train_timesteps} (the timesteps the model was "
+                          f"trained on), got {steps}")
+    return steps
+
+
+def check_seed_range(seed: Any, count: int = 1) -> int:
+    """A base seed whose images ``seed .. seed + count - 1`` all lie in 0..`MAX_SEED`."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise StudioError(f"seed must be an integer, got {seed!r}")
+    if seed < 0 or seed + max(count, 1) - 1 > MAX_SEED:
+        last = " (with one seed per image: seed + num_images - 1)" if count > 1 else ""
+        raise StudioError(f"seed must lie in 0..{MAX_SEED}{last}, got {seed}")
+    return int(seed)
+
+
+def label_source(class_labels: int | Sequence[int] | None, num_classes: int) -> Callable[[int], int] | None:
+    """The class of image i as a function of i, checked once and built lazily (None: unconditional).
+
+    One int for all images, a list cycled over them, or None (balanced ``i % num_classes`` on a
+    class-conditional model). Lazy so that planning a billion images allocates nothing per image.
+    """
+    if num_classes <= 0:
+        if class_labels is not None:
+            raise StudioError("this model is unconditional: it takes no class labels")
+        return None
+    if class_labels is None:
+        return lambda i: i % num_classes
+    given = [class_labels] if isinstance(class_labels, (int, np.integer)) else list(class_labels)
+    if not given:
+        raise StudioError("class_labels is empty")
+    for label in given:
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise StudioError(f"class labels must be integers, got {label!r}")
+        if not 0 <= int(label) < num_classes:
+            raise StudioError(f"class label {label} is out of range: this model has classes 0..{num_classes - 1}")
+    labels = [int(label) for label in given]
+    return lambda i: labels[i % len(labels)]
 
 
 @contextmanager
@@ -72,7 +146,7 @@ class CallPlan:
 class StudioPipelineOutput(BaseOutput):
     """Images (PIL list, numpy (N, H, W, C) in [0, 1], or tensor (N, C, H, W) in [0, 1]) and their record."""
 
-    images: Union[list[PIL.Image.Image], np.ndarray, torch.Tensor]
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     record: GenerationRecord
 
 
@@ -137,8 +211,7 @@ class StudioPipelineMixin:
         """
         if num_images is None:
             num_images = len(class_labels) if isinstance(class_labels, Sequence) else 1
-        if num_images < 1:
-            raise StudioError(f"num_images must be at least 1, got {num_images}")
+        num_images = check_count("num_images", num_images)
         seeds = self.seeds_for(num_images, seed)
         labels = self.labels_for(num_images, class_labels, self.num_classes)
         generators = self.generators_for(seeds, device)
@@ -148,13 +221,19 @@ class StudioPipelineMixin:
 
     @staticmethod
     def seeds_for(num_images: int, seed: int | Sequence[int] | None) -> list[int]:
-        """Per-image seeds: ``seed + i`` for an int, the list itself, or random seeds for None."""
+        """Per-image seeds: ``seed + i`` for an int, the list itself, or random seeds for None.
+
+        Every seed must lie in 0..`MAX_SEED` (a larger one overflows the generator).
+        """
         if seed is None:
             base = int(torch.randint(0, 2**31 - 1, ()).item())
             return [base + i for i in range(num_images)]
-        if isinstance(seed, int):
-            return [seed + i for i in range(num_images)]
-        seeds = [int(s) for s in seed]
+        if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+            base = check_seed_range(seed, num_images)
+            return [base + i for i in range(num_images)]
+        if isinstance(seed, (str, bytes)) or not isinstance(seed, Sequence):
+            raise StudioError(f"seed must be an integer or one integer per image, got {seed!r}")
+        seeds = [check_seed_range(s) for s in seed]
         if len(seeds) != num_images:
             raise StudioError(f"got {len(seeds)} seeds for {num_images} images")
         return seeds
@@ -172,25 +251,8 @@ class StudioPipelineMixin:
 
         None on a class-conditional model gives balanced classes (image i gets ``i % num_classes``).
         """
-        if num_classes <= 0:
-            if class_labels is not None:
-                raise StudioError("this model is unconditional: it takes no class labels")
-            return None
-        if class_labels is None:
-            labels = [i % num_classes for i in range(num_images)]
-        elif isinstance(class_labels, (int, np.integer)):
-            labels = [int(class_labels)] * num_images
-        else:
-            given = list(class_labels)
-            if not given:
-                raise StudioError("class_labels is empty")
-            labels = [given[i % len(given)] for i in range(num_images)]
-        for label in labels:
-            if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
-                raise StudioError(f"class labels must be integers, got {label!r}")
-            if not 0 <= int(label) < num_classes:
-                raise StudioError(f"class label {label} is out of range: this model has classes 0..{num_classes - 1}")
-        return [int(label) for label in labels]
+        source = label_source(class_labels, num_classes)
+        return None if source is None else [source(i) for i in range(num_images)]
 
     # ---------------------------------------------------------------- outputs
     @staticmethod

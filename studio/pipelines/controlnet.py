@@ -28,7 +28,7 @@ from studio.errors import StudioError
 from studio.models.adm import null_class
 from studio.models.controlnet import ADMConditionUNet, ADMControlNetModel
 from studio.pipelines.adm import StudioADMPipeline
-from studio.pipelines.base import StudioPipelineOutput
+from studio.pipelines.base import StudioPipelineOutput, check_finite
 from studio.pipelines.invariance import batch_invariant
 from studio.pipelines.record import GenerationRecord
 
@@ -152,6 +152,7 @@ class StudioControlNetPipeline(StudioADMPipeline):
         """
         started = time.perf_counter()
         maps = self.prepare_conditions(control_image, condition)
+        check_finite(controlnet_conditioning_scale=controlnet_conditioning_scale)
         self._check_call(num_inference_steps, guidance_scale, 0.0, eta)
         if num_images is None and len(maps) > 1:
             num_images = len(maps)

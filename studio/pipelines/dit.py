@@ -16,10 +16,9 @@ from diffusers import DiffusionPipeline, DiTTransformer2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 from studio.diffusion.schedulers import make_scheduler, scheduler_name
-from studio.errors import StudioError
 from studio.models.dit import disable_internal_label_dropout, null_class
+from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, check_finite, check_steps
 from studio.pipelines.invariance import batch_invariant
-from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput
 from studio.pipelines.record import GenerationRecord
 
 
@@ -70,8 +69,8 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
         ``seed`` is the base seed (image i uses seed + i) or one seed per image.
         """
         started = time.perf_counter()
-        if num_inference_steps < 1:
-            raise StudioError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        check_steps(num_inference_steps, self.scheduler.config.num_train_timesteps)
+        check_finite(guidance_scale=guidance_scale, eta=eta)
         device, dtype = self._execution_device, self.transformer.dtype
         plan = self.begin_call(num_images, class_labels, seed, device)
         sampler = make_scheduler(scheduler, self.scheduler.config) if scheduler else self.scheduler

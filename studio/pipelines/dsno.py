@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from studio.errors import StudioError
 from studio.hub import register_pipeline
 from studio.models.dsno import DSNOStudent
-from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput
+from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, check_finite
 from studio.pipelines.record import GenerationRecord
 
 #: images per student call (the last chunk is padded with zero noise that is dropped)
@@ -107,6 +107,7 @@ class StudioDSNOPipeline(StudioPipelineMixin, DiffusionPipeline):
         return self.student(noise, labels)[:n, -1]
 
     def _check_fixed_settings(self, steps: int | None, guidance: float | None) -> None:
+        check_finite(guidance_scale=guidance)
         student = self.student.config
         if steps is not None and steps != 1:
             raise StudioError(f"a DSNO student samples in one network call; it takes no step count (got "

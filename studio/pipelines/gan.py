@@ -25,7 +25,7 @@ from studio.errors import StudioError
 from studio.hub import register_pipeline
 from studio.models.gan import GANGeneratorMixin
 from studio.models.gan.truncation import truncated_normal
-from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, eval_mode
+from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, check_finite, eval_mode
 from studio.pipelines.record import GenerationRecord
 
 #: images per generator forward pass (fixed, so results do not depend on the requested batch)
@@ -78,6 +78,7 @@ class StudioGANPipeline(StudioPipelineMixin, DiffusionPipeline):
             raise StudioError(f"{type(self).__name__} does not take {names}: a GAN draws each image in one "
                               f"forward pass (it takes {', '.join(self.call_parameters)})")
         started = time.perf_counter()
+        check_finite(truncation=truncation)
         device, dtype = self._execution_device, self.generator.dtype
         plan = self.begin_call(num_images, class_labels, seed, device)
         labels = plan.labels

@@ -49,7 +49,7 @@ from studio.diffusion.score_samplers import (
 )
 from studio.diffusion.sde import VESDE, geometric_sigmas
 from studio.errors import StudioError
-from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, eval_mode
+from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, check_finite, eval_mode
 from studio.pipelines.invariance import FixedBatchModel, batch_invariant
 from studio.pipelines.record import GenerationRecord
 
@@ -182,6 +182,7 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
     # ------------------------------------------------------------------ checks
     def _check_inputs(self, kind: ScoreKind, sampler: str, num_images: int, steps: int | None,
                       corrector_steps: int | None, snr: float | None, step_lr: float) -> None:
+        check_finite(snr=snr, step_lr=step_lr)
         if sampler not in SAMPLERS:
             raise StudioError(f"unknown sampler {sampler!r} for a score model; choose one of {', '.join(SAMPLERS)}")
         if sampler not in KIND_SAMPLERS[kind]:
