@@ -8,14 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from studio.cli import main
 from studio.hub import load_pipeline, resolve, save_pipeline
 from tests.conftest import TINY_DIT_OVERRIDES, tiny_dit_pipeline
-from training.checkpoint import STATE_FILE, latest_checkpoint, rng_file
+from training.checkpoint import STATE_FILE, latest_checkpoint, read_checkpoint, rng_file
 from training.config import load_config
 from training.family import get_family
 from training.loop import train
+from training.safe_state import read_state
 
 
 def tiny_config(output_dir: Path, *overrides: str):
@@ -117,3 +119,33 @@ def test_an_interrupted_delete_leaves_no_partial_checkpoint_under_its_name(tmp_p
     result = train(tiny_config(folder, "max_steps=4", "checkpointing_steps=2", "resume_from_checkpoint=latest"))
     assert result.step == 4 and len(result.history) == 2
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+
+# ------------------------------------------------------------------------------------------ processes
+@pytest.mark.slow
+def test_two_process_resume_equals_an_uninterrupted_two_process_run(tmp_path):
+    """Under DDP each process restores its own RNG state and the shared state comes from one file:
+    a 2-process run stopped at step 2 and resumed to 4 ends bit-identical to one run to 4 (same
+    processes, shapes and kernels on one machine)."""
+    from tests.test_cli import REPO, _launch
+
+    def launch(run: Path, steps: int, *extra: str) -> None:
+        result = _launch("train", "dit", "--preset", "mnist-tiny", "--max-steps", str(steps), "--output-dir",
+                         str(run), "--checkpointing-steps", "2", *TINY_DIT_OVERRIDES, *extra, cwd=REPO)
+        assert result.returncode == 0, result.stderr
+
+    launch(tmp_path / "full", 4)
+    launch(tmp_path / "split", 2)
+    launch(tmp_path / "split", 4, "resume_from_checkpoint=latest")
+    full = read_checkpoint(tmp_path / "full" / "checkpoints" / "checkpoint-4")
+    split = read_checkpoint(tmp_path / "split" / "checkpoints" / "checkpoint-4")
+    assert full["num_processes"] == 2 and full["extras"]["progress"]["step"] == 4
+    assert full["extras"]["stream"] == split["extras"]["stream"]
+    pairs = {"weights": (full["models"]["transformer"], split["models"]["transformer"]),
+             "ema": (full["extras"]["ema.transformer"]["shadow"], split["extras"]["ema.transformer"]["shadow"]),
+             "adam": ({k: v["exp_avg"] for k, v in full["optimizers"]["transformer"]["state"].items()},
+                      {k: v["exp_avg"] for k, v in split["optimizers"]["transformer"]["state"].items()})}
+    for name, (a, b) in pairs.items():
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    ranks = [read_state(tmp_path / "split" / "checkpoints" / "checkpoint-4" / rng_file(i)) for i in (0, 1)]
+    assert not torch.equal(ranks[0]["torch"], ranks[1]["torch"])  # each process has its own stream

@@ -23,6 +23,7 @@ from studio.errors import ConfigError
 from studio.models.adm import ADMConfig, build_adm_unet
 from studio.models.dit import drop_labels
 from studio.pipelines.adm import StudioADMPipeline, check_classifier, load_noisy_classifier
+from training.config import require, require_float, require_fraction, require_int, require_sizes
 from training.family import Family, register_family
 
 
@@ -41,6 +42,26 @@ class ADMTrainConfig:
     sample_scheduler: str = "ddim"
     sample_guidance_scale: float = 1.0
     sample_classifier_scale: float = 0.0
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first out-of-range setting (data-dependent ones: the family)."""
+        validate_network_sizes(self.network)
+        require_int("model.num_train_timesteps", self.num_train_timesteps, 1)
+        require_float("model.vlb_weight", self.vlb_weight)
+        require_fraction("model.p_uncond", self.p_uncond)
+        require_int("model.sample_steps", self.sample_steps, 1)
+        require_float("model.sample_guidance_scale", self.sample_guidance_scale)
+        require_float("model.sample_classifier_scale", self.sample_classifier_scale)
+
+
+def validate_network_sizes(network: ADMConfig) -> None:
+    """Sizes of an ADM network that no dataset makes valid (`ADMConfig.validate` checks the rest)."""
+    for name in ("model_channels", "layers_per_block", "head_channels", "norm_groups"):
+        require_int(f"model.network.{name}", getattr(network, name), 1)
+    require_sizes("model.network.channel_mult", network.channel_mult)
+    require("model.network.attention_resolutions", network.attention_resolutions,
+            all(r >= 1 for r in network.attention_resolutions), "a list of resolutions >= 1")
+    require_fraction("model.network.dropout", network.dropout)
 
 
 def diffusion_scheduler(num_train_timesteps: int, beta_schedule: str, learn_sigma: bool) -> DDPMScheduler:
@@ -62,10 +83,6 @@ class ADMFamily(Family):
         settings: ADMTrainConfig = config.model
         if info.num_classes < 1:
             raise ConfigError(f"the ADM family is class-conditional but dataset {info.name!r} has no classes")
-        if not 0.0 <= settings.p_uncond < 1.0:
-            raise ConfigError(f"ADM p_uncond must be in [0, 1), got {settings.p_uncond}")
-        if settings.vlb_weight < 0:
-            raise ConfigError(f"ADM vlb_weight must be >= 0, got {settings.vlb_weight}")
         self.network = dataclasses.replace(settings.network, sample_size=info.image_size, in_channels=info.channels,
                                            num_classes=info.num_classes)
         self.network.validate()

@@ -25,8 +25,9 @@ from torch import nn
 from studio.diffusion.gaussian import BETA_SCHEDULES, GaussianDiffusion
 from studio.errors import ConfigError
 from studio.models.adm import ADMConfig, build_noisy_classifier
-from training.adm import diffusion_scheduler
+from training.adm import diffusion_scheduler, validate_network_sizes
 from training.classifier import ClassifierExportPipeline, augment
+from training.config import require_int
 from training.family import Family, register_family
 
 
@@ -40,6 +41,12 @@ class ADMClassifierTrainConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     augment: bool = True
     visualise_steps: int = 50  # gradient-ascent steps of the class visualisations in sample grids
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first out-of-range setting (data-dependent ones: the family)."""
+        validate_network_sizes(self.network)
+        require_int("model.num_train_timesteps", self.num_train_timesteps, 1)
+        require_int("model.visualise_steps", self.visualise_steps, 0)
 
 
 @register_family

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from studio.models.gan import BigGANGenerator, BigGANGeneratorConfig
+from training.config import require_int
 from training.family import register_family
 from training.sagan import SAGANFamily, SAGANTrainConfig
 
@@ -29,6 +30,10 @@ class BigGANTrainConfig(SAGANTrainConfig):
     z_dim: int = 48
     shared_dim: int = 32
     ortho_beta: float = 1e-4
+
+    def validate(self) -> None:
+        super().validate()
+        require_int("model.shared_dim", self.shared_dim, 1)
 
 
 @register_family

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from accelerate.utils import DistributedType
 
-from studio.errors import CheckpointError
+from studio.errors import CheckpointError, ConfigError
 from training.safe_state import read_state, write_state
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -153,7 +153,7 @@ def check_distributed_type(accelerator: Any) -> None:
     """Refuse set-ups whose state is sharded (FSDP, DeepSpeed): this format saves whole states."""
     kind = accelerator.distributed_type
     if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise CheckpointError(f"training checkpoints support one process and DDP, not {kind.value}: "
+        raise ConfigError(f"training checkpoints support one process and DDP, not {kind.value}: "
                               "choose DDP in `accelerate config`")
 
 
@@ -187,7 +187,8 @@ def save_checkpoint(accelerator: Any, folder: Path, step: int, total_limit: int,
     """Save the full training state for ``step``; keep at most ``total_limit`` checkpoints.
 
     Every process writes its own RNG state; the main process writes the shared state (identical on
-    all processes under DDP) last, then renames the folder into place and prunes old ones.
+    all processes under DDP) last, then renames the folder into place and prunes old ones. With
+    several nodes the run folder must be on a filesystem they all see.
     """
     final = folder / f"checkpoint-{step}"
     tmp = folder / f"checkpoint-{step}.tmp"
@@ -233,7 +234,7 @@ def _load_each(kind: str, saved: dict[str, Any], objects: dict[str, Any], path: 
     for name, obj in objects.items():
         try:
             obj.load_state_dict(saved[name])
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"checkpoint {path} does not fit this run's {kind} {name!r}: {detail}") from None
 

@@ -36,6 +36,7 @@ from studio.metrics.features import classifier_outputs
 from studio.models.classifier import StudioClassifier
 from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput
 from studio.pipelines.record import GenerationRecord
+from training.config import require_fraction, require_int, require_sizes
 from training.family import Family, register_family
 
 MAX_ROTATION = math.radians(12.0)
@@ -77,6 +78,13 @@ class ClassifierTrainConfig:
     feature_dim: int = 128
     dropout: float = 0.2
     visualise_steps: int = 100  # gradient-ascent steps of the class visualisations in sample grids
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first out-of-range setting."""
+        require_sizes("model.block_channels", self.block_channels)
+        require_int("model.feature_dim", self.feature_dim, 1)
+        require_fraction("model.dropout", self.dropout)
+        require_int("model.visualise_steps", self.visualise_steps, 0)
 
 
 class ClassifierExportPipeline(StudioPipelineMixin, DiffusionPipeline):

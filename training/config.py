@@ -8,11 +8,14 @@ as ``config.yaml`` beside the run's checkpoints.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from studio.data import DataConfig
@@ -20,6 +23,41 @@ from studio.errors import ConfigError
 from studio.hub import runs_dir
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+#: largest training seed: process ranks are added to it and NumPy seeds must stay below 2**32
+MAX_SEED = 2**31 - 1
+
+
+def require(name: str, value: Any, ok: bool, expected: str) -> None:
+    """Raise a `ConfigError` saying ``name`` must be ``expected`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{name} must be {expected}, got {value!r}")
+
+
+def finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def require_int(name: str, value: int, minimum: int, maximum: int | None = None) -> None:
+    """``value`` is an integer in [minimum, maximum]."""
+    expected = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+    require(name, value, minimum <= value and (maximum is None or value <= maximum), expected)
+
+
+def require_sizes(name: str, values: Iterable[int]) -> None:
+    """``values`` is a non-empty list of integers >= 1 (layer widths)."""
+    values = list(values)
+    require(name, values, bool(values) and all(v >= 1 for v in values), "a non-empty list of integers >= 1")
+
+
+def require_fraction(name: str, value: float) -> None:
+    """``value`` is a probability-like number in [0, 1)."""
+    require(name, value, finite(value) and 0 <= value < 1, "a number in [0, 1)")
+
+
+def require_float(name: str, value: float, minimum: float = 0.0, positive: bool = False) -> None:
+    """``value`` is finite and >= ``minimum`` (> if ``positive``)."""
+    ok = finite(value) and (value > minimum if positive else value >= minimum)
+    require(name, value, ok, f"a finite number {'>' if positive else '>='} {minimum:g}")
 
 
 @dataclass
@@ -31,6 +69,15 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     grad_clip: float = 1.0  # 0 = no clipping
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first setting AdamW cannot use."""
+        require_float("optim.lr", self.lr, positive=True)
+        require("optim.betas", self.betas, len(self.betas) == 2 and all(finite(b) and 0 <= b < 1 for b in self.betas),
+                "two numbers in [0, 1), e.g. [0.9, 0.999]")
+        require_float("optim.weight_decay", self.weight_decay)
+        require_int("optim.warmup_steps", self.warmup_steps, 0)
+        require_float("optim.grad_clip", self.grad_clip)
 
 
 @dataclass
@@ -63,6 +110,33 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     model: Any = None
 
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first out-of-range setting (the family's included).
+
+        Checks what a value alone decides; what depends on the data (image size, classes) is
+        checked by the family when it sees the dataset.
+        """
+        require_int("seed", self.seed, 0, MAX_SEED)
+        require_int("max_steps", self.max_steps, 1)
+        require_float("time_budget_minutes", self.time_budget_minutes)
+        require_int("batch_size", self.batch_size, 1)
+        require_int("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
+        require("mixed_precision", self.mixed_precision, self.mixed_precision in ("no", "fp16", "bf16"),
+                "one of no, fp16, bf16")
+        require("ema_decay", self.ema_decay, finite(self.ema_decay) and 0 <= self.ema_decay < 1,
+                "in [0, 1) (0 = no EMA)")
+        require_int("ema_start", self.ema_start, 0)
+        require_int("checkpointing_steps", self.checkpointing_steps, 1)
+        require_int("checkpoints_total_limit", self.checkpoints_total_limit, 1)
+        require_int("sample_every", self.sample_every, 0)
+        require_int("num_sample_images", self.num_sample_images, 1)
+        require_int("log_every", self.log_every, 1)
+        require_int("eval_every", self.eval_every, 0)
+        require_int("eval_num_images", self.eval_num_images, 1)
+        self.optim.validate()
+        if hasattr(self.model, "validate"):
+            self.model.validate()
+
 
 def available_presets() -> dict[str, list[str]]:
     """Family name -> its preset names, from the YAML files in ``training/configs``."""
@@ -90,18 +164,42 @@ def preset_path(family: str, preset: str) -> Path:
 def load_config(family: str, model_config_class: type, preset: str, overrides: list[str] | None = None) -> TrainConfig:
     """Merge schema defaults, the preset YAML and ``key=value`` overrides into a `TrainConfig`."""
     schema = OmegaConf.structured(TrainConfig(family=family, preset=preset, model=model_config_class()))
+    path = preset_path(family, preset)
+    preset_yaml = read_preset(path)
     try:
-        preset_yaml = OmegaConf.load(preset_path(family, preset))
         merged = OmegaConf.merge(schema, preset_yaml, OmegaConf.from_dotlist(list(overrides or [])))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"bad configuration: {str(exc).splitlines()[0]}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"bad override value: {yaml_problem(exc)}") from None
     config: TrainConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     if config.family != family:
         raise ConfigError(f"preset {preset!r} is for family {config.family!r}, not {family!r}")
     config.optim.betas = [float(b) for b in config.optim.betas]  # Adam refuses mixed int/float betas
     if not config.output_dir:
         config.output_dir = str(runs_dir() / f"{family}-{Path(preset).stem}")
+    config.validate()
     return config
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what a YAML parse error is, without quoting the file's contents."""
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+
+
+def read_preset(path: Path) -> DictConfig:
+    """A preset file's settings; a `ConfigError` if it is not a YAML mapping."""
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"preset file {path} is not valid YAML: {yaml_problem(exc)}") from None
+    except (OmegaConfBaseException, UnicodeDecodeError) as exc:
+        raise ConfigError(f"preset file {path} cannot be read: {str(exc).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"preset file {path} must be a mapping of settings (key: value), not a list")
+    return loaded
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

@@ -26,6 +26,7 @@ from studio.models.adm import null_class
 from studio.models.controlnet import condition_unet_from_adm, controlled_output, controlnet_from_unet
 from studio.models.dit import drop_labels
 from studio.pipelines.controlnet import StudioControlNetPipeline
+from training.config import require_fraction, require_int
 from training.family import Family, register_family
 
 
@@ -39,6 +40,12 @@ class ControlNetTrainConfig:
     sample_steps: int = 50
     sample_scheduler: str = "ddim"
     sample_controls: int = 8  # validation digits whose condition maps drive the sample grids
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first out-of-range setting."""
+        require_fraction("model.p_uncond", self.p_uncond)
+        require_int("model.sample_steps", self.sample_steps, 1)
+        require_int("model.sample_controls", self.sample_controls, 1)
 
 
 def load_adm_base(source: str) -> tuple[UNet2DModel, DDPMScheduler]:
@@ -62,8 +69,6 @@ class ControlNetFamily(Family):
         settings: ControlNetTrainConfig = config.model
         if settings.condition not in ("canny", "sobel"):
             raise ConfigError(f"ControlNet condition must be 'canny' or 'sobel', got {settings.condition!r}")
-        if not 0.0 <= settings.p_uncond < 1.0:
-            raise ConfigError(f"ControlNet p_uncond must be in [0, 1), got {settings.p_uncond}")
         adm, self.noise_scheduler = load_adm_base(settings.base)
         if adm.config.sample_size != info.image_size or adm.config.in_channels != info.channels:
             raise ConfigError(f"base {settings.base!r} makes {adm.config.in_channels}x{adm.config.sample_size}px "

@@ -18,6 +18,7 @@ from torch import nn
 from studio.errors import ConfigError
 from studio.models.dit import DiTConfig, build_dit, drop_labels
 from studio.pipelines.dit import StudioDiTPipeline
+from training.config import require_float, require_fraction, require_int
 from training.family import Family, register_family
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -39,6 +40,14 @@ class DiTTrainConfig:
     sample_steps: int = 50  # sample grids during training
     sample_scheduler: str = "ddim"
     sample_guidance_scale: float = 4.0
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first out-of-range setting."""
+        for name in ("patch_size", "depth", "num_heads", "head_dim", "num_train_timesteps", "sample_steps"):
+            require_int(f"model.{name}", getattr(self, name), 1)
+        require_fraction("model.class_dropout", self.class_dropout)
+        require_float("model.snr_gamma", self.snr_gamma)
+        require_float("model.sample_guidance_scale", self.sample_guidance_scale)
 
 
 @register_family

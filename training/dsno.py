@@ -36,7 +36,15 @@ from studio.diffusion.trajectories import (
 from studio.errors import ConfigError
 from studio.models.dsno import OUTPUT_PARAMS, DSNOStudent, teacher_fingerprint
 from studio.pipelines.dsno import StudioDSNOPipeline
-from training.config import TrainConfig
+from training.config import (
+    TrainConfig,
+    finite,
+    require,
+    require_float,
+    require_fraction,
+    require_int,
+    require_sizes,
+)
 from training.family import Family, register_family
 
 #: ``model.teacher`` value that builds a seeded random tiny UNet instead of loading a checkpoint
@@ -65,6 +73,25 @@ class DSNOTrainConfig:
     decay_factor: float = 0.5
     random_teacher_channels: list[int] = field(default_factory=lambda: [16, 32])  # teacher=random only: widths
     random_teacher_classes: int = 10  # teacher=random only (0: unconditional); image channels from data.channels or 1
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first unknown choice or out-of-range setting, before any
+        teacher is loaded or trajectory recorded."""
+        if self.output_param not in OUTPUT_PARAMS:
+            raise ConfigError(f"unknown model.output_param {self.output_param!r} (known: {', '.join(OUTPUT_PARAMS)})")
+        if self.loss_weighting not in WEIGHTINGS:
+            raise ConfigError(f"unknown model.loss_weighting {self.loss_weighting!r} (known: {', '.join(WEIGHTINGS)})")
+        for name in ("teacher_steps", "num_slices", "modes", "num_pairs", "record_batch_size"):
+            require_int(f"model.{name}", getattr(self, name), 1)
+        require_int("model.trajectory_seed", self.trajectory_seed, 0)
+        require_float("model.guidance_scale", self.guidance_scale)
+        require_fraction("model.holdout_fraction", self.holdout_fraction)
+        require_fraction("model.warmup_fraction", self.warmup_fraction)
+        require("model.decay_at", self.decay_at, all(finite(d) and 0 <= d <= 1 for d in self.decay_at),
+                "a list of shares of max_steps in [0, 1]")
+        require_float("model.decay_factor", self.decay_factor, positive=True)
+        require_sizes("model.random_teacher_channels", self.random_teacher_channels)
+        require_int("model.random_teacher_classes", self.random_teacher_classes, 0)
 
 
 # ============================================================================ teacher and data
@@ -119,7 +146,6 @@ class DSNOFamily(Family):
     def training_data(cls, config: TrainConfig) -> Dataset:
         """Teacher trajectories (recorded now unless a complete recording with these settings exists)."""
         settings: DSNOTrainConfig = config.model
-        validate(settings)
         teacher = build_teacher(config)
         if teacher.image_size != config.data.image_size:
             raise ConfigError(f"teacher {settings.teacher!r} makes {teacher.image_size} px images but data.image_size is "
@@ -175,16 +201,6 @@ class DSNOFamily(Family):
 
     def make_pipeline(self, models: dict[str, nn.Module]) -> StudioDSNOPipeline:
         return StudioDSNOPipeline(student=models["student"])
-
-
-def validate(settings: DSNOTrainConfig) -> None:
-    """Refuse unknown choices before any teacher is loaded or trajectory recorded."""
-    if settings.output_param not in OUTPUT_PARAMS:
-        raise ConfigError(f"unknown model.output_param {settings.output_param!r} (known: {', '.join(OUTPUT_PARAMS)})")
-    if settings.loss_weighting not in WEIGHTINGS:
-        raise ConfigError(f"unknown model.loss_weighting {settings.loss_weighting!r} (known: {', '.join(WEIGHTINGS)})")
-    if not 0 <= settings.holdout_fraction < 1:
-        raise ConfigError(f"model.holdout_fraction must be in [0, 1), got {settings.holdout_fraction}")
 
 
 @torch.no_grad()

@@ -21,10 +21,10 @@ from studio.data import DatasetInfo, build_dataset
 from studio.errors import ConfigError
 from training.config import TrainConfig, available_presets
 
-_FAMILIES: dict[str, type["Family"]] = {}
+_FAMILIES: dict[str, type[Family]] = {}
 
 
-def register_family(cls: type["Family"]) -> type["Family"]:
+def register_family(cls: type[Family]) -> type[Family]:
     """Class decorator: make ``cls`` available to ``studio train <cls.name>``."""
     if cls.name in _FAMILIES:
         raise ValueError(f"family {cls.name!r} is already registered")
@@ -32,7 +32,7 @@ def register_family(cls: type["Family"]) -> type["Family"]:
     return cls
 
 
-def get_family(name: str) -> type["Family"]:
+def get_family(name: str) -> type[Family]:
     """The family class called ``name`` (imports ``training.<name>`` on first use)."""
     known = sorted(available_presets())
     if name not in _FAMILIES and name.isidentifier():

@@ -10,6 +10,7 @@ model card), ``samples/`` (grids with their generation record) and ``logs/`` (Te
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from studio.errors import StudioError
+from studio.errors import ConfigError, StudioError
 from studio.hub import save_pipeline
 from studio.pipelines.record import make_grid, png_info
 from studio.runtime import resolve_device, set_attention_backend
@@ -82,6 +83,17 @@ def make_accelerator(config: TrainConfig, output_dir: Path) -> Accelerator:
         )
     except ValueError as exc:
         raise StudioError(f"cannot set up training: {exc}") from None
+
+
+def check_output_dir(path: Path) -> None:
+    """Refuse an output folder that is a file, or that cannot be created or written to."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output folder {path} cannot be used: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output folder {existing} is not writable")
 
 
 def release_accelerator() -> None:
@@ -151,6 +163,8 @@ def train(config: TrainConfig, command: str = "", on_step: StepCallback | None =
     ``on_step(step, logs)`` is called after every optimizer step (live loss in the app);
     ``should_stop()`` returning True ends the run early, with a checkpoint, like the time budget.
     """
+    config.validate()
+    check_output_dir(Path(config.output_dir))
     family_cls = get_family(config.family)
     accelerator = make_accelerator(config, Path(config.output_dir))
     try:

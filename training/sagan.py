@@ -39,6 +39,7 @@ from studio.models.gan.losses import (
     orthogonal_targets,
 )
 from studio.pipelines.gan import StudioGANPipeline
+from training.config import require_float, require_int
 from training.family import Family, register_family
 
 
@@ -66,6 +67,17 @@ class SAGANTrainConfig:
     ortho_beta: float = 0.0
     truncation_threshold: float | None = None
 
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first out-of-range setting (data-dependent ones: the family)."""
+        require_int("model.width", self.width, 1)
+        require_int("model.z_dim", self.z_dim, 1)
+        require_int("model.attention_resolution", self.attention_resolution, 0)
+        require_float("model.d_lr", self.d_lr, positive=True)
+        require_int("model.d_steps", self.d_steps, 1)
+        require_float("model.ortho_beta", self.ortho_beta)
+        if self.truncation_threshold is not None:
+            require_float("model.truncation_threshold", self.truncation_threshold)
+
 
 @register_family
 class SAGANFamily(Family):
@@ -82,14 +94,11 @@ class SAGANFamily(Family):
             raise ConfigError(f"{self.name} does not support gradient accumulation "
                               f"(gradient_accumulation_steps={config.gradient_accumulation_steps}); "
                               "raise batch_size instead")
-        if settings.d_steps < 1 or config.batch_size % settings.d_steps:
+        if config.batch_size % settings.d_steps:
             raise ConfigError(f"batch_size {config.batch_size} must split into model.d_steps={settings.d_steps} "
                               "equal chunks (one per discriminator update)")
         if settings.conditional and info.num_classes < 1:
             raise ConfigError(f"dataset {info.name!r} has no classes: set model.conditional=false")
-        if settings.truncation_threshold is not None and settings.truncation_threshold < 0:
-            raise ConfigError("model.truncation_threshold must be >= 0 or null, "
-                              f"got {settings.truncation_threshold}")
         self.num_classes = info.num_classes if settings.conditional else 0
 
     # ---------------------------------------------------------------- networks

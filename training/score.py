@@ -28,6 +28,7 @@ from studio.diffusion.score_model import (
 from studio.errors import ConfigError
 from studio.models.score import ScoreNetConfig, build_score_unet
 from studio.pipelines.score import KIND_SAMPLERS, StudioScorePipeline
+from training.config import finite, require, require_float, require_int, require_sizes
 from training.family import Family, register_family
 
 #: the time sampling stops at, per SDE (score_sde run_lib: 1e-5 VE, 1e-3 VP)
@@ -66,6 +67,23 @@ class ScoreTrainConfig:
     sample_steps: int = 0  # 0 = L for NCSN, num_train_timesteps otherwise
     sample_corrector_steps: int = -1  # -1 = the sampler's default
 
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first out-of-range setting."""
+        require_sizes("model.block_out_channels", self.block_out_channels)
+        require("model.attention_levels", self.attention_levels,
+                len(self.attention_levels) == len(self.block_out_channels), "one flag per block_out_channels entry")
+        for name in ("layers_per_block", "norm_num_groups", "num_levels", "num_train_timesteps"):
+            require_int(f"model.{name}", getattr(self, name), 1)
+        require("model.sigma_min, model.sigma_max", (self.sigma_min, self.sigma_max),
+                finite(self.sigma_max) and 0 < self.sigma_min < self.sigma_max, "0 < sigma_min < sigma_max")
+        require("model.beta_min, model.beta_max", (self.beta_min, self.beta_max),
+                finite(self.beta_max) and 0 < self.beta_min <= self.beta_max, "0 < beta_min <= beta_max")
+        require("model.training_eps", self.training_eps, 0 < self.training_eps < 1, "in (0, 1)")
+        require_float("model.snr", self.snr, positive=True)
+        require_int("model.correct_steps", self.correct_steps, 0)
+        require_int("model.sample_steps", self.sample_steps, 0)
+        require_int("model.sample_corrector_steps", self.sample_corrector_steps, -1)
+
 
 @register_family
 class ScoreFamily(Family):
@@ -81,8 +99,6 @@ class ScoreFamily(Family):
             self.weighting = Weighting(settings.weighting)
         except ValueError as exc:
             raise ConfigError(f"score family: {exc} (sde: ncsn | ve | vp; weighting: standard | likelihood)") from None
-        if not 0 < settings.sigma_min < settings.sigma_max:
-            raise ConfigError(f"need 0 < sigma_min < sigma_max, got {settings.sigma_min}, {settings.sigma_max}")
         if settings.sample_scheduler and settings.sample_scheduler not in KIND_SAMPLERS[self.kind]:
             raise ConfigError(f"sample_scheduler {settings.sample_scheduler!r} does not apply to {self.kind.value} "
                               f"(choose {', '.join(KIND_SAMPLERS[self.kind])})")
