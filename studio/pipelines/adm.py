@@ -28,7 +28,12 @@ from studio.diffusion.guidance import SAMPLER_KINDS, ADMSampler, cfg_mix, classi
 from studio.diffusion.schedulers import make_scheduler, scheduler_name
 from studio.errors import ConfigError, StudioError
 from studio.models.adm import NoisyClassifier, null_class
-from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, check_finite
+from studio.pipelines.base import (
+    StudioPipelineMixin,
+    StudioPipelineOutput,
+    check_finite,
+    check_scheduler_steps,
+)
 from studio.pipelines.invariance import batch_invariant
 from studio.pipelines.record import GenerationRecord
 
@@ -88,6 +93,7 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
         device, dtype = self._execution_device, self.unet.dtype
         plan = self.begin_call(num_images, class_labels, seed, device)
         sampler = self._sampler(scheduler, eta, classifier_scale)
+        check_scheduler_steps(sampler, num_inference_steps)
         generators, labels = plan.generators, plan.labels
 
         # 1. initial noise, one generator per image

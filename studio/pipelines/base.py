@@ -66,6 +66,18 @@ def check_steps(steps: Any, num_train_timesteps: int) -> int:
     return steps
 
 
+def check_scheduler_steps(scheduler: Any, steps: int) -> None:
+    """Refuse a step count ``scheduler`` cannot run (diffusers fails later with an unrelated message).
+
+    PNDM (without ``skip_prk_steps``) opens with Runge-Kutta steps over its last ``pndm_order``
+    timesteps, so it needs at least that many (4) inference steps.
+    """
+    order = getattr(scheduler, "pndm_order", 0)
+    if type(scheduler).__name__ == "PNDMScheduler" and not scheduler.config.skip_prk_steps and steps < order:
+        raise StudioError(f"the pndm scheduler needs at least {order} steps (its Runge-Kutta warm-up takes {order}), "
+                          f"got {steps}")
+
+
 def check_seed_range(seed: Any, count: int = 1) -> int:
     """A base seed whose images ``seed .. seed + count - 1`` all lie in 0..`MAX_SEED`."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):

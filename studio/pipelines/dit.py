@@ -17,7 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from studio.diffusion.schedulers import make_scheduler, scheduler_name
 from studio.models.dit import disable_internal_label_dropout, null_class
-from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, check_finite, check_steps
+from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, check_finite, check_scheduler_steps, check_steps
 from studio.pipelines.invariance import batch_invariant
 from studio.pipelines.record import GenerationRecord
 
@@ -74,6 +74,7 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
         device, dtype = self._execution_device, self.transformer.dtype
         plan = self.begin_call(num_images, class_labels, seed, device)
         sampler = make_scheduler(scheduler, self.scheduler.config) if scheduler else self.scheduler
+        check_scheduler_steps(sampler, num_inference_steps)
         generators = plan.generators
 
         # 1. initial noise, one generator per image
