@@ -17,7 +17,13 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from studio.diffusion.schedulers import make_scheduler, scheduler_name
 from studio.models.dit import disable_internal_label_dropout, null_class
-from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, check_finite, check_scheduler_steps, check_steps
+from studio.pipelines.base import (
+    StudioPipelineMixin,
+    StudioPipelineOutput,
+    check_finite,
+    check_scheduler_steps,
+    check_steps,
+)
 from studio.pipelines.invariance import batch_invariant
 from studio.pipelines.record import GenerationRecord
 
