@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from studio.cli import main
+from studio.errors import CheckpointError
 from studio.hub import load_pipeline, resolve, save_pipeline
 from tests.conftest import TINY_DIT_OVERRIDES, tiny_dit_pipeline
 from training.checkpoint import STATE_FILE, latest_checkpoint, read_checkpoint, rng_file
 from training.config import load_config
 from training.family import get_family
 from training.loop import train
-from training.safe_state import read_state
+from training.safe_state import read_state, write_state
 
 
 def tiny_config(output_dir: Path, *overrides: str):
@@ -149,3 +150,28 @@ def test_two_process_resume_equals_an_uninterrupted_two_process_run(tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     ranks = [read_state(tmp_path / "split" / "checkpoints" / "checkpoint-4" / rng_file(i)) for i in (0, 1)]
     assert not torch.equal(ranks[0]["torch"], ranks[1]["torch"])  # each process has its own stream
+
+
+# ------------------------------------------------------------------------------------------ state files
+def test_state_files_round_trip_what_optimizers_and_rngs_hold(tmp_path):
+    weight = torch.randn(3, 4)
+    state = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": weight[:, 1]}, 7: {"exp_avg": weight}},
+             "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0, 7], "foreach": None, "fused": False}],
+             "python_rng": (3, tuple(range(625)), None), "big": 2**62 + 1, "odd": [float("inf"), -0.0, "text"],
+             "bf16": torch.ones(2, dtype=torch.bfloat16), "bytes": torch.arange(5, dtype=torch.uint8)}
+    write_state(tmp_path / "s.safetensors", state)
+    back = read_state(tmp_path / "s.safetensors")
+    assert set(back["state"]) == {0, 7} and back["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert torch.equal(back["state"][0]["exp_avg"], weight[:, 1]) and torch.equal(back["state"][7]["exp_avg"], weight)
+    assert back["python_rng"] == state["python_rng"] and back["big"] == 2**62 + 1
+    assert back["odd"][0] == float("inf") and str(back["odd"][1]) == "-0.0" and back["odd"][2] == "text"
+    assert back["bf16"].dtype == torch.bfloat16 and torch.equal(back["bytes"], state["bytes"])
+    assert read_state(tmp_path / "s.safetensors", tensors=False)["state"][7]["exp_avg"] is None
+
+
+def test_state_files_refuse_objects_they_could_only_pickle(tmp_path):
+    with pytest.raises(TypeError, match="cannot store a .*Path at /where without pickle"):
+        write_state(tmp_path / "s.safetensors", {"where": tmp_path})
+    (tmp_path / "foreign.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(CheckpointError, match="not a readable studio training state"):
+        read_state(tmp_path / "foreign.safetensors")
