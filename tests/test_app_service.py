@@ -16,6 +16,7 @@ from studio.errors import StudioError
 from studio.hub import list_models, save_pipeline
 from tests.conftest import TINY_DIT_OVERRIDES, tiny_dit_pipeline
 from webapp.control import ControlRequest, read_control_image
+from webapp.security import AccessPolicy
 from webapp.service import (
     DEMO_MODEL,
     GenerateRequest,
@@ -134,8 +135,10 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture
 def service(checkpoints, tmp_path, monkeypatch):
+    """The service over the tiny runs; files and checkpoint folders under ``tmp_path`` count as uploads
+    and allowed folders (what the app grants gradio's upload cache and ``--allow-path``)."""
     monkeypatch.setenv("STUDIO_RUNS", str(checkpoints))
-    return StudioService(tmp_path / "outputs", device="cpu")
+    return StudioService(tmp_path / "outputs", device="cpu", access=AccessPolicy.create([tmp_path], [tmp_path]))
 
 
 def pixels(path) -> np.ndarray:
@@ -271,7 +274,7 @@ def test_control_requests_name_a_bad_picture_or_a_model_without_controlnet(servi
     drawn = tmp_path / "drawn.png"
     Image.new("L", (28, 28), color=255).save(drawn)
     cases = [(ControlRequest(DIT, ""), "upload a control image or draw a sketch first"),
-             (ControlRequest(DIT, str(tmp_path / "missing.png")), "control image missing.png does not exist"),
+             (ControlRequest(DIT, str(tmp_path / "missing.png")), "control image missing.png is not an uploaded file"),
              (ControlRequest(DIT, str(corrupt)), "control image corrupt.png is not a readable image"),
              (ControlRequest(DIT, str(drawn), condition="depth"), "unknown condition 'depth'"),
              (ControlRequest(DIT, str(drawn)), "tiny-dit is a dit model; the Control tab needs a ControlNet")]
@@ -326,7 +329,7 @@ def test_demo_model_is_offered_when_there_are_no_checkpoints(runs_dir, no_shippe
 
 
 def test_training_run_streams_losses_stops_and_its_checkpoint_is_listed(runs_dir, checkpoints, tmp_path):
-    service = StudioService(tmp_path / "outputs", device="cpu")
+    service = StudioService(tmp_path / "outputs", device="cpu", access=AccessPolicy.create([], [checkpoints]))
     status = service.trainer.start("dit", "mnist-tiny", 30, overrides=TINY_DIT_OVERRIDES)
     assert status.running
     with pytest.raises(StudioError, match="still going"):

@@ -31,8 +31,10 @@ from tests.test_app_service import (  # noqa: F401 (fixture)
     one_thread,
     write_checkpoints,
 )
+from studio.hub import runs_dir
 from webapp.service import StudioService
-from webapp.ui import API_NAMES, allowed_paths, build_app
+from webapp.security import LIMITS, AppLimits
+from webapp.ui import API_NAMES, allowed_paths, app_access, build_app
 
 
 def free_port() -> int:
@@ -42,14 +44,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(root: Path) -> Iterator[tuple[str, StudioService]]:
-    """The app over tiny runs in ``root/runs``, launched on a free port; yields its URL and service."""
+def running_app(root: Path, allow_paths: tuple[str, ...] = (),
+                limits: AppLimits = LIMITS) -> Iterator[tuple[str, StudioService]]:
+    """The app over tiny runs in ``root/runs``, launched on a free port as ``app.py`` does (uploads only,
+    checkpoints from the runs folder and ``allow_paths``); yields its URL and service."""
     write_checkpoints(root / "runs")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("studio.hub.SHIPPED_DIR", root / "no-shipped-weights")
         patch.setenv("STUDIO_RUNS", str(root / "runs"))
         patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        service = StudioService(root / "outputs", device="cpu")
+        service = StudioService(root / "outputs", device="cpu", access=app_access(allow_paths), limits=limits)
         demo = build_app(service)
         _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
                                 allowed_paths=allowed_paths(service), quiet=True)
@@ -177,8 +181,8 @@ def test_history_recall_and_png_info_return_the_parameters(client):
 
 
 def test_bad_requests_are_readable_errors_and_the_app_keeps_serving(client, tmp_path):
-    broken = tmp_path / "broken"
-    broken.mkdir()
+    broken = runs_dir() / "not-a-run" / "broken"  # inside the runs folder (loadable by path), but not listed
+    broken.mkdir(parents=True)
     (broken / "model_index.json").write_text("{not json")
     fake_png = tmp_path / "fake.png"
     fake_png.write_bytes(b"not an image")
@@ -191,7 +195,7 @@ def test_bad_requests_are_readable_errors_and_the_app_keeps_serving(client, tmp_
         (lambda: generate(client, plugins="nope:x=1"), "unknown plugin 'nope'"),
         (lambda: client.predict(handle_file(str(fake_png)), api_name="/png_info"), "not a PNG with a studio"),
         (lambda: client.predict(999, api_name="/recall"), "not in the history"),
-        (lambda: client.predict("dit", "no-preset", 10, api_name="/train"), "unknown preset 'no-preset'"),
+        (lambda: client.predict("dit", "no-preset", 10, api_name="/train"), "no-preset is not in the list of choices"),
         (lambda: control(client, DIT, str(fake_png)), "control image fake.png is not a readable image"),
         (lambda: control(client, DIT, str(real_png)), "tiny-dit is a dit model; the Control tab needs a ControlNet"),
     ]

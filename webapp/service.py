@@ -34,9 +34,10 @@ import torch
 
 from samplers import PLUGINS, apply, parse_plugin_spec
 from studio.errors import StudioError
-from studio.hub import list_models, load_pipeline, read_card, runs_dir
+from studio.hub import SHIPPED_DIR, list_models, load_pipeline, read_card, runs_dir
 from studio.pipelines.record import GenerationRecord, read_record, save_png, to_pil
 from webapp.control import ControlRequest, read_control_image
+from webapp.security import LIMITS, AccessPolicy, AppLimits, prune_outputs
 
 logger = logging.getLogger("webapp")
 
@@ -208,16 +209,21 @@ def plugin_errors(pipe: Any) -> dict[str, str]:
 
 
 class ModelCache:
-    """One pipeline in memory at a time: asking for another model unloads the current one first."""
+    """One pipeline in memory at a time: asking for another model unloads the current one first.
 
-    def __init__(self, device: str | None = None):
+    Models load only by listed name (shipped, runs) or from a folder ``access`` allows; records name
+    the model by what the caller chose, never by the server's absolute path of a listed model.
+    """
+
+    def __init__(self, device: str | None = None, access: AccessPolicy | None = None):
         self.device = device
+        self.access = access or AccessPolicy.create(())
         self.name: str | None = None
         self.pipe: Any = None
         self.info: ModelInfo | None = None
 
     def get(self, name: str) -> tuple[Any, ModelInfo]:
-        """The pipeline called ``name`` (shipped model, run, folder, hub id or ``demo``) and its info."""
+        """The pipeline called ``name`` (shipped model, run, allowed folder or ``demo``) and its info."""
         name = (name or "").strip()
         if not name:
             raise StudioError("choose a model first")
@@ -243,12 +249,14 @@ class ModelCache:
                 pipe = build_demo_pipeline().to(self.device or "cpu")
                 card: dict[str, Any] = {"family": "dit"}
             else:
+                listed = {entry.name: entry.path for entry in list_models()}
+                folder = self.access.model_folder(name, listed, (SHIPPED_DIR, runs_dir()))
                 # GAN generators run spectral-norm power iterations while they are built; on diffusers'
                 # meta-device init that costs seconds even for tiny nets (7.4 s vs 1.4 s, tiny SAGAN),
                 # and studio checkpoints are small, so build them directly.
-                pipe = load_pipeline(name, device=self.device, low_cpu_mem_usage=False)
-                folder = Path(str(getattr(pipe, "name_or_path", "") or ""))
-                card = read_card(folder) if folder.is_dir() else {}
+                pipe = load_pipeline(str(folder), device=self.device, low_cpu_mem_usage=False)
+                card = read_card(Path(str(pipe.name_or_path)))
+                pipe.register_to_config(_name_or_path=name)  # records carry the chosen name, not a server path
         pipe.set_progress_bar_config(disable=True)
         return pipe, card
 
@@ -532,6 +540,13 @@ class History:
         with self._lock:
             return list(self._entries)
 
+    def drop_missing(self) -> None:
+        """Forget entries whose images are gone (pruned from the outputs folder)."""
+        with self._lock:
+            kept = [e for e in self._entries if all(p.is_file() for p in e.paths)]
+            self._entries.clear()
+            self._entries.extend(kept)
+
     def get(self, entry_id: int) -> HistoryEntry:
         for entry in self.entries():
             if entry.id == int(entry_id):
@@ -547,16 +562,23 @@ class StudioService:
     Generation and model loading hold one lock (one model in memory, one CPU-bound call at a
     time); `stop` does not, so it reaches a running generation.
 
-    :param outputs_dir: where PNGs are written (one folder per generation).
+    :param outputs_dir: where PNGs are written (one folder per generation), pruned after each run to
+        ``limits.max_output_runs`` folders and ``limits.max_output_mb``.
     :param device: ``auto``/None, ``cpu``, ``cuda``...
+    :param access: which uploaded files and checkpoint folders requests may name (default: no files,
+        listed models only).
+    :param limits: bounds on images, steps and training runs, and on the outputs folder.
     """
 
     def __init__(self, outputs_dir: Path | str = Path("outputs") / "app", device: str | None = None,
-                 history_size: int = HISTORY_SIZE):
+                 history_size: int = HISTORY_SIZE, access: AccessPolicy | None = None,
+                 limits: AppLimits = LIMITS):
         self.outputs_dir = Path(outputs_dir)
-        self.models = ModelCache(device)
+        self.access = access or AccessPolicy.create(())
+        self.limits = limits
+        self.models = ModelCache(device, self.access)
         self.history = History(history_size)
-        self.trainer = TrainingRunner()
+        self.trainer = TrainingRunner(limits)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._folder_count = 0
@@ -584,6 +606,7 @@ class StudioService:
             self._stop.clear()
             pipe, info = self.models.get(request.model)
             request = self._resolve(request, info)
+            self._check(request, info)
             folder = self._new_folder()
             if measure:
                 self._warm_up(pipe, info, request)
@@ -595,6 +618,7 @@ class StudioService:
             if measure:
                 baseline = self._run(pipe, info, kwargs, request.num_inference_steps, [], progress,
                                      "baseline without plugins")[1]
+            self._prune(folder)
         entry = self.history.add(request, batch.paths, seconds)
         return GenerateResult(request, batch, entry.id, baseline)
 
@@ -607,6 +631,7 @@ class StudioService:
             self._stop.clear()
             pipe, info = self.models.get(request.model)
             request = self._resolve(request, info)
+            self._check(request, info)
             folder = self._new_folder("compare")
             self._warm_up(pipe, info, request)
             kwargs, steps = request.call_kwargs(info.parameters), request.num_inference_steps
@@ -614,13 +639,15 @@ class StudioService:
             base, base_s = self._run(pipe, info, kwargs, steps, [], progress, "without plugins")
             accelerated = self._save(list(fast.images), fast.record, fast_s, folder / "plugins")
             baseline = self._save(list(base.images), base.record, base_s, folder / "baseline")
+            self._prune(folder)
         diff = float(np.mean([np.abs(_as_unit(a) - _as_unit(b)).mean() for a, b in zip(fast.images, base.images)]))
         return CompareResult(request, baseline, accelerated, diff)
 
     def control(self, request: ControlRequest, progress: ProgressFn | None = None) -> ControlResult:
         """Generate with a ControlNet checkpoint following ``request.control_image``; save the PNGs and
         the condition map the network saw."""
-        picture = read_control_image(request.control_image, request.condition)
+        upload = self.access.upload(request.control_image, "control image") if request.control_image else None
+        picture = read_control_image(upload, request.condition)
         with self._lock:
             self._stop.clear()
             pipe, info = self.models.get(request.model)
@@ -628,12 +655,14 @@ class StudioService:
                 raise StudioError(f"{request.model} is a {info.family or 'non-ControlNet'} model; the Control tab "
                                   "needs a ControlNet checkpoint (family controlnet)")
             request = self._resolve(request, info)
+            self._check(request, info)
             folder = self._new_folder("control")
             output, seconds = self._run(pipe, info, request.call_kwargs(picture, info.parameters),
                                         request.num_inference_steps, [], progress, "generating")
             batch = self._save(list(output.images), output.record, seconds, folder)
             condition = folder / "condition.png"
             to_pil(np.asarray(output.conditions[0], dtype=np.float32)).save(condition)
+            self._prune(folder)
         return ControlResult(request, batch, condition)
 
     def stop(self) -> None:
@@ -646,7 +675,8 @@ class StudioService:
         return self.history.get(entry_id).request
 
     def request_from_png(self, path: str | Path) -> GenerateRequest:
-        """The request that reproduces a PNG written by studio (app, CLI or batch sampling)."""
+        """The request that reproduces an uploaded PNG written by studio (app, CLI or batch sampling)."""
+        path = self.access.upload(path, "PNG")
         try:
             record = read_record(str(path))
         except (OSError, ValueError, SyntaxError) as exc:
@@ -661,6 +691,17 @@ class StudioService:
             seed = int(torch.randint(0, 2**31 - 1 - max(int(request.num_images), 1), ()).item())
         class_label = request.class_label if info.class_names else None
         return dataclasses.replace(request, seed=int(seed), class_label=class_label)
+
+    def _check(self, request: GenerateRequest | ControlRequest, info: ModelInfo) -> None:
+        """Refuse a request beyond `limits` (images per call; steps when the model takes them)."""
+        steps = request.num_inference_steps if info.takes("num_inference_steps") else None
+        self.limits.check_generation(request.num_images, steps)
+
+    def _prune(self, newest: Path) -> None:
+        """Keep the outputs folder within its limits, oldest generations first; ``newest`` stays, and
+        the history forgets the generations whose images were deleted."""
+        if prune_outputs(self.outputs_dir, self.limits.max_output_mb, self.limits.max_output_runs, keep=[newest]):
+            self.history.drop_missing()
 
     def _run(self, pipe: Any, info: ModelInfo, kwargs: dict[str, Any], steps: int, configs: list[Any],
              progress: ProgressFn | None, phase: str) -> tuple[Any, float]:
@@ -762,6 +803,17 @@ def training_presets() -> dict[str, list[str]]:
     return {family: names for family, names in presets.items() if names and is_generative(family)}
 
 
+def resumable_runs(family: str, preset: str) -> list[str]:
+    """Run folders the Train tab made for ``family`` / ``preset`` (``<family>-<preset>-<date>-<time>``)
+    that hold a checkpoint to continue from, newest first."""
+    root = runs_dir()
+    if not root.is_dir():
+        return []
+    pattern = re.compile(rf"{re.escape(family)}-{re.escape(preset)}-\d{{8}}-\d{{6}}(-\d+)?")
+    return sorted((run.name for run in root.iterdir()
+                   if pattern.fullmatch(run.name) and any((run / "checkpoints").glob("checkpoint-*"))), reverse=True)
+
+
 @dataclass
 class TrainStatus:
     """A snapshot of the training runner.
@@ -796,10 +848,13 @@ class TrainingRunner:
 
     The run goes to ``runs_dir()/<family>-<preset>-<date>-<time>`` (a normal run folder, so its
     ``pipeline/`` appears in `list_models()`), draws a sample grid every quarter of the run and
-    exports the checkpoint at the end or when stopped.
+    exports the checkpoint at the end or when stopped. Callers choose a listed preset by name and may
+    continue one of the runs this naming made (`resumable_runs`); nothing else reaches the config,
+    and the resolved config must fit `limits`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limits: AppLimits = LIMITS) -> None:
+        self.limits = limits
         self._status = TrainStatus()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -807,20 +862,34 @@ class TrainingRunner:
         self._run_dir: Path | None = None
         self._building = False  # the run thread holds MODEL_BUILD_LOCK
 
-    def start(self, family: str, preset: str, max_steps: int, overrides: Sequence[str] = ()) -> TrainStatus:
-        """Start a run; `StudioError` if one is going or the family / preset / overrides are wrong."""
+    def start(self, family: str, preset: str, max_steps: int, overrides: Sequence[str] = (),
+              resume: str = "") -> TrainStatus:
+        """Start a run (or continue the run named ``resume`` up to ``max_steps``); `StudioError` if one is
+        going, the family or preset is not offered, ``resume`` is not one of `resumable_runs`, or the
+        config exceeds the limits. ``overrides`` are for code that calls the runner, not for the app's callers.
+        """
         from training.config import load_config
         from training.family import get_family
 
         if self._thread is not None and self._thread.is_alive():
             raise StudioError(f"training run {self._status.run} is still going: stop it or wait for it to end")
+        offered = training_presets()
+        if family not in offered:
+            raise StudioError(f"the app does not train family {family!r} (offered: {', '.join(sorted(offered))})")
+        if preset not in offered[family]:
+            raise StudioError(f"unknown preset {preset!r} for family {family!r} (offered: {', '.join(offered[family])})")
         max_steps = int(max_steps)
-        if max_steps < 1:
-            raise StudioError(f"max steps must be at least 1, got {max_steps}")
-        run_dir = self._new_run_dir(f"{family}-{Path(preset).stem}")
-        settings = [f"max_steps={max_steps}", f"output_dir={run_dir}", f"sample_every={max(1, max_steps // 4)}",
-                    f"checkpointing_steps={max_steps}"]
-        config = load_config(family, get_family(family).config_class, preset, settings + list(overrides))
+        if resume:
+            if resume not in resumable_runs(family, preset):
+                raise StudioError(f"{resume!r} is not a {family} {preset} run of this app with a checkpoint "
+                                  f"(resumable: {', '.join(resumable_runs(family, preset)) or 'none'})")
+            run_dir = runs_dir() / resume
+        else:
+            run_dir = self._new_run_dir(f"{family}-{preset}")
+        settings = [f"max_steps={max_steps}", f"sample_every={max(1, max_steps // 4)}", f"checkpointing_steps={max_steps}"]
+        where = [f"output_dir={run_dir}", "resume_from_checkpoint=" + ("latest" if resume else "''")]
+        config = load_config(family, get_family(family).config_class, preset, settings + list(overrides) + where)
+        self.limits.check_training(config)
         self._stop.clear()
         self._run_dir = run_dir
         with self._lock:
@@ -887,6 +956,7 @@ class TrainingRunner:
 
     @staticmethod
     def _new_run_dir(stem: str) -> Path:
+        """A new run folder name ``<stem>-<date>-<time>[-n]`` under `runs_dir`."""
         root = runs_dir()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         candidate, n = root / f"{stem}-{stamp}", 1

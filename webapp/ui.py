@@ -26,6 +26,7 @@ from studio.diffusion.schedulers import scheduler_names
 from studio.errors import StudioError
 from studio.hub import runs_dir
 from webapp.control import CONDITIONS, ControlRequest
+from webapp.security import LIMITS, AccessPolicy
 from webapp.service import (
     PLUGIN_SEPARATOR,
     GenerateRequest,
@@ -40,6 +41,7 @@ from webapp.service import (
     plugin_panels,
     plugin_spec,
     plugin_values,
+    resumable_runs,
     training_presets,
 )
 
@@ -71,6 +73,14 @@ def user_errors() -> Iterator[None]:
 def allowed_paths(service: StudioService) -> list[str]:
     """Folders whose files the app serves: generated PNGs and training sample grids."""
     return [str(service.outputs_dir.resolve()), str(runs_dir().resolve())]
+
+
+def app_access(model_dirs: list[str] | tuple[str, ...] = ()) -> AccessPolicy:
+    """What the app's callers may name: files in gradio's upload cache (what the page and
+    ``gradio_client.handle_file`` upload) and checkpoints in ``model_dirs`` besides the listed models."""
+    from gradio.utils import get_upload_folder
+
+    return AccessPolicy.create([get_upload_folder()], model_dirs)
 
 
 # ============================================================================ value conversion
@@ -222,13 +232,15 @@ def build_app(service: StudioService) -> gr.Blocks:
             families = sorted(presets, key=lambda name: (name != DEFAULT_TRAIN_FAMILY, name))
             gr.Markdown("Train a tiny model on a built-in dataset. The run is a normal `runs/` folder; its "
                         "checkpoint appears in the model list when it ends (or is stopped).")
+            first_presets = presets.get(families[0], []) if families else []
             with gr.Row():
-                family = gr.Dropdown(families, value=families[0] if families else None, label="Family",
-                                     allow_custom_value=True)
-                preset = gr.Dropdown(presets.get(families[0], []) if families else [],
-                                     value=presets[families[0]][0] if families else None, label="Preset",
-                                     allow_custom_value=True)
-                max_steps = gr.Slider(10, 1000, value=100, step=10, label="Max steps")
+                family = gr.Dropdown(families, value=families[0] if families else None, label="Family")
+                preset = gr.Dropdown(first_presets, value=first_presets[0] if first_presets else None, label="Preset")
+                max_steps = gr.Slider(10, min(1000, LIMITS.max_train_steps), value=100, step=10, label="Max steps")
+                # custom values pass to the runner, which accepts only `resumable_runs` of the preset
+                resume = gr.Dropdown(_resume_choices(families[0], first_presets[0]) if first_presets else [("new run", "")],
+                                     value="", label="Run", allow_custom_value=True,
+                                     info="a new run, or continue one of this preset's runs up to Max steps")
             with gr.Row():
                 train_btn = gr.Button("Start training", variant="primary")
                 train_stop_btn = gr.Button("Stop training", variant="stop")
@@ -424,13 +436,13 @@ def build_app(service: StudioService) -> gr.Blocks:
         gr.api(recall, api_name="recall", concurrency_limit=None)
 
         # ------------------------------------------------------------------ training
-        def train(family_name: str, preset_name: str, steps_value: float) -> Iterator[tuple[str, Any, Any, dict]]:
-            """Start a training run and stream its losses and sample grids until it ends.
-
-            Closing the page does not stop the run (it is small and writes a checkpoint); Stop does.
+        def train(family_name: str, preset_name: str, steps_value: float,
+                  run_name: str | None = "") -> Iterator[tuple[str, Any, Any, dict]]:
+            """Train one of the offered presets (or continue one of its runs) and stream the losses and sample
+            grids until the run ends. Closing the page does not stop the run (it writes a checkpoint); Stop does.
             """
             with user_errors():
-                status = service.trainer.start(family_name, preset_name, int(steps_value))
+                status = service.trainer.start(family_name, preset_name, int(steps_value), resume=run_name or "")
             while True:
                 # no empty frame: a LinePlot that first gets one never draws its lines (gradio 6.31)
                 losses = loss_frame(status) if status.history else gr.skip()
@@ -449,14 +461,24 @@ def build_app(service: StudioService) -> gr.Blocks:
 
         family.change(lambda name: gr.update(choices=presets.get(name, []), value=(presets.get(name) or [None])[0]),
                       family, preset, api_visibility="private", queue=False)
-        train_btn.click(train, [family, preset, max_steps], [train_status, loss_plot, sample, train_json],
+        preset.change(lambda name, preset_name: gr.update(choices=_resume_choices(name, preset_name), value=""),
+                      [family, preset], resume, api_visibility="private", queue=False)
+        train_btn.click(train, [family, preset, max_steps, resume], [train_status, loss_plot, sample, train_json],
                         api_name="train", concurrency_id=CPU, concurrency_limit=1).then(
-            list_models, None, [model, models_json], api_visibility="private", queue=False)
+            list_models, None, [model, models_json], api_visibility="private", queue=False).then(
+            lambda name, preset_name: gr.update(choices=_resume_choices(name, preset_name)), [family, preset], resume,
+            api_visibility="private", queue=False)
         train_stop_btn.click(train_stop, None, train_status, api_name="train_stop", concurrency_limit=None)
         gr.api(train_status_info, api_name="train_status", concurrency_limit=None)
 
     demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     return demo
+
+
+def _resume_choices(family: str | None, preset: str | None) -> list[tuple[str, str]]:
+    """The Run dropdown: a new run, then this preset's runs that can be continued."""
+    runs = resumable_runs(family, preset) if family and preset else []
+    return [("new run", "")] + [(f"continue {name}", name) for name in runs]
 
 
 def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
