@@ -57,7 +57,12 @@ def pipeline_dir(path: Path) -> Path | None:
 def read_card(folder: Path) -> dict[str, Any]:
     """The ``studio.json`` model card of a pipeline folder ({} if it has none)."""
     card = folder / MODEL_CARD
-    return json.loads(card.read_text()) if card.is_file() else {}
+    if not card.is_file():
+        return {}
+    try:
+        return json.loads(card.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{card} is unreadable: {exc}") from None
 
 def write_card(folder: Path, card: dict[str, Any]) -> None:
     """Write (or replace) the model card of a pipeline folder, atomically."""
@@ -69,7 +74,10 @@ def _family_of(folder: Path) -> str:
     card = read_card(folder)
     if card.get("family"):
         return str(card["family"])
-    class_name = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+    try:
+        class_name = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{folder / 'model_index.json'} is unreadable: {exc}") from None
     cls = _PIPELINES.get(class_name)
     return getattr(cls, "family", "") or class_name
 
@@ -82,8 +90,12 @@ def list_models(extra_dirs: list[Path] | None = None) -> list[ModelEntry]:
             continue
         for child in sorted(root.iterdir()):
             folder = pipeline_dir(child) if child.is_dir() else None
-            if folder is not None:
+            if folder is None:
+                continue
+            try:  # a broken run (crashed mid-write, edited by hand) is listed as such, not fatal to the rest
                 entries.append(ModelEntry(child.name, folder, source, _family_of(folder), read_card(folder)))
+            except CheckpointError as exc:
+                entries.append(ModelEntry(child.name, folder, source, "unreadable", {"error": str(exc)}))
     return entries
 
 def resolve(name_or_path: str) -> Path | str:
