@@ -3,7 +3,7 @@
 A plugin is applied to a *target*: a pipeline (studio or diffusers), a bare transformer, or a
 ``(transformer, scheduler)`` pair. `resolve_target` finds the transformer and checks its class
 against the supported layouts; the `PluginHandle` then connects the plugin to a loop tap that
-tells it where the denoising loop is (spec fora_ras.md §3.2):
+tells it where the denoising loop is:
 
 - studio pipelines choose their scheduler per call (``scheduler="ddim"``) and call every attached
   handle's ``bind_scheduler`` / ``unbind_scheduler`` around their loop;
@@ -118,8 +118,8 @@ class TokenSubset:
     """The image tokens the current transformer call computes, published by RAS, read by FORA.
 
     ``index`` is ``(B_model, n_active)`` token indices per batch row, or None when every token
-    is computed. FORA's slots hold the full token grid and use it to read / write the active rows
-    (spec §3.4), so the two plugins compose in either application order.
+    is computed. FORA's slots hold the full token grid and use it to read / write the active rows,
+    so the two plugins compose in either application order.
     """
 
     def __init__(self) -> None:
@@ -157,23 +157,32 @@ def scatter_tokens_(dest: torch.Tensor, index: torch.Tensor, src: torch.Tensor) 
 
 
 # ---------------------------------------------------------------------------- hooks
+_OWNED_REGISTRIES: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
 class HookSet:
-    """The hooks one plugin registered, removable as a unit, leaving modules as they were found."""
+    """The hooks one plugin registered, removable as a unit, leaving modules as they were found.
+
+    Plugins share registries (FORA, RAS and the conditioning table all hook the root), so a
+    registry some plugin created is deleted by whichever removal leaves it empty.
+    """
 
     def __init__(self, root: nn.Module):
         self.root = root
-        self._entries: list[tuple[nn.Module, str, bool]] = []
+        self._entries: list[tuple[nn.Module, str]] = []
 
     def add(self, module: nn.Module, hook: ModelHook, name: str) -> None:
-        created = not hasattr(module, "_diffusers_hook")
+        if not hasattr(module, "_diffusers_hook"):
+            _OWNED_REGISTRIES.add(module)
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
-        self._entries.append((module, name, created))
+        self._entries.append((module, name))
 
     def remove(self) -> None:
-        for module, name, created in reversed(self._entries):
+        for module, name in reversed(self._entries):
             registry = module._diffusers_hook
             registry.remove_hook(name, recurse=False)
-            if created and not registry.hooks:
+            if module in _OWNED_REGISTRIES and not registry.hooks:
+                _OWNED_REGISTRIES.discard(module)
                 del module._diffusers_hook
                 if module.__dict__.get("forward") == type(module).forward.__get__(module):
                     del module.__dict__["forward"]
@@ -231,7 +240,9 @@ class StepListener(Protocol):
 
     A listener may also define ``revise_step(args, kwargs, result) -> result``: it sees the
     arguments and output of each ``scheduler.step`` and may return a replacement output
-    (encoder propagation adds prior noise to the next latent this way).
+    (encoder propagation adds prior noise to the next latent this way), and
+    ``plan_timesteps(timesteps)``: it receives the generation's timesteps after `begin`
+    (FORA and RAS precompute the per-step conditioning from them).
     """
 
     def begin(self, num_steps: int | None) -> None: ...
@@ -239,6 +250,14 @@ class StepListener(Protocol):
     def before_step(self, model_output: torch.Tensor) -> torch.Tensor: ...
 
     def after_step(self, model_output: torch.Tensor) -> None: ...
+
+
+def start_generation(listener: StepListener, scheduler: Any) -> None:
+    """Tell ``listener`` that a generation over ``scheduler.timesteps`` begins."""
+    listener.begin(len(scheduler.timesteps))
+    plan = getattr(listener, "plan_timesteps", None)  # optional: the timesteps themselves
+    if plan is not None:
+        plan(scheduler.timesteps)
 
 
 _SCHEDULER_TAPS: weakref.WeakKeyDictionary[Any, SchedulerTap] = weakref.WeakKeyDictionary()
@@ -261,7 +280,7 @@ class SchedulerTap:
         def set_timesteps(*args: Any, **kwargs: Any) -> Any:
             result = original_set(*args, **kwargs)
             for listener in list(self.listeners):
-                listener.begin(len(scheduler.timesteps))
+                start_generation(listener, scheduler)
             return result
 
         @functools.wraps(original_step)
@@ -413,7 +432,7 @@ class PluginHandle:
 
     def bind_scheduler(self, scheduler: Any) -> None:
         """Start a generation on ``scheduler`` after its ``set_timesteps``; follow its steps until unbound."""
-        self._controller.begin(len(scheduler.timesteps))
+        start_generation(self._controller, scheduler)
         SchedulerTap.attach(scheduler, self._controller)
 
     def unbind_scheduler(self, scheduler: Any) -> None:

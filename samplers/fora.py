@@ -3,7 +3,7 @@
 Adjacent denoising steps give nearly the same attention and MLP outputs inside a DiT block, so
 FORA computes them on "refresh" steps only and replays the stored (pre-gate) outputs in between,
 while the cheap, timestep-dependent parts (adaLN modulation, gates, residual adds, patch embed,
-final layer) still run every step (spec fora_ras.md §1; FORA, arXiv 2407.01425).
+final layer) still run every step (FORA, arXiv 2407.01425).
 
 Hooks (diffusers `HookRegistry`):
 
@@ -15,12 +15,16 @@ Hooks (diffusers `HookRegistry`):
   on reuse steps it replays the whole block as the reference does — only the adaLN gates are
   recomputed, and the two layer norms and modulations whose results would be discarded are skipped.
 
+With caching on (N > 1) on a DiT, the adaLN conditioning of every block and of the final layer
+comes from the per-generation table of `samplers.adaln` (built once from the scheduler's
+timesteps), so a reuse step is little more than two gated residual adds per block.
+
 The schedule is the reference's, in forward-step form: refresh at k = 0 and whenever
 (T - 1 - k) mod N = 0, so the last step is always fresh. T comes from the loop tap (the
 scheduler's timesteps) or `FORAConfig.num_inference_steps`; when unknown, refresh when k mod N = 0.
 State is kept per call ordinal within a step, so pipelines that call the model separately for
 cond and uncond never mix their caches. With RAS active, slots keep the full token grid and the
-active rows are read and written through the shared `TokenSubset` (spec §3.4).
+active rows are read and written through the shared `TokenSubset`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from diffusers.hooks import ModelHook
 from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
+from samplers.adaln import ConditioningTable, acquire_table
 from samplers.base import (
     HookSet,
     LoopClock,
@@ -75,6 +80,9 @@ class FORAConfig:
     :param cache_context_stream: SD3: also cache the text-stream feed-forward (``ff_context``).
     :param clone_on_store: store copies instead of references (defensive; blocks do not modify
         these outputs in place, so the default False is safe and free).
+    :param precompute_conditioning: DiT: take the adaLN conditioning from a table built once per
+        generation (`samplers.adaln`) instead of recomputing it per block and step; equal to float32
+        rounding. Unused at N = 1.
     """
 
     cache_interval: int = 3
@@ -86,6 +94,7 @@ class FORAConfig:
     cache_mlp: bool = True
     cache_context_stream: bool = True
     clone_on_store: bool = False
+    precompute_conditioning: bool = True
 
     def __post_init__(self) -> None:
         if (
@@ -167,9 +176,10 @@ class _CallState:
 class FORAController:
     """Per-generation FORA state: the schedule decision of the current call and the caches."""
 
-    def __init__(self, config: FORAConfig, subset: TokenSubset):
+    def __init__(self, config: FORAConfig, subset: TokenSubset, table: ConditioningTable | None = None):
         self.config = config
         self.subset = subset
+        self.table = table
         self.clock = LoopClock()
         self.mode = Mode.BYPASS
         self.current: _CallState | None = None
@@ -187,6 +197,10 @@ class FORAController:
         self.reset()
         self.clock.begin(num_steps)
 
+    def plan_timesteps(self, timesteps: torch.Tensor) -> None:
+        if self.table is not None:
+            self.table.plan(timesteps)
+
     def before_step(self, model_output: torch.Tensor) -> torch.Tensor:
         return model_output
 
@@ -200,6 +214,8 @@ class FORAController:
         self.current = None
         self.mode = Mode.BYPASS
         self._counts = dict.fromkeys(self._counts, 0)
+        if self.table is not None:
+            self.table.clear()
 
     def stats(self) -> dict[str, Any]:
         modules = self._counts["reused_module_calls"] + self._counts["computed_module_calls"]
@@ -257,6 +273,7 @@ class FORAController:
     def run_block(
         self,
         block: nn.Module,
+        index: int,
         names: tuple[str, str],
         original: Callable[..., Any],
         args: tuple,
@@ -266,15 +283,16 @@ class FORAController:
         slots = self.current.slots if self.mode is Mode.REUSE else {}
         if names[0] not in slots or names[1] not in slots:
             return original(*args, **kwargs)
-        index = self.subset.index
+        rows = self.subset.index
         self._counts["reused_module_calls"] += 2
         return _replay_dit_block(
             block,
             hidden_input(args, kwargs),
-            SlotKind.IMAGE.read(slots[names[0]], index),
-            SlotKind.IMAGE.read(slots[names[1]], index),
+            SlotKind.IMAGE.read(slots[names[0]], rows),
+            SlotKind.IMAGE.read(slots[names[1]], rows),
             kwargs["timestep"],
             kwargs["class_labels"],
+            None if self.table is None else self.table.modulation(index),
         )
 
 
@@ -285,23 +303,27 @@ def _replay_dit_block(
     ff_output: torch.Tensor,
     timestep: torch.Tensor,
     class_labels: torch.Tensor,
+    modulation: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`BasicTransformerBlock.forward` (ada_norm_zero) with attention and MLP outputs given.
 
     Same operations in the same order as the stock block, minus the norms and modulations that
     only feed the replaced sub-layers, so the result equals the module-level replay bit for bit.
+    ``modulation`` (B, 6D), when given, is the precomputed ``norm1.linear(silu(norm1.emb(t, y)))``.
     """
-    norm1 = block.norm1
-    emb = norm1.linear(norm1.silu(norm1.emb(timestep, class_labels, hidden_dtype=hidden_states.dtype)))
-    _, _, gate_msa, _, _, gate_mlp = emb.chunk(6, dim=1)
+    if modulation is None:
+        norm1 = block.norm1
+        modulation = norm1.linear(norm1.silu(norm1.emb(timestep, class_labels, hidden_dtype=hidden_states.dtype)))
+    _, _, gate_msa, _, _, gate_mlp = modulation.chunk(6, dim=1)
     hidden_states = gate_msa.unsqueeze(1) * attn_output + hidden_states  # (B, N, D)
     return gate_mlp.unsqueeze(1) * ff_output + hidden_states
 
 
 def _replayable_blocks(
     model: nn.Module, layout: TransformerLayout, config: FORAConfig
-) -> list[tuple[str, nn.Module]]:
-    """DiT blocks whose reuse step can skip the discarded norms: adaLN-Zero, self-attention + MLP only."""
+) -> list[tuple[int, str, nn.Module]]:
+    """``(index, name, block)`` of the DiT blocks whose reuse step can skip the discarded norms:
+    adaLN-Zero, self-attention + MLP only."""
     if not (config.cache_attention and config.cache_mlp):
         return []
     blocks = []
@@ -314,22 +336,25 @@ def _replayable_blocks(
             and not hasattr(block, "fuser")
             and block._chunk_size is None
         ):
-            blocks.append((f"{layout.blocks}.{index}", block))
+            blocks.append((index, f"{layout.blocks}.{index}", block))
     return blocks
 
 
 class _BlockHook(ModelHook):
     """Replays a whole DiT block on reuse steps (see `_replay_dit_block`)."""
 
-    def __init__(self, controller: FORAController, name: str):
+    def __init__(self, controller: FORAController, name: str, index: int):
         super().__init__()
         self.controller = controller
+        self.index = index
         self.names = (f"{name}.attn1", f"{name}.ff")
 
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         if self.controller.mode is not Mode.REUSE or "timestep" not in kwargs or "class_labels" not in kwargs:
             return self.fn_ref.original_forward(*args, **kwargs)
-        return self.controller.run_block(module, self.names, self.fn_ref.original_forward, args, kwargs)
+        return self.controller.run_block(
+            module, self.index, self.names, self.fn_ref.original_forward, args, kwargs
+        )
 
 
 class _RootHook(ModelHook):
@@ -396,11 +421,14 @@ def apply_fora(target: Any, config: FORAConfig | None = None) -> PluginHandle:
     found = resolve_target("fora", target)
     if has_hook(found.model, FORA_ROOT_HOOK):
         raise ConfigError(f"fora is already applied to this {type(found.model).__name__}; remove it first")
-    controller = FORAController(config, token_subset(found.model))
+    table = (
+        acquire_table(found.model) if config.cache_interval > 1 and config.precompute_conditioning else None
+    )
+    controller = FORAController(config, token_subset(found.model), table)
     hooks = HookSet(found.model)
     hooks.add(found.model, _RootHook(controller), FORA_ROOT_HOOK)
     for name, module, kind in cached_modules(found.model, found.layout, config):
         hooks.add(module, _SlotHook(controller, name, kind), FORA_SLOT_HOOK)
-    for name, block in _replayable_blocks(found.model, found.layout, config):
-        hooks.add(block, _BlockHook(controller, name), FORA_BLOCK_HOOK)
-    return PluginHandle("fora", config, found, hooks, controller, [])
+    for index, name, block in _replayable_blocks(found.model, found.layout, config):
+        hooks.add(block, _BlockHook(controller, name, index), FORA_BLOCK_HOOK)
+    return PluginHandle("fora", config, found, hooks, controller, [] if table is None else [table.release])

@@ -4,8 +4,8 @@ At each step a DiT changes some regions much more than others, and that focus mo
 RAS picks the tokens to recompute from the previous step's (guided) output, runs the blocks on
 those tokens only, and reuses the previous output ("noise") for the rest. Attention of the
 active tokens still sees every token through a per-layer key/value cache of the skipped ones.
-Dense warm-up steps and periodic dense "error reset" steps bound the drift (spec fora_ras.md
-§2; RAS, arXiv 2502.10389; microsoft/RAS).
+Dense warm-up steps and periodic dense "error reset" steps bound the drift (RAS, arXiv
+2502.10389; microsoft/RAS).
 
 Pieces (all removable; `RASController` holds the per-generation state):
 
@@ -19,7 +19,9 @@ Pieces (all removable; `RASController` holds the per-generation state):
 - `RAS_SCATTER_HOOK` after the last token-wise projection puts the active rows back into a zero
   grid, so the stock unpatchify works;
 - the loop tap around ``scheduler.step``: fills skipped tokens of the merged ``model_output``
-  with the previous step's value, then selects the next step's tokens from it.
+  with the previous step's value, then selects the next step's tokens from it;
+- on a DiT at ratio < 1, the per-image adaLN conditioning (which token reduction does not
+  shrink) comes from the per-generation table of `samplers.adaln`.
 
 Selection is per image (the reference handles batch 1 only): row r of the transformer batch uses
 the set of image ``r mod B_sched``, which is right for cond-first (DiT) and uncond-first (SD3)
@@ -39,6 +41,7 @@ from diffusers.hooks import ModelHook
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0, JointAttnProcessor2_0
 from torch import nn
 
+from samplers.adaln import ConditioningTable, acquire_table
 from samplers.base import (
     HookSet,
     LoopClock,
@@ -93,6 +96,9 @@ class RASConfig:
         often-skipped tokens are skipped even more); ``"inverse"`` divides (the README's intent).
     :param skip_num_step: dynamic schedule: change of the skip count per block of steps.
     :param skip_num_step_length: dynamic schedule: steps per block (0 = static schedule).
+    :param precompute_conditioning: DiT: take the adaLN conditioning from a table built once per
+        generation (`samplers.adaln`) instead of recomputing it per block and step; equal to float32
+        rounding. Unused at ratio 1.
     """
 
     sample_ratio: float = 0.5
@@ -105,6 +111,7 @@ class RASConfig:
     starvation_mode: str = "reference"
     skip_num_step: int = 0
     skip_num_step_length: int = 0
+    precompute_conditioning: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sample_ratio <= 1.0:
@@ -231,11 +238,19 @@ class Mode(enum.Enum):
 class RASController:
     """Per-generation RAS state: step schedule, selections, previous output, K/V caches."""
 
-    def __init__(self, config: RASConfig, patch_size: int, metric: str, subset: TokenSubset):
+    def __init__(
+        self,
+        config: RASConfig,
+        patch_size: int,
+        metric: str,
+        subset: TokenSubset,
+        table: ConditioningTable | None = None,
+    ):
         self.config = config
         self.patch_size = patch_size
         self.metric = metric
         self.subset = subset
+        self.table = table
         self.clock = LoopClock()
         self.reset()
 
@@ -254,6 +269,8 @@ class RASController:
         self.ran_ras = False
         self.kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.subset.index = None
+        if self.table is not None:
+            self.table.clear()
         self._counts = {"steps": 0, "dense_steps": 0, "ras_steps": 0, "tokens_computed": 0, "tokens_total": 0}
 
     def stats(self) -> dict[str, Any]:
@@ -265,6 +282,10 @@ class RASController:
     def begin(self, num_steps: int | None) -> None:
         self.reset()
         self.clock.begin(num_steps)
+
+    def plan_timesteps(self, timesteps: torch.Tensor) -> None:
+        if self.table is not None:
+            self.table.plan(timesteps)
 
     def before_step(self, model_output: torch.Tensor) -> torch.Tensor:
         """Fill the skipped tokens of the merged output with the previous step's value."""
@@ -569,12 +590,13 @@ def apply_ras(target: Any, config: RASConfig | None = None) -> PluginHandle:
             type(model).__name__,
         )
         metric = "l2norm"
-    controller = RASController(config, int(model.config.patch_size), metric, token_subset(model))
+    table = acquire_table(model) if config.sample_ratio < 1 and config.precompute_conditioning else None
+    controller = RASController(config, int(model.config.patch_size), metric, token_subset(model), table)
     hooks = HookSet(model)
     hooks.add(model, _RootHook(controller), RAS_ROOT_HOOK)
     hooks.add(model.get_submodule(found.layout.token_embed), _GatherHook(controller), RAS_GATHER_HOOK)
     hooks.add(model.get_submodule(found.layout.token_out), _ScatterHook(controller), RAS_SCATTER_HOOK)
-    undo = []
+    undo = [] if table is None else [table.release]
     for name, attn in attentions:
         original = attn.processor
         attn.set_processor(RASAttnProcessor(controller, name, original))
