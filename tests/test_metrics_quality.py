@@ -9,6 +9,7 @@ import torch
 
 from studio.data import DataConfig, build_dataset
 from studio.metrics import EvalConfig, GaussianStats, evaluate, frechet_distance, load_classifier
+from studio.errors import MetricError
 from studio.metrics.features import classifier_outputs, shipped_classifier_path
 
 NO_CACHE = EvalConfig(cache_dir="none")
@@ -44,11 +45,16 @@ def test_shipped_classifier_is_a_loadable_checkpoint_with_a_model_card(classifie
 
 def test_class_accuracy_of_real_val_images_with_true_labels(mnist_val):
     result = evaluate(
-        mnist_val.uint8_images(), "mnist-5k", ["acc", "is"], class_labels=mnist_val.labels, config=NO_CACHE
+        mnist_val.uint8_images(), "mnist-5k", ["acc", "cs"], class_labels=mnist_val.labels, config=NO_CACHE
     )
     assert result.metrics["class_accuracy"] >= 0.97
     assert result.metrics["classifier_score"] > 7.0  # confident and spread over the 10 digits
     assert result.settings["classifier"]["dataset"] == "mnist"
+
+
+def test_inception_score_is_refused_with_the_reason_and_the_alternative(mnist_val):
+    with pytest.raises(MetricError, match="pool features; use cs"):
+        evaluate(mnist_val.uint8_images()[:8], "mnist-5k", ["is"], config=NO_CACHE)
 
 
 def test_domain_fd_is_zero_for_itself_and_small_between_halves(mnist_val, classifier):

@@ -246,7 +246,7 @@ def _acc(ctx: EvalContext) -> dict[str, float]:
     return {"class_accuracy": class_accuracy(logits, ctx.samples.class_labels)}
 
 
-@register_metric("is")
+@register_metric("cs")
 def _classifier_score(ctx: EvalContext) -> dict[str, float]:
     logits, _ = ctx.classifier_outputs
     return {"classifier_score": classifier_score(logits)}
@@ -283,6 +283,12 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
     names = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
     if names == ["all"]:
         return available_metrics()
+    if "is" in names:
+        raise MetricError(
+            "the Inception Score needs Inception-v3's 1,008 class logits, and the offline FID network studio "
+            "ships gives only its 2,048-d pool features; use cs (the same formula on the domain judge's "
+            "classes, reported as classifier_score)"
+        )
     unknown = [m for m in names if m not in _METRICS]
     if unknown or not names:
         raise MetricError(
