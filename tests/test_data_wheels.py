@@ -185,3 +185,20 @@ def test_studio_data_list_and_show(tmp_path, capsys):
     assert (pixels[32:60, 2:30] == first_bird).all()  # row 1, column 0
     assert main(["data", "show", "nope"]) == 2
     assert "error: no built-in dataset 'nope'" in capsys.readouterr().err
+
+
+def test_shipped_animals_judge_scores_the_test_split_and_is_what_eval_uses():
+    import json
+
+    from studio.metrics import EvalConfig, evaluate
+    from studio.metrics.features import shipped_classifier_path
+
+    card = json.loads((shipped_classifier_path("animals") / "studio.json").read_text())
+    assert card["dataset"] == "animals" and card["class_names"] == list(ANIMAL_NAMES)
+    test = build_dataset(DataConfig(name="animals"), "val")
+    result = evaluate(test.uint8_images(), "animals", ["acc"], class_labels=test.labels,
+                      config=EvalConfig(cache_dir="none"))
+    assert result.metrics["class_accuracy"] >= 0.97
+    assert abs(result.metrics["class_accuracy"] - card["val_accuracy"]) < 0.005  # float rounding may flip a few
+    assert result.settings["classifier"]["path"].endswith("animals-classifier")
+    assert result.settings["reference"]["split"] == "val" and result.settings["reference"]["count"] == 1000
