@@ -63,11 +63,10 @@ class _Window:
     conditioning: torch.Tensor  # (W, B, D): block 0's embedding, read by the output layer
     output: torch.Tensor  # (W, B, 2D): proj_out_1(silu(conditioning))
 
-    def offset(self, step: int, timestep: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype,
-               versions: tuple[int, ...]) -> int | None:
-        """Row of ``step`` in this window if the call matches it, else None."""
+    def offset(self, step: int, timestep: torch.Tensor, labels: torch.Tensor) -> int | None:
+        """Row of ``step`` in this window if the call's timesteps and labels match it, else None."""
         offset = step - self.first
-        if not 0 <= offset < self.times.shape[0] or dtype != self.dtype or versions != self.versions:
+        if not 0 <= offset < self.times.shape[0]:
             return None
         if labels.shape != self.labels.shape or labels.device != self.labels.device:
             return None
@@ -103,7 +102,7 @@ class ConditioningTable:
         self.window: _Window | None = None
         self.current: tuple[_Window, int] | None = None
         self.disabled = False
-        self.builds = 0
+        self.builds = 0  # windows built in this generation
         self.hooks = HookSet(model)
         self.hooks.add(model, _RootHook(self), ADALN_ROOT_HOOK)
         for index, norm in enumerate(self.norms):
@@ -119,6 +118,7 @@ class ConditioningTable:
         for step, value in enumerate(self.planned.tolist()):
             self._steps.setdefault(float(value), step)
         self.disabled = False
+        self.builds = 0
         self.clear()
 
     def clear(self) -> None:
@@ -144,7 +144,9 @@ class ConditioningTable:
         dtype = hidden_input(args, kwargs).dtype
         versions = tuple(p._version for p in self._parameters)
         window = self.window
-        offset = None if window is None else window.offset(step, timestep, labels, dtype, versions)
+        if window is not None and (window.dtype, window.versions) != (dtype, versions):
+            window = self.window = None  # weights edited in place, or another dtype: stale
+        offset = None if window is None else window.offset(step, timestep, labels)
         if offset is None:
             if window is not None and window.first <= step < window.first + window.times.shape[0]:
                 # a covered step with other rows: calls alternate batches (separate cond / uncond calls)
