@@ -179,7 +179,7 @@ def build_app(service: StudioService) -> gr.Blocks:
                     class_label = gr.Dropdown([("all classes (balanced)", ALL_CLASSES)], value=ALL_CLASSES,
                                               label="Class", allow_custom_value=True)
                     scheduler = gr.Dropdown(scheduler_names(), value=None, label="Sampler", allow_custom_value=True)
-                    steps = gr.Slider(1, 250, value=20, step=1, label="Steps")
+                    steps = gr.Slider(1, LIMITS.max_sampling_steps, value=20, step=1, label="Steps")
                     guidance = gr.Slider(0.0, 15.0, value=4.0, step=0.25, label="Guidance scale (CFG)",
                                          info="1 = conditional model only, > 1 = classifier-free guidance")
                     truncation = gr.Slider(0.0, 3.0, value=0.0, step=0.05, label="Truncation",
@@ -190,7 +190,7 @@ def build_app(service: StudioService) -> gr.Blocks:
                     with gr.Row():
                         seed = gr.Number(0, precision=0, label="Seed", info="image i uses seed + i")
                         randomize = gr.Checkbox(False, label="Randomize seed")
-                    batch = gr.Slider(1, 16, value=4, step=1, label="Batch size")
+                    batch = gr.Slider(1, LIMITS.max_images, value=4, step=1, label="Batch size")
                     with gr.Accordion("Fast-sampling plugins", open=True):
                         plugin_parts = [_plugin_panel(panel) for panel in panels]
                         plugin_text = gr.Textbox(label="Plugin specs", placeholder="none",
@@ -512,11 +512,11 @@ def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
             guess = gr.Checkbox(False, label="Guess mode", info="condition only on the CFG conditional branch, "
                                                                  "residuals scaled from 0.1 (shallow) to 1 (middle)")
             with gr.Row():
-                steps = gr.Slider(1, 250, value=20, step=1, label="Steps")
+                steps = gr.Slider(1, LIMITS.max_sampling_steps, value=20, step=1, label="Steps")
                 guidance = gr.Slider(0.0, 15.0, value=1.0, step=0.25, label="Guidance scale (CFG)")
             with gr.Row():
                 seed = gr.Number(0, precision=0, label="Seed", info="image i uses seed + i")
-                batch = gr.Slider(1, 16, value=4, step=1, label="Batch size")
+                batch = gr.Slider(1, LIMITS.max_images, value=4, step=1, label="Batch size")
             with gr.Row():
                 run = gr.Button("Generate with control", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
