@@ -16,6 +16,11 @@ of a profiled run of the main methods, to show where the remaining time goes.
 
     python bench/plugins.py --checkpoint none          # random-init mnist-small DiT
     python bench/plugins.py --checkpoint dit-mnist     # anything studio.load_pipeline opens
+    python bench/plugins.py --device cuda --dtype float16 --attention xformers   # on a GPU
+
+On CUDA the time is the whole pipeline call between two ``torch.cuda.synchronize()`` (the loop
+timer would miss queued kernels). RAS needs PyTorch's SDPA processors, so with ``--attention
+xformers`` its rows are reported as not applicable.
 
 Writes ``<out>.json``, ``<out>.md`` and (with matplotlib) ``<out>.png``.
 """
@@ -53,8 +58,11 @@ from diffusers.models.cache_utils import CacheMixin
 import samplers
 from studio.models.dit import DiTConfig, build_dit
 from studio.pipelines.dit import StudioDiTPipeline
+from studio.runtime import ATTENTION_BACKENDS, set_attention_backend, xformers_unavailable_reason
 
 RESULTS = Path(__file__).parent / "results" / "plugins"
+DEVICES = ("cpu", "cuda")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MLP_MULT = 4  # DiT FeedForward width multiplier
 INIT_STD = 0.02  # random-init model: std of the adaLN / output layers that build_dit zeroes
 
@@ -74,12 +82,31 @@ def random_pipeline(seed: int = 0) -> StudioDiTPipeline:
     return pipe
 
 
-def load(checkpoint: str) -> StudioDiTPipeline:
-    if checkpoint.lower() == "none":
-        return random_pipeline()
-    import studio
+def load(args: argparse.Namespace) -> StudioDiTPipeline:
+    """The pipeline on ``args.device`` in ``args.dtype`` with the ``args.attention`` backend."""
+    if args.checkpoint.lower() == "none":
+        pipe = random_pipeline()
+    else:
+        import studio
 
-    return studio.load_pipeline(checkpoint, device="cpu")
+        pipe = studio.load_pipeline(args.checkpoint, device="cpu")
+    pipe.to(torch.device(args.device), DTYPES[args.dtype])
+    set_attention_backend(pipe.transformer, args.attention)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def runtime_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--device`` / ``--attention`` cannot run on this machine (checked before any loading), or None."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return "--device cuda: CUDA is not available on this machine"
+    if args.attention == "xformers":
+        if args.device != "cuda":
+            return "--attention xformers: xformers runs on CUDA only; use --device cuda or --attention sdpa"
+        reason = xformers_unavailable_reason()
+        if reason:
+            return f"--attention xformers: {reason.split(';')[0]}"
+    return None
 
 
 # ---------------------------------------------------------------------------- work counting
@@ -311,7 +338,10 @@ def run_once(
     with ExitStack() as stack:
         stack.enter_context(method.enable(pipe))
         work = BlockWork(pipe.transformer) if count_work else None
-        cpu_started = time.process_time()
+        cuda = pipe.transformer.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+        cpu_started, wall_started = time.process_time(), time.perf_counter()
         output = pipe(
             num_images=num_images or args.images,
             num_inference_steps=args.steps,
@@ -320,11 +350,13 @@ def run_once(
             scheduler="ddim",
             output_type="pt",
         )
-        cpu_s = time.process_time() - cpu_started
+        if cuda:
+            torch.cuda.synchronize()
+        cpu_s, wall_s = time.process_time() - cpu_started, time.perf_counter() - wall_started
         if work is not None:
             work.remove()
     info = {
-        "denoise_s": output.record.timings["denoise_s"],
+        "denoise_s": wall_s if cuda else output.record.timings["denoise_s"],
         "cpu_s": cpu_s,
         "stats": output.record.plugin_stats,
         "settings": output.record.plugins,
@@ -332,12 +364,11 @@ def run_once(
     }
     if work is not None:
         info["macs"] = work.macs
-    return output.images, info
+    return output.images.float().cpu(), info
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    pipe = load(args.checkpoint)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load(args)
     methods = [m for m in METHODS if not args.only or m.name in args.only or m.family == "baseline"]
     results: dict[str, dict[str, Any]] = {}
     reference, base_macs, base_correct = None, None, None
@@ -398,6 +429,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "repeats": args.repeats,
             "reference": args.reference,
             "threads": torch.get_num_threads(),
+            "device": args.device,
+            "dtype": args.dtype,
+            "attention": args.attention,
+            "timer": "pipeline call, CUDA-synchronized" if args.device == "cuda" else "denoising loop",
             "sample_size": pipe.transformer.config.sample_size,
             "patch_size": pipe.transformer.config.patch_size,
             "depth": pipe.transformer.config.num_layers,
@@ -421,8 +456,7 @@ def profile(args: argparse.Namespace, rows: int = 12) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    pipe = load(args.checkpoint)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load(args)
     sections = []
     for method in (m for m in METHODS if m.name in PROFILED):
         run_once(pipe, method, args)
@@ -442,7 +476,8 @@ def markdown(report: dict[str, Any]) -> str:
         (
             f"DDIM {setup['steps']} steps, {setup['images']} images (CFG {setup['guidance']}, batch "
             f"{(2 if setup['guidance'] != 1.0 else 1) * setup['images']} rows), seeds {setup['seed']}+i, {setup['sample_size']} px / patch "
-            f"{setup['patch_size']}, depth {setup['depth']}, width {setup['width']}; {setup['threads']} torch "
+            f"{setup['patch_size']}, depth {setup['depth']}, width {setup['width']}; {setup.get('device', 'cpu')} "
+            f"{setup.get('dtype', 'float32')}, {setup.get('attention', 'sdpa')} attention, {setup['threads']} torch "
             f"thread(s), median of {setup['repeats']} timed round-robin runs; load average at the end "
             f"{report['machine']['loadavg_end']}. Quality columns: the untimed first pass of "
             f"{setup.get('quality_images', setup['images'])} images per method."
@@ -452,9 +487,11 @@ def markdown(report: dict[str, Any]) -> str:
             "Speedup = median over rounds of plain / method wall time of the denoising loop (each round runs "
             "every method back to back); CPU speedup = the same with the process CPU time of the call (robust "
             "when other processes share the cores). MAC bound = 1 / share of the attention+MLP multiply-adds "
-            "still done: the speedup if they were the whole step. FORA leaves norms, modulation, embeddings "
-            "and the scheduler running, so it stays below it; RAS also shrinks the token-wise norms, GELU and "
-            "residual ops and the working set, so on a small CPU model it can exceed it. Output change is "
+            "still done: the speedup if they were the whole step. FORA still runs the patch embedding, gated "
+            "residual adds, output layer and scheduler on reuse steps; RAS also shrinks the token-wise norms, "
+            "GELU and residual ops and the working set; both take the adaLN conditioning from a table built "
+            "once per generation while plain DDIM recomputes it in every block and step, so on a small CPU "
+            "model either can exceed the bound. Output change is "
             "against the plain run with the same seeds, images in [0, 1]. Class accuracy (requested class, "
             f"shipped classifier) and domain FD (classifier features vs {setup['reference']} data) come "
             "from studio.metrics; with few images they are coarse. Δ acc is the paired change vs plain on the same "
@@ -538,6 +575,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="where the model runs")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model and latent dtype")
+    parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default="sdpa",
+                        help="attention kernels (xformers: CUDA only; RAS needs sdpa)")
     parser.add_argument(
         "--reference", default="mnist-5k", help="built-in dataset for class accuracy / domain FD, or 'none'"
     )
@@ -545,6 +586,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="output path without extension")
     parser.add_argument("--profile", action="store_true", help=f"also profile {', '.join(PROFILED)}")
     args = parser.parse_args(argv)
+    problem = runtime_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
