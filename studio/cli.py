@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from studio.errors import ConfigError, StudioError
 
@@ -167,9 +168,13 @@ def run_sample(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from studio.hub import load_pipeline
+    from studio.pipelines.base import check_count, check_seed_range
     from studio.pipelines.batch import sample_to_folder
     from studio.runtime import resolve_device, set_attention_backend
 
+    check_count("--num-images", args.num_images)  # refused before the model is loaded
+    check_count("--batch-size", args.batch_size)
+    check_seed_range(args.seed, args.num_images)
     labels = parse_class_labels(args.class_labels)
     state = PartialState(cpu=resolve_device(args.device).type == "cpu")  # one process per device under a launcher
     pipe = load_pipeline(args.checkpoint, device=str(state.device))
@@ -183,7 +188,8 @@ def run_sample(args: argparse.Namespace) -> int:
         apply(pipe, parse_plugin_spec(spec))
     run = sample_to_folder(pipe, args.out, args.num_images, args.batch_size, args.seed, labels, **kwargs)
     if state.is_main_process:
-        print(f"{run.num_images} images in {run.out_dir} ({run.skipped} already there); "
+        redrawn = f", {run.redrawn} unreadable ones drawn again" if run.redrawn else ""
+        print(f"{run.num_images} images in {run.out_dir} ({run.skipped} already there{redrawn}); "
               f"samples.npz, grid.png, manifest.jsonl written")
     return 0
 

@@ -42,10 +42,10 @@ class GenerationRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GenerationRecord":
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRecord:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
-    def for_image(self, index: int) -> "GenerationRecord":
+    def for_image(self, index: int) -> GenerationRecord:
         """The record of image ``index`` of this batch (one seed, one class)."""
         data = self.to_dict()
         data["seeds"] = [self.seeds[index]]
