@@ -4,7 +4,9 @@ A checkpoint holds everything an exact resume needs: model weights, optimizer an
 states, EMA shadows, the data position, run counters and, per process, the Python / NumPy / torch
 RNG states. It is written with `training.safe_state` (tensors in safetensors, the rest as JSON), so
 reading a crafted checkpoint can never run code; folders in accelerate's older pickled layout
-(``*.pkl`` / ``*.bin``) are refused by name.
+(``*.pkl`` / ``*.bin``) are refused by name. Under FSDP the networks and optimizer states are
+gathered whole to the main process (`training.fsdp`), so the file is the same as a DDP run's
+except that optimizer states are keyed by parameter name rather than by position.
 
 Crash safety: a checkpoint is written into ``checkpoint-<step>.tmp`` and renamed once complete; an
 old one is renamed to ``checkpoint-<step>.deleting`` before it is removed. So a folder under a final
@@ -26,6 +28,13 @@ import torch
 from accelerate.utils import DistributedType
 
 from studio.errors import CheckpointError, ConfigError
+from training.fsdp import (
+    check_fsdp_settings,
+    full_model_state,
+    full_optimizer_state,
+    load_full_model_state,
+    load_full_optimizer_state,
+)
 from training.safe_state import read_state, write_state
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -45,13 +54,16 @@ class TrainingState:
 
     ``models`` are the unwrapped networks; ``optimizers`` and ``schedules`` anything with
     ``state_dict``/``load_state_dict``; ``extras`` small objects of the loop (EMA shadows, the batch
-    stream's position, run counters) with the same two methods.
+    stream's position, run counters) with the same two methods. ``sharded`` (FSDP): ``models`` are
+    then the prepared, sharded networks and each optimizer steps the network of the same name;
+    their whole states are gathered on save and set on every process on load.
     """
 
     models: dict[str, torch.nn.Module]
     optimizers: dict[str, Any]
     schedules: dict[str, Any]
     extras: dict[str, Any]
+    sharded: bool = False
 
 
 # ------------------------------------------------------------------------------------------ finding
@@ -150,11 +162,14 @@ def _clear_leftovers(folder: Path) -> None:
 
 
 def check_distributed_type(accelerator: Any) -> None:
-    """Refuse set-ups whose state is sharded (FSDP, DeepSpeed): this format saves whole states."""
+    """Refuse DeepSpeed, whose ZeRO-partitioned engine state this format does not gather, and FSDP
+    settings the loop cannot train with (`training.fsdp.check_fsdp_settings`)."""
     kind = accelerator.distributed_type
-    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise ConfigError(f"training checkpoints support one process and DDP, not {kind.value}: "
-                              "choose DDP in `accelerate config`")
+    if kind == DistributedType.DEEPSPEED:
+        raise ConfigError("training supports one process, DDP and FSDP, not DeepSpeed (its partitioned engine "
+                          "state is not saved in studio's checkpoints): choose DDP or FSDP in `accelerate config`")
+    if kind == DistributedType.FSDP:
+        check_fsdp_settings(accelerator)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -187,8 +202,9 @@ def save_checkpoint(accelerator: Any, folder: Path, step: int, total_limit: int,
     """Save the full training state for ``step``; keep at most ``total_limit`` checkpoints.
 
     Every process writes its own RNG state; the main process writes the shared state (identical on
-    all processes under DDP) last, then renames the folder into place and prunes old ones. With
-    several nodes the run folder must be on a filesystem they all see.
+    all processes under DDP; gathered whole from the shards by every process under FSDP) last,
+    then renames the folder into place and prunes old ones. With several nodes the run folder must
+    be on a filesystem they all see.
     """
     final = folder / f"checkpoint-{step}"
     tmp = folder / f"checkpoint-{step}.tmp"
@@ -198,14 +214,19 @@ def save_checkpoint(accelerator: Any, folder: Path, step: int, total_limit: int,
         tmp.mkdir()
     accelerator.wait_for_everyone()
     write_state(tmp / rng_file(accelerator.process_index), _rng_state())
+    gathered = _gather_sharded(state) if state.sharded else None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        models = {name: model.state_dict() for name, model in state.models.items()}
+        if gathered is None:
+            models = {name: model.state_dict() for name, model in state.models.items()}
+            optimizers = {name: opt.state_dict() for name, opt in state.optimizers.items()}
+        else:
+            models, optimizers = gathered
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
         write_state(tmp / STATE_FILE, {
             "format": FORMAT, "step": step, "num_processes": accelerator.num_processes,
             "accelerator_step": accelerator.step, "scaler": scaler, "models": models,
-            "optimizers": {name: opt.state_dict() for name, opt in state.optimizers.items()},
+            "optimizers": optimizers,
             "schedules": {name: schedule.state_dict() for name, schedule in state.schedules.items()},
             "extras": {name: obj.state_dict() for name, obj in state.extras.items()},
         })
@@ -216,6 +237,14 @@ def save_checkpoint(accelerator: Any, folder: Path, step: int, total_limit: int,
             _remove(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _gather_sharded(state: TrainingState) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Whole network and optimizer states of an FSDP run, on the main process (empty elsewhere).
+    Every process must call it: the shards are all-gathered."""
+    models = {name: full_model_state(model, main_only=True) for name, model in state.models.items()}
+    optimizers = {name: full_optimizer_state(state.models[name], opt) for name, opt in state.optimizers.items()}
+    return models, optimizers
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -239,6 +268,25 @@ def _load_each(kind: str, saved: dict[str, Any], objects: dict[str, Any], path: 
             raise CheckpointError(f"checkpoint {path} does not fit this run's {kind} {name!r}: {detail}") from None
 
 
+def _load_sharded(saved: dict[str, Any], state: TrainingState, path: Path) -> None:
+    """Set the sharded networks and their optimizers from the whole states every process read."""
+    for kind, objects in (("models", state.models), ("optimizers", state.optimizers)):
+        if set(saved[kind]) != set(objects):
+            raise CheckpointError(f"checkpoint {path} holds {kind} {sorted(saved[kind])}, "
+                                  f"but this run has {sorted(objects)}")
+    for name, model in state.models.items():
+        optimizer_state = saved["optimizers"][name]
+        if any(not isinstance(key, str) for key in optimizer_state.get("state", {})):
+            raise CheckpointError(f"checkpoint {path} was written without FSDP (its optimizer state is keyed by "
+                                  "parameter position, not name): resume it with DDP or one process")
+        try:
+            load_full_model_state(model, saved["models"][name])
+            load_full_optimizer_state(model, state.optimizers[name], optimizer_state)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"checkpoint {path} does not fit this run's network {name!r}: {detail}") from None
+
+
 def load_checkpoint(accelerator: Any, path: Path, state: TrainingState) -> int:
     """Restore ``state`` and this process's RNG from checkpoint ``path``; returns its step."""
     saved = read_checkpoint(path)
@@ -247,8 +295,11 @@ def load_checkpoint(accelerator: Any, path: Path, state: TrainingState) -> int:
         raise CheckpointError(f"checkpoint {path} was written by {saved.get('num_processes')} process(es) and has "
                               f"no RNG state for process {accelerator.process_index}")
     rng = read_state(rng_path)
-    _load_each("models", saved["models"], state.models, path)
-    _load_each("optimizers", saved["optimizers"], state.optimizers, path)
+    if state.sharded:
+        _load_sharded(saved, state, path)
+    else:
+        _load_each("models", saved["models"], state.models, path)
+        _load_each("optimizers", saved["optimizers"], state.optimizers, path)
     _load_each("schedules", saved["schedules"], state.schedules, path)
     _load_each("objects", saved["extras"], state.extras, path)
     if accelerator.scaler is not None and saved.get("scaler") is not None:

@@ -1,4 +1,4 @@
-"""The one training loop every family shares (accelerate: CPU, DDP, multi-node).
+"""The one training loop every family shares (accelerate: CPU, DDP, FSDP, multi-node).
 
 Shaped like DiT's train.py: setup, models + EMA, optimizers, data, then one loop with a log,
 checkpoint and sample cadence. What differs between families lives in `training.family.Family`.
@@ -9,6 +9,7 @@ model card), ``samples/`` (grids with their generation record) and ``logs/`` (Te
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -38,6 +39,7 @@ from training.checkpoint import (
 from training.config import TrainConfig, config_to_dict, save_config
 from training.ema import EMA
 from training.family import Family, get_family
+from training.fsdp import enable_cpu_fsdp, is_fsdp, prepare_sharded, refresh_mirrors
 from training.stream import BatchStream
 
 
@@ -71,18 +73,21 @@ class RunProgress:
 def make_accelerator(config: TrainConfig, output_dir: Path) -> Accelerator:
     """An Accelerator for this run. accelerate keeps its settings in process-wide singletons, so a
     second run in the same process (tests, the app's Train tab) with other settings would be
-    refused; `release_accelerator` clears them when a run ends. The process group is kept."""
+    refused; `release_accelerator` clears them when a run ends. The process group is kept.
+    A CPU-only launch that asks for FSDP gets FSDP2 (`training.fsdp.enable_cpu_fsdp`)."""
     device = resolve_device(config.device)
     try:
-        return Accelerator(
+        accelerator = Accelerator(
             cpu=device.type == "cpu",
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with="tensorboard",
             project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         )
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: e.g. FSDP's sync_module_states on CPU
         raise StudioError(f"cannot set up training: {exc}") from None
+    enable_cpu_fsdp(accelerator)
+    return accelerator
 
 
 def check_output_dir(path: Path) -> None:
@@ -196,14 +201,24 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
     stream = BatchStream(dataset, config.batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
     progress = RunProgress()
 
-    prepared = accelerator.prepare(*models.values(), *optimizers.values())
-    models = dict(zip(models, prepared[: len(models)]))
-    optimizers = dict(zip(optimizers, prepared[len(models):]))
+    # FSDP shards the networks: EMA updates, sample grids and exports read whole copies ("mirrors")
+    # refreshed from the shards after every optimizer step
+    sharded = is_fsdp(accelerator)
+    mirrors = {name: copy.deepcopy(model) for name, model in models.items()} if sharded else {}
+    if sharded:
+        models, optimizers = prepare_sharded(accelerator, models, optimizers)
+    else:
+        prepared = accelerator.prepare(*models.values(), *optimizers.values())
+        models = dict(zip(models, prepared[: len(models)]))
+        optimizers = dict(zip(optimizers, prepared[len(models):]))
     for ema in emas.values():
         ema.shadow.to(accelerator.device)
-    unwrapped = {name: accelerator.unwrap_model(m) for name, m in models.items()}
-    state = TrainingState(unwrapped, optimizers, schedules,
-                          {**{f"ema.{name}": ema for name, ema in emas.items()}, "stream": stream, "progress": progress})
+    for mirror in mirrors.values():
+        mirror.to(accelerator.device)
+    unwrapped = mirrors if sharded else {name: accelerator.unwrap_model(m) for name, m in models.items()}
+    state = TrainingState(models if sharded else unwrapped, optimizers, schedules,
+                          {**{f"ema.{name}": ema for name, ema in emas.items()}, "stream": stream, "progress": progress},
+                          sharded=sharded)
 
     # 2. resume
     checkpoints = output_dir / "checkpoints"
@@ -243,6 +258,8 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
         step = progress.step
         for schedule in schedules.values():
             schedule.step()
+        if sharded:
+            refresh_mirrors(mirrors, models)
         for name, ema in emas.items():
             ema.update(unwrapped[name], step)
         bad = [k for k, v in logs.items() if not math.isfinite(v)]
