@@ -59,11 +59,13 @@ def test_unknown_dtype_is_an_argparse_error(bench, capsys):
     assert exit_info.value.code == 2 and "invalid choice: 'float64'" in capsys.readouterr().err
 
 
-def test_bfloat16_run_records_its_runtime(bench, tmp_path):
+def test_bfloat16_run_records_its_runtime(bench, monkeypatch, tmp_path):
     """A real two-method run in bfloat16 on the random-init DiT (3 steps, 1 image)."""
-    out = tmp_path / "report"
+    out, loaded, load = tmp_path / "report", [], bench.load
+    monkeypatch.setattr(bench, "load", lambda args: loaded.append(load(args)) or loaded[-1])
     bench.main(["--checkpoint", "none", "--steps", "3", "--images", "1", "--repeats", "1",
                 "--reference", "none", "--dtype", "bfloat16", "--only", "FORA N=3", "--out", str(out)])
+    assert loaded[0].transformer.dtype == torch.bfloat16
     report = json.loads(Path(f"{out}.json").read_text())
     assert {k: report["setup"][k] for k in ("device", "dtype", "attention", "timer")} == {
         "device": "cpu", "dtype": "bfloat16", "attention": "sdpa", "timer": "denoising loop"}
