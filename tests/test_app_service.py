@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 import weakref
@@ -349,3 +350,43 @@ def test_training_run_streams_losses_stops_and_its_checkpoint_is_listed(runs_dir
     assert status.sample and status.sample.endswith(f"step-{status.step:06d}.png")
     assert status.run in [e.name for e in list_models()]
     assert service.generate(GenerateRequest(status.run, num_images=1, num_inference_steps=2)).batch.paths
+
+
+def test_encprop_is_refused_on_a_sampler_that_adds_noise_every_step(service):
+    """encprop reuses encoder features across steps; on DDPM (adm-mnist's default) that gave noise images."""
+    assert service.select(ADM).default_scheduler == "ddpm"
+    for scheduler in (None, "ddpm", "euler_a"):
+        with pytest.raises(StudioError, match="encprop reuses features from earlier steps.*choose ddim or dpm"):
+            service.generate(GenerateRequest(ADM, num_images=1, num_inference_steps=4, scheduler=scheduler,
+                                             plugins=("encprop",)))
+    result = service.generate(GenerateRequest(ADM, num_images=1, num_inference_steps=4, scheduler="ddim",
+                                              plugins=("encprop",)))
+    assert "encprop" in result.batch.records[0].plugins
+
+
+def test_skip_tuning_panel_starts_with_a_setting_that_changes_the_images(service):
+    panel = next(p for p in plugin_panels() if p.name == "skip_tuning")
+    fields = {f.name: f for f in panel.fields}
+    assert fields["rho_bottom"].default == 1.0 and fields["rho_bottom"].start < 1.0  # library neutral, app not
+    spec = plugin_spec("skip_tuning", {f.name: f.start for f in panel.fields})
+    assert spec == f"skip_tuning:rho_bottom={fields['rho_bottom'].start}"
+    request = GenerateRequest(ADM, num_images=2, seed=1, num_inference_steps=4, scheduler="ddim")
+    plain = service.generate(request).batch.paths
+    tuned = service.generate(dataclasses.replace(request, plugins=(spec,))).batch.paths
+    assert any(not np.array_equal(pixels(a), pixels(b)) for a, b in zip(plain, tuned))
+
+
+def test_plugin_help_is_markdown_without_restructuredtext_literals():
+    docs = [f.doc for panel in plugin_panels() for f in panel.fields]
+    assert docs and not any("``" in doc for doc in docs)
+    keys = next(f for p in plugin_panels() if p.name == "encprop" for f in p.fields if f.name == "keys")
+    assert '`"paper"`' in keys.doc
+
+
+def test_controlnet_models_are_sent_to_the_control_tab(service):
+    with pytest.raises(StudioError, match="tiny-controlnet is a ControlNet model.*use the Control tab"):
+        service.generate(GenerateRequest(CONTROLNET, num_images=1, num_inference_steps=2))
+    from webapp.ui import generate_options
+
+    offered = generate_options(service.model_options())
+    assert CONTROLNET not in [o.name for o in offered] and DIT in [o.name for o in offered]

@@ -214,3 +214,17 @@ def test_stop_interrupts_a_running_generation(client):
     with pytest.raises(AppError, match="generation stopped"):
         job.result(timeout=60)
     assert len(generate(client)[0]) == 2
+
+
+def test_generate_offers_no_controlnet_and_the_api_page_speaks_to_users(app, client):
+    picker, models = client.predict(api_name="/models")
+    assert CONTROLNET in {m["name"] for m in models}  # served, by the Control tab
+    assert CONTROLNET not in {value for _, value in picker["choices"]} and DIT in {v for _, v in picker["choices"]}
+    import httpx
+
+    endpoints = httpx.get(app[0] + "gradio_api/info", timeout=30).json()["named_endpoints"]
+    for name in API_NAMES:
+        description = endpoints[f"/{name}"]["description"]
+        assert description, name
+        for internal in ("Gradio", "gradio", "unpreprocessed", "`", "service", "StudioError"):
+            assert internal not in description, (name, description)

@@ -162,6 +162,7 @@ def train_text(status: TrainStatus) -> str:
 def build_app(service: StudioService) -> gr.Blocks:
     """The studio app over ``service``, with its queue configured (one CPU-bound event at a time)."""
     options = service.model_options()
+    generators = generate_options(options)
     panels = plugin_panels()
     presets = training_presets()
     with gr.Blocks(title="studio") as demo:
@@ -171,7 +172,7 @@ def build_app(service: StudioService) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=2):
                     with gr.Row():
-                        model = gr.Dropdown([(o.label, o.name) for o in options], value=options[0].name,
+                        model = gr.Dropdown([(o.label, o.name) for o in generators], value=generators[0].name,
                                             label="Model", allow_custom_value=True, scale=5,
                                             info="a shipped model or local run; or type a checkpoint folder / hub id")
                         refresh = gr.Button("Refresh models", scale=1, size="sm")
@@ -193,6 +194,7 @@ def build_app(service: StudioService) -> gr.Blocks:
                     batch = gr.Slider(1, LIMITS.max_images, value=4, step=1, label="Batch size")
                     with gr.Accordion("Fast-sampling plugins", open=True):
                         plugin_parts = [_plugin_panel(panel) for panel in panels]
+                        plugins_note = gr.Markdown(visible=False)
                         plugin_text = gr.Textbox(label="Plugin specs", placeholder="none",
                                                  info="set by the switches above, or type "
                                                       f"name:key=value,... (several separated by '{PLUGIN_SEPARATOR}')")
@@ -256,21 +258,22 @@ def build_app(service: StudioService) -> gr.Blocks:
 
         # ------------------------------------------------------------------ model selection
         plugin_widgets = [w for part in plugin_parts for w in part.widgets]
-        plugin_notes = [part.note for part in plugin_parts]
+        plugin_groups = [part.group for part in plugin_parts]
         controls = [model, model_note, class_label, scheduler, steps, guidance, truncation, classifier, seed,
                     randomize, batch,
-                    plugin_text, *plugin_widgets, *plugin_notes]
+                    plugin_text, *plugin_widgets, *plugin_groups, plugins_note]
 
         def control_values(info: ModelInfo, request: GenerateRequest | None) -> list[Any]:
             """Updates for `controls`: what applies to ``info``; values from ``request`` or the model defaults."""
             keep = gr.update()
             chosen = dict(plugin_values(spec) for spec in request.plugins) if request else {}
-            plugin_updates, note_updates = [], []
-            for part in plugin_parts:
+            plugin_updates, group_updates, notes = [], [], []
+            for part in plugin_parts:  # only the plugins that apply are shown; one line says why the others are not
                 error = info.plugin_errors.get(part.panel.name)
                 plugin_updates += part.updates(chosen.get(part.panel.name, {}) if request else None, error)
-                note_updates.append(gr.update(value=f"*{part.panel.name} is not available for this model: {error}*"
-                                              if error else "", visible=bool(error)))
+                group_updates.append(gr.update(visible=not error))
+                if error:
+                    notes.append(f"*{part.panel.name} is not available for this model: {error}*")
             label = request.class_label if request else None
             return [
                 request.model if request else keep,
@@ -291,22 +294,32 @@ def build_app(service: StudioService) -> gr.Blocks:
                 request.num_images if request else keep,
                 f"{PLUGIN_SEPARATOR} ".join(request.plugins) if request else keep,
                 *plugin_updates,
-                *note_updates,
+                *group_updates,
+                gr.update(value="  \n".join(notes), visible=bool(notes)),
             ]
 
         def pick_model(name: str) -> list[Any]:
-            """Load the model the user picked; show its controls with its defaults."""
-            with user_errors():
+            """Load the model the user picked; show its controls with its defaults.
+
+            A model that does not load leaves every control as it was and says why in the model note
+            (one message; an error here would mark every output of the event as failed).
+            """
+            try:
                 info = service.select(name)
+            except StudioError as exc:
+                failed = [gr.update()] * (1 + len(controls))
+                failed[2] = f"**Could not load {name or 'the model'}:** {exc}"  # the model note
+                return failed
             return [info.to_dict(), *control_values(info, None)]
 
         def open_page(name: str) -> list[Any]:
-            """Current model list (runs may have appeared since the app started), then pick ``name`` or the first."""
-            found = service.model_options()
+            """Current model list (runs may have appeared since the app started), then pick ``name`` or the first;
+            and the history, which outlives the page."""
+            found = generate_options(service.model_options())
             if name not in [o.name for o in found]:
                 name = found[0].name
             details, _, *rest = pick_model(name)
-            return [details, gr.update(choices=[(o.label, o.name) for o in found], value=name), *rest]
+            return [details, gr.update(choices=[(o.label, o.name) for o in found], value=name), *rest, history_items()]
 
         def apply_request(data: dict[str, Any]) -> list[Any]:
             """Set every control from recalled parameters (loading their model first)."""
@@ -318,17 +331,20 @@ def build_app(service: StudioService) -> gr.Blocks:
             return control_values(info, request)
 
         def list_models() -> tuple[Any, list[dict[str, Any]]]:
-            """The models the app can serve now: picker choices, and name / label / family / source / folder."""
+            """The models the app can serve now: their name, label, family, source and folder."""
             found = service.model_options()
-            return gr.update(choices=[(o.label, o.name) for o in found]), [dataclasses.asdict(o) for o in found]
+            choices = [(o.label, o.name) for o in generate_options(found)]
+            return gr.update(choices=choices), [dataclasses.asdict(o) for o in found]
 
         def model_info(name: str) -> dict:
-            """Load a model and describe it: family, call parameters, classes, defaults, usable plugins."""
+            """Describe a model: its family, the settings it takes, its classes and defaults, and which
+            fast-sampling plugins apply to it (and why the others do not)."""
             with user_errors():
                 return service.select(name).to_dict()
 
         model.input(pick_model, model, [model_details, *controls], api_visibility="private", concurrency_id="models")
-        demo.load(open_page, model, [model_details, *controls], api_visibility="private", concurrency_id="models")
+        demo.load(open_page, model, [model_details, *controls, history], api_visibility="private",
+                  concurrency_id="models")
         refresh.click(list_models, None, [model, models_json], api_name="models", concurrency_limit=None)
         gr.api(model_info, api_name="model_info", concurrency_id="models")
 
@@ -354,7 +370,8 @@ def build_app(service: StudioService) -> gr.Blocks:
                      guidance_value: float, truncation_value: float, seed_value: float | None, random_seed: bool,
                      batch_value: float, plugins: str, measure_speedup: bool, classifier_value: float = 0.0,
                      progress: gr.Progress = gr.Progress()) -> tuple[list, str, dict]:
-            """Generate a batch; returns the PNGs (with records), the timing and every image's record."""
+            """Generate a batch of images. Returns the images (PNG files that carry their generation settings),
+            the wall time (and the speedup over no plugins, when measured) and each image's settings."""
             with user_errors():
                 request = make_request(model_name, class_value, scheduler_name, steps_value, guidance_value,
                                        truncation_value, seed_value, random_seed, batch_value, plugins,
@@ -373,15 +390,19 @@ def build_app(service: StudioService) -> gr.Blocks:
             return [(str(e.paths[0]), e.caption()) for e in service.history.entries() if e.paths]
 
         # the classifier scale goes last, so API clients that predate it keep their positions
-        generate_event = generate_btn.click(generate, [*request_inputs, measure, classifier], [gallery, timing, details],
-                                            api_name="generate", concurrency_id=CPU, concurrency_limit=1)
+        # the previous results go first, so a stopped or failed run does not leave them looking like its own
+        generate_event = generate_btn.click(lambda: (None, "", None), None, [gallery, timing, details], queue=False,
+                                            api_visibility="private", show_progress="hidden").then(
+            generate, [*request_inputs, measure, classifier], [gallery, timing, details], api_name="generate",
+            concurrency_id=CPU, concurrency_limit=1)
         generate_event.success(after_generate, details, [history, seed], api_visibility="private", queue=False)
 
         def compare(model_name: str, class_value: Any, scheduler_name: str | None, steps_value: float,
                     guidance_value: float, truncation_value: float, seed_value: float | None, random_seed: bool,
                     batch_value: float, plugins: str, classifier_value: float = 0.0,
                     progress: gr.Progress = gr.Progress()) -> tuple[list, list, str, dict]:
-            """The request with and without its plugins: both galleries, the timings and the records."""
+            """Run the same request with and without its plugins on the same seeds. Returns both sets of images,
+            a line with both wall times, the speedup and the mean pixel difference, and all settings."""
             with user_errors():
                 request = make_request(model_name, class_value, scheduler_name, steps_value, guidance_value,
                                        truncation_value, seed_value, random_seed, batch_value, plugins,
@@ -393,9 +414,11 @@ def build_app(service: StudioService) -> gr.Blocks:
             return (gallery_items(result.baseline.paths, result.baseline.records),
                     gallery_items(result.accelerated.paths, result.accelerated.records), text, result.to_dict())
 
-        compare_event = compare_btn.click(compare, [*request_inputs, classifier],
-                                          [baseline_gallery, plugin_gallery, compare_text, compare_json],
-                                          api_name="compare", concurrency_id=CPU, concurrency_limit=1)
+        compare_outputs = [baseline_gallery, plugin_gallery, compare_text, compare_json]
+        compare_event = compare_btn.click(lambda: (None, None, "", None), None, compare_outputs, queue=False,
+                                          api_visibility="private", show_progress="hidden").then(
+            compare, [*request_inputs, classifier], compare_outputs, api_name="compare", concurrency_id=CPU,
+            concurrency_limit=1)
 
         def stop() -> None:
             """Stop the running generation or comparison after its current step."""
@@ -413,16 +436,16 @@ def build_app(service: StudioService) -> gr.Blocks:
             return entries[evt.index].request.to_dict()
 
         def history_list() -> list[dict]:
-            """The recent generations, newest first: id, parameters, PNG paths, wall time."""
+            """The recent generations, newest first: their id, settings, image files and wall time."""
             return [entry.to_dict() for entry in service.history.entries()]
 
         def recall(entry_id: int) -> dict:
-            """The parameters of history entry ``entry_id`` (with the seed it used)."""
+            """The settings of the history entry with this id, including the seed it used."""
             with user_errors():
                 return service.recall(int(entry_id)).to_dict()
 
         def png_info(path: str | None) -> dict[str, Any]:
-            """The parameters stored in a PNG written by studio."""
+            """Upload a PNG made by studio (app or command line); returns the settings that reproduce it."""
             if not path:
                 return {}
             with user_errors():
@@ -456,7 +479,7 @@ def build_app(service: StudioService) -> gr.Blocks:
             return train_text(service.trainer.stop())
 
         def train_status_info() -> dict:
-            """The training runner's status: state, step, logged losses, newest sample grid, checkpoint."""
+            """The training run's status: state, step, logged losses, newest sample grid and checkpoint."""
             return service.trainer.status().to_dict()
 
         family.change(lambda name: gr.update(choices=presets.get(name, []), value=(presets.get(name) or [None])[0]),
@@ -473,6 +496,11 @@ def build_app(service: StudioService) -> gr.Blocks:
 
     demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     return demo
+
+
+def generate_options(options: list[ModelOption]) -> list[ModelOption]:
+    """The Generate tab's models: all but ControlNet checkpoints, which need a control picture (Control tab)."""
+    return [o for o in options if o.family != CONTROL_FAMILY] or options
 
 
 def _resume_choices(family: str | None, preset: str | None) -> list[tuple[str, str]]:
@@ -532,11 +560,10 @@ def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
     def control(model_name: str, image: dict | str | None, condition_name: str, class_value: Any, scale_value: float,
                 guess_mode: bool, steps_value: float, guidance_value: float, seed_value: float | None,
                 batch_value: float, progress: gr.Progress = gr.Progress()) -> tuple[str, list, dict]:
-        """Generate following a control picture; returns the condition map, the PNGs and their records.
-
-        Runs unpreprocessed (the upload arrives as Gradio's file data, not decoded by gr.Image), so a
-        corrupt upload reaches `read_control_image` and comes back as a readable error.
-        """
+        """Generate images that follow an uploaded picture with a ControlNet model. Returns the condition map
+        the network saw, the images (PNG files that carry their generation settings) and those settings."""
+        # The event skips gradio's preprocessing, so a corrupt upload reaches the service and comes back as a
+        # readable error; the service accepts only files in the upload cache.
         path = image.get("path") if isinstance(image, dict) else image
         with user_errors():
             request = ControlRequest(model=model_name or "", control_image=path or "", condition=condition_name,
@@ -553,9 +580,11 @@ def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
             raise gr.Error("draw something on the sketch pad first")
         return value["composite"]
 
-    event = run.click(control, [model, picture, condition, class_label, scale, guess, steps, guidance, seed, batch],
-                      [condition_view, gallery, details], api_name="control", concurrency_id=CPU, concurrency_limit=1,
-                      preprocess=False)
+    event = run.click(lambda: (None, None, None), None, [condition_view, gallery, details], queue=False,
+                      api_visibility="private", show_progress="hidden").then(
+        control, [model, picture, condition, class_label, scale, guess, steps, guidance, seed, batch],
+        [condition_view, gallery, details], api_name="control", concurrency_id=CPU, concurrency_limit=1,
+        preprocess=False)
     stop.click(service.stop, None, None, cancels=[event], api_name="control_stop", api_visibility="private",
                concurrency_limit=None)
     use_sketch.click(sketch_file, sketch, picture, api_visibility="private", queue=False)
@@ -565,11 +594,11 @@ def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
 class _PluginPart:
     """The widgets of one plugin: an on/off switch, its main setting, the rest in an accordion."""
 
-    def __init__(self, panel: PluginPanel, enabled: gr.Checkbox, settings: list[gr.Component], note: gr.Markdown):
+    def __init__(self, panel: PluginPanel, enabled: gr.Checkbox, settings: list[gr.Component], group: gr.Group):
         self.panel = panel
         self.enabled = enabled
         self.settings = settings
-        self.note = note
+        self.group = group
         self.field_names = [f.name for f in panel.fields]
 
     @property
@@ -592,21 +621,20 @@ class _PluginPart:
 def _plugin_panel(panel: PluginPanel) -> _PluginPart:
     """Build the widgets of one registered plugin from its config fields."""
     main, *rest = panel.fields
-    with gr.Group():
+    with gr.Group() as group:
         enabled = gr.Checkbox(False, label=f"{panel.title}")
         settings = [_field_widget(panel.name, main)]
         if rest:
             with gr.Accordion(f"more {panel.name} settings", open=False):
                 settings += [_field_widget(panel.name, f) for f in rest]
-        note = gr.Markdown(visible=False)
-    return _PluginPart(panel, enabled, settings, note)
+    return _PluginPart(panel, enabled, settings, group)
 
 
 def _field_widget(plugin: str, item: PluginField) -> gr.Component:
     """Checkbox, number box or text box (spec syntax) for one config field, with its docs as info."""
     label = f"{plugin}: {item.name}"
     if item.kind == "bool":
-        return gr.Checkbox(item.default, label=label, info=item.doc)
+        return gr.Checkbox(item.start, label=label, info=item.doc)
     if item.kind in ("int", "float"):
-        return gr.Number(item.default, label=label, info=item.doc, precision=0 if item.kind == "int" else None)
-    return gr.Textbox(item.default, label=label, info=item.doc)
+        return gr.Number(item.start, label=label, info=item.doc, precision=0 if item.kind == "int" else None)
+    return gr.Textbox(item.start, label=label, info=item.doc)
