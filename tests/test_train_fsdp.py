@@ -35,6 +35,7 @@ from training.fsdp import (
     full_optimizer_state,
     load_full_model_state,
     load_full_optimizer_state,
+    prepare_sharded,
 )
 from training.safe_state import read_state, write_state
 
@@ -146,6 +147,17 @@ def test_fsdp1_on_cpu_is_refused_with_torchs_reason(monkeypatch):
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(ConfigError, match="needs a non-CPU accelerator device.*--fsdp_version 2"):
         enable_cpu_fsdp(cpu_run)
+
+
+def test_a_network_fsdp_cannot_shard_is_named():
+    def refuse(*objects):
+        raise ValueError("fully_shard doesn't support scalar parameters. Change gamma to a 1D tensor")
+
+    model, optimizer = trained()
+    with pytest.raises(ConfigError, match="FSDP cannot shard network 'generator': fully_shard doesn't support scalar"):
+        prepare_sharded(SimpleNamespace(prepare=refuse), {"generator": model}, {"generator": optimizer})
+    with pytest.raises(ConfigError, match="one optimizer per network"):
+        prepare_sharded(SimpleNamespace(prepare=refuse), {"generator": model}, {"g": optimizer})
 
 
 # ------------------------------------------------------------------------------------------ processes

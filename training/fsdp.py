@@ -82,7 +82,11 @@ def prepare_sharded(accelerator: Accelerator, models: dict[str, torch.nn.Module]
                           f"optimizers {sorted(optimizers)}")
     prepared_models, prepared_optimizers = {}, {}
     for name, model in models.items():
-        prepared_models[name], prepared_optimizers[name] = accelerator.prepare(model, optimizers[name])
+        try:
+            prepared_models[name], prepared_optimizers[name] = accelerator.prepare(model, optimizers[name])
+        except ValueError as exc:  # e.g. FSDP2's fully_shard refuses 0-d parameters (the GANs' attention gamma)
+            detail = str(exc).strip().splitlines()[0].rstrip(".")
+            raise ConfigError(f"FSDP cannot shard network {name!r}: {detail}; train it with DDP") from None
     return prepared_models, {name: prepared_optimizers[name] for name in optimizers}
 
 
