@@ -15,9 +15,9 @@ Hooks (diffusers `HookRegistry`):
   on reuse steps it replays the whole block as the reference does — only the adaLN gates are
   recomputed, and the two layer norms and modulations whose results would be discarded are skipped.
 
-With caching on (N > 1) on a DiT, the adaLN conditioning of every block and of the final layer
-comes from the per-generation table of `samplers.adaln` (built once from the scheduler's
-timesteps), so a reuse step is little more than two gated residual adds per block.
+With caching on (N > 1), the adaLN conditioning of every block and of the final layer comes from
+the per-generation table of `samplers.adaln` (built once from the scheduler's timesteps; DiT and
+SD3), so a DiT reuse step is little more than two gated residual adds per block.
 
 The schedule is the reference's, in forward-step form: refresh at k = 0 and whenever
 (T - 1 - k) mod N = 0, so the last step is always fresh. T comes from the loop tap (the
@@ -80,7 +80,7 @@ class FORAConfig:
     :param cache_context_stream: SD3: also cache the text-stream feed-forward (``ff_context``).
     :param clone_on_store: store copies instead of references (defensive; blocks do not modify
         these outputs in place, so the default False is safe and free).
-    :param precompute_conditioning: DiT: take the adaLN conditioning from a table built once per
+    :param precompute_conditioning: take the adaLN conditioning from a table built once per
         generation (`samplers.adaln`) instead of recomputing it per block and step; equal to float32
         rounding. Unused at N = 1.
     """

@@ -20,8 +20,8 @@ Pieces (all removable; `RASController` holds the per-generation state):
   grid, so the stock unpatchify works;
 - the loop tap around ``scheduler.step``: fills skipped tokens of the merged ``model_output``
   with the previous step's value, then selects the next step's tokens from it;
-- on a DiT at ratio < 1, the per-image adaLN conditioning (which token reduction does not
-  shrink) comes from the per-generation table of `samplers.adaln`.
+- at ratio < 1, the per-image adaLN conditioning (which token reduction does not shrink) comes
+  from the per-generation table of `samplers.adaln` (DiT and SD3).
 
 Selection is per image (the reference handles batch 1 only): row r of the transformer batch uses
 the set of image ``r mod B_sched``, which is right for cond-first (DiT) and uncond-first (SD3)
@@ -96,7 +96,7 @@ class RASConfig:
         often-skipped tokens are skipped even more); ``"inverse"`` divides (the README's intent).
     :param skip_num_step: dynamic schedule: change of the skip count per block of steps.
     :param skip_num_step_length: dynamic schedule: steps per block (0 = static schedule).
-    :param precompute_conditioning: DiT: take the adaLN conditioning from a table built once per
+    :param precompute_conditioning: take the adaLN conditioning from a table built once per
         generation (`samplers.adaln`) instead of recomputing it per block and step; equal to float32
         rounding. Unused at ratio 1.
     """

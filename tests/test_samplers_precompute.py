@@ -11,13 +11,15 @@ import logging
 
 import pytest
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from test_samplers_common import (  # noqa: F401
     CallCounter,
     dit_pipeline,
     hooked_modules,
     run_dit,
+    run_sd3,
     run_studio,
+    sd3_pipeline,
     single_thread,
     studio_pipeline,
     tiny_sd3_transformer,
@@ -227,6 +229,58 @@ def test_diffusers_dit_pipeline_uses_the_table(tmp_path):
 
 
 def test_supported_models():
-    assert supports_table(tiny_studio_dit())
-    sd3 = tiny_sd3_transformer()
-    assert not supports_table(sd3) and acquire_table(sd3) is None
+    assert supports_table(tiny_studio_dit()) and supports_table(tiny_sd3_transformer())
+    assert not supports_table(torch.nn.Linear(2, 2)) and acquire_table(torch.nn.Linear(2, 2)) is None
+
+
+# ---------------------------------------------------------------------------- SD3
+def sd3_loop(model, scheduler, batch: int = 2, steps: int = 6, seed: int = 0, skip_layers=None):
+    """A flow-matching loop on a ``(model, scheduler)`` pair (optionally with a skip-layer aux call per step)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, 16, 12, generator=generator)
+    context = torch.randn(batch, 5, 32, generator=generator)
+    pooled = torch.randn(batch, 64, generator=generator)
+    scheduler.set_timesteps(steps)
+    outputs = []
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            kwargs = {"encoder_hidden_states": context, "pooled_projections": pooled, "timestep": t.expand(batch)}
+            out = model(hidden_states=x, **kwargs).sample
+            outputs.append(out)
+            if skip_layers is not None:
+                outputs.append(model(hidden_states=x[:1], **{k: v[:1] for k, v in kwargs.items()},
+                                     skip_layers=skip_layers).sample)
+            x = scheduler.step(out, t, x).prev_sample
+    return outputs
+
+
+@pytest.mark.parametrize("specs", SPECS)
+def test_sd3_precomputed_equals_per_call_conditioning(specs):
+    model = tiny_sd3_transformer()
+    handles = apply_specs((model, FlowMatchEulerDiscreteScheduler()), specs, precompute=False)
+    want = sd3_loop(model, handles[0].target.scheduler, skip_layers=[1])
+    remove_all(handles)
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    handles = apply_specs((model, scheduler), specs)
+    counter = CallCounter(model, ("norm1.linear", "norm1_context.linear", "norm_out.linear", "timestep_embedder.linear_1"))
+    got = sd3_loop(model, scheduler, skip_layers=[1])
+    assert table_of(model).builds == 1 and not table_of(model).disabled  # aux calls run stock, table kept
+    # module calls: 6 main calls (served) + 6 skip-layer calls (stock, block 1 skipped) + 1 build
+    assert counter.total("timestep_embedder.linear_1") == 6 + 1
+    assert counter.total("norm_out.linear") == 6 + 6 + 1  # served calls still enter the hooked linear
+    counter.remove()
+    remove_all(handles)
+    assert_close(got, want)
+    assert hooked_modules(model) == []
+
+
+def test_sd3_pipeline_uses_the_table(tmp_path):
+    pipe = sd3_pipeline(tmp_path)
+    handles = apply_specs(pipe, "fora:interval=2+ras:ratio=0.5", precompute=False)
+    want = run_sd3(pipe, batch=2)
+    remove_all(handles)
+    handles = apply_specs(pipe, "fora:interval=2+ras:ratio=0.5")
+    got = run_sd3(pipe, batch=2)
+    assert table_of(pipe.transformer).builds == 1
+    remove_all(handles)
+    assert torch.allclose(got, want, rtol=0, atol=RTOL)  # images in [0, 1]
