@@ -157,7 +157,9 @@ class _Window:
 
     first: int
     times: torch.Tensor  # (W, B): the timestep each row's call must carry
-    condition: torch.Tensor  # (B, ...): class labels or pooled text
+    condition: torch.Tensor  # (B, ...): a copy of the class labels or pooled text
+    source: torch.Tensor  # the caller's condition tensor (pipelines pass the same one every step)
+    source_version: int
     dtype: torch.dtype
     versions: tuple[int, ...]
     values: dict[str, torch.Tensor]  # name -> (W, B, width)
@@ -165,14 +167,22 @@ class _Window:
     def covers(self, step: int) -> bool:
         return 0 <= step - self.first < self.times.shape[0]
 
-    def offset(self, step: int, timestep: torch.Tensor, condition: torch.Tensor) -> int | None:
-        """Row of ``step`` in this window if the call's timesteps and condition match it, else None."""
+    def offset(self, step: int, timestep: torch.Tensor, condition: torch.Tensor, planned_view: bool) -> int | None:
+        """Row of ``step`` in this window if the call's timesteps and condition match it, else None.
+
+        A timestep that is a view of the planned timesteps, and the very condition tensor the
+        window was built from (unchanged since), match without reading them: no device sync.
+        """
         offset = step - self.first
         if not self.covers(step) or timestep.dtype != self.times.dtype:
             return None
+        if not planned_view and not torch.equal(timestep, self.times[offset]):
+            return None
+        if condition is self.source and condition._version == self.source_version:
+            return offset
         if condition.shape != self.condition.shape or condition.dtype != self.condition.dtype:
             return None
-        if condition.device != self.condition.device or not torch.equal(timestep, self.times[offset]):
+        if condition.device != self.condition.device:
             return None
         return offset if torch.equal(condition, self.condition) else None
 
@@ -185,6 +195,7 @@ class ConditioningTable:
         self.family = next(family for family in FAMILIES if family.supports(model))(model)
         self.users = 0
         self.planned: torch.Tensor | None = None
+        self._planned_version = 0
         self._steps: dict[float, int] = {}
         self.window: _Window | None = None
         self.current: tuple[_Window, int] | None = None
@@ -198,6 +209,7 @@ class ConditioningTable:
     def plan(self, timesteps: torch.Tensor) -> None:
         """A generation starts with these scheduler timesteps: forget the old table."""
         self.planned = timesteps.detach().flatten()
+        self._planned_version = self.planned._version
         self._steps = {}
         for step, value in enumerate(self.planned.tolist()):
             self._steps.setdefault(float(value), step)
@@ -222,7 +234,7 @@ class ConditioningTable:
             return
         if condition.shape[:1] != timestep.shape or torch.is_autocast_enabled() or is_aux_call(kwargs):
             return
-        step = self._steps.get(float(timestep[0]))
+        step, planned_view = self._planned_step(timestep)
         if step is None:
             return
         dtype = hidden_input(args, kwargs).dtype
@@ -230,7 +242,7 @@ class ConditioningTable:
         window = self.window
         if window is not None and (window.dtype, window.versions) != (dtype, versions):
             window = self.window = None  # weights edited in place, or another dtype: stale
-        offset = None if window is None else window.offset(step, timestep, condition)
+        offset = None if window is None else window.offset(step, timestep, condition, planned_view)
         if offset is None:
             if window is not None and window.covers(step):
                 # a covered step with other rows: calls alternate batches (separate cond / uncond calls)
@@ -241,6 +253,26 @@ class ConditioningTable:
             window = self.window = self._build(step, timestep, condition, dtype, versions)
             offset = 0
         self.current = (window, offset)
+
+    def _planned_step(self, timestep: torch.Tensor) -> tuple[int | None, bool]:
+        """The planned step of a call's timesteps, and whether they are a view of the planned tensor.
+
+        Pipelines pass ``t.expand(B)`` of an element of ``scheduler.timesteps``: then the step is
+        where the view points, found without reading the (possibly CUDA) tensor. Otherwise the
+        value of the first row is looked up (rows are checked against the window later).
+        """
+        planned = self.planned
+        if (
+            timestep.stride() == (0,)
+            and timestep.dtype == planned.dtype
+            and timestep.device == planned.device
+            and timestep.untyped_storage().data_ptr() == planned.untyped_storage().data_ptr()
+            and planned._version == self._planned_version
+        ):
+            step, rest = divmod(timestep.storage_offset() - planned.storage_offset(), planned.stride(0))
+            if not rest and 0 <= step < planned.numel():
+                return step, True
+        return self._steps.get(float(timestep[0])), False
 
     def _build(self, step: int, timestep: torch.Tensor, condition: torch.Tensor, dtype: torch.dtype,
                versions: tuple[int, ...]) -> _Window:
@@ -254,7 +286,7 @@ class ConditioningTable:
         values = self.family.compute(times.reshape(-1), repeated, dtype)  # `current` is None: hooks pass through
         self.builds += 1
         return _Window(
-            step, times, condition.clone(), dtype, versions,
+            step, times, condition.clone(), condition, condition._version, dtype, versions,
             {name: value.view(count, rows, *value.shape[1:]) for name, value in values.items()},
         )
 

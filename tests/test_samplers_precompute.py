@@ -182,6 +182,47 @@ def test_weight_change_rebuilds():
     assert_close([got], [want])
 
 
+def test_planned_step_from_views_and_values():
+    model, scheduler = tiny_studio_dit(), DDIMScheduler()
+    handle = samplers.apply((model, scheduler), samplers.FORAConfig(cache_interval=2))
+    table = handle.controller.table
+    scheduler.set_timesteps(5)
+    timesteps = scheduler.timesteps
+    assert table._planned_step(timesteps[3].expand(4)) == (3, True)  # a view: no read of the tensor
+    assert table._planned_step(timesteps[3].expand(4).clone()) == (3, False)  # a copy: looked up by value
+    assert table._planned_step(torch.full((4,), 7)) == (None, False)
+    timesteps.add_(0)  # an in-place edit of the plan: views are no longer trusted
+    assert table._planned_step(timesteps[3].expand(4)) == (3, False)
+    handle.remove()
+
+
+def test_condition_edited_in_place_is_not_served_stale():
+    """Pipelines pass the same label tensor every step; an in-place edit must not reuse old rows."""
+    model = tiny_studio_dit()
+
+    def loop(scheduler):
+        x, labels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
+        scheduler.set_timesteps(4)
+        outs = []
+        with torch.no_grad():
+            for k, t in enumerate(scheduler.timesteps):
+                if k == 2:
+                    labels[0] = 3
+                outs.append(model(x, timestep=t.expand(2), class_labels=labels).sample)
+                x = scheduler.step(outs[-1], t, x).prev_sample
+        return outs
+
+    scheduler = DDIMScheduler()
+    handles = apply_specs((model, scheduler), "ras:ratio=0.5", precompute=False)
+    want = loop(scheduler)
+    remove_all(handles)
+    scheduler = DDIMScheduler()
+    handles = apply_specs((model, scheduler), "ras:ratio=0.5")
+    got = loop(scheduler)
+    remove_all(handles)
+    assert_close(got, want)
+
+
 def test_unplanned_grad_and_train_calls_use_the_stock_modules():
     model, scheduler = tiny_studio_dit(), DDIMScheduler()
     handle = samplers.apply((model, scheduler), samplers.FORAConfig(cache_interval=2))
