@@ -177,15 +177,28 @@ def launch_fsdp(run: Path, steps: int, *extra: str) -> None:
     assert result.returncode == 0, "\n".join(errors[:20]) + "\n...\n" + result.stderr[-1000:]
 
 
+def assert_close_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
+    """Equal to float32 round-off: a different reduction order (FSDP's reduce-scatter, another
+    machine's kernels) moves a few ulps through 4 AdamW steps; bits are not promised."""
+    assert a.keys() == b.keys(), what
+    for key, value in a.items():
+        torch.testing.assert_close(value, b[key], rtol=1e-5, atol=1e-7, msg=f"{what} {key}")
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory) -> Path:
+    """A 4-step, 2-process FSDP2 DiT run with checkpoints at steps 2 and 4."""
+    run = tmp_path_factory.mktemp("fsdp") / "full"
+    launch_fsdp(run, 4)
+    return run
+
+
 @pytest.mark.slow
-def test_fsdp_resume_equals_an_uninterrupted_fsdp_run_and_the_export_samples(tmp_path):
-    """Two FSDP2 processes: 4 steps in one go vs resumed at step 2 from that run's checkpoint.
-    FSDP's sharded reductions need not be bit-identical to another layout, so states are compared
-    to float32 round-off (a few ulps through 4 AdamW steps), not bit for bit."""
-    launch_fsdp(tmp_path / "full", 4)
-    resume = tmp_path / "full" / "checkpoints" / "checkpoint-2"
+def test_fsdp_resume_equals_an_uninterrupted_fsdp_run_and_the_export_samples(fsdp_run, tmp_path):
+    """Two FSDP2 processes: 4 steps in one go vs resumed at step 2 from that run's checkpoint."""
+    resume = fsdp_run / "checkpoints" / "checkpoint-2"
     launch_fsdp(tmp_path / "split", 4, f"resume_from_checkpoint={resume}")
-    full = read_checkpoint(tmp_path / "full" / "checkpoints" / "checkpoint-4")
+    full = read_checkpoint(fsdp_run / "checkpoints" / "checkpoint-4")
     split = read_checkpoint(tmp_path / "split" / "checkpoints" / "checkpoint-4")
     assert full["num_processes"] == 2 and split["extras"]["progress"]["step"] == 4
     assert full["extras"]["stream"] == split["extras"]["stream"]
@@ -197,9 +210,7 @@ def test_fsdp_resume_equals_an_uninterrupted_fsdp_run_and_the_export_samples(tmp
              "adam": ({k: v["exp_avg_sq"] for k, v in full["optimizers"]["transformer"]["state"].items()},
                       {k: v["exp_avg_sq"] for k, v in split["optimizers"]["transformer"]["state"].items()})}
     for name, (a, b) in pairs.items():
-        assert a.keys() == b.keys(), name
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7, msg=f"{name} {key}")
+        assert_close_states(a, b, name)
     at_2 = read_checkpoint(resume)
     for before, after in ((at_2["models"]["transformer"], weights),  # steps 3-4 really trained ...
                           (at_2["extras"]["ema.transformer"]["shadow"], full["extras"]["ema.transformer"]["shadow"])):
@@ -210,3 +221,25 @@ def test_fsdp_resume_equals_an_uninterrupted_fsdp_run_and_the_export_samples(tmp
     assert all(torch.equal(v, shadow[k]) for k, v in pipe.transformer.state_dict().items())  # export = EMA
     images = np.asarray(pipe(class_labels=[1, 2], num_inference_steps=2, output_type="np").images)
     assert images.shape == (2, 16, 16, 1) and np.isfinite(images).all()
+
+
+@pytest.mark.slow
+def test_fsdp_trains_what_ddp_trains(fsdp_run, tmp_path):
+    """The same 4 steps under DDP: weights, EMA and AdamW moments agree with the FSDP run (sharding
+    changes where states live, not what is computed). DDP keys optimizer state by position, FSDP by
+    name; the saved param_groups give the pairing."""
+    from tests.test_cli import REPO, _launch
+
+    result = _launch("train", "dit", "--preset", "mnist-tiny", "--max-steps", "4", "--output-dir",
+                     str(tmp_path / "ddp"), "--checkpointing-steps", "4", *TINY_DIT_OVERRIDES, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    fsdp = read_checkpoint(fsdp_run / "checkpoints" / "checkpoint-4")
+    ddp = read_checkpoint(tmp_path / "ddp" / "checkpoints" / "checkpoint-4")
+    assert_close_states(fsdp["models"]["transformer"], ddp["models"]["transformer"], "weights")
+    assert_close_states(fsdp["extras"]["ema.transformer"]["shadow"], ddp["extras"]["ema.transformer"]["shadow"], "ema")
+    by_name, by_position = fsdp["optimizers"]["transformer"], ddp["optimizers"]["transformer"]
+    pairs = list(zip(by_name["param_groups"][0]["params"], by_position["param_groups"][0]["params"]))
+    assert len(pairs) == len(by_name["state"]) == len(by_position["state"])
+    for moment in ("exp_avg", "exp_avg_sq"):
+        assert_close_states({n: by_name["state"][n][moment] for n, _ in pairs},
+                            {n: by_position["state"][i][moment] for n, i in pairs}, moment)
