@@ -4,7 +4,8 @@ FSDP splits every parameter and optimizer state across the processes. Training c
 (`training.checkpoint`) store whole, unsharded states, and the EMA shadows and the exported
 pipeline need whole networks, so this module gathers full states with
 `torch.distributed.checkpoint.state_dict` (``full_state_dict=True``) and scatters them back on
-resume. The same calls serve FSDP1 (``FullyShardedDataParallel``) and FSDP2 (``fully_shard``).
+resume. torch documents these calls for FSDP1 (``FullyShardedDataParallel``) and FSDP2
+(``fully_shard``) alike; only FSDP2 can run (and is tested) on a CPU-only machine.
 
 accelerate turns FSDP on only for accelerator devices; on a CPU-only multi-process launch it
 silently falls back to DDP. torch's FSDP2 runs on CPU with the gloo backend (FSDP1 does not:
