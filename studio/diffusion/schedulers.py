@@ -29,9 +29,16 @@ def scheduler_names() -> list[str]:
     return sorted(SCHEDULER_ALIASES)
 
 
+#: variance types that read a second, learned half of the model output
+LEARNED_VARIANCES = ("learned", "learned_range")
+
+
 def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     """Build scheduler ``name`` from another scheduler's config (same betas, same training T).
 
+    Pipelines hand diffusers schedulers the ε (or v) half of the model output only, so a learned
+    variance type in ``base_config`` (an ADM training scheduler's ``learned_range``) becomes
+    ``fixed_small``: left as it is, `DDPMScheduler.step` finds no variance half and fails on None.
     Raises `ConfigError` naming the choices for an unknown name.
     """
     class_name = SCHEDULER_ALIASES.get(name.lower(), name)
@@ -39,7 +46,10 @@ def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     if cls is None or not class_name.endswith("Scheduler"):
         raise ConfigError(f"unknown scheduler {name!r}; choose one of {', '.join(scheduler_names())} "
                           "or a diffusers scheduler class name")
-    return cls.from_config(base_config)
+    config = dict(base_config)
+    if config.get("variance_type") in LEARNED_VARIANCES:
+        config["variance_type"] = "fixed_small"
+    return cls.from_config(config)
 
 
 def scheduler_name(scheduler: Any) -> str:

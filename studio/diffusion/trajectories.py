@@ -145,6 +145,32 @@ class Teacher:
         return out
 
 
+def teacher_scheduler(config: Any) -> DDIMScheduler:
+    """The recorder's DDIM over a training scheduler's diffusion: same T, β schedule and prediction type,
+    every sample-space option set here rather than inherited.
+
+    A training `DDPMScheduler` config carries ``clip_sample=True``; diffusers' DDIM then clamps x̂_0 but
+    keeps the model's ε (for ε-prediction), so each clamped step leaves x_t off the path that x̂_0 and ε
+    describe. Under CFG 3 that inherited clamp cost the adm-mnist teacher most of its class accuracy
+    (about 10% instead of 65%). The probability-flow path DSNO learns is the unclamped one (η = 0,
+    ``leading`` spacing, whose first step is not the degenerate t = T − 1 of the cosine schedule).
+    """
+    return DDIMScheduler(
+        num_train_timesteps=int(config["num_train_timesteps"]),
+        beta_start=float(config.get("beta_start", 1e-4)),
+        beta_end=float(config.get("beta_end", 0.02)),
+        beta_schedule=str(config.get("beta_schedule", "linear")),
+        trained_betas=config.get("trained_betas"),
+        prediction_type=str(config.get("prediction_type", "epsilon")),
+        clip_sample=False,
+        thresholding=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        timestep_spacing="leading",
+        rescale_betas_zero_snr=bool(config.get("rescale_betas_zero_snr", False)),
+    )
+
+
 def teacher_from_pipeline(pipe: Any, name: str = "") -> Teacher:
     """The UNet, DDIM schedule and class set of a loaded diffusion pipeline (e.g. a studio ADM checkpoint)."""
     from diffusers import UNet2DConditionModel, UNet2DModel
@@ -156,7 +182,7 @@ def teacher_from_pipeline(pipe: Any, name: str = "") -> Teacher:
             isinstance(m, UNet2DConditionModel) for m in pipe.components.values()) else ""
         raise CheckpointError(f"DSNO needs a teacher with a UNet2DModel; {name or type(pipe).__name__} has {kinds}{hint}")
     unet = unets[0].eval()
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler = teacher_scheduler(pipe.scheduler.config)
     embeds = int(unet.config.get("num_class_embeds") or 0)
     num_classes = int(getattr(pipe, "num_classes", embeds) or 0)
     null_class = num_classes if num_classes and embeds == num_classes + 1 else None

@@ -1,0 +1,156 @@
+"""No sampler a user can pick turns a seed into a noise image, and the detector that checks it.
+
+The sampler tests run the shipped adm-mnist (and controlnet-mnist, its ControlNet) over seeds 0..39
+and 2000 with every scheduler the CLI and the app offer, at few steps (the failures this guards
+against appear at any step count), on one thread.
+
+Known defect, kept visible as strict xfails: adm-mnist's deterministic samplers (DDIM at eta 0 and
+every diffusers ODE solver) leave noise fields on about 1 seed in 5, the same seeds whatever the
+solver, the step count (10, 20, 50), the CFG or classifier scale and clip_sample. The checkpoint's
+eps under-estimates the noise at high noise levels (per-step eps std 0.9-0.97 where the initial
+noise has 1.0), so an eta-0 path keeps noise the model then reads as signal; samplers that
+re-inject noise (DDPM, DDIM eta 1, Euler ancestral) recover from it. Scaling eps by 1/0.9
+removes the noise fields but greys the backgrounds: the fix belongs in the checkpoint (longer
+training), not in a sampler. When a retrained adm-mnist passes, these xfails fail and must go.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from studio.diffusion.schedulers import scheduler_names
+from studio.errors import MetricError
+from studio.hub import SHIPPED_DIR, load_pipeline
+from studio.metrics.failures import FailureThresholds, border_mask, failure_flags, failure_summary
+
+SEEDS = [*range(40), 2000]
+STEPS = 10
+STOCHASTIC = {"ddpm", "euler_a"}  # plus ADM's ddim at eta 1, below
+ODE_DEFECT = pytest.mark.xfail(strict=True, raises=AssertionError, reason="adm-mnist's eta-0 path leaves noise fields on ~1 seed in 5 "
+                               "(checkpoint defect, see the module docstring)")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def uint8(images: torch.Tensor) -> np.ndarray:
+    """Pipeline ``pt`` output in [0, 1] -> uint8 (N, C, H, W)."""
+    return (images * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def noise_images(images: np.ndarray) -> list[int]:
+    """Indices of noise fields, flooded backgrounds and blanks (legibility is a quality question, not this one)."""
+    flags = failure_flags(images)
+    return [int(i) for i in np.where(flags["noise"] | flags["flooded"] | flags["blank"])[0]]
+
+
+# ---------------------------------------------------------------------------------------------- detector
+def mnist_digits(count: int, labels: bool = False):
+    """The first ``count`` MNIST validation digits, uint8 (N, 1, 28, 28) (and their labels)."""
+    from studio.metrics.reference import load_reference
+
+    held_out = load_reference("mnist", "val", 28, 1).images
+    digits = np.asarray(held_out.images[:count])
+    return (digits, np.asarray(held_out.class_labels[:count]).tolist()) if labels else digits
+
+
+def test_detector_passes_real_digits_and_flags_each_failure_kind():
+    digits = mnist_digits(2000)
+    assert failure_summary(digits)["failed"] == 0.0
+    rng = np.random.default_rng(0)
+    clean = digits[:4].copy()
+    noisy = np.clip(clean.astype(int) + rng.normal(0, 60, clean.shape).clip(0), 0, 255).astype(np.uint8)
+    flooded = np.maximum(clean, 120).astype(np.uint8)
+    blank = np.zeros_like(clean)
+    flags = failure_flags(np.concatenate([clean, noisy, flooded, blank]))
+    assert flags["noise"].tolist() == [False] * 4 + [True] * 4 + [False] * 8
+    assert flags["flooded"].tolist() == [False] * 4 + [False] * 4 + [True] * 4 + [False] * 4
+    assert flags["blank"].tolist() == [False] * 12 + [True] * 4
+    assert flags["failed"].tolist() == [False] * 4 + [True] * 12
+
+
+def test_judge_confidence_flags_unreadable_images_only_with_logits():
+    digits = mnist_digits(3)
+    confident = np.eye(3, 10) * 10.0
+    uniform = np.zeros((3, 10))  # top probability 0.1: the judge reads no digit
+    assert not failure_flags(digits, confident)["failed"].any()
+    assert failure_flags(digits, uniform)["unsure"].all()
+    assert not failure_flags(digits)["unsure"].any()
+    assert failure_summary(digits, uniform) == {"failed_noise": 0.0, "failed_flooded": 0.0, "failed_blank": 0.0,
+                                                "failed_unsure": 1.0, "failed": 1.0}
+    just_readable = np.log(np.array([[FailureThresholds().unsure + 0.01] + [0.69 / 9] * 9] * 3))
+    assert not failure_flags(digits, just_readable)["unsure"].any()
+
+
+def test_border_ring_scales_with_image_size():
+    assert border_mask(28).sum() == 28 * 28 - 20 * 20
+    assert border_mask(56).sum() == 56 * 56 - 40 * 40
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((2, 28, 28), dtype=np.uint8), "uint8 images"),
+    (np.zeros((2, 1, 28, 28), dtype=np.float32), "uint8 images"),
+    (np.zeros((2, 1, 28, 20), dtype=np.uint8), "square images"),
+])
+def test_detector_refuses_bad_input(bad, message):
+    with pytest.raises(MetricError, match=message):
+        failure_flags(bad)
+
+
+def test_detector_refuses_logits_of_another_batch():
+    with pytest.raises(MetricError, match="logits"):
+        failure_flags(mnist_digits(3), np.zeros((2, 10)))
+
+
+# ---------------------------------------------------------------------------------------------- samplers
+@pytest.fixture(scope="module")
+def adm():
+    if not (SHIPPED_DIR / "adm-mnist").is_dir():
+        pytest.skip("adm-mnist is not shipped")
+    pipe = load_pipeline("adm-mnist", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample(pipe, **kwargs) -> np.ndarray:
+    labels = [seed % 10 for seed in SEEDS]
+    return uint8(pipe(class_labels=labels, seed=SEEDS, num_inference_steps=STEPS, output_type="pt", **kwargs).images)
+
+
+def scheduler_cases():
+    names = [name for name in scheduler_names() if name != "dpm++2m"]  # an alias of dpm++
+    return [pytest.param(name, marks=() if name in STOCHASTIC else ODE_DEFECT) for name in names]
+
+
+@pytest.mark.parametrize("scheduler", scheduler_cases())
+def test_no_scheduler_turns_a_seed_into_noise_on_adm_mnist(adm, scheduler):
+    assert noise_images(sample(adm, scheduler=scheduler)) == []
+
+
+def test_ddim_with_noise_and_classifier_guided_ddpm_make_no_noise_images(adm):
+    assert noise_images(sample(adm, scheduler="ddim", eta=1.0)) == []
+    assert noise_images(sample(adm, scheduler="ddpm", classifier_scale=3.0)) == []
+
+
+@ODE_DEFECT
+def test_classifier_guided_ddim_makes_no_noise_images(adm):
+    assert noise_images(sample(adm, scheduler="ddim", classifier_scale=3.0)) == []
+
+
+@ODE_DEFECT
+def test_controlnet_mnist_at_its_ddim_default_makes_no_noise_images():
+    if not (SHIPPED_DIR / "controlnet-mnist").is_dir():
+        pytest.skip("controlnet-mnist is not shipped")
+    pipe = load_pipeline("controlnet-mnist", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    digits, labels = mnist_digits(len(SEEDS), labels=True)
+    images = pipe(control_image=list(digits[:, 0]), class_labels=labels, seed=SEEDS,
+                  num_inference_steps=STEPS, output_type="pt").images
+    assert noise_images(uint8(images)) == []
