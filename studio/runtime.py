@@ -28,11 +28,11 @@ def resolve_device(name: str | None = None) -> torch.device:
 def xformers_unavailable_reason() -> str | None:
     """Why xformers cannot be used here, or None if it can."""
     if not torch.cuda.is_available():
-        return "xformers attention needs a CUDA GPU and none is available; using PyTorch SDPA"
+        return "xformers attention needs a CUDA GPU and none is available (use --attention sdpa)"
     try:
         import xformers  # noqa: F401
     except ImportError:
-        return "xformers is not installed (pip install 'studio[gpu]'); using PyTorch SDPA"
+        return "xformers is not installed (pip install 'studio[gpu]', or use --attention sdpa)"
     return None
 
 

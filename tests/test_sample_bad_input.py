@@ -121,6 +121,9 @@ SAMPLE_ROWS = [
     ("dit-mnist", ["--out", "/proc/studio-samples"], ["cannot create the output folder /proc/studio-samples"]),
     ("dit-mnist", ["--out", "{read_only}"], ["is not writable"]),
     ("dsno-mnist", ["--out", "{read_only}"], ["is not writable"]),
+    # a negative DDIM eta (the ADM pipelines refused it, DiT drew with it), xformers without CUDA (said "using SDPA")
+    ("dit-mnist", ["--eta", "-1", "--scheduler", "ddim"], ["eta must be >= 0, got -1.0"]),
+    *[(model, ["--attention", "xformers"], ["use --attention sdpa"]) for model in ("dit-mnist", "adm-mnist")],
     # counts, named by their flag and refused before the model loads
     ("dit-mnist", ["--num-images", "0"], ["--num-images must be at least 1, got 0"]),
     ("dit-mnist", ["--num-images", "-3"], ["--num-images must be at least 1, got -3"]),

@@ -16,6 +16,7 @@ from diffusers import DiffusionPipeline, DiTTransformer2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 from studio.diffusion.schedulers import make_scheduler, scheduler_name
+from studio.errors import StudioError
 from studio.models.dit import disable_internal_label_dropout, null_class
 from studio.pipelines.base import (
     StudioPipelineMixin,
@@ -77,6 +78,8 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
         started = time.perf_counter()
         check_steps(num_inference_steps, self.scheduler.config.num_train_timesteps)
         check_finite(guidance_scale=guidance_scale, eta=eta)
+        if eta < 0:  # as the ADM pipeline: DDIM's eta scales a standard deviation
+            raise StudioError(f"eta must be >= 0, got {eta}")
         device, dtype = self._execution_device, self.transformer.dtype
         plan = self.begin_call(num_images, class_labels, seed, device)
         sampler = make_scheduler(scheduler, self.scheduler.config) if scheduler else self.scheduler
