@@ -1,6 +1,6 @@
 """Benchmark the fast-sampling plugins against the plain sampler and diffusers' cache hooks.
 
-Protocol (spec fora_ras.md §3.3): one process, one model object, same scheduler (DDIM), steps,
+Protocol: one process, one model object, same scheduler (DDIM), steps,
 guidance and seeds for every method; each method is applied to and removed from the same
 pipeline. Pass 1 (untimed warm-up) runs every method once and keeps its images, plugin stats and
 the attention/MLP work it did; then ``--repeats`` timed rounds run all methods round-robin, so

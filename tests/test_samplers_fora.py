@@ -117,7 +117,7 @@ def test_refresh_steps_exact_and_reuse_keeps_gates_live():
 
 
 def test_matches_taylorseer_order_zero():
-    """Peer cross-check (spec §1.9-3): FORA N=2 start-anchored == TaylorSeer order 0 on attn1 + ff."""
+    """Peer cross-check: FORA N=2 start-anchored == TaylorSeer order 0 on attn1 + ff."""
     fora_model, peer_model = tiny_studio_dit(), tiny_studio_dit()
     handle = apply_fora(fora_model, FORAConfig(cache_interval=2, anchor="start", num_inference_steps=6))
     apply_taylorseer_cache(
