@@ -99,6 +99,9 @@ SAMPLE_ROWS = [
     ("biggan-mnist", ["--truncation", "inf"], ["truncation must be a finite number, got inf"]),
     ("sagan-mnist", ["--truncation", "nan"], ["truncation must be a finite number"]),
     ("sagan-mnist", ["--truncation", "inf"], ["truncation must be a finite number"]),
+    # a tiny positive truncation drew latents by rejection for minutes (about 1.25 / threshold draws each)
+    ("biggan-mnist", ["--truncation", "1e-6"], ["truncation threshold 1e-06 is too small", "use 0 for z = 0"]),
+    ("sagan-mnist", ["--truncation", "0.001"], ["truncation threshold 0.001 is too small"]),
     # seeds outside the generator's 0..2^64-1 (overflowed with a traceback; -1 aliased 2^64-1)
     *[(model, ["--seed", HUGE_SEED], [f"seed must lie in 0..{2**64 - 1}", HUGE_SEED])
       for model in ("dit-mnist", "adm-mnist", "controlnet-mnist", "score-mnist", "dsno-mnist", "biggan-mnist",
