@@ -167,7 +167,6 @@ def launch_fsdp(run: Path, steps: int, *extra: str) -> None:
 
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--use_fsdp", "--fsdp_version", "2",
-               "--fsdp_sync_module_states", "false", "--fsdp_cpu_ram_efficient_loading", "false",
                "--main_process_port", str(_free_port()), "-m", "studio.cli", "train", "dit", "--preset", "mnist-tiny",
                "--max-steps", str(steps), "--output-dir", str(run), "--checkpointing-steps", "2",
                *TINY_DIT_OVERRIDES, *extra]
