@@ -278,12 +278,13 @@ def run_bench(args: argparse.Namespace) -> int:
         where = f"known: {', '.join(names)}" if names else f"no bench/ folder next to the package ({BENCH_DIR})"
         raise StudioError(f"unknown benchmark {args.name!r} ({where})")
     script = BENCH_DIR / f"{args.name}.py"
-    saved_argv = sys.argv
+    saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [str(script), *args.arguments]
+    sys.path.insert(0, str(BENCH_DIR))  # as `python bench/NAME.py` would: scripts import their helpers (report)
     try:
         runpy.run_path(str(script), run_name="__main__")
     finally:
-        sys.argv = saved_argv
+        sys.argv, sys.path[:] = saved_argv, saved_path
     return 0
 
 

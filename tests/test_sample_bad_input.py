@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from studio.cli import main
+from studio.cli import bench_names, main
 from studio.errors import StudioError
 from studio.hub import load_pipeline
 from studio.pipelines.batch import SETTINGS_FILE, missing_batches, sample_to_folder
@@ -268,6 +268,17 @@ def test_planning_a_billion_images_allocates_nothing_per_image():
     assert peak < 100_000
 
 
+@pytest.mark.parametrize("num_processes", [1, 2, 3])
+def test_process_shares_are_disjoint_cover_the_missing_images_and_match_the_bar_totals(num_processes):
+    from studio.pipelines.batch import _share
+
+    present = {0, 3, 4, 9}
+    shares = [[i for batch in missing_batches(23, present, 4, p, num_processes) for i in batch]
+              for p in range(num_processes)]
+    assert sorted(i for share in shares for i in share) == [i for i in range(23) if i not in present]
+    assert [len(share) for share in shares] == [_share(19, 4, p, num_processes) for p in range(num_processes)]
+
+
 class Stop(Exception):
     pass
 
@@ -345,3 +356,12 @@ def test_a_broken_run_is_listed_as_unreadable_and_breaks_no_other_lookup(broken,
     code, stdout, err = run(["sample", "dit-mnist", "--num-images", "1", "--steps", "1", "--out",
                              str(tmp_path / "o")], capsys)
     assert code == 0, err
+
+
+# ------------------------------------------------------------------------------------------ bench
+@pytest.mark.parametrize("name", bench_names())
+def test_every_benchmark_prints_its_help_through_studio_bench(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse of bench/NAME.py itself
+        main(["bench", name, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
