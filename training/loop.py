@@ -277,6 +277,12 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
         out_of_time = (budget_s > 0 and time.perf_counter() - session_start >= budget_s) or bool(
             should_stop and should_stop())
+        if accelerator.num_processes > 1:
+            # every process must agree: saving a checkpoint is collective, so one process stopping
+            # on its own clock while the others train on would hang the run
+            if out_of_time:
+                accelerator.set_trigger()
+            out_of_time = accelerator.check_trigger()
         if step % config.checkpointing_steps == 0 or step == config.max_steps or out_of_time:
             save_checkpoint(accelerator, checkpoints, step, config.checkpoints_total_limit, state)
             last_saved = step
