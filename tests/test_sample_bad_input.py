@@ -127,6 +127,12 @@ SAMPLE_ROWS = [
     # a negative DDIM eta (the ADM pipelines refused it, DiT drew with it), xformers without CUDA (said "using SDPA")
     ("dit-mnist", ["--eta", "-1", "--scheduler", "ddim"], ["eta must be >= 0, got -1.0"]),
     *[(model, ["--attention", "xformers"], ["use --attention sdpa"]) for model in ("dit-mnist", "adm-mnist")],
+    # eta with a sampler that ignores it (recorded, no effect)
+    ("dit-mnist", ["--eta", "0.5"], ["eta=0.5 has no effect with the DDPMScheduler sampler"]),
+    ("dit-mnist", ["--eta", "0.5", "--scheduler", "dpm++"], ["eta=0.5 has no effect"]),
+    ("adm-mnist", ["--eta", "0.3", "--scheduler", "ddpm"], ["eta=0.3 has no effect with the ddpm sampler"]),
+    ("adm-mnist", ["--eta", "0.3", "--scheduler", "euler"], ["eta=0.3 has no effect"]),
+    ("controlnet-mnist", ["--eta", "0.3", "--scheduler", "ddpm"], ["eta=0.3 has no effect with the ddpm sampler"]),
     # counts, named by their flag and refused before the model loads
     ("dit-mnist", ["--num-images", "0"], ["--num-images must be at least 1, got 0"]),
     ("dit-mnist", ["--num-images", "-3"], ["--num-images must be at least 1, got -3"]),
@@ -164,7 +170,7 @@ RESUME_ROWS = [  # (folder made by, model asked, flags, the field the error name
     ("dit-mnist", "dit-mnist", ["--steps", "3"], "num_inference_steps=2"),
     ("dit-mnist", "dit-mnist", ["--guidance-scale", "2"], "guidance_scale=4.0"),
     ("dit-mnist", "dit-mnist", ["--scheduler", "ddim"], "scheduler=None"),
-    ("dit-mnist", "dit-mnist", ["--eta", "0.5"], "eta=0.0"),
+    ("dit-mnist", "dit-mnist", ["--eta", "0.5", "--scheduler", "ddim"], "eta=0.0"),
     ("dit-mnist", "dit-mnist", ["--seed", "1"], "seed=0"),
     ("dit-mnist", "dit-mnist", ["--class-labels", "3"], "class_labels=None"),
     ("dit-mnist", "dit-mnist", ["--plugin", "fora:interval=2"], "plugins={}"),

@@ -31,6 +31,7 @@ from studio.models.adm import NoisyClassifier, null_class
 from studio.pipelines.base import (
     StudioPipelineMixin,
     StudioPipelineOutput,
+    check_eta_applies,
     check_finite,
     check_scheduler_steps,
 )
@@ -94,6 +95,7 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
         plan = self.begin_call(num_images, class_labels, seed, device)
         sampler = self._sampler(scheduler, eta, classifier_scale)
         check_scheduler_steps(sampler, num_inference_steps)
+        check_eta_applies(sampler, eta)
         generators, labels = plan.generators, plan.labels
 
         # 1. initial noise, one generator per image

@@ -12,6 +12,7 @@ the denoising loop also have ``bind_scheduler(s)`` / ``unbind_scheduler(s)``, ca
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import time
@@ -76,6 +77,20 @@ def check_scheduler_steps(scheduler: Any, steps: int) -> None:
     if type(scheduler).__name__ == "PNDMScheduler" and not scheduler.config.skip_prk_steps and steps < order:
         raise StudioError(f"the pndm scheduler needs at least {order} steps (its Runge-Kutta warm-up takes {order}), "
                           f"got {steps}")
+
+
+def check_eta_applies(scheduler: Any, eta: float) -> None:
+    """Refuse a nonzero ``eta`` for a sampler that ignores it: it would be recorded but change nothing.
+
+    Only DDIM takes eta (studio's ADM sampler of kind ``ddim``, or a scheduler whose ``step`` has it).
+    """
+    if not eta:
+        return
+    kind = getattr(scheduler, "kind", None)  # studio's ADM sampler: "ddpm" or "ddim"
+    takes_eta = kind == "ddim" if kind is not None else "eta" in inspect.signature(scheduler.step).parameters
+    if not takes_eta:
+        raise StudioError(f"eta={eta} has no effect with the {kind or type(scheduler).__name__} sampler (only DDIM "
+                          "takes eta); leave it at 0 or use scheduler ddim")
 
 
 def check_seed_range(seed: Any, count: int = 1) -> int:

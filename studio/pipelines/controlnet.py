@@ -28,7 +28,7 @@ from studio.errors import StudioError
 from studio.models.adm import null_class
 from studio.models.controlnet import ADMConditionUNet, ADMControlNetModel
 from studio.pipelines.adm import StudioADMPipeline
-from studio.pipelines.base import StudioPipelineOutput, check_finite, check_scheduler_steps
+from studio.pipelines.base import StudioPipelineOutput, check_eta_applies, check_finite, check_scheduler_steps
 from studio.pipelines.invariance import batch_invariant
 from studio.pipelines.record import GenerationRecord
 
@@ -161,6 +161,7 @@ class StudioControlNetPipeline(StudioADMPipeline):
         maps = maps[[i % len(maps) for i in range(plan.num_images)]]
         sampler = self._sampler(scheduler, eta, 0.0)
         check_scheduler_steps(sampler, num_inference_steps)
+        check_eta_applies(sampler, eta)
         channels, size = self.unet.config.in_channels, self.unet.config.sample_size
         sample = randn_tensor((plan.num_images, channels, size, size), generator=plan.generators, device=device,
                               dtype=dtype)

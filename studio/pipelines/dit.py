@@ -21,6 +21,7 @@ from studio.models.dit import disable_internal_label_dropout, null_class
 from studio.pipelines.base import (
     StudioPipelineMixin,
     StudioPipelineOutput,
+    check_eta_applies,
     check_finite,
     check_scheduler_steps,
     check_steps,
@@ -84,6 +85,7 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
         plan = self.begin_call(num_images, class_labels, seed, device)
         sampler = make_scheduler(scheduler, self.scheduler.config) if scheduler else self.scheduler
         check_scheduler_steps(sampler, num_inference_steps)
+        check_eta_applies(sampler, eta)
         generators = plan.generators
 
         # 1. initial noise, one generator per image
