@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.test_app_service import DIT, GAN, one_thread  # noqa: F401 (fixture)
+from tests.test_app_service import ADM, CONTROLNET, DIT, GAN, one_thread  # noqa: F401 (fixture)
 from tests.test_app_ui import running_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -90,11 +90,75 @@ def test_controls_follow_the_selected_models_family(page):
     steps = page.get_by_role("spinbutton", name="number input for Steps")
     truncation = page.get_by_role("spinbutton", name="number input for Truncation")
     fora_note = page.get_by_text("fora is not available for this model")
+    fora_setting = page.get_by_label("fora: cache_interval")
     pick_model(page, DIT)
     sync_api.expect(steps).to_be_visible()
     sync_api.expect(truncation).to_be_hidden()
     sync_api.expect(fora_note).to_be_hidden()
+    sync_api.expect(fora_setting).to_be_visible()
     pick_model(page, GAN)
     sync_api.expect(truncation).to_be_visible()
     sync_api.expect(steps).to_be_hidden()
     sync_api.expect(fora_note).to_be_visible()
+    sync_api.expect(fora_setting).to_be_hidden()  # settings of plugins that do not apply are not shown
+    pick_model(page, DIT)
+
+
+def error_overlays(page):
+    """Gradio's per-component error status ("Error" over a component whose event failed)."""
+    return page.get_by_text("Error", exact=True)
+
+
+def test_a_missing_model_path_gives_one_message_and_the_controls_stay_usable(page):
+    model = page.get_by_role("combobox", name="Model")
+    model.fill("/tmp/does-not-exist")
+    model.press("Enter")
+    sync_api.expect(page.get_by_text("Could not load /tmp/does-not-exist")).to_be_visible()
+    sync_api.expect(error_overlays(page)).to_have_count(0)
+    pick_model(page, DIT)
+    sync_api.expect(page.get_by_text("Could not load")).to_be_hidden()
+    generate_with_seed(page, 5)
+
+
+def test_history_survives_a_page_reload(page):
+    generate_with_seed(page, 31)
+    page.reload()
+    sync_api.expect(page.get_by_role("img", name=re.compile(r"· seed 31 ·")).first).to_be_visible()
+
+
+def test_a_failed_or_stopped_run_does_not_show_the_previous_results(page):
+    generate_with_seed(page, 41)
+    timing = page.get_by_text(re.compile(r"images? in [\d.]+ s"))
+    sync_api.expect(timing).to_be_visible()
+    specs = page.get_by_label("Plugin specs")
+    specs.fill("nope:x=1")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    sync_api.expect(page.get_by_text("unknown plugin 'nope'").first).to_be_visible()
+    sync_api.expect(page.get_by_role("img", name="seed 41 · class 0", exact=True)).to_have_count(0)
+    sync_api.expect(timing).to_have_count(0)
+    specs.fill("")
+    generate_with_seed(page, 42)
+    page.get_by_role("spinbutton", name="number input for Steps").fill("250")
+    page.get_by_role("spinbutton", name="number input for Batch size").fill("16")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.get_by_role("button", name="Stop", exact=True).first.click()
+    sync_api.expect(page.get_by_role("img", name="seed 42 · class 0", exact=True)).to_have_count(0)
+    sync_api.expect(timing).to_have_count(0)
+    page.get_by_role("spinbutton", name="number input for Steps").fill("3")
+    page.get_by_role("spinbutton", name="number input for Batch size").fill("4")
+
+
+def test_plugin_help_renders_code_spans_not_backticks(page):
+    pick_model(page, ADM)
+    page.get_by_text("more encprop settings").click()
+    keys_help = page.get_by_text(re.compile(r"the key steps \(encoder runs\)"))
+    sync_api.expect(keys_help).to_be_visible()
+    assert "``" not in keys_help.inner_text() and "`" not in keys_help.inner_text()
+    sync_api.expect(keys_help.locator("code", has_text='"paper"')).to_have_count(1)
+
+
+def test_controlnet_models_are_not_offered_on_generate(page):
+    page.get_by_role("combobox", name="Model").click()
+    sync_api.expect(page.get_by_role("option", name=re.compile(f"^{DIT} "))).to_be_visible()
+    sync_api.expect(page.get_by_role("option", name=re.compile(f"^{CONTROLNET} "))).to_have_count(0)
+    page.keyboard.press("Escape")
