@@ -151,6 +151,26 @@ def test_bad_sample_requests_give_one_line_errors_and_no_images(model, flags, ne
     assert not out.is_dir() or not list(out.glob("*.png"))
 
 
+KEPT_ROWS = [  # refused cleanly before these fixes too; kept here so the whole table stays in one place
+    ("dit-mnist", ["--class-labels", "10"], ["class label 10 is out of range", "0..9"]),
+    ("sagan-mnist", ["--class-labels", "-1"], ["class label -1 is out of range"]),
+    ("dsno-mnist", ["--class-labels", "10"], ["class label 10 is out of range"]),
+    ("score-mnist", ["--class-labels", "3"], ["unconditional: it takes no class labels"]),
+    ("dit-mnist", ["--class-labels", "three"], ["class labels must be integers"]),
+    ("dit-mnist", ["--scheduler", "nope"], ["unknown scheduler 'nope'"]),
+    ("adm-mnist", ["--scheduler", "nope"], ["unknown scheduler 'nope'"]),
+    ("score-mnist", ["--scheduler", "ddim"], ["unknown sampler 'ddim' for a score model"]),
+    ("biggan-mnist", ["--scheduler", "ddim"], ["--scheduler does not apply to biggan models"]),
+    ("dsno-mnist", ["--steps", "4"], ["--steps does not apply to dsno models"]),
+    ("controlnet-mnist", ["--condition", "bogus"], ["unknown condition type 'bogus'"]),
+]
+
+
+@pytest.mark.parametrize("model,flags,needles", KEPT_ROWS, ids=[f"{m}:{' '.join(f)}" for m, f, _ in KEPT_ROWS])
+def test_bad_requests_refused_before_stay_refused(model, flags, needles, places, tmp_path, capsys):
+    test_bad_sample_requests_give_one_line_errors_and_no_images(model, flags, needles, places, tmp_path, capsys)
+
+
 # ------------------------------------------------------------------------------------------ resume
 @pytest.fixture(scope="module")
 def made(tmp_path_factory, places):
