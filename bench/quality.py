@@ -1,0 +1,211 @@
+"""Quality board: every shipped model (and runs given by path) sampled and scored the same way.
+
+Per model, ``--n`` images at the card's sampling settings (``metrics.sampling``), seeds ``--seed + i``,
+class i % K for conditional models (unconditional models: no labels; ControlNet models follow the
+next validation digit of each class, condition and settings from the card), then from `studio.metrics`:
+
+- class accuracy and per-class accuracy by the shipped judge (the dataset's `StudioClassifier`);
+- domain FD: Frechet distance in the judge's features against the whole training split, as the cards;
+- Inception FID, KID, precision and recall against a fixed reference: the first ``n`` images of the
+  validation split (the same n as the samples: FID is biased by n, so compare rows at equal n only);
+- the share of failed images (`studio.metrics.failures`: noise fields, flooded or blank images,
+  images the judge cannot read);
+- seconds per image (sampling wall time over n, at ``--threads`` torch threads) and the CPU training
+  minutes the card records.
+
+    studio bench quality --models biggan-mnist,sagan-mnist --n 1000
+    studio bench quality --models adm-mnist --n 200        # slow samplers: a smaller stated n
+
+Writes ``<out>.json`` and ``<out>.md`` (rows of earlier runs for other models are kept, each with its
+own n) and a class grid per model under ``<out>/`` (row k: class k).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.report import _cell, machine
+from studio.data import DataConfig, build_dataset
+from studio.data.command import class_grid
+from studio.errors import StudioError
+from studio.hub import list_models, load_pipeline, read_card
+from studio.metrics import EvalConfig, evaluate
+from studio.metrics.failures import failure_summary
+from studio.metrics.features import classifier_outputs, load_classifier, shipped_classifier_path
+from studio.metrics.reference import stats_cache_dir
+from studio.metrics.samples import to_uint8
+from studio.pipelines.record import make_grid
+
+COLUMNS = ["model", "n", "sampling", "class_accuracy", "min_class_accuracy", "worst_class", "domain_fd", "fid",
+           "kid", "precision", "recall", "failed", "s_per_image", "train_minutes"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000, help="images per model (class-balanced)")
+    parser.add_argument("--models", default="", help="comma-separated shipped names, run names or folders "
+                                                     "(default: every shipped model)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality"),
+                        help="writes OUT.json, OUT.md and OUT/<model>.png")
+    args = parser.parse_args(argv)
+    if args.n < 10:
+        raise StudioError(f"--n must be at least 10 (precision/recall need neighbours), got {args.n}")
+    if args.threads < 1 or args.batch_size < 1:
+        raise StudioError("--threads and --batch-size must be at least 1")
+    return args
+
+
+def shipped_models() -> list[str]:
+    return [entry.name for entry in list_models() if entry.source == "shipped" and entry.family != "unreadable"]
+
+
+# ------------------------------------------------------------------------------------------ sampling
+def validation_digits(dataset: str, labels: list[int]) -> list[np.ndarray]:
+    """For each label, the next validation image of that class as a [0, 1] (H, W) array (ControlNet inputs)."""
+    data = build_dataset(DataConfig(name=dataset), "val")
+    pools: dict[int, list[int]] = {}
+    for index in range(len(data)):
+        pools.setdefault(int(data[index]["class_labels"]), []).append(index)
+    used: dict[int, int] = {}
+    digits = []
+    for label in labels:
+        index = pools[label][used.get(label, 0) % len(pools[label])]
+        used[label] = used.get(label, 0) + 1
+        digits.append((data[index]["pixel_values"][0].numpy() + 1.0) / 2.0)
+    return digits
+
+
+def sample(pipe: Any, settings: dict[str, Any], n: int, seed: int, batch_size: int,
+           dataset: str) -> tuple[torch.Tensor, list[int] | None, float]:
+    """uint8 images (n, C, H, W), their requested classes (None: unconditional) and seconds per image."""
+    num_classes = int(getattr(pipe, "num_classes", 0) or 0)
+    labels = [i % num_classes for i in range(n)] if num_classes else None
+    controlled = "control_image" in getattr(pipe, "call_parameters", ())
+    controls = validation_digits(dataset, labels) if controlled and labels else None
+    images = []
+    started = time.perf_counter()
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        kwargs = {"seed": seed + start, "output_type": "pt", **settings}
+        if controls is not None:
+            out = pipe(controls[start:stop], class_labels=labels[start:stop], **kwargs)
+        elif labels is not None:
+            out = pipe(class_labels=labels[start:stop], **kwargs)
+        else:
+            out = pipe(num_images=stop - start, **kwargs)
+        images.append(to_uint8(out.images, value_range=(0.0, 1.0)))
+    return torch.cat(images), labels, (time.perf_counter() - started) / n
+
+
+def reference_npz(dataset: str, n: int) -> Path:
+    """The first ``n`` validation images of ``dataset`` as an .npz (the fixed FID/KID/PR reference)."""
+    path = stats_cache_dir() / f"quality-reference-{dataset}-val-{n}.npz"
+    if not path.is_file():
+        data = build_dataset(DataConfig(name=dataset), "val")
+        if n > len(data):
+            raise StudioError(f"--n {n} exceeds the {len(data)} validation images of {dataset}")
+        pixels = data.uint8_images()[:n].permute(0, 2, 3, 1).numpy()  # (n, H, W, C), as load_npz reads
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, images=pixels, class_labels=data.labels[:n].numpy())
+        tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def score(images: torch.Tensor, labels: list[int] | None, dataset: str, n: int) -> dict[str, Any]:
+    """The board's metrics for one model's samples (see the module docstring)."""
+    config = EvalConfig(kid_subset_size=n)
+    domain = evaluate(images, dataset, "acc,dfd" if labels else "dfd", class_labels=labels, config=config)
+    inception = evaluate(images, reference_npz(dataset, n), "fid,kid,pr", config=config)
+    logits, _ = classifier_outputs(load_classifier(shipped_classifier_path(dataset)), images)
+    row: dict[str, Any] = {**domain.metrics, **inception.metrics, **failure_summary(images.numpy(), logits)}
+    if labels is not None:
+        wanted = np.asarray(labels)
+        per_class = [float(np.mean(logits[wanted == k].argmax(1) == k)) for k in range(logits.shape[1])]
+        row["per_class_accuracy"] = [round(a, 4) for a in per_class]
+        row["min_class_accuracy"] = min(per_class)
+        row["worst_class"] = int(np.argmin(per_class))
+    else:
+        row["predicted_class_histogram"] = np.bincount(logits.argmax(1), minlength=logits.shape[1]).tolist()
+    row["judge"] = domain.settings.get("classifier", {}).get("sha256")
+    return row
+
+
+def grid(images: torch.Tensor, labels: list[int] | None, num_classes: int, path: Path) -> None:
+    """Row k: the first ten images of class k (unconditional: the first 100 images)."""
+    pixels = images.permute(0, 2, 3, 1).numpy()
+    picture = (class_grid(pixels, np.asarray(labels), num_classes, 10) if labels is not None
+               else make_grid(pixels[:100], columns=10))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+
+
+def board_row(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    pipe = load_pipeline(name, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    card = read_card(Path(pipe.name_or_path)) if Path(str(pipe.name_or_path)).is_dir() else {}
+    settings = dict((card.get("metrics") or {}).get("sampling") or {})
+    dataset = str(card.get("dataset") or "mnist")
+    images, labels, seconds = sample(pipe, settings, args.n, args.seed, args.batch_size, dataset)
+    label = Path(name).name if Path(name).exists() else name
+    grid(images, labels, int(getattr(pipe, "num_classes", 0) or 0), out / f"{label}.png")
+    train_seconds = card.get("train_seconds")
+    return {"model": label, "n": args.n, "sampling": json.dumps(settings, sort_keys=True),
+            **score(images, labels, dataset, args.n), "s_per_image": round(seconds, 4),
+            "train_minutes": round(float(train_seconds) / 60, 1) if train_seconds is not None else None,
+            "seed": args.seed, "threads": args.threads}
+
+
+# ------------------------------------------------------------------------------------------ output
+def write_board(rows: list[dict[str, Any]], out: Path) -> None:
+    """Merge ``rows`` into ``out.json`` by model (other models' rows kept) and rewrite ``out.md``."""
+    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    kept = json.loads(json_path.read_text())["rows"] if json_path.is_file() else []
+    names = {row["model"] for row in rows}
+    merged = sorted([row for row in kept if row["model"] not in names] + rows, key=lambda row: row["model"])
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"benchmark": "quality", "machine": machine(), "rows": merged}, indent=2) + "\n")
+    lines = [
+        "# Quality board",
+        "",
+        ("Each row: n images at the card's sampling settings (seed 0 + i, class i % 10), scored by the shipped "
+        "MNIST judge (class accuracy, worst class, domain FD vs the training split), Inception-v3 FID / KID / "
+        "precision / recall vs the first n MNIST validation images (biased by n: compare rows at equal n), "
+        "share of failed images (studio/metrics/failures.py), sampling seconds per image at the stated "
+        "threads, and the card's CPU training minutes. Reproduce: `studio bench quality --models NAME --n N`."),
+        "",
+        f"| {' | '.join(COLUMNS)} |",
+        f"|{'---|' * len(COLUMNS)}",
+    ]
+    for row in merged:
+        lines.append("| " + " | ".join(_cell(row.get(column, "")) for column in COLUMNS) + " |")
+    md_path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] or shipped_models()
+    out = Path(args.out)
+    for name in models:  # written after each model, so a long board keeps what it finished
+        row = board_row(name, args, out)
+        write_board([row], out)
+        print(json.dumps({k: row[k] for k in COLUMNS if k in row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""`studio bench quality` on a tiny DiT run: one row per model with every column, grids, merged reruns."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.cli import main
+from studio.hub import save_pipeline
+from tests.conftest import tiny_dit_pipeline
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One reference cache for the module: the judge's features of the training split are computed once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch, cache):
+    monkeypatch.setenv("STUDIO_CACHE", str(cache))
+    folder = tmp_path / "tiny-dit"
+    card = {"family": "dit", "dataset": "mnist", "train_seconds": 90.0,
+            "metrics": {"sampling": {"num_inference_steps": 2, "scheduler": "ddim"}}}
+    save_pipeline(tiny_dit_pipeline(), folder, card)
+    return folder
+
+
+def board(out, *models, n=20):
+    assert main(["bench", "quality", "--models", ",".join(str(m) for m in models), "--n", str(n),
+                 "--batch-size", "8", "--out", str(out)]) == 0
+    return json.loads(out.with_suffix(".json").read_text())["rows"]
+
+
+def test_board_scores_a_run_at_its_card_settings_with_every_column(tiny_run, tmp_path):
+    out = tmp_path / "board" / "quality"
+    (row,) = board(out, tiny_run)
+    assert row["model"] == "tiny-dit" and row["n"] == 20
+    assert json.loads(row["sampling"]) == {"num_inference_steps": 2, "scheduler": "ddim"}
+    assert row["train_minutes"] == 1.5
+    for key in ("class_accuracy", "min_class_accuracy", "failed", "precision", "recall"):
+        assert 0.0 <= row[key] <= 1.0, key
+    assert row["min_class_accuracy"] <= row["class_accuracy"]
+    assert len(row["per_class_accuracy"]) == 10
+    assert np.mean(row["per_class_accuracy"]) == pytest.approx(row["class_accuracy"])  # 2 images per class
+    assert row["per_class_accuracy"][row["worst_class"]] == row["min_class_accuracy"]
+    assert row["fid"] > 0 and row["domain_fd"] > 0 and np.isfinite(row["kid"])
+    assert row["s_per_image"] > 0
+    grid = Image.open(out / "tiny-dit.png")
+    assert grid.size == (10 * 18 + 2, 10 * 18 + 2)  # ten 16 px images per class row, 2 px gaps
+    table = out.with_suffix(".md").read_text()
+    assert "| tiny-dit | 20 |" in table and "compare rows at equal n" in table
+
+
+def test_a_rerun_replaces_its_own_row_and_keeps_the_others(tiny_run, tmp_path):
+    out = tmp_path / "quality"
+    other = tmp_path / "other-dit"
+    other.mkdir()
+    save_pipeline(tiny_dit_pipeline(seed=1), other, {"dataset": "mnist", "metrics": {}})
+    board(out, tiny_run, other)
+    rows = board(out, tiny_run, n=10)
+    assert [(r["model"], r["n"]) for r in rows] == [("other-dit", 20), ("tiny-dit", 10)]
+    assert rows[0]["train_minutes"] is None and rows[0]["sampling"] == "{}"
+
+
+def test_board_refuses_a_sample_count_too_small_for_its_metrics(capsys):
+    assert main(["bench", "quality", "--n", "3"]) == 2
+    assert "--n must be at least 10" in capsys.readouterr().err
