@@ -111,3 +111,15 @@ def test_manifest_and_grid_records_are_per_image(tmp_path, capsys):
     with Image.open(out / "grid.png") as grid:
         grid_record = json.loads(grid.text["studio"])
     assert grid_record["seeds"] == [5, 6, 7] and grid_record["class_labels"] == [7, 3, 7]
+
+
+def test_a_sample_folder_is_a_reference_of_its_images_only(tmp_path, capsys):
+    """`studio eval A --reference A`: every sample is its own nearest copy; grid.png is not a reference image."""
+    out = tmp_path / "samples"
+    sample("dit-mnist", out, "dit", "", capsys)
+    results = tmp_path / "results.json"
+    assert main(["eval", str(out), "--reference", str(out), "--metrics", "mem", "--out", str(results)]) == 0
+    capsys.readouterr()
+    result = json.loads(results.read_text())
+    assert result["settings"]["reference"]["count"] == 3 and result["settings"]["num_samples"] == 3
+    assert result["metrics"]["mem_near_copy_share"] == 1.0

@@ -31,7 +31,7 @@ from studio.data import DataConfig, build_dataset, builtin_datasets
 from studio.data.cards import CARDS, dataset_domain
 from studio.data.wheels import cache_dir
 from studio.metrics.frechet import GaussianStats
-from studio.metrics.samples import ImageSet, load_npz
+from studio.metrics.samples import ImageSet, load_images, load_npz
 
 CACHE_VERSION = 1
 
@@ -75,6 +75,9 @@ def load_reference(
     """
     if isinstance(reference, (str, Path)) and str(reference).endswith(".npz"):
         images = load_npz(Path(reference).expanduser())
+        return Reference(images, str(reference), "all", pixel_digest(images), "")
+    if isinstance(reference, (str, Path)) and (Path(reference).expanduser() / "manifest.jsonl").is_file():
+        images = load_images(Path(reference).expanduser())  # a `studio sample` folder: its images, not grid.png
         return Reference(images, str(reference), "all", pixel_digest(images), "")
     if not isinstance(reference, DataConfig):
         reference = DataConfig(name=str(reference), image_size=image_size, channels=channels)
