@@ -228,6 +228,15 @@ def test_images_without_settings_or_with_another_record_are_refused(made, tmp_pa
     assert_one_line_error(*run(argv, capsys)[::2], [f"holds 2 image files but no {SETTINGS_FILE}"])
 
 
+def test_a_folder_in_an_images_place_is_named(tmp_path, capsys):
+    out = tmp_path / "samples"
+    argv = ["sample", "dit-mnist", "--num-images", "1", "--steps", "2", "--out", str(out)]
+    assert run(argv, capsys)[0] == 0
+    (out / "000001.png").mkdir()
+    code, _, err = run([*argv[:2], "--num-images", "2", *argv[4:]], capsys)
+    assert_one_line_error(code, err, [f"cannot write {out / '000001.png'}"])
+
+
 def test_a_failed_request_does_not_lock_an_empty_folder(tmp_path, capsys):
     out = tmp_path / "samples"
     bad = ["sample", "adm-mnist", "--num-images", "1", "--steps", "2", "--out", str(out), "--eta", "-1",

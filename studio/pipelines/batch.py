@@ -292,7 +292,7 @@ def sample_to_folder(pipe: Any, out_dir: str | Path, num_images: int, batch_size
             out = pipe(num_images=len(batch), seed=[seed + i for i in batch], output_type="np",
                        **({"class_labels": labels} if takes_labels else {}), **call_kwargs)
             for j, index in enumerate(batch):
-                save_png(out.images[j], str(image_path(out_dir, index)), out.record.for_image(j))
+                _save(out.images[j], image_path(out_dir, index), out.record.for_image(j))
             generated += len(batch)
             bar.update(len(batch))
     finally:
@@ -360,6 +360,14 @@ def _read(out_dir: Path, index: int) -> tuple[np.ndarray, GenerationRecord]:
     except (OSError, ValueError, SyntaxError) as exc:
         raise StudioError(f"cannot read {path}: {exc}") from None
     return (array[..., None] if array.ndim == 2 else array), record
+
+
+def _save(image: np.ndarray, path: Path, record: GenerationRecord) -> None:
+    """`save_png`, with a full disk, a folder gone read-only or a folder in the image's place reported by name."""
+    try:
+        save_png(image, str(path), record)
+    except OSError as exc:
+        raise StudioError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
