@@ -324,18 +324,18 @@ class CountingPipe:
     family, num_classes, plugins, components = "fake", 10, [], {}
     call_parameters = ("num_images", "class_labels", "seed", "output_type")
 
-    def __init__(self):
-        self.calls = []
-
     def model_name(self):
         return "fake"
 
     def set_progress_bar_config(self, **kwargs):
         pass
 
+    def __init__(self, stop_at=2):
+        self.calls, self.stop_at = [], stop_at
+
     def __call__(self, num_images, class_labels, seed, output_type="np"):
         self.calls.append((list(seed), list(class_labels)))
-        if len(self.calls) == 2:
+        if len(self.calls) == self.stop_at:
             raise Stop
         record = GenerationRecord(model="fake", family="fake", seeds=list(seed), class_labels=list(class_labels))
         return SimpleNamespace(images=np.zeros((num_images, 4, 4, 1), dtype=np.float32), record=record)
@@ -353,6 +353,15 @@ def test_sampling_a_billion_images_streams_seeds_and_labels(tmp_path):
     assert pipe.calls[1] == ([14, 15, 16, 17], [4, 5, 3, 4])  # image i: seed 10 + i, class labels[i % 3]
     assert peak < 2_000_000  # a list of 10^9 labels alone is 8 GB
     assert json.loads((tmp_path / "o" / SETTINGS_FILE).read_text())["class_labels"] == [3, 4, 5]
+
+
+def test_seeds_beyond_int64_are_stored_unsigned(tmp_path):
+    pipe = CountingPipe(stop_at=0)
+    sample_to_folder(pipe, tmp_path / "o", 3, batch_size=2, seed=2**64 - 3)
+    seeds = np.load(tmp_path / "o" / "samples.npz")["seeds"]
+    assert seeds.dtype == np.uint64 and seeds.tolist() == [2**64 - 3, 2**64 - 2, 2**64 - 1]
+    with pytest.raises(StudioError, match="seed \\+ num_images - 1"):
+        sample_to_folder(pipe, tmp_path / "o", 4, seed=2**64 - 3)
 
 
 # ------------------------------------------------------------------------------------------ eval

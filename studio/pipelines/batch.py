@@ -299,7 +299,11 @@ def sample_to_folder(pipe: Any, out_dir: str | Path, num_images: int, batch_size
         bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
-        write_summaries(out_dir, num_images)
+        try:
+            write_summaries(out_dir, num_images)
+        except OSError as exc:
+            raise StudioError(f"cannot write samples.npz, grid.png and manifest.jsonl in {out_dir}: "
+                              f"{exc.strerror or exc}") from None
     state.wait_for_everyone()
     return SampleRun(out_dir, num_images, generated, len(present), unreadable)
 
