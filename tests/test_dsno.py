@@ -175,6 +175,28 @@ def test_recorder_is_deterministic_and_ends_at_the_plain_ddim_sample(teacher):
     assert torch.equal(first[:, -1], x) and torch.equal(first[:, 1:], torch.stack(kept, 1))
 
 
+def test_recorder_ddim_sets_its_sample_space_options_instead_of_inheriting_them():
+    """An ADM training scheduler says clip_sample=True (and here thresholding, trailing spacing, an offset);
+    the recorder's DDIM keeps only the diffusion (T, betas, prediction type) and runs unclamped."""
+    from diffusers import DDPMScheduler
+
+    from studio.diffusion.trajectories import teacher_from_pipeline, teacher_scheduler
+    from tests.test_adm import tiny_pipe
+
+    training = DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=True, thresholding=True,
+                             variance_type="learned_range", timestep_spacing="trailing", steps_offset=1)
+    ddim = teacher_scheduler(training.config)
+    assert not ddim.config.clip_sample and not ddim.config.thresholding
+    assert (ddim.config.timestep_spacing, ddim.config.steps_offset) == ("leading", 0)
+    assert torch.equal(ddim.alphas_cumprod, training.alphas_cumprod)
+    x, eps = torch.full((1, 1, 2, 2), 0.5), torch.full((1, 1, 2, 2), -3.0)
+    ddim.set_timesteps(4)
+    assert ddim.step(eps, ddim.timesteps[0], x).pred_original_sample.min() > 1  # x0 left unclamped
+    pipe = tiny_pipe(with_classifier=False)
+    assert pipe.scheduler.config.clip_sample
+    assert not teacher_from_pipeline(pipe).scheduler.config.clip_sample
+
+
 def test_teacher_guidance_is_the_cfg_mix_of_separate_passes(teacher):
     """u + s·(c − u) from one batched pass over (x, y) and (x, null); separate passes of half the batch
     run other oneDNN kernels, so they agree to float32 rounding (~1e-6 here), not bit for bit."""
