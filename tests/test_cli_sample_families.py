@@ -123,3 +123,11 @@ def test_a_sample_folder_is_a_reference_of_its_images_only(tmp_path, capsys):
     result = json.loads(results.read_text())
     assert result["settings"]["reference"]["count"] == 3 and result["settings"]["num_samples"] == 3
     assert result["metrics"]["mem_near_copy_share"] == 1.0
+
+
+def test_a_one_image_folder_can_be_evaluated(tmp_path, capsys):
+    """Its grid.png holds one seed like an image does, so the grid is marked as one in its record."""
+    out = tmp_path / "one"
+    assert main(["sample", "dit-mnist", "--num-images", "1", "--steps", "2", "--out", str(out)]) == 0
+    assert main(["eval", str(out), "--reference", "mnist-5k", "--reference-split", "val", "--metrics", "acc"]) == 0
+    assert "samples: " + str(out) + " (n=1)" in capsys.readouterr().out

@@ -125,7 +125,7 @@ def _read_png_label(image: Image.Image) -> tuple[bool, int | None]:
         record = json.loads(text)
     except json.JSONDecodeError:
         return False, None
-    if len(record.get("seeds") or []) > 1:
+    if len(record.get("seeds") or []) > 1 or (record.get("extra") or {}).get("grid"):
         return True, None
     labels = record.get("class_labels") or []
     return False, int(labels[0]) if len(labels) == 1 else None

@@ -350,7 +350,8 @@ def write_summaries(out_dir: Path, num_images: int) -> None:
     os.replace(manifest_tmp, out_dir / "manifest.jsonl")
     grid_record = GenerationRecord.from_dict({  # a new record: the images' own records stay as they are
         **first_record.to_dict(), "seeds": [r.seeds[0] for r in grid_records],
-        "class_labels": [r.class_labels[0] for r in grid_records] if first_record.class_labels else None})
+        "class_labels": [r.class_labels[0] for r in grid_records] if first_record.class_labels else None,
+        "extra": {**first_record.extra, "grid": True}})  # marked: a one-image grid has one seed too
     grid = make_grid(np.stack(grid_images))
     _atomic(out_dir / "grid.png", lambda p: grid.save(p, format="PNG", pnginfo=png_info(grid_record)))
 
