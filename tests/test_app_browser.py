@@ -110,6 +110,8 @@ def error_overlays(page):
 
 
 def test_a_missing_model_path_gives_one_message_and_the_controls_stay_usable(page):
+    pick_model(page, DIT)
+    sync_api.expect(page.get_by_text("family dit", exact=True)).to_be_visible()  # loaded: nothing queued behind
     model = page.get_by_role("combobox", name="Model")
     model.fill("/tmp/does-not-exist")
     model.press("Enter")
@@ -162,3 +164,17 @@ def test_controlnet_models_are_not_offered_on_generate(page):
     sync_api.expect(page.get_by_role("option", name=re.compile(f"^{DIT} "))).to_be_visible()
     sync_api.expect(page.get_by_role("option", name=re.compile(f"^{CONTROLNET} "))).to_have_count(0)
     page.keyboard.press("Escape")
+
+
+def test_small_images_are_shown_with_crisp_pixels_and_downloads_can_be_enlarged(page):
+    image = generate_with_seed(page, 51)
+    assert image.evaluate("img => getComputedStyle(img).imageRendering") == "pixelated"
+    with Image.open(io.BytesIO(page.request.get(image.get_attribute("src")).body())) as png:
+        size = png.size
+    page.get_by_role("combobox", name="Download size").click()
+    page.get_by_role("option", name="4× crisp (nearest)").click()
+    image = generate_with_seed(page, 52)
+    with Image.open(io.BytesIO(page.request.get(image.get_attribute("src")).body())) as png:
+        assert png.size == (size[0] * 4, size[1] * 4) and "Upscale: 4x nearest" in png.text["parameters"]
+    page.get_by_role("combobox", name="Download size").click()
+    page.get_by_role("option", name="as generated").click()

@@ -390,3 +390,30 @@ def test_controlnet_models_are_sent_to_the_control_tab(service):
 
     offered = generate_options(service.model_options())
     assert CONTROLNET not in [o.name for o in offered] and DIT in [o.name for o in offered]
+
+
+def test_files_are_named_by_model_class_and_seed_and_records_keep_the_server_path_private(service, checkpoints):
+    result = service.generate(dit_request(num_images=2, class_label=7))
+    assert [p.name for p in result.batch.paths] == ["00-tiny-dit-class7-seed3.png", "01-tiny-dit-class7-seed4.png"]
+    with Image.open(result.batch.paths[0]) as png:
+        assert str(checkpoints) not in png.text["studio"] + png.text["parameters"]
+    assert result.batch.records[0].model == DIT
+    score = service.generate(GenerateRequest(SCORE, num_images=1, seed=2, num_inference_steps=2))
+    assert score.batch.paths[0].name == "00-tiny-score-seed2.png"  # unconditional: no class
+
+
+@pytest.mark.parametrize("upscale_filter", ["nearest", "bicubic"])
+def test_downloads_can_be_enlarged_and_nearest_keeps_every_pixel(service, upscale_filter):
+    plain = pixels(service.generate(dit_request(num_images=1)).batch.paths[0])
+    result = service.generate(dit_request(num_images=1, upscale=4, upscale_filter=upscale_filter))
+    big = pixels(result.batch.paths[0])
+    assert big.shape == (plain.shape[0] * 4, plain.shape[1] * 4)
+    if upscale_filter == "nearest":
+        np.testing.assert_array_equal(big, np.repeat(np.repeat(plain, 4, axis=0), 4, axis=1))
+    else:
+        assert not np.array_equal(big, np.repeat(np.repeat(plain, 4, axis=0), 4, axis=1))
+    recalled = service.request_from_png(result.batch.paths[0])
+    assert (recalled.upscale, recalled.upscale_filter) == (4, upscale_filter)
+    for bad in ({"upscale": 0}, {"upscale": 100}, {"upscale": 2, "upscale_filter": "lanczos9"}):
+        with pytest.raises(StudioError, match="upscale must be 1 to 8"):
+            service.generate(dit_request(num_images=1, **bad))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -20,6 +20,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from studio.hub import runs_dir
 from tests.test_app_service import (  # noqa: F401 (fixture)
     ADM,
     BIGGAN,
@@ -31,9 +32,8 @@ from tests.test_app_service import (  # noqa: F401 (fixture)
     one_thread,
     write_checkpoints,
 )
-from studio.hub import runs_dir
-from webapp.service import StudioService
 from webapp.security import LIMITS, AppLimits
+from webapp.service import StudioService
 from webapp.ui import API_NAMES, allowed_paths, app_access, build_app
 
 

@@ -11,9 +11,10 @@ about polarity, so other conditions get the picture as drawn.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image

@@ -38,6 +38,7 @@ class AppLimits:
     :param max_train_batch: training batch size (per step, after accumulation).
     :param max_train_images: sample-grid and evaluation images a Train run may draw.
     :param max_train_image_size: training resolution in pixels.
+    :param max_upscale: factor by which saved images may be enlarged.
     :param max_model_parameters: parameters of the networks a Train run may build. Callers choose
         only a listed preset by name and no model settings, so this bounds which presets are offered
         (`webapp.service.training_presets`).
@@ -47,6 +48,7 @@ class AppLimits:
 
     max_images: int = 16
     max_sampling_steps: int = 250
+    max_upscale: int = 8
     max_train_steps: int = 2000
     max_train_batch: int = 128
     max_train_images: int = 64

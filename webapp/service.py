@@ -25,11 +25,13 @@ import threading
 import time
 import typing
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 
 from samplers import PLUGINS, apply, parse_plugin_spec
@@ -47,6 +49,8 @@ DEMO_MODEL = "demo"
 PLUGIN_SEPARATOR = ";"
 #: generations kept for recall
 HISTORY_SIZE = 24
+#: resampling filters for enlarged downloads: nearest keeps each generated pixel a crisp square
+UPSCALE_FILTERS = {"nearest": PIL.Image.Resampling.NEAREST, "bicubic": PIL.Image.Resampling.BICUBIC}
 
 #: ``progress(done, total, description)``, called after every denoising step
 ProgressFn = Callable[[int, int, str], None]
@@ -419,6 +423,8 @@ class GenerateRequest:
     :param seed: base seed (image i uses seed + i), or None for a random one, chosen at
         generation time and kept in the history and the records.
     :param plugins: plugin specs (``"fora:cache_interval=3"``), applied for this call only.
+    :param upscale: the saved PNGs are this many times larger than generated (1 = as generated), resized
+        with ``upscale_filter`` (``nearest``: crisp pixels; ``bicubic``: smooth); for downloads.
     """
 
     model: str
@@ -431,6 +437,8 @@ class GenerateRequest:
     truncation: float | None = None
     classifier_scale: float | None = None
     plugins: tuple[str, ...] = ()
+    upscale: int = 1
+    upscale_filter: str = "nearest"
 
     def call_kwargs(self, parameters: Sequence[str]) -> dict[str, Any]:
         """Pipeline call arguments, restricted to ``parameters`` (a pipeline's ``call_parameters``)."""
@@ -644,7 +652,8 @@ class StudioService:
             kwargs = request.call_kwargs(info.parameters)
             output, seconds = self._run(pipe, info, kwargs, request.num_inference_steps, configs, progress,
                                         "generating")
-            batch = self._save(list(output.images), output.record, seconds, folder)
+            batch = self._save(list(output.images), output.record, seconds, folder, request.model,
+                               request.upscale, request.upscale_filter)
             baseline = None
             if measure:
                 baseline = self._run(pipe, info, kwargs, request.num_inference_steps, [], progress,
@@ -668,8 +677,8 @@ class StudioService:
             kwargs, steps = request.call_kwargs(info.parameters), request.num_inference_steps
             fast, fast_s = self._run(pipe, info, kwargs, steps, configs, progress, "with plugins")
             base, base_s = self._run(pipe, info, kwargs, steps, [], progress, "without plugins")
-            accelerated = self._save(list(fast.images), fast.record, fast_s, folder / "plugins")
-            baseline = self._save(list(base.images), base.record, base_s, folder / "baseline")
+            accelerated = self._save(list(fast.images), fast.record, fast_s, folder / "plugins", request.model)
+            baseline = self._save(list(base.images), base.record, base_s, folder / "baseline", request.model)
             self._prune(folder)
         diff = float(np.mean([np.abs(_as_unit(a) - _as_unit(b)).mean() for a, b in zip(fast.images, base.images)]))
         return CompareResult(request, baseline, accelerated, diff)
@@ -690,7 +699,7 @@ class StudioService:
             folder = self._new_folder("control")
             output, seconds = self._run(pipe, info, request.call_kwargs(picture, info.parameters),
                                         request.num_inference_steps, [], progress, "generating")
-            batch = self._save(list(output.images), output.record, seconds, folder)
+            batch = self._save(list(output.images), output.record, seconds, folder, request.model)
             condition = folder / "condition.png"
             to_pil(np.asarray(output.conditions[0], dtype=np.float32)).save(condition)
             self._prune(folder)
@@ -730,6 +739,9 @@ class StudioService:
         self.limits.check_generation(request.num_images, steps)
         if not isinstance(request, GenerateRequest):
             return
+        if not 1 <= request.upscale <= self.limits.max_upscale or request.upscale_filter not in UPSCALE_FILTERS:
+            raise StudioError(f"upscale must be 1 to {self.limits.max_upscale} with a filter of "
+                              f"{', '.join(UPSCALE_FILTERS)}, got {request.upscale} {request.upscale_filter!r}")
         if info.takes("control_image"):
             raise StudioError(f"{request.model} is a ControlNet model: it follows a control picture, so use the "
                               "Control tab")
@@ -797,13 +809,21 @@ class StudioService:
                 return folder
 
     @staticmethod
-    def _save(images: list[Any], record: GenerationRecord, seconds: float, folder: Path) -> Batch:
-        """Write each image as ``NN-seedS.png`` with its own record (its seed and class)."""
+    def _save(images: list[Any], record: GenerationRecord, seconds: float, folder: Path, model: str,
+              upscale: int = 1, upscale_filter: str = "nearest") -> Batch:
+        """Write each image as ``NN-<model>-class<C>-seed<S>.png`` (names that stay apart once downloaded)
+        with its own record (its seed and class), ``upscale`` times larger when asked."""
         folder.mkdir(parents=True, exist_ok=True)
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name).strip("-.") or "model"
         paths, records = [], []
         for index, image in enumerate(images):
             image_record = record.for_image(index)
-            path = folder / f"{index:02d}-seed{image_record.seeds[0]}.png"
+            label = f"-class{image_record.class_labels[0]}" if image_record.class_labels else ""
+            path = folder / f"{index:02d}-{stem}{label}-seed{image_record.seeds[0]}.png"
+            if upscale > 1:
+                image = image if isinstance(image, PIL.Image.Image) else to_pil(np.asarray(image))
+                image = image.resize((image.width * upscale, image.height * upscale), UPSCALE_FILTERS[upscale_filter])
+                image_record.extra["upscale"] = f"{upscale}x {upscale_filter}"
             save_png(image, str(path), image_record)
             paths.append(path)
             records.append(image_record)
@@ -825,7 +845,14 @@ def request_from_record(record: GenerationRecord) -> GenerateRequest:
         truncation=record.extra.get("truncation"),
         classifier_scale=record.extra.get("classifier_scale"),
         plugins=tuple(plugin_spec(name, settings) for name, settings in record.plugins.items()),
+        **_upscale_of(record),
     )
+
+
+def _upscale_of(record: GenerationRecord) -> dict[str, Any]:
+    """``upscale`` / ``upscale_filter`` from a record's ``"4x nearest"`` entry (none: as generated)."""
+    factor, _, name = str(record.extra.get("upscale", "")).partition("x ")
+    return {"upscale": int(factor), "upscale_filter": name} if factor.isdigit() and name else {}
 
 
 def _as_unit(image: Any) -> np.ndarray:

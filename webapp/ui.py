@@ -16,8 +16,9 @@ to component values; all logic is in `webapp.service`. Conventions (ecosystem.md
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import gradio as gr
 import pandas as pd
@@ -59,6 +60,13 @@ TRAIN_POLL_S = 1.0
 MAX_QUEUE = 32
 #: the Train tab's first family (the fastest to train on CPU)
 DEFAULT_TRAIN_FAMILY = "dit"
+#: the Download size choices: (label, "<factor> <filter>")
+DOWNLOAD_SIZES = [("as generated", "1"), ("4× crisp (nearest)", "4 nearest"), ("4× smooth (bicubic)", "4 bicubic"),
+                  ("8× crisp (nearest)", "8 nearest"), ("8× smooth (bicubic)", "8 bicubic")]
+#: images carrying this class are drawn with square pixels: 28 px digits shown at 150-300 px would otherwise
+#: be smoothed into blur by the browser's default (bilinear) scaling
+PIXELATED = "studio-pixels"
+APP_STYLE = f"<style>.{PIXELATED} img, img.{PIXELATED} {{ image-rendering: pixelated; }}</style>"
 
 
 @contextmanager
@@ -96,9 +104,12 @@ def parse_class(value: Any) -> int | None:
 
 def make_request(model: str, class_value: Any, scheduler: str | None, steps: float, guidance: float,
                  truncation: float, seed: float | None, randomize: bool, batch: float,
-                 plugins: str, classifier_scale: float = 0.0) -> GenerateRequest:
+                 plugins: str, classifier_scale: float = 0.0, download_size: str | None = "1") -> GenerateRequest:
     """A `GenerateRequest` from the Generate tab's values (truncation and classifier scale 0 = off,
-    empty seed = random)."""
+    empty seed = random, download size ``"4 nearest"`` = 4x larger PNGs with that filter)."""
+    factor, _, name = (download_size or "1").partition(" ")
+    if not factor.isdigit():
+        raise StudioError(f"download size must look like '4 nearest', got {download_size!r}")
     return GenerateRequest(
         model=model or "",
         num_images=int(batch),
@@ -110,6 +121,8 @@ def make_request(model: str, class_value: Any, scheduler: str | None, steps: flo
         truncation=float(truncation) if truncation else None,
         classifier_scale=float(classifier_scale) if classifier_scale else None,
         plugins=parse_plugin_list(plugins),
+        upscale=int(factor),
+        upscale_filter=name or "nearest",
     )
 
 
@@ -166,6 +179,7 @@ def build_app(service: StudioService) -> gr.Blocks:
     panels = plugin_panels()
     presets = training_presets()
     with gr.Blocks(title="studio") as demo:
+        gr.HTML(APP_STYLE, padding=False)
         gr.Markdown("# studio\nGenerate with diffusion and GAN checkpoints, compare fast-sampling plugins, "
                     "train a tiny model.")
         with gr.Tab("Generate"):
@@ -198,18 +212,21 @@ def build_app(service: StudioService) -> gr.Blocks:
                         plugin_text = gr.Textbox(label="Plugin specs", placeholder="none",
                                                  info="set by the switches above, or type "
                                                       f"name:key=value,... (several separated by '{PLUGIN_SEPARATOR}')")
-                    measure = gr.Checkbox(False, label="Measure speedup (also runs the request without plugins)")
+                    with gr.Row():
+                        measure = gr.Checkbox(False, label="Measure speedup (also runs the request without plugins)")
+                        download_size = gr.Dropdown(DOWNLOAD_SIZES, value="1", label="Download size",
+                                                    info="saved PNGs enlarged for use elsewhere")
                     with gr.Row():
                         generate_btn = gr.Button("Generate", variant="primary")
                         stop_btn = gr.Button("Stop", variant="stop")
                 with gr.Column(scale=3):
-                    gallery = gr.Gallery(label="Images", format="png", columns=4, height="auto", interactive=False,
+                    gallery = gr.Gallery(elem_classes=[PIXELATED], label="Images", format="png", columns=4, height="auto", interactive=False,
                                          fit_columns=False)
                     timing = gr.Markdown()
                     with gr.Accordion("Generation records", open=False):
                         details = gr.JSON(label="Records")
                     with gr.Accordion("History (click an image to recall its parameters)", open=True):
-                        history = gr.Gallery(label="Recent generations", columns=6, height="auto",
+                        history = gr.Gallery(elem_classes=[PIXELATED], label="Recent generations", columns=6, height="auto",
                                              allow_preview=False, interactive=False, fit_columns=False)
                         png_file = gr.File(label="Recall from a studio PNG", file_types=[".png"], type="filepath")
                         recalled = gr.JSON(label="Recalled parameters")
@@ -223,9 +240,9 @@ def build_app(service: StudioService) -> gr.Blocks:
             compare_btn = gr.Button("Compare", variant="primary")
             compare_text = gr.Markdown()
             with gr.Row():
-                baseline_gallery = gr.Gallery(label="Without plugins", format="png", columns=4, height="auto",
+                baseline_gallery = gr.Gallery(elem_classes=[PIXELATED], label="Without plugins", format="png", columns=4, height="auto",
                                               interactive=False, fit_columns=False)
-                plugin_gallery = gr.Gallery(label="With plugins", format="png", columns=4, height="auto",
+                plugin_gallery = gr.Gallery(elem_classes=[PIXELATED], label="With plugins", format="png", columns=4, height="auto",
                                             interactive=False, fit_columns=False)
             with gr.Accordion("Comparison records", open=False):
                 compare_json = gr.JSON(label="Comparison")
@@ -249,7 +266,7 @@ def build_app(service: StudioService) -> gr.Blocks:
             train_status = gr.Markdown(train_text(service.trainer.status()))
             with gr.Row():
                 loss_plot = gr.LinePlot(x="step", y="value", color="series", label="Training losses")
-                sample = gr.Image(label="Latest sample grid", type="filepath", interactive=False, height=320)
+                sample = gr.Image(elem_classes=[PIXELATED], label="Latest sample grid", type="filepath", interactive=False, height=320)
             with gr.Accordion("Run status", open=False):
                 train_json = gr.JSON(label="Status")
 
@@ -369,13 +386,13 @@ def build_app(service: StudioService) -> gr.Blocks:
         def generate(model_name: str, class_value: Any, scheduler_name: str | None, steps_value: float,
                      guidance_value: float, truncation_value: float, seed_value: float | None, random_seed: bool,
                      batch_value: float, plugins: str, measure_speedup: bool, classifier_value: float = 0.0,
-                     progress: gr.Progress = gr.Progress()) -> tuple[list, str, dict]:
+                     download_value: str = "1", progress: gr.Progress = gr.Progress()) -> tuple[list, str, dict]:
             """Generate a batch of images. Returns the images (PNG files that carry their generation settings),
             the wall time (and the speedup over no plugins, when measured) and each image's settings."""
             with user_errors():
                 request = make_request(model_name, class_value, scheduler_name, steps_value, guidance_value,
                                        truncation_value, seed_value, random_seed, batch_value, plugins,
-                                       classifier_value)
+                                       classifier_value, download_value)
                 result = service.generate(request, bool(measure_speedup),
                                           lambda done, total, desc: progress((done, total), desc=desc))
             return (gallery_items(result.batch.paths, result.batch.records), timing_text(result, measure_speedup),
@@ -389,11 +406,11 @@ def build_app(service: StudioService) -> gr.Blocks:
             """First image and caption of every history entry, newest first."""
             return [(str(e.paths[0]), e.caption()) for e in service.history.entries() if e.paths]
 
-        # the classifier scale goes last, so API clients that predate it keep their positions
+        # the classifier scale and download size go last, so API clients that predate them keep their positions
         # the previous results go first, so a stopped or failed run does not leave them looking like its own
         generate_event = generate_btn.click(lambda: (None, "", None), None, [gallery, timing, details], queue=False,
                                             api_visibility="private", show_progress="hidden").then(
-            generate, [*request_inputs, measure, classifier], [gallery, timing, details], api_name="generate",
+            generate, [*request_inputs, measure, classifier, download_size], [gallery, timing, details], api_name="generate",
             concurrency_id=CPU, concurrency_limit=1)
         generate_event.success(after_generate, details, [history, seed], api_visibility="private", queue=False)
 
@@ -550,9 +567,9 @@ def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
                 stop = gr.Button("Stop", variant="stop")
         with gr.Column(scale=3):
             with gr.Row():
-                condition_view = gr.Image(label="Condition the network sees", type="filepath", interactive=False,
+                condition_view = gr.Image(elem_classes=[PIXELATED], label="Condition the network sees", type="filepath", interactive=False,
                                           height=240, format="png")
-                gallery = gr.Gallery(label="Images", format="png", columns=4, height="auto", interactive=False,
+                gallery = gr.Gallery(elem_classes=[PIXELATED], label="Images", format="png", columns=4, height="auto", interactive=False,
                                      fit_columns=False)
             with gr.Accordion("Generation records", open=False):
                 details = gr.JSON(label="Records")

@@ -132,7 +132,7 @@ def test_model_info_loads_only_listed_or_allowed_models_and_does_not_probe_paths
 
 def test_generate_refuses_an_unlisted_checkpoint_folder(app, server_files):
     outside = str(server_files["checkpoint"])
-    data = [outside, "all", "ddim", 2, 4.0, 0.0, 0, False, 1, "", False, 0.0]
+    data = [outside, "all", "ddim", 2, 4.0, 0.0, 0, False, 1, "", False, 0.0, "1"]
     assert "--allow-path" in refusal(app[0], "generate", data)
 
 
@@ -187,7 +187,7 @@ def test_the_service_itself_reads_only_uploads(runs_dir, server_files, tmp_path)
     service = StudioService(tmp_path / "out", device="cpu", access=app_access())
     studio_png = StudioService(tmp_path / "made", device="cpu").generate(
         GenerateRequest("demo", num_images=1, seed=123, num_inference_steps=1)).batch.paths[0]
-    with pytest.raises(AccessDenied, match="PNG 00-seed123.png is not an uploaded file"):
+    with pytest.raises(AccessDenied, match=r"PNG 00-demo-class0-seed123.png is not an uploaded file"):
         service.request_from_png(studio_png)
     with pytest.raises(AccessDenied, match="control image private.png is not an uploaded file"):
         service.control(ControlRequest(CONTROLNET, str(server_files["picture"]), condition="none"))
