@@ -188,7 +188,8 @@ def build_app(service: StudioService) -> gr.Blocks:
                     with gr.Row():
                         model = gr.Dropdown([(o.label, o.name) for o in generators], value=generators[0].name,
                                             label="Model", allow_custom_value=True, scale=5,
-                                            info="a shipped model or local run; or type a checkpoint folder / hub id")
+                                            info="a shipped model or local run; or type the path of a checkpoint "
+                                                 "in the runs folder (or a folder the app allows)")
                         refresh = gr.Button("Refresh models", scale=1, size="sm")
                     model_note = gr.Markdown()
                     class_label = gr.Dropdown([("all classes (balanced)", ALL_CLASSES)], value=ALL_CLASSES,
@@ -592,10 +593,12 @@ def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
         return str(result.condition), gallery_items(result.batch.paths, result.batch.records), result.to_dict()
 
     def sketch_file(value: dict | None) -> str | None:
-        """The sketch pad's flattened drawing (a PNG path), for the control image input."""
+        """The sketch pad's flattened drawing (a PNG path), for the control image input. Only a file in the
+        upload cache (where gradio writes the drawing) is passed on, since returning a path publishes that file."""
         if not value or not value.get("composite"):
             raise gr.Error("draw something on the sketch pad first")
-        return value["composite"]
+        with user_errors():
+            return str(service.access.upload(value["composite"], "sketch"))
 
     event = run.click(lambda: (None, None, None), None, [condition_view, gallery, details], queue=False,
                       api_visibility="private", show_progress="hidden").then(
