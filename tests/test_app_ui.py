@@ -228,3 +228,12 @@ def test_generate_offers_no_controlnet_and_the_api_page_speaks_to_users(app, cli
         assert description, name
         for internal in ("Gradio", "gradio", "unpreprocessed", "`", "service", "StudioError"):
             assert internal not in description, (name, description)
+
+
+def test_train_runs_a_listed_preset_and_continues_its_own_run(client):
+    job = client.submit("dit", "mnist-tiny", 10, "", api_name="/train")
+    text, _, _, status = job.result(timeout=300)
+    assert status["state"] == "finished" and status["step"] == 10, text
+    text, _, _, resumed = client.predict("dit", "mnist-tiny", 20, status["run"], api_name="/train")
+    assert resumed["state"] == "finished" and resumed["run"] == status["run"], text
+    assert resumed["history"][0]["step"] == 11 and resumed["step"] == 20
