@@ -69,7 +69,7 @@ def test_train_refuses_an_uploaded_preset_and_does_not_echo_it(app, crafted):
     server_path = upload(app[0], "evil.yaml", yaml)
     before = runs_now()
     for preset in (server_path, "../../" + server_path, "mnist-tiny.yaml", "/etc/hostname.yaml"):
-        message = refusal(app[0], "train", ["dit", preset, 10, ""])
+        message = refusal(app[0], "train", ["dit", preset, 10, ""]).replace(preset, "PRESET")  # the path is random
         assert "hunter2" not in message and "secret_token" not in message and "4000" not in message
     assert runs_now() == before and not marker.exists()
 
