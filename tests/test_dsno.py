@@ -413,8 +413,10 @@ def test_adm_teacher_trajectory_ends_at_the_adm_pipelines_ddim_sample():
 
 
 def tiny_adm_teacher_pipeline():
-    """The recorder's DDIM-N on a studio ADM checkpoint equals that pipeline's diffusers-DDIM sample
-    (CFG with its null class, learned-sigma half dropped), so the bench compares like with like."""
+    """The recorder's DDIM-N on a studio ADM checkpoint equals that pipeline's unclamped diffusers-DDIM
+    sample (CFG with its null class, learned-sigma half dropped), so the bench compares like with like.
+    The training scheduler here says clip_sample=False: the recorder never clamps x0 (see the test above),
+    and the pipeline's DDIM inherits the flag from the training scheduler."""
     from diffusers import DDPMScheduler
 
     from studio.diffusion.trajectories import teacher_from_pipeline
@@ -427,7 +429,8 @@ def tiny_adm_teacher_pipeline():
     with torch.no_grad():
         for param in unet.parameters():
             param.normal_(0, 0.05)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range")
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
+                              clip_sample=False)
     pipe = StudioADMPipeline(unet=unet.eval(), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     teacher = teacher_from_pipeline(pipe, "adm-test")
@@ -437,11 +440,11 @@ def tiny_adm_teacher_pipeline():
     images = pipe(class_labels=[3, 4], seed=3, num_inference_steps=16, guidance_scale=2.0, scheduler="DDIMScheduler",
                   output_type="pt").images
     torch.testing.assert_close(images, (states[:, -1] / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)
-    return pipe
     student = DSNOStudent.from_teacher(teacher.unet, timesteps=list(grid.timesteps),
                                        alphas_cumprod=list(grid.alphas_cumprod),
                                        alpha_cumprod_start=grid.alpha_cumprod_start, num_classes=10)
     assert student(states[:, 0], torch.tensor([3, 4])).shape == (2, 4, 1, 8, 8)
+    return pipe
 
 
 def test_cli_records_trajectories_of_a_saved_teacher(tmp_path, capsys):
