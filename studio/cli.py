@@ -29,6 +29,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "output_dir": ("output_dir", str),
     "seed": ("seed", int),
     "resume_from_checkpoint": ("resume_from_checkpoint", str),
+    "init_from": ("init_from", str),
     "mixed_precision": ("mixed_precision", str),
     "gradient_accumulation_steps": ("gradient_accumulation_steps", int),
     "time_budget": ("time_budget_minutes", float),

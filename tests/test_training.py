@@ -137,3 +137,25 @@ def test_in_loop_evaluation_logs_metrics(tmp_path):
     scores = result.history[-1]
     assert 0.0 <= scores["eval/class_accuracy"] <= 1.0 and scores["eval/domain_fd"] > 0
     assert "eval/class_accuracy" not in result.history[0]
+
+
+def test_init_from_starts_a_run_at_a_checkpoints_weights(tmp_path):
+    """Fine-tuning: the run starts at the checkpoint's weights (model and EMA), not a fresh init (its first
+    step runs at warm-up LR 0, so the saved state is the starting point)."""
+    first = train(tiny_config(tmp_path / "a", "max_steps=2", "checkpointing_steps=2"))
+    source = load_pipeline(str(first.pipeline_dir)).transformer.state_dict()
+    train(tiny_config(tmp_path / "b", "max_steps=1", "checkpointing_steps=1", "optim.warmup_steps=10",
+                      f"init_from={first.pipeline_dir}"))
+    model, shadow, _ = _state(tmp_path / "b")
+    assert source.keys() == model.keys()
+    assert all(torch.equal(source[k], model[k]) and torch.equal(source[k], shadow[k]) for k in source)
+    fresh, _, _ = _state(tmp_path / "a")
+    assert not all(torch.equal(fresh[k], model[k]) for k in source)  # really the export (EMA), not a re-init
+
+
+def test_init_from_refuses_another_architecture_and_a_missing_checkpoint(tmp_path):
+    first = train(tiny_config(tmp_path / "a", "max_steps=1", "checkpointing_steps=1"))
+    with pytest.raises(ConfigError, match="'transformer' of .* has another architecture"):
+        train(tiny_config(tmp_path / "b", "max_steps=1", "model.depth=2", f"init_from={first.pipeline_dir}"))
+    with pytest.raises(CheckpointError):
+        train(tiny_config(tmp_path / "c", "max_steps=1", f"init_from={tmp_path / 'nothing-here'}"))

@@ -106,6 +106,7 @@ class TrainConfig:
     eval_metrics: str = "acc,dfd"  # studio.metrics names, e.g. acc,dfd,kid,pr
     eval_num_images: int = 100
     resume_from_checkpoint: str = ""  # "" | latest | path
+    init_from: str = ""  # fine-tune: start from this checkpoint's weights (shipped name, run or folder)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     model: Any = None

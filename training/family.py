@@ -77,6 +77,28 @@ class Family(ABC):
     def build_models(self) -> dict[str, nn.Module]:
         """The trainable networks, by name (e.g. ``{"transformer": dit}``)."""
 
+    def load_initial_weights(self, models: dict[str, nn.Module], pipe: Any, source: str) -> None:
+        """Copy the weights of checkpoint ``pipe`` into ``models`` (``init_from``: fine-tuning).
+
+        Each trainable network takes the pipeline component of the same name (ADM and ControlNet
+        ``unet``/``controlnet``, DiT ``transformer``, GAN ``generator``); a network the checkpoint
+        lacks (a GAN discriminator is not exported) keeps its fresh initialisation, but at least one
+        must match. Shapes must agree exactly: fine-tuning never reshapes a network silently.
+        """
+        matched = []
+        for name, model in models.items():
+            component = getattr(pipe, name, None)
+            if not isinstance(component, nn.Module):
+                continue
+            theirs, ours = component.state_dict(), model.state_dict()
+            if theirs.keys() != ours.keys() or any(theirs[k].shape != ours[k].shape for k in ours):
+                raise ConfigError(f"init_from: the '{name}' of {source} has another architecture than this "
+                                  f"preset's; set the network fields to the checkpoint's (see its studio.json)")
+            model.load_state_dict(theirs)
+            matched.append(name)
+        if not matched:
+            raise ConfigError(f"init_from: {source} holds none of this family's networks ({', '.join(models)})")
+
     @abstractmethod
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         """One optimizer per independently stepped part (GANs: generator and discriminator)."""

@@ -26,7 +26,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from studio.errors import ConfigError, StudioError
-from studio.hub import save_pipeline
+from studio.hub import load_pipeline, save_pipeline
 from studio.pipelines.record import make_grid, png_info
 from studio.runtime import resolve_device, set_attention_backend
 from training.checkpoint import (
@@ -192,6 +192,8 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
     dataset = family_cls.training_data(config)
     family = family_cls(config, dataset.info)
     models = family.build_models()
+    if config.init_from:
+        family.load_initial_weights(models, load_pipeline(config.init_from, device="cpu"), config.init_from)
     for model in models.values():
         set_attention_backend(model, config.attention)
     optimizers = family.build_optimizers(models)
