@@ -92,6 +92,11 @@ class ControlNetFamily(Family):
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         return {"controlnet": self.adamw(models["controlnet"].parameters())}
 
+    def load_initial_weights(self, models: dict[str, nn.Module], pipe: Any, source: str) -> None:
+        """Only the ControlNet comes from ``init_from``: the frozen base stays ``model.base``, so a
+        ControlNet can be carried over to a retrained base and fine-tuned there."""
+        super().load_initial_weights({"controlnet": models["controlnet"]}, pipe, source)
+
     def hints(self, images: torch.Tensor) -> torch.Tensor:
         """Condition maps (N, 1, H, W) in [0, 1] of a batch in [-1, 1]."""
         maps = condition_maps((images.detach().cpu() + 1.0) / 2.0, self.config.model.condition)
