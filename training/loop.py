@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from studio.errors import ConfigError, StudioError
 from studio.hub import load_pipeline, save_pipeline
+from studio.pipelines.base import eval_mode
 from studio.pipelines.record import make_grid, png_info
 from studio.runtime import resolve_device, set_attention_backend
 from training.checkpoint import (
@@ -124,14 +125,10 @@ def draw_samples(family: Family, models: dict[str, torch.nn.Module], emas: dict[
                  num_images: int) -> tuple[np.ndarray, Any]:
     """Fixed-seed samples (uint8 (N, H, W, C)) and their record, from the EMA weights in eval mode."""
     chosen = sampling_models(models, emas)
-    modes = {name: m.training for name, m in chosen.items()}
-    for model in chosen.values():
-        model.eval()
-    pipe = family.make_pipeline(chosen)
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(num_images=num_images, seed=0, output_type="np", **family.sample_kwargs())
-    for name, model in chosen.items():
-        model.train(modes[name])
+    with eval_mode(*chosen.values()):
+        pipe = family.make_pipeline(chosen)
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe(num_images=num_images, seed=0, output_type="np", **family.sample_kwargs())
     return (np.clip(out.images, 0, 1) * 255 + 0.5).astype(np.uint8), out.record
 
 

@@ -12,7 +12,6 @@ and, when attached (`attach_classifier`), ``classifier/``.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -34,6 +33,7 @@ from studio.pipelines.base import (
     check_eta_applies,
     check_finite,
     check_scheduler_steps,
+    scheduler_step_kwargs,
 )
 from studio.pipelines.invariance import batch_invariant
 from studio.pipelines.record import GenerationRecord
@@ -164,7 +164,7 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
         """Model (CFG-batched), classifier gradient at the original timestep, sampler step, callback."""
         channels = sample.shape[1]
         guided = isinstance(sampler, ADMSampler)
-        step_kwargs = {"generator": generators} if guided else self._step_kwargs(sampler, generators, eta)
+        step_kwargs = {"generator": generators} if guided else scheduler_step_kwargs(sampler, generators, eta)
         for i, t in enumerate(self.progress_bar(sampler.timesteps)):
             if self._interrupt:
                 break
@@ -196,17 +196,6 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
                          class_labels=torch.cat([y, null])).sample
         cond, uncond = both.chunk(2)
         return cfg_mix(cond, uncond, guidance_scale, x.shape[1])
-
-    @staticmethod
-    def _step_kwargs(sampler: Any, generators: list[torch.Generator], eta: float) -> dict[str, Any]:
-        """Pass ``generator`` / ``eta`` only to schedulers whose ``step`` takes them."""
-        accepted = inspect.signature(sampler.step).parameters
-        kwargs: dict[str, Any] = {}
-        if "generator" in accepted:
-            kwargs["generator"] = generators
-        if "eta" in accepted:
-            kwargs["eta"] = eta
-        return kwargs
 
 
 def check_classifier(unet: UNet2DModel, scheduler: Any, classifier: NoisyClassifier) -> None:

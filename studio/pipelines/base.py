@@ -93,6 +93,18 @@ def check_eta_applies(scheduler: Any, eta: float) -> None:
                           "takes eta); leave it at 0 or use scheduler ddim")
 
 
+def scheduler_step_kwargs(scheduler: Any, generators: list[torch.Generator], eta: float) -> dict[str, Any]:
+    """The ``generator`` / ``eta`` arguments of ``scheduler.step``, passed only to schedulers whose
+    ``step`` takes them."""
+    accepted = inspect.signature(scheduler.step).parameters
+    kwargs: dict[str, Any] = {}
+    if "generator" in accepted:
+        kwargs["generator"] = generators
+    if "eta" in accepted:
+        kwargs["eta"] = eta
+    return kwargs
+
+
 def check_seed_range(seed: Any, count: int = 1) -> int:
     """A base seed whose images ``seed .. seed + count - 1`` all lie in 0..`MAX_SEED`."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):

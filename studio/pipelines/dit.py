@@ -7,7 +7,6 @@ pixel-space studio models and latent models that ship a VAE.
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any, Callable, Sequence
 
@@ -25,6 +24,7 @@ from studio.pipelines.base import (
     check_finite,
     check_scheduler_steps,
     check_steps,
+    scheduler_step_kwargs,
 )
 from studio.pipelines.invariance import batch_invariant
 from studio.pipelines.record import GenerationRecord
@@ -100,7 +100,7 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
         y = torch.tensor(plan.labels, device=latents.device)
         if use_cfg:
             y = torch.cat([y, torch.full_like(y, self.num_classes)])
-        step_kwargs = self._step_kwargs(sampler, generators, eta)
+        step_kwargs = scheduler_step_kwargs(sampler, generators, eta)
 
         # 3. denoising loop
         denoise_started = time.perf_counter()
@@ -152,14 +152,3 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
                 returned = callback_on_step_end(self, i, t, {"latents": latents}) or {}
                 latents = returned.get("latents", latents)
         return latents
-
-    @staticmethod
-    def _step_kwargs(sampler: Any, generators: list[torch.Generator], eta: float) -> dict[str, Any]:
-        """Pass ``generator`` / ``eta`` only to schedulers whose ``step`` takes them."""
-        accepted = inspect.signature(sampler.step).parameters
-        kwargs: dict[str, Any] = {}
-        if "generator" in accepted:
-            kwargs["generator"] = generators
-        if "eta" in accepted:
-            kwargs["eta"] = eta
-        return kwargs
