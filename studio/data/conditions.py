@@ -1,4 +1,4 @@
-"""Condition maps for ControlNet, computed offline and deterministically from images (spec 6.5).
+"""Condition maps for ControlNet, computed offline and deterministically from images.
 
 Input: images in [0, 1], shape (N, H, W) or (N, 1, H, W) (numpy or torch). Output: float32 numpy
 (N, 1, H, W) in [0, 1]. An all-black image gives an all-zero map for every type.

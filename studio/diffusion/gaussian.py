@@ -5,7 +5,7 @@ things as the papers do: ``q_sample``, ``q_posterior_mean_variance``, ``p_mean_v
 ``training_losses`` (the hybrid loss), ``p_sample`` (ancestral step with the classifier-guidance
 mean shift) and ``ddim_sample`` (DDIM step with the guided ε̂). diffusers' schedulers cover the
 unguided math but expose neither the model variance Σ_θ (needed for the DDPM mean shift Σ·g) nor a
-VLB, so this is written out (spec 4.2, 4.4, 4.5). `respaced` keeps a subset of timesteps and
+VLB, so this is written out (as guided-diffusion does). `respaced` keeps a subset of timesteps and
 recomputes the betas between them; ``timestep_map`` holds the original indices the networks see.
 
 Model outputs are ε (first C channels) followed by v (last C channels) with learned sigma:
@@ -214,7 +214,7 @@ class GaussianDiffusion:
                         t: torch.Tensor, noise: torch.Tensor, vlb_weight: float = 0.001) -> dict[str, torch.Tensor]:
         """The hybrid loss L_simple + λ·L_vlb per example (IDDPM), as a dict of terms.
 
-        ``mse`` trains ε; ``vb`` trains only v: it is computed from a detached ε (spec 4.2), so
+        ``mse`` trains ε; ``vb`` trains only v: it is computed from a detached ε (as guided-diffusion), so
         the VLB cannot pull the mean. ``vb`` is the per-t term times T (an estimate of the whole
         VLB), so ``vlb_weight`` λ = 0.001 at T = 1000 adds the per-t term with weight 1, as ADM.
         Without a v half the loss is plain ``mse``.

@@ -1,9 +1,10 @@
 """Guidance for ADM-style sampling: classifier gradients, classifier-free mixing, guided samplers.
 
 - `classifier_gradient`: g = ∇_{x_t} log softmax(classifier(x_t, t))[y] at the **original**
-  timestep index (spec 4.4), with the classifier's own parameters untouched.
+  timestep index (as guided-diffusion's respace.py maps respaced steps back for ``cond_fn``), with
+  the classifier's own parameters untouched.
 - `cfg_mix`: ε̃ = ε_u + s·(ε_c − ε_u) on the ε half only; a learned-variance half is taken from
-  the conditional output (spec 4.7: split before any guidance maths).
+  the conditional output (split before any guidance maths, so the variance is never guided).
 - `ADMSampler`: a scheduler-shaped wrapper (``set_timesteps`` / ``timesteps`` / ``step``) over
   `GaussianDiffusion`'s guided ancestral (``ddpm``) and DDIM (``ddim``) steps on respaced
   timesteps, so studio pipelines and sampler plugins drive it like a diffusers scheduler.

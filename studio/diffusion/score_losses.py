@@ -1,6 +1,6 @@
 """Denoising score matching losses: NCSN's discrete ladder and the score SDEs' continuous form.
 
-diffusers provides no score-matching loss (spec 3.3), so both are written here. Randomness (the
+diffusers provides no score-matching loss, so both are written here. Randomness (the
 level or time of each example, the noise) is drawn by the caller and passed in, so the losses are
 plain functions of their inputs and testable against closed forms. Each returns a dict of terms
 (``loss``: the scalar to minimise; ``per_example``: (B,) before the batch mean).
@@ -20,7 +20,7 @@ LevelScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Weighting(str, Enum):
-    """lambda(t) of the continuous DSM loss (spec 3.2)."""
+    """lambda(t) of the continuous DSM loss (score_sde_pytorch losses.py ``get_sde_loss_fn``)."""
 
     STANDARD = "standard"  # lambda = std(t)^2: sum (s std + z)^2, i.e. noise-prediction MSE
     LIKELIHOOD = "likelihood"  # lambda = g(t)^2: bounds the negative log-likelihood (Song et al. 2021b)

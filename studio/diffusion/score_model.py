@@ -10,7 +10,7 @@ A score pipeline holds a `UNet2DModel` and a scheduler config. The network's noi
   from ``diffusers`` and so cannot be loaded back from a ``model_index.json`` (tried: 0.42.1
   looks it up in ``diffusers.pipelines.deprecated`` and fails).
 
-The score functions follow score_sde's ``get_score_fn`` (spec 3.2): VE feeds sigma(t) and the
+The score functions follow score_sde's ``get_score_fn`` (models/utils.py): VE feeds sigma(t) and the
 network divides by it; VP feeds 999 t and turns predicted noise into -noise / std(t); NCSN feeds
 the level index and divides by sigma_i (NCSNv2's output scaling).
 """
@@ -43,7 +43,7 @@ class ScoreKind(str, Enum):
 
     @property
     def data_range(self) -> tuple[float, float]:
-        """The range the model's images live in (spec 0.1)."""
+        """The range the model's images live in (as score_sde: VE / NCSN on [0, 1], VP on [-1, 1])."""
         return (-1.0, 1.0) if self is ScoreKind.VP else (0.0, 1.0)
 
     @property
@@ -58,7 +58,7 @@ class VPSDEScheduler(SchedulerMixin, ConfigMixin):
     :param num_train_timesteps: N of the discrete chain (DDPM betas linspace(beta_min/N, beta_max/N, N)).
     :param beta_min: beta(0) of the continuous SDE.
     :param beta_max: beta(1).
-    :param sampling_eps: the time sampling stops at (1e-3 for VP, spec 3.2).
+    :param sampling_eps: the time sampling stops at (1e-3 for VP, as score_sde's run_lib.py).
     :param snr: signal-to-noise ratio of the Langevin corrector.
     :param correct_steps: default corrector steps per predictor step (0: predictor only).
     """

@@ -1,5 +1,6 @@
 """Samplers for score models that diffusers lacks: annealed Langevin dynamics, predictor-corrector
-and the probability-flow ODE (spec 3.1-3.2).
+and the probability-flow ODE (Song & Ermon 2019, NCSN; Song et al. 2021, score SDE, sec. 4; reference
+code ermongroup/ncsn anneal_runner.py and score_sde_pytorch sampling.py).
 
 Why our own: diffusers' `ScoreSdeVeScheduler` covers the VE predictor and corrector only, its
 corrector sizes the step with norms averaged over the batch (so image i depends on the images
@@ -197,7 +198,10 @@ def pc_sample(predictor: Predictor, corrector: Corrector, x: torch.Tensor, eps: 
 
 # ============================================================================ annealed Langevin dynamics
 def langevin_step_sizes(sigmas: torch.Tensor, step_lr: float) -> torch.Tensor:
-    """NCSN's per-level step s_i = step_lr (sigma_i / sigma_L)^2 (the code's convention, spec 3.1)."""
+    """NCSN's per-level step s_i = step_lr (sigma_i / sigma_L)^2 (ermongroup/ncsn anneal_runner.py).
+
+    The paper's Algorithm 1 calls this step alpha_i / 2 for the same step_lr; we follow the code.
+    """
     return step_lr * (sigmas / sigmas[-1]) ** 2
 
 
@@ -251,7 +255,7 @@ def probability_flow_ode(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, t_start: 
     """Integrate dx/dt = f - g^2 s / 2 from ``t_start`` to ``t_end`` with scipy's RK45.
 
     Deterministic: the same ``x`` gives the same output. Runs forward in time too (t_start <
-    t_end: encoding data into the prior). The solver works on float64 numpy state (spec 3.5);
+    t_end: encoding data into the prior). The solver works on float64 numpy state (scipy's solve_ivp);
     ``denoise`` ends with one noise-free reverse-diffusion step at ``t_end`` (costs one more NFE).
     """
     rsde = sde.reverse(score_fn, probability_flow=True)

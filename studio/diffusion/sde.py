@@ -4,11 +4,11 @@ One abstract `SDE` states the contract (``sde``, ``marginal_prob``, ``prior_samp
 ``prior_logp``, ``discretize``, ``reverse``); `VESDE` (SMLD / NCSN in continuous time) and
 `VPSDE` (DDPM in continuous time) implement it. `ReverseSDE` builds the reverse-time SDE, or the
 probability-flow ODE, of any forward SDE from a score function, so samplers never special-case VE
-against VP. `geometric_sigmas` is NCSN's discrete ladder sigma_1 > ... > sigma_L (spec 3.1).
+against VP. `geometric_sigmas` is NCSN's discrete ladder sigma_1 > ... > sigma_L (Song & Ermon 2019).
 
 diffusers has the VE half of this only inside `ScoreSdeVeScheduler` (a sampling grid and two step
 functions, no marginals, no SDE, no probability-flow ODE) and the VP half only as a deprecated,
-unexported scheduler (spec 3.3), so the math is written here; tests check `VESDE.discretize`
+unexported scheduler, so the math is written here; tests check `VESDE.discretize`
 against `ScoreSdeVeScheduler.step_pred` step for step.
 
 Shapes: ``x`` is (B, ...) and ``t`` is (B,) float in [0, 1]; per-example scalars come back as
@@ -178,7 +178,7 @@ class VPSDE(SDE):
         return (expand_as((1.0 - beta).sqrt(), x) - 1.0) * x, beta.sqrt()
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
-        """1 - beta_i at ``t``'s grid index (scales the Langevin corrector's step, spec 3.2)."""
+        """1 - beta_i at ``t``'s grid index (scales the Langevin corrector's step, as score_sde does)."""
         return 1.0 - self.discrete_betas().to(t.device)[self.step_index(t)].to(t.dtype)
 
 

@@ -2,7 +2,8 @@
 
 DSNO learns the map from initial noise to a few states of the teacher's probability-flow path, so
 the teacher is sampled with DDIM at η = 0 (no noise after x_T: one operator to learn) over N steps,
-and M of its states are kept on the reference's quadratic grid, dense near t = 0 (spec 3.2, 3.10):
+and M of its states are kept on the quadratic grid of the DSNO reference's CIFAR-10 data (Zheng et
+al. 2023), dense near t = 0; N is a CPU compromise (the reference used 512 steps):
 state after ``round(N·(1 − (1 − m/M)²))`` steps, m = 1..M (N = 64, M = 4: steps 28, 48, 60, 64).
 A teacher with a null class is guided (CFG) at one fixed scale, which the student then bakes in.
 
@@ -34,7 +35,8 @@ from studio.errors import CheckpointError, ConfigError, DataError
 
 META_FILE = "meta.json"
 PROGRESS_FILE = "progress.json"
-#: loss weightings for the student (spec 3.4 / 3.8): clamp(α/σ, 1, 1e4) per slice, or all ones
+#: loss weightings for the student: clamp(α/σ, 1, 1e4) per slice (DSNO utils/loss.py; puts ~all the
+#: weight on the final slice), or all ones
 WEIGHTINGS = ("snr_clamped", "uniform")
 SNR_WEIGHT_MAX = 1e4
 

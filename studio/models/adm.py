@@ -1,15 +1,17 @@
 """ADM ("Diffusion Models Beat GANs"): the class-conditional UNet and the noisy classifier.
 
-The UNet is a plain diffusers `UNet2DModel` configured as ADM (spec 4.5): scale-shift GroupNorm
-(AdaGN), ResBlock up/down sampling, attention at the listed resolutions and in the middle block,
-learned sigma (2C output channels: epsilon, then the variance interpolation v) and a class table
-with one extra row, the null class K, for classifier-free guidance. diffusers does not zero the
-last conv of each ResBlock, attention's output projection or the final conv as ADM does;
-`zero_init_outputs` applies that after construction, so checkpoints stay plain diffusers.
+The UNet is a plain diffusers `UNet2DModel` configured as ADM (guided-diffusion's script_util.py
+flags): scale-shift GroupNorm (AdaGN), ResBlock up/down sampling, attention at the listed
+resolutions and in the middle block, learned sigma (2C output channels: epsilon, then the variance
+interpolation v) and a class table with one extra row, the null class K, for classifier-free
+guidance. diffusers does not zero the last conv of each ResBlock, attention's output projection or
+the final conv as ADM does; `zero_init_outputs` applies that after construction, so checkpoints
+stay plain diffusers.
 
 The noisy classifier (`NoisyClassifier`, ADM's ``EncoderUNetModel``) is the UNet's encoder half
 and middle block, built from the same diffusers blocks, with a GN -> SiLU -> attention-pool head.
-It sees x_t and t, so its gradient ∇ log p(y | x_t) guides sampling at every noise level (spec 4.3).
+It sees x_t and t, so its gradient ∇ log p(y | x_t) guides sampling at every noise level (Dhariwal &
+Nichol 2021, sec. 4).
 """
 
 from __future__ import annotations

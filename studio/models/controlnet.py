@@ -31,7 +31,8 @@ from torch import nn
 
 from studio.errors import ConfigError
 
-#: conditioning embedding of a pixel-space ControlNet: hint at the sample resolution (spec 6.4)
+#: conditioning embedding of a pixel-space ControlNet: hint at the sample resolution (diffusers' default
+#: (16, 32, 96, 256) downsamples the hint 8x, for latent models)
 HINT_CHANNELS = (16,)
 
 

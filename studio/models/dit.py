@@ -1,6 +1,6 @@
 """DiT: a class-conditional diffusion transformer on diffusers' `DiTTransformer2DModel`.
 
-diffusers' DiT differs from the paper's in three ways that matter for training (spec 5.3); we
+diffusers' DiT differs from the paper's in three ways that matter for training; we
 fix them after construction instead of forking the class, so checkpoints stay plain diffusers:
 
 1. no DiT init: every layer keeps PyTorch's default init; the class tables are N(0, 1)
@@ -69,7 +69,7 @@ def build_dit(config: DiTConfig) -> DiTTransformer2DModel:
 
 
 def initialize_weights(model: DiTTransformer2DModel) -> None:
-    """DiT's init (paper, section 3): xavier everywhere, small conditioning embeddings, adaLN-Zero."""
+    """DiT's init (DiT models.py ``initialize_weights``): xavier, small label tables, adaLN-Zero."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Linear):

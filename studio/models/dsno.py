@@ -5,7 +5,7 @@ teacher's deterministic sampler into one network evaluation: the student gets th
 ``x_T`` once per time slice (M slices, slice m carrying the time embedding of grid time t_m) and
 returns the M states ``x(t_1) .. x(t_M)`` of the teacher's trajectory; the last (t = 0) is the sample.
 Slices are ordinary batch rows for the UNet; `TimeConv` layers, inserted after every ResNet(+attention)
-stage by forward hooks, mix them along the time axis in Fourier space (spec 3.3, 3.9).
+stage by forward hooks, mix them along the time axis in Fourier space (the reference's models/tddpmm.py).
 
 The backbone is rebuilt from the teacher's config and loaded with a copy of its weights, so the
 teacher instance is never hooked. Hooks are bound methods of the `TimeConv` modules: a deep copy of
@@ -29,7 +29,7 @@ from studio.errors import CheckpointError, ConfigError
 
 #: backbone classes a student can be built on, by class name (the name is stored in the config)
 UNET_CLASSES: dict[str, type[ModelMixin]] = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
-#: how the raw per-slice output becomes a state (spec 3.9)
+#: how the raw per-slice output becomes a state (see `DSNOStudent`'s ``output_param``)
 OUTPUT_PARAMS = ("x0_ddim", "state")
 #: TimeConv initialisations: the reference's small uniform weights, or zeros (student == teacher per slice)
 INITS = ("reference", "zero")
@@ -84,7 +84,7 @@ class TimeConv(nn.Module):
 
 
 def hook_points(unet: nn.Module) -> list[tuple[nn.Module, int]]:
-    """Where temporal layers go, in forward order, with each point's output channels (spec 3.3).
+    """Where temporal layers go, in forward order, with each point's output channels (as the DSNO reference).
 
     After every down/up ResNet (its attention, when one follows it) and after the middle attention
     (the first middle ResNet without attention); never after samplers or at the output.

@@ -1,7 +1,7 @@
 """Score networks: noise-conditional UNets (NCSN, VE-SDE, VP-SDE) on diffusers' `UNet2DModel`.
 
 One `UNet2DModel` serves all three score models; they differ only in what tells the network the
-noise level (spec 3.1-3.4), chosen at build time by `NoiseConditioning`:
+noise level, chosen at build time by `NoiseConditioning`:
 
 - ``level`` (NCSN): a learned embedding of the noise-level index i in [0, L) (``time_embedding_type
   ="learned"``). The network output is divided by sigma_i outside the model (the NCSNv2 fix).
@@ -48,7 +48,7 @@ class ScoreNetConfig:
     :param in_channels: image channels; the output (score or noise) has as many.
     :param block_out_channels: width of each resolution level; one fewer halvings than entries.
     :param layers_per_block: ResNet blocks per level.
-    :param attention_levels: per level, whether it has self-attention (spec 3.4: only at 14 px).
+    :param attention_levels: per level, whether it has self-attention (the MNIST presets: only at 14 px).
     :param norm_num_groups: GroupNorm groups (must divide every width).
     :param conditioning: `NoiseConditioning` value (``level``, ``log_sigma`` or ``time``).
     :param num_levels: L, the number of noise levels (``level`` conditioning only).

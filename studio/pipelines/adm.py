@@ -2,7 +2,7 @@
 
 ``scheduler="ddpm"`` (ancestral, learned variance) and ``"ddim"`` run studio's `ADMSampler`, the
 only samplers that take classifier guidance (the DDPM mean shift needs Σ_θ, which diffusers'
-schedulers do not expose; spec 4.4). Any other diffusers scheduler name (``dpm++``, ``euler``...)
+schedulers do not expose). Any other diffusers scheduler name (``dpm++``, ``euler``...)
 runs unguided or with classifier-free guidance on the ε half. Guidance gradients are taken at the
 original timestep index whatever the number of steps.
 

@@ -1,7 +1,7 @@
 """Class-conditional DiT sampling with classifier-free guidance (pixel or latent space).
 
-diffusers' own `DiTPipeline` hard-codes the null class 1000 and always decodes through a VAE
-(spec 5.3); this pipeline uses null = K and makes the VAE optional, so the same class serves
+diffusers' own `DiTPipeline` hard-codes the null class 1000 and always decodes through a VAE;
+this pipeline uses null = K and makes the VAE optional, so the same class serves
 pixel-space studio models and latent models that ship a VAE.
 """
 

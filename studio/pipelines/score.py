@@ -57,7 +57,7 @@ SAMPLERS = ("langevin", "pc", "ode")
 #: the samplers each kind supports, default first
 KIND_SAMPLERS = {ScoreKind.NCSN: ("langevin", "pc"), ScoreKind.VE: ("pc", "langevin", "ode"),
                  ScoreKind.VP: ("pc", "ode")}
-#: NCSN's Langevin step (spec 3.1: step_lr 2e-5 with T = 100 per level)
+#: NCSN's Langevin step (ermongroup/ncsn configs/anneal.yml: step_lr 2e-5 with T = 100 per level)
 DEFAULT_STEP_LR = 2e-5
 ODE_TOLERANCE = 1e-5
 

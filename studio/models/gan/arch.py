@@ -1,8 +1,8 @@
 """Channel plans of the ResNet GANs per image resolution (BigGAN-PyTorch ``G_arch`` / ``D_arch``).
 
-Widths are multiples of a base width ``ch``. The 32/64/128/256 px plans are BigGAN's (spec 2.1);
+Widths are multiples of a base width ``ch``. The 32/64/128/256 px plans are BigGAN's;
 28 px (MNIST) has its own plan because 28 is not a power of two: G starts from a 7x7 map and
-upsamples twice, D halves twice (28 -> 14 -> 7) and ends with blocks at 7x7 (spec 1.4).
+upsamples twice, D halves twice (28 -> 14 -> 7) and ends with blocks at 7x7.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 G: z (B, z_dim) is split into ``blocks + 1`` equal chunks. Chunk 0 feeds the SN-linear that makes
 the (bottom x bottom) map; chunk i >= 1 is concatenated with the shared class embedding e_y and
 conditions both BNs of up-block i: ``gain = 1 + SNlinear([e_y, z_i])``, ``bias = SNlinear([e_y,
-z_i])`` (spec 2.1). The embedding is a plain table (SN on it "cripples G" per BigGAN-PyTorch).
+z_i])`` (BigGAN-PyTorch ``ccbn``). The embedding is a plain table (SN on it "cripples G" per BigGAN-PyTorch).
 Weights are orthogonally initialised. D is SAGAN's projection discriminator with the same plan.
 
 An unconditional BigGAN (``num_classes=0``) conditions each block on its latent chunk alone.

@@ -1,11 +1,11 @@
 """GAN objectives: hinge losses and BigGAN's off-diagonal orthogonal regularisation.
 
-Hinge (spec 1.2): ``L_D = mean(relu(1 - D(x, y))) + mean(relu(1 + D(G(z), y_f)))`` and
+Hinge (SAGAN, BigGAN-PyTorch losses.py): ``L_D = mean(relu(1 - D(x, y))) + mean(relu(1 + D(G(z), y_f)))`` and
 ``L_G = -mean(D(G(z), y_f))``. D is pushed to logits >= 1 on real and <= -1 on fake images;
 beyond the margin an example gives no gradient.
 
-Orthogonal regularisation (spec 2.2, BigGAN paper): for each weight W reshaped to rows = output
-channels, ``R(W) = 0.5 * beta * sum_{i != j} (w_i . w_j)^2``. It penalises correlations between
+Orthogonal regularisation (Brock et al. 2019, BigGAN, sec. 3.1): for each weight W reshaped to rows =
+output channels, ``R(W) = 0.5 * beta * sum_{i != j} (w_i . w_j)^2``. It penalises correlations between
 different filters, not their norms, so any row-rescaled orthogonal matrix scores 0. The 0.5 makes
 the gradient ``2 beta ((W W^T) * (1 - I)) W``, exactly what BigGAN-PyTorch adds to the gradient
 for the same beta. It is applied to the raw (pre-spectral-norm) weights.

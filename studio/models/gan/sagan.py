@@ -4,7 +4,7 @@ G: z -> SN-linear -> (bottom x bottom) map -> up-blocks with class-conditional B
 -> per-class gain and bias) -> BN, ReLU, SN-conv, tanh. Self-attention follows the up-block whose
 output has side ``attention_resolution``.
 D (shared with BigGAN): SN ResNet down-blocks, self-attention at the same side, ReLU, global sum
-pooling to h, then the projection head ``D(x, y) = w.h + b + <E[y], h>`` (spec 1.1).
+pooling to h, then the projection head ``D(x, y) = w.h + b + <E[y], h>`` (Miyato & Koyama 2018).
 
 Unconditional variants (``num_classes=0``) swap in null objects at build time: affine BN instead
 of the conditional one in G, no projection term in D.

@@ -1,4 +1,4 @@
-"""The truncation trick (BigGAN, spec 2.5): latents from a normal truncated at ``threshold``.
+"""The truncation trick (Brock et al. 2019, BigGAN, sec. 3.1): a normal truncated at ``threshold``.
 
 Definition used here (the paper's, and StudioGAN's ``truncnorm(-psi, psi)``): draw z ~ N(0, I) and
 redraw every coordinate with ``|z_k| > threshold`` until all lie inside. Smaller thresholds trade
