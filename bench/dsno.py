@@ -1,4 +1,4 @@
-"""Benchmark a DSNO student against its teacher's DDIM at equal NFE and equal wall time (spec 3.10, 3.11-8).
+"""Benchmark a DSNO student against its teacher's DDIM at equal NFE and equal wall time.
 
 Rows, all from the same noise (image i: seed ``--seed + i``) and classes (i % K): the one-call student
 (NFE 1: one network call on a batch of M slices per image); the teacher's DDIM with 1, 2, 4 steps

@@ -1,10 +1,10 @@
 """Benchmark the UNet plugins (Skip-Tuning, encoder propagation) against the plain sampler.
 
-Protocol (as bench/plugins.py, spec skip_encprop_dsno.md §4): one process; per model one object,
-one scheduler (``--scheduler``, DDIM by default), the same steps, guidance and seeds for every method; each method is
-applied to and removed from the same target. Pass 1 (untimed warm-up) runs every method once and
-keeps its output and plugin stats; then ``--repeats`` rounds run all methods round-robin, so load
-changes on the shared machine hit every method alike. Speedup = median over rounds of the paired
+Protocol (as bench/plugins.py): one process; per model one object, one scheduler (``--scheduler``,
+DDIM by default), the same steps, guidance and seeds for every method; each method is applied to
+and removed from the same target. Pass 1 (untimed warm-up) runs every method once and keeps its
+output and plugin stats; then ``--repeats`` rounds run all methods round-robin, so load changes on
+the shared machine hit every method alike. Speedup = median over rounds of the paired
 ratio plain time / method time (wall clock of the whole sampling call).
 
 Models (random init, no downloads):
@@ -12,7 +12,7 @@ Models (random init, no downloads):
 - ``sd-mini``: a `StableDiffusionPipeline` with a 1.4 M-parameter `UNet2DConditionModel`
   (3 levels, 1 layer per block, cross-attention), a tiny VAE and CLIP text encoder; 16x16 latents, one prompt, CFG;
   timed with ``output_type="latent"`` (text encoding + denoising loop), PSNR on decoded images;
-- ``adm-mini``: the ADM-mini `UNet2DModel` of training.md §4.6 (1.32 M parameters, 28 px,
+- ``adm-mini``: a `UNet2DModel` shaped like the adm-mnist-small preset (1.32 M parameters, 28 px,
   learned sigma, 10 classes + null), sampled by a CFG loop on a ``(unet, scheduler)`` pair.
 
 Output change is PSNR of the final [0, 1] images vs the plain run; on random weights this shows
@@ -95,7 +95,7 @@ def sd_mini(workdir: Path) -> StableDiffusionPipeline:
 
 
 def adm_mini() -> UNet2DModel:
-    """training.md §4.6: (32, 64, 64), 1 layer per block, attention at 14 px, scale-shift, learned sigma."""
+    """adm-mnist-small's layout: (32, 64, 64), 1 layer/block, attention at 14 px, scale-shift, learned σ."""
     torch.manual_seed(0)
     return UNet2DModel(
         sample_size=28,
@@ -180,7 +180,7 @@ def adm_case(args: argparse.Namespace) -> Case:
         (unet, scheduler),
         sample,
         sample,
-        f"UNet2DModel {_params(unet)} M params (training.md §4.6), 28 px, {args.images} image(s), "
+        f"UNet2DModel {_params(unet)} M params (adm-mnist-small shape), 28 px, {args.images} image(s), "
         f"CFG {args.guidance}, (unet, scheduler) pair",
     )
 

@@ -1,10 +1,10 @@
 """Fast-sampling plugins: FORA and RAS (diffusion transformers), Skip-Tuning and encoder propagation (UNets).
 
-One protocol for every plugin (design.md "The plugin protocol"): a config dataclass with safe
-defaults; ``apply(target, config) -> handle`` where target is a pipeline (studio or diffusers),
-a transformer, or a ``(transformer, scheduler)`` pair; ``handle.reset() / stats() / settings() /
-remove()``. Plugins are registered by name and config class, so the CLI and the app parse
-``"fora:interval=3"`` with `parse_plugin_spec` and hand the config to `apply`::
+One protocol for every plugin: a config dataclass with safe defaults; ``apply(target, config) ->
+handle`` where target is a pipeline (studio or diffusers), a transformer, or a ``(transformer,
+scheduler)`` pair; ``handle.reset() / stats() / settings() / remove()``. Plugins are registered by
+name and config class, so the CLI and the app parse ``"fora:interval=3"`` with `parse_plugin_spec`
+and hand the config to `apply`::
 
     handle = apply(pipe, parse_plugin_spec("ras:ratio=0.5"))
     images, record = pipe(...)          # record.plugins / record.plugin_stats list it

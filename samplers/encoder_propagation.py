@@ -3,8 +3,8 @@
 A UNet's encoder (``conv_in``, down blocks) and middle block change little between adjacent
 denoising steps while its decoder changes a lot, so on *non-key* steps the decoder reuses the
 skip tuple and middle output cached at the last key step, with the current step's time
-embedding and conditioning (spec skip_encprop_dsno.md §2; Li et al., "Faster Diffusion:
-Rethinking the Role of the Encoder for Diffusion Model Inference", NeurIPS 2024). A non-key
+embedding and conditioning (Li et al., "Faster Diffusion: Rethinking the Role of the Encoder
+for Diffusion Model Inference", NeurIPS 2024). A non-key
 step's prediction then does not depend on its latent, so the decoders of consecutive non-key
 steps run as one batch (*parallel* variant); the scheduler still advances one step at a time.
 Prior noise injection adds ``alpha * z_T / init_noise_sigma`` to the latent of every step with
@@ -49,13 +49,13 @@ from samplers.base import HookSet, LoopClock, UnsupportedTargetError, has_hook, 
 from samplers.unet import UNetPluginHandle, resolve_unet_target
 from studio.errors import ConfigError
 
-FEW_STEPS = 10  # below this many steps propagation costs visible quality [FD §5]
+FEW_STEPS = 10  # below this many steps propagation costs visible quality (Faster Diffusion, sec. 5)
 ROOT_HOOK = "encprop_root"
 SLOT_HOOK = "encprop_slot"
 MID = "mid_block"
 CONV_IN = "conv_in"
 
-# key-step presets from the paper, as step indices (0 = noisiest) [FD §3.3, App. F.2]
+# key-step presets from the paper, as step indices (0 = noisiest) (Faster Diffusion, sec. 3.3 and App. F.2)
 PAPER_KEYS: dict[int, tuple[int, ...]] = {
     50: (0, 1, 2, 3, 5, 10, 15, 25, 35),
     20: (0, 1, 2, 3, 5, 10, 15),
@@ -244,7 +244,7 @@ class EncPropController:
         return result
 
     def _injects(self, step: int) -> bool:
-        """Whether the latent entering ``step`` gets prior noise (spec §2.5)."""
+        """Whether the latent entering ``step`` gets prior noise (its timestep is below ``tau``)."""
         num_steps = self.clock.num_steps or 0
         if step >= num_steps:
             return False

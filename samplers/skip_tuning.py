@@ -3,11 +3,11 @@
 With K+1 skips in bottom-index order (0 = deepest, K = the ``conv_in`` output), skip i enters
 its decoder block as ``rho_i * skip_i`` with ``rho_i = rho_bottom + (rho_top - rho_bottom) * i / K``.
 Scaling the skips down gives the decoder's nonlinear path more weight, which the paper finds
-helps few-step ODE sampling of a pretrained UNet (spec skip_encprop_dsno.md §1; Ma et al.,
-"The Surprising Effectiveness of Skip-Tuning in Diffusion Sampling", ICML 2024). No training,
-nothing else changes, and the skip tensors are scaled out of place (they may be cached by
-encoder propagation). Most of a uniform scale is normalised away by the decoder resnets'
-GroupNorm and acts through their 1x1 shortcut (spec §0.3): tune rho on a metric, not by feel.
+helps few-step ODE sampling of a pretrained UNet (Ma et al., "The Surprising Effectiveness of
+Skip-Tuning in Diffusion Sampling", ICML 2024). No training, nothing else changes, and the skip
+tensors are scaled out of place (they may be cached by encoder propagation). Most of a uniform
+scale is normalised away by the decoder resnets' GroupNorm (a group of skip channels only cancels
+it) and acts through their 1x1 shortcut: tune rho on a metric, not by feel.
 
 Hooks (diffusers `HookRegistry`):
 
@@ -77,7 +77,7 @@ class SkipTuningConfig:
 
 
 def skip_factors(unet: nn.Module, config: SkipTuningConfig) -> dict[tuple[int, int], float]:
-    """rho for every skip ``(up block j, tuple position p)`` of ``unet`` (spec §1.2)."""
+    """rho for every skip ``(up block j, tuple position p)`` of ``unet`` (the paper's depth-linear rule)."""
     layout = skip_layout(unet)
     span = config.rho_top - config.rho_bottom
     if config.granularity == "level":

@@ -1,7 +1,7 @@
 """What the UNet plugins (Skip-Tuning, encoder propagation) share: the target and the skip layout.
 
 The transformer plugins find their model through `samplers.base.resolve_target`; UNet plugins
-need a diffusers `UNet2DModel` or `UNet2DConditionModel` instead (spec skip_encprop_dsno.md §0),
+need a diffusers `UNet2DModel` or `UNet2DConditionModel` instead (they hook its up blocks),
 found in a pipeline's ``unet``, a ``(unet, scheduler)`` pair, or given directly. Anything else
 (a DiT transformer, a GAN) raises `UnsupportedTargetError` naming the plugin and the class.
 """
@@ -53,7 +53,7 @@ def skip_layout(unet: nn.Module) -> list[tuple[int, int]]:
 
     Up block j consumes its tuple from the end (resnet 0 gets the last element), so bottom index
     0 is ``(0, n_0 - 1)``, the deepest skip, and the last entry is ``(J - 1, 0)``, the ``conv_in``
-    output (spec §0.3).
+    output.
     """
     return [(j, p) for j, block in enumerate(unet.up_blocks) for p in reversed(range(len(block.resnets)))]
 
