@@ -4,7 +4,7 @@
 
 Each val image is noised once per timestep, x_t = q_sample(x_0, t, ε) with seed 0, on the
 classifier's own diffusion (T and β schedule from its config). Useful numbers: accuracy should stay
-high at small t (spec 4.6: above 90% on MNIST) and fall towards chance as t approaches T.
+high at small t (above 90% on MNIST) and fall towards chance as t approaches T.
 """
 
 from __future__ import annotations

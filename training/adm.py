@@ -2,7 +2,7 @@
 
 One training step: x_t = q_sample(x_0, t, ε) with t uniform over all T steps, labels replaced by
 the null class K with probability ``p_uncond`` (so the same network serves classifier-free
-guidance), loss = L_simple + λ·L_vlb (`GaussianDiffusion.training_losses`, spec 4.2). With
+guidance), loss = L_simple + λ·L_vlb (`GaussianDiffusion.training_losses`, IDDPM). With
 ``classifier_path`` set to a trained ``adm_classifier`` run, the exported pipeline carries that
 noisy classifier, so sample grids (and the shipped folder) can use classifier guidance.
 """

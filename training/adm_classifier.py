@@ -1,9 +1,9 @@
-"""Noisy-classifier family: the classifier behind ADM's classifier guidance (spec 4.3).
+"""Noisy-classifier family: the classifier behind ADM's classifier guidance (Dhariwal & Nichol 2021).
 
 Trained on x_t = q_sample(x_0, t, ε) with t uniform over all T steps of the **same** diffusion as
 the ADM UNet (T and β schedule are stored in the classifier's config and checked when it is
 attached), cross-entropy on the true label. A classifier trained on clean images only gives
-useless gradients at high noise (spec 4.7). Clean images get the light augmentation of the
+useless gradients at high noise. Clean images get the light augmentation of the
 domain classifier (the built-in MNIST is small), standing in for ADM's random crops.
 
 The run's ``pipeline/`` folder holds the network under ``classifier/``; attach it to an ADM run

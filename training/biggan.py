@@ -1,6 +1,6 @@
 """BigGAN family: SAGAN's training step with BigGAN's generator and regularisers.
 
-What changes from `training.sagan` (spec 2): the generator has a shared class embedding and a
+What changes from `training.sagan` (Brock et al. 2019): the generator has a shared class embedding and a
 hierarchical latent; every weight is orthogonally initialised; G's loss adds the off-diagonal
 orthogonal regulariser (``model.ortho_beta``, 1e-4); presets may take several D steps per G step.
 G's EMA is the loop's (``ema_decay``, and ``ema_start``: before it the average just copies G).

@@ -1,4 +1,4 @@
-"""ControlNet family: train a ControlNet over a frozen, already trained ADM (spec 6).
+"""ControlNet family: train a ControlNet over a frozen, already trained ADM (Zhang et al. 2023).
 
 The base is an ADM run or shipped folder (``model.base``), converted exactly to a
 `UNet2DConditionModel` (`condition_unet_from_adm`), frozen (``requires_grad=False``, in no

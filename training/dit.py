@@ -1,7 +1,8 @@
 """DiT family: epsilon-prediction DDPM training of a class-conditional pixel-space DiT.
 
 Labels are dropped to the null class once per example (probability ``class_dropout``) so the
-same network serves classifier-free guidance (spec 5.3, fix 2).
+same network serves classifier-free guidance (Ho & Salimans 2022). diffusers' DiT would draw the
+dropout independently in every block; `studio.models.dit` turns that off.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DSNO family: distil a UNet teacher's DDIM-N trajectories into a one-call student (spec 3.10).
+"""DSNO family: distil a UNet teacher's DDIM-N trajectories into a one-call student (Zheng et al. 2023).
 
 The training set is not images but teacher trajectories: `DSNOFamily.training_data` loads the
 teacher, records ``num_pairs`` DDIM trajectories (or reuses a complete recording made with the same
@@ -53,7 +53,7 @@ RANDOM_TEACHER = "random"
 
 @dataclass
 class DSNOTrainConfig:
-    """Teacher, trajectory grid, student and schedule settings (spec 3.9, 3.10)."""
+    """Teacher, trajectory grid, student and schedule settings (see `studio.models.dsno`)."""
 
     teacher: str = "adm-mnist"  # shipped name, run name, folder or hub id; "random" = tiny random UNet (smoke tests)
     teacher_steps: int = 64  # N: DDIM steps of the recorded teacher trajectories

@@ -1,7 +1,7 @@
 """Exponential moving average of a network's weights, buffers included.
 
 diffusers' `EMAModel` averages parameters only; GAN generators also need their BatchNorm running
-statistics averaged (spec 0.2), so this small class keeps a full shadow copy of the module:
+statistics averaged (as BigGAN-PyTorch), so this small class keeps a full shadow copy of the module:
 float parameters and buffers are lerped, integer buffers copied. Decay warms up as
 ``min(decay, (1 + n) / (10 + n))`` over the n updates since ``start_step``; before ``start_step``
 the shadow simply copies the weights (BigGAN's ``ema_start``).

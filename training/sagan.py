@@ -1,6 +1,6 @@
 """SAGAN family: hinge-loss training of a self-attention SN-ResNet GAN with a projection D.
 
-One loop step is one generator update (spec 1.2):
+One loop step is one generator update (as BigGAN-PyTorch train_fns.py):
 
 1. ``d_steps`` discriminator updates. The loop's batch is split into ``d_steps`` equal chunks, one
    chunk of real images per D update, against as many fakes from fresh latents and uniformly drawn

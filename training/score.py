@@ -1,8 +1,8 @@
-"""Score family: denoising score matching for NCSN, VE-SDE and VP-SDE models (spec 3).
+"""Score family: denoising score matching for NCSN, VE-SDE and VP-SDE models.
 
 ``model.sde`` picks the model: ``ncsn`` (discrete ladder of L noise levels, loss weighted by
 sigma_i^2), ``ve`` (continuous VE SDE) or ``vp`` (continuous VP SDE). The data loader serves
-images in [-1, 1]; this family moves them into the model's range (spec 0.1): NCSN and VE train
+images in [-1, 1]; this family moves them into the model's range (as score_sde): NCSN and VE train
 on [0, 1] with NCSN's uniform dequantisation ``(255 x + U(0, 1)) / 256``, VP on [-1, 1].
 """
 
@@ -33,7 +33,7 @@ from training.family import Family, register_family
 
 #: the time sampling stops at, per SDE (score_sde run_lib: 1e-5 VE, 1e-3 VP)
 DEFAULT_SAMPLING_EPS = {ScoreKind.NCSN: 1e-5, ScoreKind.VE: 1e-5, ScoreKind.VP: 1e-3}
-#: per-pixel reduction of the loss, per SDE (spec 3.2: 1/2 sum for NCSN / VE, mean for VP)
+#: per-pixel reduction of the loss, per SDE (score_sde configs: 1/2 sum for NCSN / VE, mean for VP)
 DEFAULT_REDUCTION = {ScoreKind.NCSN: Reduction.HALF_SUM, ScoreKind.VE: Reduction.HALF_SUM,
                      ScoreKind.VP: Reduction.MEAN}
 
@@ -43,7 +43,7 @@ class ScoreTrainConfig:
     """Score model, noise process, loss and sample-grid settings; image size and channels come from the data.
 
     ``sigma_max`` is sigma_1 of an NCSN (1.0 in NCSN v1) or the VE SDE's sigma_max (about the
-    largest distance between two training images, spec 3.1: 27 for MNIST in [0, 1]).
+    largest distance between two training images, NCSNv2's rule: 27 for MNIST in [0, 1]).
     ``num_train_timesteps`` is N of the VE / VP grid (the default number of sampling steps).
     """
 
@@ -129,7 +129,7 @@ class ScoreFamily(Family):
         return {"unet": self.adamw(models["unet"].parameters())}
 
     def model_range(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Loader images in [-1, 1] to the model's range (spec 0.1), dequantised for NCSN / VE."""
+        """Loader images in [-1, 1] to the model's range, dequantised for NCSN / VE."""
         if self.kind is ScoreKind.VP:
             return pixel_values
         x = (pixel_values + 1.0) / 2.0
