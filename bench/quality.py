@@ -15,9 +15,12 @@ next validation digit of each class, condition and settings from the card), then
 
     studio bench quality --models biggan-mnist,sagan-mnist --n 1000
     studio bench quality --models adm-mnist --n 200        # slow samplers: a smaller stated n
+    python bench/quality.py --readme                       # README's table from the board + cards
 
 Writes ``<out>.json`` and ``<out>.md`` (rows of earlier runs for other models are kept, each with its
-own n) and a class grid per model under ``<out>/`` (row k: class k).
+own n) and a class grid per model under ``<out>/`` (row k: class k). ``--readme`` samples nothing: it
+rewrites the table between README.md's quality-board markers from ``<out>.json`` and, for shipped
+models not on the board, the numbers in their own model card (marked as such, with their n).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from bench.report import _cell, machine
 from studio.data import DataConfig, build_dataset
 from studio.data.command import class_grid
 from studio.errors import StudioError
-from studio.hub import list_models, load_pipeline, read_card
+from studio.hub import SHIPPED_DIR, list_models, load_pipeline, read_card
 from studio.metrics import EvalConfig, evaluate
 from studio.metrics.failures import failure_summary
 from studio.metrics.features import classifier_outputs, load_classifier, shipped_classifier_path
@@ -48,6 +51,8 @@ from studio.pipelines.record import make_grid
 
 COLUMNS = ["model", "n", "sampling", "class_accuracy", "min_class_accuracy", "worst_class", "domain_fd", "fid",
            "kid", "precision", "recall", "failed", "s_per_image", "train_minutes"]
+README = ROOT / "README.md"
+README_START, README_END = "<!-- quality-board:start -->", "<!-- quality-board:end -->"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality"),
                         help="writes OUT.json, OUT.md and OUT/<model>.png")
+    parser.add_argument("--readme", nargs="?", const=str(README), default=None, metavar="PATH",
+                        help="sample nothing: rewrite the table between PATH's quality-board markers (default "
+                             "README.md) from OUT.json and the shipped model cards")
+    parser.add_argument("--check", action="store_true",
+                        help="with --readme: write nothing, exit 1 if the table is out of date")
     args = parser.parse_args(argv)
     if args.n < 10:
         raise StudioError(f"--n must be at least 10 (precision/recall need neighbours), got {args.n}")
@@ -196,8 +206,129 @@ def write_board(rows: list[dict[str, Any]], out: Path) -> None:
     md_path.write_text("\n".join(lines) + "\n")
 
 
+# ------------------------------------------------------------------------------------------ README table
+FAMILY_ORDER = {"dit": "DiT", "sagan": "SAGAN", "biggan": "BigGAN", "adm": "ADM + noisy classifier",
+                "controlnet": "ControlNet (over adm-mnist)", "score": "score SDE", "dsno": "DSNO student"}
+SCHEDULER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "pc": "PC", "ode": "ODE", "langevin": "Langevin"}
+README_COLUMNS = ["model", "family", "training (CPU)", "sampling", "class accuracy", "worst class", "domain FD",
+                  "FID", "n", "measured by", "notes"]
+
+
+def _sampling_text(settings: dict[str, Any], family: str) -> str:
+    """A card's sampling settings in words: ``DDPM 100, classifier scale 3``."""
+    parts = []
+    if "scheduler" in settings:
+        name = str(settings["scheduler"])
+        parts.append(f"{SCHEDULER_NAMES.get(name, name)} {settings.get('num_inference_steps', '')}".strip())
+    for key, label in (("guidance_scale", "CFG"), ("classifier_scale", "classifier scale"),
+                       ("controlnet_conditioning_scale", "control scale"), ("truncation", "truncation")):
+        if key in settings:
+            parts.append(f"{label} {settings[key]:g}")
+    if "condition" in settings:
+        parts.append(f"{settings['condition']} hints")
+    known = {"scheduler", "num_inference_steps", "guidance_scale", "classifier_scale", "controlnet_conditioning_scale",
+             "truncation", "condition"}
+    parts += [f"{key}={value}" for key, value in sorted(settings.items()) if key not in known]
+    if not parts:
+        return "one network call" if family == "dsno" else "one generator call"
+    return ", ".join(parts)
+
+
+def _number(value: Any, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _percent(value: float | None, spec: str) -> str:
+    return "–" if value is None else f"{100 * value:{spec}}%"
+
+
+def readme_rows(board_json: Path, weights: Path = SHIPPED_DIR) -> list[dict[str, str]]:
+    """One row per shipped generator: its quality-board row when it has one, else its card's own numbers."""
+    board = {}
+    if board_json.is_file():
+        board = {row["model"]: row for row in json.loads(board_json.read_text())["rows"]}
+    rows = []
+    for path in sorted(weights.glob("*/studio.json")):
+        card, name = json.loads(path.read_text()), path.parent.name
+        family = str(card.get("family", ""))
+        if family not in FAMILY_ORDER:  # the metric judges (classifiers) are listed under the table
+            continue
+        metrics = card.get("metrics") or {}
+        on_board = name in board
+        source = board[name] if on_board else metrics
+        settings = json.loads(source["sampling"]) if on_board else dict(metrics.get("sampling") or {})
+        worst, names = source.get("worst_class"), card.get("class_names") or []
+        notes = []
+        if "edge_f1" in metrics:
+            notes.append(f"edge F1 {metrics['edge_f1']:.3g} ({metrics['edge_f1_scale0']:.3g} without control)")
+        histogram = source.get("predicted_class_histogram")
+        if source.get("class_accuracy") is None and histogram:
+            top = int(np.argmax(histogram))
+            notes.append(f"unconditional; {histogram[top] / sum(histogram):.0%} read as class {top}")
+        steps, seconds = card.get("trained_steps"), card.get("train_seconds")
+        rows.append({
+            "model": f"`{name}`",
+            "family": FAMILY_ORDER[family],
+            "training (CPU)": (f"{steps:,} steps, {seconds / 60:.0f} min" if steps and seconds else "–"),
+            "sampling": _sampling_text(settings, family),
+            "class accuracy": _percent(source.get("class_accuracy"), ".1f"),
+            "worst class": ("–" if worst is None else f"{_percent(source['min_class_accuracy'], '.0f')} "
+                            f"({names[worst] if worst < len(names) else worst})"),
+            "domain FD": _number(source.get("domain_fd"), ".3g"),
+            "FID": _number(source.get("fid"), ".1f"),
+            "n": _number(source.get("n") if on_board else metrics.get("num_samples"), ","),
+            "measured by": "quality board" if on_board else "its model card",
+            "notes": "; ".join(notes),
+            "_order": f"{list(FAMILY_ORDER).index(family)}-{name}",
+        })
+    return sorted(rows, key=lambda row: row.pop("_order"))
+
+
+def readme_judges(weights: Path = SHIPPED_DIR) -> str:
+    """One line naming the shipped judges and their validation accuracy, from their cards."""
+    parts = []
+    for path in sorted(weights.glob("*/studio.json")):
+        card = json.loads(path.read_text())
+        if card.get("family") != "classifier" or card.get("val_accuracy") is None:
+            continue
+        split = card.get("val_split") or {}
+        held_out = (f"{split['images']:,} validation images" if "images" in split
+                    else f"a {split.get('val_fraction', 0):.0%} validation split")
+        accuracy = _percent(card["val_accuracy"], ".1f")
+        parts.append(f"`{path.parent.name}` ({card.get('dataset')}) {accuracy} on {held_out}")
+    return "Judges (class accuracy, worst class, domain FD): " + "; ".join(parts) + "."
+
+
+def readme_table(board_json: Path, weights: Path = SHIPPED_DIR) -> str:
+    """The markdown that goes between the README's quality-board markers."""
+    lines = [f"| {' | '.join(README_COLUMNS)} |", f"|{'---|' * len(README_COLUMNS)}"]
+    for row in readme_rows(board_json, weights):
+        lines.append("| " + " | ".join(row[column] for column in README_COLUMNS) + " |")
+    return "\n".join(lines + ["", readme_judges(weights)])
+
+
+def update_readme(readme: Path, board_json: Path, check: bool = False, weights: Path = SHIPPED_DIR) -> bool:
+    """Rewrite the table between the markers; returns whether it changed (``check``: report, do not write)."""
+    text = readme.read_text()
+    if text.count(README_START) != 1 or text.count(README_END) != 1:
+        raise StudioError(f"{readme} needs exactly one {README_START} and one {README_END} line")
+    head, rest = text.split(README_START)
+    _, tail = rest.split(README_END)
+    updated = f"{head}{README_START}\n{readme_table(board_json, weights)}\n{README_END}{tail}"
+    if updated != text and not check:
+        readme.write_text(updated)
+    return updated != text
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.readme:
+        changed = update_readme(Path(args.readme), Path(args.out).with_suffix(".json"), check=args.check)
+        state = ("out of date" if args.check else "updated") if changed else "up to date"
+        print(f"{args.readme}: quality table {state}")
+        if changed and args.check:
+            sys.exit(1)
+        return
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()] or shipped_models()
     out = Path(args.out)

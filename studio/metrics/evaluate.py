@@ -11,7 +11,7 @@ Metrics are registered by name. Each works in one space:
     kid   kernel distance (unbiased MMD^2, cubic kernel) in the same space: kid, kid_std
     pr    precision, recall, density, coverage (k-NN manifolds) in the same space
     acc   class accuracy of conditional samples, by the domain classifier
-    is    classifier_score: the Inception Score formula on the domain classifier's logits
+    cs    classifier_score: the Inception Score formula on the domain classifier's logits (not IS)
     dfd   domain_fd: Frechet distance in the domain classifier's penultimate features
     mem   nearest-neighbour distance to the reference (training) images in pixel space
 
@@ -77,7 +77,7 @@ class EvalConfig:
     image_size: int = option(0, "size a built-in/folder reference is loaded at (0 = the samples' size)")
     feature_net: str = option("", "TorchScript feature network for fid/kid/pr (default: Inception-v3)")
     feature_size: int = option(299, "input size of --feature-net")
-    classifier: str = option("", "classifier folder for acc/is/dfd (default: shipped one for the reference)")
+    classifier: str = option("", "classifier folder for acc/cs/dfd (default: shipped one for the reference)")
     kid_subsets: int = option(100, "KID: number of random subsets")
     kid_subset_size: int = option(1000, "KID: images per subset (capped by the set sizes)")
     pr_k: int = option(3, "precision/recall/density/coverage: neighbours k")
