@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.test_app_service import ADM, CONTROLNET, DIT, GAN, one_thread  # noqa: F401 (fixture)
+from tests.test_app_service import ADM, BIGGAN, CONTROLNET, DIT, GAN, one_thread  # noqa: F401 (fixture)
 from tests.test_app_ui import running_app
 
 CHROMIUM = Path("/usr/bin/chromium")
-# Without the background-networking flags Chromium tries to reach outside hosts (ecosystem.md 8).
+# Without the background-networking flags Chromium tries to reach outside hosts (update checks, component
+# downloads, sync), which this offline machine refuses and a test must not depend on.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 60_000
@@ -59,7 +60,7 @@ def generate_with_seed(page, seed: int):
     """Set the seed, click Generate, and return the gallery image of that seed (class 0)."""
     page.get_by_role("spinbutton", name="Seed").fill(str(seed))
     page.get_by_role("button", name="Generate", exact=True).click()
-    image = page.get_by_role("img", name=f"seed {seed} · class 0", exact=True)
+    image = page.get_by_role("img", name=re.compile(rf"^seed {seed} · (class|digit) 0$"))
     sync_api.expect(image).to_be_visible()
     return image
 
@@ -178,3 +179,30 @@ def test_small_images_are_shown_with_crisp_pixels_and_downloads_can_be_enlarged(
         assert png.size == (size[0] * 4, size[1] * 4) and "Upscale: 4x nearest" in png.text["parameters"]
     page.get_by_role("combobox", name="Download size").click()
     page.get_by_role("option", name="as generated").click()
+
+
+def choose_classes(page, *titles: str) -> None:
+    for title in titles:
+        page.get_by_role("combobox", name="Class").click()
+        page.get_by_role("option", name=title, exact=True).click()
+    page.keyboard.press("Escape")
+
+
+def test_class_picker_names_several_classes_and_keeps_them_across_models_with_the_same_classes(page):
+    picker = page.locator("#class-picker")
+    pick_model(page, GAN)  # tiny runs without class names: numbered classes
+    choose_classes(page, "class 1", "class 3")
+    sync_api.expect(picker.locator(".token")).to_have_text(["class 1", "class 3"])
+    pick_model(page, BIGGAN)  # the same ten classes: the choice stays
+    sync_api.expect(page.get_by_text("family biggan", exact=True)).to_be_visible()
+    sync_api.expect(picker.locator(".token")).to_have_text(["class 1", "class 3"])
+    pick_model(page, DIT)  # named classes ("digit 3"): the choice resets, and the picker says so
+    sync_api.expect(picker.get_by_text("reset to every class in turn")).to_be_visible()
+    sync_api.expect(picker.locator(".token")).to_have_count(0)
+    choose_classes(page, "digit 2", "digit 5")
+    page.get_by_role("spinbutton", name="Seed").fill("61")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    for name in ("seed 61 · digit 2", "seed 62 · digit 5", "seed 63 · digit 2", "seed 64 · digit 5"):
+        sync_api.expect(page.get_by_role("img", name=name, exact=True)).to_be_visible()
+    picker.get_by_title("Clear").click()
+    sync_api.expect(picker.locator(".token")).to_have_count(0)

@@ -417,3 +417,35 @@ def test_downloads_can_be_enlarged_and_nearest_keeps_every_pixel(service, upscal
     for bad in ({"upscale": 0}, {"upscale": 100}, {"upscale": 2, "upscale_filter": "lanczos9"}):
         with pytest.raises(StudioError, match="upscale must be 1 to 8"):
             service.generate(dit_request(num_images=1, **bad))
+
+
+def test_every_shipped_class_conditional_model_shows_class_names():
+    """The picker reads "digit 3" for MNIST's numeric names and the real names for the animal silhouettes."""
+    from studio.hub import SHIPPED_DIR
+    from webapp.service import model_options
+
+    shipped = {o.name: o for o in model_options() if o.source == "shipped"}
+    if not shipped:
+        pytest.skip(f"no shipped checkpoints in {SHIPPED_DIR}")
+    for name, option in shipped.items():
+        entry = next(e for e in list_models() if e.name == name)
+        if entry.card.get("dataset") in ("mnist", "mnist-5k") and entry.card.get("num_classes"):
+            assert option.class_titles == tuple(f"digit {i}" for i in range(10)), name
+    if "biggan-animals" in shipped:
+        assert shipped["biggan-animals"].class_titles[:3] == ("bear", "bird", "cat")
+
+
+def test_several_classes_are_taken_in_turn_and_recalled(service):
+    from webapp.service import class_choice, classes_of
+
+    assert [class_choice(v) for v in ("3", 3, ["1", "3"], "1,3", "all", [], None)] == [3, 3, (1, 3), (1, 3),
+                                                                                       None, None, None]
+    with pytest.raises(StudioError, match="class must be a class index"):
+        class_choice("cat")
+    result = service.generate(dit_request(num_images=4, class_label=("1", "3")))
+    assert [r.class_labels for r in result.batch.records] == [[1], [3], [1], [3]]
+    assert result.batch.class_titles[3] == "digit 3" and result.request.to_dict()["class_label"] == [1, 3]
+    assert service.recall(result.history_id).class_label == (1, 3)
+    assert classes_of([1, 3, 1, 3]) == (1, 3) and classes_of([0, 1, 2, 3], 10) is None and classes_of([5, 5]) == 5
+    info = service.select(ADM)  # no names in its card, no dataset: numbered
+    assert info.class_titles == ("class 0", "class 1", "class 2", "class 3")

@@ -98,7 +98,7 @@ def test_every_action_is_a_named_endpoint(client):
     (DSNO, "dsno", 0.0, 0.0)])
 def test_generate_returns_pngs_with_their_records_for_each_family(client, model, family, truncation, classifier):
     gallery, timing, details = generate(client, model, truncation=truncation, classifier=classifier)
-    assert len(gallery) == 2 and gallery[1]["caption"] == "seed 8 · class 1"
+    assert len(gallery) == 2 and gallery[1]["caption"] == ("seed 8 · digit 1" if model == DIT else "seed 8 · class 1")
     assert "2 images in" in timing
     for item, image in zip(gallery, details["images"]):
         with Image.open(item["image"]) as png:
@@ -169,6 +169,20 @@ def test_model_info_follows_call_parameters(client):
     score = client.predict(SCORE, api_name="/model_info")
     assert score["samplers"] == ["pc", "langevin", "ode"] and score["default_scheduler"] == "pc"
     assert score["class_names"] == [] and "scheduler" in score["parameters"]
+
+
+def test_class_picker_shows_titles_takes_several_classes_and_the_api_still_takes_indices(client):
+    dit, adm = (client.predict(name, api_name="/model_info") for name in (DIT, ADM))
+    assert dit["class_titles"][3] == "digit 3" and adm["class_titles"] == ["class 0", "class 1", "class 2", "class 3"]
+    gallery, _, details = client.predict(DIT, ["1", "3"], "ddim", 2, 4.0, 0.0, 7, False, 4, "", False,
+                                         api_name="/generate")
+    assert [item["caption"] for item in gallery] == ["seed 7 · digit 1", "seed 8 · digit 3", "seed 9 · digit 1",
+                                                     "seed 10 · digit 3"]
+    assert details["request"]["class_label"] == [1, 3]
+    for value in ("3", 3, "1,3", "all"):  # what API clients sent before the picker took several classes
+        _, _, details = client.predict(DIT, value, "ddim", 2, 4.0, 0.0, 7, False, 2, "", False, api_name="/generate")
+        labels = [image["record"]["class_labels"][0] for image in details["images"]]
+        assert labels == {"3": [3, 3], 3: [3, 3], "1,3": [1, 3], "all": [0, 1]}[value]
 
 
 def test_history_recall_and_png_info_return_the_parameters(client):

@@ -20,6 +20,7 @@ import numpy as np
 import PIL.Image
 
 from studio.errors import StudioError
+from webapp.classes import class_choice
 
 #: conditions the Control tab offers; a pipeline may support more (its ``conditions`` attribute)
 CONDITIONS = ("canny", "sobel", "none")
@@ -41,7 +42,7 @@ class ControlRequest:
     model: str
     control_image: str
     condition: str = "canny"
-    class_label: int | None = None
+    class_label: int | tuple[int, ...] | None = None  # one class, several taken in turn, or balanced
     num_images: int = 4
     seed: int | None = 0
     num_inference_steps: int = 20
@@ -55,7 +56,7 @@ class ControlRequest:
         candidates = {
             "control_image": picture,
             "condition": self.condition,
-            "class_labels": self.class_label,
+            "class_labels": list(self.class_label) if isinstance(self.class_label, tuple) else self.class_label,
             "num_images": int(self.num_images),
             "seed": self.seed,
             "num_inference_steps": int(self.num_inference_steps),
@@ -66,8 +67,14 @@ class ControlRequest:
         }
         return {k: v for k, v in candidates.items() if k in parameters and v is not None}
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_label", class_choice(self.class_label))
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if isinstance(self.class_label, tuple):
+            data["class_label"] = list(self.class_label)
+        return data
 
 
 def read_control_image(path: str | Path | None, condition: str) -> PIL.Image.Image:

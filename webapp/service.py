@@ -38,6 +38,7 @@ from samplers import PLUGINS, apply, parse_plugin_spec
 from studio.errors import StudioError
 from studio.hub import SHIPPED_DIR, list_models, load_pipeline, read_card, runs_dir
 from studio.pipelines.record import GenerationRecord, read_record, save_png, to_pil
+from webapp.classes import card_class_titles, class_choice, classes_of
 from webapp.control import ControlRequest, read_control_image
 from webapp.security import LIMITS, AccessPolicy, AppLimits, prune_outputs
 
@@ -80,6 +81,7 @@ class ModelOption:
     family: str
     source: str  # shipped | run | demo
     folder: str
+    class_titles: tuple[str, ...] = ()  # from the model card, without loading the model
 
 
 def is_generative(family: str) -> bool:
@@ -105,7 +107,7 @@ def model_options() -> list[ModelOption]:
         steps = entry.card.get("trained_steps")
         trained = f", {steps} steps" if steps else ""
         options.append(ModelOption(entry.name, f"{entry.name} ({entry.family}, {entry.source}{trained})",
-                                   entry.family, entry.source, str(entry.path)))
+                                   entry.family, entry.source, str(entry.path), card_class_titles(entry.card)))
     if not options:
         options.append(ModelOption(DEMO_MODEL, "demo: untrained DiT (random weights, images are noise)",
                                    "dit", "demo", ""))
@@ -138,6 +140,7 @@ class ModelInfo:
 
     :param parameters: the pipeline's ``call_parameters`` (e.g. no steps for a GAN).
     :param class_names: one name per class (index i is class i); empty for unconditional models.
+    :param class_titles: what the class picker and captions show for each class (`class_titles`).
     :param plugins: the registered plugins that can be applied to this model.
     :param plugin_errors: plugin name -> why it cannot be applied to this model (the others).
     """
@@ -154,6 +157,8 @@ class ModelInfo:
     note: str
     default_classifier_scale: float = 0.0
     samplers: tuple[str, ...] = ()  # the pipeline's own samplers (score models); empty: any diffusers scheduler
+    class_titles: tuple[str, ...] = ()
+    dataset: str = ""
 
     def takes(self, parameter: str) -> bool:
         return parameter in self.parameters
@@ -171,7 +176,7 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
     if "classifier_scale" in parameters and getattr(pipe, "classifier", None) is None:
         parameters = tuple(p for p in parameters if p != "classifier_scale")  # ADM without a noisy classifier
     num_classes = int(getattr(pipe, "num_classes", 0) or 0)
-    names = [str(n) for n in card.get("class_names", [])]
+    names = [str(n) for n in card.get("class_names") or []]
     class_names = tuple(names) if len(names) == num_classes else tuple(str(i) for i in range(num_classes))
     sampling = card.get("config", {}).get("model", {}) or {}
     scheduler = None
@@ -201,6 +206,8 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
         note=note,
         default_classifier_scale=float(sampling.get("sample_classifier_scale", 0.0)),
         samplers=tuple(getattr(pipe, "samplers", ()) or ()),
+        class_titles=card_class_titles(card, num_classes),
+        dataset=str(card.get("dataset") or ""),
     )
 
 
@@ -418,8 +425,9 @@ def _param_docs(cls: type) -> dict[str, str]:
 class GenerateRequest:
     """Everything a generation depends on; arguments a model does not take are left out of its call.
 
-    :param class_label: one class for every image, or None for balanced classes (image i gets
-        class i mod K) on a class-conditional model.
+    :param class_label: one class for every image, several classes taken in turn (image i gets
+        ``class_label[i mod n]``), or None for balanced classes (image i gets class i mod K) on a
+        class-conditional model.
     :param seed: base seed (image i uses seed + i), or None for a random one, chosen at
         generation time and kept in the history and the records.
     :param plugins: plugin specs (``"fora:cache_interval=3"``), applied for this call only.
@@ -429,7 +437,7 @@ class GenerateRequest:
 
     model: str
     num_images: int = 4
-    class_label: int | None = None
+    class_label: int | tuple[int, ...] | None = None
     seed: int | None = 0
     num_inference_steps: int = 20
     guidance_scale: float = 4.0
@@ -440,11 +448,20 @@ class GenerateRequest:
     upscale: int = 1
     upscale_filter: str = "nearest"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_label", class_choice(self.class_label))
+
+    @property
+    def class_list(self) -> list[int]:
+        """The chosen classes as a list (empty: balanced)."""
+        label = self.class_label
+        return [] if label is None else [label] if isinstance(label, int) else list(label)
+
     def call_kwargs(self, parameters: Sequence[str]) -> dict[str, Any]:
         """Pipeline call arguments, restricted to ``parameters`` (a pipeline's ``call_parameters``)."""
         candidates = {
             "num_images": int(self.num_images),
-            "class_labels": self.class_label,
+            "class_labels": list(self.class_label) if isinstance(self.class_label, tuple) else self.class_label,
             "seed": self.seed,
             "num_inference_steps": int(self.num_inference_steps),
             "guidance_scale": float(self.guidance_scale),
@@ -457,6 +474,8 @@ class GenerateRequest:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["plugins"] = list(self.plugins)
+        if isinstance(self.class_label, tuple):
+            data["class_label"] = list(self.class_label)
         return data
 
     @classmethod
@@ -468,11 +487,13 @@ class GenerateRequest:
 
 @dataclass
 class Batch:
-    """Images of one pipeline call: PNG paths, one record per image, and the call's wall time."""
+    """Images of one pipeline call: PNG paths, one record per image, the call's wall time, and the
+    model's class titles (what class i is called in captions)."""
 
     paths: list[Path]
     records: list[GenerationRecord]
     seconds: float
+    class_titles: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Wall time and ``{"png": path, "record": ...}`` per image (JSON-ready)."""
@@ -653,7 +674,7 @@ class StudioService:
             output, seconds = self._run(pipe, info, kwargs, request.num_inference_steps, configs, progress,
                                         "generating")
             batch = self._save(list(output.images), output.record, seconds, folder, request.model,
-                               request.upscale, request.upscale_filter)
+                               request.upscale, request.upscale_filter, info.class_titles)
             baseline = None
             if measure:
                 baseline = self._run(pipe, info, kwargs, request.num_inference_steps, [], progress,
@@ -677,8 +698,10 @@ class StudioService:
             kwargs, steps = request.call_kwargs(info.parameters), request.num_inference_steps
             fast, fast_s = self._run(pipe, info, kwargs, steps, configs, progress, "with plugins")
             base, base_s = self._run(pipe, info, kwargs, steps, [], progress, "without plugins")
-            accelerated = self._save(list(fast.images), fast.record, fast_s, folder / "plugins", request.model)
-            baseline = self._save(list(base.images), base.record, base_s, folder / "baseline", request.model)
+            accelerated = self._save(list(fast.images), fast.record, fast_s, folder / "plugins", request.model,
+                                     titles=info.class_titles)
+            baseline = self._save(list(base.images), base.record, base_s, folder / "baseline", request.model,
+                                  titles=info.class_titles)
             self._prune(folder)
         diff = float(np.mean([np.abs(_as_unit(a) - _as_unit(b)).mean() for a, b in zip(fast.images, base.images)]))
         return CompareResult(request, baseline, accelerated, diff)
@@ -699,7 +722,8 @@ class StudioService:
             folder = self._new_folder("control")
             output, seconds = self._run(pipe, info, request.call_kwargs(picture, info.parameters),
                                         request.num_inference_steps, [], progress, "generating")
-            batch = self._save(list(output.images), output.record, seconds, folder, request.model)
+            batch = self._save(list(output.images), output.record, seconds, folder, request.model,
+                               titles=info.class_titles)
             condition = folder / "condition.png"
             to_pil(np.asarray(output.conditions[0], dtype=np.float32)).save(condition)
             self._prune(folder)
@@ -810,7 +834,7 @@ class StudioService:
 
     @staticmethod
     def _save(images: list[Any], record: GenerationRecord, seconds: float, folder: Path, model: str,
-              upscale: int = 1, upscale_filter: str = "nearest") -> Batch:
+              upscale: int = 1, upscale_filter: str = "nearest", titles: tuple[str, ...] = ()) -> Batch:
         """Write each image as ``NN-<model>-class<C>-seed<S>.png`` (names that stay apart once downloaded)
         with its own record (its seed and class), ``upscale`` times larger when asked."""
         folder.mkdir(parents=True, exist_ok=True)
@@ -827,17 +851,19 @@ class StudioService:
             save_png(image, str(path), image_record)
             paths.append(path)
             records.append(image_record)
-        return Batch(paths, records, seconds)
+        return Batch(paths, records, seconds, tuple(titles))
 
 
 def request_from_record(record: GenerationRecord) -> GenerateRequest:
     """The request that reproduces ``record`` (a batch record or one image's record)."""
-    paths = {str(e.path): e.name for e in list_models()}
-    labels = record.class_labels or []
+    entries = list_models()
+    paths = {str(e.path): e.name for e in entries}
+    model = paths.get(record.model, record.model)
+    num_classes = next((e.card.get("num_classes") for e in entries if e.name == model), None)
     return GenerateRequest(
-        model=paths.get(record.model, record.model),
+        model=model,
         num_images=len(record.seeds),
-        class_label=labels[0] if labels and len(set(labels)) == 1 else None,
+        class_label=classes_of(record.class_labels or [], num_classes),
         seed=record.seeds[0],
         num_inference_steps=record.steps or 20,
         guidance_scale=record.guidance_scale if record.guidance_scale is not None else 4.0,

@@ -26,10 +26,12 @@ import pandas as pd
 from studio.diffusion.schedulers import scheduler_names
 from studio.errors import StudioError
 from studio.hub import runs_dir
+from webapp.classes import class_choice
 from webapp.control import CONDITIONS, ControlRequest
 from webapp.security import LIMITS, AccessPolicy
 from webapp.service import (
     PLUGIN_SEPARATOR,
+    Batch,
     GenerateRequest,
     GenerateResult,
     ModelInfo,
@@ -53,8 +55,8 @@ API_NAMES = ("generate", "compare", "stop", "models", "model_info", "history", "
 CONTROL_FAMILY = "controlnet"
 #: concurrency group of the CPU-bound events (one at a time)
 CPU = "cpu"
-#: the class dropdown value that means "balanced classes" (image i gets class i mod K)
-ALL_CLASSES = "all"
+#: the class picker's help when nothing needs saying about the last model change
+CLASS_INFO = "pick one or several (taken in turn); none picked: every class in turn"
 #: seconds between live updates of a training run
 TRAIN_POLL_S = 1.0
 MAX_QUEUE = 32
@@ -92,14 +94,13 @@ def app_access(model_dirs: list[str] | tuple[str, ...] = ()) -> AccessPolicy:
 
 
 # ============================================================================ value conversion
-def parse_class(value: Any) -> int | None:
-    """Class dropdown value (``all``, ``"3"`` or 3) -> class index or None (balanced)."""
-    if value in (None, "", ALL_CLASSES):
-        return None
-    try:
-        return int(str(value).split(":")[0])
-    except ValueError:
-        raise StudioError(f"class must be a class index or {ALL_CLASSES!r}, got {value!r}") from None
+def parse_class(value: Any) -> int | tuple[int, ...] | None:
+    """Class picker value -> one class index, several (taken in turn) or None (balanced).
+
+    The picker sends a list of indices (``["1", "3"]``; none: balanced); API callers may also send
+    one index (``3``, ``"3"``), ``"1,3"`` or ``"all"``.
+    """
+    return class_choice(value)
 
 
 def make_request(model: str, class_value: Any, scheduler: str | None, steps: float, guidance: float,
@@ -127,18 +128,43 @@ def make_request(model: str, class_value: Any, scheduler: str | None, steps: flo
 
 
 def class_choices(info: ModelInfo) -> list[tuple[str, str]]:
-    """``(label, value)`` pairs: balanced, then every class (``"3: cat"`` when it has a name)."""
-    named = [(name if name == str(i) else f"{i}: {name}", str(i)) for i, name in enumerate(info.class_names)]
-    return [("all classes (balanced)", ALL_CLASSES)] + named
+    """``(label, value)`` pairs of the class picker: each class's title (``"digit 3"``, ``"cat"``) and index."""
+    return [(title, str(i)) for i, title in enumerate(info.class_titles)]
 
 
-def gallery_items(result_paths: list[Any], records: list[Any]) -> list[tuple[str, str]]:
-    """``(png path, caption)`` per image: seed and class."""
-    items = []
-    for path, record in zip(result_paths, records):
+def class_update(info: ModelInfo, chosen: Any, previous: dict[str, Any] | None, keep: bool) -> Any:
+    """The class picker after a model change or a recall.
+
+    ``keep`` (a model change): the choice stays when the new model has the same classes as the previous
+    (``previous``: `class_state` of the model shown so far), else it resets to every class in turn and the
+    picker's help says so; without ``keep`` (a recall) ``chosen`` is set as it is.
+    """
+    previous = previous or {}
+    if keep and previous.get("model") == info.name:
+        return gr.update()  # the same model again (the picker fires once more as it closes): nothing changes
+    chosen = [str(label) for label in (chosen or [])]
+    choices, info_text = class_choices(info), CLASS_INFO
+    if keep and chosen and list(previous.get("titles") or []) != list(info.class_titles):
+        chosen = []
+        info_text = f"reset to every class in turn: {info.name} has other classes than the previous model"
+    valid = {value for _, value in choices}
+    return gr.update(choices=choices, value=[c for c in chosen if c in valid], visible=bool(info.class_names),
+                     info=info_text)
+
+
+def class_state(info: ModelInfo) -> dict[str, Any]:
+    """What the page remembers of the model it shows, to tell whether a newly picked one has the same classes."""
+    return {"model": info.name, "titles": list(info.class_titles)}
+
+
+def gallery_items(batch: Batch) -> list[tuple[str, str]]:
+    """``(png path, caption)`` per image: seed and class (its title, e.g. ``digit 3``, when known)."""
+    items, titles = [], batch.class_titles
+    for path, record in zip(batch.paths, batch.records):
         caption = f"seed {record.seeds[0]}"
         if record.class_labels:
-            caption += f" · class {record.class_labels[0]}"
+            label = record.class_labels[0]
+            caption += f" · {titles[label]}" if 0 <= label < len(titles) else f" · class {label}"
         items.append((str(path), caption))
     return items
 
@@ -192,8 +218,9 @@ def build_app(service: StudioService) -> gr.Blocks:
                                                  "in the runs folder (or a folder the app allows)")
                         refresh = gr.Button("Refresh models", scale=1, size="sm")
                     model_note = gr.Markdown()
-                    class_label = gr.Dropdown([("all classes (balanced)", ALL_CLASSES)], value=ALL_CLASSES,
-                                              label="Class", allow_custom_value=True)
+                    class_label = gr.Dropdown([], value=[], multiselect=True, label="Class", info=CLASS_INFO,
+                                              allow_custom_value=True, elem_id="class-picker")  # API callers may send "3" or "1,3"
+                    shown_classes = gr.State({})  # `class_state` of the model shown, to keep a choice it shares
                     scheduler = gr.Dropdown(scheduler_names(), value=None, label="Sampler", allow_custom_value=True)
                     steps = gr.Slider(1, LIMITS.max_sampling_steps, value=20, step=1, label="Steps")
                     guidance = gr.Slider(0.0, 15.0, value=4.0, step=0.25, label="Guidance scale (CFG)",
@@ -277,12 +304,13 @@ def build_app(service: StudioService) -> gr.Blocks:
         # ------------------------------------------------------------------ model selection
         plugin_widgets = [w for part in plugin_parts for w in part.widgets]
         plugin_groups = [part.group for part in plugin_parts]
-        controls = [model, model_note, class_label, scheduler, steps, guidance, truncation, classifier, seed,
-                    randomize, batch,
-                    plugin_text, *plugin_widgets, *plugin_groups, plugins_note]
+        controls = [model, model_note, class_label, shown_classes, scheduler, steps, guidance, truncation, classifier,
+                    seed, randomize, batch, plugin_text, *plugin_widgets, *plugin_groups, plugins_note]
 
-        def control_values(info: ModelInfo, request: GenerateRequest | None) -> list[Any]:
-            """Updates for `controls`: what applies to ``info``; values from ``request`` or the model defaults."""
+        def control_values(info: ModelInfo, request: GenerateRequest | None, classes: Any = None,
+                           previous: dict[str, Any] | None = None) -> list[Any]:
+            """Updates for `controls`: what applies to ``info``; values from ``request`` or the model defaults
+            (the chosen ``classes`` stay when the model shown so far, ``previous``, has the same classes)."""
             keep = gr.update()
             chosen = dict(plugin_values(spec) for spec in request.plugins) if request else {}
             plugin_updates, group_updates, notes = [], [], []
@@ -292,12 +320,11 @@ def build_app(service: StudioService) -> gr.Blocks:
                 group_updates.append(gr.update(visible=not error))
                 if error:
                     notes.append(f"*{part.panel.name} is not available for this model: {error}*")
-            label = request.class_label if request else None
             return [
                 request.model if request else keep,
                 info.note,
-                gr.update(choices=class_choices(info), visible=bool(info.class_names),
-                          value=ALL_CLASSES if label is None else str(label)),
+                class_update(info, request.class_list if request else classes, previous, keep=request is None),
+                class_state(info),
                 gr.update(visible=info.takes("scheduler"), choices=list(info.samplers or scheduler_names()),
                           value=(request.scheduler if request and request.scheduler else info.default_scheduler)),
                 gr.update(visible=info.takes("num_inference_steps"),
@@ -316,8 +343,9 @@ def build_app(service: StudioService) -> gr.Blocks:
                 gr.update(value="  \n".join(notes), visible=bool(notes)),
             ]
 
-        def pick_model(name: str) -> list[Any]:
-            """Load the model the user picked; show its controls with its defaults.
+        def pick_model(name: str, classes: Any = None, previous: dict[str, Any] | None = None) -> list[Any]:
+            """Load the model the user picked; show its controls with its defaults (the class choice stays
+            when the model has the same classes as the previous one).
 
             A model that does not load leaves every control as it was and says why in the model note
             (one message; an error here would mark every output of the event as failed).
@@ -328,15 +356,15 @@ def build_app(service: StudioService) -> gr.Blocks:
                 failed = [gr.update()] * (1 + len(controls))
                 failed[2] = f"**Could not load {name or 'the model'}:** {exc}"  # the model note
                 return failed
-            return [info.to_dict(), *control_values(info, None)]
+            return [info.to_dict(), *control_values(info, None, classes, previous)]
 
-        def open_page(name: str) -> list[Any]:
+        def open_page(name: str, classes: Any = None, previous: dict[str, Any] | None = None) -> list[Any]:
             """Current model list (runs may have appeared since the app started), then pick ``name`` or the first;
             and the history, which outlives the page."""
             found = generate_options(service.model_options())
             if name not in [o.name for o in found]:
                 name = found[0].name
-            details, _, *rest = pick_model(name)
+            details, _, *rest = pick_model(name, classes, previous)
             return [details, gr.update(choices=[(o.label, o.name) for o in found], value=name), *rest, history_items()]
 
         def apply_request(data: dict[str, Any]) -> list[Any]:
@@ -360,9 +388,10 @@ def build_app(service: StudioService) -> gr.Blocks:
             with user_errors():
                 return service.select(name).to_dict()
 
-        model.input(pick_model, model, [model_details, *controls], api_visibility="private", concurrency_id="models")
-        demo.load(open_page, model, [model_details, *controls, history], api_visibility="private",
-                  concurrency_id="models")
+        model.input(pick_model, [model, class_label, shown_classes], [model_details, *controls],
+                    api_visibility="private", concurrency_id="models")
+        demo.load(open_page, [model, class_label, shown_classes], [model_details, *controls, history],
+                  api_visibility="private", concurrency_id="models")
         refresh.click(list_models, None, [model, models_json], api_name="models", concurrency_limit=None)
         gr.api(model_info, api_name="model_info", concurrency_id="models")
 
@@ -396,7 +425,7 @@ def build_app(service: StudioService) -> gr.Blocks:
                                        classifier_value, download_value)
                 result = service.generate(request, bool(measure_speedup),
                                           lambda done, total, desc: progress((done, total), desc=desc))
-            return (gallery_items(result.batch.paths, result.batch.records), timing_text(result, measure_speedup),
+            return (gallery_items(result.batch), timing_text(result, measure_speedup),
                     result.to_dict())
 
         def after_generate(data: dict[str, Any]) -> tuple[list, Any]:
@@ -429,8 +458,8 @@ def build_app(service: StudioService) -> gr.Blocks:
             text = (f"without plugins **{result.baseline.seconds:.2f} s** · with `{'; '.join(request.plugins)}` "
                     f"**{result.accelerated.seconds:.2f} s** → **speedup {result.speedup:.2f}×** · "
                     f"mean |Δ pixel| {result.mean_abs_diff:.4f}")
-            return (gallery_items(result.baseline.paths, result.baseline.records),
-                    gallery_items(result.accelerated.paths, result.accelerated.records), text, result.to_dict())
+            return (gallery_items(result.baseline),
+                    gallery_items(result.accelerated), text, result.to_dict())
 
         compare_outputs = [baseline_gallery, plugin_gallery, compare_text, compare_json]
         compare_event = compare_btn.click(lambda: (None, None, "", None), None, compare_outputs, queue=False,
@@ -551,8 +580,10 @@ def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
                 use_sketch = gr.Button("Use sketch", size="sm")
             condition = gr.Radio(list(CONDITIONS), value="canny", label="Condition",
                                  info="canny / sobel: edges of the picture; none: the picture is the condition map")
-            class_label = gr.Dropdown([("all classes (balanced)", ALL_CLASSES)] + [(str(i), str(i)) for i in range(10)],
-                                      value=ALL_CLASSES, label="Class", allow_custom_value=True)
+            titles = {o.name: o.class_titles for o in options if o.family == CONTROL_FAMILY}
+            first = titles.get(controlnets[0][1], ()) if controlnets else ()
+            class_label = gr.Dropdown([(t, str(i)) for i, t in enumerate(first)], value=[], multiselect=True,
+                                      label="Class", info=CLASS_INFO, allow_custom_value=True)
             scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control scale",
                               info="multiplies every ControlNet residual; 0 = the base model alone")
             guess = gr.Checkbox(False, label="Guess mode", info="condition only on the CFG conditional branch, "
@@ -590,7 +621,7 @@ def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
                                      num_inference_steps=int(steps_value), guidance_scale=float(guidance_value),
                                      control_scale=float(scale_value), guess_mode=bool(guess_mode))
             result = service.control(request, lambda done, total, desc: progress((done, total), desc=desc))
-        return str(result.condition), gallery_items(result.batch.paths, result.batch.records), result.to_dict()
+        return str(result.condition), gallery_items(result.batch), result.to_dict()
 
     def sketch_file(value: dict | None) -> str | None:
         """The sketch pad's flattened drawing (a PNG path), for the control image input. Only a file in the
@@ -607,6 +638,14 @@ def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
         preprocess=False)
     stop.click(service.stop, None, None, cancels=[event], api_name="control_stop", api_visibility="private",
                concurrency_limit=None)
+    def model_classes(name: str, chosen: Any) -> Any:
+        """The class picker of the ControlNet ``name`` (from its card); the choice stays where it still applies."""
+        found = {o.name: o.class_titles for o in service.model_options()}.get(name, ())
+        choices = [(t, str(i)) for i, t in enumerate(found)]
+        kept = [c for c in (chosen or []) if c in {value for _, value in choices}]
+        return gr.update(choices=choices, value=kept, visible=bool(choices) or name not in titles)
+
+    model.change(model_classes, [model, class_label], class_label, api_visibility="private", queue=False)
     use_sketch.click(sketch_file, sketch, picture, api_visibility="private", queue=False)
     use_sketch.click(lambda: "none", None, condition, api_visibility="private", queue=False)
 
