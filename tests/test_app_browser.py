@@ -206,3 +206,17 @@ def test_class_picker_names_several_classes_and_keeps_them_across_models_with_th
         sync_api.expect(page.get_by_role("img", name=name, exact=True)).to_be_visible()
     picker.get_by_title("Clear").click()
     sync_api.expect(picker.locator(".token")).to_have_count(0)
+
+
+def test_a_result_shows_its_command_line_and_python_code(page):
+    pick_model(page, DIT)
+    generate_with_seed(page, 71)
+    command = page.get_by_text(re.compile(rf"^studio sample {DIT} --num-images 4 .*--seed 71 "))
+    sync_api.expect(command).to_be_visible()
+    sync_api.expect(page.get_by_text(f"pipe = load_pipeline('{DIT}')")).to_be_visible()
+    sync_api.expect(page.get_by_text(re.compile(r"^output = pipe\(num_images=4, seed=71, "))).to_be_visible()
+    page.get_by_label("Plugin specs").fill("nope:x=1")  # a failed run shows no code of the previous one
+    page.get_by_role("button", name="Generate", exact=True).click()
+    sync_api.expect(page.get_by_text("unknown plugin 'nope'").first).to_be_visible()
+    sync_api.expect(command).to_have_count(0)
+    page.get_by_label("Plugin specs").fill("")

@@ -8,6 +8,7 @@ real queue, components and file serving.
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 import time
 from collections.abc import Iterator
@@ -183,6 +184,36 @@ def test_class_picker_shows_titles_takes_several_classes_and_the_api_still_takes
         _, _, details = client.predict(DIT, value, "ddim", 2, 4.0, 0.0, 7, False, 2, "", False, api_name="/generate")
         labels = [image["record"]["class_labels"][0] for image in details["images"]]
         assert labels == {"3": [3, 3], 3: [3, 3], "1,3": [1, 3], "all": [0, 1]}[value]
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image).copy()
+
+
+@pytest.mark.parametrize("model, classes, truncation, plugins", [(BIGGAN, ["1", "3"], 0.5, ""),
+                                                                 (DIT, "all", 0.0, "fora:interval=2")])
+def test_copy_as_cli_and_python_redraw_the_same_pixels(client, tmp_path, monkeypatch, model, classes, truncation,
+                                                       plugins):
+    from studio.cli import main
+
+    gallery, _, details = client.predict(model, classes, "ddim", 3, 4.0, truncation, 7, False, 3, plugins, False,
+                                         api_name="/generate")
+    how = details["reproduce"]
+    words = shlex.split(how["cli"])
+    assert words[:3] == ["studio", "sample", model] and ["--seed", "7"] == words[words.index("--seed"):][:2]
+    words[words.index("--out") + 1] = str(tmp_path / "cli")
+    assert main(words[1:]) == 0  # the command line, run as `studio` would
+    monkeypatch.chdir(tmp_path)
+    exec(compile(how["python"], "copied.py", "exec"), {})  # the Python code, run as a user would
+    for index, item in enumerate(gallery):
+        shown = pixels(item["image"])
+        np.testing.assert_array_equal(pixels(tmp_path / "cli" / f"{index:06d}.png"), shown)
+        np.testing.assert_array_equal(pixels(tmp_path / f"{index:02d}.png"), shown)
+        with Image.open(tmp_path / f"{index:02d}.png") as copied, Image.open(item["image"]) as served:
+            ours, theirs = json.loads(copied.text["studio"]), json.loads(served.text["studio"])
+        for key in ("seeds", "class_labels", "steps", "sampler", "guidance_scale", "plugins", "family"):
+            assert ours.get(key) == theirs.get(key), key
 
 
 def test_history_recall_and_png_info_return_the_parameters(client):

@@ -40,6 +40,7 @@ from studio.hub import SHIPPED_DIR, list_models, load_pipeline, read_card, runs_
 from studio.pipelines.record import GenerationRecord, read_record, save_png, to_pil
 from webapp.classes import card_class_titles, class_choice, classes_of
 from webapp.control import ControlRequest, read_control_image
+from webapp.reproduce import Reproduction, reproduce
 from webapp.security import LIMITS, AccessPolicy, AppLimits, prune_outputs
 
 logger = logging.getLogger("webapp")
@@ -509,6 +510,7 @@ class GenerateResult:
     batch: Batch
     history_id: int
     baseline_seconds: float | None = None
+    reproduction: Reproduction | None = None  # the command line and Python code that redraw the images
 
     @property
     def speedup(self) -> float | None:
@@ -520,7 +522,8 @@ class GenerateResult:
     def to_dict(self) -> dict[str, Any]:
         return {"request": self.request.to_dict(), "history_id": self.history_id,
                 "baseline_seconds": None if self.baseline_seconds is None else round(self.baseline_seconds, 4),
-                "speedup": None if self.speedup is None else round(self.speedup, 3), **self.batch.to_dict()}
+                "speedup": None if self.speedup is None else round(self.speedup, 3),
+                "reproduce": self.reproduction.to_dict() if self.reproduction else None, **self.batch.to_dict()}
 
 
 @dataclass
@@ -681,7 +684,9 @@ class StudioService:
                                      "baseline without plugins")[1]
             self._prune(folder)
         entry = self.history.add(request, batch.paths, seconds)
-        return GenerateResult(request, batch, entry.id, baseline)
+        how = reproduce(request.model, kwargs, request.plugins, demo=request.model == DEMO_MODEL,
+                        upscale=request.upscale, upscale_filter=request.upscale_filter)
+        return GenerateResult(request, batch, entry.id, baseline, how)
 
     def compare(self, request: GenerateRequest, progress: ProgressFn | None = None) -> CompareResult:
         """The same seeds with and without ``request.plugins``, both saved, with both wall times."""

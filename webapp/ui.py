@@ -251,6 +251,11 @@ def build_app(service: StudioService) -> gr.Blocks:
                     gallery = gr.Gallery(elem_classes=[PIXELATED], label="Images", format="png", columns=4, height="auto", interactive=False,
                                          fit_columns=False)
                     timing = gr.Markdown()
+                    with gr.Accordion("Reproduce: copy as command line or Python", open=True):
+                        cli_code = gr.Code(language="shell", label="Command line (studio sample)", interactive=False,
+                                           lines=2)
+                        python_code = gr.Code(language="python", label="Python", interactive=False, lines=6)
+                        reproduce_note = gr.Markdown()
                     with gr.Accordion("Generation records", open=False):
                         details = gr.JSON(label="Records")
                     with gr.Accordion("History (click an image to recall its parameters)", open=True):
@@ -428,9 +433,13 @@ def build_app(service: StudioService) -> gr.Blocks:
             return (gallery_items(result.batch), timing_text(result, measure_speedup),
                     result.to_dict())
 
-        def after_generate(data: dict[str, Any]) -> tuple[list, Any]:
-            """Refresh the history and show the seed used (a randomised one included)."""
-            return history_items(), data["request"]["seed"] if data else gr.update()
+        def after_generate(data: dict[str, Any]) -> tuple[Any, ...]:
+            """Refresh the history, show the seed used (a randomised one included) and how to redraw the images."""
+            if not data:
+                return history_items(), gr.update(), "", "", ""
+            how = data.get("reproduce") or {}
+            note = f"*{how['note']}*" if how.get("note") else ""
+            return history_items(), data["request"]["seed"], how.get("cli", ""), how.get("python", ""), note
 
         def history_items() -> list[tuple[str, str]]:
             """First image and caption of every history entry, newest first."""
@@ -438,11 +447,13 @@ def build_app(service: StudioService) -> gr.Blocks:
 
         # the classifier scale and download size go last, so API clients that predate them keep their positions
         # the previous results go first, so a stopped or failed run does not leave them looking like its own
-        generate_event = generate_btn.click(lambda: (None, "", None), None, [gallery, timing, details], queue=False,
-                                            api_visibility="private", show_progress="hidden").then(
+        generate_event = generate_btn.click(lambda: (None, "", None, "", "", ""), None,
+                                            [gallery, timing, details, cli_code, python_code, reproduce_note],
+                                            queue=False, api_visibility="private", show_progress="hidden").then(
             generate, [*request_inputs, measure, classifier, download_size], [gallery, timing, details], api_name="generate",
             concurrency_id=CPU, concurrency_limit=1)
-        generate_event.success(after_generate, details, [history, seed], api_visibility="private", queue=False)
+        generate_event.success(after_generate, details, [history, seed, cli_code, python_code, reproduce_note],
+                               api_visibility="private", queue=False)
 
         def compare(model_name: str, class_value: Any, scheduler_name: str | None, steps_value: float,
                     guidance_value: float, truncation_value: float, seed_value: float | None, random_seed: bool,
