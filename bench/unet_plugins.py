@@ -12,8 +12,10 @@ Models (random init, no downloads):
 - ``sd-mini``: a `StableDiffusionPipeline` with a 1.4 M-parameter `UNet2DConditionModel`
   (3 levels, 1 layer per block, cross-attention), a tiny VAE and CLIP text encoder; 16x16 latents, one prompt, CFG;
   timed with ``output_type="latent"`` (text encoding + denoising loop), PSNR on decoded images;
-- ``adm-mini``: a `UNet2DModel` shaped like the adm-mnist-small preset (1.32 M parameters, 28 px,
-  learned sigma, 10 classes + null), sampled by a CFG loop on a ``(unet, scheduler)`` pair.
+- ``adm-mini``: studio's ADM `UNet2DModel` (`studio.models.adm.build_adm_unet`) in the adm-mnist-small
+  preset's shape (1.37 M parameters, 28 px, learned sigma, 10 classes + null), sampled by a CFG loop on a
+  ``(unet, scheduler)`` pair. The stored results were measured before the bench built it from studio: a
+  hand-written copy (1.32 M parameters) whose lowest up level upsampled with a conv instead of a ResBlock.
 
 Output change is PSNR of the final [0, 1] images vs the plain run; on random weights this shows
 how far a method moves the trajectory, not image quality.
@@ -48,10 +50,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import samplers
 from bench.report import machine
+from studio.models.adm import ADMConfig, build_adm_unet
 from studio.testing import char_clip_tokenizer, sd_ddim_scheduler, tiny_clip_text_config, tiny_sd_vae
 
 RESULTS = ROOT / "bench" / "results" / "unet_plugins"
-ADM_CLASSES = 10
+ADM_SHAPE = ADMConfig(sample_size=28, in_channels=1, model_channels=32, channel_mult=[1, 2, 2], layers_per_block=1,
+                      attention_resolutions=[14], head_channels=32, norm_groups=8, num_classes=10)
+ADM_CLASSES = ADM_SHAPE.num_classes
 METHODS: dict[str, tuple[str, ...]] = {
     "plain": (),
     "skip_tuning 1/0.8": ("skip_tuning:top=1,bottom=0.8",),
@@ -95,23 +100,10 @@ def sd_mini(workdir: Path) -> StableDiffusionPipeline:
 
 
 def adm_mini() -> UNet2DModel:
-    """adm-mnist-small's layout: (32, 64, 64), 1 layer/block, attention at 14 px, scale-shift, learned σ."""
+    """studio's ADM UNet in adm-mnist-small's shape: (32, 64, 64), 1 layer/block, attention at 14 px,
+    scale-shift norm, ResBlock up/down sampling, learned σ; diffusers' random init (no zeroed outputs)."""
     torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=28,
-        in_channels=1,
-        out_channels=2,
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-        down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"),
-        downsample_type="resnet",
-        upsample_type="resnet",
-        attention_head_dim=32,
-        norm_num_groups=8,
-        resnet_time_scale_shift="scale_shift",
-        num_class_embeds=ADM_CLASSES + 1,
-    ).eval()
+    return build_adm_unet(ADM_SHAPE, zero_init=False).eval()
 
 
 # ---------------------------------------------------------------------------- runs

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models and tiny training configs (seconds each on CPU)."""
+"""Shared fixtures. Tiny models, pipelines and training overrides live in `tests.builders`; what the
+plugin tests measure lives in `tests.plugin_checks`."""
 
 from __future__ import annotations
 
@@ -6,39 +7,34 @@ import os
 
 import pytest
 import torch
-from diffusers import DDPMScheduler
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
-def tiny_dit_pipeline(seed: int = 0):
-    """A 2-layer, 2-head DiT at 16 px with random (non-zero) weights, so outputs depend on inputs."""
-    from studio.models.dit import DiTConfig, build_dit
-    from studio.pipelines.dit import StudioDiTPipeline
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a whole test module (``pytestmark = pytest.mark.usefixtures("one_thread")``).
 
-    torch.manual_seed(seed)
-    model = build_dit(DiTConfig(sample_size=16, in_channels=1, patch_size=4, depth=2, num_heads=2, head_dim=8,
-                                num_classes=10))
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0, 0.05)
-    pipe = StudioDiTPipeline(transformer=model, scheduler=DDPMScheduler(num_train_timesteps=1000))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    Tiny nets gain nothing from more threads, and on a shared CPU two threads per process
+    oversubscribe the cores (measured: 20x slower under load). One thread also keeps outputs
+    bit-identical across batch sizes: with two, oneDNN's (and the native) 3x3 convolution sums in a
+    batch-size-dependent order (measured: a score UNet's first conv differs by ~1e-6 between batch 3
+    and batch 1), which no padding can hide.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
 def dit_pipe():
+    """`tests.builders.tiny_dit_pipeline` (seed 0)."""
+    from tests.builders import tiny_dit_pipeline
+
     return tiny_dit_pipeline()
-
-
-TINY_DIT_OVERRIDES = [
-    "batch_size=8", "model.depth=1", "model.num_heads=2", "model.head_dim=8", "model.sample_steps=2",
-    "num_sample_images=4", "sample_every=0", "log_every=1", "data.image_size=16", "ema_decay=0.9",
-    "optim.warmup_steps=0",
-]
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""ADM with classifier guidance and CFG (spec 4.8): schedule, learned variance, hybrid loss,
+"""ADM with classifier guidance (Dhariwal & Nichol 2021) and CFG (Ho & Salimans 2022): schedule, learned variance, hybrid loss,
 guided samplers, noisy classifier, the pipeline's contract and both training families."""
 
 import math
@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler
 from PIL import Image
 
 from studio.cli import main
@@ -14,60 +13,29 @@ from studio.diffusion.gaussian import GaussianDiffusion, make_betas, space_times
 from studio.diffusion.guidance import ADMSampler, cfg_mix, classifier_gradient
 from studio.errors import ConfigError, StudioError
 from studio.hub import load_pipeline, save_pipeline
-from studio.models.adm import ADMConfig, build_adm_unet, build_noisy_classifier
+from studio.models.adm import ADMConfig, build_adm_unet
 from studio.pipelines.adm import StudioADMPipeline, attach_classifier
+from tests.builders import (
+    NUM_CLASSES,
+    adm_scheduler,
+    tiny_adm_config,
+    tiny_adm_pipeline,
+    tiny_adm_unet,
+    tiny_noisy_classifier,
+)
 from training.config import load_config
 from training.family import get_family
 from training.loop import train
 
 T = 1000
-NUM_CLASSES = 4
-TINY = ADMConfig(sample_size=16, in_channels=1, model_channels=8, channel_mult=[1, 2], layers_per_block=1,
-                 attention_resolutions=[8], head_channels=8, norm_groups=4, num_classes=NUM_CLASSES)
+TINY = tiny_adm_config(channel_mult=[1, 2])
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomize(model: torch.nn.Module, seed: int, std: float = 0.1) -> torch.nn.Module:
-    """Replace the zero init by small random weights so outputs depend on inputs."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * std)
-    return model.eval()
-
-
-def tiny_unet(seed: int = 0):
-    torch.manual_seed(seed)  # the builder's own init draws from the global generator too
-    return randomize(build_adm_unet(TINY), seed)
-
-
-def tiny_classifier(seed: int = 1, num_train_timesteps: int = T):
-    torch.manual_seed(seed)
-    return randomize(build_noisy_classifier(TINY, num_train_timesteps, "squaredcos_cap_v2"), seed)
-
-
-def scheduler(num_train_timesteps: int = T) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-                         variance_type="learned_range")
-
-
-def tiny_pipe(with_classifier: bool = True) -> StudioADMPipeline:
-    pipe = StudioADMPipeline(unet=tiny_unet(), scheduler=scheduler(),
-                             classifier=tiny_classifier() if with_classifier else None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def pipe():
-    return tiny_pipe()
+    return tiny_adm_pipeline()
 
 
 def cosine_diffusion() -> GaussianDiffusion:
@@ -87,7 +55,7 @@ def test_cosine_schedule_matches_the_closed_form_and_diffusers():
     unclipped = [t for t in range(T) if betas[t] < 0.999]
     closed = np.array([f(t + 1) / f(0) for t in unclipped])
     np.testing.assert_allclose(alpha_bar[unclipped], closed, rtol=1e-9)
-    np.testing.assert_allclose(betas, scheduler().betas.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(betas, adm_scheduler().betas.numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_linear_schedule_uses_the_configured_endpoints():
@@ -163,7 +131,7 @@ def run_sampler(kind: str, unet, classifier, scale: float, eta: float = 0.0, ste
 
 @pytest.mark.parametrize(("kind", "eta"), [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0)])
 def test_guidance_scale_zero_reproduces_the_unguided_trajectory_bit_exactly(kind, eta):
-    unet, classifier = tiny_unet(), tiny_classifier()
+    unet, classifier = tiny_adm_unet(), tiny_noisy_classifier()
     with torch.no_grad():
         guided = run_sampler(kind, unet, classifier, scale=0.0, eta=eta)
         unguided = run_sampler(kind, unet, classifier, scale=0.0, eta=eta, with_gradient=False)
@@ -175,8 +143,8 @@ def test_guidance_scale_zero_reproduces_the_unguided_trajectory_bit_exactly(kind
 
 def test_unguided_ddpm_matches_diffusers_learned_range_scheduler():
     """With all T steps, studio's ancestral step equals diffusers' DDPMScheduler(learned_range)."""
-    unet, steps = tiny_unet(), 20
-    reference = scheduler(steps)
+    unet, steps = tiny_adm_unet(), 20
+    reference = adm_scheduler(steps)
     reference.set_timesteps(steps)
     ours = ADMSampler(GaussianDiffusion.from_scheduler_config(reference.config), "ddpm")
     ours.set_timesteps(steps)
@@ -202,7 +170,7 @@ def test_unguided_ddpm_matches_diffusers_learned_range_scheduler():
 def test_one_guided_step_moves_towards_the_class(kind):
     """x_{t-1}(guided) − x_{t-1}(unguided) is a small step along Σ·g (DDPM) or c·g (DDIM): it
     raises log p(y | x) at every image (finite-difference check with a fixed tiny classifier)."""
-    unet, classifier = tiny_unet(), tiny_classifier()
+    unet, classifier = tiny_adm_unet(), tiny_noisy_classifier()
     sampler = ADMSampler(cosine_diffusion(), kind)
     sampler.set_timesteps(10)
     t = sampler.timesteps[4]
@@ -258,7 +226,7 @@ def test_adm_init_zeroes_the_output_and_the_class_table_has_a_null_row():
 
 
 def test_noisy_classifier_shapes_pool_and_gradient():
-    classifier = tiny_classifier()
+    classifier = tiny_noisy_classifier()
     x = torch.randn(3, 1, 16, 16, requires_grad=True)
     logits = classifier(x, torch.tensor([0, 400, 999])).logits
     assert logits.shape == (3, NUM_CLASSES)
@@ -288,7 +256,7 @@ def test_output_types_and_record(pipe):
 
 
 def test_classifier_scale_zero_equals_the_pipeline_without_classifier(pipe):
-    plain = tiny_pipe(with_classifier=False)
+    plain = tiny_adm_pipeline(with_classifier=False)
     for name in ("ddpm", "ddim"):
         kwargs = {"num_images": 2, "class_labels": [0, 3], "num_inference_steps": 4, "scheduler": name, "output_type": "pt"}
         assert torch.equal(pipe(classifier_scale=0.0, **kwargs).images, plain(**kwargs).images)
@@ -318,20 +286,20 @@ def test_save_load_round_trip_keeps_the_classifier(pipe, tmp_path):
 
 
 def test_attach_classifier_writes_a_guided_pipeline(tmp_path):
-    save_pipeline(tiny_pipe(with_classifier=False), tmp_path / "adm", {"preset": "test"})
-    tiny_classifier().save_pretrained(str(tmp_path / "clf"))
+    save_pipeline(tiny_adm_pipeline(with_classifier=False), tmp_path / "adm", {"preset": "test"})
+    tiny_noisy_classifier().save_pretrained(str(tmp_path / "clf"))
     assert load_pipeline(str(tmp_path / "adm")).classifier is None
     target = attach_classifier(tmp_path / "adm", tmp_path / "clf", tmp_path / "guided")
     guided = load_pipeline(str(target))
     assert guided.classifier is not None and guided.classifier.config.num_classes == NUM_CLASSES
-    tiny_classifier(num_train_timesteps=500).save_pretrained(str(tmp_path / "other"))
+    tiny_noisy_classifier(num_train_timesteps=500).save_pretrained(str(tmp_path / "other"))
     with pytest.raises(ConfigError, match="T=500"):
         attach_classifier(tmp_path / "adm", tmp_path / "other", tmp_path / "bad")
 
 
 def test_bad_call_arguments_raise_readable_errors(pipe):
     with pytest.raises(StudioError, match="needs a noisy classifier"):
-        tiny_pipe(with_classifier=False)(num_images=1, num_inference_steps=2, classifier_scale=1.0)
+        tiny_adm_pipeline(with_classifier=False)(num_images=1, num_inference_steps=2, classifier_scale=1.0)
     with pytest.raises(StudioError, match="classifier_scale must be >= 0"):
         pipe(num_images=1, num_inference_steps=2, classifier_scale=-1.0)
     with pytest.raises(StudioError, match="'ddpm' or 'ddim'"):
@@ -406,8 +374,8 @@ def test_app_offers_the_classifier_scale_only_with_a_classifier(tmp_path, monkey
     from webapp.service import GenerateRequest, StudioService, request_from_record
 
     card = {"num_classes": NUM_CLASSES, "config": {"model": {"sample_classifier_scale": 1.5}}}
-    save_pipeline(tiny_pipe(), tmp_path / "runs" / "guided" / "pipeline", card)
-    save_pipeline(tiny_pipe(with_classifier=False), tmp_path / "runs" / "plain" / "pipeline", card)
+    save_pipeline(tiny_adm_pipeline(), tmp_path / "runs" / "guided" / "pipeline", card)
+    save_pipeline(tiny_adm_pipeline(with_classifier=False), tmp_path / "runs" / "plain" / "pipeline", card)
     monkeypatch.setenv("STUDIO_RUNS", str(tmp_path / "runs"))
     service = StudioService(tmp_path / "outputs", device="cpu")
     guided = service.select("guided")

@@ -15,7 +15,7 @@ from PIL import Image
 from samplers import PLUGINS
 from studio.errors import StudioError
 from studio.hub import list_models, save_pipeline
-from tests.conftest import TINY_DIT_OVERRIDES, tiny_dit_pipeline
+from tests.builders import TINY_DIT_OVERRIDES, tiny_dit_pipeline
 from webapp.control import ControlRequest, read_control_image
 from webapp.security import AccessPolicy
 from webapp.service import (
@@ -73,21 +73,21 @@ def tiny_biggan_pipeline():
 
 def tiny_adm_pipeline():
     """A 16 px ADM UNet (4 classes + null) with its noisy classifier in a `StudioADMPipeline`."""
-    from tests.test_adm import tiny_pipe
+    from tests.builders import tiny_adm_pipeline
 
-    return tiny_pipe(with_classifier=True)
+    return tiny_adm_pipeline(with_classifier=True)
 
 
 def tiny_score_pipeline(kind: str):
     """A 12 px score UNet of ``kind`` (ncsn / ve / vp), unconditional, in a `StudioScorePipeline`."""
-    from tests.test_score import tiny_score_pipeline as build
+    from tests.builders import tiny_score_pipeline as build
 
     return build(kind)
 
 
 def tiny_controlnet_pipeline():
     """A 16 px ADM base (4 classes) with a randomised ControlNet in a `StudioControlNetPipeline`."""
-    from tests.test_controlnet import tiny_controlnet_pipeline as build
+    from tests.builders import tiny_controlnet_pipeline as build
 
     return build()
 

@@ -1,11 +1,6 @@
 """`studio` commands end to end: train, sample (resumable, sharded), models, and bad input."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +8,9 @@ from PIL import Image
 
 from studio.cli import main
 from studio.hub import load_pipeline, save_pipeline
-from tests.conftest import TINY_DIT_OVERRIDES, tiny_dit_pipeline
+from tests.builders import TINY_DIT_OVERRIDES, tiny_dit_pipeline
+from tests.launch import REPO, launch_two_processes
 from training.checkpoint import read_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -117,29 +111,10 @@ def test_corrupt_checkpoint_is_named(checkpoint, tmp_path, capsys):
     assert_one_line_error(code, err, "cannot load checkpoint")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """2-process CPU launch on a free rendezvous port (29500 may be held by another job)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "studio.cli", *args]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
-    if result.returncode != 0:  # the workers' own errors come first; the launcher's summary last
-        errors = [line for line in result.stderr.splitlines() if "Error" in line or "error:" in line]
-        result.stderr = "\n".join(errors[:20]) + "\n...\n" + result.stderr[-1000:]
-    return result
-
-
 @pytest.mark.slow
 def test_two_process_sampling_shards_and_matches_one_process(checkpoint, tmp_path, capsys):
     common = ["--num-images", "10", "--batch-size", "3", "--steps", "2", "--class-labels", "0,1,2"]
-    result = _launch("sample", str(checkpoint), "--out", str(tmp_path / "two"), *common, cwd=REPO)
+    result = launch_two_processes("sample", str(checkpoint), "--out", str(tmp_path / "two"), *common, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("sampling (process 1)") > 0  # the second process really sampled
     assert run_cli("sample", checkpoint, "--out", tmp_path / "one", *common, capsys=capsys)[0] == 0
@@ -149,8 +124,8 @@ def test_two_process_sampling_shards_and_matches_one_process(checkpoint, tmp_pat
 
 @pytest.mark.slow
 def test_two_process_training_runs_and_checkpoints(tmp_path):
-    result = _launch("train", "dit", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
-                     str(tmp_path / "run"), "--checkpointing-steps", "3", *TINY_DIT_OVERRIDES, cwd=REPO)
+    result = launch_two_processes("train", "dit", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
+                                  str(tmp_path / "run"), "--checkpointing-steps", "3", *TINY_DIT_OVERRIDES, cwd=REPO)
     assert result.returncode == 0, result.stderr
     checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
     assert (checkpoint / "rng_state_0.safetensors").is_file() and (checkpoint / "rng_state_1.safetensors").is_file()
@@ -160,9 +135,9 @@ def test_two_process_training_runs_and_checkpoints(tmp_path):
 @pytest.mark.slow
 def test_two_process_gan_training_runs_and_checkpoints(tmp_path):
     """BigGAN under DDP: two models, D frozen during the G step, per-process batch norm."""
-    result = _launch("train", "biggan", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
-                     str(tmp_path / "run"), "--checkpointing-steps", "3", "batch_size=8", "model.width=8",
-                     "model.z_dim=24", "num_sample_images=4", "sample_every=0", cwd=REPO)
+    result = launch_two_processes("train", "biggan", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
+                                  str(tmp_path / "run"), "--checkpointing-steps", "3", "batch_size=8", "model.width=8",
+                                  "model.z_dim=24", "num_sample_images=4", "sample_every=0", cwd=REPO)
     assert result.returncode == 0, result.stderr
     checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
     assert (checkpoint / "rng_state_1.safetensors").is_file()
@@ -182,10 +157,10 @@ def test_bench_runs_a_bench_script_and_names_unknown_ones(capsys):
 @pytest.mark.slow
 def test_two_process_adm_training_runs_and_checkpoints(tmp_path):
     """ADM under DDP: learned-sigma hybrid loss, null-class dropout, EMA, one checkpoint per process."""
-    result = _launch("train", "adm", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
-                     str(tmp_path / "run"), "--checkpointing-steps", "3", "batch_size=8", "data.image_size=16",
-                     "model.network.attention_resolutions=[8]", "model.network.model_channels=8",
-                     "model.network.head_channels=8", "sample_every=0", cwd=REPO)
+    result = launch_two_processes("train", "adm", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
+                                  str(tmp_path / "run"), "--checkpointing-steps", "3", "batch_size=8", "data.image_size=16",
+                                  "model.network.attention_resolutions=[8]", "model.network.model_channels=8",
+                                  "model.network.head_channels=8", "sample_every=0", cwd=REPO)
     assert result.returncode == 0, result.stderr
     checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
     assert (checkpoint / "rng_state_0.safetensors").is_file() and (checkpoint / "rng_state_1.safetensors").is_file()

@@ -16,6 +16,9 @@ from studio.cli import main
 from studio.hub import list_models, save_pipeline
 from studio.pipelines.record import read_record
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 #: flags that keep each family's call short (a handful of network evaluations)
 FAST_FLAGS = {
     "dit": ["--steps", "2"],
@@ -24,14 +27,6 @@ FAST_FLAGS = {
     "score": ["--steps", "2"],
 }
 SHIPPED = [entry for entry in list_models() if entry.source == "shipped"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""ControlNet over ADM (spec 6.8): exact converter, zero init, gradients, frozen base, pipeline, training."""
+"""ControlNet over ADM (Zhang, Rao & Agrawala 2023): exact converter, zero init, gradients, frozen base, pipeline, training."""
 
 from __future__ import annotations
 
@@ -8,46 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import UNet2DModel
 from PIL import Image
 
 from studio.data.conditions import condition_maps
 from studio.errors import StudioError
 from studio.hub import SHIPPED_DIR, load_pipeline, save_pipeline
 from studio.metrics.edges import edge_f1
-from studio.models.adm import ADMConfig, build_adm_unet
 from studio.models.controlnet import condition_unet_from_adm, controlled_output, controlnet_from_unet
 from studio.pipelines.adm import StudioADMPipeline
 from studio.pipelines.controlnet import StudioControlNetPipeline
-from tests.test_adm import randomize, single_thread  # noqa: F401 (autouse fixture)
+from tests.builders import CONTROL_ADM, adm_scheduler, tiny_adm_unet, tiny_controlnet_pipeline
 from training.checkpoint import latest_checkpoint, read_checkpoint
 from training.config import load_config
 from training.family import get_family
 from training.loop import train
 
-TINY = ADMConfig(sample_size=16, in_channels=1, model_channels=8, channel_mult=[1, 2, 2], layers_per_block=1,
-                 attention_resolutions=[8], head_channels=8, norm_groups=4, num_classes=10)
-
-
-def tiny_adm(seed: int = 0) -> UNet2DModel:
-    return randomize(build_adm_unet(TINY), seed)
-
-
-def adm_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
-                         clip_sample=True)
-
-
-def tiny_controlnet_pipeline(seed: int = 0, trained: bool = True) -> StudioControlNetPipeline:
-    """A 16 px ADM base (random weights) and its ControlNet; ``trained`` also randomises the ControlNet
-    (zero convs included), so the control image changes the output."""
-    unet = condition_unet_from_adm(tiny_adm(seed)).eval()
-    controlnet = controlnet_from_unet(unet).eval()
-    if trained:
-        randomize(controlnet, seed + 1, std=0.05)
-    pipe = StudioControlNetPipeline(unet=unet, controlnet=controlnet, scheduler=adm_scheduler())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def digit_like(size: int = 16) -> np.ndarray:
@@ -67,7 +44,7 @@ def inputs(n: int = 4, size: int = 16):
 
 # ------------------------------------------------------------------------------------------ converter
 def test_converter_is_exact_on_a_tiny_random_adm():
-    adm = tiny_adm()
+    adm = tiny_adm_unet(CONTROL_ADM)
     unet = condition_unet_from_adm(adm)
     assert set(unet.state_dict()) == set(adm.state_dict())
     x, t, y = inputs()
@@ -87,9 +64,9 @@ def test_converter_is_exact_on_the_shipped_adm():
     assert difference <= 1e-6
 
 
-# ------------------------------------------------------------------------------------------ spec 6.8
-def test_zero_conv_init_gives_zero_residuals_and_the_base_output_bit_exactly():  # 6.8.1
-    unet = condition_unet_from_adm(tiny_adm())
+# ------------------------------------------------------------------------------------------ the ControlNet contract
+def test_zero_conv_init_gives_zero_residuals_and_the_base_output_bit_exactly():
+    unet = condition_unet_from_adm(tiny_adm_unet(CONTROL_ADM))
     controlnet = controlnet_from_unet(unet)
     x, t, y = inputs()
     hint = torch.rand(4, 1, 16, 16)
@@ -101,7 +78,7 @@ def test_zero_conv_init_gives_zero_residuals_and_the_base_output_bit_exactly(): 
         assert torch.equal(controlled, unet(x, t, None, class_labels=y).sample)
 
 
-def test_conditioning_scale_zero_is_the_base_model_at_any_weights():  # 6.8.2
+def test_conditioning_scale_zero_is_the_base_model_at_any_weights():
     pipe = tiny_controlnet_pipeline(trained=True)
     x, t, y = inputs()
     hint = torch.rand(4, 1, 16, 16)
@@ -115,8 +92,8 @@ def _loss(unet, controlnet, x, t, y, hint, noise):
     return torch.nn.functional.mse_loss(controlled_output(unet, controlnet, x, t, hint, y)[:, :1], noise)
 
 
-def test_first_step_gradients_reach_only_the_zero_convs_then_the_copy():  # 6.8.3 and 6.8.4
-    unet = condition_unet_from_adm(tiny_adm()).train()
+def test_first_step_gradients_reach_only_the_zero_convs_then_the_copy():
+    unet = condition_unet_from_adm(tiny_adm_unet(CONTROL_ADM)).train()
     unet.requires_grad_(False)
     controlnet = controlnet_from_unet(unet).train()
     before = {k: v.clone() for k, v in unet.state_dict().items()}
@@ -143,8 +120,8 @@ def test_first_step_gradients_reach_only_the_zero_convs_then_the_copy():  # 6.8.
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())  # base frozen
 
 
-def test_from_unet_copies_the_encoder_weights():  # 6.8.5
-    unet = condition_unet_from_adm(tiny_adm())
+def test_from_unet_copies_the_encoder_weights():
+    unet = condition_unet_from_adm(tiny_adm_unet(CONTROL_ADM))
     controlnet = controlnet_from_unet(unet)
     for part in ("conv_in", "time_embedding", "class_embedding", "down_blocks", "mid_block"):
         ours, theirs = getattr(controlnet, part).state_dict(), getattr(unet, part).state_dict()
@@ -152,7 +129,7 @@ def test_from_unet_copies_the_encoder_weights():  # 6.8.5
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), part
 
 
-def test_guess_mode_scales_residuals_geometrically_from_a_tenth_to_one():  # 6.8.6
+def test_guess_mode_scales_residuals_geometrically_from_a_tenth_to_one():
     pipe = tiny_controlnet_pipeline(trained=True)
     x, t, y = inputs()
     hint = torch.rand(4, 1, 16, 16)
@@ -168,7 +145,7 @@ def test_guess_mode_scales_residuals_geometrically_from_a_tenth_to_one():  # 6.8
 
 
 @pytest.mark.parametrize("condition", ["canny", "sobel"])
-def test_condition_maps_are_deterministic_in_range_and_empty_for_black(condition):  # 6.8.7
+def test_condition_maps_are_deterministic_in_range_and_empty_for_black(condition):
     images = np.stack([digit_like(), np.zeros((16, 16), np.float32)])
     first, second = condition_maps(images, condition), condition_maps(torch.from_numpy(images)[:, None], condition)
     assert first.dtype == np.float32 and first.shape == (2, 1, 16, 16)
@@ -217,7 +194,7 @@ def test_pipeline_outputs_conditions_record_and_any_input_form():
 
 def test_scale_zero_pipeline_equals_the_base_adm_pipeline():
     pipe = tiny_controlnet_pipeline()
-    adm = StudioADMPipeline(unet=tiny_adm(0), scheduler=adm_scheduler())
+    adm = StudioADMPipeline(unet=tiny_adm_unet(CONTROL_ADM, 0), scheduler=adm_scheduler())
     adm.set_progress_bar_config(disable=True)
     for kwargs in ({"guidance_scale": 1.0}, {"guidance_scale": 2.0}):
         controlled = pipe(digit_like(), class_labels=[1, 7], num_inference_steps=4, scheduler="ddim",
@@ -271,7 +248,7 @@ def test_errors_name_the_problem():
 def tiny_base(tmp_path) -> Path:
     """A tiny 16 px ADM pipeline folder to control."""
     folder = tmp_path / "base"
-    pipe = StudioADMPipeline(unet=tiny_adm(0), scheduler=adm_scheduler())
+    pipe = StudioADMPipeline(unet=tiny_adm_unet(CONTROL_ADM, 0), scheduler=adm_scheduler())
     save_pipeline(pipe, folder, {})
     return folder
 

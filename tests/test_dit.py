@@ -1,4 +1,5 @@
-"""DiT network invariants (spec 5.6) and the DiT pipeline's contract."""
+"""DiT network invariants (Peebles & Xie 2023: adaLN-Zero init, small conditioning embeddings, the null
+class, label dropout) and the DiT pipeline's contract."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,6 @@ from studio.errors import ConfigError, StudioError
 from studio.hub import load_pipeline, save_pipeline
 from studio.models.dit import DiTConfig, build_dit, drop_labels
 from studio.pipelines.record import read_record, save_png
-from tests.conftest import tiny_dit_pipeline
 
 
 def test_adaln_zero_init_makes_output_zero_and_blocks_identity():

@@ -1,5 +1,6 @@
-"""DSNO (spec 3.11): student equivalence and hooks, TimeConv, the trajectory recorder, loss weights,
-overfitting, guard rails, the one-call pipeline and the training family."""
+"""DSNO (Zheng et al. 2023, "Fast Sampling of Diffusion Models via Operator Learning"): student
+equivalence and hooks, TimeConv, the trajectory recorder, loss weights, overfitting, guard rails, the
+one-call pipeline and the training family."""
 
 import json
 
@@ -181,7 +182,7 @@ def test_recorder_ddim_sets_its_sample_space_options_instead_of_inheriting_them(
     from diffusers import DDPMScheduler
 
     from studio.diffusion.trajectories import teacher_from_pipeline, teacher_scheduler
-    from tests.test_adm import tiny_pipe
+    from tests.builders import tiny_adm_pipeline
 
     training = DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=True, thresholding=True,
                              variance_type="learned_range", timestep_spacing="trailing", steps_offset=1)
@@ -192,7 +193,7 @@ def test_recorder_ddim_sets_its_sample_space_options_instead_of_inheriting_them(
     x, eps = torch.full((1, 1, 2, 2), 0.5), torch.full((1, 1, 2, 2), -3.0)
     ddim.set_timesteps(4)
     assert ddim.step(eps, ddim.timesteps[0], x).pred_original_sample.min() > 1  # x0 left unclamped
-    pipe = tiny_pipe(with_classifier=False)
+    pipe = tiny_adm_pipeline(with_classifier=False)
     assert pipe.scheduler.config.clip_sample
     assert not teacher_from_pipeline(pipe).scheduler.config.clip_sample
 

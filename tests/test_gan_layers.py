@@ -1,5 +1,5 @@
 """GAN building blocks and losses: spectral norm, attention, conditional BN, projection D, hinge,
-orthogonal regularisation, truncation, hierarchical latents (spec 1.7 and 2.7)."""
+orthogonal regularisation, truncation, hierarchical latents (SAGAN: Zhang et al. 2019; BigGAN: Brock et al. 2019)."""
 
 from functools import partial
 
@@ -25,15 +25,7 @@ from studio.models.gan.losses import (
 )
 from studio.models.gan.truncation import truncated_normal
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from more intra-op threads, and on a shared CPU two threads per
-    process oversubscribe the cores (measured: 20x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_sagan(num_classes=10, image_size=28, channels=1):

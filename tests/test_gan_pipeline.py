@@ -11,15 +11,7 @@ from studio.hub import load_pipeline, read_card, save_pipeline
 from studio.models.gan import BigGANGenerator, BigGANGeneratorConfig, SAGANGenerator, SAGANGeneratorConfig
 from studio.pipelines.gan import CHUNK_SIZE, StudioGANPipeline
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from more intra-op threads, and on a shared CPU two threads per
-    process oversubscribe the cores (measured: 20x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_looking(generator):

@@ -17,19 +17,12 @@ from training.ema import EMA
 from training.family import get_family
 from training.loop import train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 TINY_GAN_OVERRIDES = ["batch_size=8", "model.width=8", "model.z_dim=24", "num_sample_images=4", "sample_every=0",
                       "log_every=1", "checkpointing_steps=1000"]
 MNIST = DatasetInfo("mnist", 28, 1, 10, tuple(str(d) for d in range(10)))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from more intra-op threads, and on a shared CPU two threads per
-    process oversubscribe the cores (measured: 20x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(family, output_dir, *overrides, preset="mnist-tiny"):

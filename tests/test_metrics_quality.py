@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from studio.data import DataConfig, build_dataset
-from studio.metrics import EvalConfig, GaussianStats, evaluate, frechet_distance, load_classifier
 from studio.errors import MetricError
+from studio.metrics import EvalConfig, GaussianStats, evaluate, frechet_distance, load_classifier
 from studio.metrics.features import classifier_outputs, shipped_classifier_path
 
 NO_CACHE = EvalConfig(cache_dir="none")

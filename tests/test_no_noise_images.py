@@ -25,19 +25,14 @@ from studio.errors import MetricError
 from studio.hub import SHIPPED_DIR, load_pipeline
 from studio.metrics.failures import FailureThresholds, border_mask, failure_flags, failure_summary
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 SEEDS = [*range(40), 2000]
 STEPS = 10
 STOCHASTIC = {"ddpm", "euler_a"}  # plus ADM's ddim at eta 1, below
 ODE_DEFECT = pytest.mark.xfail(strict=True, raises=AssertionError, reason="adm-mnist's eta-0 path leaves noise fields on ~1 seed in 5 "
                                "(checkpoint defect, see the module docstring)")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def uint8(images: torch.Tensor) -> np.ndarray:

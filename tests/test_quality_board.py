@@ -10,7 +10,7 @@ from PIL import Image
 
 from studio.cli import main
 from studio.hub import save_pipeline
-from tests.conftest import tiny_dit_pipeline
+from tests.builders import tiny_dit_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ change moves pixels by 0.05 or more. After retraining a shipped model, regenerat
 import numpy as np
 import pytest
 import torch
-from regression_cases import CASES, run_case
+
+from tests.regression_cases import CASES, run_case
 
 TOLERANCE = 2e-3  # in [0, 1] pixel units; stored values are rounded to 1e-4
 

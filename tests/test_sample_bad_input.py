@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from studio.cli import bench_names, main
@@ -24,17 +23,12 @@ from studio.hub import load_pipeline
 from studio.pipelines.batch import SETTINGS_FILE, missing_batches, sample_to_folder
 from studio.pipelines.record import GenerationRecord, read_record
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 HUGE_SEED = "1180591620717411303424"  # 2**70
 FAST = {"dit-mnist": ["--steps", "2"], "adm-mnist": ["--steps", "2"], "score-mnist": ["--steps", "2"],
         "controlnet-mnist": ["--steps", "2", "--control-image", "{control}"]}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

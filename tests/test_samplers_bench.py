@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_samplers_common import single_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "plugins.py"
 

@@ -14,30 +14,29 @@ from diffusers import (
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2DiscreteScheduler,
-    UNet2DModel,
     UniPCMultistepScheduler,
 )
 from PIL import Image
-from test_samplers_common import studio_pipeline, tiny_studio_dit
-from test_samplers_unet_common import (  # noqa: F401
-    NUM_CLASSES,
-    CallCounter,
-    TinyStudioUNetPipeline,
-    adm_unet,
-    cond_unet,
-    hooked_modules,
-    run_sd,
-    scheduler_untouched,
-    sd_pipeline,
-    single_thread,
-    studio_unet_pipeline,
-    unet_loop,
-)
 
 import samplers
 from samplers import EncPropConfig, SkipTuningConfig, UnsupportedTargetError, parse_plugin_spec
 from samplers.encoder_propagation import key_steps, step_groups
 from studio.errors import ConfigError
+from tests.builders import (
+    NUM_CLASSES,
+    TinyStudioUNetPipeline,
+    adm_unet,
+    cond_unet,
+    sd_pipeline,
+    studio_pipeline,
+    studio_unet_pipeline,
+    tiny_studio_dit,
+    tiny_unet2d,
+)
+from tests.plugin_checks import CallCounter, hooked_modules, run_sd, scheduler_untouched, unet_loop
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 NEUTRAL = EncPropConfig(keys="all", inject_alpha=0.0)
 ENCODER = [
@@ -292,16 +291,7 @@ def test_second_order_schedulers_are_refused(scheduler_class):
 
 def test_ddpm_pipeline_neutral_reset_and_remove():
     pipe = DDPMPipeline(
-        unet=UNet2DModel(
-            sample_size=8,
-            in_channels=1,
-            out_channels=1,
-            block_out_channels=(8, 8),
-            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-            norm_num_groups=4,
-            layers_per_block=1,
-        ),
+        unet=tiny_unet2d(attention=True),
         scheduler=DDPMScheduler(num_train_timesteps=20),
     )
     pipe.set_progress_bar_config(disable=True)
@@ -423,16 +413,8 @@ def test_unsupported_targets_and_inputs():
         r"\(DiTTransformer2DModel\)",
     ):
         samplers.apply(studio_pipeline(), EncPropConfig())
-    ncsn = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 8),
-        norm_num_groups=4,
-        down_block_types=("SkipDownBlock2D", "SkipDownBlock2D"),
-        up_block_types=("SkipUpBlock2D", "SkipUpBlock2D"),
-        layers_per_block=1,
-    )
+    ncsn = tiny_unet2d(down_block_types=("SkipDownBlock2D", "SkipDownBlock2D"),
+                       up_block_types=("SkipUpBlock2D", "SkipUpBlock2D"))
     with pytest.raises(UnsupportedTargetError, match="SkipDownBlock2D"):
         samplers.apply((ncsn, DDIMScheduler()), EncPropConfig())
     scheduler = DDIMScheduler()

@@ -6,16 +6,14 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
-from test_samplers_common import (  # noqa: F401
-    CallCounter,
-    hooked_modules,
-    single_thread,
-    tiny_sd3_transformer,
-    tiny_studio_dit,
-)
 
 from samplers import FORAConfig, apply_fora
 from samplers.fora import FORA_ROOT_HOOK, is_refresh_step
+from tests.builders import tiny_sd3_transformer, tiny_studio_dit
+from tests.plugin_checks import CallCounter, hooked_modules
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 LAYERS = 2
 

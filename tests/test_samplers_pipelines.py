@@ -10,22 +10,16 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from test_samplers_common import (  # noqa: F401
-    CallCounter,
-    dit_pipeline,
-    hooked_modules,
-    run_dit,
-    run_sd3,
-    run_studio,
-    sd3_pipeline,
-    single_thread,
-    studio_pipeline,
-)
+from diffusers import DDPMPipeline, DDPMScheduler
 
 import samplers
 from samplers import FORAConfig, RASConfig, UnsupportedTargetError, parse_plugin_spec
 from studio.errors import ConfigError
+from tests.builders import dit_pipeline, sd3_pipeline, studio_pipeline, tiny_unet2d
+from tests.plugin_checks import CallCounter, hooked_modules, run_dit, run_sd3, run_studio
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 NEUTRAL = ("fora:interval=1", "ras:ratio=1", "fora:interval=1+ras:ratio=1")
 
@@ -226,16 +220,7 @@ def test_parse_plugin_spec():
 
 
 def test_unsupported_targets_name_plugin_and_class():
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 8),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        layers_per_block=1,
-    )
+    unet = tiny_unet2d()
     for spec in ("fora", "ras"):
         with pytest.raises(UnsupportedTargetError, match=f"{spec} cannot be applied to UNet2DModel"):
             samplers.apply(unet, parse_plugin_spec(spec))

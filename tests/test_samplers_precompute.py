@@ -12,24 +12,16 @@ import logging
 import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
-from test_samplers_common import (  # noqa: F401
-    CallCounter,
-    dit_pipeline,
-    hooked_modules,
-    run_dit,
-    run_sd3,
-    run_studio,
-    sd3_pipeline,
-    single_thread,
-    studio_pipeline,
-    tiny_sd3_transformer,
-    tiny_studio_dit,
-)
 
 import samplers
 from samplers import adaln
 from samplers.adaln import ADALN_ROOT_HOOK, acquire_table, supports_table
 from samplers.base import has_hook
+from tests.builders import dit_pipeline, sd3_pipeline, studio_pipeline, tiny_sd3_transformer, tiny_studio_dit
+from tests.plugin_checks import CallCounter, hooked_modules, run_dit, run_sd3, run_studio
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 RTOL = 1e-5  # float32 rounding of a few dozen chained ops, relative to the output scale
 SPECS = ["fora:interval=3", "ras:ratio=0.5", "fora:interval=3+ras:ratio=0.5"]

@@ -8,17 +8,13 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-from test_samplers_common import (  # noqa: F401
-    hooked_modules,
-    run_studio,
-    single_thread,
-    studio_pipeline,
-    tiny_sd3_transformer,
-    tiny_studio_dit,
-)
 
 from samplers import RASConfig, UnsupportedTargetError, apply_ras
 from samplers.ras import select_tokens, skip_schedule, token_mask_to_pixels, token_metric
+from tests.builders import studio_pipeline, tiny_sd3_transformer, tiny_studio_dit
+from tests.plugin_checks import hooked_modules, run_studio
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------- schedule

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+from diffusers import DDIMPipeline, DDIMScheduler
 from diffusers.hooks import HookRegistry, ModelHook
-from test_samplers_common import tiny_studio_dit
-from test_samplers_unet_common import (  # noqa: F401
-    NUM_CLASSES,
-    adm_unet,
-    cond_unet,
-    hooked_modules,
-    run_sd,
-    sd_pipeline,
-    single_thread,
-    unet_loop,
-)
 
 import samplers
 from samplers import SkipTuningConfig, UnsupportedTargetError, parse_plugin_spec
 from samplers.skip_tuning import skip_factors
 from studio.errors import ConfigError
+from tests.builders import NUM_CLASSES, adm_unet, cond_unet, sd_pipeline, tiny_studio_dit, tiny_unet2d
+from tests.plugin_checks import hooked_modules, run_sd, unet_loop
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def adm_call(unet, batch: int = 3, t=500):
@@ -153,18 +146,7 @@ def test_window_gates_per_row():
 
 
 def test_class_embed_type_timestep_reads_the_timesteps_not_labels():
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 8),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        layers_per_block=1,
-        class_embed_type="timestep",
-    ).eval()
+    unet = tiny_unet2d(class_embed_type="timestep").eval()
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         base = unet(x, 100, class_labels=torch.tensor([900, 900])).sample
@@ -175,16 +157,7 @@ def test_class_embed_type_timestep_reads_the_timesteps_not_labels():
 
 def test_pipelines_ddim_and_stable_diffusion(tmp_path):
     ddim = DDIMPipeline(
-        unet=UNet2DModel(
-            sample_size=8,
-            in_channels=1,
-            out_channels=1,
-            block_out_channels=(8, 8),
-            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-            norm_num_groups=4,
-            layers_per_block=1,
-        ),
+        unet=tiny_unet2d(attention=True),
         scheduler=DDIMScheduler(),
     )
     ddim.set_progress_bar_config(disable=True)

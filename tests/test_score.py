@@ -1,5 +1,6 @@
-"""Score models (NCSN, VE SDE, VP SDE): the math against closed forms and diffusers, the samplers
-on a Gaussian toy with an exact score, the pipeline's contract, and a tiny training run (spec 3.6)."""
+"""Score models (NCSN, VE SDE, VP SDE; Song & Ermon 2019, Song et al. 2021): the math against closed
+forms and diffusers, the samplers on a Gaussian toy with an exact score, the pipeline's contract, and a
+tiny training run."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from diffusers import ScoreSdeVeScheduler
 
 from studio.cli import main
 from studio.diffusion.score_losses import Reduction, Weighting, ncsn_loss, sde_loss
-from studio.diffusion.score_model import VPSDEScheduler
 from studio.diffusion.score_samplers import (
     LangevinCorrector,
     NoneCorrector,
@@ -27,38 +27,14 @@ from studio.errors import ConfigError, StudioError
 from studio.hub import load_pipeline, save_pipeline
 from studio.models.score import ScoreNetConfig, build_score_unet
 from studio.pipelines.score import StudioScorePipeline
+from tests.builders import tiny_score_pipeline
 from training.config import load_config
 from training.family import get_family
 from training.loop import train
 
-
 # ============================================================================ helpers
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Bit-identity across batch sizes holds at one intra-op thread, as for ADM (test_adm.py): with two,
-    oneDNN's (and the native) 3x3 convolution sums in a batch-size-dependent order (measured: a score
-    UNet's first conv differs by ~1e-6 between batch 3 and batch 1), which no padding can hide."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_score_pipeline(kind: str, seed: int = 0) -> StudioScorePipeline:
-    """A 12 px, two-level score UNet of ``kind`` with random weights."""
-    conditioning = {"ncsn": "level", "ve": "log_sigma", "vp": "time"}[kind]
-    torch.manual_seed(seed)
-    unet = build_score_unet(ScoreNetConfig(sample_size=12, in_channels=1, block_out_channels=(8, 16),
-                                           attention_levels=(False, True), norm_num_groups=4,
-                                           conditioning=conditioning, num_levels=5))
-    if kind == "vp":
-        scheduler = VPSDEScheduler(num_train_timesteps=20)
-    else:
-        scheduler = ScoreSdeVeScheduler(num_train_timesteps=5 if kind == "ncsn" else 20, sigma_min=0.01,
-                                        sigma_max=1.0 if kind == "ncsn" else 10.0, snr=0.16)
-    pipe = StudioScorePipeline(unet=unet, scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+# Bit-identity across batch sizes holds at one intra-op thread only (see the `one_thread` fixture).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 KIND_SAMPLER = [("ncsn", "langevin"), ("ncsn", "pc"), ("ve", "pc"), ("ve", "langevin"), ("ve", "ode"),

@@ -13,7 +13,8 @@ import torch
 from studio.cli import main
 from studio.errors import CheckpointError
 from studio.hub import load_pipeline, resolve, save_pipeline
-from tests.conftest import TINY_DIT_OVERRIDES, tiny_dit_pipeline
+from tests.builders import TINY_DIT_OVERRIDES, tiny_dit_pipeline
+from tests.launch import REPO, launch_two_processes
 from training.checkpoint import STATE_FILE, latest_checkpoint, read_checkpoint, rng_file
 from training.config import load_config
 from training.family import get_family
@@ -128,11 +129,11 @@ def test_two_process_resume_equals_an_uninterrupted_two_process_run(tmp_path):
     """Under DDP each process restores its own RNG state and the shared state comes from one file:
     a 2-process run stopped at step 2 and resumed to 4 ends bit-identical to one run to 4 (same
     processes, shapes and kernels on one machine)."""
-    from tests.test_cli import REPO, _launch
 
     def launch(run: Path, steps: int, *extra: str) -> None:
-        result = _launch("train", "dit", "--preset", "mnist-tiny", "--max-steps", str(steps), "--output-dir",
-                         str(run), "--checkpointing-steps", "2", *TINY_DIT_OVERRIDES, *extra, cwd=REPO)
+        result = launch_two_processes("train", "dit", "--preset", "mnist-tiny", "--max-steps", str(steps),
+                                      "--output-dir", str(run), "--checkpointing-steps", "2", *TINY_DIT_OVERRIDES,
+                                      *extra, cwd=REPO)
         assert result.returncode == 0, result.stderr
 
     launch(tmp_path / "full", 4)

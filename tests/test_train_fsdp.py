@@ -21,7 +21,8 @@ from torch import nn
 
 from studio.errors import CheckpointError, ConfigError
 from studio.hub import load_pipeline
-from tests.conftest import TINY_DIT_OVERRIDES
+from tests.builders import TINY_DIT_OVERRIDES
+from tests.launch import REPO, free_port, launch_two_processes
 from training.checkpoint import (
     TrainingState,
     check_distributed_type,
@@ -163,11 +164,9 @@ def test_a_network_fsdp_cannot_shard_is_named():
 # ------------------------------------------------------------------------------------------ processes
 def launch_fsdp(run: Path, steps: int, *extra: str) -> None:
     """``studio train dit`` on 2 CPU processes under FSDP2, on a free rendezvous port."""
-    from tests.test_cli import REPO, _free_port
-
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--use_fsdp", "--fsdp_version", "2",
-               "--main_process_port", str(_free_port()), "-m", "studio.cli", "train", "dit", "--preset", "mnist-tiny",
+               "--main_process_port", str(free_port()), "-m", "studio.cli", "train", "dit", "--preset", "mnist-tiny",
                "--max-steps", str(steps), "--output-dir", str(run), "--checkpointing-steps", "2",
                *TINY_DIT_OVERRIDES, *extra]
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
@@ -227,10 +226,9 @@ def test_fsdp_trains_what_ddp_trains(fsdp_run, tmp_path):
     """The same 4 steps under DDP: weights, EMA and AdamW moments agree with the FSDP run (sharding
     changes where states live, not what is computed). DDP keys optimizer state by position, FSDP by
     name; the saved param_groups give the pairing."""
-    from tests.test_cli import REPO, _launch
 
-    result = _launch("train", "dit", "--preset", "mnist-tiny", "--max-steps", "4", "--output-dir",
-                     str(tmp_path / "ddp"), "--checkpointing-steps", "4", *TINY_DIT_OVERRIDES, cwd=REPO)
+    result = launch_two_processes("train", "dit", "--preset", "mnist-tiny", "--max-steps", "4", "--output-dir",
+                                  str(tmp_path / "ddp"), "--checkpointing-steps", "4", *TINY_DIT_OVERRIDES, cwd=REPO)
     assert result.returncode == 0, result.stderr
     fsdp = read_checkpoint(fsdp_run / "checkpoints" / "checkpoint-4")
     ddp = read_checkpoint(tmp_path / "ddp" / "checkpoints" / "checkpoint-4")

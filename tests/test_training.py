@@ -5,7 +5,7 @@ import torch
 
 from studio.errors import CheckpointError, ConfigError
 from studio.hub import load_pipeline
-from tests.conftest import TINY_DIT_OVERRIDES
+from tests.builders import TINY_DIT_OVERRIDES
 from training.checkpoint import latest_checkpoint, read_checkpoint
 from training.config import load_config
 from training.family import get_family

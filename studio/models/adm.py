@@ -102,8 +102,12 @@ class ADMConfig:
 
 
 # ------------------------------------------------------------------------------------------ UNet
-def build_adm_unet(config: ADMConfig) -> UNet2DModel:
-    """An ADM UNet on diffusers `UNet2DModel`, with ADM's zero init of the output layers."""
+def build_adm_unet(config: ADMConfig, *, zero_init: bool = True) -> UNet2DModel:
+    """An ADM UNet on diffusers `UNet2DModel`, with ADM's zero init of the output layers.
+
+    ``zero_init=False`` keeps diffusers' random init everywhere: benchmarks on untrained weights need
+    it, as a zeroed final conv makes every output 0 whatever the input.
+    """
     config.validate()
     model = UNet2DModel(
         sample_size=config.sample_size,
@@ -122,7 +126,8 @@ def build_adm_unet(config: ADMConfig) -> UNet2DModel:
         dropout=config.dropout,
         num_class_embeds=config.num_classes + 1 if config.num_classes else None,
     )
-    zero_init_outputs(model)
+    if zero_init:
+        zero_init_outputs(model)
     return model
 
 

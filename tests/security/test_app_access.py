@@ -18,7 +18,7 @@ from gradio_client import Client
 from PIL import Image
 
 from studio.hub import save_pipeline
-from tests.conftest import tiny_dit_pipeline
+from tests.builders import tiny_dit_pipeline
 from tests.test_app_service import CONTROLNET, DIT, one_thread  # noqa: F401 (fixture)
 from tests.test_app_ui import running_app
 from webapp.security import AccessDenied, AccessPolicy

@@ -17,7 +17,7 @@ from PIL import Image
 
 from studio.errors import StudioError
 from studio.hub import runs_dir, save_pipeline
-from tests.conftest import TINY_DIT_OVERRIDES, tiny_dit_pipeline
+from tests.builders import TINY_DIT_OVERRIDES, tiny_dit_pipeline
 from tests.security.test_app_access import FILE_META, call, control_data, refusal
 from tests.test_app_service import CONTROLNET, DIT, one_thread  # noqa: F401 (fixture)
 from tests.test_app_ui import running_app

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from studio.cli import main
 from studio.data.dataset import dataset_info
 from studio.errors import CheckpointError
-from tests.conftest import TINY_DIT_OVERRIDES
+from tests.builders import TINY_DIT_OVERRIDES
 from training.checkpoint import STATE_FILE, latest_checkpoint, rng_file
 from training.config import load_config
 from training.family import get_family
