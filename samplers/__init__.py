@@ -25,6 +25,7 @@ from samplers.fora import FORAConfig, apply_fora
 from samplers.ras import RASConfig, apply_ras
 from samplers.skip_tuning import SkipTuningConfig, apply_skip_tuning
 from studio.errors import ConfigError
+from studio.registry import Registry
 
 LIST_SEPARATOR = "/"
 
@@ -39,8 +40,9 @@ class PluginEntry:
     aliases: dict[str, str]
 
 
-PLUGINS: dict[str, PluginEntry] = {}
-_BY_CONFIG: dict[type, PluginEntry] = {}
+#: registered plugins by name; `_BY_CONFIG` indexes the same entries by config class
+PLUGINS: Registry[PluginEntry] = Registry("plugin")
+_BY_CONFIG: Registry[PluginEntry] = Registry("plugin config")
 
 
 def register_plugin(
@@ -52,9 +54,8 @@ def register_plugin(
     """Register a plugin under ``name``; a duplicate name or config class raises ValueError."""
     if name in PLUGINS or config_class in _BY_CONFIG:
         raise ValueError(f"plugin {name!r} ({config_class.__name__}) is already registered")
-    entry = PluginEntry(name, config_class, apply_fn, dict(aliases or {}))
-    PLUGINS[name] = _BY_CONFIG[config_class] = entry
-    return entry
+    entry = PLUGINS.add(name, PluginEntry(name, config_class, apply_fn, dict(aliases or {})))
+    return _BY_CONFIG.add(config_class, entry)
 
 
 register_plugin(

@@ -7,6 +7,7 @@ measured metrics). A training run folder holds one under ``pipeline/``. Loading 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,17 +15,26 @@ from pathlib import Path
 from typing import Any
 
 from studio.errors import CheckpointError
+from studio.registry import Registry
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
 MODEL_CARD = "studio.json"
-_PIPELINES: dict[str, type] = {}
+
+
+def _import_pipelines(class_name: object) -> None:
+    """`PIPELINES` discovery: importing `studio.pipelines` registers every studio pipeline class."""
+    importlib.import_module("studio.pipelines")
+
+
+#: studio pipeline classes by class name (``_class_name`` in ``model_index.json``); each class
+#: registers itself with `register_pipeline` where it is defined
+PIPELINES: Registry[type] = Registry("pipeline", discover=_import_pipelines)
+
 
 def register_pipeline(cls: type) -> type:
-    """Register a studio pipeline class so `load_pipeline` finds it by ``model_index.json``."""
-    if cls.__name__ in _PIPELINES:
-        raise ValueError(f"pipeline {cls.__name__} is already registered")
-    _PIPELINES[cls.__name__] = cls
-    return cls
+    """Class decorator: register a studio pipeline class so `load_pipeline` finds it by ``model_index.json``."""
+    return PIPELINES.add(cls.__name__, cls)
+
 
 def runs_dir() -> Path:
     """Where training runs go by default: ``$STUDIO_RUNS`` or ``./runs``."""
@@ -78,7 +88,7 @@ def _family_of(folder: Path) -> str:
         class_name = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{folder / 'model_index.json'} is unreadable: {exc}") from None
-    cls = _PIPELINES.get(class_name)
+    cls = PIPELINES.find(class_name)
     return getattr(cls, "family", "") or class_name
 
 def list_models(extra_dirs: list[Path] | None = None) -> list[ModelEntry]:
@@ -125,7 +135,7 @@ def _pipeline_class(folder: Path | str) -> type:
             class_name = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
         except (OSError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"checkpoint {folder} has an unreadable model_index.json: {exc}") from None
-        return _PIPELINES.get(class_name, DiffusionPipeline)
+        return PIPELINES.find(class_name) or DiffusionPipeline
     return DiffusionPipeline
 
 def load_pipeline(name_or_path: str, device: str | None = None, **kwargs: Any) -> Any:
@@ -134,7 +144,6 @@ def load_pipeline(name_or_path: str, device: str | None = None, **kwargs: Any) -
     Studio pipelines come back as their studio class; other diffusers pipelines (a hub id or a
     folder saved by diffusers) as whatever `DiffusionPipeline.from_pretrained` builds.
     """
-    import studio.pipelines  # noqa: F401  (registers the studio pipeline classes)
     from torch import nn
 
     from studio.runtime import own_aligned_memory, resolve_device

@@ -371,7 +371,7 @@ def test_cli_sample_applies_the_plugins(tmp_path, capsys):
     from studio import hub
     from studio.cli import main
 
-    if TinyStudioUNetPipeline.__name__ not in hub._PIPELINES:
+    if TinyStudioUNetPipeline.__name__ not in hub.PIPELINES:
         hub.register_pipeline(TinyStudioUNetPipeline)
     folder = tmp_path / "tiny-unet"
     hub.save_pipeline(studio_unet_pipeline(), folder, {"preset": "test"})

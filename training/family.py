@@ -19,31 +19,37 @@ from torch.utils.data import Dataset
 
 from studio.data import DatasetInfo, build_dataset
 from studio.errors import ConfigError
+from studio.registry import Registry
 from training.config import TrainConfig, available_presets
 
-_FAMILIES: dict[str, type[Family]] = {}
+
+def _import_family(name: object) -> None:
+    """`FAMILIES` discovery: a family called ``name`` lives in ``training/<name>.py``, if anywhere."""
+    if not isinstance(name, str) or not name.isidentifier():
+        return
+    try:
+        importlib.import_module(f"training.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"training.{name}":
+            raise
+
+
+#: family classes by name; each registers itself with `register_family` in its own module
+FAMILIES: Registry[type[Family]] = Registry("family", discover=_import_family)
 
 
 def register_family(cls: type[Family]) -> type[Family]:
     """Class decorator: make ``cls`` available to ``studio train <cls.name>``."""
-    if cls.name in _FAMILIES:
-        raise ValueError(f"family {cls.name!r} is already registered")
-    _FAMILIES[cls.name] = cls
-    return cls
+    return FAMILIES.add(cls.name, cls)
 
 
 def get_family(name: str) -> type[Family]:
     """The family class called ``name`` (imports ``training.<name>`` on first use)."""
-    known = sorted(available_presets())
-    if name not in _FAMILIES and name.isidentifier():
-        try:
-            importlib.import_module(f"training.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"training.{name}":
-                raise
-    if name not in _FAMILIES:
+    family = FAMILIES.find(name)
+    if family is None:
+        known = sorted(available_presets())
         raise ConfigError(f"unknown model family {name!r} (known: {', '.join(known)})")
-    return _FAMILIES[name]
+    return family
 
 
 class Family(ABC):

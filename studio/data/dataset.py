@@ -8,15 +8,17 @@ dicts in diffusers' vocabulary: ``pixel_values`` (float, C x H x W, in [-1, 1]) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from studio.data.arrays import RawImages, convert_channels, resize_images
+from studio.data.folder import load_hf_dataset, load_image_folder
 from studio.errors import DataError
+from studio.registry import Registry
 
 
 @dataclass
@@ -44,38 +46,19 @@ class DataConfig:
     hflip: bool = False
 
 
-@dataclass
-class RawImages:
-    """What a dataset loader returns: uint8 images (N, H, W, C) and int labels (N,)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    class_names: list[str]
-    extras: dict[str, np.ndarray] = field(default_factory=dict)  # per-image maps (N, H, W) uint8
-    # A fixed held-out split (bool, N): when set, ``val`` is exactly these images (the dataset's
-    # standard test split) and ``val_fraction`` / ``seed`` do not apply.
-    test_mask: np.ndarray | None = None
-
-
 Loader = Callable[[DataConfig], RawImages]
-_LOADERS: dict[str, Loader] = {}
+#: built-in dataset loaders by name (`studio.data.builtin` registers them)
+DATASETS: Registry[Loader] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
     """Register a built-in dataset loader under ``name``; duplicate names are refused."""
-
-    def decorator(loader: Loader) -> Loader:
-        if name in _LOADERS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _LOADERS[name] = loader
-        return loader
-
-    return decorator
+    return DATASETS.register(name)
 
 
 def builtin_datasets() -> list[str]:
     """Names of the registered built-in datasets."""
-    return sorted(_LOADERS)
+    return sorted(DATASETS)
 
 
 @dataclass(frozen=True)
@@ -118,30 +101,6 @@ class ImageDataset(Dataset):
         return self.images
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Resize uint8 (N, H, W, C) images to (N, size, size, C) with PIL's antialiased bicubic."""
-    if images.shape[1] == size and images.shape[2] == size:
-        return images
-    out = np.empty((len(images), size, size, images.shape[3]), dtype=np.uint8)
-    for i, image in enumerate(images):
-        pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
-        resized = np.asarray(pil.resize((size, size), Image.BICUBIC))
-        out[i] = resized.reshape(size, size, -1)
-    return out
-
-
-def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
-    """Convert uint8 (N, H, W, C) images to 1 (luma) or 3 (replicated grey) channels."""
-    if channels in (0, images.shape[3]):
-        return images
-    if channels == 1:
-        luma = images[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        return np.clip(luma + 0.5, 0, 255).astype(np.uint8)[..., None]
-    if channels == 3:
-        return np.repeat(images, 3, axis=3)
-    raise DataError(f"channels must be 1 or 3, got {channels}")
-
-
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (train, val) index split of ``n`` items for a seed."""
     if not 0.0 <= val_fraction < 1.0:
@@ -153,13 +112,11 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
 
 def load_raw(config: DataConfig) -> RawImages:
     """Load a dataset by name (built-in, folder or ``hf:``) at its native size."""
-    from studio.data import folder
-
-    if config.name in _LOADERS:
-        return _LOADERS[config.name](config)
+    if config.name in DATASETS:
+        return DATASETS[config.name](config)
     if config.name.startswith("hf:"):
-        return folder.load_hf_dataset(config.name[3:])
-    return folder.load_image_folder(config.name)
+        return load_hf_dataset(config.name[3:])
+    return load_image_folder(config.name)
 
 
 def build_dataset(config: DataConfig, split: str = "train") -> ImageDataset:

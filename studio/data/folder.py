@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from studio.data.dataset import RawImages
+from studio.data.arrays import RawImages, resize_images
 from studio.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -27,8 +27,6 @@ def _read_images(paths: list[Path]) -> np.ndarray:
     if len(shapes) > 1:
         if {len(s) for s in shapes} != {3}:  # mixed grey and colour: promote grey to RGB
             arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
-        from studio.data.dataset import resize_images
-
         side = min(min(a.shape[:2]) for a in arrays)
         arrays = [resize_images(a.reshape(a.shape[0], a.shape[1], -1)[None], side)[0] for a in arrays]
     stacked = np.stack(arrays)

@@ -29,46 +29,29 @@ from scipy.integrate import solve_ivp
 
 from studio.diffusion.score_losses import LevelScoreFn
 from studio.diffusion.sde import SDE, VPSDE, NoiseFn, ScoreFn, expand_as
+from studio.registry import Registry
 
 # ============================================================================ predictors and correctors
-_PREDICTORS: dict[str, type[Predictor]] = {}
-_CORRECTORS: dict[str, type[Corrector]] = {}
+_PREDICTORS: Registry[type[Predictor]] = Registry("predictor")
+_CORRECTORS: Registry[type[Corrector]] = Registry("corrector")
 
 
 def register_predictor(name: str) -> Callable[[type], type]:
     """Class decorator: make a predictor available to `get_predictor` under ``name``."""
-
-    def decorator(cls: type) -> type:
-        if name in _PREDICTORS:
-            raise ValueError(f"predictor {name!r} is already registered")
-        _PREDICTORS[name] = cls
-        return cls
-
-    return decorator
+    return _PREDICTORS.register(name)
 
 
 def register_corrector(name: str) -> Callable[[type], type]:
     """Class decorator: make a corrector available to `get_corrector` under ``name``."""
-
-    def decorator(cls: type) -> type:
-        if name in _CORRECTORS:
-            raise ValueError(f"corrector {name!r} is already registered")
-        _CORRECTORS[name] = cls
-        return cls
-
-    return decorator
+    return _CORRECTORS.register(name)
 
 
 def get_predictor(name: str) -> type[Predictor]:
-    if name not in _PREDICTORS:
-        raise ValueError(f"unknown predictor {name!r} (known: {', '.join(sorted(_PREDICTORS))})")
-    return _PREDICTORS[name]
+    return _PREDICTORS.lookup(name)
 
 
 def get_corrector(name: str) -> type[Corrector]:
-    if name not in _CORRECTORS:
-        raise ValueError(f"unknown corrector {name!r} (known: {', '.join(sorted(_CORRECTORS))})")
-    return _CORRECTORS[name]
+    return _CORRECTORS.lookup(name)
 
 
 class Predictor(ABC):

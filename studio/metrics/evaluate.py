@@ -58,6 +58,7 @@ from studio.metrics.reference import (
 )
 from studio.metrics.samples import ImageSet, image_set, load_images
 from studio.models.classifier import StudioClassifier
+from studio.registry import Registry
 from studio.runtime import resolve_device
 
 
@@ -190,23 +191,17 @@ class EvalContext:
 
 # ------------------------------------------------------------------------------------------ metrics
 MetricFn = Callable[[EvalContext], dict[str, float]]
-_METRICS: dict[str, MetricFn] = {}
+#: metric functions by ``--metrics`` name, in the order results are reported
+METRICS: Registry[MetricFn] = Registry("metric")
 
 
 def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
     """Register a metric under ``name`` (a ``--metrics`` choice); duplicate names are refused."""
-
-    def decorator(fn: MetricFn) -> MetricFn:
-        if name in _METRICS:
-            raise ValueError(f"metric {name!r} is already registered")
-        _METRICS[name] = fn
-        return fn
-
-    return decorator
+    return METRICS.register(name)
 
 
 def available_metrics() -> list[str]:
-    return list(_METRICS)
+    return METRICS.names()
 
 
 @register_metric("fid")
@@ -289,7 +284,7 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
             "ships gives only its 2,048-d pool features; use cs (the same formula on the domain judge's "
             "classes, reported as classifier_score)"
         )
-    unknown = [m for m in names if m not in _METRICS]
+    unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
         raise MetricError(
             f"unknown metric(s) {', '.join(unknown) or '(none given)'}; "
@@ -332,7 +327,7 @@ def evaluate(
     ctx = EvalContext(images, ref, config)
     values: dict[str, float] = {}
     for name in names:
-        values.update(_METRICS[name](ctx))
+        values.update(METRICS[name](ctx))
     settings = {
         "metrics": names,
         "samples": images.source,

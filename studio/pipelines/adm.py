@@ -26,6 +26,7 @@ from studio.diffusion.gaussian import GaussianDiffusion
 from studio.diffusion.guidance import SAMPLER_KINDS, ADMSampler, cfg_mix, classifier_gradient
 from studio.diffusion.schedulers import make_scheduler, scheduler_name
 from studio.errors import ConfigError, StudioError
+from studio.hub import load_pipeline, read_card, register_pipeline, resolve, save_pipeline
 from studio.models.adm import NoisyClassifier, null_class
 from studio.pipelines.base import (
     StudioPipelineMixin,
@@ -41,6 +42,7 @@ from studio.pipelines.record import GenerationRecord
 DEFAULT_SAMPLER = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim"}
 
 
+@register_pipeline
 class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
     """Sample an ADM UNet (ε + learned variance), optionally guided by a noisy classifier.
 
@@ -229,8 +231,6 @@ def attach_classifier(adm_source: str | Path, classifier_source: str | Path, out
     ``adm_source``: an ADM run or pipeline folder; ``output`` defaults to that pipeline folder
     (replaced atomically, model card kept and told which classifier it now carries).
     """
-    from studio.hub import load_pipeline, read_card, resolve, save_pipeline
-
     folder = resolve(str(adm_source))
     if not isinstance(folder, Path):
         raise ConfigError(f"{adm_source} is not a local ADM checkpoint")

@@ -25,6 +25,7 @@ from studio.data.conditions import CONDITIONS, condition_maps
 from studio.diffusion.guidance import ADMSampler, cfg_mix
 from studio.diffusion.schedulers import scheduler_name
 from studio.errors import StudioError
+from studio.hub import register_pipeline
 from studio.models.adm import null_class
 from studio.models.controlnet import ADMConditionUNet, ADMControlNetModel
 from studio.pipelines.adm import StudioADMPipeline
@@ -94,6 +95,7 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.asarray(pil, dtype=np.float32), 0.0, 1.0)
 
 
+@register_pipeline
 class StudioControlNetPipeline(StudioADMPipeline):
     """ADM sampling with a ControlNet.
 

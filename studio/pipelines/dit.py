@@ -16,6 +16,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from studio.diffusion.schedulers import make_scheduler, scheduler_name
 from studio.errors import StudioError
+from studio.hub import register_pipeline
 from studio.models.dit import disable_internal_label_dropout, null_class
 from studio.pipelines.base import (
     StudioPipelineMixin,
@@ -30,6 +31,7 @@ from studio.pipelines.invariance import batch_invariant
 from studio.pipelines.record import GenerationRecord
 
 
+@register_pipeline
 class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
     """Sample a class-conditional DiT.
 

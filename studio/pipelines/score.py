@@ -49,6 +49,7 @@ from studio.diffusion.score_samplers import (
 )
 from studio.diffusion.sde import VESDE, geometric_sigmas
 from studio.errors import StudioError
+from studio.hub import register_pipeline
 from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, check_finite, eval_mode
 from studio.pipelines.invariance import FixedBatchModel, batch_invariant
 from studio.pipelines.record import GenerationRecord
@@ -74,6 +75,7 @@ class CountingScore:
         return self.fn(x, t)
 
 
+@register_pipeline
 class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
     """Sample an unconditional score model.
 
