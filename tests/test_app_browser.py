@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.test_app_service import ADM, BIGGAN, CONTROLNET, DIT, GAN, one_thread  # noqa: F401 (fixture)
+from tests.test_app_service import ADM, BIGGAN, CONTROLNET, DIT, DSNO, GAN, one_thread  # noqa: F401 (fixture)
 from tests.test_app_ui import running_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -220,3 +220,31 @@ def test_a_result_shows_its_command_line_and_python_code(page):
     sync_api.expect(page.get_by_text("unknown plugin 'nope'").first).to_be_visible()
     sync_api.expect(command).to_have_count(0)
     page.get_by_label("Plugin specs").fill("")
+
+
+def test_generate_and_stop_stay_in_view_and_ctrl_enter_runs(page):
+    pick_model(page, DIT)
+    generate, stop = (page.get_by_role("button", name=name, exact=True).first for name in ("Generate", "Stop"))
+    page.set_viewport_size({"width": 1400, "height": 700})
+    try:
+        for where in (0, 0.5):  # the top of the page and the middle of the form
+            page.evaluate(f"window.scrollTo(0, document.body.scrollHeight * {where})")
+            sync_api.expect(generate).to_be_in_viewport()
+            sync_api.expect(stop).to_be_in_viewport()
+        page.evaluate("window.scrollTo(0, 0)")
+        seed = page.get_by_role("spinbutton", name="Seed")
+        seed.fill("81")
+        seed.press("Control+Enter")
+        sync_api.expect(page.get_by_role("img", name="seed 81 · digit 0", exact=True)).to_be_visible()
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1800})
+
+
+def test_a_weak_model_is_flagged_in_the_picker_and_its_card(page):
+    page.get_by_role("combobox", name="Model").click()
+    sync_api.expect(page.get_by_role("option", name=f"{DSNO} (dsno, run) ⚠️ weak")).to_be_visible()
+    sync_api.expect(page.get_by_role("option", name=f"{DIT} (dit, run)", exact=True)).to_be_visible()
+    page.get_by_role("option", name=f"{DSNO} (dsno, run) ⚠️ weak").click()
+    sync_api.expect(page.get_by_text("weak model: only 50% of its images show the class asked for")).to_be_visible()
+    pick_model(page, DIT)
+    sync_api.expect(page.get_by_text("weak model")).to_have_count(0)

@@ -116,7 +116,9 @@ def write_checkpoints(runs) -> None:
     save_pipeline(tiny_sagan_pipeline(), runs / GAN / "pipeline", {"num_classes": 10})
     save_pipeline(tiny_biggan_pipeline(), runs / BIGGAN / "pipeline", {"num_classes": 10})
     save_pipeline(tiny_adm_pipeline(), runs / ADM / "pipeline", {"num_classes": 4})
-    save_pipeline(tiny_dsno_pipeline(), runs / DSNO / "pipeline", {"num_classes": 10})
+    # a weak model, as dsno-mnist is: the picker flags it
+    weak = {"num_classes": 10, "metrics": {"class_accuracy": 0.5, "num_samples": 8}}
+    save_pipeline(tiny_dsno_pipeline(), runs / DSNO / "pipeline", weak)
     save_pipeline(tiny_score_pipeline("ve"), runs / SCORE / "pipeline", {})
     save_pipeline(tiny_controlnet_pipeline(), runs / CONTROLNET / "pipeline", {"num_classes": 4})
 
@@ -449,3 +451,32 @@ def test_several_classes_are_taken_in_turn_and_recalled(service):
     assert classes_of([1, 3, 1, 3]) == (1, 3) and classes_of([0, 1, 2, 3], 10) is None and classes_of([5, 5]) == 5
     info = service.select(ADM)  # no names in its card, no dataset: numbered
     assert info.class_titles == ("class 0", "class 1", "class 2", "class 3")
+
+
+def test_the_picker_opens_on_a_fast_good_model_shows_card_numbers_and_flags_weak_models():
+    from webapp.model_card import card_text
+    from webapp.service import default_model, model_options
+
+    options = {o.name: o for o in model_options()}
+    if "biggan-mnist" not in options or "dsno-mnist" not in options:
+        pytest.skip("the shipped checkpoints are not here")
+    assert default_model(list(options.values())) == "biggan-mnist"
+    assert "weak" in options["dsno-mnist"].label and "only 56% of its images" in options["dsno-mnist"].warning
+    assert not options["biggan-mnist"].warning and not options["dit-mnist"].warning
+    cards = {e.name: e.card for e in list_models()}
+    text = card_text("biggan-mnist", "biggan", cards["biggan-mnist"])
+    assert text.startswith("family biggan, dataset mnist") and "class accuracy **98.9%**" in text
+    assert "Quality board (n=1000" in text and "worst class 5 at 96%" in text
+    assert "Best settings (set below): guidance scale 1.0, num inference steps 50, scheduler ddim" in card_text(
+        "dit-mnist", "dit", cards["dit-mnist"])
+    assert card_text("dsno-mnist", "dsno", cards["dsno-mnist"]).startswith("⚠️ **weak model: only 56%")
+
+
+def test_a_weak_run_is_flagged_and_the_first_good_model_opens(service):
+    from webapp.service import default_model
+
+    options = service.model_options()
+    weak = next(o for o in options if o.name == DSNO)
+    assert weak.warning and weak.label == f"{DSNO} (dsno, run) ⚠️ weak"
+    assert "weak model: only 50% of its images" in service.select(DSNO).note
+    assert default_model([weak, *options]) != DSNO

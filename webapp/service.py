@@ -40,6 +40,7 @@ from studio.hub import SHIPPED_DIR, list_models, load_pipeline, read_card, runs_
 from studio.pipelines.record import GenerationRecord, read_record, save_png, to_pil
 from webapp.classes import card_class_titles, class_choice, classes_of
 from webapp.control import ControlRequest, read_control_image
+from webapp.model_card import card_text, weakness
 from webapp.reproduce import Reproduction, reproduce
 from webapp.security import LIMITS, AccessPolicy, AppLimits, prune_outputs
 
@@ -47,6 +48,9 @@ logger = logging.getLogger("webapp")
 
 #: the model name of the in-memory random-weight DiT offered when no checkpoint exists
 DEMO_MODEL = "demo"
+#: the model the app opens with when it is listed: fast and good (quality board, n=1000: 99.1% class
+#: accuracy, worst class 96%, 0.0013 s per image on one thread; the diffusion models take 0.1-2 s per image)
+DEFAULT_MODEL = "biggan-mnist"
 #: separator between plugin specs in one text field (``fora:interval=3; ras:ratio=0.5``)
 PLUGIN_SEPARATOR = ";"
 #: generations kept for recall
@@ -83,6 +87,7 @@ class ModelOption:
     source: str  # shipped | run | demo
     folder: str
     class_titles: tuple[str, ...] = ()  # from the model card, without loading the model
+    warning: str = ""  # why the model is too weak to rely on (`webapp.model_card.weakness`)
 
 
 def is_generative(family: str) -> bool:
@@ -105,14 +110,22 @@ def model_options() -> list[ModelOption]:
     for entry in list_models():
         if not is_generative(entry.family):
             continue
-        steps = entry.card.get("trained_steps")
-        trained = f", {steps} steps" if steps else ""
-        options.append(ModelOption(entry.name, f"{entry.name} ({entry.family}, {entry.source}{trained})",
-                                   entry.family, entry.source, str(entry.path), card_class_titles(entry.card)))
+        warning = weakness(entry.card)
+        label = f"{entry.name} ({entry.family}, {entry.source})" + (" ⚠️ weak" if warning else "")
+        options.append(ModelOption(entry.name, label, entry.family, entry.source, str(entry.path),
+                                   card_class_titles(entry.card), warning))
     if not options:
         options.append(ModelOption(DEMO_MODEL, "demo: untrained DiT (random weights, images are noise)",
                                    "dit", "demo", ""))
     return options
+
+
+def default_model(options: Sequence[ModelOption]) -> str:
+    """`DEFAULT_MODEL` when it is among ``options``, else the first model that is not flagged weak."""
+    names = [o.name for o in options]
+    if DEFAULT_MODEL in names:
+        return DEFAULT_MODEL
+    return next((o.name for o in options if not o.warning), names[0] if names else DEMO_MODEL)
 
 
 def build_demo_pipeline() -> Any:
@@ -160,6 +173,7 @@ class ModelInfo:
     samplers: tuple[str, ...] = ()  # the pipeline's own samplers (score models); empty: any diffusers scheduler
     class_titles: tuple[str, ...] = ()
     dataset: str = ""
+    warning: str = ""  # why the model is too weak to rely on (empty: fine or not measured)
 
     def takes(self, parameter: str) -> bool:
         return parameter in self.parameters
@@ -189,10 +203,7 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
     if name == DEMO_MODEL:
         note = "**untrained demo**: a random-weight DiT built in memory; its images are noise."
     else:
-        facts = [f"family {card.get('family') or getattr(pipe, 'family', '?')}"]
-        facts += [f"{key.replace('_', ' ')} {card[key]}" for key in ("dataset", "image_size", "trained_steps")
-                  if card.get(key) is not None]
-        note = ", ".join(facts)
+        note = card_text(name, str(card.get("family") or getattr(pipe, "family", "") or ""), card)
     errors = plugin_errors(pipe)
     return ModelInfo(
         name=name,
@@ -208,6 +219,7 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
         default_classifier_scale=float(sampling.get("sample_classifier_scale", 0.0)),
         samplers=tuple(getattr(pipe, "samplers", ()) or ()),
         class_titles=card_class_titles(card, num_classes),
+        warning="" if name == DEMO_MODEL else weakness(card),
         dataset=str(card.get("dataset") or ""),
     )
 

@@ -40,6 +40,7 @@ from webapp.service import (
     PluginPanel,
     StudioService,
     TrainStatus,
+    default_model,
     parse_plugin_list,
     plugin_panels,
     plugin_spec,
@@ -68,7 +69,29 @@ DOWNLOAD_SIZES = [("as generated", "1"), ("4× crisp (nearest)", "4 nearest"), (
 #: images carrying this class are drawn with square pixels: 28 px digits shown at 150-300 px would otherwise
 #: be smoothed into blur by the browser's default (bilinear) scaling
 PIXELATED = "studio-pixels"
-APP_STYLE = f"<style>.{PIXELATED} img, img.{PIXELATED} {{ image-rendering: pixelated; }}</style>"
+#: the Generate / Stop bar stays at the bottom of the window while the form above it scrolls (the form is
+#: 2,000-3,000 px tall with the plugin panels open, and results appear in the other column)
+ACTION_BAR = "studio-actions"
+# (gradio's page container clips with overflow: hidden, which makes it the sticky bar's scroll box although
+# it never scrolls; overflow: clip clips the same without that)
+APP_STYLE = (f"<style>.{PIXELATED} img, img.{PIXELATED} {{ image-rendering: pixelated; }}\n"
+             ".gradio-container { overflow: clip !important; }\n"
+             f".row.{ACTION_BAR} {{ position: sticky; bottom: 0; z-index: 20; padding: 8px 0;"
+             " background: var(--background-fill-primary); box-shadow: 0 -6px 8px -6px rgba(0, 0, 0, 0.25); }</style>")
+#: the buttons Ctrl+Enter (Cmd+Enter) clicks: the first one that is on screen (the open tab's)
+RUN_BUTTONS = ("generate-button", "compare-button", "control-button")
+#: runs once per page: Ctrl+Enter clicks the open tab's run button
+SHORTCUT_JS = """() => {
+  if (window.studioShortcut) return;
+  window.studioShortcut = true;
+  document.addEventListener("keydown", (event) => {
+    if (!(event.ctrlKey || event.metaKey) || event.key !== "Enter") return;
+    for (const id of %s) {
+      const button = document.getElementById(id);
+      if (button && button.offsetParent !== null) { event.preventDefault(); button.click(); return; }
+    }
+  });
+}""" % list(RUN_BUTTONS)
 
 
 @contextmanager
@@ -212,7 +235,7 @@ def build_app(service: StudioService) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=2):
                     with gr.Row():
-                        model = gr.Dropdown([(o.label, o.name) for o in generators], value=generators[0].name,
+                        model = gr.Dropdown([(o.label, o.name) for o in generators], value=default_model(generators),
                                             label="Model", allow_custom_value=True, scale=5,
                                             info="a shipped model or local run; or type the path of a checkpoint "
                                                  "in the runs folder (or a folder the app allows)")
@@ -244,14 +267,16 @@ def build_app(service: StudioService) -> gr.Blocks:
                         measure = gr.Checkbox(False, label="Measure speedup (also runs the request without plugins)")
                         download_size = gr.Dropdown(DOWNLOAD_SIZES, value="1", label="Download size",
                                                     info="saved PNGs enlarged for use elsewhere")
-                    with gr.Row():
-                        generate_btn = gr.Button("Generate", variant="primary")
-                        stop_btn = gr.Button("Stop", variant="stop")
+                    with gr.Row(elem_classes=[ACTION_BAR]):
+                        generate_btn = gr.Button("Generate", variant="primary", elem_id=RUN_BUTTONS[0], scale=3)
+                        stop_btn = gr.Button("Stop", variant="stop", scale=1)
+                        gr.Markdown("Ctrl+Enter", min_height=0)
                 with gr.Column(scale=3):
                     gallery = gr.Gallery(elem_classes=[PIXELATED], label="Images", format="png", columns=4, height="auto", interactive=False,
                                          fit_columns=False)
                     timing = gr.Markdown()
-                    with gr.Accordion("Reproduce: copy as command line or Python", open=True):
+                    with gr.Accordion("Reproduce: copy as command line or Python", open=True,
+                                      visible=False) as reproduce_box:
                         cli_code = gr.Code(language="shell", label="Command line (studio sample)", interactive=False,
                                            lines=2)
                         python_code = gr.Code(language="python", label="Python", interactive=False, lines=6)
@@ -270,7 +295,7 @@ def build_app(service: StudioService) -> gr.Blocks:
         with gr.Tab("Compare"):
             gr.Markdown("Runs the Generate tab's request twice, with the same seeds: with its plugins and "
                         "without, after an untimed one-step warm-up, so one-time costs count for neither.")
-            compare_btn = gr.Button("Compare", variant="primary")
+            compare_btn = gr.Button("Compare", variant="primary", elem_id=RUN_BUTTONS[1])
             compare_text = gr.Markdown()
             with gr.Row():
                 baseline_gallery = gr.Gallery(elem_classes=[PIXELATED], label="Without plugins", format="png", columns=4, height="auto",
@@ -368,7 +393,7 @@ def build_app(service: StudioService) -> gr.Blocks:
             and the history, which outlives the page."""
             found = generate_options(service.model_options())
             if name not in [o.name for o in found]:
-                name = found[0].name
+                name = default_model(found)
             details, _, *rest = pick_model(name, classes, previous)
             return [details, gr.update(choices=[(o.label, o.name) for o in found], value=name), *rest, history_items()]
 
@@ -436,10 +461,11 @@ def build_app(service: StudioService) -> gr.Blocks:
         def after_generate(data: dict[str, Any]) -> tuple[Any, ...]:
             """Refresh the history, show the seed used (a randomised one included) and how to redraw the images."""
             if not data:
-                return history_items(), gr.update(), "", "", ""
+                return history_items(), gr.update(), "", "", "", gr.update(visible=False)
             how = data.get("reproduce") or {}
             note = f"*{how['note']}*" if how.get("note") else ""
-            return history_items(), data["request"]["seed"], how.get("cli", ""), how.get("python", ""), note
+            return (history_items(), data["request"]["seed"], how.get("cli", ""), how.get("python", ""), note,
+                    gr.update(visible=True))
 
         def history_items() -> list[tuple[str, str]]:
             """First image and caption of every history entry, newest first."""
@@ -447,12 +473,14 @@ def build_app(service: StudioService) -> gr.Blocks:
 
         # the classifier scale and download size go last, so API clients that predate them keep their positions
         # the previous results go first, so a stopped or failed run does not leave them looking like its own
-        generate_event = generate_btn.click(lambda: (None, "", None, "", "", ""), None,
-                                            [gallery, timing, details, cli_code, python_code, reproduce_note],
+        generate_event = generate_btn.click(lambda: (None, "", None, "", "", "", gr.update(visible=False)), None,
+                                            [gallery, timing, details, cli_code, python_code, reproduce_note,
+                                             reproduce_box],
                                             queue=False, api_visibility="private", show_progress="hidden").then(
             generate, [*request_inputs, measure, classifier, download_size], [gallery, timing, details], api_name="generate",
             concurrency_id=CPU, concurrency_limit=1)
-        generate_event.success(after_generate, details, [history, seed, cli_code, python_code, reproduce_note],
+        generate_event.success(after_generate, details,
+                               [history, seed, cli_code, python_code, reproduce_note, reproduce_box],
                                api_visibility="private", queue=False)
 
         def compare(model_name: str, class_value: Any, scheduler_name: str | None, steps_value: float,
@@ -552,6 +580,8 @@ def build_app(service: StudioService) -> gr.Blocks:
         train_stop_btn.click(train_stop, None, train_status, api_name="train_stop", concurrency_limit=None)
         gr.api(train_status_info, api_name="train_status", concurrency_limit=None)
 
+        demo.load(None, None, None, js=SHORTCUT_JS, api_visibility="private", queue=False)
+
     demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     return demo
 
@@ -606,7 +636,7 @@ def _control_tab(service: StudioService, options: list[ModelOption]) -> None:
                 seed = gr.Number(0, precision=0, label="Seed", info="image i uses seed + i")
                 batch = gr.Slider(1, LIMITS.max_images, value=4, step=1, label="Batch size")
             with gr.Row():
-                run = gr.Button("Generate with control", variant="primary")
+                run = gr.Button("Generate with control", variant="primary", elem_id=RUN_BUTTONS[2])
                 stop = gr.Button("Stop", variant="stop")
         with gr.Column(scale=3):
             with gr.Row():
