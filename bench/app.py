@@ -137,7 +137,7 @@ def bench_model(client, model: str, steps: int | None, batch: int, repeats: int,
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="", help="comma-separated model names or checkpoint folders to "
                                                      "benchmark besides every model the app lists")
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="OMP/MKL threads of the app process")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from gradio_client import Client
 
     port = free_port()

@@ -29,13 +29,14 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler
 
+from bench.report import RESULTS
 from studio.diffusion.trajectories import Teacher, TrajectoryDataset, initial_noise, load_teacher
 from studio.errors import StudioError
 from studio.hub import load_pipeline, read_card
 from studio.models.dsno import teacher_fingerprint
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", required=True, help="DSNO checkpoint: run name, folder or hub id")
     parser.add_argument("--teacher", default="", help="teacher checkpoint (default: the one named in the student)")
@@ -49,8 +50,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--trajectories", default="", help="trajectory folder: adds held-out per-slice MSE")
     parser.add_argument("--holdout-fraction", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="bench/results/dsno")
-    return parser.parse_args()
+    parser.add_argument("--out", default=str(RESULTS / "dsno"))
+    return parser.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------- models
@@ -114,8 +115,8 @@ def scores(images: torch.Tensor, labels: torch.Tensor | None, metrics: str, refe
 
 
 # ---------------------------------------------------------------------------- main
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.student, device="cpu")
     pipe.set_progress_bar_config(disable=True)

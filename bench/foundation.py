@@ -80,12 +80,12 @@ def training_throughput(preset: str, steps: int) -> dict:
             "images_per_s": config.batch_size / s_per_step, "s_per_step": s_per_step, "wall_s_incl_setup": elapsed}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="", help="a trained DiT; default: random mnist-small-sized DiT")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=30)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.checkpoint:
         pipe = load_pipeline(args.checkpoint)
     else:

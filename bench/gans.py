@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench import report
 from studio.data import DataConfig, build_dataset
 from studio.hub import load_pipeline, read_card
 from studio.metrics import (
@@ -43,7 +44,7 @@ from training.config import load_config
 from training.family import get_family
 from training.loop import train
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = report.RESULTS
 PR_K = 3  # neighbours for precision / recall (studio eval's default)
 
 

@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from report import write_results
 
+from bench.report import write_results
 from studio.data import DataConfig, build_dataset
 from studio.metrics import (
     GaussianStats,
@@ -69,7 +69,8 @@ def spread(values: list[float]) -> str:
     return f"{np.mean(values):.4g} ± {np.std(values):.2g}" if len(values) > 1 else f"{values[0]:.4g}"
 
 
-def main(args: argparse.Namespace) -> None:
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     inception_sizes = sorted(int(n) for n in args.inception_sizes.split(","))
@@ -201,7 +202,7 @@ Whole benchmark: {seconds / 60:.1f} min.
     print(md_path.read_text())
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--inception-sizes", default="500,1000,2000", help="train subset sizes scored with Inception"
@@ -212,4 +213,8 @@ if __name__ == "__main__":
     parser.add_argument("--draws", type=int, default=5, help="random subsets per size")
     parser.add_argument("--batch-size", type=int, default=32, help="Inception batch size")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
-    main(parser.parse_args())
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -56,11 +56,12 @@ from diffusers.hooks import HookRegistry
 from diffusers.models.cache_utils import CacheMixin
 
 import samplers
+from bench import report
 from studio.models.dit import DiTConfig, build_dit
 from studio.pipelines.dit import StudioDiTPipeline
 from studio.runtime import ATTENTION_BACKENDS, set_attention_backend, xformers_unavailable_reason
 
-RESULTS = Path(__file__).parent / "results" / "plugins"
+RESULTS = report.RESULTS / "plugins"
 DEVICES = ("cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MLP_MULT = 4  # DiT FeedForward width multiplier

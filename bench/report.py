@@ -1,4 +1,4 @@
-"""Write a benchmark's rows as JSON and as a markdown table in bench/results/."""
+"""Write a benchmark's rows as JSON and as a markdown table in bench/results/ (see `RESULTS`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,18 @@ from typing import Any, Sequence
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+
+def _results_dir() -> Path:
+    """``bench/results`` in a source checkout; ``./bench_results`` when the package is installed
+    (results never go into site-packages)."""
+    here = Path(__file__).resolve().parent
+    if (here.parent / "pyproject.toml").is_file():
+        return here / "results"
+    return Path.cwd() / "bench_results"
+
+
+#: where every benchmark writes its JSON and markdown by default
+RESULTS = _results_dir()
 
 
 def machine() -> dict[str, Any]:

@@ -25,7 +25,7 @@ def launch_two_processes(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), "-m", "studio.cli", *args]
+               "--main_process_port", str(free_port()), "-m", "studio_cli", *args]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:
         errors = [line for line in result.stderr.splitlines() if "Error" in line or "error:" in line]

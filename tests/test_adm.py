@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from studio.cli import main
 from studio.diffusion.gaussian import GaussianDiffusion, make_betas, space_timesteps
 from studio.diffusion.guidance import ADMSampler, cfg_mix, classifier_gradient
 from studio.errors import ConfigError, StudioError
 from studio.hub import load_pipeline, save_pipeline
 from studio.models.adm import ADMConfig, build_adm_unet
 from studio.pipelines.adm import StudioADMPipeline, attach_classifier
+from studio_cli import main
 from tests.builders import (
     NUM_CLASSES,
     adm_scheduler,
@@ -371,7 +371,8 @@ def test_cli_trains_the_tiny_preset(tmp_path, capsys):
 
 
 def test_app_offers_the_classifier_scale_only_with_a_classifier(tmp_path, monkeypatch):
-    from webapp.service import GenerateRequest, StudioService, request_from_record
+    from webapp.generation import GenerateRequest, request_from_record
+    from webapp.service import StudioService
 
     card = {"num_classes": NUM_CLASSES, "config": {"model": {"sample_classifier_scale": 1.5}}}
     save_pipeline(tiny_adm_pipeline(), tmp_path / "runs" / "guided" / "pipeline", card)

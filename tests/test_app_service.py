@@ -311,7 +311,7 @@ def test_plugin_panels_follow_the_registry_and_specs_round_trip():
 
 
 def test_classifier_runs_are_neither_offered_nor_trained_by_the_app(runs_dir, no_shipped_models, tmp_path):
-    from studio.cli import main
+    from studio_cli import main
 
     assert main(["train", "adm_classifier", "--preset", "mnist-tiny", f"output_dir={runs_dir / 'judge'}",
                  "max_steps=1", "checkpointing_steps=1"]) == 0

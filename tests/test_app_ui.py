@@ -195,7 +195,7 @@ def pixels(path) -> np.ndarray:
                                                                  (DIT, "all", 0.0, "fora:interval=2")])
 def test_copy_as_cli_and_python_redraw_the_same_pixels(client, tmp_path, monkeypatch, model, classes, truncation,
                                                        plugins):
-    from studio.cli import main
+    from studio_cli import main
 
     gallery, _, details = client.predict(model, classes, "ddim", 3, 4.0, truncation, 7, False, 3, plugins, False,
                                          api_name="/generate")

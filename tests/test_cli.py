@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.cli import main
 from studio.hub import load_pipeline, save_pipeline
+from studio_cli import main
 from tests.builders import TINY_DIT_OVERRIDES, tiny_dit_pipeline
 from tests.launch import REPO, launch_two_processes
 from training.checkpoint import read_checkpoint

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from studio.cli import main
 from studio.hub import list_models, save_pipeline
 from studio.pipelines.record import read_record
+from studio_cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

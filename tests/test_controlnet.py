@@ -304,7 +304,7 @@ def test_tiny_run_exports_a_controlnet_checkpoint_and_resumes_exactly(tmp_path, 
 
 
 def test_studio_sample_follows_a_control_image(tmp_path, capsys):
-    from studio.cli import main
+    from studio_cli import main
 
     pipe = tiny_controlnet_pipeline()
     save_pipeline(pipe, tmp_path / "cn", {})

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.cli import main
 from studio.data import DataConfig, build_dataset, builtin_datasets, wheels
 from studio.data.builtin import ANIMAL_NAMES
 from studio.data.cards import CARDS, dataset_card, dataset_domain
 from studio.data.safe_pickle import ChecksumError, UnsafePickleError, load_pickled_arrays, sha256_file
 from studio.errors import DataError
 from studio.metrics.reference import load_reference
+from studio_cli import main
 
 # Images per digit in MNIST's standard training (60,000) and test (10,000) files (LeCun et al. 1998).
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

@@ -363,7 +363,7 @@ def test_pipeline_save_load_and_listing(dsno_pipe, runs_dir):
 
 
 def test_app_shows_no_step_or_guidance_controls_and_no_plugins(dsno_pipe):
-    from webapp.service import describe
+    from webapp.catalogue import describe
 
     info = describe("dsno-test", dsno_pipe, {"family": "dsno"})
     assert not info.takes("num_inference_steps") and not info.takes("guidance_scale") and info.takes("seed")
@@ -395,7 +395,7 @@ def test_tiny_preset_trains_and_its_loss_falls(tmp_path):
 
 
 def test_cli_train_tiny_preset_and_a_missing_teacher_is_named(tmp_path, capsys):
-    from studio.cli import main
+    from studio_cli import main
 
     code = main(["train", "dsno", "--preset", "mnist-tiny", "--output-dir", str(tmp_path / "cli"),
                  "data.image_size=8", "model.random_teacher_channels=[8,8]", "model.num_pairs=16",
@@ -449,7 +449,7 @@ def tiny_adm_teacher_pipeline():
 
 
 def test_cli_records_trajectories_of_a_saved_teacher(tmp_path, capsys):
-    from studio.cli import main
+    from studio_cli import main
 
     save_pipeline(tiny_adm_teacher_pipeline(), tmp_path / "adm", {"class_names": [f"digit {i}" for i in range(10)]})
     args = ["distill-trajectories", str(tmp_path / "adm"), "--out", str(tmp_path / "traj"), "--pairs", "5",

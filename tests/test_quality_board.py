@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.cli import main
 from studio.hub import save_pipeline
+from studio_cli import main
 from tests.builders import tiny_dit_pipeline
 
 

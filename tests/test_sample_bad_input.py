@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.cli import bench_names, main
+from bench.command import bench_names
 from studio.errors import StudioError
 from studio.hub import load_pipeline
 from studio.pipelines.batch import SETTINGS_FILE, missing_batches, sample_to_folder
 from studio.pipelines.record import GenerationRecord, read_record
+from studio_cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -369,7 +369,7 @@ def test_studio_pipeline_record_lists_both_plugins():
 
 def test_cli_sample_applies_the_plugins(tmp_path, capsys):
     from studio import hub
-    from studio.cli import main
+    from studio_cli import main
 
     if TinyStudioUNetPipeline.__name__ not in hub.PIPELINES:
         hub.register_pipeline(TinyStudioUNetPipeline)

@@ -11,7 +11,6 @@ import pytest
 import torch
 from diffusers import ScoreSdeVeScheduler
 
-from studio.cli import main
 from studio.diffusion.score_losses import Reduction, Weighting, ncsn_loss, sde_loss
 from studio.diffusion.score_samplers import (
     LangevinCorrector,
@@ -27,6 +26,7 @@ from studio.errors import ConfigError, StudioError
 from studio.hub import load_pipeline, save_pipeline
 from studio.models.score import ScoreNetConfig, build_score_unet
 from studio.pipelines.score import StudioScorePipeline
+from studio_cli import main
 from tests.builders import tiny_score_pipeline
 from training.config import load_config
 from training.family import get_family

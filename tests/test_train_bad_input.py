@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.cli import main
+from studio_cli import main
 
 MALFORMED_YAML = "family: dit\nmodel: [depth: 2\n"
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from studio.cli import main
 from studio.errors import CheckpointError
 from studio.hub import load_pipeline, resolve, save_pipeline
+from studio_cli import main
 from tests.builders import TINY_DIT_OVERRIDES, tiny_dit_pipeline
 from tests.launch import REPO, launch_two_processes
 from training.checkpoint import STATE_FILE, latest_checkpoint, read_checkpoint, rng_file

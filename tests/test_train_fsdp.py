@@ -166,7 +166,7 @@ def launch_fsdp(run: Path, steps: int, *extra: str) -> None:
     """``studio train dit`` on 2 CPU processes under FSDP2, on a free rendezvous port."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--use_fsdp", "--fsdp_version", "2",
-               "--main_process_port", str(free_port()), "-m", "studio.cli", "train", "dit", "--preset", "mnist-tiny",
+               "--main_process_port", str(free_port()), "-m", "studio_cli", "train", "dit", "--preset", "mnist-tiny",
                "--max-steps", str(steps), "--output-dir", str(run), "--checkpointing-steps", "2",
                *TINY_DIT_OVERRIDES, *extra]
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,

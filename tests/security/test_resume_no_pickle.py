@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from studio.cli import main
 from studio.data.dataset import dataset_info
 from studio.errors import CheckpointError
+from studio_cli import main
 from tests.builders import TINY_DIT_OVERRIDES
 from training.checkpoint import STATE_FILE, latest_checkpoint, rng_file
 from training.config import load_config
