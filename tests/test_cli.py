@@ -167,3 +167,24 @@ def test_two_process_adm_training_runs_and_checkpoints(tmp_path):
     pipe = load_pipeline(str(tmp_path / "run"))
     images = pipe(class_labels=[1, 2], num_inference_steps=2, scheduler="ddim", output_type="np").images
     assert np.isfinite(np.asarray(images)).all()
+
+
+def test_train_flags_come_from_the_typed_config():
+    """Every scalar TrainConfig field is a `studio train` flag (plus shortcuts into data and optim), so the
+    flags cannot drift from the config; the flags of earlier releases keep their names and keys."""
+    import dataclasses
+
+    from training.command import TRAIN_FLAGS
+    from training.config import TrainConfig
+
+    keys = {key for key, _ in TRAIN_FLAGS.values()}
+    scalars = {f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("family", "preset", "data", "optim",
+                                                                                  "model")}
+    assert scalars <= keys
+    earlier = {"max_steps": "max_steps", "batch_size": "batch_size", "output_dir": "output_dir", "seed": "seed",
+               "resume_from_checkpoint": "resume_from_checkpoint", "init_from": "init_from",
+               "mixed_precision": "mixed_precision", "gradient_accumulation_steps": "gradient_accumulation_steps",
+               "time_budget": "time_budget_minutes", "device": "device", "attention": "attention",
+               "checkpointing_steps": "checkpointing_steps", "sample_every": "sample_every", "dataset": "data.name",
+               "image_size": "data.image_size", "lr": "optim.lr"}
+    assert {flag: TRAIN_FLAGS[flag][0] for flag in earlier} == earlier

@@ -7,31 +7,41 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
+import typing
 from typing import Any
 
+from studio.data import DataConfig
 from studio.errors import ConfigError
+from training.config import OptimConfig, TrainConfig
 
-# flag -> (config key, type) for the common training overrides
-TRAIN_FLAGS: dict[str, tuple[str, type]] = {
-    "max_steps": ("max_steps", int),
-    "batch_size": ("batch_size", int),
-    "output_dir": ("output_dir", str),
-    "seed": ("seed", int),
-    "resume_from_checkpoint": ("resume_from_checkpoint", str),
-    "init_from": ("init_from", str),
-    "mixed_precision": ("mixed_precision", str),
-    "gradient_accumulation_steps": ("gradient_accumulation_steps", int),
-    "time_budget": ("time_budget_minutes", float),
-    "device": ("device", str),
-    "attention": ("attention", str),
-    "checkpointing_steps": ("checkpointing_steps", int),
-    "sample_every": ("sample_every", int),
-    "dataset": ("data.name", str),
-    "image_size": ("data.image_size", int),
-    "lr": ("optim.lr", float),
-}
+#: config keys whose flag has another name: a shorter one, or a shortcut into a nested section
+FLAG_NAMES = {"time_budget_minutes": "time_budget", "data.name": "dataset", "data.image_size": "image_size",
+              "optim.lr": "lr"}
+#: `TrainConfig` fields given otherwise (the FAMILY argument and --preset)
+NOT_FLAGS = {"family", "preset"}
+
+
+def train_flags() -> dict[str, tuple[str, type]]:
+    """flag -> (config key, type): every scalar `TrainConfig` field, then the `FLAG_NAMES` shortcuts into
+    ``data`` and ``optim``. The typed config is the one list; KEY=VALUE overrides reach everything else."""
+    flags: dict[str, tuple[str, type]] = {}
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in NOT_FLAGS and hints[field.name] in (int, float, str):
+            flags[FLAG_NAMES.get(field.name, field.name)] = (field.name, hints[field.name])
+    sections = {"data": DataConfig, "optim": OptimConfig}
+    for key, flag in FLAG_NAMES.items():
+        if "." in key:
+            section, name = key.split(".")
+            flags[flag] = (key, typing.get_type_hints(sections[section])[name])
+    return flags
+
+
+# flag -> (config key, type) for the training overrides
+TRAIN_FLAGS: dict[str, tuple[str, type]] = train_flags()
 
 
 # ------------------------------------------------------------------------------------------ train
