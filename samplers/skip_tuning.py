@@ -22,7 +22,7 @@ Hooks (diffusers `HookRegistry`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,19 +43,24 @@ GRANULARITIES = ("skip", "level")
 class SkipTuningConfig:
     """Settings of Skip-Tuning; the defaults (rho 1, 1) are neutral.
 
-    :param rho_top: factor on the outermost skip (the ``conv_in`` output).
-    :param rho_bottom: factor on the deepest skip. Values below 1 (0.7-0.95) strengthen the decoder's
-        nonlinear path; the best pair depends on the model, sampler and step count.
-    :param granularity: ``"skip"`` interpolates over every skip tensor; ``"level"`` over up blocks
-        (all skips one up block consumes share a factor; bottom = ``up_blocks[0]``).
-    :param sigma_window: ``(lo, hi)`` in the scheduler's timestep units: scale only where
-        ``lo <= t <= hi`` (rho = 1 elsewhere); None scales at every step.
+    Each setting's meaning and trade-off is its field's ``help`` (shown as help by the app).
     """
 
-    rho_top: float = 1.0
-    rho_bottom: float = 1.0
-    granularity: str = "skip"
-    sigma_window: tuple[float, ...] | None = None
+    rho_top: float = field(default=1.0, metadata={"help": (
+        "factor on the outermost skip (the ``conv_in`` output)."
+    )})
+    rho_bottom: float = field(default=1.0, metadata={"help": (
+        "factor on the deepest skip. Values below 1 (0.7-0.95) strengthen the decoder's nonlinear path; the "
+        "best pair depends on the model, sampler and step count."
+    )})
+    granularity: str = field(default="skip", metadata={"help": (
+        '``"skip"`` interpolates over every skip tensor; ``"level"`` over up blocks (all skips one up block '
+        'consumes share a factor; bottom = ``up_blocks[0]``).'
+    )})
+    sigma_window: tuple[float, ...] | None = field(default=None, metadata={"help": (
+        "``(lo, hi)`` in the scheduler's timestep units: scale only where ``lo <= t <= hi`` (rho = 1 "
+        "elsewhere); None scales at every step."
+    )})
 
     def __post_init__(self) -> None:
         for name in ("rho_top", "rho_bottom"):

@@ -111,6 +111,8 @@ def error_overlays(page):
 
 
 def test_a_missing_model_path_gives_one_message_and_the_controls_stay_usable(page):
+    pick_model(page, GAN)  # another family first, so the note below comes from this pick, not an earlier one
+    sync_api.expect(page.get_by_text("family sagan", exact=True)).to_be_visible()
     pick_model(page, DIT)
     sync_api.expect(page.get_by_text("family dit", exact=True)).to_be_visible()  # loaded: nothing queued behind
     model = page.get_by_role("combobox", name="Model")

@@ -16,20 +16,14 @@ from samplers import PLUGINS
 from studio.errors import StudioError
 from studio.hub import list_models, save_pipeline
 from tests.builders import TINY_DIT_OVERRIDES, tiny_dit_pipeline
+from webapp.catalogue import DEMO_MODEL
 from webapp.control import ControlRequest, read_control_image
+from webapp.generation import GenerateRequest
+from webapp.history import History
+from webapp.plugin_form import parse_plugin_list, plugin_panels, plugin_spec, plugin_values
 from webapp.security import AccessPolicy
-from webapp.service import (
-    DEMO_MODEL,
-    GenerateRequest,
-    GenerationStopped,
-    History,
-    StudioService,
-    parse_plugin_list,
-    plugin_panels,
-    plugin_spec,
-    plugin_values,
-    training_presets,
-)
+from webapp.service import GenerationStopped, StudioService
+from webapp.training_runner import training_presets
 
 DIT = "tiny-dit"
 GAN = "tiny-sagan"
@@ -388,7 +382,7 @@ def test_plugin_help_is_markdown_without_restructuredtext_literals():
 def test_controlnet_models_are_sent_to_the_control_tab(service):
     with pytest.raises(StudioError, match="tiny-controlnet is a ControlNet model.*use the Control tab"):
         service.generate(GenerateRequest(CONTROLNET, num_images=1, num_inference_steps=2))
-    from webapp.ui import generate_options
+    from webapp.ui.common import generate_options
 
     offered = generate_options(service.model_options())
     assert CONTROLNET not in [o.name for o in offered] and DIT in [o.name for o in offered]
@@ -424,7 +418,7 @@ def test_downloads_can_be_enlarged_and_nearest_keeps_every_pixel(service, upscal
 def test_every_shipped_class_conditional_model_shows_class_names():
     """The picker reads "digit 3" for MNIST's numeric names and the real names for the animal silhouettes."""
     from studio.hub import SHIPPED_DIR
-    from webapp.service import model_options
+    from webapp.catalogue import model_options
 
     shipped = {o.name: o for o in model_options() if o.source == "shipped"}
     if not shipped:
@@ -438,7 +432,7 @@ def test_every_shipped_class_conditional_model_shows_class_names():
 
 
 def test_several_classes_are_taken_in_turn_and_recalled(service):
-    from webapp.service import class_choice, classes_of
+    from webapp.classes import class_choice, classes_of
 
     assert [class_choice(v) for v in ("3", 3, ["1", "3"], "1,3", "all", [], None)] == [3, 3, (1, 3), (1, 3),
                                                                                        None, None, None]
@@ -454,14 +448,17 @@ def test_several_classes_are_taken_in_turn_and_recalled(service):
 
 
 def test_the_picker_opens_on_a_fast_good_model_shows_card_numbers_and_flags_weak_models():
+    from webapp.catalogue import default_model, model_options
     from webapp.model_card import card_text
-    from webapp.service import default_model, model_options
 
     options = {o.name: o for o in model_options()}
     if "biggan-mnist" not in options or "dsno-mnist" not in options:
         pytest.skip("the shipped checkpoints are not here")
     assert default_model(list(options.values())) == "biggan-mnist"
-    assert "weak" in options["dsno-mnist"].label and "only 56% of its images" in options["dsno-mnist"].warning
+    accuracy = next(e.card for e in list_models() if e.name == "dsno-mnist")["metrics"]["class_accuracy"]
+    if accuracy >= 0.7:
+        pytest.skip(f"dsno-mnist measures {accuracy:.0%} now: no longer weak")
+    assert "weak" in options["dsno-mnist"].label and f"only {accuracy:.0%} of its images" in options["dsno-mnist"].warning
     assert not options["biggan-mnist"].warning and not options["dit-mnist"].warning
     cards = {e.name: e.card for e in list_models()}
     text = card_text("biggan-mnist", "biggan", cards["biggan-mnist"])
@@ -469,14 +466,52 @@ def test_the_picker_opens_on_a_fast_good_model_shows_card_numbers_and_flags_weak
     assert "Quality board (n=1000" in text and "worst class 5 at 96%" in text
     assert "Best settings (set below): guidance scale 1.0, num inference steps 50, scheduler ddim" in card_text(
         "dit-mnist", "dit", cards["dit-mnist"])
-    assert card_text("dsno-mnist", "dsno", cards["dsno-mnist"]).startswith("⚠️ **weak model: only 56%")
+    assert card_text("dsno-mnist", "dsno", cards["dsno-mnist"]).startswith(f"⚠️ **weak model: only {accuracy:.0%}")
 
 
 def test_a_weak_run_is_flagged_and_the_first_good_model_opens(service):
-    from webapp.service import default_model
+    from webapp.catalogue import default_model
 
     options = service.model_options()
     weak = next(o for o in options if o.name == DSNO)
     assert weak.warning and weak.label == f"{DSNO} (dsno, run) ⚠️ weak"
     assert "weak model: only 50% of its images" in service.select(DSNO).note
     assert default_model([weak, *options]) != DSNO
+
+
+def test_the_plugin_form_is_read_from_each_config_dataclass_field():
+    """Kind from the field's type, default from its default, help from its ``help`` metadata."""
+    for panel in plugin_panels():
+        config = PLUGINS[panel.name].config_class
+        assert [f.name for f in panel.fields] == [f.name for f in dataclasses.fields(config)]
+        for item, spec in zip(panel.fields, dataclasses.fields(config)):
+            assert spec.metadata["help"] and item.doc == spec.metadata["help"].replace("``", "`")
+            if item.kind != "text":
+                assert isinstance(item.default, {"bool": bool, "int": int, "float": float}[item.kind]), item
+
+
+def test_the_model_build_lock_is_taken_and_given_back_in_one_place():
+    from webapp.catalogue import MODEL_BUILD_LOCK, building_networks
+
+    with building_networks() as built:
+        assert MODEL_BUILD_LOCK.locked()
+        built()  # a training run's first step: model loads may go ahead
+        assert not MODEL_BUILD_LOCK.locked()
+        built()  # again: nothing to give back
+    assert not MODEL_BUILD_LOCK.locked()
+    with pytest.raises(RuntimeError), building_networks():
+        raise RuntimeError("a failed build")
+    assert not MODEL_BUILD_LOCK.locked()
+
+
+def test_the_app_names_no_documents_outside_the_repository():
+    """Reasons are stated where they apply, not pointed to in documents a reader of the code does not have."""
+    import re
+    from pathlib import Path
+
+    import webapp
+
+    pattern = re.compile(r"§|\bissue \d|\b(spec|training|design|ecosystem)\.md\b|\bspec [\w.]+\.md")
+    found = [f"{path.name}:{n}" for path in Path(webapp.__file__).parent.rglob("*.py")
+             for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found

@@ -94,6 +94,27 @@ def test_every_action_is_a_named_endpoint(client):
     assert generate_inputs[:3] == ["Model", "Class", "Sampler"] and "Plugin specs" in generate_inputs
 
 
+def test_endpoints_take_named_parameters_and_default_the_rest_to_the_pages_values(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    names = {name: [p["parameter_name"] for p in endpoints[f"/{name}"]["parameters"]]
+             for name in ("generate", "compare", "control", "train", "model_info", "recall", "png_info")}
+    request = ["model", "classes", "sampler", "steps", "guidance_scale", "truncation", "seed", "randomize_seed",
+               "num_images", "plugins"]
+    assert names["generate"] == [*request, "measure_speedup", "classifier_scale", "download_size"]
+    assert names["compare"] == [*request, "classifier_scale"]
+    assert names["control"] == ["model", "control_image", "condition", "classes", "control_scale", "guess_mode",
+                                "steps", "guidance_scale", "seed", "num_images"]
+    assert names["train"] == ["family", "preset", "max_steps", "run"]
+    assert (names["model_info"], names["recall"], names["png_info"]) == (["model"], ["entry_id"], ["png"])
+    assert all(p["parameter_has_default"] for p in endpoints["/generate"]["parameters"])
+    gallery, _, details = client.predict(model=DIT, classes=["2"], steps=2, num_images=1, seed=5,
+                                         api_name="/generate")
+    assert len(gallery) == 1 and details["request"] == {
+        "model": DIT, "num_images": 1, "class_label": 2, "seed": 5, "num_inference_steps": 2, "guidance_scale": 4.0,
+        "scheduler": None, "truncation": None, "classifier_scale": None, "plugins": [], "upscale": 1,
+        "upscale_filter": "nearest"}
+
+
 @pytest.mark.parametrize("model, family, truncation, classifier", [
     (DIT, "dit", 0.0, 0.0), (GAN, "sagan", 0.7, 0.0), (BIGGAN, "biggan", 0.5, 0.0), (ADM, "adm", 0.0, 2.0),
     (DSNO, "dsno", 0.0, 0.0)])

@@ -21,8 +21,9 @@ from studio.hub import save_pipeline
 from tests.builders import tiny_dit_pipeline
 from tests.test_app_service import CONTROLNET, DIT, one_thread  # noqa: F401 (fixture)
 from tests.test_app_ui import running_app
+from webapp.generation import GenerateRequest
 from webapp.security import AccessDenied, AccessPolicy
-from webapp.service import GenerateRequest, StudioService
+from webapp.service import StudioService
 
 FILE_META = {"_type": "gradio.FileData"}
 

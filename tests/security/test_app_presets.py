@@ -10,7 +10,7 @@ import torch
 
 from tests.test_app_service import one_thread  # noqa: F401 (fixture)
 from webapp.security import LIMITS
-from webapp.service import training_presets
+from webapp.training_runner import training_presets
 
 
 def test_every_offered_preset_fits_the_limits():

@@ -22,8 +22,10 @@ from tests.security.test_app_access import FILE_META, call, control_data, refusa
 from tests.test_app_service import CONTROLNET, DIT, one_thread  # noqa: F401 (fixture)
 from tests.test_app_ui import running_app
 from webapp.control import ControlRequest
+from webapp.generation import GenerateRequest
 from webapp.security import LIMITS, prune_outputs
-from webapp.service import GenerateRequest, StudioService, TrainingRunner, resumable_runs
+from webapp.service import StudioService
+from webapp.training_runner import TrainingRunner, resumable_runs
 
 
 class _WriteMarker:

@@ -1,0 +1,197 @@
+"""What a generation asks for and what it returns: requests, image batches, results, and the request a
+studio PNG's record reproduces."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+
+from studio.hub import list_models
+from studio.pipelines.record import GenerationRecord
+from webapp.catalogue import DEFAULT_MODEL
+from webapp.classes import class_choice, classes_of
+from webapp.control import ControlRequest
+from webapp.plugin_form import plugin_spec
+from webapp.reproduce import Reproduction
+
+#: resampling filters for enlarged downloads: nearest keeps each generated pixel a crisp square
+UPSCALE_FILTERS = {"nearest": PIL.Image.Resampling.NEAREST, "bicubic": PIL.Image.Resampling.BICUBIC}
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """Everything a generation depends on; arguments a model does not take are left out of its call.
+
+    :param class_label: one class for every image, several classes taken in turn (image i gets
+        ``class_label[i mod n]``), or None for balanced classes (image i gets class i mod K) on a
+        class-conditional model.
+    :param seed: base seed (image i uses seed + i), or None for a random one, chosen at
+        generation time and kept in the history and the records.
+    :param plugins: plugin specs (``"fora:cache_interval=3"``), applied for this call only.
+    :param upscale: the saved PNGs are this many times larger than generated (1 = as generated), resized
+        with ``upscale_filter`` (``nearest``: crisp pixels; ``bicubic``: smooth); for downloads.
+    """
+
+    model: str
+    num_images: int = 4
+    class_label: int | tuple[int, ...] | None = None
+    seed: int | None = 0
+    num_inference_steps: int = 20
+    guidance_scale: float = 4.0
+    scheduler: str | None = None
+    truncation: float | None = None
+    classifier_scale: float | None = None
+    plugins: tuple[str, ...] = ()
+    upscale: int = 1
+    upscale_filter: str = "nearest"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_label", class_choice(self.class_label))
+
+    @property
+    def class_list(self) -> list[int]:
+        """The chosen classes as a list (empty: balanced)."""
+        label = self.class_label
+        return [] if label is None else [label] if isinstance(label, int) else list(label)
+
+    def call_kwargs(self, parameters: Sequence[str]) -> dict[str, Any]:
+        """Pipeline call arguments, restricted to ``parameters`` (a pipeline's ``call_parameters``)."""
+        candidates = {
+            "num_images": int(self.num_images),
+            "class_labels": list(self.class_label) if isinstance(self.class_label, tuple) else self.class_label,
+            "seed": self.seed,
+            "num_inference_steps": int(self.num_inference_steps),
+            "guidance_scale": float(self.guidance_scale),
+            "scheduler": self.scheduler or None,
+            "truncation": self.truncation,
+            "classifier_scale": self.classifier_scale,
+        }
+        return {k: v for k, v in candidates.items() if k in parameters and v is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["plugins"] = list(self.plugins)
+        if isinstance(self.class_label, tuple):
+            data["class_label"] = list(self.class_label)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerateRequest:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["plugins"] = tuple(known.get("plugins") or ())
+        return cls(**known)
+
+#: the app's defaults in one place: what the Generate tab starts with and what a recalled record that
+#: does not say takes
+APP_DEFAULTS = GenerateRequest(model=DEFAULT_MODEL)
+
+
+@dataclass
+class Batch:
+    """Images of one pipeline call: PNG paths, one record per image, the call's wall time, and the
+    model's class titles (what class i is called in captions)."""
+
+    paths: list[Path]
+    records: list[GenerationRecord]
+    seconds: float
+    class_titles: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Wall time and ``{"png": path, "record": ...}`` per image (JSON-ready)."""
+        return {"seconds": round(self.seconds, 4),
+                "images": [{"png": str(p), "record": r.to_dict()} for p, r in zip(self.paths, self.records)]}
+
+
+@dataclass
+class GenerateResult:
+    """A generation: the request as run (seed resolved), its images, and the optional baseline time."""
+
+    request: GenerateRequest
+    batch: Batch
+    history_id: int
+    baseline_seconds: float | None = None
+    reproduction: Reproduction | None = None  # the command line and Python code that redraw the images
+
+    @property
+    def speedup(self) -> float | None:
+        """Wall time without plugins / with them (None unless a baseline was measured with plugins)."""
+        if self.baseline_seconds is None or not self.request.plugins:
+            return None
+        return self.baseline_seconds / max(self.batch.seconds, 1e-9)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request": self.request.to_dict(), "history_id": self.history_id,
+                "baseline_seconds": None if self.baseline_seconds is None else round(self.baseline_seconds, 4),
+                "speedup": None if self.speedup is None else round(self.speedup, 3),
+                "reproduce": self.reproduction.to_dict() if self.reproduction else None, **self.batch.to_dict()}
+
+
+@dataclass
+class ControlResult:
+    """A controlled generation: the request as run (seed resolved), its images and the condition map."""
+
+    request: ControlRequest
+    batch: Batch
+    condition: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request": self.request.to_dict(), "condition": str(self.condition), **self.batch.to_dict()}
+
+
+#: requests `StudioService._resolve` fixes the seed of
+AnyRequest = typing.TypeVar("AnyRequest", GenerateRequest, ControlRequest)
+
+
+@dataclass
+class CompareResult:
+    """The same request with and without its plugins.
+
+    ``mean_abs_diff`` is the mean absolute pixel difference in [0, 1] between the two sets.
+    """
+
+    request: GenerateRequest
+    baseline: Batch
+    accelerated: Batch
+    mean_abs_diff: float
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline.seconds / max(self.accelerated.seconds, 1e-9)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request": self.request.to_dict(), "speedup": round(self.speedup, 3),
+                "mean_abs_diff": round(self.mean_abs_diff, 5), "baseline": self.baseline.to_dict(),
+                "accelerated": self.accelerated.to_dict()}
+
+
+def request_from_record(record: GenerationRecord) -> GenerateRequest:
+    """The request that reproduces ``record`` (a batch record or one image's record)."""
+    entries = list_models()
+    paths = {str(e.path): e.name for e in entries}
+    model = paths.get(record.model, record.model)
+    num_classes = next((e.card.get("num_classes") for e in entries if e.name == model), None)
+    return GenerateRequest(
+        model=model,
+        num_images=len(record.seeds),
+        class_label=classes_of(record.class_labels or [], num_classes),
+        seed=record.seeds[0],
+        num_inference_steps=record.steps or APP_DEFAULTS.num_inference_steps,
+        guidance_scale=record.guidance_scale if record.guidance_scale is not None else APP_DEFAULTS.guidance_scale,
+        scheduler=record.sampler,
+        truncation=record.extra.get("truncation"),
+        classifier_scale=record.extra.get("classifier_scale"),
+        plugins=tuple(plugin_spec(name, settings) for name, settings in record.plugins.items()),
+        **_upscale_of(record),
+    )
+
+
+def _upscale_of(record: GenerationRecord) -> dict[str, Any]:
+    """``upscale`` / ``upscale_filter`` from a record's ``"4x nearest"`` entry (none: as generated)."""
+    factor, _, name = str(record.extra.get("upscale", "")).partition("x ")
+    return {"upscale": int(factor), "upscale_filter": name} if factor.isdigit() and name else {}

@@ -1,0 +1,70 @@
+"""The history: the last generations, newest first, recallable by id with the seed they used."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from studio.errors import StudioError
+from webapp.generation import GenerateRequest
+
+#: generations kept for recall
+HISTORY_SIZE = 24
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One past generation: its request (with the seed used), images and wall time."""
+
+    id: int
+    request: GenerateRequest
+    paths: tuple[Path, ...]
+    seconds: float
+    created: float
+
+    def caption(self) -> str:
+        r = self.request
+        return f"#{self.id} {r.model} · seed {r.seed} · {r.num_images} img · {self.seconds:.2f} s"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "request": self.request.to_dict(), "paths": [str(p) for p in self.paths],
+                "seconds": round(self.seconds, 4), "created": self.created, "caption": self.caption()}
+
+
+class History:
+    """The last ``size`` generations, newest first, recallable by id."""
+
+    def __init__(self, size: int = HISTORY_SIZE):
+        self._entries: deque[HistoryEntry] = deque(maxlen=size)
+        self._next_id = 1
+        self._lock = threading.Lock()
+
+    def add(self, request: GenerateRequest, paths: Sequence[Path], seconds: float) -> HistoryEntry:
+        with self._lock:
+            entry = HistoryEntry(self._next_id, request, tuple(paths), seconds, time.time())
+            self._next_id += 1
+            self._entries.appendleft(entry)
+        return entry
+
+    def entries(self) -> list[HistoryEntry]:
+        with self._lock:
+            return list(self._entries)
+
+    def drop_missing(self) -> None:
+        """Forget entries whose images are gone (pruned from the outputs folder)."""
+        with self._lock:
+            kept = [e for e in self._entries if all(p.is_file() for p in e.paths)]
+            self._entries.clear()
+            self._entries.extend(kept)
+
+    def get(self, entry_id: int) -> HistoryEntry:
+        for entry in self.entries():
+            if entry.id == int(entry_id):
+                return entry
+        raise StudioError(f"generation #{entry_id} is not in the history (it keeps the last "
+                          f"{self._entries.maxlen} generations)")
