@@ -13,11 +13,14 @@ Hooks (diffusers `HookRegistry`):
   on refresh, or returns the stored output on reuse without running it;
 - `FORA_BLOCK_HOOK` on DiT blocks (adaLN-Zero `BasicTransformerBlock`, both sub-layers cached):
   on reuse steps it replays the whole block as the reference does — only the adaLN gates are
-  recomputed, and the two layer norms and modulations whose results would be discarded are skipped.
+  recomputed, and the two layer norms and modulations whose results would be discarded are skipped;
+  on SD3 `JointTransformerBlock`s whose sub-layers are all cached it does the same for both streams
+  (the four norms and modulations of image and text tokens are skipped, gates still come from this
+  step).
 
 With caching on (N > 1), the adaLN conditioning of every block and of the final layer comes from
 the per-generation table of `samplers.adaln` (built once from the scheduler's timesteps; DiT and
-SD3), so a DiT reuse step is little more than two gated residual adds per block.
+SD3), so a reuse step is little more than the gated residual adds of every block.
 
 The schedule is the reference's, in forward-step form: refresh at k = 0 and whenever
 (T - 1 - k) mod N = 0, so the last step is always fresh. T comes from the loop tap (the
@@ -36,7 +39,8 @@ from typing import Any
 
 import torch
 from diffusers.hooks import ModelHook
-from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.attention import BasicTransformerBlock, JointTransformerBlock
+from diffusers.models.normalization import AdaLayerNormZero, SD35AdaLayerNormZeroX
 from torch import nn
 
 from samplers.adaln import ConditioningTable, acquire_table
@@ -299,6 +303,36 @@ class FORAController:
             None if self.table is None else self.table.modulation(index),
         )
 
+    def run_joint_block(
+        self,
+        block: JointTransformerBlock,
+        name: str,
+        slot_names: tuple[str, ...],
+        original: Callable[..., Any],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """An SD3 joint block on a reuse step: gates from this step, every sub-layer output from the slots."""
+        slots = self.current.slots if self.mode is Mode.REUSE else {}
+        if any(slot not in slots for slot in slot_names):
+            return original(**kwargs)
+        rows = self.subset.index
+        self._counts["reused_module_calls"] += len(slot_names)
+        table = None if self.table is None else self.table.value
+        attn_output, context_attn_output = SlotKind.JOINT.read(slots[f"{name}.attn"], rows)[:2]
+        return _replay_joint_block(
+            block,
+            kwargs["hidden_states"],
+            kwargs["encoder_hidden_states"],
+            kwargs["temb"],
+            attn_output,
+            context_attn_output,
+            SlotKind.IMAGE.read(slots[f"{name}.ff"], rows),
+            SlotKind.IMAGE.read(slots[f"{name}.attn2"], rows) if block.use_dual_attention else None,
+            slots.get(f"{name}.ff_context"),
+            None if table is None else table(f"{name}.norm1.linear"),
+            None if table is None or block.context_pre_only else table(f"{name}.norm1_context.linear"),
+        )
+
 
 def _replay_dit_block(
     block: BasicTransformerBlock,
@@ -321,6 +355,80 @@ def _replay_dit_block(
     _, _, gate_msa, _, _, gate_mlp = modulation.chunk(6, dim=1)
     hidden_states = gate_msa.unsqueeze(1) * attn_output + hidden_states  # (B, N, D)
     return gate_mlp.unsqueeze(1) * ff_output + hidden_states
+
+
+def _replay_joint_block(
+    block: JointTransformerBlock,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    temb: torch.Tensor,
+    attn_output: torch.Tensor,
+    context_attn_output: torch.Tensor,
+    ff_output: torch.Tensor,
+    attn2_output: torch.Tensor | None,
+    context_ff_output: torch.Tensor | None,
+    modulation: torch.Tensor | None = None,
+    context_modulation: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """`JointTransformerBlock.forward` with every sub-layer output given.
+
+    Same operations in the same order as the stock block, minus the norms and modulations that
+    only feed the replaced sub-layers (``norm1``, ``norm1_context``, ``norm2``, ``norm2_context``
+    on image and text tokens), so the result equals the module-level replay bit for bit.
+    ``modulation`` / ``context_modulation``, when given, are the precomputed ``norm1.linear`` /
+    ``norm1_context.linear`` of ``silu(temb)``: (B, 6D), or (B, 9D) with dual attention.
+    """
+    norm1 = block.norm1
+    if modulation is None:
+        modulation = norm1.linear(norm1.silu(temb))
+    chunks = modulation.chunk(9 if block.use_dual_attention else 6, dim=1)
+    gate_msa, gate_mlp = chunks[2], chunks[5]
+    hidden_states = hidden_states + gate_msa.unsqueeze(1) * attn_output  # (B, N, D)
+    if block.use_dual_attention:
+        hidden_states = hidden_states + chunks[8].unsqueeze(1) * attn2_output
+    hidden_states = hidden_states + gate_mlp.unsqueeze(1) * ff_output
+    if block.context_pre_only:
+        return None, hidden_states
+    if context_modulation is None:
+        norm = block.norm1_context
+        context_modulation = norm.linear(norm.silu(temb))
+    _, _, c_gate_msa, _, _, c_gate_mlp = context_modulation.chunk(6, dim=1)
+    encoder_hidden_states = encoder_hidden_states + c_gate_msa.unsqueeze(1) * context_attn_output  # (B, L, D)
+    encoder_hidden_states = encoder_hidden_states + c_gate_mlp.unsqueeze(1) * context_ff_output
+    return encoder_hidden_states, hidden_states
+
+
+def _replayable_joint_blocks(
+    model: nn.Module, layout: TransformerLayout, config: FORAConfig
+) -> list[tuple[str, nn.Module, tuple[str, ...]]]:
+    """``(name, block, slot names)`` of the SD3 joint blocks whose reuse step can skip the discarded
+    norms: every sub-layer's output cached (joint attention, dual attention if any, image feed-forward,
+    and the text feed-forward unless the block has none), stock adaLN-Zero norms, no chunked FF."""
+    if not (config.cache_attention and config.cache_mlp):
+        return []
+    blocks = []
+    for index, block in enumerate(getattr(model, layout.blocks)):
+        if type(block) is not JointTransformerBlock or block._chunk_size is not None:
+            continue
+        if type(block.norm1) not in (AdaLayerNormZero, SD35AdaLayerNormZeroX):
+            continue
+        if getattr(block.norm1, "emb", None) is not None:
+            continue
+        text_stream_cached = (
+            config.cache_context_stream
+            and block.ff_context is not None
+            and type(block.norm1_context) is AdaLayerNormZero
+        )
+        if not (block.context_pre_only or text_stream_cached):
+            continue
+        name = f"{layout.blocks}.{index}"
+        slots = [f"{name}.attn", f"{name}.ff"]
+        if block.use_dual_attention:
+            slots.append(f"{name}.attn2")
+        if not block.context_pre_only:
+            slots.append(f"{name}.ff_context")
+        blocks.append((name, block, tuple(slots)))
+    return blocks
 
 
 def _replayable_blocks(
@@ -359,6 +467,26 @@ class _BlockHook(ModelHook):
         return self.controller.run_block(
             module, self.index, self.names, self.fn_ref.original_forward, args, kwargs
         )
+
+
+class _JointBlockHook(ModelHook):
+    """Replays a whole SD3 joint block on reuse steps (see `_replay_joint_block`)."""
+
+    def __init__(self, controller: FORAController, name: str, slot_names: tuple[str, ...]):
+        super().__init__()
+        self.controller = controller
+        self.name = name
+        self.slot_names = slot_names
+
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.controller.mode is not Mode.REUSE or args or not _JOINT_INPUTS <= kwargs.keys():
+            return self.fn_ref.original_forward(*args, **kwargs)
+        return self.controller.run_joint_block(
+            module, self.name, self.slot_names, self.fn_ref.original_forward, kwargs
+        )
+
+
+_JOINT_INPUTS = {"hidden_states", "encoder_hidden_states", "temb"}  # how SD3's forward calls its blocks
 
 
 class _RootHook(ModelHook):
@@ -435,4 +563,6 @@ def apply_fora(target: Any, config: FORAConfig | None = None) -> PluginHandle:
         hooks.add(module, _SlotHook(controller, name, kind), FORA_SLOT_HOOK)
     for index, name, block in _replayable_blocks(found.model, found.layout, config):
         hooks.add(block, _BlockHook(controller, name, index), FORA_BLOCK_HOOK)
+    for name, block, slot_names in _replayable_joint_blocks(found.model, found.layout, config):
+        hooks.add(block, _JointBlockHook(controller, name, slot_names), FORA_BLOCK_HOOK)
     return PluginHandle("fora", config, found, hooks, controller, [] if table is None else [table.release])
