@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import functools
 import io
 import json
 import os
@@ -71,6 +72,7 @@ from bench.plugins import TimestepProbe, diffusers_hook, paired_speedup
 
 RESULTS = report.RESULTS / "real_size"
 CLASS_LABEL = 207  # any ImageNet class: random weights
+CONTENDED = 0.8  # a thread row whose plain run got less CPU time than this share of its threads is flagged
 TARGETS = {"fora": 90.0, "ras": 80.0}  # % of the FLOP bound (issue 16); FORA + RAS is held to the RAS target
 
 
@@ -89,7 +91,9 @@ class ModelSpec:
     text_tokens: int = 0  # SD3: random text-embedding tokens
 
 
-def _dit(layers: int, heads: int, head_dim: int, latent: int = 32, patch: int = 2, classes: int = 1000) -> dict:
+def _dit(
+    layers: int, heads: int, head_dim: int, latent: int = 32, patch: int = 2, classes: int = 1000
+) -> dict:
     return {
         "num_layers": layers,
         "num_attention_heads": heads,
@@ -121,20 +125,22 @@ def _sd3(layers: int, heads: int, head_dim: int, joint: int, pooled: int, max_po
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("dit-b2", "dit", "DiT-B/2 (256 px)", _dit(12, 12, 64), latent=32, steps=10, rounds=5),
-        ModelSpec("dit-xl2", "dit", "DiT-XL/2-256", _dit(28, 16, 72), latent=32, steps=8, rounds=2),
+        ModelSpec("dit-b2", "dit", "DiT-B/2 (256 px)", _dit(12, 12, 64), latent=32, steps=10, rounds=3),
+        ModelSpec("dit-xl2", "dit", "DiT-XL/2-256", _dit(28, 16, 72), latent=32, steps=7, rounds=1),
         ModelSpec(
             "sd3-medium",
             "sd3",
             "SD3-medium blocks",
             _sd3(24, 24, 64, joint=4096, pooled=2048, max_pos=192, sample=128),
             latent=32,
-            steps=6,
+            steps=7,
             rounds=1,
             text_tokens=77,
         ),
         # test / smoke sizes: the same classes, a few narrow blocks
-        ModelSpec("dit-tiny", "dit", "tiny DiT", _dit(3, 2, 16, latent=8, classes=10), latent=8, steps=6, rounds=2),
+        ModelSpec(
+            "dit-tiny", "dit", "tiny DiT", _dit(3, 2, 16, latent=8, classes=10), latent=8, steps=6, rounds=2
+        ),
         ModelSpec(
             "sd3-tiny",
             "sd3",
@@ -153,8 +159,14 @@ DEFAULT_MODELS = ("dit-b2", "dit-xl2", "sd3-medium")
 class Workload:
     """One random-weight transformer, its scheduler and inputs, and a pipeline-like denoising loop."""
 
-    def __init__(self, spec: ModelSpec, steps: int, seed: int, latent: int | None = None,
-                 text_tokens: int | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        steps: int,
+        seed: int,
+        latent: int | None = None,
+        text_tokens: int | None = None,
+    ):
         self.spec = spec
         self.steps = steps
         self.seed = seed
@@ -216,17 +228,26 @@ class Workload:
         )[0]
 
     @torch.no_grad()
-    def generate(self, on_step: Callable[[int], Any] | None = None) -> tuple[torch.Tensor, list[float], float]:
-        """The final latent, each step's wall time, and the loop's process CPU time."""
+    def generate(
+        self,
+        on_step: Callable[[int], Any] | None = None,
+        step_context: Callable[[int], contextlib.AbstractContextManager] | None = None,
+    ) -> tuple[torch.Tensor, list[float], float]:
+        """The final latent, each step's wall time, and the loop's process CPU time.
+
+        ``on_step(k)`` runs after step k (untimed); ``step_context(k)`` wraps step k (a profiler).
+        """
         scheduler = self.scheduler
         scheduler.set_timesteps(self.steps)
         latents = self.noise.clone() * getattr(scheduler, "init_noise_sigma", 1.0)
         times = []
         cpu_started = time.process_time()
         for k, t in enumerate(scheduler.timesteps):
+            around = contextlib.nullcontext() if step_context is None else step_context(k)
             started = time.perf_counter()
-            out = self._forward(latents, t)
-            latents = scheduler.step(out, t, latents, return_dict=False)[0]
+            with around:
+                out = self._forward(latents, t)
+                latents = scheduler.step(out, t, latents, return_dict=False)[0]
             times.append(time.perf_counter() - started)
             if on_step is not None:
                 on_step(k)
@@ -284,7 +305,11 @@ def cached_modules(workload: Workload) -> list[str]:
     """Regexes (full match) of the modules FORA caches, for TaylorSeer to cache the same ones."""
     if workload.spec.family == "dit":
         return [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"]
-    return [r"transformer_blocks\.\d+\.attn", r"transformer_blocks\.\d+\.ff", r"transformer_blocks\.\d+\.ff_context"]
+    return [
+        r"transformer_blocks\.\d+\.attn",
+        r"transformer_blocks\.\d+\.ff",
+        r"transformer_blocks\.\d+\.ff_context",
+    ]
 
 
 MAG_RATIOS: dict[tuple[str, int], list[float]] = {}  # (model, steps) -> ratios from the calibration run
@@ -306,8 +331,14 @@ def _mag_config(workload: Workload, probe: TimestepProbe) -> Any:
     ratios = MAG_RATIOS.get((workload.spec.name, workload.steps))
     if ratios is None:
         raise RuntimeError("MagCache has no calibrated ratios for this model (the plain run calibrates them)")
-    return _config("MagCacheConfig", threshold=0.06, max_skip_steps=3, retention_ratio=0.2,
-                   num_inference_steps=workload.steps, mag_ratios=ratios)
+    return _config(
+        "MagCacheConfig",
+        threshold=0.06,
+        max_skip_steps=3,
+        retention_ratio=0.2,
+        num_inference_steps=workload.steps,
+        mag_ratios=ratios,
+    )
 
 
 def build_methods() -> list[Method]:
@@ -320,27 +351,63 @@ def build_methods() -> list[Method]:
         Method("FORA N=3 + RAS 0.5", "studio", "fora+ras", studio("fora:interval=3", "ras:ratio=0.5")),
         Method("FORA N=1", "studio", "fora", studio("fora:interval=1"), default=False, neutral=True),
         Method("RAS 1.0", "studio", "ras", studio("ras:ratio=1.0"), default=False, neutral=True),
-        Method("FORA N=1 + RAS 1.0", "studio", "fora+ras", studio("fora:interval=1", "ras:ratio=1.0"),
-               default=False, neutral=True),
+        Method(
+            "FORA N=1 + RAS 1.0",
+            "studio",
+            "fora+ras",
+            studio("fora:interval=1", "ras:ratio=1.0"),
+            default=False,
+            neutral=True,
+        ),
     ]
     available = _hooks_available()
     peers = [
-        ("FirstBlockCache 0.05", "apply_first_block_cache",
-         lambda w, p: _config("FirstBlockCacheConfig", threshold=0.05)),
-        ("FirstBlockCache 0.2", "apply_first_block_cache",
-         lambda w, p: _config("FirstBlockCacheConfig", threshold=0.2)),
-        ("PAB spatial 2", "apply_pyramid_attention_broadcast",
-         lambda w, p: _config("PyramidAttentionBroadcastConfig", spatial_attention_block_skip_range=2,
-                              current_timestep_callback=lambda: p.value)),
-        ("TaylorSeer N=3 order 1", "apply_taylorseer_cache",
-         lambda w, p: _config("TaylorSeerCacheConfig", cache_interval=3, disable_cache_before_step=3, max_order=1,
-                              taylor_factors_dtype=torch.float32, cache_identifiers=cached_modules(w))),
+        (
+            "FirstBlockCache 0.05",
+            "apply_first_block_cache",
+            lambda w, p: _config("FirstBlockCacheConfig", threshold=0.05),
+        ),
+        (
+            "FirstBlockCache 0.2",
+            "apply_first_block_cache",
+            lambda w, p: _config("FirstBlockCacheConfig", threshold=0.2),
+        ),
+        (
+            "PAB spatial 2",
+            "apply_pyramid_attention_broadcast",
+            lambda w, p: _config(
+                "PyramidAttentionBroadcastConfig",
+                spatial_attention_block_skip_range=2,
+                current_timestep_callback=lambda: p.value,
+            ),
+        ),
+        (
+            "TaylorSeer N=3 order 1",
+            "apply_taylorseer_cache",
+            lambda w, p: _config(
+                "TaylorSeerCacheConfig",
+                cache_interval=3,
+                disable_cache_before_step=3,
+                max_order=1,
+                taylor_factors_dtype=torch.float32,
+                cache_identifiers=cached_modules(w),
+            ),
+        ),
         ("MagCache 0.06", "apply_mag_cache", _mag_config),
     ]
     for name, apply_name, make in peers:
-        if apply_name in available:  # diffusers' default FBC threshold 0.05 never skips on these random models
-            methods.append(Method(name, "diffusers", "diffusers", peer(apply_name, make),
-                                  default=name != "FirstBlockCache 0.05"))
+        if (
+            apply_name in available
+        ):  # diffusers' default FBC threshold 0.05 never skips on these random models
+            methods.append(
+                Method(
+                    name,
+                    "diffusers",
+                    "diffusers",
+                    peer(apply_name, make),
+                    default=name != "FirstBlockCache 0.05",
+                )
+            )
     return methods
 
 
@@ -351,8 +418,9 @@ def mag_calibration(workload: Workload) -> Iterator[None]:
         yield
         return
     printed = io.StringIO()
-    enable = peer("apply_mag_cache", lambda w, p: _config("MagCacheConfig", calibrate=True,
-                                                           num_inference_steps=w.steps))
+    enable = peer(
+        "apply_mag_cache", lambda w, p: _config("MagCacheConfig", calibrate=True, num_inference_steps=w.steps)
+    )
     with contextlib.redirect_stdout(printed), enable(workload):
         yield
     lines = [line for line in printed.getvalue().splitlines() if line.startswith("[")]
@@ -361,7 +429,9 @@ def mag_calibration(workload: Workload) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------- measuring
-def _sdpa_cpu_flops(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+def _sdpa_cpu_flops(
+    query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+) -> int:
     return sdpa_flop_count(query, key, value)
 
 
@@ -391,8 +461,22 @@ def held_bytes(model: nn.Module) -> int:
     storages: dict[int, int] = {}
     seen: set[int] = set()
     stack = roots
-    skip = (nn.Module, SchedulerMixin, type, types.FunctionType, types.MethodType, types.BuiltinFunctionType,
-            str, bytes, int, float, bool, type(None), torch.dtype, torch.device)
+    skip = (
+        nn.Module,
+        SchedulerMixin,
+        type,
+        types.FunctionType,
+        types.MethodType,
+        types.BuiltinFunctionType,
+        str,
+        bytes,
+        int,
+        float,
+        bool,
+        type(None),
+        torch.dtype,
+        torch.device,
+    )
     while stack:
         obj = stack.pop()
         if id(obj) in seen or isinstance(obj, skip):
@@ -482,8 +566,12 @@ def untimed_pass(workload: Workload, methods: list[Method]) -> dict[str, dict[st
             if method.family == "studio":
                 raise  # a studio plugin failing on a real-size model is a bug to fix, not a table entry
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            results[method.name] = {"family": method.family, "kind": method.kind, "applicable": False,
-                                    "reason": f"{type(exc).__name__}: {message}"}
+            results[method.name] = {
+                "family": method.family,
+                "kind": method.kind,
+                "applicable": False,
+                "reason": f"{type(exc).__name__}: {message}",
+            }
             print(f"  {method.name}: not applicable ({message})", file=sys.stderr)
             continue
         reference = output if reference is None else reference
@@ -502,8 +590,10 @@ def untimed_pass(workload: Workload, methods: list[Method]) -> dict[str, dict[st
             "final_latent_std": round(float(output.std()), 4),
             "threads": {},
         }
-        print(f"  {method.name}: {sum(meter.step_flops) / 1e9:.1f} GFLOP, PSNR {results[method.name]['psnr_db']}",
-              file=sys.stderr)
+        print(
+            f"  {method.name}: {sum(meter.step_flops) / 1e9:.1f} GFLOP, PSNR {results[method.name]['psnr_db']}",
+            file=sys.stderr,
+        )
     plain_flops = results["plain"]["flops"]
     for entry in results.values():
         if entry["applicable"]:
@@ -533,8 +623,14 @@ def cheap_steps(entry: dict[str, Any], plain_flops: list[int]) -> list[int]:
     return [k for k, (f, p) in enumerate(zip(entry["step_flops"], plain_flops)) if f < 0.9 * p]
 
 
-def summarise(workload: Workload, methods: list[Method], results: dict[str, dict[str, Any]],
-              timings: dict[str, dict[str, list]], threads: int, load: dict[str, Any]) -> None:
+def summarise(
+    workload: Workload,
+    methods: list[Method],
+    results: dict[str, dict[str, Any]],
+    timings: dict[str, dict[str, list]],
+    threads: int,
+    load: dict[str, Any],
+) -> None:
     steps = workload.steps
     base = timings["plain"]
     base_step = [statistics.median(s[k] for s in base["step_s"]) for k in range(steps)]
@@ -562,12 +658,18 @@ def summarise(workload: Workload, methods: list[Method], results: dict[str, dict
         if cheap:
             row["cheap_steps"] = cheap
             row["cheap_step_time_share"] = round(
-                statistics.median(step_median[k] / base_step[k] for k in cheap), 3)
+                statistics.median(step_median[k] / base_step[k] for k in cheap), 3
+            )
             row["cheap_step_flop_share"] = round(
-                statistics.median(entry["step_flops"][k] / plain_flops[k] for k in cheap), 4)
+                statistics.median(entry["step_flops"][k] / plain_flops[k] for k in cheap), 4
+            )
             row["cheap_step_fixed_ms"] = round(
-                1000 * statistics.median(step_median[k] - entry["step_flops"][k] / plain_flops[k] * base_step[k]
-                                         for k in cheap), 1)
+                1000
+                * statistics.median(
+                    step_median[k] - entry["step_flops"][k] / plain_flops[k] * base_step[k] for k in cheap
+                ),
+                1,
+            )
         row["plain_step_s"] = round(plain_step_s, 4)
         entry["threads"][str(threads)] = row
 
@@ -584,17 +686,37 @@ def target_for(kind: str) -> float | None:
 PROFILED = ("plain", "FORA N=3", "RAS 0.5", "FORA N=3 + RAS 0.5")
 
 
-def profile(workload: Workload, methods: list[Method], rows: int = 15) -> str:
-    """Top operators by self CPU time of one generation of each `PROFILED` method."""
+def _only_at(step: int, context: Any, k: int) -> Any:
+    return context if k == step else contextlib.nullcontext()
+
+
+def profile(
+    workload: Workload, methods: list[Method], results: dict[str, dict[str, Any]], rows: int = 15
+) -> str:
+    """Top operators by self CPU time of each `PROFILED` method: one whole generation, then its first
+    cheap step alone (where a cached step's fixed cost goes)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     sections = []
+    threads = torch.get_num_threads()
+    plain_flops = results["plain"]["step_flops"]
     for method in (m for m in methods if m.name in PROFILED):
         with method.enable(workload), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             workload.generate()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
-        sections.append(f"===== {workload.spec.name} {method.name} ({torch.get_num_threads()} threads)\n{table}")
+        sections.append(f"===== {workload.spec.name} {method.name} ({threads} threads), whole loop\n{table}")
+        cheap = cheap_steps(results[method.name], plain_flops)
+        if not cheap:
+            continue
+        step = cheap[0]
+        profiler = torch_profile(activities=[ProfilerActivity.CPU])
+        with method.enable(workload):
+            workload.generate(step_context=functools.partial(_only_at, step, profiler))
+        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+        sections.append(
+            f"===== {workload.spec.name} {method.name} ({threads} threads), cheap step {step} only\n{table}"
+        )
     return "\n".join(sections)
 
 
@@ -630,10 +752,7 @@ def markdown(report: dict[str, Any]) -> str:
     for name, model in report["models"].items():
         info, setup, machine = model["model"], model["setup"], model["machine"]
         threads = [t for t in setup["threads"] if str(t) in model["methods"]["plain"]["threads"]]
-        load = "; ".join(
-            f"{t} thread(s): load average {row['loadavg_start'][0]} -> {row['loadavg_end'][0]}, plain CPU share "
-            f"{row['cpu_share']}"
-            for t in threads for row in [model["methods"]["plain"]["threads"][str(t)]])
+        load = "; ".join(_load_text(t, model["methods"]["plain"]["threads"][str(t)]) for t in threads)
         lines += [
             f"## {info['title']} (`{name}`)",
             "",
@@ -662,7 +781,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [header, rule]
         for method_name, entry in model["methods"].items():
             if not entry["applicable"]:
-                lines.append(f"| {method_name} | – |" + " – | – | – |" * len(threads) + f" – | – | {entry['reason']} |")
+                lines.append(
+                    f"| {method_name} | – |" + " – | – | – |" * len(threads) + f" – | – | {entry['reason']} |"
+                )
                 continue
             cells = f"| {method_name} | {entry['flop_bound']:.2f}x |"
             target = None if entry["neutral"] else target_for(entry["kind"])
@@ -672,30 +793,57 @@ def markdown(report: dict[str, Any]) -> str:
                     cells += " – | – | – |"
                     continue
                 mark = "" if target is None else (" ✓" if row["bound_pct"] >= target else " ✗")
-                cells += (f" {row['s_per_step']:.3f} | {row['speedup']:.2f}x ({row['cpu_speedup']:.2f}x) |"
-                          f" {row['bound_pct']:.0f}%{mark} |")
-            cells += (f" {_mb(entry['cache_bytes'])} ({_mb(entry['adaln_table_bytes'])}) | {entry['psnr_db']} |"
-                      f" {_short(entry['stats'])} |")
+                cells += (
+                    f" {row['s_per_step']:.3f} | {row['speedup']:.2f}x ({row['cpu_speedup']:.2f}x) |"
+                    f" {row['bound_pct']:.0f}%{mark} |"
+                )
+            cells += (
+                f" {_mb(entry['cache_bytes'])} ({_mb(entry['adaln_table_bytes'])}) | {entry['psnr_db']} |"
+                f" {_short(entry['stats'])} |"
+            )
             lines.append(cells)
         lines.append("")
-        fixed = [(m, e) for m, e in model["methods"].items() if e.get("applicable") and e["family"] == "studio"
-                 and any("cheap_steps" in r for r in e["threads"].values())]
+        fixed = [
+            (m, e)
+            for m, e in model["methods"].items()
+            if e.get("applicable")
+            and e["family"] == "studio"
+            and any("cheap_steps" in r for r in e["threads"].values())
+        ]
         if fixed:
-            lines += ["Cost of a cheap step vs plain's step (median over those steps):", "",
-                      "| method | cheap steps | FLOP share |" + "".join(f" {t}T time share | {t}T fixed ms |"
-                                                                          for t in threads),
-                      "|---|---|---|" + "---|---|" * len(threads)]
+            lines += [
+                "Cost of a cheap step vs plain's step (median over those steps):",
+                "",
+                "| method | cheap steps | FLOP share |"
+                + "".join(f" {t}T time share | {t}T fixed ms |" for t in threads),
+                "|---|---|---|" + "---|---|" * len(threads),
+            ]
             for method_name, entry in fixed:
                 first = next(r for r in entry["threads"].values() if "cheap_steps" in r)
-                cells = (f"| {method_name} | {','.join(map(str, first['cheap_steps']))} | "
-                         f"{first['cheap_step_flop_share']:.4f} |")
+                cells = (
+                    f"| {method_name} | {','.join(map(str, first['cheap_steps']))} | "
+                    f"{first['cheap_step_flop_share']:.4f} |"
+                )
                 for t in threads:
                     row = entry["threads"].get(str(t), {})
-                    cells += (f" {row['cheap_step_time_share']:.3f} | {row['cheap_step_fixed_ms']} |"
-                              if "cheap_step_time_share" in row else " – | – |")
+                    cells += (
+                        f" {row['cheap_step_time_share']:.3f} | {row['cheap_step_fixed_ms']} |"
+                        if "cheap_step_time_share" in row
+                        else " – | – |"
+                    )
                 lines.append(cells)
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _load_text(threads: int, row: dict[str, Any]) -> str:
+    text = (
+        f"{threads} thread(s): load average {row['loadavg_start'][0]} -> {row['loadavg_end'][0]}, "
+        f"plain CPU share {row['cpu_share']} of {threads}"
+    )
+    if row["cpu_share"] < CONTENDED * threads:
+        text += f" (**contended**: the process got {row['cpu_share']:.1f} of its {threads} cores)"
+    return text
 
 
 def _short(stats: dict[str, Any]) -> str:
@@ -722,26 +870,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rounds = args.rounds or spec.rounds
         torch.set_num_threads(args.threads[0])
         started = time.perf_counter()
-        workload = Workload(spec, steps, args.seed, latent=args.sd3_latent if spec.family == "sd3" else None,
-                            text_tokens=args.text_tokens if spec.family == "sd3" else None)
-        print(f"{name}: built in {time.perf_counter() - started:.0f}s, {workload.parameters / 1e6:.0f}M params",
-              file=sys.stderr)
+        workload = Workload(
+            spec,
+            steps,
+            args.seed,
+            latent=args.sd3_latent if spec.family == "sd3" else None,
+            text_tokens=args.text_tokens if spec.family == "sd3" else None,
+        )
+        print(
+            f"{name}: built in {time.perf_counter() - started:.0f}s, {workload.parameters / 1e6:.0f}M params",
+            file=sys.stderr,
+        )
         results = untimed_pass(workload, methods)
         live = [m for m in methods if results[m.name]["applicable"]]
         for threads in args.threads:
             torch.set_num_threads(threads)
             load_start = os.getloadavg()
             timings = timed_rounds(workload, live, rounds)
-            load = {"loadavg_start": [round(x, 2) for x in load_start],
-                    "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+            load = {
+                "loadavg_start": [round(x, 2) for x in load_start],
+                "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+            }
             summarise(workload, live, results, timings, threads, load)
             if args.profile:
-                profiles.append(profile(workload, live))
+                profiles.append(profile(workload, live, results))
         entry = {
             "model": workload.describe(),
-            "setup": {"threads": args.threads, "rounds": rounds, "seed": args.seed, "batch": 1, "guidance": None,
-                      "dtype": "float32", "date": time.strftime("%Y-%m-%d %H:%M"), "load_note": args.load_note,
-                      "command": shlex.join(["python", "bench/real_size.py", *args.argv])},
+            "setup": {
+                "threads": args.threads,
+                "rounds": rounds,
+                "seed": args.seed,
+                "batch": 1,
+                "guidance": None,
+                "dtype": "float32",
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+                "load_note": args.load_note,
+                "command": shlex.join(["python", "bench/real_size.py", *args.argv]),
+            },
             "machine": report["machine"],
             "methods": results,
             "wall_s": round(time.perf_counter() - started, 1),
@@ -751,7 +916,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"SD3-medium's native latent is {spec.config['sample_size']} x {spec.config['sample_size']} "
                 f"(1024 px, {(spec.config['sample_size'] // 2) ** 2} tokens); this CPU run uses the same blocks on "
                 f"a {workload.latent} x {workload.latent} latent ({workload.tokens} image tokens) and "
-                f"{workload.text_tokens} random text tokens of width {spec.config['joint_attention_dim']}.")
+                f"{workload.text_tokens} random text tokens of width {spec.config['joint_attention_dim']}."
+            )
         report["models"][name] = entry
         del workload
     report["profile"] = "\n".join(profiles) if profiles else None
@@ -761,8 +927,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def machine_info() -> dict[str, Any]:
     import diffusers
 
-    return {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "diffusers": diffusers.__version__}
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+    }
 
 
 def merged(report: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -783,17 +954,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(DEFAULT_MODELS))
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch thread counts to time")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: per model)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per thread count (default: per model)")
-    parser.add_argument("--methods", nargs="+", default=None,
-                        help="method names to run besides plain (default: all default methods)")
-    parser.add_argument("--sd3-latent", type=int, default=None, help="SD3 latent size (default 32; native 128)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="timed rounds per thread count (default: per model)"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="method names to run besides plain (default: all default methods)",
+    )
+    parser.add_argument(
+        "--sd3-latent", type=int, default=None, help="SD3 latent size (default 32; native 128)"
+    )
     parser.add_argument("--text-tokens", type=int, default=None, help="SD3 text tokens (default 77)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--load-note", default="", help="what else ran on the machine (stated in the table)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="output path without extension")
-    parser.add_argument("--profile", action="store_true", help=f"write <out>.profile.txt ({', '.join(PROFILED)})")
-    parser.add_argument("--fresh", action="store_true",
-                        help="drop the models of an earlier run from <out>.json (default: keep those not rerun)")
+    parser.add_argument(
+        "--profile", action="store_true", help=f"write <out>.profile.txt ({', '.join(PROFILED)})"
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="drop the models of an earlier run from <out>.json (default: keep those not rerun)",
+    )
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()

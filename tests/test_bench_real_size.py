@@ -19,12 +19,43 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "real_size.py"
 NEUTRAL = ["FORA N=1", "RAS 1.0", "FORA N=1 + RAS 1.0"]
-ACTIVE = ["FORA N=3", "RAS 0.5", "FORA N=3 + RAS 0.5", "FirstBlockCache 0.2", "TaylorSeer N=3 order 1",
-          "MagCache 0.06"]
-METHOD_KEYS = {"family", "kind", "applicable", "neutral", "stats", "step_flops", "flops", "flop_bound", "cache_bytes",
-               "adaln_table_bytes", "max_abs_diff", "psnr_db", "final_latent_std", "threads"}
-THREAD_KEYS = {"loop_s", "cpu_s", "s_per_step", "step_s_median", "speedup", "cpu_speedup", "bound_pct", "cpu_share",
-               "plain_step_s", "loadavg_start", "loadavg_end"}
+ACTIVE = [
+    "FORA N=3",
+    "RAS 0.5",
+    "FORA N=3 + RAS 0.5",
+    "FirstBlockCache 0.2",
+    "TaylorSeer N=3 order 1",
+    "MagCache 0.06",
+]
+METHOD_KEYS = {
+    "family",
+    "kind",
+    "applicable",
+    "neutral",
+    "stats",
+    "step_flops",
+    "flops",
+    "flop_bound",
+    "cache_bytes",
+    "adaln_table_bytes",
+    "max_abs_diff",
+    "psnr_db",
+    "final_latent_std",
+    "threads",
+}
+THREAD_KEYS = {
+    "loop_s",
+    "cpu_s",
+    "s_per_step",
+    "step_s_median",
+    "speedup",
+    "cpu_speedup",
+    "bound_pct",
+    "cpu_share",
+    "plain_step_s",
+    "loadavg_start",
+    "loadavg_end",
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +73,24 @@ def bench():
 @pytest.fixture(scope="module")
 def report(bench, tmp_path_factory):
     out = tmp_path_factory.mktemp("real_size") / "real_size"
-    bench.main(["--models", "dit-tiny", "sd3-tiny", "--threads", "1", "--rounds", "1", "--steps", "6",
-                "--methods", *NEUTRAL, *ACTIVE, "--out", str(out)])
+    bench.main(
+        [
+            "--models",
+            "dit-tiny",
+            "sd3-tiny",
+            "--threads",
+            "1",
+            "--rounds",
+            "1",
+            "--steps",
+            "6",
+            "--methods",
+            *NEUTRAL,
+            *ACTIVE,
+            "--out",
+            str(out),
+        ]
+    )
     return out, json.loads(out.with_suffix(".json").read_text())
 
 
@@ -52,7 +99,11 @@ def test_every_model_and_method_has_the_documented_fields(report):
     assert list(data["models"]) == ["dit-tiny", "sd3-tiny"]
     for name, model in data["models"].items():
         assert {"model", "setup", "machine", "methods", "wall_s"} <= set(model)
-        assert model["model"]["steps"] == 6 and model["setup"]["threads"] == [1] and model["setup"]["rounds"] == 1
+        assert (
+            model["model"]["steps"] == 6
+            and model["setup"]["threads"] == [1]
+            and model["setup"]["rounds"] == 1
+        )
         assert list(model["methods"]) == ["plain", *ACTIVE[:3], *NEUTRAL, *ACTIVE[3:]]
         for method, entry in model["methods"].items():
             if not entry["applicable"]:
@@ -96,7 +147,9 @@ def test_fora_cache_bytes_are_its_slots_and_table(report):
     fora = report[1]["models"]["dit-tiny"]["methods"]["FORA N=3"]
     slots, table = 3 * 2 * 16 * 32 * 4, 6 * (6 * 3 + 3) * 32 * 4
     assert fora["adaln_table_bytes"] == table
-    assert slots + table <= fora["cache_bytes"] <= slots + table + 1024  # + the table's timestep / label copies
+    assert (
+        slots + table <= fora["cache_bytes"] <= slots + table + 1024
+    )  # + the table's timestep / label copies
 
 
 def test_sd3_first_block_cache_is_reported_not_applicable(report):
@@ -107,8 +160,27 @@ def test_sd3_first_block_cache_is_reported_not_applicable(report):
 def test_rerun_keeps_other_models_and_runs_through_studio_bench(report, tmp_path):
     out = tmp_path / "real_size"
     out.with_suffix(".json").write_text(out_json := report[0].with_suffix(".json").read_text())
-    assert studio_main(["bench", "real-size", "--models", "dit-tiny", "--threads", "1", "--rounds", "1", "--steps",
-                        "4", "--methods", "FORA N=1", "--out", str(out)]) == 0
+    assert (
+        studio_main(
+            [
+                "bench",
+                "real-size",
+                "--models",
+                "dit-tiny",
+                "--threads",
+                "1",
+                "--rounds",
+                "1",
+                "--steps",
+                "4",
+                "--methods",
+                "FORA N=1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.with_suffix(".json").read_text())
     assert list(data["models"]) == ["dit-tiny", "sd3-tiny"]
     assert data["models"]["dit-tiny"]["model"]["steps"] == 4
