@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Any
 
 import diffusers
@@ -32,6 +34,13 @@ def scheduler_names() -> list[str]:
 #: variance types that read a second, learned half of the model output
 LEARNED_VARIANCES = ("learned", "learned_range")
 
+#: lambda = log(alpha / sigma) below which DPM-Solver takes no step on a cosine schedule. The cosine
+#: schedule's last betas are capped at 0.999, so alpha at t = T-1 is ~5e-5 and the data prediction
+#: x0 = (x - sigma * eps) / alpha multiplies the model's eps error by ~2e4: a single-step solver that
+#: starts there turns most seeds into noise fields. -5.1 is the value diffusers documents for this
+#: schedule (alpha_bar ~ 4e-5 at the clip), dropping only the last few of the 1,000 training steps.
+COSINE_LAMBDA_MIN = -5.1
+
 
 def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     """Build scheduler ``name`` from another scheduler's config (same betas, same training T).
@@ -39,7 +48,12 @@ def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     Pipelines hand diffusers schedulers the ε (or v) half of the model output only, so a learned
     variance type in ``base_config`` (an ADM training scheduler's ``learned_range``) becomes
     ``fixed_small``: left as it is, `DDPMScheduler.step` finds no variance half and fails on None.
-    Raises `ConfigError` naming the choices for an unknown name.
+    DPM-Solvers on a cosine (``squaredcos_cap_v2``) schedule get ``lambda_min_clipped`` =
+    `COSINE_LAMBDA_MIN` unless the config sets one, and a ``clip_sample`` config (x0 clipped to
+    [-r, r] by DDPM/DDIM, as guided-diffusion's ``clip_denoised``) becomes ``thresholding`` at r
+    for the solvers that have no ``clip_sample`` (DPM-Solver(++), DEIS, UniPC), so every scheduler
+    keeps the data range the model was trained on. Raises `ConfigError` naming the choices for an
+    unknown name.
     """
     class_name = SCHEDULER_ALIASES.get(name.lower(), name)
     cls = getattr(diffusers, class_name, None)
@@ -49,7 +63,25 @@ def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     config = dict(base_config)
     if config.get("variance_type") in LEARNED_VARIANCES:
         config["variance_type"] = "fixed_small"
+    accepted = inspect.signature(cls.__init__).parameters
+    if (config.get("beta_schedule") == "squaredcos_cap_v2" and "lambda_min_clipped" in accepted
+            and config.get("lambda_min_clipped", -math.inf) == -math.inf):
+        _override(config, lambda_min_clipped=COSINE_LAMBDA_MIN)
+    if config.get("clip_sample") and "clip_sample" not in accepted and "thresholding" in accepted:
+        # the model declares x0 in [-r, r]; the solvers' form of that clip is thresholding at r
+        _override(config, thresholding=True, sample_max_value=config.get("clip_sample_range", 1.0))
     return cls.from_config(config)
+
+
+def _override(config: dict[str, Any], **values: Any) -> None:
+    """Set ``values`` in a scheduler config so that ``from_config`` keeps them.
+
+    A config made in memory lists the arguments its creator left at their defaults under
+    ``_use_default_values``, and ``from_config`` drops those keys; the overridden ones leave that list.
+    """
+    config.update(values)
+    if "_use_default_values" in config:
+        config["_use_default_values"] = [key for key in config["_use_default_values"] if key not in values]
 
 
 def scheduler_name(scheduler: Any) -> str:
