@@ -69,3 +69,31 @@ def test_a_rerun_replaces_its_own_row_and_keeps_the_others(tiny_run, tmp_path):
 def test_board_refuses_a_sample_count_too_small_for_its_metrics(capsys):
     assert main(["bench", "quality", "--n", "3"]) == 2
     assert "--n must be at least 10" in capsys.readouterr().err
+
+
+def test_readme_quality_table_matches_the_board_and_the_cards():
+    """One number per claim: the README's table is what `python bench/quality.py --readme` writes today."""
+    from bench.quality import README, update_readme
+    from bench.report import RESULTS
+
+    assert update_readme(README, RESULTS / "quality.json", check=True) is False, \
+        "README quality table is out of date: run python bench/quality.py --readme"
+
+
+def test_readme_update_rewrites_only_between_the_markers_and_refuses_a_readme_without_them(tmp_path):
+    from bench.quality import README_END, README_START, update_readme
+    from bench.report import RESULTS
+    from studio.errors import StudioError
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n{README_START}\nstale\n{README_END}\ntail\n")
+    assert update_readme(readme, RESULTS / "quality.json", check=True) is True
+    assert "stale" in readme.read_text()  # check mode writes nothing
+    assert update_readme(readme, RESULTS / "quality.json") is True
+    text = readme.read_text()
+    assert text.startswith("# title\n") and text.endswith(f"{README_END}\ntail\n") and "stale" not in text
+    assert "| `biggan-mnist` |" in text
+    assert update_readme(readme, RESULTS / "quality.json") is False  # idempotent
+    readme.write_text("# no markers\n")
+    with pytest.raises(StudioError, match="needs exactly one"):
+        update_readme(readme, RESULTS / "quality.json")
