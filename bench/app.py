@@ -32,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.report import write_results  # noqa: E402
+from bench.report import write_results
 
 COLUMNS = ["measure", "model", "family", "sampling", "plugins", "latency_s", "generate_s", "speedup"]
 READY_TIMEOUT_S = 300

@@ -21,10 +21,10 @@ import torch
 from diffusers import DDIMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.report import write_results  # noqa: E402
-from studio.hub import load_pipeline  # noqa: E402
-from studio.models.dit import DiTConfig, build_dit  # noqa: E402
-from studio.pipelines.dit import StudioDiTPipeline  # noqa: E402
+from bench.report import write_results
+from studio.hub import load_pipeline
+from studio.models.dit import DiTConfig, build_dit
+from studio.pipelines.dit import StudioDiTPipeline
 
 
 def plain_loop(transformer, scheduler, labels: list[int], seeds: list[int], steps: int, guidance: float) -> torch.Tensor:

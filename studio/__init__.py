@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from studio.errors import StudioError  # noqa: E402
-from studio.hub import list_models, load_pipeline  # noqa: E402
+from studio.errors import StudioError
+from studio.hub import list_models, load_pipeline
 
 __all__ = ["StudioError", "__version__", "list_models", "load_pipeline"]

@@ -154,7 +154,7 @@ def load_pipeline(name_or_path: str, device: str | None = None, **kwargs: Any) -
         pipe = cls.from_pretrained(str(target), **kwargs)
     except CheckpointError:
         raise
-    except Exception as exc:  # diffusers/safetensors raise many types for a bad folder
+    except Exception as exc:  # noqa: BLE001 - diffusers/safetensors raise many types for a bad folder
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"cannot load checkpoint {target}: {message}") from None
     pipe.to(resolve_device(device))

@@ -117,7 +117,7 @@ def test_save_load_round_trip_is_bit_identical(dit_pipe, tmp_path):
     save_pipeline(dit_pipe, tmp_path / "ckpt", {"preset": "test"})
     loaded = load_pipeline(str(tmp_path / "ckpt"))
     loaded.set_progress_bar_config(disable=True)
-    kwargs = dict(num_images=4, class_labels=[0, 1, 2, 3], num_inference_steps=3, scheduler="ddim", output_type="pt")
+    kwargs = {"num_images": 4, "class_labels": [0, 1, 2, 3], "num_inference_steps": 3, "scheduler": "ddim", "output_type": "pt"}
     assert type(loaded) is type(dit_pipe)
     assert torch.equal(loaded(**kwargs).images, dit_pipe(**kwargs).images)
 

@@ -8,7 +8,8 @@ the epoch and without consuming the global RNG (as a DataLoader iterator would o
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, default_collate

@@ -65,7 +65,7 @@ def load_hf_dataset(name: str, split: str = "train") -> RawImages:
             data = datasets.load_from_disk(name)
         else:
             data = datasets.load_dataset(name, split=split)
-    except Exception as exc:  # datasets raises many types; all mean "cannot load this name"
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types; all mean "cannot load this name"
         raise DataError(f"cannot load Hugging Face dataset {name!r}: {exc}") from None
     if isinstance(data, datasets.DatasetDict):
         data = data[split] if split in data else data[next(iter(data))]

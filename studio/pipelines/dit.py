@@ -8,7 +8,8 @@ pixel-space studio models and latent models that ship a VAE.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline, DiTTransformer2DModel
@@ -42,7 +43,7 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
 
     family = "dit"
     model_cpu_offload_seq = "transformer->vae"
-    _optional_components = ["vae"]
+    _optional_components = ["vae"]  # noqa: RUF012 - diffusers reads this class attribute as a list
     call_parameters = ("num_images", "class_labels", "num_inference_steps", "guidance_scale", "seed", "scheduler",
                        "eta", "output_type", "callback_on_step_end")
 

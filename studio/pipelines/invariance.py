@@ -10,9 +10,9 @@ rows in the embedding MLPs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import Iterator
 
 import torch
 from torch import nn
