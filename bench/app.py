@@ -50,8 +50,13 @@ def start_app(port: int, outputs: Path, runs: str | None, threads: int | None) -
         env["STUDIO_RUNS"] = runs
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    return subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--outputs", str(outputs)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port), "--outputs", str(outputs)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def wait_ready(url: str, process: subprocess.Popen) -> None:
@@ -71,9 +76,13 @@ def sampling(info: dict, steps: int | None, picture: str = "") -> dict:
     """The model's own sampling defaults (from its model card, as the app shows them); ``steps`` overrides.
 
     ControlNet models (they take a ``control_image``) get ``picture`` and are driven through /control."""
-    return {"scheduler": info["default_scheduler"] or "ddim", "steps": steps or info["default_steps"],
-            "guidance": info["default_guidance"], "classifier": info["default_classifier_scale"],
-            "control_image": picture if "control_image" in info["parameters"] else ""}
+    return {
+        "scheduler": info["default_scheduler"] or "ddim",
+        "steps": steps or info["default_steps"],
+        "guidance": info["default_guidance"],
+        "classifier": info["default_classifier_scale"],
+        "control_image": picture if "control_image" in info["parameters"] else "",
+    }
 
 
 def generate(client, model: str, settings: dict, batch: int, plugins: str = "") -> tuple[float, dict]:
@@ -82,12 +91,35 @@ def generate(client, model: str, settings: dict, batch: int, plugins: str = "") 
     if settings.get("control_image"):
         from gradio_client import handle_file
 
-        _, _, details = client.predict(model, handle_file(settings["control_image"]), "canny", "all", 1.0, False,
-                                       settings["steps"], settings["guidance"], 0, batch, api_name="/control")
+        _, _, details = client.predict(
+            model,
+            handle_file(settings["control_image"]),
+            "canny",
+            "all",
+            1.0,
+            False,
+            settings["steps"],
+            settings["guidance"],
+            0,
+            batch,
+            api_name="/control",
+        )
     else:
-        _, _, details = client.predict(model, "all", settings["scheduler"], settings["steps"], settings["guidance"],
-                                       0.0, 0, False, batch, plugins, False, settings["classifier"],
-                                       api_name="/generate")
+        _, _, details = client.predict(
+            model,
+            "all",
+            settings["scheduler"],
+            settings["steps"],
+            settings["guidance"],
+            0.0,
+            0,
+            False,
+            batch,
+            plugins,
+            False,
+            settings["classifier"],
+            api_name="/generate",
+        )
     return time.perf_counter() - started, details
 
 
@@ -130,20 +162,36 @@ def bench_model(client, model: str, steps: int | None, batch: int, repeats: int,
     for label, _ in variants:
         generate_s = statistics.median(pipeline[label])
         takes_steps = "num_inference_steps" in info["parameters"]
-        rows.append({"measure": f"{batch}-image batch", "model": model, "family": info["family"], "plugins": label,
-                     "sampling": f"{settings['scheduler']} {settings['steps']}" if takes_steps else "one call",
-                     "latency_s": statistics.median(latency[label]), "generate_s": generate_s,
-                     "speedup": base / generate_s})
+        rows.append(
+            {
+                "measure": f"{batch}-image batch",
+                "model": model,
+                "family": info["family"],
+                "plugins": label,
+                "sampling": f"{settings['scheduler']} {settings['steps']}" if takes_steps else "one call",
+                "latency_s": statistics.median(latency[label]),
+                "generate_s": generate_s,
+                "speedup": base / generate_s,
+            }
+        )
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="", help="comma-separated model names or checkpoint folders to "
-                                                     "benchmark besides every model the app lists")
+    parser.add_argument(
+        "--models",
+        default="",
+        help="comma-separated model names or checkpoint folders to "
+        "benchmark besides every model the app lists",
+    )
     parser.add_argument("--runs", default=None, help="STUDIO_RUNS for the app (default: ./runs)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="steps for every diffusion model (default: each model's own, from its card)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps for every diffusion model (default: each model's own, from its card)",
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="OMP/MKL threads of the app process")
@@ -164,9 +212,16 @@ def main(argv: list[str] | None = None) -> None:
             first_info = client.predict(listed[0], api_name="/model_info")
             _, first = generate(client, listed[0], sampling(first_info, args.steps), 1)
             first_s = time.perf_counter() - started
-            rows = [{"measure": "launch to ready", "model": "", "latency_s": ready_s},
-                    {"measure": "launch to first image", "model": listed[0], "family": first["images"][0]["record"]["family"],
-                     "latency_s": first_s, "generate_s": first["seconds"]}]
+            rows = [
+                {"measure": "launch to ready", "model": "", "latency_s": ready_s},
+                {
+                    "measure": "launch to first image",
+                    "model": listed[0],
+                    "family": first["images"][0]["record"]["family"],
+                    "latency_s": first_s,
+                    "generate_s": first["seconds"],
+                },
+            ]
             models = listed + [m for m in args.models.split(",") if m and m not in listed]
             for model in models:
                 print(f"benchmarking {model} ...", flush=True)
@@ -174,16 +229,24 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
-    notes = (f"`python bench/app.py` against `python app.py` in a subprocess, driven by gradio_client. "
-             "Each model samples with its own card's settings (sampler, steps, CFG, classifier scale: the "
-             f"app's defaults){'' if args.steps is None else f', steps forced to {args.steps}'}; "
-             f"batch {args.batch}; median of {args.repeats} rounds "
-             "(variants in rotating order), after one warm-up call per model. latency_s: end to end at the "
-             "client (queue, PNG writing, file transfer); generate_s: the pipeline call timed by the app; "
-             "speedup: generate_s without plugins / with. Plugins at their defaults (FORA interval 3, RAS "
-             "ratio 0.5, Skip-Tuning, encoder propagation). On a shared CPU the numbers move with other load.")
-    settings = {"steps": args.steps, "batch": args.batch, "repeats": args.repeats, "threads": args.threads,
-                "runs": args.runs, "models": models}
+    notes = (
+        f"`python bench/app.py` against `python app.py` in a subprocess, driven by gradio_client. "
+        "Each model samples with its own card's settings (sampler, steps, CFG, classifier scale: the "
+        f"app's defaults){'' if args.steps is None else f', steps forced to {args.steps}'}; "
+        f"batch {args.batch}; median of {args.repeats} rounds "
+        "(variants in rotating order), after one warm-up call per model. latency_s: end to end at the "
+        "client (queue, PNG writing, file transfer); generate_s: the pipeline call timed by the app; "
+        "speedup: generate_s without plugins / with. Plugins at their defaults (FORA interval 3, RAS "
+        "ratio 0.5, Skip-Tuning, encoder propagation). On a shared CPU the numbers move with other load."
+    )
+    settings = {
+        "steps": args.steps,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "runs": args.runs,
+        "models": models,
+    }
     json_path, md_path = write_results("app", rows, COLUMNS, notes, settings)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")

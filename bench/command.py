@@ -23,10 +23,14 @@ def bench_names() -> list[str]:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``bench`` subcommand (``func=run``) to an argparse subparsers object."""
     parser = subparsers.add_parser(
-        "bench", help="run a benchmark from bench/ (JSON + markdown table in bench/results)",
+        "bench",
+        help="run a benchmark from bench/ (JSON + markdown table in bench/results)",
         description="Run the benchmark bench/NAME.py with the remaining arguments, e.g. "
-                    "`studio bench plugins --checkpoint dit-mnist --repeats 3`.")
-    parser.add_argument("name", help="benchmark name (- and _ alike): " + (", ".join(bench_names()) or "none found"))
+        "`studio bench plugins --checkpoint dit-mnist --repeats 3`.",
+    )
+    parser.add_argument(
+        "name", help="benchmark name (- and _ alike): " + (", ".join(bench_names()) or "none found")
+    )
     parser.add_argument("arguments", nargs=argparse.REMAINDER, help="passed to the benchmark")
     parser.set_defaults(func=run)
     return parser

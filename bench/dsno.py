@@ -39,11 +39,17 @@ from studio.models.dsno import teacher_fingerprint
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", required=True, help="DSNO checkpoint: run name, folder or hub id")
-    parser.add_argument("--teacher", default="", help="teacher checkpoint (default: the one named in the student)")
+    parser.add_argument(
+        "--teacher", default="", help="teacher checkpoint (default: the one named in the student)"
+    )
     parser.add_argument("--num-images", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=25)
-    parser.add_argument("--seed", type=int, default=10_000, help="image i uses seed + i (default: past the pairs)")
-    parser.add_argument("--steps", default="1,2,4", help="teacher DDIM step counts besides N and the equal-time one")
+    parser.add_argument(
+        "--seed", type=int, default=10_000, help="image i uses seed + i (default: past the pairs)"
+    )
+    parser.add_argument(
+        "--steps", default="1,2,4", help="teacher DDIM step counts besides N and the equal-time one"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per row")
     parser.add_argument("--metrics", default="acc,dfd", help="studio.metrics names, or none")
     parser.add_argument("--reference", default="mnist-5k", help="reference dataset of the metrics")
@@ -64,18 +70,26 @@ def teacher_for(student_pipe: Any, name: str) -> Teacher:
 
         run = read_card(Path(student_pipe.name_or_path)).get("config", {})
         data, model = run.get("data", {}), run.get("model", {})
-        teacher = random_teacher(data["image_size"], data.get("channels") or 1, model["random_teacher_classes"],
-                                 model["random_teacher_channels"], run.get("seed", 0))
+        teacher = random_teacher(
+            data["image_size"],
+            data.get("channels") or 1,
+            model["random_teacher_classes"],
+            model["random_teacher_channels"],
+            run.get("seed", 0),
+        )
     else:
         teacher = load_teacher(name)
     teacher.unet.eval()
-    student_pipe.student.check_compatible(teacher_hash=teacher_fingerprint(teacher.unet, dict(teacher.scheduler.config)))
+    student_pipe.student.check_compatible(
+        teacher_hash=teacher_fingerprint(teacher.unet, dict(teacher.scheduler.config))
+    )
     return teacher
 
 
 @torch.no_grad()
-def teacher_ddim(teacher: Teacher, steps: int, noise: torch.Tensor, labels: torch.Tensor | None,
-                 guidance_scale: float) -> torch.Tensor:
+def teacher_ddim(
+    teacher: Teacher, steps: int, noise: torch.Tensor, labels: torch.Tensor | None, guidance_scale: float
+) -> torch.Tensor:
     """DDIM (η = 0) with ``steps`` steps from ``noise``: images in [-1, 1]."""
     scheduler = DDIMScheduler.from_config(teacher.scheduler.config)
     scheduler.set_timesteps(steps)
@@ -97,19 +111,26 @@ def timed(fn: Any, repeats: int) -> tuple[torch.Tensor, float]:
 
 
 def in_batches(fn: Any, noise: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(noise[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
-                      for i in range(0, len(noise), batch_size)])
+    return torch.cat(
+        [
+            fn(noise[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
+            for i in range(0, len(noise), batch_size)
+        ]
+    )
 
 
-def scores(images: torch.Tensor, labels: torch.Tensor | None, metrics: str, reference: str) -> dict[str, float]:
+def scores(
+    images: torch.Tensor, labels: torch.Tensor | None, metrics: str, reference: str
+) -> dict[str, float]:
     if metrics == "none":
         return {}
     from studio.metrics import evaluate
 
     uint8 = ((images / 2 + 0.5).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
     try:
-        return evaluate(uint8, reference, metrics=metrics,
-                        class_labels=None if labels is None else labels.tolist()).metrics
+        return evaluate(
+            uint8, reference, metrics=metrics, class_labels=None if labels is None else labels.tolist()
+        ).metrics
     except StudioError as exc:
         return {"error": str(exc)}  # type: ignore[dict-item]
 
@@ -132,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
         return in_batches(lambda x, y: student(x, y)[:, -1], noise, labels, args.batch_size)
 
     def run_teacher(steps: int) -> torch.Tensor:
-        return in_batches(lambda x, y: teacher_ddim(teacher, steps, x, y, guidance), noise, labels, args.batch_size)
+        return in_batches(
+            lambda x, y: teacher_ddim(teacher, steps, x, y, guidance), noise, labels, args.batch_size
+        )
 
     with torch.no_grad():
         student_images, student_s = timed(run_student, args.repeats)
@@ -141,15 +164,36 @@ def main(argv: list[str] | None = None) -> None:
     equal_time = max(1, int(student_s / per_step_s))
     step_counts = sorted({int(s) for s in args.steps.split(",")} | {equal_time} - {config.teacher_steps})
     cfg = 2 if guidance != 1.0 else 1
-    rows = [{"method": "dsno student (1 call)", "nfe": 1, "unet_evals": config.num_slices, "seconds": student_s,
-             "images": student_images}]
+    rows = [
+        {
+            "method": "dsno student (1 call)",
+            "nfe": 1,
+            "unet_evals": config.num_slices,
+            "seconds": student_s,
+            "images": student_images,
+        }
+    ]
     for steps in step_counts:
         images, seconds = timed(lambda steps=steps: run_teacher(steps), args.repeats)
         tag = " (equal time)" if steps == equal_time else ""
-        rows.append({"method": f"teacher ddim-{steps}{tag}", "nfe": steps, "unet_evals": cfg * steps,
-                     "seconds": seconds, "images": images})
-    rows.append({"method": f"teacher ddim-{config.teacher_steps} (target)", "nfe": config.teacher_steps,
-                 "unet_evals": cfg * config.teacher_steps, "seconds": reference_s, "images": reference})
+        rows.append(
+            {
+                "method": f"teacher ddim-{steps}{tag}",
+                "nfe": steps,
+                "unet_evals": cfg * steps,
+                "seconds": seconds,
+                "images": images,
+            }
+        )
+    rows.append(
+        {
+            "method": f"teacher ddim-{config.teacher_steps} (target)",
+            "nfe": config.teacher_steps,
+            "unet_evals": cfg * config.teacher_steps,
+            "seconds": reference_s,
+            "images": reference,
+        }
+    )
     for row in rows:
         images = row.pop("images")
         row["ms_per_image"] = 1000 * row.pop("seconds") / args.num_images
@@ -161,21 +205,38 @@ def main(argv: list[str] | None = None) -> None:
         from training.dsno import heldout_errors
 
         heldout = heldout_errors(student, TrajectoryDataset(args.trajectories, "val", args.holdout_fraction))
-    result = {"student": args.student, "teacher": config.teacher, "teacher_steps": config.teacher_steps,
-              "time_grid": list(config.timesteps), "guidance_scale": guidance, "num_images": args.num_images,
-              "threads": args.threads, "rows": rows, "heldout_mse_per_slice": heldout}
+    result = {
+        "student": args.student,
+        "teacher": config.teacher,
+        "teacher_steps": config.teacher_steps,
+        "time_grid": list(config.timesteps),
+        "guidance_scale": guidance,
+        "num_images": args.num_images,
+        "threads": args.threads,
+        "rows": rows,
+        "heldout_mse_per_slice": heldout,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     keys = [k for k in rows[0] if k not in ("method",)]
-    lines = [f"# DSNO vs teacher DDIM: {args.student} ({args.num_images} images, {args.threads} thread(s))", "",
-             "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines = [
+        f"# DSNO vs teacher DDIM: {args.student} ({args.num_images} images, {args.threads} thread(s))",
+        "",
+        "| method | " + " | ".join(keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
     for row in rows:
         cells = [f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     if heldout is not None:
-        lines += ["", "Held-out per-slice MSE (t = " + ", ".join(map(str, config.timesteps)) + "): "
-                  + ", ".join(f"{v:.4g}" for v in heldout)]
+        lines += [
+            "",
+            "Held-out per-slice MSE (t = "
+            + ", ".join(map(str, config.timesteps))
+            + "): "
+            + ", ".join(f"{v:.4g}" for v in heldout),
+        ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -27,7 +27,9 @@ from studio.models.dit import DiTConfig, build_dit
 from studio.pipelines.dit import StudioDiTPipeline
 
 
-def plain_loop(transformer, scheduler, labels: list[int], seeds: list[int], steps: int, guidance: float) -> torch.Tensor:
+def plain_loop(
+    transformer, scheduler, labels: list[int], seeds: list[int], steps: int, guidance: float
+) -> torch.Tensor:
     """The minimal CFG sampling loop a user would write by hand (no records, no plugins, no checks)."""
     size, channels = transformer.config.sample_size, transformer.config.in_channels
     generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -49,16 +51,26 @@ def sampling_overhead(pipe: StudioDiTPipeline, repeats: int, batch: int = 16, st
     times = {"pipeline": [], "plain": []}
     for _ in range(repeats):
         start = time.perf_counter()
-        ours = pipe(class_labels=labels, seed=seeds, num_inference_steps=steps, scheduler="ddim", guidance_scale=4.0,
-                    output_type="pt").images
+        ours = pipe(
+            class_labels=labels,
+            seed=seeds,
+            num_inference_steps=steps,
+            scheduler="ddim",
+            guidance_scale=4.0,
+            output_type="pt",
+        ).images
         times["pipeline"].append(time.perf_counter() - start)
         start = time.perf_counter()
         plain = plain_loop(pipe.transformer, scheduler, labels, seeds, steps, 4.0)
         times["plain"].append(time.perf_counter() - start)
     pipeline_s, plain_s = statistics.median(times["pipeline"]), statistics.median(times["plain"])
-    return {"measure": f"sampling {batch} images x {steps} DDIM steps, CFG 4", "pipeline_s": pipeline_s,
-            "plain_loop_s": plain_s, "ratio": pipeline_s / plain_s,
-            "max_abs_diff": float((ours - plain).abs().max())}
+    return {
+        "measure": f"sampling {batch} images x {steps} DDIM steps, CFG 4",
+        "pipeline_s": pipeline_s,
+        "plain_loop_s": plain_s,
+        "ratio": pipeline_s / plain_s,
+        "max_abs_diff": float((ours - plain).abs().max()),
+    }
 
 
 def training_throughput(preset: str, steps: int) -> dict:
@@ -67,22 +79,41 @@ def training_throughput(preset: str, steps: int) -> dict:
     from training.loop import train
 
     with tempfile.TemporaryDirectory() as folder:
-        config = load_config("dit", get_family("dit").config_class, preset,
-                             [f"output_dir={folder}", f"max_steps={steps}", f"checkpointing_steps={steps}",
-                              "sample_every=0", "model.sample_steps=2", "num_sample_images=4", "log_every=1"])
+        config = load_config(
+            "dit",
+            get_family("dit").config_class,
+            preset,
+            [
+                f"output_dir={folder}",
+                f"max_steps={steps}",
+                f"checkpointing_steps={steps}",
+                "sample_every=0",
+                "model.sample_steps=2",
+                "num_sample_images=4",
+                "log_every=1",
+            ],
+        )
         stamps: list[float] = []
         start = time.perf_counter()
         train(config, on_step=lambda step, logs: stamps.append(time.perf_counter()))
         elapsed = time.perf_counter() - start
     warm = len(stamps) // 4  # skip the first steps (allocator and kernel warm-up)
     s_per_step = (stamps[-1] - stamps[warm]) / (len(stamps) - 1 - warm)
-    return {"measure": f"training dit {preset}", "batch_size": config.batch_size, "steps": steps,
-            "images_per_s": config.batch_size / s_per_step, "s_per_step": s_per_step, "wall_s_incl_setup": elapsed}
+    return {
+        "measure": f"training dit {preset}",
+        "batch_size": config.batch_size,
+        "steps": steps,
+        "images_per_s": config.batch_size / s_per_step,
+        "s_per_step": s_per_step,
+        "wall_s_incl_setup": elapsed,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default="", help="a trained DiT; default: random mnist-small-sized DiT")
+    parser.add_argument(
+        "--checkpoint", default="", help="a trained DiT; default: random mnist-small-sized DiT"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=30)
     args = parser.parse_args(argv)
@@ -93,11 +124,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = [sampling_overhead(pipe, args.repeats)]
     for preset in ("mnist-tiny", "mnist-small"):
         rows.append(training_throughput(preset, args.train_steps))
-    write_results("foundation", rows, ["measure", "pipeline_s", "plain_loop_s", "ratio", "images_per_s", "s_per_step"],
-                  notes=f"Command: `python bench/foundation.py {' '.join(sys.argv[1:])}`. Pipeline and plain loop "
-                        "alternate in one process; times are medians. The pipeline's extra cost is per-image "
-                        "generators, the record and the batch-invariance padding of tiny GEMMs.",
-                  settings=vars(args))
+    write_results(
+        "foundation",
+        rows,
+        ["measure", "pipeline_s", "plain_loop_s", "ratio", "images_per_s", "s_per_step"],
+        notes=f"Command: `python bench/foundation.py {' '.join(sys.argv[1:])}`. Pipeline and plain loop "
+        "alternate in one process; times are medians. The pipeline's extra cost is per-image "
+        "generators, the record and the batch-invariance padding of tiny GEMMs.",
+        settings=vars(args),
+    )
     for row in rows:
         print(row)
 

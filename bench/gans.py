@@ -67,8 +67,9 @@ def sample(pipe: Any, num_samples: int, truncation: float | None) -> tuple[torch
     """Balanced conditional samples: uint8 (N, C, H, W), their classes, images per second."""
     labels = np.arange(num_samples) % pipe.num_classes
     started = time.perf_counter()
-    images = pipe(num_images=num_samples, class_labels=labels.tolist(), seed=0, truncation=truncation,
-                  output_type="pt").images  # [0, 1]
+    images = pipe(
+        num_images=num_samples, class_labels=labels.tolist(), seed=0, truncation=truncation, output_type="pt"
+    ).images  # [0, 1]
     rate = num_samples / (time.perf_counter() - started)
     return to_uint8(images, value_range=(0.0, 1.0)), labels, rate
 
@@ -119,20 +120,29 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {name} | {row['trained_steps']} | {row['train_minutes']} | {row['train_images_per_s']} | "
             f"{row['sample_images_per_s']} | {m['class_accuracy']:.3f} | {m['domain_fd']:.2f} | "
             f"{m['classifier_score']:.2f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['density']:.3f} | "
-            f"{m['coverage']:.3f} |")
+            f"{m['coverage']:.3f} |"
+        )
     real = results["real_validation"]
-    lines.append(f"| real val images | | | | | {real['class_accuracy']:.3f} | {real['domain_fd']:.2f} | "
-                 f"{real['classifier_score']:.2f} | {real['precision']:.3f} | {real['recall']:.3f} | "
-                 f"{real['density']:.3f} | {real['coverage']:.3f} |")
+    lines.append(
+        f"| real val images | | | | | {real['class_accuracy']:.3f} | {real['domain_fd']:.2f} | "
+        f"{real['classifier_score']:.2f} | {real['precision']:.3f} | {real['recall']:.3f} | "
+        f"{real['density']:.3f} | {real['coverage']:.3f} |"
+    )
     for family, sweep in results["truncation_sweep"].items():
-        lines += ["", f"## {family}: truncation sweep (threshold ψ; none = plain N(0, I))", "",
-                  "| ψ | class acc | domain FD | precision | recall | density | coverage |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {family}: truncation sweep (threshold ψ; none = plain N(0, I))",
+            "",
+            "| ψ | class acc | domain FD | precision | recall | density | coverage |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for row in sweep:
             m = row["metrics"]
-            lines.append(f"| {row['truncation'] if row['truncation'] is not None else 'none'} | "
-                         f"{m['class_accuracy']:.3f} | {m['domain_fd']:.2f} | {m['precision']:.3f} | "
-                         f"{m['recall']:.3f} | {m['density']:.3f} | {m['coverage']:.3f} |")
+            lines.append(
+                f"| {row['truncation'] if row['truncation'] is not None else 'none'} | "
+                f"{m['class_accuracy']:.3f} | {m['domain_fd']:.2f} | {m['precision']:.3f} | "
+                f"{m['recall']:.3f} | {m['density']:.3f} | {m['coverage']:.3f} |"
+            )
     lines += ["", "Runs: " + ", ".join(f"`{row['run']}`" for row in results["runs"].values()), ""]
     return "\n".join(lines)
 
@@ -151,20 +161,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="gans", help="results file stem: <out>/<name>.json and .md")
-    parser.add_argument("--note", default="", help="a line of context for the markdown (how runs were extended)")
+    parser.add_argument(
+        "--note", default="", help="a line of context for the markdown (how runs were extended)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     truncations = [float(t) for t in args.truncations.split(",") if t.strip()]
 
-    judge = DomainJudge(shipped_classifier_path("mnist"), build_dataset(DataConfig(name="mnist-5k"), "train").uint8_images())
+    judge = DomainJudge(
+        shipped_classifier_path("mnist"), build_dataset(DataConfig(name="mnist-5k"), "train").uint8_images()
+    )
     real = build_dataset(DataConfig(name="mnist-5k"), "val")
     results: dict[str, Any] = {
-        "settings": {"preset": args.preset, "num_samples": args.num_samples, "threads": torch.get_num_threads(),
-                     "note": args.note,
-                     "classifier": describe_classifier(judge.classifier), "reference_count": len(judge.reference),
-                     "pr_k": PR_K},
+        "settings": {
+            "preset": args.preset,
+            "num_samples": args.num_samples,
+            "threads": torch.get_num_threads(),
+            "note": args.note,
+            "classifier": describe_classifier(judge.classifier),
+            "reference_count": len(judge.reference),
+            "pr_k": PR_K,
+        },
         "real_validation": judge.score(real.uint8_images(), real.labels.numpy()),
         "runs": {},
         "truncation_sweep": {},

@@ -333,7 +333,10 @@ def paired_speedup(baseline: list[float], method: list[float]) -> float:
 
 
 def run_once(
-    pipe: StudioDiTPipeline, method: Method, args: argparse.Namespace, count_work: bool = False,
+    pipe: StudioDiTPipeline,
+    method: Method,
+    args: argparse.Namespace,
+    count_work: bool = False,
     num_images: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     with ExitStack() as stack:
@@ -523,8 +526,10 @@ def markdown(report: dict[str, Any]) -> str:
 def _accuracy_change(entry: dict[str, Any]) -> str:
     if "accuracy_change" not in entry:
         return "–"
-    return (f"{100 * entry['accuracy_change']:+.1f} ± {100 * entry['accuracy_change_ci95']:.1f} pts "
-            f"({entry['verdicts_flipped']} flipped)")
+    return (
+        f"{100 * entry['accuracy_change']:+.1f} ± {100 * entry['accuracy_change_ci95']:.1f} pts "
+        f"({entry['verdicts_flipped']} flipped)"
+    )
 
 
 def _short(stats: dict[str, Any]) -> str:
@@ -570,16 +575,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--quality-images", type=int, default=None,
-                        help="images of the untimed first pass, scored for quality (default: --images)")
+    parser.add_argument(
+        "--quality-images",
+        type=int,
+        default=None,
+        help="images of the untimed first pass, scored for quality (default: --images)",
+    )
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where the model runs")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model and latent dtype")
-    parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default="sdpa",
-                        help="attention kernels (xformers: CUDA only; RAS needs sdpa)")
+    parser.add_argument(
+        "--attention",
+        choices=ATTENTION_BACKENDS,
+        default="sdpa",
+        help="attention kernels (xformers: CUDA only; RAS needs sdpa)",
+    )
     parser.add_argument(
         "--reference", default="mnist-5k", help="built-in dataset for class accuracy / domain FD, or 'none'"
     )

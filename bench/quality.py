@@ -49,8 +49,22 @@ from studio.metrics.reference import stats_cache_dir
 from studio.metrics.samples import to_uint8
 from studio.pipelines.record import make_grid
 
-COLUMNS = ["model", "n", "sampling", "class_accuracy", "min_class_accuracy", "worst_class", "domain_fd", "fid",
-           "kid", "precision", "recall", "failed", "s_per_image", "train_minutes"]
+COLUMNS = [
+    "model",
+    "n",
+    "sampling",
+    "class_accuracy",
+    "min_class_accuracy",
+    "worst_class",
+    "domain_fd",
+    "fid",
+    "kid",
+    "precision",
+    "recall",
+    "failed",
+    "s_per_image",
+    "train_minutes",
+]
 README = ROOT / "README.md"
 README_START, README_END = "<!-- quality-board:start -->", "<!-- quality-board:end -->"
 
@@ -58,18 +72,33 @@ README_START, README_END = "<!-- quality-board:start -->", "<!-- quality-board:e
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="images per model (class-balanced)")
-    parser.add_argument("--models", default="", help="comma-separated shipped names, run names or folders "
-                                                     "(default: every shipped model)")
+    parser.add_argument(
+        "--models",
+        default="",
+        help="comma-separated shipped names, run names or folders (default: every shipped model)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality"),
-                        help="writes OUT.json, OUT.md and OUT/<model>.png")
-    parser.add_argument("--readme", nargs="?", const=str(README), default=None, metavar="PATH",
-                        help="sample nothing: rewrite the table between PATH's quality-board markers (default "
-                             "README.md) from OUT.json and the shipped model cards")
-    parser.add_argument("--check", action="store_true",
-                        help="with --readme: write nothing, exit 1 if the table is out of date")
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "bench" / "results" / "quality"),
+        help="writes OUT.json, OUT.md and OUT/<model>.png",
+    )
+    parser.add_argument(
+        "--readme",
+        nargs="?",
+        const=str(README),
+        default=None,
+        metavar="PATH",
+        help="sample nothing: rewrite the table between PATH's quality-board markers (default "
+        "README.md) from OUT.json and the shipped model cards",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="with --readme: write nothing, exit 1 if the table is out of date",
+    )
     args = parser.parse_args(argv)
     if args.n < 10:
         raise StudioError(f"--n must be at least 10 (precision/recall need neighbours), got {args.n}")
@@ -79,7 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def shipped_models() -> list[str]:
-    return [entry.name for entry in list_models() if entry.source == "shipped" and entry.family != "unreadable"]
+    return [
+        entry.name for entry in list_models() if entry.source == "shipped" and entry.family != "unreadable"
+    ]
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -98,8 +129,9 @@ def validation_digits(dataset: str, labels: list[int]) -> list[np.ndarray]:
     return digits
 
 
-def sample(pipe: Any, settings: dict[str, Any], n: int, seed: int, batch_size: int,
-           dataset: str) -> tuple[torch.Tensor, list[int] | None, float]:
+def sample(
+    pipe: Any, settings: dict[str, Any], n: int, seed: int, batch_size: int, dataset: str
+) -> tuple[torch.Tensor, list[int] | None, float]:
     """uint8 images (n, C, H, W), their requested classes (None: unconditional) and seconds per image."""
     num_classes = int(getattr(pipe, "num_classes", 0) or 0)
     labels = [i % num_classes for i in range(n)] if num_classes else None
@@ -158,8 +190,11 @@ def score(images: torch.Tensor, labels: list[int] | None, dataset: str, n: int) 
 def grid(images: torch.Tensor, labels: list[int] | None, num_classes: int, path: Path) -> None:
     """Row k: the first ten images of class k (unconditional: the first 100 images)."""
     pixels = images.permute(0, 2, 3, 1).numpy()
-    picture = (class_grid(pixels, np.asarray(labels), num_classes, 10) if labels is not None
-               else make_grid(pixels[:100], columns=10))
+    picture = (
+        class_grid(pixels, np.asarray(labels), num_classes, 10)
+        if labels is not None
+        else make_grid(pixels[:100], columns=10)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)
 
@@ -174,10 +209,16 @@ def board_row(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     label = Path(name).name if Path(name).exists() else name
     grid(images, labels, int(getattr(pipe, "num_classes", 0) or 0), out / f"{label}.png")
     train_seconds = card.get("train_seconds")
-    return {"model": label, "n": args.n, "sampling": json.dumps(settings, sort_keys=True),
-            **score(images, labels, dataset, args.n), "s_per_image": round(seconds, 4),
-            "train_minutes": round(float(train_seconds) / 60, 1) if train_seconds is not None else None,
-            "seed": args.seed, "threads": args.threads}
+    return {
+        "model": label,
+        "n": args.n,
+        "sampling": json.dumps(settings, sort_keys=True),
+        **score(images, labels, dataset, args.n),
+        "s_per_image": round(seconds, 4),
+        "train_minutes": round(float(train_seconds) / 60, 1) if train_seconds is not None else None,
+        "seed": args.seed,
+        "threads": args.threads,
+    }
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -188,15 +229,19 @@ def write_board(rows: list[dict[str, Any]], out: Path) -> None:
     names = {row["model"] for row in rows}
     merged = sorted([row for row in kept if row["model"] not in names] + rows, key=lambda row: row["model"])
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"benchmark": "quality", "machine": machine(), "rows": merged}, indent=2) + "\n")
+    json_path.write_text(
+        json.dumps({"benchmark": "quality", "machine": machine(), "rows": merged}, indent=2) + "\n"
+    )
     lines = [
         "# Quality board",
         "",
-        ("Each row: n images at the card's sampling settings (seed 0 + i, class i % 10), scored by the shipped "
-        "MNIST judge (class accuracy, worst class, domain FD vs the training split), Inception-v3 FID / KID / "
-        "precision / recall vs the first n MNIST validation images (biased by n: compare rows at equal n), "
-        "share of failed images (studio/metrics/failures.py), sampling seconds per image at the stated "
-        "threads, and the card's CPU training minutes. Reproduce: `studio bench quality --models NAME --n N`."),
+        (
+            "Each row: n images at the card's sampling settings (seed 0 + i, class i % 10), scored by the shipped "
+            "MNIST judge (class accuracy, worst class, domain FD vs the training split), Inception-v3 FID / KID / "
+            "precision / recall vs the first n MNIST validation images (biased by n: compare rows at equal n), "
+            "share of failed images (studio/metrics/failures.py), sampling seconds per image at the stated "
+            "threads, and the card's CPU training minutes. Reproduce: `studio bench quality --models NAME --n N`."
+        ),
         "",
         f"| {' | '.join(COLUMNS)} |",
         f"|{'---|' * len(COLUMNS)}",
@@ -207,11 +252,29 @@ def write_board(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ README table
-FAMILY_ORDER = {"dit": "DiT", "sagan": "SAGAN", "biggan": "BigGAN", "adm": "ADM + noisy classifier",
-                "controlnet": "ControlNet (over adm-mnist)", "score": "score SDE", "dsno": "DSNO student"}
+FAMILY_ORDER = {
+    "dit": "DiT",
+    "sagan": "SAGAN",
+    "biggan": "BigGAN",
+    "adm": "ADM + noisy classifier",
+    "controlnet": "ControlNet (over adm-mnist)",
+    "score": "score SDE",
+    "dsno": "DSNO student",
+}
 SCHEDULER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "pc": "PC", "ode": "ODE", "langevin": "Langevin"}
-README_COLUMNS = ["model", "family", "training (CPU)", "sampling", "class accuracy", "worst class", "domain FD",
-                  "FID", "n", "measured by", "notes"]
+README_COLUMNS = [
+    "model",
+    "family",
+    "training (CPU)",
+    "sampling",
+    "class accuracy",
+    "worst class",
+    "domain FD",
+    "FID",
+    "n",
+    "measured by",
+    "notes",
+]
 
 
 def _sampling_text(settings: dict[str, Any], family: str) -> str:
@@ -220,14 +283,25 @@ def _sampling_text(settings: dict[str, Any], family: str) -> str:
     if "scheduler" in settings:
         name = str(settings["scheduler"])
         parts.append(f"{SCHEDULER_NAMES.get(name, name)} {settings.get('num_inference_steps', '')}".strip())
-    for key, label in (("guidance_scale", "CFG"), ("classifier_scale", "classifier scale"),
-                       ("controlnet_conditioning_scale", "control scale"), ("truncation", "truncation")):
+    for key, label in (
+        ("guidance_scale", "CFG"),
+        ("classifier_scale", "classifier scale"),
+        ("controlnet_conditioning_scale", "control scale"),
+        ("truncation", "truncation"),
+    ):
         if key in settings:
             parts.append(f"{label} {settings[key]:g}")
     if "condition" in settings:
         parts.append(f"{settings['condition']} hints")
-    known = {"scheduler", "num_inference_steps", "guidance_scale", "classifier_scale", "controlnet_conditioning_scale",
-             "truncation", "condition"}
+    known = {
+        "scheduler",
+        "num_inference_steps",
+        "guidance_scale",
+        "classifier_scale",
+        "controlnet_conditioning_scale",
+        "truncation",
+        "condition",
+    }
     parts += [f"{key}={value}" for key, value in sorted(settings.items()) if key not in known]
     if not parts:
         return "one network call" if family == "dsno" else "one generator call"
@@ -260,27 +334,35 @@ def readme_rows(board_json: Path, weights: Path = SHIPPED_DIR) -> list[dict[str,
         worst, names = source.get("worst_class"), card.get("class_names") or []
         notes = []
         if "edge_f1" in metrics:
-            notes.append(f"edge F1 {metrics['edge_f1']:.3g} ({metrics['edge_f1_scale0']:.3g} without control)")
+            notes.append(
+                f"edge F1 {metrics['edge_f1']:.3g} ({metrics['edge_f1_scale0']:.3g} without control)"
+            )
         histogram = source.get("predicted_class_histogram")
         if source.get("class_accuracy") is None and histogram:
             top = int(np.argmax(histogram))
             notes.append(f"unconditional; {histogram[top] / sum(histogram):.0%} read as class {top}")
         steps, seconds = card.get("trained_steps"), card.get("train_seconds")
-        rows.append({
-            "model": f"`{name}`",
-            "family": FAMILY_ORDER[family],
-            "training (CPU)": (f"{steps:,} steps, {seconds / 60:.0f} min" if steps and seconds else "–"),
-            "sampling": _sampling_text(settings, family),
-            "class accuracy": _percent(source.get("class_accuracy"), ".1f"),
-            "worst class": ("–" if worst is None else f"{_percent(source['min_class_accuracy'], '.0f')} "
-                            f"({names[worst] if worst < len(names) else worst})"),
-            "domain FD": _number(source.get("domain_fd"), ".3g"),
-            "FID": _number(source.get("fid"), ".1f"),
-            "n": _number(source.get("n") if on_board else metrics.get("num_samples"), ","),
-            "measured by": "quality board" if on_board else "its model card",
-            "notes": "; ".join(notes),
-            "_order": f"{list(FAMILY_ORDER).index(family)}-{name}",
-        })
+        rows.append(
+            {
+                "model": f"`{name}`",
+                "family": FAMILY_ORDER[family],
+                "training (CPU)": (f"{steps:,} steps, {seconds / 60:.0f} min" if steps and seconds else "–"),
+                "sampling": _sampling_text(settings, family),
+                "class accuracy": _percent(source.get("class_accuracy"), ".1f"),
+                "worst class": (
+                    "–"
+                    if worst is None
+                    else f"{_percent(source['min_class_accuracy'], '.0f')} "
+                    f"({names[worst] if worst < len(names) else worst})"
+                ),
+                "domain FD": _number(source.get("domain_fd"), ".3g"),
+                "FID": _number(source.get("fid"), ".1f"),
+                "n": _number(source.get("n") if on_board else metrics.get("num_samples"), ","),
+                "measured by": "quality board" if on_board else "its model card",
+                "notes": "; ".join(notes),
+                "_order": f"{list(FAMILY_ORDER).index(family)}-{name}",
+            }
+        )
     return sorted(rows, key=lambda row: row.pop("_order"))
 
 
@@ -292,8 +374,11 @@ def readme_judges(weights: Path = SHIPPED_DIR) -> str:
         if card.get("family") != "classifier" or card.get("val_accuracy") is None:
             continue
         split = card.get("val_split") or {}
-        held_out = (f"{split['images']:,} validation images" if "images" in split
-                    else f"a {split.get('val_fraction', 0):.0%} validation split")
+        held_out = (
+            f"{split['images']:,} validation images"
+            if "images" in split
+            else f"a {split.get('val_fraction', 0):.0%} validation split"
+        )
         accuracy = _percent(card["val_accuracy"], ".1f")
         parts.append(f"`{path.parent.name}` ({card.get('dataset')}) {accuracy} on {held_out}")
     return "Judges (class accuracy, worst class, domain FD): " + "; ".join(parts) + "."

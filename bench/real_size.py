@@ -73,7 +73,10 @@ from bench.plugins import TimestepProbe, diffusers_hook, paired_speedup
 RESULTS = report.RESULTS / "real_size"
 CLASS_LABEL = 207  # any ImageNet class: random weights
 CONTENDED = 0.8  # a thread row whose plain run got less CPU time than this share of its threads is flagged
-TARGETS = {"fora": 90.0, "ras": 80.0}  # % of the FLOP bound the FORA and RAS papers approach; FORA + RAS is held to the RAS target
+TARGETS = {
+    "fora": 90.0,
+    "ras": 80.0,
+}  # % of the FLOP bound the FORA and RAS papers approach; FORA + RAS is held to the RAS target
 
 
 # ---------------------------------------------------------------------------- models

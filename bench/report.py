@@ -27,12 +27,22 @@ RESULTS = _results_dir()
 
 def machine() -> dict[str, Any]:
     """Where the numbers were measured."""
-    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
-def write_results(name: str, rows: Sequence[dict[str, Any]], columns: Sequence[str], notes: str = "",
-                  settings: dict[str, Any] | None = None) -> tuple[Path, Path]:
+def write_results(
+    name: str,
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    notes: str = "",
+    settings: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
     """``bench/results/<name>.json`` (rows + settings + machine) and ``<name>.md`` (a table)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"

@@ -55,8 +55,17 @@ from studio.models.adm import ADMConfig, build_adm_unet
 from studio.testing import char_clip_tokenizer, sd_ddim_scheduler, tiny_clip_text_config, tiny_sd_vae
 
 RESULTS = report.RESULTS / "unet_plugins"
-ADM_SHAPE = ADMConfig(sample_size=28, in_channels=1, model_channels=32, channel_mult=[1, 2, 2], layers_per_block=1,
-                      attention_resolutions=[14], head_channels=32, norm_groups=8, num_classes=10)
+ADM_SHAPE = ADMConfig(
+    sample_size=28,
+    in_channels=1,
+    model_channels=32,
+    channel_mult=[1, 2, 2],
+    layers_per_block=1,
+    attention_resolutions=[14],
+    head_channels=32,
+    norm_groups=8,
+    num_classes=10,
+)
 ADM_CLASSES = ADM_SHAPE.num_classes
 METHODS: dict[str, tuple[str, ...]] = {
     "plain": (),

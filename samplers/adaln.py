@@ -82,7 +82,9 @@ class _DiT:
         hooks.add(self.norms[0].emb, _ValueHook(table, "conditioning"), ADALN_VALUE_HOOK)
         hooks.add(self.model.proj_out_1, _ValueHook(table, "output"), ADALN_VALUE_HOOK)
 
-    def compute(self, times: torch.Tensor, condition: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def compute(
+        self, times: torch.Tensor, condition: torch.Tensor, dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]:
         values = {}
         for index, norm in enumerate(self.norms):
             embedding = norm.emb(times, condition, hidden_dtype=dtype)  # (rows, D)
@@ -133,12 +135,16 @@ class _SD3:
         for name, norm in self.norms.items():
             hooks.add(norm.linear, _ValueHook(table, name), ADALN_VALUE_HOOK)
 
-    def compute(self, times: torch.Tensor, condition: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def compute(
+        self, times: torch.Tensor, condition: torch.Tensor, dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]:
         temb = self.model.time_text_embed(times, condition)  # (rows, D)
         values = {"temb": temb}
         for name, norm in self.norms.items():  # each norm's own expression for the linear's input
             activated = norm.silu(temb)
-            values[name] = norm.linear(activated.to(dtype) if isinstance(norm, AdaLayerNormContinuous) else activated)
+            values[name] = norm.linear(
+                activated.to(dtype) if isinstance(norm, AdaLayerNormContinuous) else activated
+            )
         return values
 
 
@@ -167,7 +173,9 @@ class _Window:
     def covers(self, step: int) -> bool:
         return 0 <= step - self.first < self.times.shape[0]
 
-    def offset(self, step: int, timestep: torch.Tensor, condition: torch.Tensor, planned_view: bool) -> int | None:
+    def offset(
+        self, step: int, timestep: torch.Tensor, condition: torch.Tensor, planned_view: bool
+    ) -> int | None:
         """Row of ``step`` in this window if the call's timesteps and condition match it, else None.
 
         A timestep that is a view of the planned timesteps, and the very condition tensor the
@@ -274,8 +282,14 @@ class ConditioningTable:
                 return step, True
         return self._steps.get(float(timestep[0])), False
 
-    def _build(self, step: int, timestep: torch.Tensor, condition: torch.Tensor, dtype: torch.dtype,
-               versions: tuple[int, ...]) -> _Window:
+    def _build(
+        self,
+        step: int,
+        timestep: torch.Tensor,
+        condition: torch.Tensor,
+        dtype: torch.dtype,
+        versions: tuple[int, ...],
+    ) -> _Window:
         """Conditioning of planned steps ``step ..`` (as many as `WINDOW_BUDGET_BYTES` allows)."""
         rows = condition.shape[0]
         per_step = rows * self.family.row_width * torch.finfo(dtype).bits // 8
@@ -283,10 +297,18 @@ class ConditioningTable:
         times = self.planned[step : step + count].to(device=timestep.device, dtype=timestep.dtype)
         times = times[:, None].expand(count, rows)  # (W, B)
         repeated = condition.repeat(count, *([1] * (condition.ndim - 1)))  # (W * B, ...)
-        values = self.family.compute(times.reshape(-1), repeated, dtype)  # `current` is None: hooks pass through
+        values = self.family.compute(
+            times.reshape(-1), repeated, dtype
+        )  # `current` is None: hooks pass through
         self.builds += 1
         return _Window(
-            step, times, condition.clone(), condition, condition._version, dtype, versions,
+            step,
+            times,
+            condition.clone(),
+            condition,
+            condition._version,
+            dtype,
+            versions,
             {name: value.view(count, rows, *value.shape[1:]) for name, value in values.items()},
         )
 

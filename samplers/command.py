@@ -10,8 +10,13 @@ from studio.pipelines.command import SampleExtension
 
 
 def add_plugin_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plugin", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                        help="fast-sampling plugin, e.g. fora:interval=3 (repeatable)")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="fast-sampling plugin, e.g. fora:interval=3 (repeatable)",
+    )
 
 
 def apply_plugins(pipe: Any, args: argparse.Namespace) -> None:

@@ -74,24 +74,40 @@ class EncPropConfig:
     Each setting's meaning and trade-off is its field's ``help`` (shown as help by the app).
     """
 
-    keys: str = field(default="paper", metadata={"help": (
-        'the key steps (encoder runs): ``"paper"`` (the 50-step set {0,1,2,3,5,10,15,25,35}, the 20-step DPM- '
-        'Solver set {0,1,2,3,5,10,15}, else the 50-step set rescaled), ``"all"`` (neutral: every step is a '
-        'key step), ``"uniform:k"`` (every k-th step) or an explicit list ``"0/1/2/5/10"``. Step 0 is always '
-        'a key step; keys past the last step are dropped.'
-    )})
-    parallel: bool = field(default=True, metadata={"help": (
-        "decode consecutive non-key steps as one batch (faster on GPUs, more memory); False decodes one step "
-        "per call."
-    )})
+    keys: str = field(
+        default="paper",
+        metadata={
+            "help": (
+                'the key steps (encoder runs): ``"paper"`` (the 50-step set {0,1,2,3,5,10,15,25,35}, the 20-step DPM- '
+                'Solver set {0,1,2,3,5,10,15}, else the 50-step set rescaled), ``"all"`` (neutral: every step is a '
+                'key step), ``"uniform:k"`` (every k-th step) or an explicit list ``"0/1/2/5/10"``. Step 0 is always '
+                "a key step; keys past the last step are dropped."
+            )
+        },
+    )
+    parallel: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "decode consecutive non-key steps as one batch (faster on GPUs, more memory); False decodes one step "
+                "per call."
+            )
+        },
+    )
     max_parallel: int = field(default=16, metadata={"help": "at most this many steps per decoder batch."})
-    inject_alpha: float = field(default=0.003, metadata={"help": (
-        "prior noise injection strength (0.003 in the paper; 0 turns it off)."
-    )})
-    inject_tau_frac: float = field(default=0.5, metadata={"help": (
-        "inject on steps with ``t < inject_tau_frac * num_train_timesteps`` (EDM-style schedulers without "
-        "train-step timesteps: the last ``1 - inject_tau_frac`` of steps)."
-    )})
+    inject_alpha: float = field(
+        default=0.003,
+        metadata={"help": ("prior noise injection strength (0.003 in the paper; 0 turns it off).")},
+    )
+    inject_tau_frac: float = field(
+        default=0.5,
+        metadata={
+            "help": (
+                "inject on steps with ``t < inject_tau_frac * num_train_timesteps`` (EDM-style schedulers without "
+                "train-step timesteps: the last ``1 - inject_tau_frac`` of steps)."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.keys, (list, tuple)):

@@ -75,34 +75,54 @@ class FORAConfig:
     Each setting's meaning and trade-off is its field's ``help`` (shown as help by the app).
     """
 
-    cache_interval: int = field(default=3, metadata={"help": (
-        "N, refresh every N-th evaluation. 1 turns caching off (bit-identical to no plugin); 2-3 is safe at "
-        "20-50 steps, 4+ trades visible quality for speed."
-    )})
-    anchor: str = field(default="end", metadata={"help": (
-        '``"end"`` (reference): refresh at k = 0 and when (T-1-k) mod N = 0, so the last step is fresh; '
-        '``"start"``: when k mod N = 0.'
-    )})
-    warmup_steps: int = field(default=0, metadata={"help": (
-        "always refresh the first W evaluations (helps few-step runs)."
-    )})
+    cache_interval: int = field(
+        default=3,
+        metadata={
+            "help": (
+                "N, refresh every N-th evaluation. 1 turns caching off (bit-identical to no plugin); 2-3 is safe at "
+                "20-50 steps, 4+ trades visible quality for speed."
+            )
+        },
+    )
+    anchor: str = field(
+        default="end",
+        metadata={
+            "help": (
+                '``"end"`` (reference): refresh at k = 0 and when (T-1-k) mod N = 0, so the last step is fresh; '
+                '``"start"``: when k mod N = 0.'
+            )
+        },
+    )
+    warmup_steps: int = field(
+        default=0, metadata={"help": ("always refresh the first W evaluations (helps few-step runs).")}
+    )
     cooldown_steps: int = field(default=0, metadata={"help": "always refresh the last C evaluations."})
-    num_inference_steps: int | None = field(default=None, metadata={"help": (
-        "T when no scheduler tells it (a bare model target)."
-    )})
+    num_inference_steps: int | None = field(
+        default=None, metadata={"help": ("T when no scheduler tells it (a bare model target).")}
+    )
     cache_attention: bool = field(default=True, metadata={"help": "cache the attention outputs."})
     cache_mlp: bool = field(default=True, metadata={"help": "cache the feed-forward outputs."})
-    cache_context_stream: bool = field(default=True, metadata={"help": (
-        "SD3: also cache the text-stream feed-forward (``ff_context``)."
-    )})
-    clone_on_store: bool = field(default=False, metadata={"help": (
-        "store copies instead of references (defensive; blocks do not modify these outputs in place, so the "
-        "default False is safe and free)."
-    )})
-    precompute_conditioning: bool = field(default=True, metadata={"help": (
-        "take the adaLN conditioning from a table built once per generation (`samplers.adaln`) instead of "
-        "recomputing it per block and step; equal to float32 rounding. Unused at N = 1."
-    )})
+    cache_context_stream: bool = field(
+        default=True, metadata={"help": ("SD3: also cache the text-stream feed-forward (``ff_context``).")}
+    )
+    clone_on_store: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "store copies instead of references (defensive; blocks do not modify these outputs in place, so the "
+                "default False is safe and free)."
+            )
+        },
+    )
+    precompute_conditioning: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "take the adaLN conditioning from a table built once per generation (`samplers.adaln`) instead of "
+                "recomputing it per block and step; equal to float32 rounding. Unused at N = 1."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         if (
@@ -351,7 +371,9 @@ def _replay_dit_block(
     """
     if modulation is None:
         norm1 = block.norm1
-        modulation = norm1.linear(norm1.silu(norm1.emb(timestep, class_labels, hidden_dtype=hidden_states.dtype)))
+        modulation = norm1.linear(
+            norm1.silu(norm1.emb(timestep, class_labels, hidden_dtype=hidden_states.dtype))
+        )
     _, _, gate_msa, _, _, gate_mlp = modulation.chunk(6, dim=1)
     hidden_states = gate_msa.unsqueeze(1) * attn_output + hidden_states  # (B, N, D)
     return gate_mlp.unsqueeze(1) * ff_output + hidden_states

@@ -83,45 +83,78 @@ class RASConfig:
     Each setting's meaning and trade-off is its field's ``help`` (shown as help by the app).
     """
 
-    sample_ratio: float = field(default=0.5, metadata={"help": (
-        "share of image tokens recomputed on RAS steps; 1.0 turns RAS off (bit-identical to no plugin). 0.5 "
-        "is the reference default; below 0.3 quality drops."
-    )})
-    scheduler_start_step: StepSpec = field(default=0.14, metadata={"help": (
-        "first RAS step; all earlier steps are dense (>= 1: selection needs a previous output)."
-    )})
-    scheduler_end_step: StepSpec | None = field(default=None, metadata={"help": (
-        "last RAS step (None: the last step); later steps are dense."
-    )})
-    error_reset_steps: tuple[StepSpec, ...] = field(default=(0.43, 0.71), metadata={"help": (
-        "dense steps inside the RAS range that refresh every token and the K/V caches; out-of-range entries "
-        "are dropped with a warning."
-    )})
-    metric: str = field(default="std", metadata={"help": (
-        'per-pixel focus metric over channels: ``"std"`` (reference) or ``"l2norm"``; one-channel models '
-        '(pixel-space MNIST) always use ``"l2norm"`` (a std over one value is undefined).'
-    )})
-    high_ratio: float = field(default=1.0, metadata={"help": (
-        "share of the skipped tokens taken from the top of the metric ranking (reference default 1.0: the "
-        "largest-metric tokens are reused; 0 skips the smallest)."
-    )})
-    starvation_scale: float = field(default=0.1, metadata={"help": (
-        "s in the factor exp(s * times_skipped) applied to the metric."
-    )})
-    starvation_mode: str = field(default="reference", metadata={"help": (
-        "``\"reference\"`` multiplies by the factor (as the reference code does: often-skipped tokens are "
-        "skipped even more); ``\"inverse\"`` divides (the README's intent)."
-    )})
-    skip_num_step: int = field(default=0, metadata={"help": (
-        "dynamic schedule: change of the skip count per block of steps."
-    )})
-    skip_num_step_length: int = field(default=0, metadata={"help": (
-        "dynamic schedule: steps per block (0 = static schedule)."
-    )})
-    precompute_conditioning: bool = field(default=True, metadata={"help": (
-        "take the adaLN conditioning from a table built once per generation (`samplers.adaln`) instead of "
-        "recomputing it per block and step; equal to float32 rounding. Unused at ratio 1."
-    )})
+    sample_ratio: float = field(
+        default=0.5,
+        metadata={
+            "help": (
+                "share of image tokens recomputed on RAS steps; 1.0 turns RAS off (bit-identical to no plugin). 0.5 "
+                "is the reference default; below 0.3 quality drops."
+            )
+        },
+    )
+    scheduler_start_step: StepSpec = field(
+        default=0.14,
+        metadata={
+            "help": ("first RAS step; all earlier steps are dense (>= 1: selection needs a previous output).")
+        },
+    )
+    scheduler_end_step: StepSpec | None = field(
+        default=None, metadata={"help": ("last RAS step (None: the last step); later steps are dense.")}
+    )
+    error_reset_steps: tuple[StepSpec, ...] = field(
+        default=(0.43, 0.71),
+        metadata={
+            "help": (
+                "dense steps inside the RAS range that refresh every token and the K/V caches; out-of-range entries "
+                "are dropped with a warning."
+            )
+        },
+    )
+    metric: str = field(
+        default="std",
+        metadata={
+            "help": (
+                'per-pixel focus metric over channels: ``"std"`` (reference) or ``"l2norm"``; one-channel models '
+                '(pixel-space MNIST) always use ``"l2norm"`` (a std over one value is undefined).'
+            )
+        },
+    )
+    high_ratio: float = field(
+        default=1.0,
+        metadata={
+            "help": (
+                "share of the skipped tokens taken from the top of the metric ranking (reference default 1.0: the "
+                "largest-metric tokens are reused; 0 skips the smallest)."
+            )
+        },
+    )
+    starvation_scale: float = field(
+        default=0.1, metadata={"help": ("s in the factor exp(s * times_skipped) applied to the metric.")}
+    )
+    starvation_mode: str = field(
+        default="reference",
+        metadata={
+            "help": (
+                '``"reference"`` multiplies by the factor (as the reference code does: often-skipped tokens are '
+                'skipped even more); ``"inverse"`` divides (the README\'s intent).'
+            )
+        },
+    )
+    skip_num_step: int = field(
+        default=0, metadata={"help": ("dynamic schedule: change of the skip count per block of steps.")}
+    )
+    skip_num_step_length: int = field(
+        default=0, metadata={"help": ("dynamic schedule: steps per block (0 = static schedule).")}
+    )
+    precompute_conditioning: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "take the adaLN conditioning from a table built once per generation (`samplers.adaln`) instead of "
+                "recomputing it per block and step; equal to float32 rounding. Unused at ratio 1."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sample_ratio <= 1.0:

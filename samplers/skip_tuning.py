@@ -46,21 +46,36 @@ class SkipTuningConfig:
     Each setting's meaning and trade-off is its field's ``help`` (shown as help by the app).
     """
 
-    rho_top: float = field(default=1.0, metadata={"help": (
-        "factor on the outermost skip (the ``conv_in`` output)."
-    )})
-    rho_bottom: float = field(default=1.0, metadata={"help": (
-        "factor on the deepest skip. Values below 1 (0.7-0.95) strengthen the decoder's nonlinear path; the "
-        "best pair depends on the model, sampler and step count."
-    )})
-    granularity: str = field(default="skip", metadata={"help": (
-        '``"skip"`` interpolates over every skip tensor; ``"level"`` over up blocks (all skips one up block '
-        'consumes share a factor; bottom = ``up_blocks[0]``).'
-    )})
-    sigma_window: tuple[float, ...] | None = field(default=None, metadata={"help": (
-        "``(lo, hi)`` in the scheduler's timestep units: scale only where ``lo <= t <= hi`` (rho = 1 "
-        "elsewhere); None scales at every step."
-    )})
+    rho_top: float = field(
+        default=1.0, metadata={"help": ("factor on the outermost skip (the ``conv_in`` output).")}
+    )
+    rho_bottom: float = field(
+        default=1.0,
+        metadata={
+            "help": (
+                "factor on the deepest skip. Values below 1 (0.7-0.95) strengthen the decoder's nonlinear path; the "
+                "best pair depends on the model, sampler and step count."
+            )
+        },
+    )
+    granularity: str = field(
+        default="skip",
+        metadata={
+            "help": (
+                '``"skip"`` interpolates over every skip tensor; ``"level"`` over up blocks (all skips one up block '
+                "consumes share a factor; bottom = ``up_blocks[0]``)."
+            )
+        },
+    )
+    sigma_window: tuple[float, ...] | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "``(lo, hi)`` in the scheduler's timestep units: scale only where ``lo <= t <= hi`` (rho = 1 "
+                "elsewhere); None scales at every step."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("rho_top", "rho_bottom"):

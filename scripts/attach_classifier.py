@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("adm", help="ADM run or pipeline folder")
     parser.add_argument("classifier", help="adm_classifier run, its pipeline folder, or a classifier folder")
-    parser.add_argument("--out", default=None, help="output pipeline folder (default: replace the ADM pipeline)")
+    parser.add_argument(
+        "--out", default=None, help="output pipeline folder (default: replace the ADM pipeline)"
+    )
     args = parser.parse_args(argv)
     try:
         target = attach_classifier(args.adm, args.classifier, args.out)

@@ -24,8 +24,9 @@ from studio.pipelines.adm import load_noisy_classifier
 
 
 @torch.no_grad()
-def noisy_accuracy(classifier_source: str, timesteps: list[int], dataset: str = "mnist",
-                   batch_size: int = 250) -> dict[int, float]:
+def noisy_accuracy(
+    classifier_source: str, timesteps: list[int], dataset: str = "mnist", batch_size: int = 250
+) -> dict[int, float]:
     """Timestep -> val accuracy of the classifier on x_t."""
     classifier = load_noisy_classifier(classifier_source).eval()
     config = classifier.config
@@ -37,8 +38,12 @@ def noisy_accuracy(classifier_source: str, timesteps: list[int], dataset: str = 
     for t in timesteps:
         t_all = torch.full((len(images),), t)
         noisy = diffusion.q_sample(images, t_all, torch.randn(images.shape, generator=generator))
-        predicted = torch.cat([classifier(noisy[i:i + batch_size], t_all[i:i + batch_size]).logits.argmax(1)
-                               for i in range(0, len(images), batch_size)])
+        predicted = torch.cat(
+            [
+                classifier(noisy[i : i + batch_size], t_all[i : i + batch_size]).logits.argmax(1)
+                for i in range(0, len(images), batch_size)
+            ]
+        )
         accuracy[t] = (predicted == labels).float().mean().item()
     return accuracy
 
@@ -49,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timesteps", default="0,100,250,500,750,900")
     parser.add_argument("--dataset", default="mnist")
     args = parser.parse_args(argv)
-    for t, value in noisy_accuracy(args.classifier, [int(v) for v in args.timesteps.split(",")], args.dataset).items():
+    for t, value in noisy_accuracy(
+        args.classifier, [int(v) for v in args.timesteps.split(",")], args.dataset
+    ).items():
         print(f"t={t}: val accuracy {value:.3f}")
 
 

@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     pipe.set_progress_bar_config(disable=True)
     columns = pipe.num_classes or 10  # unconditional models: 10 seeds per row
     if pipe.num_classes:
-        out = pipe(class_labels=list(range(columns)) * args.rows, seed=0, output_type="np", **json.loads(args.call))
+        out = pipe(
+            class_labels=list(range(columns)) * args.rows, seed=0, output_type="np", **json.loads(args.call)
+        )
     else:
         out = pipe(num_images=columns * args.rows, seed=0, output_type="np", **json.loads(args.call))
     args.out.parent.mkdir(parents=True, exist_ok=True)

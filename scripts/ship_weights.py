@@ -36,9 +36,12 @@ from studio.metrics.evaluate import evaluate
 from studio.metrics.samples import to_uint8
 
 MAX_BYTES = 25 * 1024 * 1024
-SAMPLING_DEFAULTS = {"num_inference_steps": "sample_steps", "scheduler": "sample_scheduler",
-                     "guidance_scale": "sample_guidance_scale",
-                     "classifier_scale": "sample_classifier_scale"}  # pipeline argument -> card config field
+SAMPLING_DEFAULTS = {
+    "num_inference_steps": "sample_steps",
+    "scheduler": "sample_scheduler",
+    "guidance_scale": "sample_guidance_scale",
+    "classifier_scale": "sample_classifier_scale",
+}  # pipeline argument -> card config field
 
 
 def folder_bytes(folder: Path) -> int:
@@ -57,17 +60,26 @@ def score(folder: Path, num_samples: int, sample_kwargs: dict, dataset: str) -> 
         return score_controlled(pipe, labels, sample_kwargs, dataset)
     for start in range(0, num_samples, 100):
         if labels is None:  # unconditional (score models): no labels, so no class accuracy
-            out = pipe(num_images=min(100, num_samples - start), seed=start, output_type="pt", **sample_kwargs)
+            out = pipe(
+                num_images=min(100, num_samples - start), seed=start, output_type="pt", **sample_kwargs
+            )
         else:
-            out = pipe(class_labels=labels[start:start + 100], seed=start, output_type="pt", **sample_kwargs)
+            out = pipe(
+                class_labels=labels[start : start + 100], seed=start, output_type="pt", **sample_kwargs
+            )
         images.append(to_uint8(out.images, value_range=(0.0, 1.0)))
     seconds = time.perf_counter() - started
     result = evaluate(torch.cat(images), dataset, metrics="acc,dfd" if labels else "dfd", class_labels=labels)
     metrics = {k: round(float(v), 4) for k, v in result.metrics.items()}
     if labels is None:
         metrics["predicted_class_histogram"] = predicted_classes(torch.cat(images), dataset)
-    return {**metrics, "num_samples": num_samples, "sampling": sample_kwargs,
-            "judge": result.settings.get("classifier"), "sample_seconds": round(seconds, 1)}
+    return {
+        **metrics,
+        "num_samples": num_samples,
+        "sampling": sample_kwargs,
+        "judge": result.settings.get("classifier"),
+        "sample_seconds": round(seconds, 1),
+    }
 
 
 def validation_digits(dataset: str, labels: list[int]) -> list:
@@ -100,8 +112,13 @@ def score_controlled(pipe, labels: list[int], sample_kwargs: dict, dataset: str)
         images, conditions = [], []
         started = time.perf_counter()
         for start in range(0, len(labels), 100):
-            out = pipe(controls[start:start + 100], class_labels=labels[start:start + 100], seed=start,
-                       output_type="pt", **{**sample_kwargs, **overrides})
+            out = pipe(
+                controls[start : start + 100],
+                class_labels=labels[start : start + 100],
+                seed=start,
+                output_type="pt",
+                **{**sample_kwargs, **overrides},
+            )
             images.append(out.images)
             conditions.append(out.conditions)
         seconds = time.perf_counter() - started
@@ -109,15 +126,21 @@ def score_controlled(pipe, labels: list[int], sample_kwargs: dict, dataset: str)
         maps = np.concatenate(conditions)
         if sample_kwargs.get("condition", "canny") != "canny":  # edge F1 is against canny edges of the digit
             from studio.data.conditions import condition_maps
+
             maps = np.moveaxis(condition_maps(np.stack(controls), "canny"), 1, -1)
-        scores = evaluate(to_uint8(stacked, value_range=(0.0, 1.0)), dataset, metrics="acc,dfd",
-                          class_labels=labels)
+        scores = evaluate(
+            to_uint8(stacked, value_range=(0.0, 1.0)), dataset, metrics="acc,dfd", class_labels=labels
+        )
         result.update({f"{k}{tag}": round(float(v), 4) for k, v in scores.metrics.items()})
         result[f"edge_f1{tag}"] = round(edge_f1(stacked.permute(0, 2, 3, 1).numpy(), maps), 4)
         result[f"sample_seconds{tag}"] = round(seconds, 1)
         result["judge"] = scores.settings.get("classifier")
-    return {**result, "num_samples": len(labels), "sampling": sample_kwargs,
-            "edge_f1_definition": "canny of sample vs canny of the control digit, 1 px tolerance, mean per-image F1"}
+    return {
+        **result,
+        "num_samples": len(labels),
+        "sampling": sample_kwargs,
+        "edge_f1_definition": "canny of sample vs canny of the control digit, 1 px tolerance, mean per-image F1",
+    }
 
 
 def predicted_classes(images: torch.Tensor, dataset: str) -> list[int]:
@@ -179,7 +202,11 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(old)
     else:
         os.replace(staging, target)
-    print(json.dumps({"shipped": str(target), "megabytes": round(size / 1e6, 2), **metrics}, indent=2, default=str))
+    print(
+        json.dumps(
+            {"shipped": str(target), "megabytes": round(size / 1e6, 2), **metrics}, indent=2, default=str
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ def runs_dir() -> Path:
     """Where training runs go by default: ``$STUDIO_RUNS`` or ``./runs``."""
     return Path(os.environ.get("STUDIO_RUNS", "runs"))
 
+
 @dataclass
 class ModelEntry:
     """A checkpoint `load_pipeline` can open."""
@@ -49,6 +50,7 @@ class ModelEntry:
     source: str  # shipped | run
     family: str
     card: dict[str, Any] = field(default_factory=dict)
+
 
 def pipeline_dir(path: Path) -> Path | None:
     """The pipeline folder inside ``path`` (itself, or ``path/pipeline``), if there is one.
@@ -64,6 +66,7 @@ def pipeline_dir(path: Path) -> Path | None:
         return previous
     return None
 
+
 def read_card(folder: Path) -> dict[str, Any]:
     """The ``studio.json`` model card of a pipeline folder ({} if it has none)."""
     card = folder / MODEL_CARD
@@ -74,11 +77,13 @@ def read_card(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{card} is unreadable: {exc}") from None
 
+
 def write_card(folder: Path, card: dict[str, Any]) -> None:
     """Write (or replace) the model card of a pipeline folder, atomically."""
     tmp = folder / f"{MODEL_CARD}.tmp"
     tmp.write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
     os.replace(tmp, folder / MODEL_CARD)
+
 
 def _family_of(folder: Path) -> str:
     card = read_card(folder)
@@ -90,6 +95,7 @@ def _family_of(folder: Path) -> str:
         raise CheckpointError(f"{folder / 'model_index.json'} is unreadable: {exc}") from None
     cls = PIPELINES.find(class_name)
     return getattr(cls, "family", "") or class_name
+
 
 def list_models(extra_dirs: list[Path] | None = None) -> list[ModelEntry]:
     """Shipped defaults, then the runs under `runs_dir` (and ``extra_dirs``), sorted by name."""
@@ -108,13 +114,16 @@ def list_models(extra_dirs: list[Path] | None = None) -> list[ModelEntry]:
                 entries.append(ModelEntry(child.name, folder, source, "unreadable", {"error": str(exc)}))
     return entries
 
+
 def resolve(name_or_path: str) -> Path | str:
     """A local pipeline folder for a shipped name, run name or path; a hub id is returned as is."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         folder = pipeline_dir(path)
         if folder is None:
-            raise CheckpointError(f"{path} is not a studio checkpoint (no model_index.json in it or in {path}/pipeline)")
+            raise CheckpointError(
+                f"{path} is not a studio checkpoint (no model_index.json in it or in {path}/pipeline)"
+            )
         return folder
     for entry in list_models():
         if entry.name == name_or_path:
@@ -125,7 +134,10 @@ def resolve(name_or_path: str) -> Path | str:
     if name_or_path.startswith((".", "/", "~")):
         raise CheckpointError(f"checkpoint folder {name_or_path} does not exist")
     known = ", ".join(e.name for e in list_models()) or "none found"
-    raise CheckpointError(f"unknown model {name_or_path!r}: not a path, a shipped model or a run (known: {known})")
+    raise CheckpointError(
+        f"unknown model {name_or_path!r}: not a path, a shipped model or a run (known: {known})"
+    )
+
 
 def _pipeline_class(folder: Path | str) -> type:
     from diffusers import DiffusionPipeline
@@ -137,6 +149,7 @@ def _pipeline_class(folder: Path | str) -> type:
             raise CheckpointError(f"checkpoint {folder} has an unreadable model_index.json: {exc}") from None
         return PIPELINES.find(class_name) or DiffusionPipeline
     return DiffusionPipeline
+
 
 def load_pipeline(name_or_path: str, device: str | None = None, **kwargs: Any) -> Any:
     """Load a pipeline by shipped name, run name, folder or hub id, ready on ``device``.
@@ -164,6 +177,7 @@ def load_pipeline(name_or_path: str, device: str | None = None, **kwargs: Any) -
     if isinstance(target, Path):
         pipe.register_to_config(_name_or_path=str(target))
     return pipe
+
 
 def save_pipeline(pipe: Any, folder: Path, card: dict[str, Any]) -> None:
     """Write ``pipe`` and its model card to ``folder`` atomically (temp folder, then rename).

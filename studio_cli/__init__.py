@@ -31,7 +31,9 @@ from training import command as training_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="studio", description="Train, sample, accelerate and evaluate image generators.")
+    parser = argparse.ArgumentParser(
+        prog="studio", description="Train, sample, accelerate and evaluate image generators."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     training_command.add_train_parser(subparsers)
     pipelines_command.add_sample_parser(subparsers, extensions=[PLUGIN_OPTION])

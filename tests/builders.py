@@ -76,8 +76,11 @@ def tiny_dit_pipeline(seed: int = 0) -> StudioDiTPipeline:
     """A 2-layer, 2-head DiT at 16 px (1 channel, 10 classes) with random (non-zero) weights, so outputs
     depend on inputs, under a 1000-step DDPM scheduler."""
     torch.manual_seed(seed)
-    model = build_dit(DiTConfig(sample_size=16, in_channels=1, patch_size=4, depth=2, num_heads=2, head_dim=8,
-                                num_classes=10))
+    model = build_dit(
+        DiTConfig(
+            sample_size=16, in_channels=1, patch_size=4, depth=2, num_heads=2, head_dim=8, num_classes=10
+        )
+    )
     with torch.no_grad():
         for param in model.parameters():
             param.normal_(0, 0.05)
@@ -88,16 +91,35 @@ def tiny_dit_pipeline(seed: int = 0) -> StudioDiTPipeline:
 
 #: `studio train` overrides that shrink the DiT presets to a seconds-long CPU run
 TINY_DIT_OVERRIDES = [
-    "batch_size=8", "model.depth=1", "model.num_heads=2", "model.head_dim=8", "model.sample_steps=2",
-    "num_sample_images=4", "sample_every=0", "log_every=1", "data.image_size=16", "ema_decay=0.9",
+    "batch_size=8",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.head_dim=8",
+    "model.sample_steps=2",
+    "num_sample_images=4",
+    "sample_every=0",
+    "log_every=1",
+    "data.image_size=16",
+    "ema_decay=0.9",
     "optim.warmup_steps=0",
 ]
 
 
 def tiny_studio_dit(sample_size: int = 16, patch_size: int = 2) -> DiTTransformer2DModel:
     """A 2-layer, 2-head studio DiT (3 channels, 4 classes) with random weights."""
-    return randomize(build_dit(DiTConfig(sample_size=sample_size, in_channels=3, patch_size=patch_size, depth=2,
-                                         num_heads=2, head_dim=8, num_classes=4)))
+    return randomize(
+        build_dit(
+            DiTConfig(
+                sample_size=sample_size,
+                in_channels=3,
+                patch_size=patch_size,
+                depth=2,
+                num_heads=2,
+                head_dim=8,
+                num_classes=4,
+            )
+        )
+    )
 
 
 def studio_pipeline(**dit_kwargs: Any) -> StudioDiTPipeline:
@@ -110,11 +132,22 @@ def studio_pipeline(**dit_kwargs: Any) -> StudioDiTPipeline:
 def dit_pipeline(tmp_path: Path) -> DiTPipeline:
     """diffusers `DiTPipeline`: tiny latent DiT (learned sigma, null class 1000) + tiny VAE, saved and reloaded."""
     torch.manual_seed(0)
-    transformer = randomize(DiTTransformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=8,
-                                                  num_layers=2, num_attention_heads=2, attention_head_dim=8,
-                                                  num_embeds_ada_norm=1000, norm_type="ada_norm_zero"))
-    vae = AutoencoderKL(block_out_channels=(8,), latent_channels=4, norm_num_groups=4, layers_per_block=1,
-                        sample_size=8).eval()
+    transformer = randomize(
+        DiTTransformer2DModel(
+            sample_size=8,
+            patch_size=2,
+            in_channels=4,
+            out_channels=8,
+            num_layers=2,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_embeds_ada_norm=1000,
+            norm_type="ada_norm_zero",
+        )
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8,), latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=8
+    ).eval()
     DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "dit")
     pipe = DiTPipeline.from_pretrained(tmp_path / "dit")
     pipe.set_progress_bar_config(disable=True)
@@ -127,10 +160,15 @@ def tiny_unet2d(*, attention: bool = False, seed: int = 0, **overrides: Any) -> 
     self-attention in the lower level. ``overrides`` go to the constructor (block types, class embedding)."""
     torch.manual_seed(seed)
     settings: dict[str, Any] = {
-        "sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": (8, 8),
+        "sample_size": 8,
+        "in_channels": 1,
+        "out_channels": 1,
+        "block_out_channels": (8, 8),
         "down_block_types": ("DownBlock2D", "AttnDownBlock2D" if attention else "DownBlock2D"),
         "up_block_types": ("AttnUpBlock2D" if attention else "UpBlock2D", "UpBlock2D"),
-        "norm_num_groups": 4, "layers_per_block": 1, **overrides,
+        "norm_num_groups": 4,
+        "layers_per_block": 1,
+        **overrides,
     }
     return UNet2DModel(**settings)
 
@@ -138,10 +176,18 @@ def tiny_unet2d(*, attention: bool = False, seed: int = 0, **overrides: Any) -> 
 def cond_unet(seed: int = 0) -> UNet2DConditionModel:
     """Two-level cross-attention UNet (diffusers' SD test layout); skip tuple of 5 entries."""
     torch.manual_seed(seed)
-    return UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
-                                out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=4, norm_num_groups=4).eval()
+    return UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    ).eval()
 
 
 # ------------------------------------------------------------------------------------------ ADM
@@ -152,17 +198,27 @@ NUM_CLASSES = 4
 def tiny_adm_config(**overrides: Any) -> ADMConfig:
     """A 16 px, 1-channel ADM shape: widths (8, 16, 16), attention at 8 px, heads of 8, 4 classes."""
     settings: dict[str, Any] = {
-        "sample_size": 16, "in_channels": 1, "model_channels": 8, "channel_mult": [1, 2, 2],
-        "layers_per_block": 1, "attention_resolutions": [8], "head_channels": 8, "norm_groups": 4,
-        "num_classes": NUM_CLASSES, **overrides,
+        "sample_size": 16,
+        "in_channels": 1,
+        "model_channels": 8,
+        "channel_mult": [1, 2, 2],
+        "layers_per_block": 1,
+        "attention_resolutions": [8],
+        "head_channels": 8,
+        "norm_groups": 4,
+        "num_classes": NUM_CLASSES,
+        **overrides,
     }
     return ADMConfig(**settings)
 
 
 def adm_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
     """ADM's training scheduler: cosine betas, learned-range variance."""
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-                         variance_type="learned_range")
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule="squaredcos_cap_v2",
+        variance_type="learned_range",
+    )
 
 
 def tiny_adm_unet(config: ADMConfig | None = None, seed: int = 0) -> UNet2DModel:
@@ -180,8 +236,11 @@ def tiny_noisy_classifier(seed: int = 1, num_train_timesteps: int = 1000) -> nn.
 
 def tiny_adm_pipeline(with_classifier: bool = True) -> StudioADMPipeline:
     """`tiny_adm_unet` (4 classes + null), optionally with `tiny_noisy_classifier`, in a `StudioADMPipeline`."""
-    pipe = StudioADMPipeline(unet=tiny_adm_unet(), scheduler=adm_scheduler(),
-                             classifier=tiny_noisy_classifier() if with_classifier else None)
+    pipe = StudioADMPipeline(
+        unet=tiny_adm_unet(),
+        scheduler=adm_scheduler(),
+        classifier=tiny_noisy_classifier() if with_classifier else None,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -214,14 +273,26 @@ def tiny_score_pipeline(kind: str, seed: int = 0) -> StudioScorePipeline:
     """A 12 px, two-level score UNet of ``kind`` (ncsn / ve / vp) with random weights."""
     conditioning = {"ncsn": "level", "ve": "log_sigma", "vp": "time"}[kind]
     torch.manual_seed(seed)
-    unet = build_score_unet(ScoreNetConfig(sample_size=12, in_channels=1, block_out_channels=(8, 16),
-                                           attention_levels=(False, True), norm_num_groups=4,
-                                           conditioning=conditioning, num_levels=5))
+    unet = build_score_unet(
+        ScoreNetConfig(
+            sample_size=12,
+            in_channels=1,
+            block_out_channels=(8, 16),
+            attention_levels=(False, True),
+            norm_num_groups=4,
+            conditioning=conditioning,
+            num_levels=5,
+        )
+    )
     if kind == "vp":
         scheduler = VPSDEScheduler(num_train_timesteps=20)
     else:
-        scheduler = ScoreSdeVeScheduler(num_train_timesteps=5 if kind == "ncsn" else 20, sigma_min=0.01,
-                                        sigma_max=1.0 if kind == "ncsn" else 10.0, snr=0.16)
+        scheduler = ScoreSdeVeScheduler(
+            num_train_timesteps=5 if kind == "ncsn" else 20,
+            sigma_min=0.01,
+            sigma_max=1.0 if kind == "ncsn" else 10.0,
+            snr=0.16,
+        )
     pipe = StudioScorePipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -235,9 +306,13 @@ def sd_pipeline(tmp_path: Path) -> StableDiffusionPipeline:
 
     torch.manual_seed(0)
     pipe = StableDiffusionPipeline(
-        unet=cond_unet(), scheduler=sd_ddim_scheduler(), vae=tiny_sd_vae(sample_size=16).eval(),
+        unet=cond_unet(),
+        scheduler=sd_ddim_scheduler(),
+        vae=tiny_sd_vae(sample_size=16).eval(),
         text_encoder=CLIPTextModel(tiny_clip_text_config()).eval(),
-        tokenizer=char_clip_tokenizer(tmp_path / "clip_vocab"), safety_checker=None, feature_extractor=None,
+        tokenizer=char_clip_tokenizer(tmp_path / "clip_vocab"),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(tmp_path / "sd")
@@ -251,21 +326,36 @@ def _t5_tokenizer() -> Any:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import T5TokenizerFast
 
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(c, -1.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [
+        (c, -1.0) for c in "abcdefghijklmnopqrstuvwxyz"
+    ]
     unigram = Tokenizer(models.Unigram(vocab, unk_id=2))
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
-    return T5TokenizerFast(tokenizer_object=unigram, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                           extra_ids=0)
+    return T5TokenizerFast(
+        tokenizer_object=unigram, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
 
 
 def tiny_sd3_transformer() -> SD3Transformer2DModel:
     """SD3 MMDiT with a dual-attention layer and RMS q/k norms (covers ``attn2`` and per-head norms)."""
     torch.manual_seed(0)
-    return randomize(SD3Transformer2DModel(
-        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=64,
-        pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm",
-    ))
+    return randomize(
+        SD3Transformer2DModel(
+            sample_size=16,
+            patch_size=2,
+            in_channels=4,
+            out_channels=4,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            caption_projection_dim=16,
+            pooled_projection_dim=64,
+            pos_embed_max_size=16,
+            dual_attention_layers=(0,),
+            qk_norm="rms_norm",
+        )
+    )
 
 
 def sd3_pipeline(tmp_path: Path) -> StableDiffusion3Pipeline:
@@ -275,11 +365,27 @@ def sd3_pipeline(tmp_path: Path) -> StableDiffusion3Pipeline:
 
     torch.manual_seed(0)
     clip_config = tiny_clip_text_config(projection_dim=32)
-    t5_config = T5Config(vocab_size=40, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                         relative_attention_num_buckets=8, decoder_start_token_id=0)
-    vae = AutoencoderKL(block_out_channels=(8,), latent_channels=4, norm_num_groups=4, layers_per_block=1,
-                        sample_size=16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.06,
-                        scaling_factor=1.5)
+    t5_config = T5Config(
+        vocab_size=40,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        decoder_start_token_id=0,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8,),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=16,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.06,
+        scaling_factor=1.5,
+    )
     pipe = StableDiffusion3Pipeline(
         transformer=tiny_sd3_transformer(),
         scheduler=FlowMatchEulerDiscreteScheduler(),
@@ -304,8 +410,15 @@ class TinyStudioUNetPipeline(StudioPipelineMixin, DiffusionPipeline):
     record), so plugin tests see that contract without ADM's guidance and variance handling."""
 
     family = "unet-test"
-    call_parameters = ("num_images", "class_labels", "num_inference_steps", "guidance_scale", "seed", "scheduler",
-                       "output_type")
+    call_parameters = (
+        "num_images",
+        "class_labels",
+        "num_inference_steps",
+        "guidance_scale",
+        "seed",
+        "scheduler",
+        "output_type",
+    )
 
     def __init__(self, unet: UNet2DModel, scheduler: Any):
         super().__init__()
@@ -338,11 +451,18 @@ class TinyStudioUNetPipeline(StudioPipelineMixin, DiffusionPipeline):
                 model_input = sampler.scale_model_input(torch.cat([x, x]), t)
                 cond, uncond = self.unet(model_input, t, class_labels=y).sample[:, :channels].chunk(2)
                 x = sampler.step(uncond + guidance_scale * (cond - uncond), t, x).prev_sample
-        record = GenerationRecord(model=self.model_name(), family=self.family, seeds=seeds, class_labels=labels,
-                                  sampler=scheduler_name(sampler), steps=num_inference_steps,
-                                  guidance_scale=guidance_scale)
-        return StudioPipelineOutput(images=self.convert_output(x, output_type),
-                                    record=self.finish_record(record, started))
+        record = GenerationRecord(
+            model=self.model_name(),
+            family=self.family,
+            seeds=seeds,
+            class_labels=labels,
+            sampler=scheduler_name(sampler),
+            steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+        )
+        return StudioPipelineOutput(
+            images=self.convert_output(x, output_type), record=self.finish_record(record, started)
+        )
 
 
 def studio_unet_pipeline() -> TinyStudioUNetPipeline:

@@ -19,30 +19,70 @@ from tests.builders import NUM_CLASSES
 # ------------------------------------------------------------------------------------------ sampling calls
 def run_studio(pipe: StudioDiTPipeline, num_images: int = 2, steps: int = 8, seed: int = 0, **kwargs: Any):
     """A studio DiT call at CFG 3, tensor output."""
-    return pipe(num_images=num_images, num_inference_steps=steps, seed=seed, guidance_scale=3.0, output_type="pt",
-                **kwargs)
+    return pipe(
+        num_images=num_images,
+        num_inference_steps=steps,
+        seed=seed,
+        guidance_scale=3.0,
+        output_type="pt",
+        **kwargs,
+    )
 
 
 def run_dit(pipe: DiTPipeline, labels=(1, 7), steps: int = 8, seed: int = 0) -> torch.Tensor:
     """A diffusers `DiTPipeline` call at CFG 3, as a (N, H, W, C) tensor in [0, 1]."""
-    return torch.as_tensor(pipe(class_labels=list(labels), num_inference_steps=steps, guidance_scale=3.0,
-                                generator=torch.Generator().manual_seed(seed), output_type="np").images)
+    return torch.as_tensor(
+        pipe(
+            class_labels=list(labels),
+            num_inference_steps=steps,
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+        ).images
+    )
 
 
-def run_sd3(pipe: StableDiffusion3Pipeline, batch: int = 1, steps: int = 8, seed: int = 0, height: int = 16,
-            width: int = 12, **kwargs: Any) -> torch.Tensor:
+def run_sd3(
+    pipe: StableDiffusion3Pipeline,
+    batch: int = 1,
+    steps: int = 8,
+    seed: int = 0,
+    height: int = 16,
+    width: int = 12,
+    **kwargs: Any,
+) -> torch.Tensor:
     """An SD3 call on ``batch`` short prompts at CFG 5, as a (N, H, W, C) tensor in [0, 1]."""
-    return torch.as_tensor(pipe(prompt=["a cat", "a dog", "a bird"][:batch], num_inference_steps=steps,
-                                guidance_scale=5.0, height=height, width=width, max_sequence_length=8,
-                                generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images)
+    return torch.as_tensor(
+        pipe(
+            prompt=["a cat", "a dog", "a bird"][:batch],
+            num_inference_steps=steps,
+            guidance_scale=5.0,
+            height=height,
+            width=width,
+            max_sequence_length=8,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+            **kwargs,
+        ).images
+    )
 
 
-def run_sd(pipe: StableDiffusionPipeline, batch: int = 1, steps: int = 10, seed: int = 0,
-           **kwargs: Any) -> torch.Tensor:
+def run_sd(
+    pipe: StableDiffusionPipeline, batch: int = 1, steps: int = 10, seed: int = 0, **kwargs: Any
+) -> torch.Tensor:
     """A Stable Diffusion call on ``batch`` short prompts at CFG 5, 16 px, as a (N, H, W, C) tensor in [0, 1]."""
-    return torch.as_tensor(pipe(prompt=["a cat", "a dog", "a bird"][:batch], num_inference_steps=steps,
-                                guidance_scale=5.0, height=16, width=16,
-                                generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images)
+    return torch.as_tensor(
+        pipe(
+            prompt=["a cat", "a dog", "a bird"][:batch],
+            num_inference_steps=steps,
+            guidance_scale=5.0,
+            height=16,
+            width=16,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+            **kwargs,
+        ).images
+    )
 
 
 def unet_loop(
@@ -87,7 +127,9 @@ def unet_loop(
 # ------------------------------------------------------------------------------------------ what a plugin left behind
 def hooked_modules(model: nn.Module) -> list[str]:
     """Names of modules that still carry a diffusers hook registry or an instance ``forward``."""
-    return [name for name, m in model.named_modules() if hasattr(m, "_diffusers_hook") or "forward" in m.__dict__]
+    return [
+        name for name, m in model.named_modules() if hasattr(m, "_diffusers_hook") or "forward" in m.__dict__
+    ]
 
 
 def scheduler_untouched(scheduler: Any) -> bool:

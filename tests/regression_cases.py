@@ -27,8 +27,18 @@ def _control_digits() -> list[np.ndarray]:
 CASES: dict[str, dict[str, Any]] = {
     "sagan-mnist": {"class_labels": LABELS},
     "biggan-mnist": {"class_labels": LABELS, "truncation": 2.0},
-    "dit-mnist": {"class_labels": LABELS, "num_inference_steps": 10, "scheduler": "ddim", "guidance_scale": 1.0},
-    "adm-mnist": {"class_labels": LABELS, "num_inference_steps": 10, "scheduler": "ddim", "classifier_scale": 3.0},
+    "dit-mnist": {
+        "class_labels": LABELS,
+        "num_inference_steps": 10,
+        "scheduler": "ddim",
+        "guidance_scale": 1.0,
+    },
+    "adm-mnist": {
+        "class_labels": LABELS,
+        "num_inference_steps": 10,
+        "scheduler": "ddim",
+        "classifier_scale": 3.0,
+    },
     "score-mnist": {"num_images": 2, "num_inference_steps": 20, "scheduler": "pc"},
     "dsno-mnist": {"class_labels": LABELS},
     "controlnet-mnist": {"class_labels": LABELS, "num_inference_steps": 10, "control_image": "digits"},

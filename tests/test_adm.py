@@ -68,8 +68,13 @@ def test_linear_schedule_uses_the_configured_endpoints():
 def test_respacing_keeps_both_ends_and_the_cumulative_alphas():
     diffusion = cosine_diffusion()
     spaced = diffusion.respaced(10)
-    assert list(spaced.timestep_map) == space_timesteps(T, 10) and spaced.timestep_map[[0, -1]].tolist() == [0, 999]
-    np.testing.assert_allclose(spaced.alphas_cumprod, diffusion.alphas_cumprod[spaced.timestep_map], rtol=1e-8)
+    assert list(spaced.timestep_map) == space_timesteps(T, 10) and spaced.timestep_map[[0, -1]].tolist() == [
+        0,
+        999,
+    ]
+    np.testing.assert_allclose(
+        spaced.alphas_cumprod, diffusion.alphas_cumprod[spaced.timestep_map], rtol=1e-8
+    )
     with pytest.raises(ConfigError, match="sampling steps"):
         diffusion.respaced(T + 1)
 
@@ -102,20 +107,23 @@ def test_vlb_term_does_not_reach_the_epsilon_channels():
 
 def test_kl_is_zero_for_the_true_posterior_and_the_decoder_nll_is_a_likelihood():
     diffusion = cosine_diffusion()
-    x0 = (torch.randint(0, 256, (3, 1, 8, 8)).double() / 127.5 - 1)
+    x0 = torch.randint(0, 256, (3, 1, 8, 8)).double() / 127.5 - 1
     t, noise = torch.tensor([1, 300, 999]), torch.randn(3, 1, 8, 8, dtype=torch.float64)
     x_t = diffusion.q_sample(x0, t, noise)
     true_output = torch.cat([noise, -torch.ones_like(noise)], dim=1)  # exact ε, Σ = β̃
     kl = diffusion.vb_terms_bpd(true_output, x0, x_t, t)
     assert kl.abs().max() < 1e-6
     t0 = torch.zeros(3, dtype=torch.long)
-    nll = diffusion.vb_terms_bpd(torch.cat([noise, -torch.ones_like(noise)], 1), x0, diffusion.q_sample(x0, t0, noise), t0)
+    nll = diffusion.vb_terms_bpd(
+        torch.cat([noise, -torch.ones_like(noise)], 1), x0, diffusion.q_sample(x0, t0, noise), t0
+    )
     assert torch.all(nll > 0) and torch.all(nll < 8)  # bits per dim of an 8-bit image
 
 
 # ------------------------------------------------------------------------------------------ guided samplers
-def run_sampler(kind: str, unet, classifier, scale: float, eta: float = 0.0, steps: int = 6,
-                with_gradient: bool = True) -> torch.Tensor:
+def run_sampler(
+    kind: str, unet, classifier, scale: float, eta: float = 0.0, steps: int = 6, with_gradient: bool = True
+) -> torch.Tensor:
     sampler = ADMSampler(cosine_diffusion(), kind, eta)
     sampler.set_timesteps(steps)
     generators = [torch.Generator().manual_seed(s) for s in (0, 1, 2)]
@@ -161,7 +169,9 @@ def test_unguided_ddpm_matches_diffusers_learned_range_scheduler():
                     x = sampler.step(output, t, x, generator=generator).prev_sample
                 else:
                     index = torch.full((2,), ours._index[int(t)])
-                    x = ours.spaced.p_sample(output, x, index, torch.randn(x.shape, generator=generator)).prev_sample
+                    x = ours.spaced.p_sample(
+                        output, x, index, torch.randn(x.shape, generator=generator)
+                    ).prev_sample
             results.append(x)
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-4)
 
@@ -184,8 +194,17 @@ def test_one_guided_step_moves_towards_the_class(kind):
     with torch.no_grad():
         output = unet(x, ts, class_labels=y).sample
     gradient = classifier_gradient(classifier, x, ts, y)
-    steps = [sampler.step(output, t, x, generator=[torch.Generator().manual_seed(i) for i in range(4)],
-                          gradient=gradient, scale=scale).prev_sample for scale in (0.0, 0.5)]
+    steps = [
+        sampler.step(
+            output,
+            t,
+            x,
+            generator=[torch.Generator().manual_seed(i) for i in range(4)],
+            gradient=gradient,
+            scale=scale,
+        ).prev_sample
+        for scale in (0.0, 0.5)
+    ]
     shift = steps[1] - steps[0]
     assert torch.all((shift * gradient).flatten(1).sum(1) > 0)
     assert torch.all(log_p(x + shift) > log_p(x))
@@ -205,7 +224,9 @@ def test_cfg_scale_one_is_conditional_zero_is_null_and_batching_agrees(pipe):
         assert torch.equal(pipe._model_output(x, ts, y, 1.0), cond)
         # scale 0 runs the batched (x, y) + (x, null) pass: a batch of 2N picks other oneDNN kernels than N,
         # so the null-class half agrees with the separate pass to float32 rounding (~1e-6), not bit for bit
-        torch.testing.assert_close(pipe._model_output(x, ts, y, 0.0)[:, :1], uncond[:, :1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            pipe._model_output(x, ts, y, 0.0)[:, :1], uncond[:, :1], rtol=1e-5, atol=1e-5
+        )
         batched = pipe._model_output(x, ts, y, 3.0)
     separate = cfg_mix(cond, uncond, 3.0, channels=1)
     torch.testing.assert_close(batched, separate, rtol=0, atol=1e-5)
@@ -247,10 +268,19 @@ def test_bad_network_configs_name_the_problem():
 
 # ------------------------------------------------------------------------------------------ pipeline
 def test_output_types_and_record(pipe):
-    out = pipe(num_images=3, class_labels=[1, 2, 3], num_inference_steps=3, seed=7, classifier_scale=1.0,
-               guidance_scale=2.0, output_type="np")
+    out = pipe(
+        num_images=3,
+        class_labels=[1, 2, 3],
+        num_inference_steps=3,
+        seed=7,
+        classifier_scale=1.0,
+        guidance_scale=2.0,
+        output_type="np",
+    )
     assert out.images.shape == (3, 16, 16, 1) and 0 <= out.images.min() and out.images.max() <= 1
-    assert out.record.seeds == [7, 8, 9] and out.record.class_labels == [1, 2, 3] and out.record.family == "adm"
+    assert (
+        out.record.seeds == [7, 8, 9] and out.record.class_labels == [1, 2, 3] and out.record.family == "adm"
+    )
     assert out.record.sampler == "ddpm" and out.record.extra["classifier_scale"] == 1.0
     assert len(pipe(num_images=2, num_inference_steps=2, scheduler="ddim", output_type="pil").images) == 2
 
@@ -258,7 +288,13 @@ def test_output_types_and_record(pipe):
 def test_classifier_scale_zero_equals_the_pipeline_without_classifier(pipe):
     plain = tiny_adm_pipeline(with_classifier=False)
     for name in ("ddpm", "ddim"):
-        kwargs = {"num_images": 2, "class_labels": [0, 3], "num_inference_steps": 4, "scheduler": name, "output_type": "pt"}
+        kwargs = {
+            "num_images": 2,
+            "class_labels": [0, 3],
+            "num_inference_steps": 4,
+            "scheduler": name,
+            "output_type": "pt",
+        }
         assert torch.equal(pipe(classifier_scale=0.0, **kwargs).images, plain(**kwargs).images)
         assert not torch.equal(pipe(classifier_scale=3.0, **kwargs).images, plain(**kwargs).images)
 
@@ -268,7 +304,13 @@ def test_image_i_depends_on_its_seed_not_on_the_batch(pipe, name):
     """Per-image generators make image i the same in any batch up to float rounding: unlike the
     DiT's linears, oneDNN convolutions pick batch-size dependent kernels (last-bit differences)."""
     scale = 0.0 if name == "dpm++" else 1.0
-    kwargs = {"num_inference_steps": 3, "scheduler": name, "classifier_scale": scale, "guidance_scale": 2.0, "output_type": "pt"}
+    kwargs = {
+        "num_inference_steps": 3,
+        "scheduler": name,
+        "classifier_scale": scale,
+        "guidance_scale": 2.0,
+        "output_type": "pt",
+    }
     together = pipe(class_labels=[0, 1, 2, 3], seed=[10, 11, 12, 13], **kwargs).images
     alone = torch.cat([pipe(class_labels=[i], seed=[10 + i], **kwargs).images for i in range(4)])
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-3)
@@ -281,7 +323,13 @@ def test_save_load_round_trip_keeps_the_classifier(pipe, tmp_path):
     loaded = load_pipeline(str(tmp_path / "ckpt"))
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded) is StudioADMPipeline and loaded.classifier is not None
-    kwargs = {"num_images": 2, "class_labels": [1, 2], "num_inference_steps": 3, "classifier_scale": 2.0, "output_type": "pt"}
+    kwargs = {
+        "num_images": 2,
+        "class_labels": [1, 2],
+        "num_inference_steps": 3,
+        "classifier_scale": 2.0,
+        "output_type": "pt",
+    }
     assert torch.equal(loaded(**kwargs).images, pipe(**kwargs).images)
 
 
@@ -314,9 +362,20 @@ def test_bad_call_arguments_raise_readable_errors(pipe):
 
 # ------------------------------------------------------------------------------------------ training
 def tiny_train_config(family: str, output_dir, *overrides):
-    return load_config(family, get_family(family).config_class, "mnist-tiny", [
-        f"output_dir={output_dir}", "data.image_size=16", "model.network.attention_resolutions=[8]",
-        "model.network.model_channels=8", "model.network.head_channels=8", "batch_size=16", *overrides])
+    return load_config(
+        family,
+        get_family(family).config_class,
+        "mnist-tiny",
+        [
+            f"output_dir={output_dir}",
+            "data.image_size=16",
+            "model.network.attention_resolutions=[8]",
+            "model.network.model_channels=8",
+            "model.network.head_channels=8",
+            "batch_size=16",
+            *overrides,
+        ],
+    )
 
 
 def test_adm_tiny_run_loss_falls_and_exports_a_pipeline(tmp_path):
@@ -342,13 +401,32 @@ def two_class_folder(root):
 
 def test_classifier_tiny_run_loss_falls_and_attaches_to_adm_training(tmp_path):
     data = two_class_folder(tmp_path / "data")
-    result = train(tiny_train_config("adm_classifier", tmp_path / "clf", "max_steps=30", "checkpointing_steps=30",
-                                     "optim.lr=2e-3", f"data.name={data}", "data.val_fraction=0", "model.augment=false"))
+    result = train(
+        tiny_train_config(
+            "adm_classifier",
+            tmp_path / "clf",
+            "max_steps=30",
+            "checkpointing_steps=30",
+            "optim.lr=2e-3",
+            f"data.name={data}",
+            "data.val_fraction=0",
+            "model.augment=false",
+        )
+    )
     losses = [h["loss"] for h in result.history]
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10, losses
-    guided = train(tiny_train_config("adm", tmp_path / "adm", "max_steps=2", "checkpointing_steps=2",
-                                     f"data.name={data}", "data.val_fraction=0",
-                                     f"model.classifier_path={tmp_path / 'clf'}", "model.sample_classifier_scale=1.0"))
+    guided = train(
+        tiny_train_config(
+            "adm",
+            tmp_path / "adm",
+            "max_steps=2",
+            "checkpointing_steps=2",
+            f"data.name={data}",
+            "data.val_fraction=0",
+            f"model.classifier_path={tmp_path / 'clf'}",
+            "model.sample_classifier_scale=1.0",
+        )
+    )
     pipe = load_pipeline(str(guided.pipeline_dir))
     assert pipe.classifier is not None and (tmp_path / "adm" / "samples" / "step-000002.png").is_file()
 
@@ -356,16 +434,28 @@ def test_classifier_tiny_run_loss_falls_and_attaches_to_adm_training(tmp_path):
 def test_bad_family_configs_are_refused_with_names(tmp_path):
     family = get_family("adm")
     info = type("Info", (), {"num_classes": 10, "name": "mnist", "image_size": 16, "channels": 1})()
-    for override, needle in [("model.p_uncond=1.5", "p_uncond"), ("model.beta_schedule=sigmoid", "beta_schedule"),
-                             ("model.sample_classifier_scale=1.0", "classifier_path"),
-                             ("model.sample_scheduler=nope", "unknown scheduler")]:
+    for override, needle in [
+        ("model.p_uncond=1.5", "p_uncond"),
+        ("model.beta_schedule=sigmoid", "beta_schedule"),
+        ("model.sample_classifier_scale=1.0", "classifier_path"),
+        ("model.sample_scheduler=nope", "unknown scheduler"),
+    ]:
         with pytest.raises(ConfigError, match=needle):
             family(tiny_train_config("adm", tmp_path, override), info)
 
 
 def test_cli_trains_the_tiny_preset(tmp_path, capsys):
-    code = main(["train", "adm", "--preset", "mnist-tiny", f"output_dir={tmp_path / 'run'}", "max_steps=3",
-                 "checkpointing_steps=3"])
+    code = main(
+        [
+            "train",
+            "adm",
+            "--preset",
+            "mnist-tiny",
+            f"output_dir={tmp_path / 'run'}",
+            "max_steps=3",
+            "checkpointing_steps=3",
+        ]
+    )
     assert code == 0 and "step 3" in capsys.readouterr().out
     assert type(load_pipeline(str(tmp_path / "run"))) is StudioADMPipeline
 
@@ -382,12 +472,21 @@ def test_app_offers_the_classifier_scale_only_with_a_classifier(tmp_path, monkey
     guided = service.select("guided")
     assert guided.takes("classifier_scale") and guided.default_classifier_scale == 1.5
     assert not service.select("plain").takes("classifier_scale")
-    request = GenerateRequest("guided", num_images=2, seed=1, num_inference_steps=3, scheduler="ddpm",
-                              guidance_scale=1.0, classifier_scale=2.0)
+    request = GenerateRequest(
+        "guided",
+        num_images=2,
+        seed=1,
+        num_inference_steps=3,
+        scheduler="ddpm",
+        guidance_scale=1.0,
+        classifier_scale=2.0,
+    )
     record = service.generate(request).batch.records[0]
     assert record.family == "adm" and record.extra["classifier_scale"] == 2.0
     assert request_from_record(record).classifier_scale == 2.0
-    plain = service.generate(GenerateRequest("plain", num_images=1, num_inference_steps=2, classifier_scale=2.0))
+    plain = service.generate(
+        GenerateRequest("plain", num_images=1, num_inference_steps=2, classifier_scale=2.0)
+    )
     assert plain.batch.records[0].extra["classifier_scale"] == 0.0  # left out: nothing to guide with
 
 

@@ -18,14 +18,22 @@ from tests.test_app_ui import running_app
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium tries to reach outside hosts (update checks, component
 # downloads, sync), which this offline machine refuses and a test must not depend on.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 TIMEOUT_MS = 60_000
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium "
-                                                     "(run scripts/install_browser.sh)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian chromium is not installed at /usr/bin/chromium (run scripts/install_browser.sh)",
+    ),
 ]
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 # A shared 2-core machine can take seconds to load a model on page open; expect() retries until then.
@@ -114,7 +122,9 @@ def test_a_missing_model_path_gives_one_message_and_the_controls_stay_usable(pag
     pick_model(page, GAN)  # another family first, so the note below comes from this pick, not an earlier one
     sync_api.expect(page.get_by_text("family sagan", exact=True)).to_be_visible()
     pick_model(page, DIT)
-    sync_api.expect(page.get_by_text("family dit", exact=True)).to_be_visible()  # loaded: nothing queued behind
+    sync_api.expect(
+        page.get_by_text("family dit", exact=True)
+    ).to_be_visible()  # loaded: nothing queued behind
     model = page.get_by_role("combobox", name="Model")
     model.fill("/tmp/does-not-exist")
     model.press("Enter")
@@ -226,7 +236,9 @@ def test_a_result_shows_its_command_line_and_python_code(page):
 
 def test_generate_and_stop_stay_in_view_and_ctrl_enter_runs(page):
     pick_model(page, DIT)
-    generate, stop = (page.get_by_role("button", name=name, exact=True).first for name in ("Generate", "Stop"))
+    generate, stop = (
+        page.get_by_role("button", name=name, exact=True).first for name in ("Generate", "Stop")
+    )
     page.set_viewport_size({"width": 1400, "height": 700})
     try:
         for where in (0, 0.5):  # the top of the page and the middle of the form
@@ -247,6 +259,8 @@ def test_a_weak_model_is_flagged_in_the_picker_and_its_card(page):
     sync_api.expect(page.get_by_role("option", name=f"{DSNO} (dsno, run) ⚠️ weak")).to_be_visible()
     sync_api.expect(page.get_by_role("option", name=f"{DIT} (dit, run)", exact=True)).to_be_visible()
     page.get_by_role("option", name=f"{DSNO} (dsno, run) ⚠️ weak").click()
-    sync_api.expect(page.get_by_text("weak model: only 50% of its images show the class asked for")).to_be_visible()
+    sync_api.expect(
+        page.get_by_text("weak model: only 50% of its images show the class asked for")
+    ).to_be_visible()
     pick_model(page, DIT)
     sync_api.expect(page.get_by_text("weak model")).to_have_count(0)

@@ -60,8 +60,9 @@ def tiny_biggan_pipeline():
     from studio.pipelines.gan import StudioGANPipeline
 
     torch.manual_seed(0)
-    generator = BigGANGenerator.from_arch(BigGANGeneratorConfig(z_dim=24, shared_dim=8, width=8,
-                                                                attention_resolution=14))
+    generator = BigGANGenerator.from_arch(
+        BigGANGeneratorConfig(z_dim=24, shared_dim=8, width=8, attention_resolution=14)
+    )
     return StudioGANPipeline(generator)
 
 
@@ -95,10 +96,16 @@ def tiny_dsno_pipeline():
 
     teacher = random_teacher(8, 1, 10, [8, 8], seed=0)
     grid = TrajectoryGrid.for_scheduler(teacher.scheduler, 16, 4)
-    student = DSNOStudent.from_teacher(teacher.unet, timesteps=list(grid.timesteps),
-                                       alphas_cumprod=list(grid.alphas_cumprod),
-                                       alpha_cumprod_start=grid.alpha_cumprod_start, teacher="random",
-                                       teacher_steps=16, guidance_scale=1.0, num_classes=10).eval()
+    student = DSNOStudent.from_teacher(
+        teacher.unet,
+        timesteps=list(grid.timesteps),
+        alphas_cumprod=list(grid.alphas_cumprod),
+        alpha_cumprod_start=grid.alpha_cumprod_start,
+        teacher="random",
+        teacher_steps=16,
+        guidance_scale=1.0,
+        num_classes=10,
+    ).eval()
     return StudioDSNOPipeline(student=student)
 
 
@@ -135,7 +142,9 @@ def service(checkpoints, tmp_path, monkeypatch):
     """The service over the tiny runs; files and checkpoint folders under ``tmp_path`` count as uploads
     and allowed folders (what the app grants gradio's upload cache and ``--allow-path``)."""
     monkeypatch.setenv("STUDIO_RUNS", str(checkpoints))
-    return StudioService(tmp_path / "outputs", device="cpu", access=AccessPolicy.create([tmp_path], [tmp_path]))
+    return StudioService(
+        tmp_path / "outputs", device="cpu", access=AccessPolicy.create([tmp_path], [tmp_path])
+    )
 
 
 def pixels(path) -> np.ndarray:
@@ -144,8 +153,9 @@ def pixels(path) -> np.ndarray:
 
 
 def dit_request(**changes) -> GenerateRequest:
-    return GenerateRequest(**{"model": DIT, "num_images": 2, "seed": 3, "num_inference_steps": 4,
-                              "scheduler": "ddim", **changes})
+    return GenerateRequest(
+        **{"model": DIT, "num_images": 2, "seed": 3, "num_inference_steps": 4, "scheduler": "ddim", **changes}
+    )
 
 
 def test_plugin_applies_for_one_call_and_is_removed_after(service):
@@ -155,8 +165,9 @@ def test_plugin_applies_for_one_call_and_is_removed_after(service):
     assert pipe.plugins == [] and not hasattr(pipe.transformer, "_diffusers_hook")
     after = service.generate(dit_request())
     assert after.batch.records[0].plugins == {}
-    fresh = tiny_dit_pipeline()(num_images=2, seed=3, num_inference_steps=4, scheduler="ddim", guidance_scale=4.0,
-                                output_type="pil").images
+    fresh = tiny_dit_pipeline()(
+        num_images=2, seed=3, num_inference_steps=4, scheduler="ddim", guidance_scale=4.0, output_type="pil"
+    ).images
     for path, image in zip(after.batch.paths, fresh):
         np.testing.assert_array_equal(pixels(path), np.asarray(image))
     assert not np.array_equal(pixels(with_plugin.batch.paths[0]), pixels(after.batch.paths[0]))
@@ -172,8 +183,9 @@ def test_each_image_is_a_png_with_its_own_record(service):
 
 
 def test_arguments_a_family_does_not_take_are_left_out(service):
-    request = GenerateRequest(GAN, num_images=2, seed=1, num_inference_steps=7, guidance_scale=9.0, scheduler="ddim",
-                              truncation=0.5)
+    request = GenerateRequest(
+        GAN, num_images=2, seed=1, num_inference_steps=7, guidance_scale=9.0, scheduler="ddim", truncation=0.5
+    )
     record = service.generate(request).batch.records[0]
     assert record.family == "sagan" and record.steps is None and record.extra["truncation"] == 0.5
     info = service.select(GAN)
@@ -204,8 +216,15 @@ def test_history_recall_reproduces_a_random_seed_generation(service):
     for a, b in zip(first.batch.paths, again.batch.paths):
         np.testing.assert_array_equal(pixels(a), pixels(b))
     from_png = service.request_from_png(first.batch.paths[1])
-    assert (from_png.model, from_png.seed, from_png.num_images, from_png.class_label) == (DIT, recalled.seed + 1, 1, 2)
-    np.testing.assert_array_equal(pixels(service.generate(from_png).batch.paths[0]), pixels(first.batch.paths[1]))
+    assert (from_png.model, from_png.seed, from_png.num_images, from_png.class_label) == (
+        DIT,
+        recalled.seed + 1,
+        1,
+        2,
+    )
+    np.testing.assert_array_equal(
+        pixels(service.generate(from_png).batch.paths[0]), pixels(first.batch.paths[1])
+    )
 
 
 def test_history_is_bounded_and_newest_first():
@@ -229,7 +248,9 @@ def test_compare_reports_both_timings_and_a_neutral_plugin_changes_nothing(servi
 
 def test_measure_speedup_runs_the_baseline(service):
     result = service.generate(dit_request(plugins=("fora:interval=2",)), measure_speedup=True)
-    assert result.baseline_seconds > 0 and result.speedup == pytest.approx(result.baseline_seconds / result.batch.seconds)
+    assert result.baseline_seconds > 0 and result.speedup == pytest.approx(
+        result.baseline_seconds / result.batch.seconds
+    )
     assert service.generate(dit_request(), measure_speedup=True).speedup is None
 
 
@@ -270,11 +291,16 @@ def test_control_requests_name_a_bad_picture_or_a_model_without_controlnet(servi
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     drawn = tmp_path / "drawn.png"
     Image.new("L", (28, 28), color=255).save(drawn)
-    cases = [(ControlRequest(DIT, ""), "upload a control image or draw a sketch first"),
-             (ControlRequest(DIT, str(tmp_path / "missing.png")), "control image missing.png is not an uploaded file"),
-             (ControlRequest(DIT, str(corrupt)), "control image corrupt.png is not a readable image"),
-             (ControlRequest(DIT, str(drawn), condition="depth"), "unknown condition 'depth'"),
-             (ControlRequest(DIT, str(drawn)), "tiny-dit is a dit model; the Control tab needs a ControlNet")]
+    cases = [
+        (ControlRequest(DIT, ""), "upload a control image or draw a sketch first"),
+        (
+            ControlRequest(DIT, str(tmp_path / "missing.png")),
+            "control image missing.png is not an uploaded file",
+        ),
+        (ControlRequest(DIT, str(corrupt)), "control image corrupt.png is not a readable image"),
+        (ControlRequest(DIT, str(drawn), condition="depth"), "unknown condition 'depth'"),
+        (ControlRequest(DIT, str(drawn)), "tiny-dit is a dit model; the Control tab needs a ControlNet"),
+    ]
     for request, message in cases:
         with pytest.raises(StudioError, match=message):
             service.control(request)
@@ -307,8 +333,20 @@ def test_plugin_panels_follow_the_registry_and_specs_round_trip():
 def test_classifier_runs_are_neither_offered_nor_trained_by_the_app(runs_dir, no_shipped_models, tmp_path):
     from studio_cli import main
 
-    assert main(["train", "adm_classifier", "--preset", "mnist-tiny", f"output_dir={runs_dir / 'judge'}",
-                 "max_steps=1", "checkpointing_steps=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "adm_classifier",
+                "--preset",
+                "mnist-tiny",
+                f"output_dir={runs_dir / 'judge'}",
+                "max_steps=1",
+                "checkpointing_steps=1",
+            ]
+        )
+        == 0
+    )
     assert [e.name for e in list_models()] == ["judge"]  # a run on disk...
     service = StudioService(tmp_path / "outputs", device="cpu")
     assert [o.name for o in service.model_options()] == [DEMO_MODEL]  # ...that the picker does not offer
@@ -352,18 +390,26 @@ def test_encprop_is_refused_on_a_sampler_that_adds_noise_every_step(service):
     """encprop reuses encoder features across steps; on DDPM (adm-mnist's default) that gave noise images."""
     assert service.select(ADM).default_scheduler == "ddpm"
     for scheduler in (None, "ddpm", "euler_a"):
-        with pytest.raises(StudioError, match="encprop reuses features from earlier steps.*choose ddim or dpm"):
-            service.generate(GenerateRequest(ADM, num_images=1, num_inference_steps=4, scheduler=scheduler,
-                                             plugins=("encprop",)))
-    result = service.generate(GenerateRequest(ADM, num_images=1, num_inference_steps=4, scheduler="ddim",
-                                              plugins=("encprop",)))
+        with pytest.raises(
+            StudioError, match="encprop reuses features from earlier steps.*choose ddim or dpm"
+        ):
+            service.generate(
+                GenerateRequest(
+                    ADM, num_images=1, num_inference_steps=4, scheduler=scheduler, plugins=("encprop",)
+                )
+            )
+    result = service.generate(
+        GenerateRequest(ADM, num_images=1, num_inference_steps=4, scheduler="ddim", plugins=("encprop",))
+    )
     assert "encprop" in result.batch.records[0].plugins
 
 
 def test_skip_tuning_panel_starts_with_a_setting_that_changes_the_images(service):
     panel = next(p for p in plugin_panels() if p.name == "skip_tuning")
     fields = {f.name: f for f in panel.fields}
-    assert fields["rho_bottom"].default == 1.0 and fields["rho_bottom"].start < 1.0  # library neutral, app not
+    assert (
+        fields["rho_bottom"].default == 1.0 and fields["rho_bottom"].start < 1.0
+    )  # library neutral, app not
     spec = plugin_spec("skip_tuning", {f.name: f.start for f in panel.fields})
     assert spec == f"skip_tuning:rho_bottom={fields['rho_bottom'].start}"
     request = GenerateRequest(ADM, num_images=2, seed=1, num_inference_steps=4, scheduler="ddim")
@@ -388,9 +434,14 @@ def test_controlnet_models_are_sent_to_the_control_tab(service):
     assert CONTROLNET not in [o.name for o in offered] and DIT in [o.name for o in offered]
 
 
-def test_files_are_named_by_model_class_and_seed_and_records_keep_the_server_path_private(service, checkpoints):
+def test_files_are_named_by_model_class_and_seed_and_records_keep_the_server_path_private(
+    service, checkpoints
+):
     result = service.generate(dit_request(num_images=2, class_label=7))
-    assert [p.name for p in result.batch.paths] == ["00-tiny-dit-class7-seed3.png", "01-tiny-dit-class7-seed4.png"]
+    assert [p.name for p in result.batch.paths] == [
+        "00-tiny-dit-class7-seed3.png",
+        "01-tiny-dit-class7-seed4.png",
+    ]
     with Image.open(result.batch.paths[0]) as png:
         assert str(checkpoints) not in png.text["studio"] + png.text["parameters"]
     assert result.batch.records[0].model == DIT
@@ -434,15 +485,26 @@ def test_every_shipped_class_conditional_model_shows_class_names():
 def test_several_classes_are_taken_in_turn_and_recalled(service):
     from webapp.classes import class_choice, classes_of
 
-    assert [class_choice(v) for v in ("3", 3, ["1", "3"], "1,3", "all", [], None)] == [3, 3, (1, 3), (1, 3),
-                                                                                       None, None, None]
+    assert [class_choice(v) for v in ("3", 3, ["1", "3"], "1,3", "all", [], None)] == [
+        3,
+        3,
+        (1, 3),
+        (1, 3),
+        None,
+        None,
+        None,
+    ]
     with pytest.raises(StudioError, match="class must be a class index"):
         class_choice("cat")
     result = service.generate(dit_request(num_images=4, class_label=("1", "3")))
     assert [r.class_labels for r in result.batch.records] == [[1], [3], [1], [3]]
     assert result.batch.class_titles[3] == "digit 3" and result.request.to_dict()["class_label"] == [1, 3]
     assert service.recall(result.history_id).class_label == (1, 3)
-    assert classes_of([1, 3, 1, 3]) == (1, 3) and classes_of([0, 1, 2, 3], 10) is None and classes_of([5, 5]) == 5
+    assert (
+        classes_of([1, 3, 1, 3]) == (1, 3)
+        and classes_of([0, 1, 2, 3], 10) is None
+        and classes_of([5, 5]) == 5
+    )
     info = service.select(ADM)  # no names in its card, no dataset: numbered
     assert info.class_titles == ("class 0", "class 1", "class 2", "class 3")
 
@@ -458,15 +520,22 @@ def test_the_picker_opens_on_a_fast_good_model_shows_card_numbers_and_flags_weak
     accuracy = next(e.card for e in list_models() if e.name == "dsno-mnist")["metrics"]["class_accuracy"]
     if accuracy >= 0.7:
         pytest.skip(f"dsno-mnist measures {accuracy:.0%} now: no longer weak")
-    assert "weak" in options["dsno-mnist"].label and f"only {accuracy:.0%} of its images" in options["dsno-mnist"].warning
+    assert (
+        "weak" in options["dsno-mnist"].label
+        and f"only {accuracy:.0%} of its images" in options["dsno-mnist"].warning
+    )
     assert not options["biggan-mnist"].warning and not options["dit-mnist"].warning
     cards = {e.name: e.card for e in list_models()}
     text = card_text("biggan-mnist", "biggan", cards["biggan-mnist"])
     assert text.startswith("family biggan, dataset mnist") and "class accuracy **98.9%**" in text
     assert "Quality board (n=1000" in text and "worst class 5 at 96%" in text
-    assert "Best settings (set below): guidance scale 1.0, num inference steps 50, scheduler ddim" in card_text(
-        "dit-mnist", "dit", cards["dit-mnist"])
-    assert card_text("dsno-mnist", "dsno", cards["dsno-mnist"]).startswith(f"⚠️ **weak model: only {accuracy:.0%}")
+    assert (
+        "Best settings (set below): guidance scale 1.0, num inference steps 50, scheduler ddim"
+        in card_text("dit-mnist", "dit", cards["dit-mnist"])
+    )
+    assert card_text("dsno-mnist", "dsno", cards["dsno-mnist"]).startswith(
+        f"⚠️ **weak model: only {accuracy:.0%}"
+    )
 
 
 def test_a_weak_run_is_flagged_and_the_first_good_model_opens(service):
@@ -512,6 +581,10 @@ def test_the_app_names_no_documents_outside_the_repository():
     import webapp
 
     pattern = re.compile(r"§|\bissue \d|\b(spec|training|design|ecosystem)\.md\b|\bspec [\w.]+\.md")
-    found = [f"{path.name}:{n}" for path in Path(webapp.__file__).parent.rglob("*.py")
-             for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    found = [
+        f"{path.name}:{n}"
+        for path in Path(webapp.__file__).parent.rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not found

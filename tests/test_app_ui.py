@@ -45,8 +45,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(root: Path, allow_paths: tuple[str, ...] = (),
-                limits: AppLimits = LIMITS) -> Iterator[tuple[str, StudioService]]:
+def running_app(
+    root: Path, allow_paths: tuple[str, ...] = (), limits: AppLimits = LIMITS
+) -> Iterator[tuple[str, StudioService]]:
     """The app over tiny runs in ``root/runs``, launched on a free port as ``app.py`` does (uploads only,
     checkpoints from the runs folder and ``allow_paths``); yields its URL and service."""
     write_checkpoints(root / "runs")
@@ -56,8 +57,13 @@ def running_app(root: Path, allow_paths: tuple[str, ...] = (),
         patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         service = StudioService(root / "outputs", device="cpu", access=app_access(allow_paths), limits=limits)
         demo = build_app(service)
-        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
-                                allowed_paths=allowed_paths(service), quiet=True)
+        _, url, _ = demo.launch(
+            prevent_thread_lock=True,
+            server_name="127.0.0.1",
+            server_port=free_port(),
+            allowed_paths=allowed_paths(service),
+            quiet=True,
+        )
         try:
             yield url, service
         finally:
@@ -75,16 +81,46 @@ def client(app):
     return Client(app[0], verbose=False)
 
 
-def generate(client: Client, model: str = DIT, plugins: str = "", measure: bool = False, steps: int = 3,
-             batch: int = 2, seed: int = 7, truncation: float = 0.0, classifier: float = 0.0) -> tuple[list, str, dict]:
-    return client.predict(model, "all", "ddim", steps, 4.0, truncation, seed, False, batch, plugins, measure,
-                          classifier, api_name="/generate")
+def generate(
+    client: Client,
+    model: str = DIT,
+    plugins: str = "",
+    measure: bool = False,
+    steps: int = 3,
+    batch: int = 2,
+    seed: int = 7,
+    truncation: float = 0.0,
+    classifier: float = 0.0,
+) -> tuple[list, str, dict]:
+    return client.predict(
+        model,
+        "all",
+        "ddim",
+        steps,
+        4.0,
+        truncation,
+        seed,
+        False,
+        batch,
+        plugins,
+        measure,
+        classifier,
+        api_name="/generate",
+    )
 
 
-def control(client: Client, model: str, picture: str, condition: str = "canny", scale: float = 1.0,
-            batch: int = 2, seed: int = 5) -> tuple[str, list, dict]:
-    return client.predict(model, handle_file(picture), condition, "all", scale, False, 3, 1.0, seed, batch,
-                          api_name="/control")
+def control(
+    client: Client,
+    model: str,
+    picture: str,
+    condition: str = "canny",
+    scale: float = 1.0,
+    batch: int = 2,
+    seed: int = 5,
+) -> tuple[str, list, dict]:
+    return client.predict(
+        model, handle_file(picture), condition, "all", scale, False, 3, 1.0, seed, batch, api_name="/control"
+    )
 
 
 def test_every_action_is_a_named_endpoint(client):
@@ -96,31 +132,75 @@ def test_every_action_is_a_named_endpoint(client):
 
 def test_endpoints_take_named_parameters_and_default_the_rest_to_the_pages_values(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    names = {name: [p["parameter_name"] for p in endpoints[f"/{name}"]["parameters"]]
-             for name in ("generate", "compare", "control", "train", "model_info", "recall", "png_info")}
-    request = ["model", "classes", "sampler", "steps", "guidance_scale", "truncation", "seed", "randomize_seed",
-               "num_images", "plugins"]
+    names = {
+        name: [p["parameter_name"] for p in endpoints[f"/{name}"]["parameters"]]
+        for name in ("generate", "compare", "control", "train", "model_info", "recall", "png_info")
+    }
+    request = [
+        "model",
+        "classes",
+        "sampler",
+        "steps",
+        "guidance_scale",
+        "truncation",
+        "seed",
+        "randomize_seed",
+        "num_images",
+        "plugins",
+    ]
     assert names["generate"] == [*request, "measure_speedup", "classifier_scale", "download_size"]
     assert names["compare"] == [*request, "classifier_scale"]
-    assert names["control"] == ["model", "control_image", "condition", "classes", "control_scale", "guess_mode",
-                                "steps", "guidance_scale", "seed", "num_images"]
+    assert names["control"] == [
+        "model",
+        "control_image",
+        "condition",
+        "classes",
+        "control_scale",
+        "guess_mode",
+        "steps",
+        "guidance_scale",
+        "seed",
+        "num_images",
+    ]
     assert names["train"] == ["family", "preset", "max_steps", "run"]
     assert (names["model_info"], names["recall"], names["png_info"]) == (["model"], ["entry_id"], ["png"])
     assert all(p["parameter_has_default"] for p in endpoints["/generate"]["parameters"])
-    gallery, _, details = client.predict(model=DIT, classes=["2"], steps=2, num_images=1, seed=5,
-                                         api_name="/generate")
+    gallery, _, details = client.predict(
+        model=DIT, classes=["2"], steps=2, num_images=1, seed=5, api_name="/generate"
+    )
     assert len(gallery) == 1 and details["request"] == {
-        "model": DIT, "num_images": 1, "class_label": 2, "seed": 5, "num_inference_steps": 2, "guidance_scale": 4.0,
-        "scheduler": None, "truncation": None, "classifier_scale": None, "plugins": [], "upscale": 1,
-        "upscale_filter": "nearest"}
+        "model": DIT,
+        "num_images": 1,
+        "class_label": 2,
+        "seed": 5,
+        "num_inference_steps": 2,
+        "guidance_scale": 4.0,
+        "scheduler": None,
+        "truncation": None,
+        "classifier_scale": None,
+        "plugins": [],
+        "upscale": 1,
+        "upscale_filter": "nearest",
+    }
 
 
-@pytest.mark.parametrize("model, family, truncation, classifier", [
-    (DIT, "dit", 0.0, 0.0), (GAN, "sagan", 0.7, 0.0), (BIGGAN, "biggan", 0.5, 0.0), (ADM, "adm", 0.0, 2.0),
-    (DSNO, "dsno", 0.0, 0.0)])
-def test_generate_returns_pngs_with_their_records_for_each_family(client, model, family, truncation, classifier):
+@pytest.mark.parametrize(
+    "model, family, truncation, classifier",
+    [
+        (DIT, "dit", 0.0, 0.0),
+        (GAN, "sagan", 0.7, 0.0),
+        (BIGGAN, "biggan", 0.5, 0.0),
+        (ADM, "adm", 0.0, 2.0),
+        (DSNO, "dsno", 0.0, 0.0),
+    ],
+)
+def test_generate_returns_pngs_with_their_records_for_each_family(
+    client, model, family, truncation, classifier
+):
     gallery, timing, details = generate(client, model, truncation=truncation, classifier=classifier)
-    assert len(gallery) == 2 and gallery[1]["caption"] == ("seed 8 · digit 1" if model == DIT else "seed 8 · class 1")
+    assert len(gallery) == 2 and gallery[1]["caption"] == (
+        "seed 8 · digit 1" if model == DIT else "seed 8 · class 1"
+    )
     assert "2 images in" in timing
     for item, image in zip(gallery, details["images"]):
         with Image.open(item["image"]) as png:
@@ -134,8 +214,9 @@ def test_generate_returns_pngs_with_their_records_for_each_family(client, model,
 
 
 def test_generate_serves_an_unconditional_score_model_with_its_own_sampler(client):
-    gallery, _, details = client.predict(SCORE, "all", "pc", 3, 1.0, 0.0, 4, False, 2, "", False, 0.0,
-                                         api_name="/generate")
+    gallery, _, details = client.predict(
+        SCORE, "all", "pc", 3, 1.0, 0.0, 4, False, 2, "", False, 0.0, api_name="/generate"
+    )
     record = details["images"][0]["record"]
     assert len(gallery) == 2 and record["family"] == "score" and record["sampler"] == "pc"
     assert record["class_labels"] in (None, []) and record["seeds"] == [4]
@@ -169,8 +250,9 @@ def test_plugins_apply_and_the_speedup_is_measured_on_request(client):
 
 
 def test_compare_shows_both_sides_with_their_timings(client):
-    baseline, accelerated, text, details = client.predict(DIT, "3", "ddim", 4, 4.0, 0.0, 1, False, 2, "fora:interval=2",
-                                                          api_name="/compare")
+    baseline, accelerated, text, details = client.predict(
+        DIT, "3", "ddim", 4, 4.0, 0.0, 1, False, 2, "fora:interval=2", api_name="/compare"
+    )
     assert len(baseline) == len(accelerated) == 2 and "speedup" in text
     assert details["baseline"]["seconds"] > 0 and details["accelerated"]["seconds"] > 0
     assert details["baseline"]["images"][0]["record"]["class_labels"] == [3]
@@ -195,14 +277,26 @@ def test_model_info_follows_call_parameters(client):
 
 def test_class_picker_shows_titles_takes_several_classes_and_the_api_still_takes_indices(client):
     dit, adm = (client.predict(name, api_name="/model_info") for name in (DIT, ADM))
-    assert dit["class_titles"][3] == "digit 3" and adm["class_titles"] == ["class 0", "class 1", "class 2", "class 3"]
-    gallery, _, details = client.predict(DIT, ["1", "3"], "ddim", 2, 4.0, 0.0, 7, False, 4, "", False,
-                                         api_name="/generate")
-    assert [item["caption"] for item in gallery] == ["seed 7 · digit 1", "seed 8 · digit 3", "seed 9 · digit 1",
-                                                     "seed 10 · digit 3"]
+    assert dit["class_titles"][3] == "digit 3" and adm["class_titles"] == [
+        "class 0",
+        "class 1",
+        "class 2",
+        "class 3",
+    ]
+    gallery, _, details = client.predict(
+        DIT, ["1", "3"], "ddim", 2, 4.0, 0.0, 7, False, 4, "", False, api_name="/generate"
+    )
+    assert [item["caption"] for item in gallery] == [
+        "seed 7 · digit 1",
+        "seed 8 · digit 3",
+        "seed 9 · digit 1",
+        "seed 10 · digit 3",
+    ]
     assert details["request"]["class_label"] == [1, 3]
     for value in ("3", 3, "1,3", "all"):  # what API clients sent before the picker took several classes
-        _, _, details = client.predict(DIT, value, "ddim", 2, 4.0, 0.0, 7, False, 2, "", False, api_name="/generate")
+        _, _, details = client.predict(
+            DIT, value, "ddim", 2, 4.0, 0.0, 7, False, 2, "", False, api_name="/generate"
+        )
         labels = [image["record"]["class_labels"][0] for image in details["images"]]
         assert labels == {"3": [3, 3], 3: [3, 3], "1,3": [1, 3], "all": [0, 1]}[value]
 
@@ -212,17 +306,21 @@ def pixels(path) -> np.ndarray:
         return np.asarray(image).copy()
 
 
-@pytest.mark.parametrize("model, classes, truncation, plugins", [(BIGGAN, ["1", "3"], 0.5, ""),
-                                                                 (DIT, "all", 0.0, "fora:interval=2")])
-def test_copy_as_cli_and_python_redraw_the_same_pixels(client, tmp_path, monkeypatch, model, classes, truncation,
-                                                       plugins):
+@pytest.mark.parametrize(
+    "model, classes, truncation, plugins",
+    [(BIGGAN, ["1", "3"], 0.5, ""), (DIT, "all", 0.0, "fora:interval=2")],
+)
+def test_copy_as_cli_and_python_redraw_the_same_pixels(
+    client, tmp_path, monkeypatch, model, classes, truncation, plugins
+):
     from studio_cli import main
 
-    gallery, _, details = client.predict(model, classes, "ddim", 3, 4.0, truncation, 7, False, 3, plugins, False,
-                                         api_name="/generate")
+    gallery, _, details = client.predict(
+        model, classes, "ddim", 3, 4.0, truncation, 7, False, 3, plugins, False, api_name="/generate"
+    )
     how = details["reproduce"]
     words = shlex.split(how["cli"])
-    assert words[:3] == ["studio", "sample", model] and ["--seed", "7"] == words[words.index("--seed"):][:2]
+    assert words[:3] == ["studio", "sample", model] and ["--seed", "7"] == words[words.index("--seed") :][:2]
     words[words.index("--out") + 1] = str(tmp_path / "cli")
     assert main(words[1:]) == 0  # the command line, run as `studio` would
     monkeypatch.chdir(tmp_path)
@@ -261,9 +359,15 @@ def test_bad_requests_are_readable_errors_and_the_app_keeps_serving(client, tmp_
         (lambda: generate(client, plugins="nope:x=1"), "unknown plugin 'nope'"),
         (lambda: client.predict(handle_file(str(fake_png)), api_name="/png_info"), "not a PNG with a studio"),
         (lambda: client.predict(999, api_name="/recall"), "not in the history"),
-        (lambda: client.predict("dit", "no-preset", 10, api_name="/train"), "no-preset is not in the list of choices"),
+        (
+            lambda: client.predict("dit", "no-preset", 10, api_name="/train"),
+            "no-preset is not in the list of choices",
+        ),
         (lambda: control(client, DIT, str(fake_png)), "control image fake.png is not a readable image"),
-        (lambda: control(client, DIT, str(real_png)), "tiny-dit is a dit model; the Control tab needs a ControlNet"),
+        (
+            lambda: control(client, DIT, str(real_png)),
+            "tiny-dit is a dit model; the Control tab needs a ControlNet",
+        ),
     ]
     for call, message in cases:
         with pytest.raises(AppError, match=message):
@@ -285,7 +389,9 @@ def test_stop_interrupts_a_running_generation(client):
 def test_generate_offers_no_controlnet_and_the_api_page_speaks_to_users(app, client):
     picker, models = client.predict(api_name="/models")
     assert CONTROLNET in {m["name"] for m in models}  # served, by the Control tab
-    assert CONTROLNET not in {value for _, value in picker["choices"]} and DIT in {v for _, v in picker["choices"]}
+    assert CONTROLNET not in {value for _, value in picker["choices"]} and DIT in {
+        v for _, v in picker["choices"]
+    }
     import httpx
 
     endpoints = httpx.get(app[0] + "gradio_api/info", timeout=30).json()["named_endpoints"]

@@ -36,8 +36,26 @@ def assert_one_line_error(code, err, *needles):
 
 def test_sample_writes_pngs_npz_grid_and_resumes(checkpoint, tmp_path, capsys):
     out = tmp_path / "samples"
-    args = ["sample", checkpoint, "--num-images", 6, "--batch-size", 4, "--out", out, "--seed", 0, "--steps", 3,
-            "--scheduler", "ddim", "--guidance-scale", 4, "--class-labels", 3]
+    args = [
+        "sample",
+        checkpoint,
+        "--num-images",
+        6,
+        "--batch-size",
+        4,
+        "--out",
+        out,
+        "--seed",
+        0,
+        "--steps",
+        3,
+        "--scheduler",
+        "ddim",
+        "--guidance-scale",
+        4,
+        "--class-labels",
+        3,
+    ]
     code, stdout, _ = run_cli(*args, capsys=capsys)
     assert code == 0 and "6 images" in stdout
     assert sorted(p.name for p in out.glob("0*.png")) == [f"{i:06d}.png" for i in range(6)]
@@ -56,23 +74,30 @@ def test_sample_writes_pngs_npz_grid_and_resumes(checkpoint, tmp_path, capsys):
     assert code == 0 and "5 already there" in stdout
     assert (out / "000000.png").stat().st_mtime_ns == mtime  # existing images were not redone
     again = np.load(out / "samples.npz")["images"]
-    assert again.shape[0] == 8 and np.array_equal(again[:6], data["images"])  # regenerated image 5 is identical
+    assert again.shape[0] == 8 and np.array_equal(
+        again[:6], data["images"]
+    )  # regenerated image 5 is identical
 
 
 def test_models_lists_runs(checkpoint, runs_dir, capsys):
-    save_pipeline(tiny_dit_pipeline(), runs_dir / "my-run" / "pipeline", {"trained_steps": 7, "dataset": "mnist"})
+    save_pipeline(
+        tiny_dit_pipeline(), runs_dir / "my-run" / "pipeline", {"trained_steps": 7, "dataset": "mnist"}
+    )
     code, stdout, _ = run_cli("models", capsys=capsys)
     assert code == 0 and "my-run" in stdout and "dit" in stdout and "7" in stdout
 
 
-@pytest.mark.parametrize("args,needles", [
-    (["train", "vqgan", "--preset", "x"], ["unknown model family 'vqgan'"]),
-    (["train", "dit", "--preset", "mnist-huge"], ["unknown preset 'mnist-huge'", "mnist-tiny"]),
-    (["train", "dit", "--preset", "mnist-tiny", "data.image_size=30"], ["not divisible"]),
-    (["train", "dit", "--preset", "mnist-tiny", "model.depht=3"], ["bad configuration", "depht"]),
-    (["sample", "/nonexistent/ckpt", "--out", "o"], ["does not exist"]),
-    (["sample", "no-such-model", "--out", "o"], ["unknown model 'no-such-model'"]),
-])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["train", "vqgan", "--preset", "x"], ["unknown model family 'vqgan'"]),
+        (["train", "dit", "--preset", "mnist-huge"], ["unknown preset 'mnist-huge'", "mnist-tiny"]),
+        (["train", "dit", "--preset", "mnist-tiny", "data.image_size=30"], ["not divisible"]),
+        (["train", "dit", "--preset", "mnist-tiny", "model.depht=3"], ["bad configuration", "depht"]),
+        (["sample", "/nonexistent/ckpt", "--out", "o"], ["does not exist"]),
+        (["sample", "no-such-model", "--out", "o"], ["unknown model 'no-such-model'"]),
+    ],
+)
 def test_bad_input_gives_one_line_errors(args, needles, capsys, tmp_path, runs_dir):
     code, _, err = run_cli(*args, capsys=capsys)
     assert_one_line_error(code, err, *needles)
@@ -80,22 +105,36 @@ def test_bad_input_gives_one_line_errors(args, needles, capsys, tmp_path, runs_d
 
 def test_empty_dataset_folder_is_refused(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli("train", "dit", "--preset", "mnist-tiny", "--dataset", tmp_path / "empty",
-                           "--output-dir", tmp_path / "run", capsys=capsys)
+    code, _, err = run_cli(
+        "train",
+        "dit",
+        "--preset",
+        "mnist-tiny",
+        "--dataset",
+        tmp_path / "empty",
+        "--output-dir",
+        tmp_path / "run",
+        capsys=capsys,
+    )
     assert_one_line_error(code, err, "holds no images")
 
 
-@pytest.mark.parametrize("extra,needles", [
-    (["--class-labels", "three"], ["integers"]),
-    (["--class-labels", "10"], ["out of range", "0..9"]),
-    (["--scheduler", "nope"], ["unknown scheduler 'nope'"]),
-    (["--truncation", "0.5"], ["--truncation does not apply to dit"]),
-])
+@pytest.mark.parametrize(
+    "extra,needles",
+    [
+        (["--class-labels", "three"], ["integers"]),
+        (["--class-labels", "10"], ["out of range", "0..9"]),
+        (["--scheduler", "nope"], ["unknown scheduler 'nope'"]),
+        (["--truncation", "0.5"], ["--truncation does not apply to dit"]),
+    ],
+)
 def test_bad_sampling_requests_keep_existing_images(checkpoint, tmp_path, capsys, extra, needles):
     out = tmp_path / "samples"
     assert run_cli("sample", checkpoint, "--num-images", 2, "--steps", 2, "--out", out, capsys=capsys)[0] == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    code, _, err = run_cli("sample", checkpoint, "--num-images", 4, "--steps", 2, "--out", out, *extra, capsys=capsys)
+    code, _, err = run_cli(
+        "sample", checkpoint, "--num-images", 4, "--steps", 2, "--out", out, *extra, capsys=capsys
+    )
     assert_one_line_error(code, err, *needles)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
@@ -114,7 +153,9 @@ def test_corrupt_checkpoint_is_named(checkpoint, tmp_path, capsys):
 @pytest.mark.slow
 def test_two_process_sampling_shards_and_matches_one_process(checkpoint, tmp_path, capsys):
     common = ["--num-images", "10", "--batch-size", "3", "--steps", "2", "--class-labels", "0,1,2"]
-    result = launch_two_processes("sample", str(checkpoint), "--out", str(tmp_path / "two"), *common, cwd=REPO)
+    result = launch_two_processes(
+        "sample", str(checkpoint), "--out", str(tmp_path / "two"), *common, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("sampling (process 1)") > 0  # the second process really sampled
     assert run_cli("sample", checkpoint, "--out", tmp_path / "one", *common, capsys=capsys)[0] == 0
@@ -124,20 +165,49 @@ def test_two_process_sampling_shards_and_matches_one_process(checkpoint, tmp_pat
 
 @pytest.mark.slow
 def test_two_process_training_runs_and_checkpoints(tmp_path):
-    result = launch_two_processes("train", "dit", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
-                                  str(tmp_path / "run"), "--checkpointing-steps", "3", *TINY_DIT_OVERRIDES, cwd=REPO)
+    result = launch_two_processes(
+        "train",
+        "dit",
+        "--preset",
+        "mnist-tiny",
+        "--max-steps",
+        "3",
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--checkpointing-steps",
+        "3",
+        *TINY_DIT_OVERRIDES,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
-    assert (checkpoint / "rng_state_0.safetensors").is_file() and (checkpoint / "rng_state_1.safetensors").is_file()
+    assert (checkpoint / "rng_state_0.safetensors").is_file() and (
+        checkpoint / "rng_state_1.safetensors"
+    ).is_file()
     assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
 
 
 @pytest.mark.slow
 def test_two_process_gan_training_runs_and_checkpoints(tmp_path):
     """BigGAN under DDP: two models, D frozen during the G step, per-process batch norm."""
-    result = launch_two_processes("train", "biggan", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
-                                  str(tmp_path / "run"), "--checkpointing-steps", "3", "batch_size=8", "model.width=8",
-                                  "model.z_dim=24", "num_sample_images=4", "sample_every=0", cwd=REPO)
+    result = launch_two_processes(
+        "train",
+        "biggan",
+        "--preset",
+        "mnist-tiny",
+        "--max-steps",
+        "3",
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--checkpointing-steps",
+        "3",
+        "batch_size=8",
+        "model.width=8",
+        "model.z_dim=24",
+        "num_sample_images=4",
+        "sample_every=0",
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
     assert (checkpoint / "rng_state_1.safetensors").is_file()
@@ -147,7 +217,9 @@ def test_two_process_gan_training_runs_and_checkpoints(tmp_path):
 
 
 def test_bench_runs_a_bench_script_and_names_unknown_ones(capsys):
-    assert_one_line_error(*run_cli("bench", "nope", capsys=capsys)[::2], "unknown benchmark 'nope'", "plugins")
+    assert_one_line_error(
+        *run_cli("bench", "nope", capsys=capsys)[::2], "unknown benchmark 'nope'", "plugins"
+    )
     with pytest.raises(SystemExit) as exit_info:  # argparse of bench/plugins.py itself
         main(["bench", "plugins", "--help"])
     assert exit_info.value.code == 0
@@ -157,13 +229,30 @@ def test_bench_runs_a_bench_script_and_names_unknown_ones(capsys):
 @pytest.mark.slow
 def test_two_process_adm_training_runs_and_checkpoints(tmp_path):
     """ADM under DDP: learned-sigma hybrid loss, null-class dropout, EMA, one checkpoint per process."""
-    result = launch_two_processes("train", "adm", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir",
-                                  str(tmp_path / "run"), "--checkpointing-steps", "3", "batch_size=8", "data.image_size=16",
-                                  "model.network.attention_resolutions=[8]", "model.network.model_channels=8",
-                                  "model.network.head_channels=8", "sample_every=0", cwd=REPO)
+    result = launch_two_processes(
+        "train",
+        "adm",
+        "--preset",
+        "mnist-tiny",
+        "--max-steps",
+        "3",
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--checkpointing-steps",
+        "3",
+        "batch_size=8",
+        "data.image_size=16",
+        "model.network.attention_resolutions=[8]",
+        "model.network.model_channels=8",
+        "model.network.head_channels=8",
+        "sample_every=0",
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-3"
-    assert (checkpoint / "rng_state_0.safetensors").is_file() and (checkpoint / "rng_state_1.safetensors").is_file()
+    assert (checkpoint / "rng_state_0.safetensors").is_file() and (
+        checkpoint / "rng_state_1.safetensors"
+    ).is_file()
     pipe = load_pipeline(str(tmp_path / "run"))
     images = pipe(class_labels=[1, 2], num_inference_steps=2, scheduler="ddim", output_type="np").images
     assert np.isfinite(np.asarray(images)).all()
@@ -178,13 +267,28 @@ def test_train_flags_come_from_the_typed_config():
     from training.config import TrainConfig
 
     keys = {key for key, _ in TRAIN_FLAGS.values()}
-    scalars = {f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("family", "preset", "data", "optim",
-                                                                                  "model")}
+    scalars = {
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in ("family", "preset", "data", "optim", "model")
+    }
     assert scalars <= keys
-    earlier = {"max_steps": "max_steps", "batch_size": "batch_size", "output_dir": "output_dir", "seed": "seed",
-               "resume_from_checkpoint": "resume_from_checkpoint", "init_from": "init_from",
-               "mixed_precision": "mixed_precision", "gradient_accumulation_steps": "gradient_accumulation_steps",
-               "time_budget": "time_budget_minutes", "device": "device", "attention": "attention",
-               "checkpointing_steps": "checkpointing_steps", "sample_every": "sample_every", "dataset": "data.name",
-               "image_size": "data.image_size", "lr": "optim.lr"}
+    earlier = {
+        "max_steps": "max_steps",
+        "batch_size": "batch_size",
+        "output_dir": "output_dir",
+        "seed": "seed",
+        "resume_from_checkpoint": "resume_from_checkpoint",
+        "init_from": "init_from",
+        "mixed_precision": "mixed_precision",
+        "gradient_accumulation_steps": "gradient_accumulation_steps",
+        "time_budget": "time_budget_minutes",
+        "device": "device",
+        "attention": "attention",
+        "checkpointing_steps": "checkpointing_steps",
+        "sample_every": "sample_every",
+        "dataset": "data.name",
+        "image_size": "data.image_size",
+        "lr": "optim.lr",
+    }
     assert {flag: TRAIN_FLAGS[flag][0] for flag in earlier} == earlier

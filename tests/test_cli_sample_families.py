@@ -41,8 +41,22 @@ def control_png(tmp_path_factory):
 
 def sample(checkpoint, out, family, control, capsys, *extra):
     flags = [flag.replace("{control}", control) for flag in FAST_FLAGS.get(family, [])]
-    code = main(["sample", str(checkpoint), "--num-images", "3", "--batch-size", "2", "--seed", "5",
-                 "--out", str(out), *flags, *extra])
+    code = main(
+        [
+            "sample",
+            str(checkpoint),
+            "--num-images",
+            "3",
+            "--batch-size",
+            "2",
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+            *flags,
+            *extra,
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return captured.out
@@ -77,7 +91,9 @@ def test_studio_sample_runs_every_shipped_model(entry, tmp_path, control_png, ca
     assert "3 images" in stdout and "(0 already there)" in stdout
     conditional = entry.family != "score"
     check_folder(out, entry.family, conditional)
-    stdout = sample(entry.name, out, entry.family, control_png, capsys)  # the same request resumes: nothing to do
+    stdout = sample(
+        entry.name, out, entry.family, control_png, capsys
+    )  # the same request resumes: nothing to do
     assert "(3 already there)" in stdout
 
 
@@ -87,9 +103,11 @@ def test_studio_sample_runs_an_unconditional_gan(family, tmp_path, capsys):
     from studio.pipelines.gan import StudioGANPipeline
 
     torch.manual_seed(0)
-    generator = (BigGANGenerator.from_arch(BigGANGeneratorConfig(num_classes=0, z_dim=24, shared_dim=8, width=8))
-                 if family == "biggan" else
-                 SAGANGenerator.from_arch(SAGANGeneratorConfig(num_classes=0, z_dim=16, width=8)))
+    generator = (
+        BigGANGenerator.from_arch(BigGANGeneratorConfig(num_classes=0, z_dim=24, shared_dim=8, width=8))
+        if family == "biggan"
+        else SAGANGenerator.from_arch(SAGANGeneratorConfig(num_classes=0, z_dim=16, width=8))
+    )
     folder = tmp_path / "gan"
     save_pipeline(StudioGANPipeline(generator=generator), folder, {"trained_steps": 0})
     sample(folder, tmp_path / "samples", family, "", capsys, "--truncation", "1.5")
@@ -124,5 +142,8 @@ def test_a_one_image_folder_can_be_evaluated(tmp_path, capsys):
     """Its grid.png holds one seed like an image does, so the grid is marked as one in its record."""
     out = tmp_path / "one"
     assert main(["sample", "dit-mnist", "--num-images", "1", "--steps", "2", "--out", str(out)]) == 0
-    assert main(["eval", str(out), "--reference", "mnist-5k", "--reference-split", "val", "--metrics", "acc"]) == 0
+    assert (
+        main(["eval", str(out), "--reference", "mnist-5k", "--reference-split", "val", "--metrics", "acc"])
+        == 0
+    )
     assert "samples: " + str(out) + " (n=1)" in capsys.readouterr().out

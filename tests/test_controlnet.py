@@ -135,8 +135,9 @@ def test_guess_mode_scales_residuals_geometrically_from_a_tenth_to_one():
     hint = torch.rand(4, 1, 16, 16)
     with torch.no_grad():
         plain = pipe.controlnet(x, t, None, controlnet_cond=hint, class_labels=y, return_dict=False)
-        guessed = pipe.controlnet(x, t, None, controlnet_cond=hint, class_labels=y, guess_mode=True,
-                                  return_dict=False)
+        guessed = pipe.controlnet(
+            x, t, None, controlnet_cond=hint, class_labels=y, guess_mode=True, return_dict=False
+        )
     residuals, guessed = [*plain[0], plain[1]], [*guessed[0], guessed[1]]
     scales = torch.logspace(-1, 0, len(residuals))
     assert len(residuals) == 7 and scales[0] == pytest.approx(0.1) and scales[-1] == pytest.approx(1.0)
@@ -147,7 +148,10 @@ def test_guess_mode_scales_residuals_geometrically_from_a_tenth_to_one():
 @pytest.mark.parametrize("condition", ["canny", "sobel"])
 def test_condition_maps_are_deterministic_in_range_and_empty_for_black(condition):
     images = np.stack([digit_like(), np.zeros((16, 16), np.float32)])
-    first, second = condition_maps(images, condition), condition_maps(torch.from_numpy(images)[:, None], condition)
+    first, second = (
+        condition_maps(images, condition),
+        condition_maps(torch.from_numpy(images)[:, None], condition),
+    )
     assert first.dtype == np.float32 and first.shape == (2, 1, 16, 16)
     assert np.array_equal(first, second)
     assert 0.0 <= first.min() and first.max() == 1.0
@@ -177,18 +181,37 @@ def test_edge_f1_is_one_for_the_hinted_image_and_low_for_another():
 def test_pipeline_outputs_conditions_record_and_any_input_form():
     pipe = tiny_controlnet_pipeline()
     ring = digit_like(28)  # resized to 16 px
-    out = pipe(Image.fromarray((ring * 255).astype(np.uint8)).convert("RGB"), class_labels=[1, 2],
-               num_inference_steps=3, output_type="np")
+    out = pipe(
+        Image.fromarray((ring * 255).astype(np.uint8)).convert("RGB"),
+        class_labels=[1, 2],
+        num_inference_steps=3,
+        output_type="np",
+    )
     assert out.images.shape == (2, 16, 16, 1) and out.conditions.shape == (2, 16, 16, 1)
     assert out.conditions.dtype == np.float32 and set(np.unique(out.conditions)) <= {0.0, 1.0}
     assert out.record.family == "controlnet"
-    assert out.record.extra["condition"] == "canny" and out.record.extra["controlnet_conditioning_scale"] == 1.0
+    assert (
+        out.record.extra["condition"] == "canny" and out.record.extra["controlnet_conditioning_scale"] == 1.0
+    )
     from_array = pipe(ring, class_labels=[1, 2], num_inference_steps=3, output_type="np")
-    from_tensor = pipe(torch.from_numpy(ring)[None], class_labels=[1, 2], num_inference_steps=3, output_type="np")
+    from_tensor = pipe(
+        torch.from_numpy(ring)[None], class_labels=[1, 2], num_inference_steps=3, output_type="np"
+    )
     np.testing.assert_array_equal(from_array.images, out.images)
     np.testing.assert_array_equal(from_tensor.images, out.images)
-    for name in ("control_image", "condition", "controlnet_conditioning_scale", "guess_mode", "class_labels",
-                 "num_images", "seed", "num_inference_steps", "guidance_scale", "scheduler", "output_type"):
+    for name in (
+        "control_image",
+        "condition",
+        "controlnet_conditioning_scale",
+        "guess_mode",
+        "class_labels",
+        "num_images",
+        "seed",
+        "num_inference_steps",
+        "guidance_scale",
+        "scheduler",
+        "output_type",
+    ):
         assert name in pipe.call_parameters
 
 
@@ -197,9 +220,18 @@ def test_scale_zero_pipeline_equals_the_base_adm_pipeline():
     adm = StudioADMPipeline(unet=tiny_adm_unet(CONTROL_ADM, 0), scheduler=adm_scheduler())
     adm.set_progress_bar_config(disable=True)
     for kwargs in ({"guidance_scale": 1.0}, {"guidance_scale": 2.0}):
-        controlled = pipe(digit_like(), class_labels=[1, 7], num_inference_steps=4, scheduler="ddim",
-                          controlnet_conditioning_scale=0.0, output_type="pt", **kwargs).images
-        base = adm(class_labels=[1, 7], num_inference_steps=4, scheduler="ddim", output_type="pt", **kwargs).images
+        controlled = pipe(
+            digit_like(),
+            class_labels=[1, 7],
+            num_inference_steps=4,
+            scheduler="ddim",
+            controlnet_conditioning_scale=0.0,
+            output_type="pt",
+            **kwargs,
+        ).images
+        base = adm(
+            class_labels=[1, 7], num_inference_steps=4, scheduler="ddim", output_type="pt", **kwargs
+        ).images
         assert torch.equal(controlled, base)
     moved = pipe(digit_like(), class_labels=[1, 7], num_inference_steps=4, output_type="pt").images
     assert not torch.equal(moved, base)
@@ -209,8 +241,13 @@ def test_scale_zero_pipeline_equals_the_base_adm_pipeline():
 def test_seeded_determinism_and_image_i_independent_of_the_batch(guidance_scale, guess_mode):
     pipe = tiny_controlnet_pipeline()
     controls = [digit_like(), np.flipud(digit_like()).copy() * 0.5, np.eye(16, dtype=np.float32)]
-    kwargs = {"num_inference_steps": 3, "guidance_scale": guidance_scale, "guess_mode": guess_mode,
-              "output_type": "pt", "scheduler": "ddpm"}
+    kwargs = {
+        "num_inference_steps": 3,
+        "guidance_scale": guidance_scale,
+        "guess_mode": guess_mode,
+        "output_type": "pt",
+        "scheduler": "ddpm",
+    }
     batch = pipe(controls, class_labels=[1, 2, 3], seed=5, **kwargs).images
     again = pipe(controls, class_labels=[1, 2, 3], seed=5, **kwargs).images
     single = pipe(controls[2], class_labels=[3], seed=7, **kwargs).images
@@ -254,9 +291,19 @@ def tiny_base(tmp_path) -> Path:
 
 
 def tiny_config(base: Path, output: Path, *overrides: str):
-    return load_config("controlnet", get_family("controlnet").config_class, "mnist-tiny", [
-        f"model.base={base}", f"output_dir={output}", "data.image_size=16", "model.sample_steps=2",
-        "batch_size=8", *overrides])
+    return load_config(
+        "controlnet",
+        get_family("controlnet").config_class,
+        "mnist-tiny",
+        [
+            f"model.base={base}",
+            f"output_dir={output}",
+            "data.image_size=16",
+            "model.sample_steps=2",
+            "batch_size=8",
+            *overrides,
+        ],
+    )
 
 
 def test_training_step_lowers_the_loss_and_leaves_the_base_untouched(tmp_path, tiny_base):
@@ -268,10 +315,13 @@ def test_training_step_lowers_the_loss_and_leaves_the_base_untouched(tmp_path, t
     models = family.build_models()
     optimizer = family.build_optimizers(models)["controlnet"]
     assert {id(p) for g in optimizer.param_groups for p in g["params"]}.isdisjoint(
-        id(p) for p in models["unet"].parameters())
+        id(p) for p in models["unet"].parameters()
+    )
     before = {k: v.clone() for k, v in models["unet"].state_dict().items()}
-    batch = {"pixel_values": torch.stack([data[i]["pixel_values"] for i in range(16)]),
-             "class_labels": torch.stack([data[i]["class_labels"] for i in range(16)])}
+    batch = {
+        "pixel_values": torch.stack([data[i]["pixel_values"] for i in range(16)]),
+        "class_labels": torch.stack([data[i]["class_labels"] for i in range(16)]),
+    }
     hint = family.hints(batch["pixel_values"])
     torch.manual_seed(0)
     t, noise = torch.randint(0, 1000, (16,)), torch.randn(16, 1, 16, 16)
@@ -291,8 +341,15 @@ def test_training_step_lowers_the_loss_and_leaves_the_base_untouched(tmp_path, t
 def test_tiny_run_exports_a_controlnet_checkpoint_and_resumes_exactly(tmp_path, tiny_base):
     result = train(tiny_config(tiny_base, tmp_path / "full", "max_steps=4", "checkpointing_steps=2"))
     train(tiny_config(tiny_base, tmp_path / "split", "max_steps=2", "checkpointing_steps=2"))
-    train(tiny_config(tiny_base, tmp_path / "split", "max_steps=4", "checkpointing_steps=2",
-                      "resume_from_checkpoint=latest"))
+    train(
+        tiny_config(
+            tiny_base,
+            tmp_path / "split",
+            "max_steps=4",
+            "checkpointing_steps=2",
+            "resume_from_checkpoint=latest",
+        )
+    )
     full = read_checkpoint(latest_checkpoint(tmp_path / "full" / "checkpoints"))["models"]["controlnet"]
     split = read_checkpoint(latest_checkpoint(tmp_path / "split" / "checkpoints"))["models"]["controlnet"]
     assert full.keys() == split.keys() and all(torch.equal(full[k], split[k]) for k in full)
@@ -311,8 +368,24 @@ def test_studio_sample_follows_a_control_image(tmp_path, capsys):
     picture = tmp_path / "ring.png"
     Image.fromarray((digit_like(28) * 255).astype(np.uint8)).save(picture)
     common = ["sample", str(tmp_path / "cn"), "--num-images", "2", "--steps", "2", "--class-labels", "1,2"]
-    assert main([*common, "--out", str(tmp_path / "a"), "--control-image", str(picture),
-                 "--condition", "sobel", "--control-scale", "0.5"]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "--out",
+                str(tmp_path / "a"),
+                "--control-image",
+                str(picture),
+                "--condition",
+                "sobel",
+                "--control-scale",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "a").glob("0*.png"))) == 2
-    assert main([*common, "--out", str(tmp_path / "b"), "--control-image", str(tmp_path / "missing.png")]) != 0
+    assert (
+        main([*common, "--out", str(tmp_path / "b"), "--control-image", str(tmp_path / "missing.png")]) != 0
+    )
     assert "cannot read control image" in capsys.readouterr().err

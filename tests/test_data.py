@@ -6,8 +6,10 @@ from studio.data import DataConfig, build_dataset
 from studio.errors import DataError
 
 
-@pytest.mark.parametrize("name,channels,classes", [("mnist-5k", 1, 10), ("animals", 1, 10), ("digits", 1, 10), ("photos", 3, 6),
-                                                   ("shapes", 3, 4)])
+@pytest.mark.parametrize(
+    "name,channels,classes",
+    [("mnist-5k", 1, 10), ("animals", 1, 10), ("digits", 1, 10), ("photos", 3, 6), ("shapes", 3, 4)],
+)
 def test_builtin_datasets_have_right_shape_range_and_classes(name, channels, classes):
     data = build_dataset(DataConfig(name=name, image_size=16, num_images=200), "train")
     item = data[0]

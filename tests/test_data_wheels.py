@@ -196,9 +196,12 @@ def test_shipped_animals_judge_scores_the_test_split_and_is_what_eval_uses():
     card = json.loads((shipped_classifier_path("animals") / "studio.json").read_text())
     assert card["dataset"] == "animals" and card["class_names"] == list(ANIMAL_NAMES)
     test = build_dataset(DataConfig(name="animals"), "val")
-    result = evaluate(test.uint8_images(), "animals", ["acc"], class_labels=test.labels,
-                      config=EvalConfig(cache_dir="none"))
+    result = evaluate(
+        test.uint8_images(), "animals", ["acc"], class_labels=test.labels, config=EvalConfig(cache_dir="none")
+    )
     assert result.metrics["class_accuracy"] >= 0.97
-    assert abs(result.metrics["class_accuracy"] - card["val_accuracy"]) < 0.005  # float rounding may flip a few
+    assert (
+        abs(result.metrics["class_accuracy"] - card["val_accuracy"]) < 0.005
+    )  # float rounding may flip a few
     assert result.settings["classifier"]["path"].endswith("animals-classifier")
     assert result.settings["reference"]["split"] == "val" and result.settings["reference"]["count"] == 1000

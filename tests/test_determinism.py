@@ -15,7 +15,9 @@ def test_misaligned_parameters_are_copied_to_aligned_memory_with_the_same_values
     storage = torch.arange(65, dtype=torch.float32)
     layer = nn.Linear(8, 8)
     with torch.no_grad():
-        layer.weight.data = storage[1:65].view(8, 8)  # 4 bytes past an aligned start, like a safetensors slice
+        layer.weight.data = storage[1:65].view(
+            8, 8
+        )  # 4 bytes past an aligned start, like a safetensors slice
     assert layer.weight.data_ptr() % CPU_ALIGNMENT
     before = layer.weight.detach().clone()
     copied = own_aligned_memory(layer)

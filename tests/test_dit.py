@@ -73,8 +73,15 @@ def test_image_i_is_identical_for_batch_sizes_1_4_16(dit_pipe, scheduler):
         images = []
         for start in range(0, 16, batch_size):
             idx = list(range(start, start + batch_size))
-            images.append(dit_pipe(class_labels=[i % 10 for i in idx], seed=[100 + i for i in idx],
-                                   num_inference_steps=3, scheduler=scheduler, output_type="pt").images)
+            images.append(
+                dit_pipe(
+                    class_labels=[i % 10 for i in idx],
+                    seed=[100 + i for i in idx],
+                    num_inference_steps=3,
+                    scheduler=scheduler,
+                    output_type="pt",
+                ).images
+            )
         return torch.cat(images)
 
     reference = run(16)
@@ -90,8 +97,9 @@ def test_same_seed_same_image_different_seed_different_image(dit_pipe):
 
 
 def test_guidance_zero_is_the_unconditional_model(dit_pipe):
-    guided = dit_pipe(num_images=3, class_labels=[1, 2, 3], guidance_scale=0.0, num_inference_steps=3,
-                      output_type="pt").images
+    guided = dit_pipe(
+        num_images=3, class_labels=[1, 2, 3], guidance_scale=0.0, num_inference_steps=3, output_type="pt"
+    ).images
 
     def force_null(module, args, kwargs):
         kwargs["class_labels"] = torch.full_like(kwargs["class_labels"], 10)
@@ -99,17 +107,24 @@ def test_guidance_zero_is_the_unconditional_model(dit_pipe):
 
     handle = dit_pipe.transformer.register_forward_pre_hook(force_null, with_kwargs=True)
     try:
-        unconditional = dit_pipe(num_images=3, class_labels=[1, 2, 3], guidance_scale=1.0, num_inference_steps=3,
-                                 output_type="pt").images
+        unconditional = dit_pipe(
+            num_images=3, class_labels=[1, 2, 3], guidance_scale=1.0, num_inference_steps=3, output_type="pt"
+        ).images
     finally:
         handle.remove()
     assert torch.equal(guided, unconditional)
 
 
 def test_guidance_changes_images_and_labels_matter(dit_pipe):
-    base = dit_pipe(num_images=2, class_labels=3, guidance_scale=1.0, num_inference_steps=3, output_type="pt").images
-    cfg = dit_pipe(num_images=2, class_labels=3, guidance_scale=4.0, num_inference_steps=3, output_type="pt").images
-    other = dit_pipe(num_images=2, class_labels=5, guidance_scale=1.0, num_inference_steps=3, output_type="pt").images
+    base = dit_pipe(
+        num_images=2, class_labels=3, guidance_scale=1.0, num_inference_steps=3, output_type="pt"
+    ).images
+    cfg = dit_pipe(
+        num_images=2, class_labels=3, guidance_scale=4.0, num_inference_steps=3, output_type="pt"
+    ).images
+    other = dit_pipe(
+        num_images=2, class_labels=5, guidance_scale=1.0, num_inference_steps=3, output_type="pt"
+    ).images
     assert not torch.equal(base, cfg) and not torch.equal(base, other)
 
 
@@ -117,7 +132,13 @@ def test_save_load_round_trip_is_bit_identical(dit_pipe, tmp_path):
     save_pipeline(dit_pipe, tmp_path / "ckpt", {"preset": "test"})
     loaded = load_pipeline(str(tmp_path / "ckpt"))
     loaded.set_progress_bar_config(disable=True)
-    kwargs = {"num_images": 4, "class_labels": [0, 1, 2, 3], "num_inference_steps": 3, "scheduler": "ddim", "output_type": "pt"}
+    kwargs = {
+        "num_images": 4,
+        "class_labels": [0, 1, 2, 3],
+        "num_inference_steps": 3,
+        "scheduler": "ddim",
+        "output_type": "pt",
+    }
     assert type(loaded) is type(dit_pipe)
     assert torch.equal(loaded(**kwargs).images, dit_pipe(**kwargs).images)
 
@@ -140,7 +161,9 @@ def test_interrupt_from_step_callback_stops_early(dit_pipe):
             pipe._interrupt = True
         return tensors
 
-    out = dit_pipe(num_images=1, num_inference_steps=10, callback_on_step_end=stop_after_two, output_type="np")
+    out = dit_pipe(
+        num_images=1, num_inference_steps=10, callback_on_step_end=stop_after_two, output_type="np"
+    )
     assert calls == [0, 1] and out.record.extra["interrupted"] is True
 
 
@@ -153,4 +176,6 @@ def test_png_carries_the_generation_record(dit_pipe, tmp_path):
 
     with Image.open(tmp_path / "x.png") as image:
         assert "Seed: 4" in image.text["parameters"]
-        assert np.array_equal(np.asarray(image), (np.clip(out.images[1], 0, 1) * 255 + 0.5).astype(np.uint8)[..., 0])
+        assert np.array_equal(
+            np.asarray(image), (np.clip(out.images[1], 0, 1) * 255 + 0.5).astype(np.uint8)[..., 0]
+        )

@@ -32,18 +32,34 @@ ABARS = [0.4, 0.8, 0.97, 1.0]
 def tiny_unet2d(seed: int = 0) -> UNet2DModel:
     """3 levels, 2 layers per block, attention in the middle level, learned-σ output, 10 classes + null."""
     torch.manual_seed(seed)
-    return UNet2DModel(sample_size=8, in_channels=1, out_channels=2, block_out_channels=(8, 16, 16), layers_per_block=2,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-                       attention_head_dim=8, num_class_embeds=11).eval()
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=2,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
+        num_class_embeds=11,
+    ).eval()
 
 
 def tiny_unet_condition(seed: int = 0) -> UNet2DConditionModel:
     torch.manual_seed(seed)
-    return UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8,
-                                cross_attention_dim=8, attention_head_dim=8).eval()
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=8,
+        cross_attention_dim=8,
+        attention_head_dim=8,
+    ).eval()
 
 
 def student_of(unet, **settings) -> DSNOStudent:
@@ -98,8 +114,11 @@ def test_shapes_hook_count_and_save_load_round_trip(kind, tmp_path):
     assert student.num_hooks == levels * layers + levels * (layers + 1) + 1  # down + up + mid
     assert len(hook_points(unet)) == student.num_hooks
     x = torch.randn(2, 1, 8, 8)
-    kwargs = {"class_labels": torch.tensor([3, 4])} if kind == "unet2d" else {
-        "encoder_hidden_states": torch.randn(2, 4, 8)}
+    kwargs = (
+        {"class_labels": torch.tensor([3, 4])}
+        if kind == "unet2d"
+        else {"encoder_hidden_states": torch.randn(2, 4, 8)}
+    )
     with torch.no_grad():
         states = student(x, **kwargs)
     assert states.shape == (2, 4, 1, 8, 8)
@@ -184,8 +203,14 @@ def test_recorder_ddim_sets_its_sample_space_options_instead_of_inheriting_them(
     from studio.diffusion.trajectories import teacher_from_pipeline, teacher_scheduler
     from tests.builders import tiny_adm_pipeline
 
-    training = DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=True, thresholding=True,
-                             variance_type="learned_range", timestep_spacing="trailing", steps_offset=1)
+    training = DDPMScheduler(
+        beta_schedule="squaredcos_cap_v2",
+        clip_sample=True,
+        thresholding=True,
+        variance_type="learned_range",
+        timestep_spacing="trailing",
+        steps_offset=1,
+    )
     ddim = teacher_scheduler(training.config)
     assert not ddim.config.clip_sample and not ddim.config.thresholding
     assert (ddim.config.timestep_spacing, ddim.config.steps_offset) == ("leading", 0)
@@ -201,7 +226,11 @@ def test_recorder_ddim_sets_its_sample_space_options_instead_of_inheriting_them(
 def test_teacher_guidance_is_the_cfg_mix_of_separate_passes(teacher):
     """u + s·(c − u) from one batched pass over (x, y) and (x, null); separate passes of half the batch
     run other oneDNN kernels, so they agree to float32 rounding (~1e-6 here), not bit for bit."""
-    x, t, y = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor(500), torch.tensor([0, 1, 2])
+    x, t, y = (
+        torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2)),
+        torch.tensor(500),
+        torch.tensor([0, 1, 2]),
+    )
     with torch.no_grad():
         guided = teacher.model_output(x, t, y, 2.0)
         cond = teacher.unet(x, t.expand(3), class_labels=y).sample[:, :1]
@@ -227,11 +256,14 @@ def test_recorded_folder_is_resumable_and_identical(teacher, tmp_path, monkeypat
         record_trajectories(teacher, grid, tmp_path / "resumed", 10, seed=1, batch_size=4, progress=False)
     assert not (tmp_path / "resumed").exists() and (tmp_path / "resumed.partial").is_dir()
     monkeypatch.setattr(trajectories, "ddim_trajectory", real)
-    resumed = record_trajectories(teacher, grid, tmp_path / "resumed", 10, seed=1, batch_size=4, progress=False)
+    resumed = record_trajectories(
+        teacher, grid, tmp_path / "resumed", 10, seed=1, batch_size=4, progress=False
+    )
     assert np.array_equal(np.load(whole / "states.npy"), np.load(resumed / "states.npy"))
     meta = json.loads((resumed / "meta.json").read_text())
     assert meta["record_steps"] == [7, 12, 15, 16] and meta["teacher_hash"] == teacher_fingerprint(
-        teacher.unet, dict(teacher.scheduler.config))
+        teacher.unet, dict(teacher.scheduler.config)
+    )
     item = TrajectoryDataset(resumed, "train", holdout_fraction=0.2)[0]
     assert item["noise"].shape == (1, 8, 8) and item["states"].shape == (4, 1, 8, 8)
     assert len(TrajectoryDataset(resumed, "val", holdout_fraction=0.2)) == 2
@@ -271,9 +303,12 @@ def test_student_overfits_16_pairs(teacher):
     grid = TrajectoryGrid.for_scheduler(teacher.scheduler, 16, 4)
     x_T, y = initial_noise(range(16), (1, 8, 8), seed=0), torch.arange(16) % 10
     target = ddim_trajectory(teacher, grid, x_T, y)[:, 1:]
-    student = DSNOStudent.from_teacher(teacher.unet, timesteps=list(grid.timesteps),
-                                       alphas_cumprod=list(grid.alphas_cumprod),
-                                       alpha_cumprod_start=grid.alpha_cumprod_start).train()
+    student = DSNOStudent.from_teacher(
+        teacher.unet,
+        timesteps=list(grid.timesteps),
+        alphas_cumprod=list(grid.alphas_cumprod),
+        alpha_cumprod_start=grid.alpha_cumprod_start,
+    ).train()
     weights = loss_weights(grid.alphas_cumprod)
     optimizer = torch.optim.Adam(student.parameters(), lr=2e-3)
     losses = []
@@ -290,7 +325,12 @@ def test_student_overfits_16_pairs(teacher):
 def test_a_student_refuses_other_grids_teachers_and_load_overrides(tmp_path):
     student = student_of(tiny_unet2d(), teacher_hash="abc", guidance_scale=2.0)
     student.check_compatible(num_slices=4, timesteps=TIMES, teacher_hash="abc", guidance_scale=2.0)
-    for bad in ({"num_slices": 8}, {"timesteps": [500, 200, 40, 0]}, {"teacher_hash": "xyz"}, {"guidance_scale": 1.0}):
+    for bad in (
+        {"num_slices": 8},
+        {"timesteps": [500, 200, 40, 0]},
+        {"teacher_hash": "xyz"},
+        {"guidance_scale": 1.0},
+    ):
         with pytest.raises(CheckpointError, match=next(iter(bad))):
             student.check_compatible(**bad)
     student.save_pretrained(tmp_path / "s")
@@ -312,10 +352,16 @@ def test_teacher_fingerprint_changes_with_weights():
 @pytest.fixture
 def dsno_pipe(teacher):
     grid = TrajectoryGrid.for_scheduler(teacher.scheduler, 16, 4)
-    student = DSNOStudent.from_teacher(teacher.unet, timesteps=list(grid.timesteps),
-                                       alphas_cumprod=list(grid.alphas_cumprod),
-                                       alpha_cumprod_start=grid.alpha_cumprod_start, teacher="random",
-                                       teacher_steps=16, guidance_scale=2.0, num_classes=10).eval()
+    student = DSNOStudent.from_teacher(
+        teacher.unet,
+        timesteps=list(grid.timesteps),
+        alphas_cumprod=list(grid.alphas_cumprod),
+        alpha_cumprod_start=grid.alpha_cumprod_start,
+        teacher="random",
+        teacher_steps=16,
+        guidance_scale=2.0,
+        num_classes=10,
+    ).eval()
     pipe = StudioDSNOPipeline(student=student)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -375,10 +421,24 @@ def tiny_dsno_config(output_dir, *overrides):
     from training.config import load_config
     from training.family import get_family
 
-    return load_config("dsno", get_family("dsno").config_class, "mnist-tiny", [
-        f"output_dir={output_dir}", "data.image_size=8", "model.random_teacher_channels=[8,8]", "model.num_pairs=64",
-        "model.teacher_steps=16", "max_steps=40", "checkpointing_steps=40", "log_every=5", "optim.lr=2e-3",
-        "num_sample_images=4", *overrides])
+    return load_config(
+        "dsno",
+        get_family("dsno").config_class,
+        "mnist-tiny",
+        [
+            f"output_dir={output_dir}",
+            "data.image_size=8",
+            "model.random_teacher_channels=[8,8]",
+            "model.num_pairs=64",
+            "model.teacher_steps=16",
+            "max_steps=40",
+            "checkpointing_steps=40",
+            "log_every=5",
+            "optim.lr=2e-3",
+            "num_sample_images=4",
+            *overrides,
+        ],
+    )
 
 
 def test_tiny_preset_trains_and_its_loss_falls(tmp_path):
@@ -397,15 +457,40 @@ def test_tiny_preset_trains_and_its_loss_falls(tmp_path):
 def test_cli_train_tiny_preset_and_a_missing_teacher_is_named(tmp_path, capsys):
     from studio_cli import main
 
-    code = main(["train", "dsno", "--preset", "mnist-tiny", "--output-dir", str(tmp_path / "cli"),
-                 "data.image_size=8", "model.random_teacher_channels=[8,8]", "model.num_pairs=16",
-                 "model.teacher_steps=16", "max_steps=3", "batch_size=4", "checkpointing_steps=3"])
+    code = main(
+        [
+            "train",
+            "dsno",
+            "--preset",
+            "mnist-tiny",
+            "--output-dir",
+            str(tmp_path / "cli"),
+            "data.image_size=8",
+            "model.random_teacher_channels=[8,8]",
+            "model.num_pairs=16",
+            "model.teacher_steps=16",
+            "max_steps=3",
+            "batch_size=4",
+            "checkpointing_steps=3",
+        ]
+    )
     assert code == 0 and (tmp_path / "cli" / "pipeline" / "studio.json").is_file()
     capsys.readouterr()
-    code = main(["train", "dsno", "--preset", "mnist-tiny", "--output-dir", str(tmp_path / "x"),
-                 "model.teacher=no-such-teacher"])
+    code = main(
+        [
+            "train",
+            "dsno",
+            "--preset",
+            "mnist-tiny",
+            "--output-dir",
+            str(tmp_path / "x"),
+            "model.teacher=no-such-teacher",
+        ]
+    )
     err = capsys.readouterr().err
-    assert code == 2 and "DSNO teacher 'no-such-teacher' is not available" in err and len(err.splitlines()) == 1
+    assert (
+        code == 2 and "DSNO teacher 'no-such-teacher' is not available" in err and len(err.splitlines()) == 1
+    )
 
 
 # ---------------------------------------------------------------------------- an ADM teacher
@@ -425,25 +510,49 @@ def tiny_adm_teacher_pipeline():
     from studio.pipelines.adm import StudioADMPipeline
 
     torch.manual_seed(0)
-    unet = build_adm_unet(ADMConfig(sample_size=8, model_channels=8, channel_mult=[1, 2], attention_resolutions=[4],
-                                    head_channels=8, num_classes=10))
+    unet = build_adm_unet(
+        ADMConfig(
+            sample_size=8,
+            model_channels=8,
+            channel_mult=[1, 2],
+            attention_resolutions=[4],
+            head_channels=8,
+            num_classes=10,
+        )
+    )
     with torch.no_grad():
         for param in unet.parameters():
             param.normal_(0, 0.05)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
-                              clip_sample=False)
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        variance_type="learned_range",
+        clip_sample=False,
+    )
     pipe = StudioADMPipeline(unet=unet.eval(), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     teacher = teacher_from_pipeline(pipe, "adm-test")
     assert teacher.num_classes == 10 and teacher.null_class == 10 and teacher.channels == 1
     grid = TrajectoryGrid.for_scheduler(teacher.scheduler, 16, 4)
-    states = ddim_trajectory(teacher, grid, initial_noise(range(3, 5), (1, 8, 8), seed=0), torch.tensor([3, 4]), 2.0)
-    images = pipe(class_labels=[3, 4], seed=3, num_inference_steps=16, guidance_scale=2.0, scheduler="DDIMScheduler",
-                  output_type="pt").images
+    states = ddim_trajectory(
+        teacher, grid, initial_noise(range(3, 5), (1, 8, 8), seed=0), torch.tensor([3, 4]), 2.0
+    )
+    images = pipe(
+        class_labels=[3, 4],
+        seed=3,
+        num_inference_steps=16,
+        guidance_scale=2.0,
+        scheduler="DDIMScheduler",
+        output_type="pt",
+    ).images
     torch.testing.assert_close(images, (states[:, -1] / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)
-    student = DSNOStudent.from_teacher(teacher.unet, timesteps=list(grid.timesteps),
-                                       alphas_cumprod=list(grid.alphas_cumprod),
-                                       alpha_cumprod_start=grid.alpha_cumprod_start, num_classes=10)
+    student = DSNOStudent.from_teacher(
+        teacher.unet,
+        timesteps=list(grid.timesteps),
+        alphas_cumprod=list(grid.alphas_cumprod),
+        alpha_cumprod_start=grid.alpha_cumprod_start,
+        num_classes=10,
+    )
     assert student(states[:, 0], torch.tensor([3, 4])).shape == (2, 4, 1, 8, 8)
     return pipe
 
@@ -451,9 +560,23 @@ def tiny_adm_teacher_pipeline():
 def test_cli_records_trajectories_of_a_saved_teacher(tmp_path, capsys):
     from studio_cli import main
 
-    save_pipeline(tiny_adm_teacher_pipeline(), tmp_path / "adm", {"class_names": [f"digit {i}" for i in range(10)]})
-    args = ["distill-trajectories", str(tmp_path / "adm"), "--out", str(tmp_path / "traj"), "--pairs", "5",
-            "--teacher-steps", "16", "--guidance-scale", "1.5", "--batch-size", "2"]
+    save_pipeline(
+        tiny_adm_teacher_pipeline(), tmp_path / "adm", {"class_names": [f"digit {i}" for i in range(10)]}
+    )
+    args = [
+        "distill-trajectories",
+        str(tmp_path / "adm"),
+        "--out",
+        str(tmp_path / "traj"),
+        "--pairs",
+        "5",
+        "--teacher-steps",
+        "16",
+        "--guidance-scale",
+        "1.5",
+        "--batch-size",
+        "2",
+    ]
     assert main(args) == 0 and "5 trajectories of DDIM-16" in capsys.readouterr().out
     data = TrajectoryDataset(tmp_path / "traj")
     assert len(data) == 5 and data.info.class_names[3] == "digit 3" and data.meta["guidance_scale"] == 1.5

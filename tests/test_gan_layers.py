@@ -30,24 +30,44 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_sagan(num_classes=10, image_size=28, channels=1):
     torch.manual_seed(0)
-    return SAGANGenerator.from_arch(SAGANGeneratorConfig(image_size=image_size, out_channels=channels,
-                                                         num_classes=num_classes, z_dim=16, width=8,
-                                                         attention_resolution=14 if image_size == 28 else 16))
+    return SAGANGenerator.from_arch(
+        SAGANGeneratorConfig(
+            image_size=image_size,
+            out_channels=channels,
+            num_classes=num_classes,
+            z_dim=16,
+            width=8,
+            attention_resolution=14 if image_size == 28 else 16,
+        )
+    )
 
 
 def tiny_biggan(num_classes=10, image_size=28, channels=1):
     torch.manual_seed(0)
-    return BigGANGenerator.from_arch(BigGANGeneratorConfig(
-        image_size=image_size, out_channels=channels, num_classes=num_classes,
-        z_dim=24 if image_size == 28 else 32, shared_dim=8, width=8,
-        attention_resolution=14 if image_size == 28 else 16))
+    return BigGANGenerator.from_arch(
+        BigGANGeneratorConfig(
+            image_size=image_size,
+            out_channels=channels,
+            num_classes=num_classes,
+            z_dim=24 if image_size == 28 else 32,
+            shared_dim=8,
+            width=8,
+            attention_resolution=14 if image_size == 28 else 16,
+        )
+    )
 
 
 def tiny_discriminator(num_classes=10, image_size=28, channels=1):
     torch.manual_seed(0)
-    return ProjectionDiscriminator(DiscriminatorConfig(image_size=image_size, in_channels=channels,
-                                                       num_classes=num_classes, width=8,
-                                                       attention_resolution=14 if image_size == 28 else 16))
+    return ProjectionDiscriminator(
+        DiscriminatorConfig(
+            image_size=image_size,
+            in_channels=channels,
+            num_classes=num_classes,
+            width=8,
+            attention_resolution=14 if image_size == 28 else 16,
+        )
+    )
 
 
 def spectral_modules(model):
@@ -159,15 +179,19 @@ def test_conditional_generator_needs_labels():
 def test_hierarchical_latent_chunk_i_only_reaches_block_i():
     generator = tiny_biggan().eval()
     config = generator.arch
-    assert config.num_chunks == len(generator.trunk.blocks) + 1 and config.chunk_size * config.num_chunks == 24
+    assert (
+        config.num_chunks == len(generator.trunk.blocks) + 1 and config.chunk_size * config.num_chunks == 24
+    )
     seen = {}
-    hooks = [block.norm1.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(i, args[1].clone()))
-             for i, block in enumerate(generator.trunk.blocks)]
+    hooks = [
+        block.norm1.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(i, args[1].clone()))
+        for i, block in enumerate(generator.trunk.blocks)
+    ]
     z, y = torch.randn(2, 24), torch.tensor([1, 2])
     generator(z, y)
     before = dict(seen)
     changed = z.clone()
-    changed[:, 2 * config.chunk_size:] += 1.0  # chunk 2 -> block 2 (index 1)
+    changed[:, 2 * config.chunk_size :] += 1.0  # chunk 2 -> block 2 (index 1)
     generator(changed, y)
     assert torch.equal(seen[0], before[0]) and not torch.equal(seen[1], before[1])
     shared = generator.shared(y, z)

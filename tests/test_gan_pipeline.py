@@ -28,7 +28,8 @@ def tiny_pipeline(family="biggan", num_classes=10):
     torch.manual_seed(0)
     if family == "biggan":
         generator = BigGANGenerator.from_arch(
-            BigGANGeneratorConfig(num_classes=num_classes, z_dim=24, shared_dim=8, width=8))
+            BigGANGeneratorConfig(num_classes=num_classes, z_dim=24, shared_dim=8, width=8)
+        )
     else:
         generator = SAGANGenerator.from_arch(SAGANGeneratorConfig(num_classes=num_classes, z_dim=16, width=8))
     return StudioGANPipeline(generator=trained_looking(generator))
@@ -55,8 +56,12 @@ def test_images_do_not_depend_on_batch_size(family):
     count = CHUNK_SIZE + 3  # crosses a chunk boundary
     labels = [i % 10 for i in range(count)]
     together = pipe(num_images=count, class_labels=labels, seed=5, output_type="np").images
-    one_by_one = np.concatenate([pipe(num_images=1, class_labels=labels[i], seed=5 + i, output_type="np").images
-                                 for i in range(count)])
+    one_by_one = np.concatenate(
+        [
+            pipe(num_images=1, class_labels=labels[i], seed=5 + i, output_type="np").images
+            for i in range(count)
+        ]
+    )
     first = pipe(num_images=7, class_labels=labels[:7], seed=5, output_type="np").images
     rest = pipe(num_images=count - 7, class_labels=labels[7:], seed=12, output_type="np").images
     split = np.concatenate([first, rest])

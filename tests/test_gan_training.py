@@ -20,14 +20,25 @@ from training.loop import train
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-TINY_GAN_OVERRIDES = ["batch_size=8", "model.width=8", "model.z_dim=24", "num_sample_images=4", "sample_every=0",
-                      "log_every=1", "checkpointing_steps=1000"]
+TINY_GAN_OVERRIDES = [
+    "batch_size=8",
+    "model.width=8",
+    "model.z_dim=24",
+    "num_sample_images=4",
+    "sample_every=0",
+    "log_every=1",
+    "checkpointing_steps=1000",
+]
 MNIST = DatasetInfo("mnist", 28, 1, 10, tuple(str(d) for d in range(10)))
 
 
 def tiny_config(family, output_dir, *overrides, preset="mnist-tiny"):
-    return load_config(family, get_family(family).config_class, preset,
-                       TINY_GAN_OVERRIDES + [f"output_dir={output_dir}", *overrides])
+    return load_config(
+        family,
+        get_family(family).config_class,
+        preset,
+        TINY_GAN_OVERRIDES + [f"output_dir={output_dir}", *overrides],
+    )
 
 
 def pooled_pixels(images: torch.Tensor) -> np.ndarray:
@@ -50,8 +61,9 @@ def sample_features(pipe: StudioGANPipeline) -> np.ndarray:
 
 @pytest.mark.parametrize("family", ["sagan", "biggan"])
 def test_short_mnist_run_moves_sample_statistics_toward_the_data(tmp_path, family):
-    config = tiny_config(family, tmp_path / "run", "max_steps=30", "batch_size=16", "optim.lr=2e-3",
-                         "model.d_lr=2e-3")
+    config = tiny_config(
+        family, tmp_path / "run", "max_steps=30", "batch_size=16", "optim.lr=2e-3", "model.d_lr=2e-3"
+    )
     real = pooled_pixels(build_dataset(DataConfig(), "val").uint8_images()[:1000].float() / 127.5 - 1)
     torch.manual_seed(config.seed)  # the loop builds its networks after the same seeding
     initial = get_family(family)(config, MNIST).build_models()["generator"]
@@ -66,15 +78,21 @@ def test_short_mnist_run_moves_sample_statistics_toward_the_data(tmp_path, famil
 def _checkpoint_state(run_dir):
     saved = read_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
     models, optimizers = saved["models"], saved["optimizers"]
-    return (models["generator"], models["discriminator"], saved["extras"]["ema.generator"]["shadow"],
-            [optimizers["generator"], optimizers["discriminator"]])
+    return (
+        models["generator"],
+        models["discriminator"],
+        saved["extras"]["ema.generator"]["shadow"],
+        [optimizers["generator"], optimizers["discriminator"]],
+    )
 
 
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path):
     overrides = ["model.d_steps=2", "ema_start=1", "ema_decay=0.9", "checkpointing_steps=2"]
     train(tiny_config("biggan", tmp_path / "full", "max_steps=4", *overrides))
     train(tiny_config("biggan", tmp_path / "split", "max_steps=2", *overrides))
-    train(tiny_config("biggan", tmp_path / "split", "max_steps=4", "resume_from_checkpoint=latest", *overrides))
+    train(
+        tiny_config("biggan", tmp_path / "split", "max_steps=4", "resume_from_checkpoint=latest", *overrides)
+    )
     full, split = _checkpoint_state(tmp_path / "full"), _checkpoint_state(tmp_path / "split")
     for name, a, b in zip(("generator", "discriminator", "ema"), full[:3], split[:3]):
         assert a.keys() == b.keys()
@@ -92,8 +110,12 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path):
 
 def test_ema_follows_the_update_rule_with_a_start_step():
     torch.manual_seed(0)
-    family = get_family("biggan")(load_config("biggan", get_family("biggan").config_class, "mnist-tiny",
-                                              ["model.width=8", "model.z_dim=24"]), MNIST)
+    family = get_family("biggan")(
+        load_config(
+            "biggan", get_family("biggan").config_class, "mnist-tiny", ["model.width=8", "model.z_dim=24"]
+        ),
+        MNIST,
+    )
     generator = family.build_generator()
     ema = EMA(generator, decay=0.9, start_step=3, warmup=False)
 
@@ -117,8 +139,10 @@ def test_ema_follows_the_update_rule_with_a_start_step():
             assert torch.allclose(value, 0.9 * old[key] + 0.1 * new[key], atol=1e-6), key
         else:
             assert torch.equal(value, new[key]), key  # e.g. BN num_batches_tracked
-    assert not torch.equal(ema.shadow.state_dict()["linear.parametrizations.weight.original"],
-                            new["linear.parametrizations.weight.original"])
+    assert not torch.equal(
+        ema.shadow.state_dict()["linear.parametrizations.weight.original"],
+        new["linear.parametrizations.weight.original"],
+    )
 
 
 def test_unconditional_sagan_trains_and_exports_before_ema_start(tmp_path):
@@ -135,8 +159,12 @@ def test_unconditional_sagan_trains_and_exports_before_ema_start(tmp_path):
 
 def test_pipelines_refresh_the_spectral_norm_vectors_an_average_shortens():
     torch.manual_seed(0)
-    family = get_family("sagan")(load_config("sagan", get_family("sagan").config_class, "mnist-tiny",
-                                             ["model.width=8", "model.z_dim=24"]), MNIST)
+    family = get_family("sagan")(
+        load_config(
+            "sagan", get_family("sagan").config_class, "mnist-tiny", ["model.width=8", "model.z_dim=24"]
+        ),
+        MNIST,
+    )
     generator = family.build_generator()
     ema = EMA(generator, decay=0.5, start_step=0, warmup=False)
     with torch.no_grad():  # move G far enough that its top singular vectors turn
@@ -150,8 +178,11 @@ def test_pipelines_refresh_the_spectral_norm_vectors_an_average_shortens():
 
     def sigmas(model):
         model.eval()
-        return [torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2).item() for m in model.modules()
-                if hasattr(m, "parametrizations")]
+        return [
+            torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2).item()
+            for m in model.modules()
+            if hasattr(m, "parametrizations")
+        ]
 
     assert max(sigmas(ema.shadow)) > 1.05  # eval-mode SN of the raw average is off
     pipe = family.make_pipeline({"generator": ema.shadow})

@@ -29,8 +29,10 @@ def imported_packages(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("room", sorted(FORBIDDEN))
 def test_rooms_import_only_what_comes_before_them(room):
-    offending = {str(path.relative_to(REPO)): sorted(imported_packages(path) & FORBIDDEN[room])
-                 for path in sorted((REPO / room).rglob("*.py"))}
+    offending = {
+        str(path.relative_to(REPO)): sorted(imported_packages(path) & FORBIDDEN[room])
+        for path in sorted((REPO / room).rglob("*.py"))
+    }
     assert {path: names for path, names in offending.items() if names} == {}
 
 

@@ -30,7 +30,9 @@ def test_studio_train_classifier_learns_and_exports_a_loadable_classifier(tmp_pa
 
     classifier = load_classifier(tmp_path / "run")  # the run folder: pipeline/classifier inside
     assert classifier.config.block_channels == [8, 16] and classifier.config.image_size == 16
-    val = build_dataset(DataConfig(name="mnist-5k"), "val")  # 28 px: evaluate resizes to the classifier's 16 px
+    val = build_dataset(
+        DataConfig(name="mnist-5k"), "val"
+    )  # 28 px: evaluate resizes to the classifier's 16 px
     config = EvalConfig(classifier=str(tmp_path / "run"), cache_dir="none", reference_split="val")
     scores = evaluate(val.uint8_images(), "mnist-5k", ["acc"], class_labels=val.labels, config=config)
     assert scores.metrics["class_accuracy"] > 0.15  # 40 steps: above chance (0.1 +- 0.013 on 500 images)

@@ -130,7 +130,13 @@ def bad_folder(kind: str, root) -> str:
 def test_unusable_sample_folders_raise_clear_errors(tmp_path, kind, message):
     with pytest.raises(MetricError, match=message):
         run_eval(
-            bad_folder(kind, tmp_path), "--reference", "mnist-5k", "--reference-split", "val", "--metrics", "mem"
+            bad_folder(kind, tmp_path),
+            "--reference",
+            "mnist-5k",
+            "--reference-split",
+            "val",
+            "--metrics",
+            "mem",
         )
 
 

@@ -96,7 +96,9 @@ def test_evaluate_reads_the_reference_features_from_the_cache(mnist_val, tmp_pat
     (entry,) = tmp_path.glob("*.npz")
     with np.load(entry) as data:
         assert int(data["count"]) == 500 and data["cov"].shape == (128, 128)
-    other_data = DataConfig(name="mnist-5k", val_fraction=0.05)  # a different val split: other pixels, other key
+    other_data = DataConfig(
+        name="mnist-5k", val_fraction=0.05
+    )  # a different val split: other pixels, other key
     other = evaluate(mnist_val.uint8_images()[:64], other_data, ["dfd"], config=config)
     assert other.settings["reference_cache"] == {"classifier": "miss"}
     assert other.metrics != first.metrics and len(list(tmp_path.glob("*.npz"))) == 2

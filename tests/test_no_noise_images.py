@@ -30,9 +30,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SEEDS = [*range(40), 2000]
 STEPS = 10
 CONTROLNET_BASE_DEFECT = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
+    strict=True,
+    raises=AssertionError,
     reason="controlnet-mnist carries its own copy of the earlier adm-mnist UNet, whose eta-0 path leaves "
-           "noise fields on ~1 seed in 5 (see the module docstring); retrain it over the current adm-mnist")
+    "noise fields on ~1 seed in 5 (see the module docstring); retrain it over the current adm-mnist",
+)
 
 
 def uint8(images: torch.Tensor) -> np.ndarray:
@@ -78,8 +80,13 @@ def test_judge_confidence_flags_unreadable_images_only_with_logits():
     assert not failure_flags(digits, confident)["failed"].any()
     assert failure_flags(digits, uniform)["unsure"].all()
     assert not failure_flags(digits)["unsure"].any()
-    assert failure_summary(digits, uniform) == {"failed_noise": 0.0, "failed_flooded": 0.0, "failed_blank": 0.0,
-                                                "failed_unsure": 1.0, "failed": 1.0}
+    assert failure_summary(digits, uniform) == {
+        "failed_noise": 0.0,
+        "failed_flooded": 0.0,
+        "failed_blank": 0.0,
+        "failed_unsure": 1.0,
+        "failed": 1.0,
+    }
     just_readable = np.log(np.array([[FailureThresholds().unsure + 0.01] + [0.69 / 9] * 9] * 3))
     assert not failure_flags(digits, just_readable)["unsure"].any()
 
@@ -89,11 +96,14 @@ def test_border_ring_scales_with_image_size():
     assert border_mask(56).sum() == 56 * 56 - 40 * 40
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((2, 28, 28), dtype=np.uint8), "uint8 images"),
-    (np.zeros((2, 1, 28, 28), dtype=np.float32), "uint8 images"),
-    (np.zeros((2, 1, 28, 20), dtype=np.uint8), "square images"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((2, 28, 28), dtype=np.uint8), "uint8 images"),
+        (np.zeros((2, 1, 28, 28), dtype=np.float32), "uint8 images"),
+        (np.zeros((2, 1, 28, 20), dtype=np.uint8), "square images"),
+    ],
+)
 def test_detector_refuses_bad_input(bad, message):
     with pytest.raises(MetricError, match=message):
         failure_flags(bad)
@@ -116,7 +126,9 @@ def adm():
 
 def sample(pipe, **kwargs) -> np.ndarray:
     labels = [seed % 10 for seed in SEEDS]
-    return uint8(pipe(class_labels=labels, seed=SEEDS, num_inference_steps=STEPS, output_type="pt", **kwargs).images)
+    return uint8(
+        pipe(class_labels=labels, seed=SEEDS, num_inference_steps=STEPS, output_type="pt", **kwargs).images
+    )
 
 
 def scheduler_cases():
@@ -144,6 +156,11 @@ def test_controlnet_mnist_at_its_ddim_default_makes_no_noise_images():
     pipe = load_pipeline("controlnet-mnist", device="cpu")
     pipe.set_progress_bar_config(disable=True)
     digits, labels = mnist_digits(len(SEEDS), labels=True)
-    images = pipe(control_image=list(digits[:, 0]), class_labels=labels, seed=SEEDS,
-                  num_inference_steps=STEPS, output_type="pt").images
+    images = pipe(
+        control_image=list(digits[:, 0]),
+        class_labels=labels,
+        seed=SEEDS,
+        num_inference_steps=STEPS,
+        output_type="pt",
+    ).images
     assert noise_images(uint8(images)) == []

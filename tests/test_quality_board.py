@@ -23,15 +23,34 @@ def cache(tmp_path_factory):
 def tiny_run(tmp_path, monkeypatch, cache):
     monkeypatch.setenv("STUDIO_CACHE", str(cache))
     folder = tmp_path / "tiny-dit"
-    card = {"family": "dit", "dataset": "mnist", "train_seconds": 90.0,
-            "metrics": {"sampling": {"num_inference_steps": 2, "scheduler": "ddim"}}}
+    card = {
+        "family": "dit",
+        "dataset": "mnist",
+        "train_seconds": 90.0,
+        "metrics": {"sampling": {"num_inference_steps": 2, "scheduler": "ddim"}},
+    }
     save_pipeline(tiny_dit_pipeline(), folder, card)
     return folder
 
 
 def board(out, *models, n=20):
-    assert main(["bench", "quality", "--models", ",".join(str(m) for m in models), "--n", str(n),
-                 "--batch-size", "8", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "quality",
+                "--models",
+                ",".join(str(m) for m in models),
+                "--n",
+                str(n),
+                "--batch-size",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return json.loads(out.with_suffix(".json").read_text())["rows"]
 
 
@@ -76,8 +95,9 @@ def test_readme_quality_table_matches_the_board_and_the_cards():
     from bench.quality import README, update_readme
     from bench.report import RESULTS
 
-    assert update_readme(README, RESULTS / "quality.json", check=True) is False, \
+    assert update_readme(README, RESULTS / "quality.json", check=True) is False, (
         "README quality table is out of date: run python bench/quality.py --readme"
+    )
 
 
 def test_readme_update_rewrites_only_between_the_markers_and_refuses_a_readme_without_them(tmp_path):

@@ -26,7 +26,9 @@ def test_register_add_lookup_and_dict_reading():
 
 def test_discover_runs_for_a_missing_name_only():
     asked = []
-    parts: Registry[int] = Registry("widget", discover=lambda name: asked.append(name) or parts.add("late", 3))
+    parts: Registry[int] = Registry(
+        "widget", discover=lambda name: asked.append(name) or parts.add("late", 3)
+    )
     parts.add("early", 1)
     assert parts.find("early") == 1 and asked == []
     assert parts.find("late") == 3 and asked == ["late"]
@@ -35,6 +37,8 @@ def test_discover_runs_for_a_missing_name_only():
 def test_the_hub_finds_pipelines_without_importing_them_itself():
     """studio.hub and studio.pipelines used to import each other; now the hub imports neither the package
     nor its modules, and still resolves a class name once asked."""
-    code = ("import sys, studio.hub as hub; assert 'studio.pipelines' not in sys.modules; "
-            "assert hub.PIPELINES.find('StudioDiTPipeline').__name__ == 'StudioDiTPipeline'")
+    code = (
+        "import sys, studio.hub as hub; assert 'studio.pipelines' not in sys.modules; "
+        "assert hub.PIPELINES.find('StudioDiTPipeline').__name__ == 'StudioDiTPipeline'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

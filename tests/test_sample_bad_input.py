@@ -28,8 +28,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 HUGE_SEED = "1180591620717411303424"  # 2**70
-FAST = {"dit-mnist": ["--steps", "2"], "adm-mnist": ["--steps", "2"], "score-mnist": ["--steps", "2"],
-        "controlnet-mnist": ["--steps", "2", "--control-image", "{control}"]}
+FAST = {
+    "dit-mnist": ["--steps", "2"],
+    "adm-mnist": ["--steps", "2"],
+    "score-mnist": ["--steps", "2"],
+    "controlnet-mnist": ["--steps", "2", "--control-image", "{control}"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +53,14 @@ def places(tmp_path_factory):
 
 
 def fill(items, places, out):
-    return [str(i).replace("{control}", places["control"]).replace("{file}", places["file"])
-            .replace("{read_only}", places["read_only"]).replace("{out}", str(out)) for i in items]
+    return [
+        str(i)
+        .replace("{control}", places["control"])
+        .replace("{file}", places["file"])
+        .replace("{read_only}", places["read_only"])
+        .replace("{out}", str(out))
+        for i in items
+    ]
 
 
 def run(argv, capsys):
@@ -61,7 +71,9 @@ def run(argv, capsys):
 
 def assert_one_line_error(code, err, needles):
     assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("Loading", "sampling"))]
+    lines = [
+        line for line in err.splitlines() if line.strip() and not line.startswith(("Loading", "sampling"))
+    ]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for needle in needles:
         assert needle in lines[0], lines[0]
@@ -87,20 +99,41 @@ SAMPLE_ROWS = [
     ("controlnet-mnist", ["--guidance-scale=-inf"], ["guidance_scale must be a finite number"]),
     ("controlnet-mnist", ["--eta", "nan"], ["eta must be a finite number"]),
     ("controlnet-mnist", ["--eta", "inf"], ["eta must be a finite number"]),
-    ("controlnet-mnist", ["--control-scale", "nan"], ["controlnet_conditioning_scale must be a finite number"]),
-    ("controlnet-mnist", ["--control-scale", "inf"], ["controlnet_conditioning_scale must be a finite number"]),
+    (
+        "controlnet-mnist",
+        ["--control-scale", "nan"],
+        ["controlnet_conditioning_scale must be a finite number"],
+    ),
+    (
+        "controlnet-mnist",
+        ["--control-scale", "inf"],
+        ["controlnet_conditioning_scale must be a finite number"],
+    ),
     ("controlnet-mnist", ["--control-scale=-inf"], ["controlnet_conditioning_scale must be a finite number"]),
     ("biggan-mnist", ["--truncation", "nan"], ["truncation must be a finite number, got nan"]),
     ("biggan-mnist", ["--truncation", "inf"], ["truncation must be a finite number, got inf"]),
     ("sagan-mnist", ["--truncation", "nan"], ["truncation must be a finite number"]),
     ("sagan-mnist", ["--truncation", "inf"], ["truncation must be a finite number"]),
     # a tiny positive truncation drew latents by rejection for minutes (about 1.25 / threshold draws each)
-    ("biggan-mnist", ["--truncation", "1e-6"], ["truncation threshold 1e-06 is too small", "use 0 for z = 0"]),
+    (
+        "biggan-mnist",
+        ["--truncation", "1e-6"],
+        ["truncation threshold 1e-06 is too small", "use 0 for z = 0"],
+    ),
     ("sagan-mnist", ["--truncation", "0.001"], ["truncation threshold 0.001 is too small"]),
     # seeds outside the generator's 0..2^64-1 (overflowed with a traceback; -1 aliased 2^64-1)
-    *[(model, ["--seed", HUGE_SEED], [f"seed must lie in 0..{2**64 - 1}", HUGE_SEED])
-      for model in ("dit-mnist", "adm-mnist", "controlnet-mnist", "score-mnist", "dsno-mnist", "biggan-mnist",
-                    "sagan-mnist")],
+    *[
+        (model, ["--seed", HUGE_SEED], [f"seed must lie in 0..{2**64 - 1}", HUGE_SEED])
+        for model in (
+            "dit-mnist",
+            "adm-mnist",
+            "controlnet-mnist",
+            "score-mnist",
+            "dsno-mnist",
+            "biggan-mnist",
+            "sagan-mnist",
+        )
+    ],
     ("dit-mnist", ["--seed", str(2**64 - 1)], ["seed + num_images - 1"]),
     ("dit-mnist", ["--seed", "-1"], ["seed must lie in 0..", "got -1"]),
     ("score-mnist", ["--seed", "-5"], ["seed must lie in 0..", "got -5"]),
@@ -108,7 +141,11 @@ SAMPLE_ROWS = [
     ("dit-mnist", ["--steps", "5000"], ["num_inference_steps must be in 1..1000", "got 5000"]),
     ("dit-mnist", ["--steps", "5000", "--scheduler", "ddim"], ["num_inference_steps must be in 1..1000"]),
     ("dit-mnist", ["--steps", "1001", "--scheduler", "euler"], ["num_inference_steps must be in 1..1000"]),
-    ("dit-mnist", ["--steps", "3", "--scheduler", "pndm"], ["pndm scheduler needs at least 4 steps", "got 3"]),
+    (
+        "dit-mnist",
+        ["--steps", "3", "--scheduler", "pndm"],
+        ["pndm scheduler needs at least 4 steps", "got 3"],
+    ),
     ("adm-mnist", ["--steps", "2", "--scheduler", "pndm"], ["pndm scheduler needs at least 4 steps"]),
     ("controlnet-mnist", ["--steps", "1", "--scheduler", "pndm"], ["pndm scheduler needs at least 4 steps"]),
     # output folders that cannot be one
@@ -116,7 +153,11 @@ SAMPLE_ROWS = [
     ("score-mnist", ["--out", "{file}"], ["is a file, not a folder"]),
     ("biggan-mnist", ["--out", "{file}"], ["is a file, not a folder"]),
     ("dit-mnist", ["--out", "{file}/samples"], ["cannot create the output folder"]),
-    ("dit-mnist", ["--out", "/proc/studio-samples"], ["cannot create the output folder /proc/studio-samples"]),
+    (
+        "dit-mnist",
+        ["--out", "/proc/studio-samples"],
+        ["cannot create the output folder /proc/studio-samples"],
+    ),
     ("dit-mnist", ["--out", "{read_only}"], ["is not writable"]),
     ("dsno-mnist", ["--out", "{read_only}"], ["is not writable"]),
     # a negative DDIM eta (the ADM pipelines refused it, DiT drew with it), xformers without CUDA (said "using SDPA")
@@ -127,7 +168,11 @@ SAMPLE_ROWS = [
     ("dit-mnist", ["--eta", "0.5", "--scheduler", "dpm++"], ["eta=0.5 has no effect"]),
     ("adm-mnist", ["--eta", "0.3", "--scheduler", "ddpm"], ["eta=0.3 has no effect with the ddpm sampler"]),
     ("adm-mnist", ["--eta", "0.3", "--scheduler", "euler"], ["eta=0.3 has no effect"]),
-    ("controlnet-mnist", ["--eta", "0.3", "--scheduler", "ddpm"], ["eta=0.3 has no effect with the ddpm sampler"]),
+    (
+        "controlnet-mnist",
+        ["--eta", "0.3", "--scheduler", "ddpm"],
+        ["eta=0.3 has no effect with the ddpm sampler"],
+    ),
     # counts, named by their flag and refused before the model loads
     ("dit-mnist", ["--num-images", "0"], ["--num-images must be at least 1, got 0"]),
     ("dit-mnist", ["--num-images", "-3"], ["--num-images must be at least 1, got -3"]),
@@ -136,9 +181,12 @@ SAMPLE_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("model,flags,needles", SAMPLE_ROWS,
-                         ids=[f"{m}:{' '.join(f)}" for m, f, _ in SAMPLE_ROWS])
-def test_bad_sample_requests_give_one_line_errors_and_no_images(model, flags, needles, places, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "model,flags,needles", SAMPLE_ROWS, ids=[f"{m}:{' '.join(f)}" for m, f, _ in SAMPLE_ROWS]
+)
+def test_bad_sample_requests_give_one_line_errors_and_no_images(
+    model, flags, needles, places, tmp_path, capsys
+):
     out = tmp_path / "samples"
     argv = ["sample", model, "--num-images", "2", "--out", str(out), *FAST.get(model, []), *flags]
     code, _, err = run(fill(argv, places, out), capsys)
@@ -161,9 +209,13 @@ KEPT_ROWS = [  # refused cleanly before these fixes too; kept here so the whole 
 ]
 
 
-@pytest.mark.parametrize("model,flags,needles", KEPT_ROWS, ids=[f"{m}:{' '.join(f)}" for m, f, _ in KEPT_ROWS])
+@pytest.mark.parametrize(
+    "model,flags,needles", KEPT_ROWS, ids=[f"{m}:{' '.join(f)}" for m, f, _ in KEPT_ROWS]
+)
 def test_bad_requests_refused_before_stay_refused(model, flags, needles, places, tmp_path, capsys):
-    test_bad_sample_requests_give_one_line_errors_and_no_images(model, flags, needles, places, tmp_path, capsys)
+    test_bad_sample_requests_give_one_line_errors_and_no_images(
+        model, flags, needles, places, tmp_path, capsys
+    )
 
 
 # ------------------------------------------------------------------------------------------ resume
@@ -174,8 +226,16 @@ def made(tmp_path_factory, places):
     base = {"dit-mnist": [], "biggan-mnist": [], "controlnet-mnist": [], "score-mnist": []}
     for model, extra in base.items():
         out = tmp_path_factory.mktemp("made") / model
-        assert main(fill(["sample", model, "--num-images", "2", "--out", out, *FAST.get(model, []), *extra],
-                         places, out)) == 0
+        assert (
+            main(
+                fill(
+                    ["sample", model, "--num-images", "2", "--out", out, *FAST.get(model, []), *extra],
+                    places,
+                    out,
+                )
+            )
+            == 0
+        )
         folders[model] = out
     return folders
 
@@ -199,14 +259,25 @@ RESUME_ROWS = [  # (folder made by, model asked, flags, the field the error name
 ]
 
 
-@pytest.mark.parametrize("made_by,model,flags,needle", RESUME_ROWS,
-                         ids=[f"{a}->{b}:{' '.join(f)}" for a, b, f, _ in RESUME_ROWS])
-def test_resuming_a_folder_made_with_other_settings_is_refused(made, made_by, model, flags, needle, places,
-                                                               tmp_path, capsys):
+@pytest.mark.parametrize(
+    "made_by,model,flags,needle", RESUME_ROWS, ids=[f"{a}->{b}:{' '.join(f)}" for a, b, f, _ in RESUME_ROWS]
+)
+def test_resuming_a_folder_made_with_other_settings_is_refused(
+    made, made_by, model, flags, needle, places, tmp_path, capsys
+):
     out = tmp_path / "samples"
     shutil.copytree(made[made_by], out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    argv = ["sample", model, "--num-images", "4", "--out", str(out), *FAST.get(model, []), *flags]  # last flag wins
+    argv = [
+        "sample",
+        model,
+        "--num-images",
+        "4",
+        "--out",
+        str(out),
+        *FAST.get(model, []),
+        *flags,
+    ]  # last flag wins
     code, _, err = run(fill(argv, places, made[made_by]), capsys)
     assert_one_line_error(code, err, [f"{out} holds images made with", needle])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -234,8 +305,20 @@ def test_a_folder_in_an_images_place_is_named(tmp_path, capsys):
 
 def test_a_failed_request_does_not_lock_an_empty_folder(tmp_path, capsys):
     out = tmp_path / "samples"
-    bad = ["sample", "adm-mnist", "--num-images", "1", "--steps", "2", "--out", str(out), "--eta", "-1",
-           "--scheduler", "ddim"]
+    bad = [
+        "sample",
+        "adm-mnist",
+        "--num-images",
+        "1",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "--eta",
+        "-1",
+        "--scheduler",
+        "ddim",
+    ]
     assert_one_line_error(*run(bad, capsys)[::2], ["eta must be >= 0"])
     good = bad[:-4] + ["--eta", "0", "--scheduler", "ddim"]
     assert run(good, capsys)[0] == 0 and (out / "000000.png").is_file()
@@ -248,7 +331,9 @@ def test_a_truncated_image_is_drawn_again(made, tmp_path, capsys):
         original = np.asarray(image).astype(int)
     data = (out / "000001.png").read_bytes()
     (out / "000001.png").write_bytes(data[: len(data) // 2])
-    code, stdout, err = run(["sample", "dit-mnist", "--num-images", "2", "--steps", "2", "--out", str(out)], capsys)
+    code, stdout, err = run(
+        ["sample", "dit-mnist", "--num-images", "2", "--steps", "2", "--out", str(out)], capsys
+    )
     assert code == 0, err
     assert "(1 already there, 1 unreadable ones drawn again)" in stdout
     with Image.open(out / "000001.png") as image:
@@ -266,14 +351,17 @@ def score_pipe():
     return pipe
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"snr": float("nan")}, "snr must be a finite number, got nan"),
-    ({"snr": float("inf")}, "snr must be a finite number, got inf"),
-    ({"step_lr": float("nan"), "scheduler": "pc"}, "step_lr must be a finite number, got nan"),
-    ({"step_lr": float("inf"), "scheduler": "pc"}, "step_lr must be a finite number, got inf"),
-    ({"seed": [0, 2**64]}, f"seed must lie in 0..{2**64 - 1}"),
-    ({"seed": "7"}, "seed must be an integer or one integer per image"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"snr": float("nan")}, "snr must be a finite number, got nan"),
+        ({"snr": float("inf")}, "snr must be a finite number, got inf"),
+        ({"step_lr": float("nan"), "scheduler": "pc"}, "step_lr must be a finite number, got nan"),
+        ({"step_lr": float("inf"), "scheduler": "pc"}, "step_lr must be a finite number, got inf"),
+        ({"seed": [0, 2**64]}, f"seed must lie in 0..{2**64 - 1}"),
+        ({"seed": "7"}, "seed must be an integer or one integer per image"),
+    ],
+)
 def test_score_pipeline_refuses_non_finite_settings(score_pipe, kwargs, message):
     with pytest.raises(StudioError, match=message.replace("+", r"\+")):
         score_pipe(num_images=2, num_inference_steps=1, **kwargs)
@@ -303,8 +391,10 @@ def test_process_shares_are_disjoint_cover_the_missing_images_and_match_the_bar_
     from studio.pipelines.batch import _share
 
     present = {0, 3, 4, 9}
-    shares = [[i for batch in missing_batches(23, present, 4, p, num_processes) for i in batch]
-              for p in range(num_processes)]
+    shares = [
+        [i for batch in missing_batches(23, present, 4, p, num_processes) for i in batch]
+        for p in range(num_processes)
+    ]
     assert sorted(i for share in shares for i in share) == [i for i in range(23) if i not in present]
     assert [len(share) for share in shares] == [_share(19, 4, p, num_processes) for p in range(num_processes)]
 
@@ -332,7 +422,9 @@ class CountingPipe:
         self.calls.append((list(seed), list(class_labels)))
         if len(self.calls) == self.stop_at:
             raise Stop
-        record = GenerationRecord(model="fake", family="fake", seeds=list(seed), class_labels=list(class_labels))
+        record = GenerationRecord(
+            model="fake", family="fake", seeds=list(seed), class_labels=list(class_labels)
+        )
         return SimpleNamespace(images=np.zeros((num_images, 4, 4, 1), dtype=np.float32), record=record)
 
 
@@ -377,8 +469,19 @@ EVAL_ROWS = [
 
 @pytest.mark.parametrize("flags,needles", EVAL_ROWS, ids=[" ".join(f) for f, _ in EVAL_ROWS])
 def test_bad_eval_requests_give_one_line_errors(flags, needles, made, places, tmp_path, capsys):
-    argv = ["eval", str(made["dit-mnist"]), "--reference", "mnist-5k", "--reference-split", "val", "--metrics", "acc",
-            "--cache-dir", "none", *flags]
+    argv = [
+        "eval",
+        str(made["dit-mnist"]),
+        "--reference",
+        "mnist-5k",
+        "--reference-split",
+        "val",
+        "--metrics",
+        "acc",
+        "--cache-dir",
+        "none",
+        *flags,
+    ]
     code, _, err = run(fill(argv, places, tmp_path), capsys)
     assert_one_line_error(code, err, needles)
 
@@ -392,8 +495,9 @@ def test_a_broken_run_is_listed_as_unreadable_and_breaks_no_other_lookup(broken,
     (folder / broken).write_text("{half written")
     code, stdout, _ = run(["models"], capsys)
     assert code == 0 and any(line.split()[:2] == ["crashed", "unreadable"] for line in stdout.splitlines())
-    code, stdout, err = run(["sample", "dit-mnist", "--num-images", "1", "--steps", "1", "--out",
-                             str(tmp_path / "o")], capsys)
+    code, stdout, err = run(
+        ["sample", "dit-mnist", "--num-images", "1", "--steps", "1", "--out", str(tmp_path / "o")], capsys
+    )
     assert code == 0, err
 
 

@@ -38,10 +38,14 @@ def no_benchmark(*args, **kwargs):
     "argv, message",
     [
         (["--device", "cuda"], "error: --device cuda: CUDA is not available on this machine"),
-        (["--device", "cuda", "--dtype", "float16", "--attention", "xformers"],
-         "error: --device cuda: CUDA is not available on this machine"),
-        (["--attention", "xformers"],
-         "error: --attention xformers: xformers runs on CUDA only; use --device cuda or --attention sdpa"),
+        (
+            ["--device", "cuda", "--dtype", "float16", "--attention", "xformers"],
+            "error: --device cuda: CUDA is not available on this machine",
+        ),
+        (
+            ["--attention", "xformers"],
+            "error: --attention xformers: xformers runs on CUDA only; use --device cuda or --attention sdpa",
+        ),
     ],
 )
 def test_gpu_options_refused_in_one_line_without_running(bench, monkeypatch, capsys, tmp_path, argv, message):
@@ -65,12 +69,34 @@ def test_bfloat16_run_records_its_runtime(bench, monkeypatch, tmp_path):
     """A real two-method run in bfloat16 on the random-init DiT (3 steps, 1 image)."""
     out, loaded, load = tmp_path / "report", [], bench.load
     monkeypatch.setattr(bench, "load", lambda args: loaded.append(load(args)) or loaded[-1])
-    bench.main(["--checkpoint", "none", "--steps", "3", "--images", "1", "--repeats", "1",
-                "--reference", "none", "--dtype", "bfloat16", "--only", "FORA N=3", "--out", str(out)])
+    bench.main(
+        [
+            "--checkpoint",
+            "none",
+            "--steps",
+            "3",
+            "--images",
+            "1",
+            "--repeats",
+            "1",
+            "--reference",
+            "none",
+            "--dtype",
+            "bfloat16",
+            "--only",
+            "FORA N=3",
+            "--out",
+            str(out),
+        ]
+    )
     assert loaded[0].transformer.dtype == torch.bfloat16
     report = json.loads(Path(f"{out}.json").read_text())
     assert {k: report["setup"][k] for k in ("device", "dtype", "attention", "timer")} == {
-        "device": "cpu", "dtype": "bfloat16", "attention": "sdpa", "timer": "denoising loop"}
+        "device": "cpu",
+        "dtype": "bfloat16",
+        "attention": "sdpa",
+        "timer": "denoising loop",
+    }
     fora = report["methods"]["FORA N=3"]
     assert fora["applicable"] and fora["stats"]["fora"]["full_evaluations"] == 2  # T = 3: refresh k = 0, 2
     assert math.isfinite(fora["mean_abs_diff"]) and fora["median_s"] > 0

@@ -413,8 +413,10 @@ def test_unsupported_targets_and_inputs():
         r"\(DiTTransformer2DModel\)",
     ):
         samplers.apply(studio_pipeline(), EncPropConfig())
-    ncsn = tiny_unet2d(down_block_types=("SkipDownBlock2D", "SkipDownBlock2D"),
-                       up_block_types=("SkipUpBlock2D", "SkipUpBlock2D"))
+    ncsn = tiny_unet2d(
+        down_block_types=("SkipDownBlock2D", "SkipDownBlock2D"),
+        up_block_types=("SkipUpBlock2D", "SkipUpBlock2D"),
+    )
     with pytest.raises(UnsupportedTargetError, match="SkipDownBlock2D"):
         samplers.apply((ncsn, DDIMScheduler()), EncPropConfig())
     scheduler = DDIMScheduler()

@@ -193,7 +193,10 @@ def test_condition_edited_in_place_is_not_served_stale():
     model = tiny_studio_dit()
 
     def loop(scheduler):
-        x, labels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
+        x, labels = (
+            torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)),
+            torch.tensor([0, 1]),
+        )
         scheduler.set_timesteps(4)
         outs = []
         with torch.no_grad():
@@ -277,12 +280,19 @@ def sd3_loop(model, scheduler, batch: int = 2, steps: int = 6, seed: int = 0, sk
     outputs = []
     with torch.no_grad():
         for t in scheduler.timesteps:
-            kwargs = {"encoder_hidden_states": context, "pooled_projections": pooled, "timestep": t.expand(batch)}
+            kwargs = {
+                "encoder_hidden_states": context,
+                "pooled_projections": pooled,
+                "timestep": t.expand(batch),
+            }
             out = model(hidden_states=x, **kwargs).sample
             outputs.append(out)
             if skip_layers is not None:
-                outputs.append(model(hidden_states=x[:1], **{k: v[:1] for k, v in kwargs.items()},
-                                     skip_layers=skip_layers).sample)
+                outputs.append(
+                    model(
+                        hidden_states=x[:1], **{k: v[:1] for k, v in kwargs.items()}, skip_layers=skip_layers
+                    ).sample
+                )
             x = scheduler.step(out, t, x).prev_sample
     return outputs
 
@@ -295,7 +305,9 @@ def test_sd3_precomputed_equals_per_call_conditioning(specs):
     remove_all(handles)
     scheduler = FlowMatchEulerDiscreteScheduler()
     handles = apply_specs((model, scheduler), specs)
-    counter = CallCounter(model, ("norm1.linear", "norm1_context.linear", "norm_out.linear", "timestep_embedder.linear_1"))
+    counter = CallCounter(
+        model, ("norm1.linear", "norm1_context.linear", "norm_out.linear", "timestep_embedder.linear_1")
+    )
     got = sd3_loop(model, scheduler, skip_layers=[1])
     assert table_of(model).builds == 1 and not table_of(model).disabled  # aux calls run stock, table kept
     # module calls: 6 main calls (served) + 6 skip-layer calls (stock, block 1 skipped) + 1 build

@@ -15,8 +15,11 @@ from studio.errors import ConfigError
 
 def adm_config(**overrides) -> dict:
     """An ADM training scheduler's config: cosine betas, learned variance, x0 clipped to [-1, 1]."""
-    config = dict(DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
-                                clip_sample=True).config)
+    config = dict(
+        DDPMScheduler(
+            beta_schedule="squaredcos_cap_v2", variance_type="learned_range", clip_sample=True
+        ).config
+    )
     return {**config, **overrides}
 
 

@@ -37,10 +37,20 @@ from training.loop import train
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-KIND_SAMPLER = [("ncsn", "langevin"), ("ncsn", "pc"), ("ve", "pc"), ("ve", "langevin"), ("ve", "ode"),
-                ("vp", "pc"), ("vp", "ode")]
-FAST = {"langevin": {"num_inference_steps": 3, "corrector_steps": 2}, "pc": {"num_inference_steps": 4, "corrector_steps": 1},
-        "ode": {}}
+KIND_SAMPLER = [
+    ("ncsn", "langevin"),
+    ("ncsn", "pc"),
+    ("ve", "pc"),
+    ("ve", "langevin"),
+    ("ve", "ode"),
+    ("vp", "pc"),
+    ("vp", "ode"),
+]
+FAST = {
+    "langevin": {"num_inference_steps": 3, "corrector_steps": 2},
+    "pc": {"num_inference_steps": 4, "corrector_steps": 1},
+    "ode": {},
+}
 
 
 def fast_kwargs(kind: str, sampler: str) -> dict:
@@ -100,7 +110,9 @@ def test_ve_marginal_std_endpoints_and_discrete_chain_telescopes_to_sigma_max():
     grid = torch.linspace(1.0, 1e-5, sde.N)
     variance = sum(sde.discretize(x[:1], t.reshape(1))[1] ** 2 for t in grid)
     assert variance.item() == pytest.approx(16.0**2, rel=1e-5)  # sum of sigma_i^2 - sigma_{i-1}^2
-    assert sde.discrete_sigmas()[0] == pytest.approx(0.01) and sde.discrete_sigmas()[-1] == pytest.approx(16.0)
+    assert sde.discrete_sigmas()[0] == pytest.approx(0.01) and sde.discrete_sigmas()[-1] == pytest.approx(
+        16.0
+    )
 
 
 def test_vp_marginal_is_variance_preserving_and_matches_the_ddpm_chain():
@@ -111,12 +123,16 @@ def test_vp_marginal_is_variance_preserving_and_matches_the_ddpm_chain():
     assert std[0] == 0 and (std[1:] > std[:-1]).all()
     # the discrete chain's mean coefficient prod sqrt(1 - beta_i) approaches m(1) (log scale: m(1) ~ 0.0066)
     log_chain = 0.5 * torch.log1p(-sde.discrete_betas()).sum()
-    assert log_chain.item() == pytest.approx(math.log(sde.mean_coefficient(torch.tensor(1.0)).item()), rel=0.01)
+    assert log_chain.item() == pytest.approx(
+        math.log(sde.mean_coefficient(torch.tensor(1.0)).item()), rel=0.01
+    )
     # Monte Carlo: the perturbation kernel has the closed-form mean and std
     x0 = torch.full((20000, 1), 0.7, dtype=torch.float64)
     ts = torch.full((20000,), 0.3, dtype=torch.float64)
     mean, std = sde.marginal_prob(x0, ts)
-    xt = mean + std[:, None] * torch.randn(20000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    xt = mean + std[:, None] * torch.randn(
+        20000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     assert xt.std().item() == pytest.approx(std[0].item(), rel=0.02)
 
 
@@ -136,6 +152,7 @@ def test_dsm_loss_is_zero_at_the_exact_score_of_a_single_point():
     assert ncsn_loss(point_score, x0, sigmas, torch.tensor([0, 4, 9]), z)["loss"].abs() < 1e-6
     t = torch.tensor([1e-5, 0.3, 1.0], dtype=torch.float64)
     for sde in (VESDE(N=100, sigma_max=16.0), VPSDE(N=100)):
+
         def exact(x, t, sde=sde):
             mean, std = sde.marginal_prob(x0, t)
             return -(x - mean) / std.reshape(-1, 1, 1, 1) ** 2
@@ -183,12 +200,15 @@ def test_ve_predictor_corrector_samples_the_gaussian():
     noise = seeded_noise(0)
     score = toy.sde_score(sde)
     x = sde.prior_sampling(noise(torch.zeros(2000, toy.d)))
-    samples = pc_sample(ReverseDiffusionPredictor(sde, score, noise), LangevinCorrector(sde, score, noise, 0.16, 1),
-                        x, 1e-5)
+    samples = pc_sample(
+        ReverseDiffusionPredictor(sde, score, noise), LangevinCorrector(sde, score, noise, 0.16, 1), x, 1e-5
+    )
     toy.check(samples)
 
 
-@pytest.mark.parametrize("sde", [VPSDE(N=1000), VESDE(N=1000, sigma_min=0.01, sigma_max=50.0)], ids=["vp", "ve"])
+@pytest.mark.parametrize(
+    "sde", [VPSDE(N=1000), VESDE(N=1000, sigma_min=0.01, sigma_max=50.0)], ids=["vp", "ve"]
+)
 def test_probability_flow_ode_samples_the_gaussian_deterministically(sde):
     toy = GaussianToy()
     x = sde.prior_sampling(torch.randn(2000, toy.d, generator=torch.Generator().manual_seed(0)))
@@ -201,7 +221,9 @@ def test_probability_flow_ode_samples_the_gaussian_deterministically(sde):
 
 def test_probability_flow_ode_is_reversible_with_the_exact_score():
     toy, sde = GaussianToy(), VPSDE(N=1000)
-    x0 = toy.mu + toy.s * torch.randn(64, toy.d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x0 = toy.mu + toy.s * torch.randn(
+        64, toy.d, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     encoded = probability_flow_ode(sde, toy.sde_score(sde), x0, 1e-3, 1.0, rtol=1e-7, atol=1e-7).sample
     decoded = probability_flow_ode(sde, toy.sde_score(sde), encoded, 1.0, 1e-3, rtol=1e-7, atol=1e-7).sample
     assert encoded.std() > 3 * x0.std()  # it really went to the prior and back
@@ -215,8 +237,14 @@ def test_pc_with_zero_corrector_steps_is_predictor_only():
     runs = []
     for corrector_class in (NoneCorrector, LangevinCorrector):
         noise = seeded_noise(1)
-        runs.append(pc_sample(ReverseDiffusionPredictor(sde, score, noise), corrector_class(sde, score, noise, 0.16, 0),
-                              x, 1e-5))
+        runs.append(
+            pc_sample(
+                ReverseDiffusionPredictor(sde, score, noise),
+                corrector_class(sde, score, noise, 0.16, 0),
+                x,
+                1e-5,
+            )
+        )
     assert torch.equal(runs[0], runs[1])
 
 
@@ -234,7 +262,9 @@ def test_reverse_diffusion_predictor_matches_diffusers_step_pred():
         theirs = scheduler.step_pred(score, t, x, generator=torch.Generator().manual_seed(5))
         assert torch.allclose(ours[1], theirs.prev_sample_mean, rtol=1e-5, atol=1e-5)
         assert torch.allclose(ours[0], theirs.prev_sample, rtol=1e-5, atol=1e-5)
-    zero = scheduler.step_pred(torch.zeros_like(x), scheduler.timesteps[0], x, generator=torch.Generator().manual_seed(5))
+    zero = scheduler.step_pred(
+        torch.zeros_like(x), scheduler.timesteps[0], x, generator=torch.Generator().manual_seed(5)
+    )
     assert torch.equal(zero.prev_sample_mean, x)
     jump = math.sqrt(sigma_max**2 - float(sde.discrete_sigmas()[-2]) ** 2)
     assert torch.allclose(zero.prev_sample, x + jump * seeded_noise(5)(x), rtol=1e-5)
@@ -295,10 +325,20 @@ def test_image_i_is_identical_whatever_the_batch_size(kind, sampler):
 
 def test_pipeline_pc_nfe_counts_corrector_and_predictor_calls():
     pipe = tiny_score_pipeline("ve")
-    assert pipe(scheduler="pc", num_inference_steps=6, corrector_steps=0, output_type="np").record.extra["nfe"] == 6
-    assert pipe(scheduler="pc", num_inference_steps=6, corrector_steps=2, output_type="np").record.extra["nfe"] == 18
-    assert pipe(scheduler="langevin", num_inference_steps=3, corrector_steps=4,
-                output_type="np").record.extra["nfe"] == 3 * 4 + 1
+    assert (
+        pipe(scheduler="pc", num_inference_steps=6, corrector_steps=0, output_type="np").record.extra["nfe"]
+        == 6
+    )
+    assert (
+        pipe(scheduler="pc", num_inference_steps=6, corrector_steps=2, output_type="np").record.extra["nfe"]
+        == 18
+    )
+    assert (
+        pipe(scheduler="langevin", num_inference_steps=3, corrector_steps=4, output_type="np").record.extra[
+            "nfe"
+        ]
+        == 3 * 4 + 1
+    )
 
 
 @pytest.mark.parametrize("kind", ["ncsn", "ve", "vp"])
@@ -349,23 +389,41 @@ def test_interrupt_from_step_callback_stops_early():
             p._interrupt = True
         return tensors
 
-    out = pipe(scheduler="pc", num_inference_steps=8, corrector_steps=0, callback_on_step_end=stop_after_two,
-               output_type="np")
+    out = pipe(
+        scheduler="pc",
+        num_inference_steps=8,
+        corrector_steps=0,
+        callback_on_step_end=stop_after_two,
+        output_type="np",
+    )
     assert seen == [0, 1] and out.record.extra["interrupted"] and out.record.extra["nfe"] == 2
 
 
 # ============================================================================ training
-TINY_SCORE_OVERRIDES = ["batch_size=8", "data.image_size=16", "model.block_out_channels=[8,16]",
-                        "model.attention_levels=[false,false]", "model.norm_num_groups=4", "log_every=1",
-                        "model.sample_steps=4", "num_sample_images=2", "optim.warmup_steps=0"]
+TINY_SCORE_OVERRIDES = [
+    "batch_size=8",
+    "data.image_size=16",
+    "model.block_out_channels=[8,16]",
+    "model.attention_levels=[false,false]",
+    "model.norm_num_groups=4",
+    "log_every=1",
+    "model.sample_steps=4",
+    "num_sample_images=2",
+    "optim.warmup_steps=0",
+]
 
 
 @pytest.mark.parametrize("sde", ["ncsn", "ve", "vp"])
 def test_tiny_training_loss_falls_and_exports_a_loadable_pipeline(sde, tmp_path):
     extra = ["model.sigma_max=1.0"] if sde == "ncsn" else []
-    config = load_config("score", get_family("score").config_class, "mnist-tiny",
-                         TINY_SCORE_OVERRIDES + extra + [f"model.sde={sde}", "max_steps=40", "checkpointing_steps=40",
-                                                         f"output_dir={tmp_path / 'run'}"])
+    config = load_config(
+        "score",
+        get_family("score").config_class,
+        "mnist-tiny",
+        TINY_SCORE_OVERRIDES
+        + extra
+        + [f"model.sde={sde}", "max_steps=40", "checkpointing_steps=40", f"output_dir={tmp_path / 'run'}"],
+    )
     result = train(config)
     losses = [h["loss"] for h in result.history]
     first, last = np.mean(losses[:8]), np.mean(losses[-8:])
@@ -379,7 +437,9 @@ def test_family_moves_data_into_the_model_range():
     family_class = get_family("score")
     images = torch.tensor([-1.0, 0.0, 1.0]).reshape(1, 1, 1, 3)
     for sde, low, high in (("ve", 0.0, 1.0), ("ncsn", 0.0, 1.0), ("vp", -1.0, 1.0)):
-        config = load_config("score", family_class.config_class, "mnist-tiny", [f"model.sde={sde}", "model.sigma_max=1"])
+        config = load_config(
+            "score", family_class.config_class, "mnist-tiny", [f"model.sde={sde}", "model.sigma_max=1"]
+        )
         family = family_class(config, type("Info", (), {"image_size": 16, "channels": 1})())
         x = family.model_range(images)
         assert low <= x.min() and x.max() <= high
@@ -390,16 +450,32 @@ def test_family_moves_data_into_the_model_range():
 def test_bad_score_configs_are_refused_with_names():
     family_class = get_family("score")
     info = type("Info", (), {"image_size": 16, "channels": 1})()
-    for override, message in (("model.sde=edm", "sde"), ("model.weighting=snr", "weighting"),
-                              ("model.sigma_min=20", "sigma_min"), ("model.sample_scheduler=ode", "ode")):
+    for override, message in (
+        ("model.sde=edm", "sde"),
+        ("model.weighting=snr", "weighting"),
+        ("model.sigma_min=20", "sigma_min"),
+        ("model.sample_scheduler=ode", "ode"),
+    ):
         extra = ["model.sde=ncsn", "model.sigma_max=1"] if "ode" in override else []
         with pytest.raises(ConfigError, match=message):  # by the config itself or by the family
-            family_class(load_config("score", family_class.config_class, "mnist-tiny", [*extra, override]), info)
+            family_class(
+                load_config("score", family_class.config_class, "mnist-tiny", [*extra, override]), info
+            )
 
 
 def test_cli_trains_the_tiny_preset(tmp_path, capsys):
-    code = main(["train", "score", "--preset", "mnist-tiny", *TINY_SCORE_OVERRIDES, "max_steps=6",
-                 "checkpointing_steps=6", f"output_dir={tmp_path / 'cli'}"])
+    code = main(
+        [
+            "train",
+            "score",
+            "--preset",
+            "mnist-tiny",
+            *TINY_SCORE_OVERRIDES,
+            "max_steps=6",
+            "checkpointing_steps=6",
+            f"output_dir={tmp_path / 'cli'}",
+        ]
+    )
     assert code == 0
     pipe = load_pipeline(str(tmp_path / "cli"), device="cpu")
     assert isinstance(pipe, StudioScorePipeline) and pipe.kind.value == "ve"

@@ -15,10 +15,21 @@ MALFORMED_YAML = "family: dit\nmodel: [depth: 2\n"
 
 # (id, family, preset, arguments after the preset, words the error line must contain)
 CASES = [
-    ("checkpointing-steps-0", "dit", "mnist-tiny", ["--checkpointing-steps", "0"], ["checkpointing_steps", "got 0"]),
+    (
+        "checkpointing-steps-0",
+        "dit",
+        "mnist-tiny",
+        ["--checkpointing-steps", "0"],
+        ["checkpointing_steps", "got 0"],
+    ),
     ("batch-size-0", "dit", "mnist-tiny", ["--batch-size", "0"], ["batch_size", ">= 1"]),
-    ("grad-accumulation-0", "dit", "mnist-tiny", ["--gradient-accumulation-steps", "0"],
-     ["gradient_accumulation_steps", ">= 1"]),
+    (
+        "grad-accumulation-0",
+        "dit",
+        "mnist-tiny",
+        ["--gradient-accumulation-steps", "0"],
+        ["gradient_accumulation_steps", ">= 1"],
+    ),
     ("lr-nan", "dit", "mnist-tiny", ["--lr", "nan"], ["optim.lr", "nan"]),
     ("lr-inf", "sagan", "mnist-tiny", ["--lr", "inf"], ["optim.lr", "inf"]),
     ("lr-negative", "dit", "mnist-tiny", ["optim.lr=-1e-4"], ["optim.lr", "> 0"]),
@@ -31,22 +42,62 @@ CASES = [
     ("sagan-z-dim-0", "sagan", "mnist-tiny", ["model.z_dim=0"], ["model.z_dim"]),
     ("sagan-d-lr-nan", "sagan", "mnist-tiny", ["model.d_lr=nan"], ["model.d_lr"]),
     ("biggan-shared-dim-0", "biggan", "mnist-tiny", ["model.shared_dim=0"], ["model.shared_dim"]),
-    ("adm-channels-0", "adm", "mnist-tiny", ["model.network.model_channels=0"], ["model.network.model_channels"]),
-    ("adm-norm-groups-0", "adm", "mnist-tiny", ["model.network.norm_groups=0"], ["model.network.norm_groups"]),
-    ("adm-layers-0", "adm", "mnist-tiny", ["model.network.layers_per_block=0"], ["model.network.layers_per_block"]),
+    (
+        "adm-channels-0",
+        "adm",
+        "mnist-tiny",
+        ["model.network.model_channels=0"],
+        ["model.network.model_channels"],
+    ),
+    (
+        "adm-norm-groups-0",
+        "adm",
+        "mnist-tiny",
+        ["model.network.norm_groups=0"],
+        ["model.network.norm_groups"],
+    ),
+    (
+        "adm-layers-0",
+        "adm",
+        "mnist-tiny",
+        ["model.network.layers_per_block=0"],
+        ["model.network.layers_per_block"],
+    ),
     ("adm-dropout-2", "adm", "mnist-tiny", ["model.network.dropout=2"], ["model.network.dropout"]),
-    ("adm-classifier-head-0", "adm_classifier", "mnist-tiny", ["model.network.head_channels=0"],
-     ["model.network.head_channels"]),
+    (
+        "adm-classifier-head-0",
+        "adm_classifier",
+        "mnist-tiny",
+        ["model.network.head_channels=0"],
+        ["model.network.head_channels"],
+    ),
     ("classifier-width-0", "classifier", "mnist", ["model.block_channels=[16,0]"], ["model.block_channels"]),
     ("classifier-features-0", "classifier", "mnist", ["model.feature_dim=0"], ["model.feature_dim"]),
-    ("score-no-blocks", "score", "mnist-tiny", ["model.block_out_channels=[]", "model.attention_levels=[]"],
-     ["model.block_out_channels"]),
+    (
+        "score-no-blocks",
+        "score",
+        "mnist-tiny",
+        ["model.block_out_channels=[]", "model.attention_levels=[]"],
+        ["model.block_out_channels"],
+    ),
     ("score-groups-0", "score", "mnist-tiny", ["model.norm_num_groups=0"], ["model.norm_num_groups"]),
     ("dsno-slices-0", "dsno", "mnist-tiny", ["model.num_slices=0"], ["model.num_slices"]),
     ("dsno-modes-0", "dsno", "mnist-tiny", ["model.modes=0"], ["model.modes"]),
-    ("controlnet-controls-0", "controlnet", "mnist-tiny", ["model.sample_controls=0"], ["model.sample_controls"]),
+    (
+        "controlnet-controls-0",
+        "controlnet",
+        "mnist-tiny",
+        ["model.sample_controls=0"],
+        ["model.sample_controls"],
+    ),
     ("seed-negative", "dit", "mnist-tiny", ["--seed", "-1"], ["seed", "got -1"]),
-    ("seed-overflow", "dit", "mnist-tiny", ["--seed", "1180591620717411303424"], ["seed", "1180591620717411303424"]),
+    (
+        "seed-overflow",
+        "dit",
+        "mnist-tiny",
+        ["--seed", "1180591620717411303424"],
+        ["seed", "1180591620717411303424"],
+    ),
     ("ema-decay-2", "dit", "mnist-tiny", ["ema_decay=2"], ["ema_decay", "[0, 1)"]),
     ("ema-decay-nan", "biggan", "mnist-tiny", ["ema_decay=nan"], ["ema_decay"]),
     ("one-beta", "dit", "mnist-tiny", ["optim.betas=[0.9]"], ["optim.betas", "[0.9]"]),
@@ -63,15 +114,27 @@ def fill(text: str, tmp_path: Path) -> str:
     return text.format(file=tmp_path / "a-file", malformed=tmp_path / "bad.yaml", list=tmp_path / "list.yaml")
 
 
-@pytest.mark.parametrize(("family", "preset", "extra", "needles"), [case[1:] for case in CASES],
-                         ids=[case[0] for case in CASES])
+@pytest.mark.parametrize(
+    ("family", "preset", "extra", "needles"), [case[1:] for case in CASES], ids=[case[0] for case in CASES]
+)
 def test_bad_training_input_is_one_line_error(tmp_path, capsys, family, preset, extra, needles):
     (tmp_path / "a-file").write_text("not a folder")
     (tmp_path / "bad.yaml").write_text(MALFORMED_YAML)
     (tmp_path / "list.yaml").write_text("- family\n- dit\n")
     run = tmp_path / "run"
-    code = main(["train", family, "--preset", fill(preset, tmp_path), "--max-steps", "1", "--output-dir", str(run),
-                 *[fill(a, tmp_path) for a in extra]])
+    code = main(
+        [
+            "train",
+            family,
+            "--preset",
+            fill(preset, tmp_path),
+            "--max-steps",
+            "1",
+            "--output-dir",
+            str(run),
+            *[fill(a, tmp_path) for a in extra],
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     for needle in needles:

@@ -23,8 +23,12 @@ from training.safe_state import read_state, write_state
 
 
 def tiny_config(output_dir: Path, *overrides: str):
-    return load_config("dit", get_family("dit").config_class, "mnist-tiny",
-                       TINY_DIT_OVERRIDES + [f"output_dir={output_dir}", *overrides])
+    return load_config(
+        "dit",
+        get_family("dit").config_class,
+        "mnist-tiny",
+        TINY_DIT_OVERRIDES + [f"output_dir={output_dir}", *overrides],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +71,20 @@ def test_a_run_between_the_two_renames_loads_its_previous_export(tmp_path, capsy
     expected = {k: v.numpy() for k, v in tiny_dit_pipeline(seed=0).transformer.state_dict().items()}
     loaded = export_weights(run)
     assert all(np.array_equal(expected[k], loaded[k]) for k in expected)
-    code = main(["sample", str(run), "--num-images", "2", "--batch-size", "2", "--steps", "2",
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "sample",
+            str(run),
+            "--num-images",
+            "2",
+            "--batch-size",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert len(list((tmp_path / "out").glob("*.png"))) >= 2
 
@@ -92,7 +108,9 @@ def test_latest_skips_a_partly_deleted_checkpoint(tmp_path, run, missing):
     shutil.copytree(run / "checkpoints", checkpoints)
     (checkpoints / "checkpoint-4" / missing).unlink()
     assert latest_checkpoint(checkpoints) == checkpoints / "checkpoint-2"
-    result = train(tiny_config(tmp_path / "run", "max_steps=3", "checkpointing_steps=3", "resume_from_checkpoint=latest"))
+    result = train(
+        tiny_config(tmp_path / "run", "max_steps=3", "checkpointing_steps=3", "resume_from_checkpoint=latest")
+    )
     assert result.step == 3 and len(result.history) == 1
 
 
@@ -112,13 +130,21 @@ def test_an_interrupted_delete_leaves_no_partial_checkpoint_under_its_name(tmp_p
 
     monkeypatch.setattr(shutil, "rmtree", killed_midway)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(folder, "max_steps=4", "checkpointing_steps=2",
-                          f"resume_from_checkpoint={checkpoints / 'checkpoint-2'}"))
+        train(
+            tiny_config(
+                folder,
+                "max_steps=4",
+                "checkpointing_steps=2",
+                f"resume_from_checkpoint={checkpoints / 'checkpoint-2'}",
+            )
+        )
     monkeypatch.setattr(shutil, "rmtree", real_rmtree)
     names = sorted(p.name for p in checkpoints.iterdir())
     assert "checkpoint-4" not in names and "checkpoint-4.deleting" in names, names
     assert latest_checkpoint(checkpoints) == checkpoints / "checkpoint-2"
-    result = train(tiny_config(folder, "max_steps=4", "checkpointing_steps=2", "resume_from_checkpoint=latest"))
+    result = train(
+        tiny_config(folder, "max_steps=4", "checkpointing_steps=2", "resume_from_checkpoint=latest")
+    )
     assert result.step == 4 and len(result.history) == 2
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]
 
@@ -131,9 +157,21 @@ def test_two_process_resume_equals_an_uninterrupted_two_process_run(tmp_path):
     processes, shapes and kernels on one machine)."""
 
     def launch(run: Path, steps: int, *extra: str) -> None:
-        result = launch_two_processes("train", "dit", "--preset", "mnist-tiny", "--max-steps", str(steps),
-                                      "--output-dir", str(run), "--checkpointing-steps", "2", *TINY_DIT_OVERRIDES,
-                                      *extra, cwd=REPO)
+        result = launch_two_processes(
+            "train",
+            "dit",
+            "--preset",
+            "mnist-tiny",
+            "--max-steps",
+            str(steps),
+            "--output-dir",
+            str(run),
+            "--checkpointing-steps",
+            "2",
+            *TINY_DIT_OVERRIDES,
+            *extra,
+            cwd=REPO,
+        )
         assert result.returncode == 0, result.stderr
 
     launch(tmp_path / "full", 4)
@@ -143,10 +181,14 @@ def test_two_process_resume_equals_an_uninterrupted_two_process_run(tmp_path):
     split = read_checkpoint(tmp_path / "split" / "checkpoints" / "checkpoint-4")
     assert full["num_processes"] == 2 and full["extras"]["progress"]["step"] == 4
     assert full["extras"]["stream"] == split["extras"]["stream"]
-    pairs = {"weights": (full["models"]["transformer"], split["models"]["transformer"]),
-             "ema": (full["extras"]["ema.transformer"]["shadow"], split["extras"]["ema.transformer"]["shadow"]),
-             "adam": ({k: v["exp_avg"] for k, v in full["optimizers"]["transformer"]["state"].items()},
-                      {k: v["exp_avg"] for k, v in split["optimizers"]["transformer"]["state"].items()})}
+    pairs = {
+        "weights": (full["models"]["transformer"], split["models"]["transformer"]),
+        "ema": (full["extras"]["ema.transformer"]["shadow"], split["extras"]["ema.transformer"]["shadow"]),
+        "adam": (
+            {k: v["exp_avg"] for k, v in full["optimizers"]["transformer"]["state"].items()},
+            {k: v["exp_avg"] for k, v in split["optimizers"]["transformer"]["state"].items()},
+        ),
+    }
     for name, (a, b) in pairs.items():
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     ranks = [read_state(tmp_path / "split" / "checkpoints" / "checkpoint-4" / rng_file(i)) for i in (0, 1)]
@@ -156,14 +198,23 @@ def test_two_process_resume_equals_an_uninterrupted_two_process_run(tmp_path):
 # ------------------------------------------------------------------------------------------ state files
 def test_state_files_round_trip_what_optimizers_and_rngs_hold(tmp_path):
     weight = torch.randn(3, 4)
-    state = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": weight[:, 1]}, 7: {"exp_avg": weight}},
-             "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0, 7], "foreach": None, "fused": False}],
-             "python_rng": (3, tuple(range(625)), None), "big": 2**62 + 1, "odd": [float("inf"), -0.0, "text"],
-             "bf16": torch.ones(2, dtype=torch.bfloat16), "bytes": torch.arange(5, dtype=torch.uint8)}
+    state = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": weight[:, 1]}, 7: {"exp_avg": weight}},
+        "param_groups": [
+            {"lr": 1e-4, "betas": (0.9, 0.999), "params": [0, 7], "foreach": None, "fused": False}
+        ],
+        "python_rng": (3, tuple(range(625)), None),
+        "big": 2**62 + 1,
+        "odd": [float("inf"), -0.0, "text"],
+        "bf16": torch.ones(2, dtype=torch.bfloat16),
+        "bytes": torch.arange(5, dtype=torch.uint8),
+    }
     write_state(tmp_path / "s.safetensors", state)
     back = read_state(tmp_path / "s.safetensors")
     assert set(back["state"]) == {0, 7} and back["param_groups"][0]["betas"] == (0.9, 0.999)
-    assert torch.equal(back["state"][0]["exp_avg"], weight[:, 1]) and torch.equal(back["state"][7]["exp_avg"], weight)
+    assert torch.equal(back["state"][0]["exp_avg"], weight[:, 1]) and torch.equal(
+        back["state"][7]["exp_avg"], weight
+    )
     assert back["python_rng"] == state["python_rng"] and back["big"] == 2**62 + 1
     assert back["odd"][0] == float("inf") and str(back["odd"][1]) == "-0.0" and back["odd"][2] == "text"
     assert back["bf16"].dtype == torch.bfloat16 and torch.equal(back["bytes"], state["bytes"])

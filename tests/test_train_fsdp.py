@@ -63,8 +63,14 @@ def trained(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
 
 def single_process() -> SimpleNamespace:
     """The parts of an `accelerate.Accelerator` that checkpointing uses, for one process."""
-    return SimpleNamespace(is_main_process=True, process_index=0, num_processes=1, scaler=None, step=0,
-                           wait_for_everyone=lambda: None)
+    return SimpleNamespace(
+        is_main_process=True,
+        process_index=0,
+        num_processes=1,
+        scaler=None,
+        step=0,
+        wait_for_everyone=lambda: None,
+    )
 
 
 # ------------------------------------------------------------------------------------------ state conversion
@@ -72,7 +78,10 @@ def test_whole_states_survive_a_state_file_and_continue_training_identically(tmp
     """Gather -> safetensors/JSON -> set into a differently initialised network: the next step
     matches the original's bit for bit (same process, same kernels)."""
     model, optimizer = trained()
-    states = {"model": full_model_state(model, main_only=True), "optimizer": full_optimizer_state(model, optimizer)}
+    states = {
+        "model": full_model_state(model, main_only=True),
+        "optimizer": full_optimizer_state(model, optimizer),
+    }
     assert set(states["optimizer"]["state"]) == {name for name, _ in model.named_parameters()}
     write_state(tmp_path / "s.safetensors", states)
     back = read_state(tmp_path / "s.safetensors")
@@ -91,23 +100,36 @@ def test_whole_states_survive_a_state_file_and_continue_training_identically(tmp
 
 def test_a_sharded_checkpoint_round_trips_and_names_its_optimizer_state(tmp_path):
     model, optimizer = trained()
-    save_checkpoint(single_process(), tmp_path, 3, 2, TrainingState({"net": model}, {"net": optimizer}, {}, {},
-                                                                       sharded=True))
+    save_checkpoint(
+        single_process(),
+        tmp_path,
+        3,
+        2,
+        TrainingState({"net": model}, {"net": optimizer}, {}, {}, sharded=True),
+    )
     saved = read_checkpoint(tmp_path / "checkpoint-3")
     assert set(saved["optimizers"]["net"]["state"]) == {name for name, _ in model.named_parameters()}
     assert all(torch.equal(saved["models"]["net"][k], v) for k, v in model.state_dict().items())
 
     copy = small_net(seed=1)
     copy_optimizer = torch.optim.AdamW(copy.parameters(), lr=1e-2)
-    assert load_checkpoint(single_process(), tmp_path / "checkpoint-3",
-                           TrainingState({"net": copy}, {"net": copy_optimizer}, {}, {}, sharded=True)) == 3
+    assert (
+        load_checkpoint(
+            single_process(),
+            tmp_path / "checkpoint-3",
+            TrainingState({"net": copy}, {"net": copy_optimizer}, {}, {}, sharded=True),
+        )
+        == 3
+    )
     assert all(torch.equal(copy.state_dict()[k], v) for k, v in model.state_dict().items())
     assert copy_optimizer.state_dict()["state"][0]["step"] == 3
 
 
 def test_a_ddp_checkpoint_is_refused_by_an_fsdp_run_with_the_reason(tmp_path):
     model, optimizer = trained()
-    save_checkpoint(single_process(), tmp_path, 3, 2, TrainingState({"net": model}, {"net": optimizer}, {}, {}))
+    save_checkpoint(
+        single_process(), tmp_path, 3, 2, TrainingState({"net": model}, {"net": optimizer}, {}, {})
+    )
     copy = small_net(seed=1)
     state = TrainingState({"net": copy}, {"net": torch.optim.AdamW(copy.parameters())}, {}, {}, sharded=True)
     with pytest.raises(CheckpointError, match="written without FSDP .*resume it with DDP or one process"):
@@ -116,10 +138,17 @@ def test_a_ddp_checkpoint_is_refused_by_an_fsdp_run_with_the_reason(tmp_path):
 
 def test_a_sharded_load_names_a_network_that_does_not_fit(tmp_path):
     model, optimizer = trained()
-    save_checkpoint(single_process(), tmp_path, 3, 2, TrainingState({"net": model}, {"net": optimizer}, {}, {},
-                                                                       sharded=True))
+    save_checkpoint(
+        single_process(),
+        tmp_path,
+        3,
+        2,
+        TrainingState({"net": model}, {"net": optimizer}, {}, {}, sharded=True),
+    )
     other = nn.Sequential(nn.Linear(6, 4))
-    state = TrainingState({"net": other}, {"net": torch.optim.AdamW(other.parameters())}, {}, {}, sharded=True)
+    state = TrainingState(
+        {"net": other}, {"net": torch.optim.AdamW(other.parameters())}, {}, {}, sharded=True
+    )
     with pytest.raises(CheckpointError, match="does not fit this run's network 'net'"):
         load_checkpoint(single_process(), tmp_path / "checkpoint-3", state)
 
@@ -131,7 +160,9 @@ def test_deepspeed_and_fsdp1_without_original_parameters_are_refused():
 
     def fsdp(version: int, use_orig_params: bool | None) -> SimpleNamespace:
         plugin = SimpleNamespace(fsdp_version=version, use_orig_params=use_orig_params)
-        return SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin))
+        return SimpleNamespace(
+            distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin)
+        )
 
     with pytest.raises(ConfigError, match="FSDP version 1 needs use_orig_params"):
         check_distributed_type(fsdp(1, False))
@@ -155,7 +186,9 @@ def test_a_network_fsdp_cannot_shard_is_named():
         raise ValueError("fully_shard doesn't support scalar parameters. Change gamma to a 1D tensor")
 
     model, optimizer = trained()
-    with pytest.raises(ConfigError, match="FSDP cannot shard network 'generator': fully_shard doesn't support scalar"):
+    with pytest.raises(
+        ConfigError, match="FSDP cannot shard network 'generator': fully_shard doesn't support scalar"
+    ):
         prepare_sharded(SimpleNamespace(prepare=refuse), {"generator": model}, {"generator": optimizer})
     with pytest.raises(ConfigError, match="one optimizer per network"):
         prepare_sharded(SimpleNamespace(prepare=refuse), {"generator": model}, {"g": optimizer})
@@ -164,13 +197,47 @@ def test_a_network_fsdp_cannot_shard_is_named():
 # ------------------------------------------------------------------------------------------ processes
 def launch_fsdp(run: Path, steps: int, *extra: str) -> None:
     """``studio train dit`` on 2 CPU processes under FSDP2, on a free rendezvous port."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--use_fsdp", "--fsdp_version", "2",
-               "--main_process_port", str(free_port()), "-m", "studio_cli", "train", "dit", "--preset", "mnist-tiny",
-               "--max-steps", str(steps), "--output-dir", str(run), "--checkpointing-steps", "2",
-               *TINY_DIT_OVERRIDES, *extra]
-    result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                            text=True, timeout=300, check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--use_fsdp",
+        "--fsdp_version",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "studio_cli",
+        "train",
+        "dit",
+        "--preset",
+        "mnist-tiny",
+        "--max-steps",
+        str(steps),
+        "--output-dir",
+        str(run),
+        "--checkpointing-steps",
+        "2",
+        *TINY_DIT_OVERRIDES,
+        *extra,
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     errors = [line for line in result.stderr.splitlines() if "Error" in line or "error:" in line]
     assert result.returncode == 0, "\n".join(errors[:20]) + "\n...\n" + result.stderr[-1000:]
 
@@ -203,16 +270,24 @@ def test_fsdp_resume_equals_an_uninterrupted_fsdp_run_and_the_export_samples(fsd
     weights = full["models"]["transformer"]
     # gathered whole through FSDP: optimizer state keyed by parameter name (DDP keys by position)
     assert set(full["optimizers"]["transformer"]["state"]) == set(weights)
-    pairs = {"weights": (weights, split["models"]["transformer"]),
-             "ema": (full["extras"]["ema.transformer"]["shadow"], split["extras"]["ema.transformer"]["shadow"]),
-             "adam": ({k: v["exp_avg_sq"] for k, v in full["optimizers"]["transformer"]["state"].items()},
-                      {k: v["exp_avg_sq"] for k, v in split["optimizers"]["transformer"]["state"].items()})}
+    pairs = {
+        "weights": (weights, split["models"]["transformer"]),
+        "ema": (full["extras"]["ema.transformer"]["shadow"], split["extras"]["ema.transformer"]["shadow"]),
+        "adam": (
+            {k: v["exp_avg_sq"] for k, v in full["optimizers"]["transformer"]["state"].items()},
+            {k: v["exp_avg_sq"] for k, v in split["optimizers"]["transformer"]["state"].items()},
+        ),
+    }
     for name, (a, b) in pairs.items():
         assert_close_states(a, b, name)
     at_2 = read_checkpoint(resume)
-    for before, after in ((at_2["models"]["transformer"], weights),  # steps 3-4 really trained ...
-                          (at_2["extras"]["ema.transformer"]["shadow"], full["extras"]["ema.transformer"]["shadow"])):
-        assert not torch.equal(before["proj_out_2.weight"], after["proj_out_2.weight"])  # ... and EMA saw them
+    for before, after in (
+        (at_2["models"]["transformer"], weights),  # steps 3-4 really trained ...
+        (at_2["extras"]["ema.transformer"]["shadow"], full["extras"]["ema.transformer"]["shadow"]),
+    ):
+        assert not torch.equal(
+            before["proj_out_2.weight"], after["proj_out_2.weight"]
+        )  # ... and EMA saw them
 
     pipe = load_pipeline(str(tmp_path / "split"))
     shadow = split["extras"]["ema.transformer"]["shadow"]
@@ -227,16 +302,33 @@ def test_fsdp_trains_what_ddp_trains(fsdp_run, tmp_path):
     changes where states live, not what is computed). DDP keys optimizer state by position, FSDP by
     name; the saved param_groups give the pairing."""
 
-    result = launch_two_processes("train", "dit", "--preset", "mnist-tiny", "--max-steps", "4", "--output-dir",
-                                  str(tmp_path / "ddp"), "--checkpointing-steps", "4", *TINY_DIT_OVERRIDES, cwd=REPO)
+    result = launch_two_processes(
+        "train",
+        "dit",
+        "--preset",
+        "mnist-tiny",
+        "--max-steps",
+        "4",
+        "--output-dir",
+        str(tmp_path / "ddp"),
+        "--checkpointing-steps",
+        "4",
+        *TINY_DIT_OVERRIDES,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     fsdp = read_checkpoint(fsdp_run / "checkpoints" / "checkpoint-4")
     ddp = read_checkpoint(tmp_path / "ddp" / "checkpoints" / "checkpoint-4")
     assert_close_states(fsdp["models"]["transformer"], ddp["models"]["transformer"], "weights")
-    assert_close_states(fsdp["extras"]["ema.transformer"]["shadow"], ddp["extras"]["ema.transformer"]["shadow"], "ema")
+    assert_close_states(
+        fsdp["extras"]["ema.transformer"]["shadow"], ddp["extras"]["ema.transformer"]["shadow"], "ema"
+    )
     by_name, by_position = fsdp["optimizers"]["transformer"], ddp["optimizers"]["transformer"]
     pairs = list(zip(by_name["param_groups"][0]["params"], by_position["param_groups"][0]["params"]))
     assert len(pairs) == len(by_name["state"]) == len(by_position["state"])
     for moment in ("exp_avg", "exp_avg_sq"):
-        assert_close_states({n: by_name["state"][n][moment] for n, _ in pairs},
-                            {n: by_position["state"][i][moment] for n, i in pairs}, moment)
+        assert_close_states(
+            {n: by_name["state"][n][moment] for n, _ in pairs},
+            {n: by_position["state"][i][moment] for n, i in pairs},
+            moment,
+        )

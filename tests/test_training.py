@@ -14,8 +14,12 @@ from training.loop import train
 
 def tiny_config(output_dir, *overrides):
     family = get_family("dit")
-    return load_config("dit", family.config_class, "mnist-tiny", TINY_DIT_OVERRIDES + [f"output_dir={output_dir}",
-                                                                                    *overrides])
+    return load_config(
+        "dit",
+        family.config_class,
+        "mnist-tiny",
+        TINY_DIT_OVERRIDES + [f"output_dir={output_dir}", *overrides],
+    )
 
 
 def test_dit_tiny_loss_falls(tmp_path):
@@ -33,8 +37,16 @@ def test_dit_tiny_loss_falls(tmp_path):
 
 @pytest.mark.parametrize("objective", [["model.prediction_type=v_prediction"], ["model.snr_gamma=5"]])
 def test_v_prediction_and_min_snr_objectives_train_and_sample(tmp_path, objective):
-    result = train(tiny_config(tmp_path / "run", "max_steps=40", "optim.lr=1e-3", "checkpointing_steps=40",
-                               "sample_every=0", *objective))
+    result = train(
+        tiny_config(
+            tmp_path / "run",
+            "max_steps=40",
+            "optim.lr=1e-3",
+            "checkpointing_steps=40",
+            "sample_every=0",
+            *objective,
+        )
+    )
     losses = [h["loss"] for h in result.history]
     assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8
     pipe = load_pipeline(str(result.pipeline_dir))
@@ -46,8 +58,12 @@ def test_v_prediction_and_min_snr_objectives_train_and_sample(tmp_path, objectiv
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_min_snr_weights_follow_the_formula(prediction_type):
-    config = load_config("dit", get_family("dit").config_class, "mnist-tiny",
-                         ["model.snr_gamma=5", f"model.prediction_type={prediction_type}"])
+    config = load_config(
+        "dit",
+        get_family("dit").config_class,
+        "mnist-tiny",
+        ["model.snr_gamma=5", f"model.prediction_type={prediction_type}"],
+    )
     family = get_family("dit")(config, _mnist_info())
     timesteps = torch.tensor([0, 200, 500, 999])
     target = torch.zeros(4, 1, 2, 2)
@@ -62,13 +78,21 @@ def test_min_snr_weights_follow_the_formula(prediction_type):
 
 def _state(run_dir):
     saved = read_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
-    return saved["models"]["transformer"], saved["extras"]["ema.transformer"]["shadow"], saved["optimizers"]["transformer"]
+    return (
+        saved["models"]["transformer"],
+        saved["extras"]["ema.transformer"]["shadow"],
+        saved["optimizers"]["transformer"],
+    )
 
 
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path):
     train(tiny_config(tmp_path / "full", "max_steps=6", "checkpointing_steps=3"))
     train(tiny_config(tmp_path / "split", "max_steps=3", "checkpointing_steps=3"))
-    train(tiny_config(tmp_path / "split", "max_steps=6", "checkpointing_steps=3", "resume_from_checkpoint=latest"))
+    train(
+        tiny_config(
+            tmp_path / "split", "max_steps=6", "checkpointing_steps=3", "resume_from_checkpoint=latest"
+        )
+    )
     full, split = _state(tmp_path / "full"), _state(tmp_path / "split")
     for a, b in zip(full[:2], split[:2]):
         assert a.keys() == b.keys()
@@ -96,6 +120,7 @@ def test_checkpoints_are_pruned_and_half_written_ones_ignored(tmp_path):
 def _mnist_info():
     from studio.data import DataConfig
     from studio.data.dataset import dataset_info
+
     return dataset_info(DataConfig(name="mnist", image_size=16))
 
 
@@ -108,8 +133,9 @@ def test_bad_configs_are_refused_with_names():
     with pytest.raises(ConfigError, match="bad configuration"):
         load_config("dit", family.config_class, "mnist-tiny", ["max_steps=many"])
     with pytest.raises(ConfigError, match="prediction_type 'x0'"):
-        get_family("dit")(load_config("dit", family.config_class, "mnist-tiny", ["model.prediction_type=x0"]),
-                          _mnist_info())
+        get_family("dit")(
+            load_config("dit", family.config_class, "mnist-tiny", ["model.prediction_type=x0"]), _mnist_info()
+        )
     with pytest.raises(ConfigError, match="unknown model family"):
         get_family("vqgan")
 
@@ -120,7 +146,9 @@ def test_resume_from_a_missing_checkpoint_path_is_an_error(tmp_path):
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
-    result = train(tiny_config(tmp_path / "run", "max_steps=2", "mixed_precision=bf16", "checkpointing_steps=2"))
+    result = train(
+        tiny_config(tmp_path / "run", "max_steps=2", "mixed_precision=bf16", "checkpointing_steps=2")
+    )
     assert result.step == 2 and all(h["loss"] == h["loss"] for h in result.history)
 
 
@@ -132,8 +160,16 @@ def test_xformers_request_without_cuda_says_why(tmp_path):
 
 
 def test_in_loop_evaluation_logs_metrics(tmp_path):
-    result = train(tiny_config(tmp_path / "run", "max_steps=2", "eval_every=2", "eval_num_images=20",
-                               "eval_metrics=acc,dfd", "checkpointing_steps=2"))
+    result = train(
+        tiny_config(
+            tmp_path / "run",
+            "max_steps=2",
+            "eval_every=2",
+            "eval_num_images=20",
+            "eval_metrics=acc,dfd",
+            "checkpointing_steps=2",
+        )
+    )
     scores = result.history[-1]
     assert 0.0 <= scores["eval/class_accuracy"] <= 1.0 and scores["eval/domain_fd"] > 0
     assert "eval/class_accuracy" not in result.history[0]
@@ -144,8 +180,15 @@ def test_init_from_starts_a_run_at_a_checkpoints_weights(tmp_path):
     step runs at warm-up LR 0, so the saved state is the starting point)."""
     first = train(tiny_config(tmp_path / "a", "max_steps=2", "checkpointing_steps=2"))
     source = load_pipeline(str(first.pipeline_dir)).transformer.state_dict()
-    train(tiny_config(tmp_path / "b", "max_steps=1", "checkpointing_steps=1", "optim.warmup_steps=10",
-                      f"init_from={first.pipeline_dir}"))
+    train(
+        tiny_config(
+            tmp_path / "b",
+            "max_steps=1",
+            "checkpointing_steps=1",
+            "optim.warmup_steps=10",
+            f"init_from={first.pipeline_dir}",
+        )
+    )
     model, shadow, _ = _state(tmp_path / "b")
     assert source.keys() == model.keys()
     assert all(torch.equal(source[k], model[k]) and torch.equal(source[k], shadow[k]) for k in source)

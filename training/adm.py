@@ -59,8 +59,12 @@ def validate_network_sizes(network: ADMConfig) -> None:
     for name in ("model_channels", "layers_per_block", "head_channels", "norm_groups"):
         require_int(f"model.network.{name}", getattr(network, name), 1)
     require_sizes("model.network.channel_mult", network.channel_mult)
-    require("model.network.attention_resolutions", network.attention_resolutions,
-            all(r >= 1 for r in network.attention_resolutions), "a list of resolutions >= 1")
+    require(
+        "model.network.attention_resolutions",
+        network.attention_resolutions,
+        all(r >= 1 for r in network.attention_resolutions),
+        "a list of resolutions >= 1",
+    )
     require_fraction("model.network.dropout", network.dropout)
 
 
@@ -68,8 +72,12 @@ def diffusion_scheduler(num_train_timesteps: int, beta_schedule: str, learn_sigm
     """The `DDPMScheduler` saved with ADM pipelines: it records T, the β schedule and the variance type."""
     if beta_schedule not in BETA_SCHEDULES:
         raise ConfigError(f"unknown ADM beta_schedule {beta_schedule!r} (known: {', '.join(BETA_SCHEDULES)})")
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                         variance_type="learned_range" if learn_sigma else "fixed_small", clip_sample=True)
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
+        variance_type="learned_range" if learn_sigma else "fixed_small",
+        clip_sample=True,
+    )
 
 
 @register_family
@@ -83,17 +91,25 @@ class ADMFamily(Family):
         settings: ADMTrainConfig = config.model
         if info.num_classes < 1:
             raise ConfigError(f"the ADM family is class-conditional but dataset {info.name!r} has no classes")
-        self.network = dataclasses.replace(settings.network, sample_size=info.image_size, in_channels=info.channels,
-                                           num_classes=info.num_classes)
+        self.network = dataclasses.replace(
+            settings.network,
+            sample_size=info.image_size,
+            in_channels=info.channels,
+            num_classes=info.num_classes,
+        )
         self.network.validate()
-        self.noise_scheduler = diffusion_scheduler(settings.num_train_timesteps, settings.beta_schedule,
-                                                   self.network.learn_sigma)
+        self.noise_scheduler = diffusion_scheduler(
+            settings.num_train_timesteps, settings.beta_schedule, self.network.learn_sigma
+        )
         self.diffusion = GaussianDiffusion.from_scheduler_config(self.noise_scheduler.config)
         make_scheduler(settings.sample_scheduler, self.noise_scheduler.config)  # refuse unknown names now
-        self.classifier = load_noisy_classifier(settings.classifier_path) if settings.classifier_path else None
+        self.classifier = (
+            load_noisy_classifier(settings.classifier_path) if settings.classifier_path else None
+        )
         if settings.sample_classifier_scale > 0 and self.classifier is None:
-            raise ConfigError("model.sample_classifier_scale > 0 needs model.classifier_path (a trained "
-                              "adm_classifier run)")
+            raise ConfigError(
+                "model.sample_classifier_scale > 0 needs model.classifier_path (a trained adm_classifier run)"
+            )
 
     def build_models(self) -> dict[str, nn.Module]:
         unet = build_adm_unet(self.network)
@@ -104,8 +120,13 @@ class ADMFamily(Family):
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         return {"unet": self.adamw(models["unet"].parameters())}
 
-    def training_step(self, batch: dict[str, torch.Tensor], models: dict[str, nn.Module],
-                      optimizers: dict[str, torch.optim.Optimizer], accelerator: Any) -> dict[str, float]:
+    def training_step(
+        self,
+        batch: dict[str, torch.Tensor],
+        models: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        accelerator: Any,
+    ) -> dict[str, float]:
         unet = models["unet"]
         settings: ADMTrainConfig = self.config.model
         images = batch["pixel_values"]
@@ -132,6 +153,9 @@ class ADMFamily(Family):
 
     def sample_kwargs(self) -> dict[str, Any]:
         settings: ADMTrainConfig = self.config.model
-        return {"num_inference_steps": settings.sample_steps, "scheduler": settings.sample_scheduler,
-                "guidance_scale": settings.sample_guidance_scale,
-                "classifier_scale": settings.sample_classifier_scale}
+        return {
+            "num_inference_steps": settings.sample_steps,
+            "scheduler": settings.sample_scheduler,
+            "guidance_scale": settings.sample_guidance_scale,
+            "classifier_scale": settings.sample_classifier_scale,
+        }

@@ -60,26 +60,43 @@ class ADMClassifierFamily(Family):
         super().__init__(config, info)
         settings: ADMClassifierTrainConfig = config.model
         if info.num_classes < 2:
-            raise ConfigError(f"a noisy classifier needs a labelled dataset; {info.name!r} has "
-                              f"{info.num_classes} classes")
+            raise ConfigError(
+                f"a noisy classifier needs a labelled dataset; {info.name!r} has {info.num_classes} classes"
+            )
         if settings.beta_schedule not in BETA_SCHEDULES:
-            raise ConfigError(f"unknown beta_schedule {settings.beta_schedule!r} (known: {', '.join(BETA_SCHEDULES)})")
-        self.network = dataclasses.replace(settings.network, sample_size=info.image_size, in_channels=info.channels,
-                                           num_classes=info.num_classes)
+            raise ConfigError(
+                f"unknown beta_schedule {settings.beta_schedule!r} (known: {', '.join(BETA_SCHEDULES)})"
+            )
+        self.network = dataclasses.replace(
+            settings.network,
+            sample_size=info.image_size,
+            in_channels=info.channels,
+            num_classes=info.num_classes,
+        )
         self.network.validate()
-        scheduler = diffusion_scheduler(settings.num_train_timesteps, settings.beta_schedule, learn_sigma=True)
+        scheduler = diffusion_scheduler(
+            settings.num_train_timesteps, settings.beta_schedule, learn_sigma=True
+        )
         self.diffusion = GaussianDiffusion.from_scheduler_config(scheduler.config)
 
     def build_models(self) -> dict[str, nn.Module]:
         settings: ADMClassifierTrainConfig = self.config.model
-        return {"classifier": build_noisy_classifier(self.network, settings.num_train_timesteps,
-                                                     settings.beta_schedule)}
+        return {
+            "classifier": build_noisy_classifier(
+                self.network, settings.num_train_timesteps, settings.beta_schedule
+            )
+        }
 
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         return {"classifier": self.adamw(models["classifier"].parameters())}
 
-    def training_step(self, batch: dict[str, torch.Tensor], models: dict[str, nn.Module],
-                      optimizers: dict[str, torch.optim.Optimizer], accelerator: Any) -> dict[str, float]:
+    def training_step(
+        self,
+        batch: dict[str, torch.Tensor],
+        models: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        accelerator: Any,
+    ) -> dict[str, float]:
         classifier = models["classifier"]
         images, labels = batch["pixel_values"], batch["class_labels"]
         if self.config.model.augment:

@@ -44,7 +44,14 @@ class BigGANFamily(SAGANFamily):
 
     def build_generator(self) -> nn.Module:
         settings: BigGANTrainConfig = self.config.model
-        return BigGANGenerator.from_arch(BigGANGeneratorConfig(
-            image_size=self.info.image_size, out_channels=self.info.channels, num_classes=self.num_classes,
-            z_dim=settings.z_dim, shared_dim=settings.shared_dim, width=settings.width,
-            attention_resolution=settings.attention_resolution))
+        return BigGANGenerator.from_arch(
+            BigGANGeneratorConfig(
+                image_size=self.info.image_size,
+                out_channels=self.info.channels,
+                num_classes=self.num_classes,
+                z_dim=settings.z_dim,
+                shared_dim=settings.shared_dim,
+                width=settings.width,
+                attention_resolution=settings.attention_resolution,
+            )
+        )

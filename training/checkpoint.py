@@ -115,7 +115,8 @@ def _refuse_pickled(path: Path) -> None:
         raise CheckpointError(
             f"checkpoint {path} is from an older, unsafe format (pickled state: {', '.join(found[:4])}); "
             "studio no longer loads pickle files because unpickling can run arbitrary code. "
-            "Start the run again; its exported pipeline/ is still loadable")
+            "Start the run again; its exported pipeline/ is still loadable"
+        )
 
 
 def resolve_resume(spec: str, folder: Path) -> Path | None:
@@ -139,8 +140,9 @@ def resolve_resume(spec: str, folder: Path) -> Path | None:
     checkpoint_step(path)
     _refuse_pickled(path)
     if not is_complete(path):
-        raise CheckpointError(f"checkpoint {path} is incomplete (no readable {STATE_FILE} or a process's "
-                              "RNG state is missing)")
+        raise CheckpointError(
+            f"checkpoint {path} is incomplete (no readable {STATE_FILE} or a process's RNG state is missing)"
+        )
     return path
 
 
@@ -157,7 +159,11 @@ def _remove(path: Path) -> None:
 def _clear_leftovers(folder: Path) -> None:
     """Remove what interrupted saves and deletes left behind (``.tmp`` and ``.deleting`` folders)."""
     for path in folder.iterdir():
-        if path.is_dir() and path.name.endswith((".tmp", ".deleting")) and path.name.startswith("checkpoint-"):
+        if (
+            path.is_dir()
+            and path.name.endswith((".tmp", ".deleting"))
+            and path.name.startswith("checkpoint-")
+        ):
             shutil.rmtree(path)
 
 
@@ -166,8 +172,10 @@ def check_distributed_type(accelerator: Any) -> None:
     settings the loop cannot train with (`training.fsdp.check_fsdp_settings`)."""
     kind = accelerator.distributed_type
     if kind == DistributedType.DEEPSPEED:
-        raise ConfigError("training supports one process, DDP and FSDP, not DeepSpeed (its partitioned engine "
-                          "state is not saved in studio's checkpoints): choose DDP or FSDP in `accelerate config`")
+        raise ConfigError(
+            "training supports one process, DDP and FSDP, not DeepSpeed (its partitioned engine "
+            "state is not saved in studio's checkpoints): choose DDP or FSDP in `accelerate config`"
+        )
     if kind == DistributedType.FSDP:
         check_fsdp_settings(accelerator)
 
@@ -176,9 +184,13 @@ def _rng_state() -> dict[str, Any]:
     numpy_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"bit_generator": numpy_state["bit_generator"], "key": numpy_state["state"]["key"].tolist(),
-                  "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
-                  "gauss": float(numpy_state["gauss"])},
+        "numpy": {
+            "bit_generator": numpy_state["bit_generator"],
+            "key": numpy_state["state"]["key"].tolist(),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -190,15 +202,22 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy_state = state["numpy"]
-    np.random.set_state({"bit_generator": numpy_state["bit_generator"],
-                         "state": {"key": np.asarray(numpy_state["key"], dtype=np.uint32), "pos": numpy_state["pos"]},
-                         "has_gauss": numpy_state["has_gauss"], "gauss": numpy_state["gauss"]})
+    np.random.set_state(
+        {
+            "bit_generator": numpy_state["bit_generator"],
+            "state": {"key": np.asarray(numpy_state["key"], dtype=np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(accelerator: Any, folder: Path, step: int, total_limit: int, state: TrainingState) -> Path:
+def save_checkpoint(
+    accelerator: Any, folder: Path, step: int, total_limit: int, state: TrainingState
+) -> Path:
     """Save the full training state for ``step``; keep at most ``total_limit`` checkpoints.
 
     Every process writes its own RNG state; the main process writes the shared state (identical on
@@ -223,13 +242,20 @@ def save_checkpoint(accelerator: Any, folder: Path, step: int, total_limit: int,
         else:
             models, optimizers = gathered
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-        write_state(tmp / STATE_FILE, {
-            "format": FORMAT, "step": step, "num_processes": accelerator.num_processes,
-            "accelerator_step": accelerator.step, "scaler": scaler, "models": models,
-            "optimizers": optimizers,
-            "schedules": {name: schedule.state_dict() for name, schedule in state.schedules.items()},
-            "extras": {name: obj.state_dict() for name, obj in state.extras.items()},
-        })
+        write_state(
+            tmp / STATE_FILE,
+            {
+                "format": FORMAT,
+                "step": step,
+                "num_processes": accelerator.num_processes,
+                "accelerator_step": accelerator.step,
+                "scaler": scaler,
+                "models": models,
+                "optimizers": optimizers,
+                "schedules": {name: schedule.state_dict() for name, schedule in state.schedules.items()},
+                "extras": {name: obj.state_dict() for name, obj in state.extras.items()},
+            },
+        )
         if final.exists():
             _remove(final)
         os.replace(tmp, final)
@@ -243,7 +269,9 @@ def _gather_sharded(state: TrainingState) -> tuple[dict[str, Any], dict[str, Any
     """Whole network and optimizer states of an FSDP run, on the main process (empty elsewhere).
     Every process must call it: the shards are all-gathered."""
     models = {name: full_model_state(model, main_only=True) for name, model in state.models.items()}
-    optimizers = {name: full_optimizer_state(state.models[name], opt) for name, opt in state.optimizers.items()}
+    optimizers = {
+        name: full_optimizer_state(state.models[name], opt) for name, opt in state.optimizers.items()
+    }
     return models, optimizers
 
 
@@ -259,32 +287,41 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def _load_each(kind: str, saved: dict[str, Any], objects: dict[str, Any], path: Path) -> None:
     if set(saved) != set(objects):
-        raise CheckpointError(f"checkpoint {path} holds {kind} {sorted(saved)}, but this run has {sorted(objects)}")
+        raise CheckpointError(
+            f"checkpoint {path} holds {kind} {sorted(saved)}, but this run has {sorted(objects)}"
+        )
     for name, obj in objects.items():
         try:
             obj.load_state_dict(saved[name])
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"checkpoint {path} does not fit this run's {kind} {name!r}: {detail}") from None
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run's {kind} {name!r}: {detail}"
+            ) from None
 
 
 def _load_sharded(saved: dict[str, Any], state: TrainingState, path: Path) -> None:
     """Set the sharded networks and their optimizers from the whole states every process read."""
     for kind, objects in (("models", state.models), ("optimizers", state.optimizers)):
         if set(saved[kind]) != set(objects):
-            raise CheckpointError(f"checkpoint {path} holds {kind} {sorted(saved[kind])}, "
-                                  f"but this run has {sorted(objects)}")
+            raise CheckpointError(
+                f"checkpoint {path} holds {kind} {sorted(saved[kind])}, but this run has {sorted(objects)}"
+            )
     for name, model in state.models.items():
         optimizer_state = saved["optimizers"][name]
         if any(not isinstance(key, str) for key in optimizer_state.get("state", {})):
-            raise CheckpointError(f"checkpoint {path} was written without FSDP (its optimizer state is keyed by "
-                                  "parameter position, not name): resume it with DDP or one process")
+            raise CheckpointError(
+                f"checkpoint {path} was written without FSDP (its optimizer state is keyed by "
+                "parameter position, not name): resume it with DDP or one process"
+            )
         try:
             load_full_model_state(model, saved["models"][name])
             load_full_optimizer_state(model, state.optimizers[name], optimizer_state)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"checkpoint {path} does not fit this run's network {name!r}: {detail}") from None
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run's network {name!r}: {detail}"
+            ) from None
 
 
 def load_checkpoint(accelerator: Any, path: Path, state: TrainingState) -> int:
@@ -292,8 +329,10 @@ def load_checkpoint(accelerator: Any, path: Path, state: TrainingState) -> int:
     saved = read_checkpoint(path)
     rng_path = Path(path) / rng_file(accelerator.process_index)
     if not rng_path.is_file():
-        raise CheckpointError(f"checkpoint {path} was written by {saved.get('num_processes')} process(es) and has "
-                              f"no RNG state for process {accelerator.process_index}")
+        raise CheckpointError(
+            f"checkpoint {path} was written by {saved.get('num_processes')} process(es) and has "
+            f"no RNG state for process {accelerator.process_index}"
+        )
     rng = read_state(rng_path)
     if state.sharded:
         _load_sharded(saved, state, path)

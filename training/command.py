@@ -1,7 +1,7 @@
 """``studio train`` and ``studio distill-trajectories``: training's subcommands.
 
-    studio train FAMILY --preset NAME [--max-steps N ...] [KEY=VALUE ...]
-    studio distill-trajectories TEACHER --out DIR --pairs N [--teacher-steps 64 --slices 4 ...]
+studio train FAMILY --preset NAME [--max-steps N ...] [KEY=VALUE ...]
+studio distill-trajectories TEACHER --out DIR --pairs N [--teacher-steps 64 --slices 4 ...]
 """
 
 from __future__ import annotations
@@ -18,8 +18,12 @@ from studio.errors import ConfigError
 from training.config import OptimConfig, TrainConfig
 
 #: config keys whose flag has another name: a shorter one, or a shortcut into a nested section
-FLAG_NAMES = {"time_budget_minutes": "time_budget", "data.name": "dataset", "data.image_size": "image_size",
-              "optim.lr": "lr"}
+FLAG_NAMES = {
+    "time_budget_minutes": "time_budget",
+    "data.name": "dataset",
+    "data.image_size": "image_size",
+    "optim.lr": "lr",
+}
 #: `TrainConfig` fields given otherwise (the FAMILY argument and --preset)
 NOT_FLAGS = {"family", "preset"}
 
@@ -47,13 +51,22 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = train_flags()
 # ------------------------------------------------------------------------------------------ train
 def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand (``func=run_train``) to an argparse subparsers object."""
-    parser = subparsers.add_parser("train", help="train a model family on a preset",
-                                   description="Train FAMILY with a YAML preset; KEY=VALUE overrides any config field.")
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model family on a preset",
+        description="Train FAMILY with a YAML preset; KEY=VALUE overrides any config field.",
+    )
     parser.add_argument("family", help="model family, e.g. dit, sagan, biggan, classifier")
-    parser.add_argument("--preset", required=True, help="preset name (training/configs/FAMILY-PRESET.yaml) or a YAML path")
+    parser.add_argument(
+        "--preset", required=True, help="preset name (training/configs/FAMILY-PRESET.yaml) or a YAML path"
+    )
     for flag, (key, kind) in TRAIN_FLAGS.items():
-        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, default=None, help=f"sets {key}")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-4")
+        parser.add_argument(
+            f"--{flag.replace('_', '-')}", dest=flag, type=kind, default=None, help=f"sets {key}"
+        )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-4"
+    )
     parser.set_defaults(func=run_train)
     return parser
 
@@ -66,8 +79,11 @@ def run_train(args: argparse.Namespace) -> int:
     from training.loop import train
 
     family = get_family(args.family)
-    overrides = [f"{key}={getattr(args, flag)}" for flag, (key, _) in TRAIN_FLAGS.items()
-                 if getattr(args, flag) is not None]
+    overrides = [
+        f"{key}={getattr(args, flag)}"
+        for flag, (key, _) in TRAIN_FLAGS.items()
+        if getattr(args, flag) is not None
+    ]
     for item in args.overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not KEY=VALUE")
@@ -83,15 +99,21 @@ def run_train(args: argparse.Namespace) -> int:
 def add_trajectories_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``distill-trajectories`` subcommand (DSNO's training data) to an argparse subparsers object."""
     parser = subparsers.add_parser(
-        "distill-trajectories", help="record a teacher's DDIM trajectories for DSNO distillation",
+        "distill-trajectories",
+        help="record a teacher's DDIM trajectories for DSNO distillation",
         description="Deterministic DDIM (eta 0) trajectories of a UNet teacher on the quadratic DSNO grid; resumable. "
-                    "Point `studio train dsno` at the folder with model.trajectories=DIR.")
-    parser.add_argument("teacher", help="shipped model name, run name, folder or hub id (a UNet2DModel pipeline)")
+        "Point `studio train dsno` at the folder with model.trajectories=DIR.",
+    )
+    parser.add_argument(
+        "teacher", help="shipped model name, run name, folder or hub id (a UNet2DModel pipeline)"
+    )
     parser.add_argument("--out", required=True, help="trajectory folder")
     parser.add_argument("--pairs", type=int, default=256, help="number of trajectories")
     parser.add_argument("--teacher-steps", type=int, default=64, help="DDIM steps N")
     parser.add_argument("--slices", type=int, default=4, help="recorded states M per trajectory")
-    parser.add_argument("--guidance-scale", type=float, default=1.0, help="CFG scale (needs a null class unless 1)")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=1.0, help="CFG scale (needs a null class unless 1)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="pair p uses noise seed + p")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None, help="auto, cpu, cuda")
@@ -107,7 +129,11 @@ def run_trajectories(args: argparse.Namespace) -> int:
         raise ConfigError(f"--pairs must be at least 1, got {args.pairs}")
     teacher = load_teacher(args.teacher, device=str(resolve_device(args.device)))
     grid = TrajectoryGrid.for_scheduler(teacher.scheduler, args.teacher_steps, args.slices)
-    folder = record_trajectories(teacher, grid, args.out, args.pairs, args.seed, args.guidance_scale, args.batch_size)
-    print(f"{args.pairs} trajectories of DDIM-{args.teacher_steps} (states after steps "
-          f"{', '.join(map(str, grid.record_steps))}) in {folder}")
+    folder = record_trajectories(
+        teacher, grid, args.out, args.pairs, args.seed, args.guidance_scale, args.batch_size
+    )
+    print(
+        f"{args.pairs} trajectories of DDIM-{args.teacher_steps} (states after steps "
+        f"{', '.join(map(str, grid.record_steps))}) in {folder}"
+    )
     return 0

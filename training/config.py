@@ -73,8 +73,12 @@ class OptimConfig:
     def validate(self) -> None:
         """Raise `ConfigError` naming the first setting AdamW cannot use."""
         require_float("optim.lr", self.lr, positive=True)
-        require("optim.betas", self.betas, len(self.betas) == 2 and all(finite(b) and 0 <= b < 1 for b in self.betas),
-                "two numbers in [0, 1), e.g. [0.9, 0.999]")
+        require(
+            "optim.betas",
+            self.betas,
+            len(self.betas) == 2 and all(finite(b) and 0 <= b < 1 for b in self.betas),
+            "two numbers in [0, 1), e.g. [0.9, 0.999]",
+        )
         require_float("optim.weight_decay", self.weight_decay)
         require_int("optim.warmup_steps", self.warmup_steps, 0)
         require_float("optim.grad_clip", self.grad_clip)
@@ -122,10 +126,18 @@ class TrainConfig:
         require_float("time_budget_minutes", self.time_budget_minutes)
         require_int("batch_size", self.batch_size, 1)
         require_int("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
-        require("mixed_precision", self.mixed_precision, self.mixed_precision in ("no", "fp16", "bf16"),
-                "one of no, fp16, bf16")
-        require("ema_decay", self.ema_decay, finite(self.ema_decay) and 0 <= self.ema_decay < 1,
-                "in [0, 1) (0 = no EMA)")
+        require(
+            "mixed_precision",
+            self.mixed_precision,
+            self.mixed_precision in ("no", "fp16", "bf16"),
+            "one of no, fp16, bf16",
+        )
+        require(
+            "ema_decay",
+            self.ema_decay,
+            finite(self.ema_decay) and 0 <= self.ema_decay < 1,
+            "in [0, 1) (0 = no EMA)",
+        )
         require_int("ema_start", self.ema_start, 0)
         require_int("checkpointing_steps", self.checkpointing_steps, 1)
         require_int("checkpoints_total_limit", self.checkpoints_total_limit, 1)
@@ -162,7 +174,9 @@ def preset_path(family: str, preset: str) -> Path:
     return path
 
 
-def load_config(family: str, model_config_class: type, preset: str, overrides: list[str] | None = None) -> TrainConfig:
+def load_config(
+    family: str, model_config_class: type, preset: str, overrides: list[str] | None = None
+) -> TrainConfig:
     """Merge schema defaults, the preset YAML and ``key=value`` overrides into a `TrainConfig`."""
     schema = OmegaConf.structured(TrainConfig(family=family, preset=preset, model=model_config_class()))
     path = preset_path(family, preset)
@@ -187,7 +201,9 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     """Where and what a YAML parse error is, without quoting the file's contents."""
     problem = getattr(exc, "problem", None) or type(exc).__name__
     mark = getattr(exc, "problem_mark", None)
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+    return (
+        f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+    )
 
 
 def read_preset(path: Path) -> DictConfig:

@@ -55,7 +55,9 @@ def load_adm_base(source: str) -> tuple[UNet2DModel, DDPMScheduler]:
     folder = resolve(source)
     if isinstance(folder, str) or not (folder / "unet").is_dir():
         raise ConfigError(f"ControlNet base {source!r} is not a local ADM checkpoint (no unet/ folder)")
-    return UNet2DModel.from_pretrained(str(folder / "unet")), DDPMScheduler.from_pretrained(str(folder / "scheduler"))
+    return UNet2DModel.from_pretrained(str(folder / "unet")), DDPMScheduler.from_pretrained(
+        str(folder / "scheduler")
+    )
 
 
 @register_family
@@ -71,8 +73,10 @@ class ControlNetFamily(Family):
             raise ConfigError(f"ControlNet condition must be 'canny' or 'sobel', got {settings.condition!r}")
         adm, self.noise_scheduler = load_adm_base(settings.base)
         if adm.config.sample_size != info.image_size or adm.config.in_channels != info.channels:
-            raise ConfigError(f"base {settings.base!r} makes {adm.config.in_channels}x{adm.config.sample_size}px "
-                              f"images, the data is {info.channels}x{info.image_size}px")
+            raise ConfigError(
+                f"base {settings.base!r} makes {adm.config.in_channels}x{adm.config.sample_size}px "
+                f"images, the data is {info.channels}x{info.image_size}px"
+            )
         self.base = condition_unet_from_adm(adm)
         self.base.requires_grad_(False)
         alphas = torch.as_tensor(self.noise_scheduler.alphas_cumprod, dtype=torch.float32)
@@ -102,13 +106,19 @@ class ControlNetFamily(Family):
         maps = condition_maps((images.detach().cpu() + 1.0) / 2.0, self.config.model.condition)
         return torch.from_numpy(maps).to(images.device, images.dtype)
 
-    def training_step(self, batch: dict[str, torch.Tensor], models: dict[str, nn.Module],
-                      optimizers: dict[str, torch.optim.Optimizer], accelerator: Any) -> dict[str, float]:
+    def training_step(
+        self,
+        batch: dict[str, torch.Tensor],
+        models: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        accelerator: Any,
+    ) -> dict[str, float]:
         controlnet, unet = models["controlnet"], models["unet"]
         images = batch["pixel_values"]
         hint = self.hints(images)
-        labels = drop_labels(batch["class_labels"], null_class(accelerator.unwrap_model(unet)),
-                             self.config.model.p_uncond)
+        labels = drop_labels(
+            batch["class_labels"], null_class(accelerator.unwrap_model(unet)), self.config.model.p_uncond
+        )
         timesteps = torch.randint(0, len(self.alphas_cumprod), (images.shape[0],), device=images.device)
         noise = torch.randn_like(images)
         alpha = self.alphas_cumprod.to(images.device)[timesteps].view(-1, 1, 1, 1)
@@ -120,10 +130,15 @@ class ControlNetFamily(Family):
         return {"loss": loss.detach().item()}
 
     def make_pipeline(self, models: dict[str, nn.Module]) -> StudioControlNetPipeline:
-        return StudioControlNetPipeline(unet=models["unet"], controlnet=models["controlnet"],
-                                        scheduler=self.noise_scheduler)
+        return StudioControlNetPipeline(
+            unet=models["unet"], controlnet=models["controlnet"], scheduler=self.noise_scheduler
+        )
 
     def sample_kwargs(self) -> dict[str, Any]:
         settings: ControlNetTrainConfig = self.config.model
-        return {"control_image": list(self.controls), "condition": settings.condition,
-                "num_inference_steps": settings.sample_steps, "scheduler": settings.sample_scheduler}
+        return {
+            "control_image": list(self.controls),
+            "condition": settings.condition,
+            "num_inference_steps": settings.sample_steps,
+            "scheduler": settings.sample_scheduler,
+        }

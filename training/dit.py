@@ -63,29 +63,48 @@ class DiTFamily(Family):
             raise ConfigError(f"DiT is class-conditional but dataset {info.name!r} has no classes")
         settings: DiTTrainConfig = config.model
         if settings.prediction_type not in PREDICTION_TYPES:
-            raise ConfigError(f"unknown DiT prediction_type {settings.prediction_type!r} "
-                              f"(known: {', '.join(PREDICTION_TYPES)})")
-        self.noise_scheduler = DDPMScheduler(num_train_timesteps=settings.num_train_timesteps,
-                                             beta_schedule=settings.beta_schedule,
-                                             prediction_type=settings.prediction_type)
+            raise ConfigError(
+                f"unknown DiT prediction_type {settings.prediction_type!r} "
+                f"(known: {', '.join(PREDICTION_TYPES)})"
+            )
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=settings.num_train_timesteps,
+            beta_schedule=settings.beta_schedule,
+            prediction_type=settings.prediction_type,
+        )
 
     def build_models(self) -> dict[str, nn.Module]:
         settings: DiTTrainConfig = self.config.model
-        return {"transformer": build_dit(DiTConfig(
-            sample_size=self.info.image_size, in_channels=self.info.channels, patch_size=settings.patch_size,
-            depth=settings.depth, num_heads=settings.num_heads, head_dim=settings.head_dim,
-            num_classes=self.info.num_classes))}
+        return {
+            "transformer": build_dit(
+                DiTConfig(
+                    sample_size=self.info.image_size,
+                    in_channels=self.info.channels,
+                    patch_size=settings.patch_size,
+                    depth=settings.depth,
+                    num_heads=settings.num_heads,
+                    head_dim=settings.head_dim,
+                    num_classes=self.info.num_classes,
+                )
+            )
+        }
 
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         return {"transformer": self.adamw(models["transformer"].parameters())}
 
-    def training_step(self, batch: dict[str, torch.Tensor], models: dict[str, nn.Module],
-                      optimizers: dict[str, torch.optim.Optimizer], accelerator: Any) -> dict[str, float]:
+    def training_step(
+        self,
+        batch: dict[str, torch.Tensor],
+        models: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        accelerator: Any,
+    ) -> dict[str, float]:
         transformer = models["transformer"]
         images, labels = batch["pixel_values"], batch["class_labels"]
         noise = torch.randn_like(images)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (images.shape[0],),
-                                  device=images.device)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device
+        )
         noisy = self.noise_scheduler.add_noise(images, noise, timesteps)
         labels = drop_labels(labels, self.info.num_classes, self.config.model.class_dropout)
         with accelerator.autocast():
@@ -98,7 +117,9 @@ class DiTFamily(Family):
         self.clip_and_step(loss, transformer, optimizers["transformer"], accelerator)
         return {"loss": loss.detach().item()}
 
-    def weighted_mse(self, prediction: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def weighted_mse(
+        self, prediction: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
         """MSE to the target, optionally Min-SNR-gamma weighted (Hang et al. 2023).
 
         The weight ``min(SNR, gamma) / SNR`` (epsilon) or ``min(SNR, gamma) / (SNR + 1)`` (v) caps
@@ -119,5 +140,8 @@ class DiTFamily(Family):
 
     def sample_kwargs(self) -> dict[str, Any]:
         settings: DiTTrainConfig = self.config.model
-        return {"num_inference_steps": settings.sample_steps, "scheduler": settings.sample_scheduler,
-                "guidance_scale": settings.sample_guidance_scale}
+        return {
+            "num_inference_steps": settings.sample_steps,
+            "scheduler": settings.sample_scheduler,
+            "guidance_scale": settings.sample_guidance_scale,
+        }

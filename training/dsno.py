@@ -55,11 +55,15 @@ RANDOM_TEACHER = "random"
 class DSNOTrainConfig:
     """Teacher, trajectory grid, student and schedule settings (see `studio.models.dsno`)."""
 
-    teacher: str = "adm-mnist"  # shipped name, run name, folder or hub id; "random" = tiny random UNet (smoke tests)
+    teacher: str = (
+        "adm-mnist"  # shipped name, run name, folder or hub id; "random" = tiny random UNet (smoke tests)
+    )
     teacher_steps: int = 64  # N: DDIM steps of the recorded teacher trajectories
     num_slices: int = 4  # M: states per trajectory the student emits (quadratic grid)
     modes: int = 2  # Fourier modes of the temporal convolutions
-    guidance_scale: float = 1.0  # CFG scale of the teacher (needs a null class unless 1); baked into the student
+    guidance_scale: float = (
+        1.0  # CFG scale of the teacher (needs a null class unless 1); baked into the student
+    )
     output_param: str = "x0_ddim"  # x0_ddim | state
     loss_weighting: str = "snr_clamped"  # snr_clamped | uniform
     tconv_init: str = "reference"  # reference | zero
@@ -71,31 +75,45 @@ class DSNOTrainConfig:
     warmup_fraction: float = 0.05  # linear LR warm-up from x0.001 over this share of max_steps
     decay_at: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9])  # shares of max_steps
     decay_factor: float = 0.5
-    random_teacher_channels: list[int] = field(default_factory=lambda: [16, 32])  # teacher=random only: widths
-    random_teacher_classes: int = 10  # teacher=random only (0: unconditional); image channels from data.channels or 1
+    random_teacher_channels: list[int] = field(
+        default_factory=lambda: [16, 32]
+    )  # teacher=random only: widths
+    random_teacher_classes: int = (
+        10  # teacher=random only (0: unconditional); image channels from data.channels or 1
+    )
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first unknown choice or out-of-range setting, before any
         teacher is loaded or trajectory recorded."""
         if self.output_param not in OUTPUT_PARAMS:
-            raise ConfigError(f"unknown model.output_param {self.output_param!r} (known: {', '.join(OUTPUT_PARAMS)})")
+            raise ConfigError(
+                f"unknown model.output_param {self.output_param!r} (known: {', '.join(OUTPUT_PARAMS)})"
+            )
         if self.loss_weighting not in WEIGHTINGS:
-            raise ConfigError(f"unknown model.loss_weighting {self.loss_weighting!r} (known: {', '.join(WEIGHTINGS)})")
+            raise ConfigError(
+                f"unknown model.loss_weighting {self.loss_weighting!r} (known: {', '.join(WEIGHTINGS)})"
+            )
         for name in ("teacher_steps", "num_slices", "modes", "num_pairs", "record_batch_size"):
             require_int(f"model.{name}", getattr(self, name), 1)
         require_int("model.trajectory_seed", self.trajectory_seed, 0)
         require_float("model.guidance_scale", self.guidance_scale)
         require_fraction("model.holdout_fraction", self.holdout_fraction)
         require_fraction("model.warmup_fraction", self.warmup_fraction)
-        require("model.decay_at", self.decay_at, all(finite(d) and 0 <= d <= 1 for d in self.decay_at),
-                "a list of shares of max_steps in [0, 1]")
+        require(
+            "model.decay_at",
+            self.decay_at,
+            all(finite(d) and 0 <= d <= 1 for d in self.decay_at),
+            "a list of shares of max_steps in [0, 1]",
+        )
         require_float("model.decay_factor", self.decay_factor, positive=True)
         require_sizes("model.random_teacher_channels", self.random_teacher_channels)
         require_int("model.random_teacher_classes", self.random_teacher_classes, 0)
 
 
 # ============================================================================ teacher and data
-def random_teacher(image_size: int, channels: int, num_classes: int, widths: list[int], seed: int = 0) -> Teacher:
+def random_teacher(
+    image_size: int, channels: int, num_classes: int, widths: list[int], seed: int = 0
+) -> Teacher:
     """A seeded random class-conditional `UNet2DModel` (with a null class) and a cosine DDIM schedule.
 
     Its trajectories are a deterministic function of the noise like any teacher's, which is all a
@@ -104,23 +122,40 @@ def random_teacher(image_size: int, channels: int, num_classes: int, widths: lis
     levels = len(widths)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        unet = UNet2DModel(sample_size=image_size, in_channels=channels, out_channels=channels,
-                           block_out_channels=tuple(widths), layers_per_block=1,
-                           down_block_types=("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",),
-                           up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
-                           norm_num_groups=8, attention_head_dim=8,
-                           num_class_embeds=num_classes + 1 if num_classes else None)
+        unet = UNet2DModel(
+            sample_size=image_size,
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=tuple(widths),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",),
+            up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+            norm_num_groups=8,
+            attention_head_dim=8,
+            num_class_embeds=num_classes + 1 if num_classes else None,
+        )
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-    return Teacher(unet.eval(), scheduler, RANDOM_TEACHER, num_classes, num_classes if num_classes else None,
-                   tuple(str(i) for i in range(num_classes)))
+    return Teacher(
+        unet.eval(),
+        scheduler,
+        RANDOM_TEACHER,
+        num_classes,
+        num_classes if num_classes else None,
+        tuple(str(i) for i in range(num_classes)),
+    )
 
 
 def build_teacher(config: TrainConfig) -> Teacher:
     """The configured teacher (loaded on CPU; the trainer moves what it trains)."""
     settings: DSNOTrainConfig = config.model
     if settings.teacher == RANDOM_TEACHER:
-        return random_teacher(config.data.image_size, config.data.channels or 1, settings.random_teacher_classes,
-                              list(settings.random_teacher_channels), config.seed)
+        return random_teacher(
+            config.data.image_size,
+            config.data.channels or 1,
+            settings.random_teacher_classes,
+            list(settings.random_teacher_channels),
+            config.seed,
+        )
     return load_teacher(settings.teacher, device="cpu")
 
 
@@ -139,7 +174,9 @@ class DSNOFamily(Family):
         super().__init__(config, info)
         settings: DSNOTrainConfig = config.model
         self.teacher = build_teacher(config)
-        self.grid = TrajectoryGrid.for_scheduler(self.teacher.scheduler, settings.teacher_steps, settings.num_slices)
+        self.grid = TrajectoryGrid.for_scheduler(
+            self.teacher.scheduler, settings.teacher_steps, settings.num_slices
+        )
         self.weights = loss_weights(self.grid.alphas_cumprod, settings.loss_weighting)
 
     @classmethod
@@ -148,26 +185,43 @@ class DSNOFamily(Family):
         settings: DSNOTrainConfig = config.model
         teacher = build_teacher(config)
         if teacher.image_size != config.data.image_size:
-            raise ConfigError(f"teacher {settings.teacher!r} makes {teacher.image_size} px images but data.image_size is "
-                              f"{config.data.image_size} (the size samples are evaluated at); set data.image_size="
-                              f"{teacher.image_size}")
+            raise ConfigError(
+                f"teacher {settings.teacher!r} makes {teacher.image_size} px images but data.image_size is "
+                f"{config.data.image_size} (the size samples are evaluated at); set data.image_size="
+                f"{teacher.image_size}"
+            )
         grid = TrajectoryGrid.for_scheduler(teacher.scheduler, settings.teacher_steps, settings.num_slices)
         state = PartialState()
         with state.main_process_first():  # the main process records; the others then find the folder complete
-            folder = record_trajectories(teacher, grid, trajectory_folder(config), settings.num_pairs,
-                                         settings.trajectory_seed, settings.guidance_scale, settings.record_batch_size,
-                                         progress=state.is_main_process)
+            folder = record_trajectories(
+                teacher,
+                grid,
+                trajectory_folder(config),
+                settings.num_pairs,
+                settings.trajectory_seed,
+                settings.guidance_scale,
+                settings.record_batch_size,
+                progress=state.is_main_process,
+            )
         return TrajectoryDataset(folder, "train", settings.holdout_fraction, name=config.data.name)
 
     def build_models(self) -> dict[str, nn.Module]:
         settings: DSNOTrainConfig = self.config.model
         student = DSNOStudent.from_teacher(
-            self.teacher.unet, timesteps=list(self.grid.timesteps), alphas_cumprod=list(self.grid.alphas_cumprod),
-            alpha_cumprod_start=self.grid.alpha_cumprod_start, modes=settings.modes,
-            output_param=settings.output_param, init=settings.tconv_init, teacher=self.teacher.name,
+            self.teacher.unet,
+            timesteps=list(self.grid.timesteps),
+            alphas_cumprod=list(self.grid.alphas_cumprod),
+            alpha_cumprod_start=self.grid.alpha_cumprod_start,
+            modes=settings.modes,
+            output_param=settings.output_param,
+            init=settings.tconv_init,
+            teacher=self.teacher.name,
             teacher_hash=teacher_fingerprint(self.teacher.unet, dict(self.teacher.scheduler.config)),
-            teacher_steps=settings.teacher_steps, guidance_scale=settings.guidance_scale,
-            num_classes=self.teacher.num_classes, class_names=list(self.teacher.class_names))
+            teacher_steps=settings.teacher_steps,
+            guidance_scale=settings.guidance_scale,
+            num_classes=self.teacher.num_classes,
+            class_names=list(self.teacher.class_names),
+        )
         return {"student": student}
 
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
@@ -186,8 +240,13 @@ class DSNOFamily(Family):
 
         return {name: torch.optim.lr_scheduler.LambdaLR(opt, factor) for name, opt in optimizers.items()}
 
-    def training_step(self, batch: dict[str, torch.Tensor], models: dict[str, nn.Module],
-                      optimizers: dict[str, torch.optim.Optimizer], accelerator: Any) -> dict[str, float]:
+    def training_step(
+        self,
+        batch: dict[str, torch.Tensor],
+        models: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        accelerator: Any,
+    ) -> dict[str, float]:
         student = models["student"]
         labels = batch["class_labels"] if self.teacher.num_classes else None
         with accelerator.autocast():
@@ -212,6 +271,16 @@ def heldout_errors(student: DSNOStudent, dataset: TrajectoryDataset, batch_size:
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         noise = torch.stack([it["noise"] for it in items]).to(device)
         target = torch.stack([it["states"] for it in items]).to(device)
-        labels = torch.stack([it["class_labels"] for it in items]).to(device) if student.config.num_classes else None
-        total += F.mse_loss(student(noise, labels), target, reduction="none").mean(dim=(2, 3, 4)).sum(0).double().cpu()
+        labels = (
+            torch.stack([it["class_labels"] for it in items]).to(device)
+            if student.config.num_classes
+            else None
+        )
+        total += (
+            F.mse_loss(student(noise, labels), target, reduction="none")
+            .mean(dim=(2, 3, 4))
+            .sum(0)
+            .double()
+            .cpu()
+        )
     return (total / max(len(dataset), 1)).tolist()

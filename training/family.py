@@ -98,20 +98,29 @@ class Family(ABC):
                 continue
             theirs, ours = component.state_dict(), model.state_dict()
             if theirs.keys() != ours.keys() or any(theirs[k].shape != ours[k].shape for k in ours):
-                raise ConfigError(f"init_from: the '{name}' of {source} has another architecture than this "
-                                  f"preset's; set the network fields to the checkpoint's (see its studio.json)")
+                raise ConfigError(
+                    f"init_from: the '{name}' of {source} has another architecture than this "
+                    f"preset's; set the network fields to the checkpoint's (see its studio.json)"
+                )
             model.load_state_dict(theirs)
             matched.append(name)
         if not matched:
-            raise ConfigError(f"init_from: {source} holds none of this family's networks ({', '.join(models)})")
+            raise ConfigError(
+                f"init_from: {source} holds none of this family's networks ({', '.join(models)})"
+            )
 
     @abstractmethod
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         """One optimizer per independently stepped part (GANs: generator and discriminator)."""
 
     @abstractmethod
-    def training_step(self, batch: dict[str, torch.Tensor], models: dict[str, nn.Module],
-                      optimizers: dict[str, torch.optim.Optimizer], accelerator: Any) -> dict[str, float]:
+    def training_step(
+        self,
+        batch: dict[str, torch.Tensor],
+        models: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        accelerator: Any,
+    ) -> dict[str, float]:
         """Forward, ``accelerator.backward``, clip and ``optimizer.step()``; return logged scalars.
 
         Runs inside ``accelerator.accumulate``; the loop zeroes grads and steps LR schedules.
@@ -126,15 +135,18 @@ class Family(ABC):
 
         Default: linear warm-up over ``optim.warmup_steps``, then constant.
         """
-        return {name: get_scheduler("constant_with_warmup", opt, num_warmup_steps=self.config.optim.warmup_steps)
-                for name, opt in optimizers.items()}
+        return {
+            name: get_scheduler("constant_with_warmup", opt, num_warmup_steps=self.config.optim.warmup_steps)
+            for name, opt in optimizers.items()
+        }
 
     def sample_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the pipeline call that draws the training sample grids."""
         return {}
 
-    def clip_and_step(self, loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
-                      accelerator: Any) -> None:
+    def clip_and_step(
+        self, loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, accelerator: Any
+    ) -> None:
         """Backward ``loss``, clip gradients on sync steps, step ``optimizer`` (a common step body)."""
         accelerator.backward(loss)
         if accelerator.sync_gradients and self.config.optim.grad_clip > 0:
@@ -144,5 +156,9 @@ class Family(ABC):
     def adamw(self, params: Any, lr: float | None = None) -> torch.optim.Optimizer:
         """AdamW with the run's optimizer settings (``lr`` overrides the configured one)."""
         optim = self.config.optim
-        return torch.optim.AdamW(params, lr=optim.lr if lr is None else lr, betas=tuple(optim.betas),
-                                 weight_decay=optim.weight_decay)
+        return torch.optim.AdamW(
+            params,
+            lr=optim.lr if lr is None else lr,
+            betas=tuple(optim.betas),
+            weight_decay=optim.weight_decay,
+        )

@@ -56,8 +56,10 @@ def enable_cpu_fsdp(accelerator: Accelerator) -> None:
         return
     plugin = FullyShardedDataParallelPlugin()
     if plugin.fsdp_version != 2:
-        raise ConfigError(f"FSDP version {plugin.fsdp_version} cannot run on CPU (torch: {_FSDP1_ON_CPU}); "
-                          "launch with --fsdp_version 2, whose fully_shard runs on CPU with gloo")
+        raise ConfigError(
+            f"FSDP version {plugin.fsdp_version} cannot run on CPU (torch: {_FSDP1_ON_CPU}); "
+            "launch with --fsdp_version 2, whose fully_shard runs on CPU with gloo"
+        )
     if accelerator.mixed_precision != "no":
         plugin.set_mixed_precision(accelerator.mixed_precision)
     state = AcceleratorState()
@@ -70,22 +72,29 @@ def check_fsdp_settings(accelerator: Accelerator) -> None:
     parameters before `prepare_sharded`, and FSDP1 keeps those objects only with that setting."""
     plugin = accelerator.state.fsdp_plugin
     if plugin.fsdp_version == 1 and not plugin.use_orig_params:
-        raise ConfigError("FSDP version 1 needs use_orig_params (accelerate launch --fsdp_use_orig_params true, "
-                          "or fsdp_use_orig_params: true in `accelerate config`); or use --fsdp_version 2")
+        raise ConfigError(
+            "FSDP version 1 needs use_orig_params (accelerate launch --fsdp_use_orig_params true, "
+            "or fsdp_use_orig_params: true in `accelerate config`); or use --fsdp_version 2"
+        )
 
 
-def prepare_sharded(accelerator: Accelerator, models: dict[str, torch.nn.Module],
-                    optimizers: dict[str, Any]) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
+def prepare_sharded(
+    accelerator: Accelerator, models: dict[str, torch.nn.Module], optimizers: dict[str, Any]
+) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
     """Shard each network together with the optimizer of the same name (FSDP2 in accelerate takes
     one network per `prepare` call, with its optimizer, whose parameters it swaps for the shards)."""
     if set(models) != set(optimizers):
-        raise ConfigError(f"FSDP needs one optimizer per network of the same name; networks {sorted(models)}, "
-                          f"optimizers {sorted(optimizers)}")
+        raise ConfigError(
+            f"FSDP needs one optimizer per network of the same name; networks {sorted(models)}, "
+            f"optimizers {sorted(optimizers)}"
+        )
     prepared_models, prepared_optimizers = {}, {}
     for name, model in models.items():
         try:
             prepared_models[name], prepared_optimizers[name] = accelerator.prepare(model, optimizers[name])
-        except ValueError as exc:  # e.g. FSDP2's fully_shard refuses 0-d parameters (the GANs' attention gamma)
+        except (
+            ValueError
+        ) as exc:  # e.g. FSDP2's fully_shard refuses 0-d parameters (the GANs' attention gamma)
             detail = str(exc).strip().splitlines()[0].rstrip(".")
             raise ConfigError(f"FSDP cannot shard network {name!r}: {detail}; train it with DDP") from None
     return prepared_models, {name: prepared_optimizers[name] for name in optimizers}
@@ -108,8 +117,9 @@ def full_model_state(model: torch.nn.Module, main_only: bool) -> dict[str, torch
 
 def full_optimizer_state(model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
     """The whole optimizer state on the main process (CPU), keyed by parameter name; collective."""
-    return get_optimizer_state_dict(model, _raw(optimizer),
-                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(
+        model, _raw(optimizer), options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 def load_full_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -83,7 +83,9 @@ def make_accelerator(config: TrainConfig, output_dir: Path) -> Accelerator:
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with="tensorboard",
-            project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+            project_config=ProjectConfiguration(
+                project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+            ),
         )
     except (ValueError, RuntimeError) as exc:  # RuntimeError: e.g. FSDP's sync_module_states on CPU
         raise StudioError(f"cannot set up training: {exc}") from None
@@ -108,8 +110,13 @@ def release_accelerator() -> None:
     GradientState._reset_state()
 
 
-def export_pipeline(family: Family, models: dict[str, torch.nn.Module], emas: dict[str, EMA], folder: Path,
-                    card: dict[str, Any]) -> Any:
+def export_pipeline(
+    family: Family,
+    models: dict[str, torch.nn.Module],
+    emas: dict[str, EMA],
+    folder: Path,
+    card: dict[str, Any],
+) -> Any:
     """Save the sampling pipeline built from the EMA weights (or the raw ones without EMA)."""
     pipe = family.make_pipeline(sampling_models(models, emas))
     save_pipeline(pipe, folder, card)
@@ -121,8 +128,9 @@ def sampling_models(models: dict[str, torch.nn.Module], emas: dict[str, EMA]) ->
     return {name: emas[name].shadow if name in emas else model for name, model in models.items()}
 
 
-def draw_samples(family: Family, models: dict[str, torch.nn.Module], emas: dict[str, EMA],
-                 num_images: int) -> tuple[np.ndarray, Any]:
+def draw_samples(
+    family: Family, models: dict[str, torch.nn.Module], emas: dict[str, EMA], num_images: int
+) -> tuple[np.ndarray, Any]:
     """Fixed-seed samples (uint8 (N, H, W, C)) and their record, from the EMA weights in eval mode."""
     chosen = sampling_models(models, emas)
     with eval_mode(*chosen.values()):
@@ -132,8 +140,15 @@ def draw_samples(family: Family, models: dict[str, torch.nn.Module], emas: dict[
     return (np.clip(out.images, 0, 1) * 255 + 0.5).astype(np.uint8), out.record
 
 
-def save_sample_grid(family: Family, models: dict[str, torch.nn.Module], emas: dict[str, EMA], path: Path,
-                     num_images: int, accelerator: Accelerator, step: int) -> None:
+def save_sample_grid(
+    family: Family,
+    models: dict[str, torch.nn.Module],
+    emas: dict[str, EMA],
+    path: Path,
+    num_images: int,
+    accelerator: Accelerator,
+    step: int,
+) -> None:
     """Draw a fixed-seed sample grid, save it as PNG (with its record) and log it to TensorBoard."""
     images, record = draw_samples(family, models, emas, num_images)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,23 +158,32 @@ def save_sample_grid(family: Family, models: dict[str, torch.nn.Module], emas: d
     tracker.add_image("samples", np.asarray(make_grid(images).convert("RGB")), step, dataformats="HWC")
 
 
-def evaluate_samples(family: Family, models: dict[str, torch.nn.Module], emas: dict[str, EMA],
-                     config: TrainConfig) -> dict[str, float]:
+def evaluate_samples(
+    family: Family, models: dict[str, torch.nn.Module], emas: dict[str, EMA], config: TrainConfig
+) -> dict[str, float]:
     """In-loop evaluation: ``eval_num_images`` fixed-seed samples scored by `studio.metrics.evaluate`
     against the training data. A small-sample trend, logged as ``eval/<metric>``; not a paper FID."""
     from studio.metrics import evaluate
 
     images, record = draw_samples(family, models, emas, config.eval_num_images)
-    result = evaluate(images.transpose(0, 3, 1, 2), config.data, metrics=config.eval_metrics,
-                      class_labels=record.class_labels)
+    result = evaluate(
+        images.transpose(0, 3, 1, 2),
+        config.data,
+        metrics=config.eval_metrics,
+        class_labels=record.class_labels,
+    )
     return {f"eval/{name}": float(value) for name, value in result.metrics.items()}
 
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
-def train(config: TrainConfig, command: str = "", on_step: StepCallback | None = None,
-          should_stop: Callable[[], bool] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    command: str = "",
+    on_step: StepCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
     """Run (or resume) training as configured; the result names the exported pipeline folder.
 
     ``on_step(step, logs)`` is called after every optimizer step (live loss in the app);
@@ -175,8 +199,14 @@ def train(config: TrainConfig, command: str = "", on_step: StepCallback | None =
         release_accelerator()
 
 
-def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig, command: str,
-         on_step: StepCallback | None, should_stop: Callable[[], bool] | None) -> TrainResult:
+def _run(
+    accelerator: Accelerator,
+    family_cls: type[Family],
+    config: TrainConfig,
+    command: str,
+    on_step: StepCallback | None,
+    should_stop: Callable[[], bool] | None,
+) -> TrainResult:
     output_dir = Path(config.output_dir)
     is_main = accelerator.is_main_process
     check_distributed_type(accelerator)
@@ -195,9 +225,14 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
         set_attention_backend(model, config.attention)
     optimizers = family.build_optimizers(models)
     schedules = family.lr_schedules(optimizers)
-    emas = {name: EMA(models[name], config.ema_decay, config.ema_start) for name in family.ema_targets
-            if config.ema_decay > 0}
-    stream = BatchStream(dataset, config.batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    emas = {
+        name: EMA(models[name], config.ema_decay, config.ema_start)
+        for name in family.ema_targets
+        if config.ema_decay > 0
+    }
+    stream = BatchStream(
+        dataset, config.batch_size, config.seed, accelerator.process_index, accelerator.num_processes
+    )
     progress = RunProgress()
 
     # FSDP shards the networks: EMA updates, sample grids and exports read whole copies ("mirrors")
@@ -209,15 +244,19 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
     else:
         prepared = accelerator.prepare(*models.values(), *optimizers.values())
         models = dict(zip(models, prepared[: len(models)]))
-        optimizers = dict(zip(optimizers, prepared[len(models):]))
+        optimizers = dict(zip(optimizers, prepared[len(models) :]))
     for ema in emas.values():
         ema.shadow.to(accelerator.device)
     for mirror in mirrors.values():
         mirror.to(accelerator.device)
     unwrapped = mirrors if sharded else {name: accelerator.unwrap_model(m) for name, m in models.items()}
-    state = TrainingState(models if sharded else unwrapped, optimizers, schedules,
-                          {**{f"ema.{name}": ema for name, ema in emas.items()}, "stream": stream, "progress": progress},
-                          sharded=sharded)
+    state = TrainingState(
+        models if sharded else unwrapped,
+        optimizers,
+        schedules,
+        {**{f"ema.{name}": ema for name, ema in emas.items()}, "stream": stream, "progress": progress},
+        sharded=sharded,
+    )
 
     # 2. resume
     checkpoints = output_dir / "checkpoints"
@@ -231,16 +270,24 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
         accelerator.init_trackers("logs", config={"family": config.family, "preset": config.preset})
 
     # 3. the loop
-    card = {"preset": config.preset, "dataset": config.data.name, "image_size": config.data.image_size,
-            "num_classes": dataset.info.num_classes,
-            "class_names": list(dataset.info.class_names), "command": command, "config": config_to_dict(config)}
+    card = {
+        "preset": config.preset,
+        "dataset": config.data.name,
+        "image_size": config.data.image_size,
+        "num_classes": dataset.info.num_classes,
+        "class_names": list(dataset.info.class_names),
+        "command": command,
+        "config": config_to_dict(config),
+    }
     images_per_step = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
     budget_s = config.time_budget_minutes * 60
     session_start, session_start_step = time.perf_counter(), progress.step
     last_saved = progress.step if resume is not None else -1
     batches = iter(stream)
     history: list[dict[str, float]] = []
-    bar = tqdm(total=config.max_steps, initial=progress.step, disable=not is_main, desc=f"train {config.family}")
+    bar = tqdm(
+        total=config.max_steps, initial=progress.step, disable=not is_main, desc=f"train {config.family}"
+    )
     for model in models.values():
         model.train()
     while progress.step < config.max_steps:
@@ -263,19 +310,24 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
             ema.update(unwrapped[name], step)
         bad = [k for k, v in logs.items() if not math.isfinite(v)]
         if bad:
-            raise TrainingError(f"{', '.join(bad)} became {logs[bad[0]]} at step {step}; "
-                                f"lower the learning rate or resume from {checkpoints}")
+            raise TrainingError(
+                f"{', '.join(bad)} became {logs[bad[0]]} at step {step}; "
+                f"lower the learning rate or resume from {checkpoints}"
+            )
         history.append(logs)
         if on_step is not None:
             on_step(step, logs)
         bar.update(1)
         if step % config.log_every == 0 or step == config.max_steps:
-            rate = images_per_step * (step - session_start_step) / max(time.perf_counter() - session_start, 1e-9)
+            rate = (
+                images_per_step * (step - session_start_step) / max(time.perf_counter() - session_start, 1e-9)
+            )
             logs = {**logs, "lr": schedules[next(iter(schedules))].get_last_lr()[0], "images_per_s": rate}
             accelerator.log(logs, step=step)
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
         out_of_time = (budget_s > 0 and time.perf_counter() - session_start >= budget_s) or bool(
-            should_stop and should_stop())
+            should_stop and should_stop()
+        )
         if accelerator.num_processes > 1:
             # every process must agree: saving a checkpoint is collective, so one process stopping
             # on its own clock while the others train on would hang the run
@@ -286,13 +338,32 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
             save_checkpoint(accelerator, checkpoints, step, config.checkpoints_total_limit, state)
             last_saved = step
             if is_main:
-                export_pipeline(family, unwrapped, emas, output_dir / "pipeline", {
-                    **card, "trained_steps": step, "train_seconds": round(progress.train_seconds, 1),
-                    "images_per_s": round(images_per_step * step / max(progress.train_seconds, 1e-9), 2)})
-        if is_main and ((config.sample_every and step % config.sample_every == 0) or step == config.max_steps
-                        or out_of_time):
-            save_sample_grid(family, unwrapped, emas, output_dir / "samples" / f"step-{step:06d}.png",
-                             config.num_sample_images, accelerator, step)
+                export_pipeline(
+                    family,
+                    unwrapped,
+                    emas,
+                    output_dir / "pipeline",
+                    {
+                        **card,
+                        "trained_steps": step,
+                        "train_seconds": round(progress.train_seconds, 1),
+                        "images_per_s": round(images_per_step * step / max(progress.train_seconds, 1e-9), 2),
+                    },
+                )
+        if is_main and (
+            (config.sample_every and step % config.sample_every == 0)
+            or step == config.max_steps
+            or out_of_time
+        ):
+            save_sample_grid(
+                family,
+                unwrapped,
+                emas,
+                output_dir / "samples" / f"step-{step:06d}.png",
+                config.num_sample_images,
+                accelerator,
+                step,
+            )
         if is_main and config.eval_every and step % config.eval_every == 0:
             scores = evaluate_samples(family, unwrapped, emas, config)
             history[-1].update(scores)
@@ -304,7 +375,9 @@ def _run(accelerator: Accelerator, family_cls: type[Family], config: TrainConfig
     if last_saved != progress.step and progress.step > 0:
         save_checkpoint(accelerator, checkpoints, progress.step, config.checkpoints_total_limit, state)
         if is_main:
-            export_pipeline(family, unwrapped, emas, output_dir / "pipeline", {**card, "trained_steps": progress.step})
+            export_pipeline(
+                family, unwrapped, emas, output_dir / "pipeline", {**card, "trained_steps": progress.step}
+            )
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(output_dir / "pipeline", progress.step, history)

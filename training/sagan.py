@@ -91,12 +91,16 @@ class SAGANFamily(Family):
         super().__init__(config, info)
         settings: SAGANTrainConfig = config.model
         if config.gradient_accumulation_steps != 1:
-            raise ConfigError(f"{self.name} does not support gradient accumulation "
-                              f"(gradient_accumulation_steps={config.gradient_accumulation_steps}); "
-                              "raise batch_size instead")
+            raise ConfigError(
+                f"{self.name} does not support gradient accumulation "
+                f"(gradient_accumulation_steps={config.gradient_accumulation_steps}); "
+                "raise batch_size instead"
+            )
         if config.batch_size % settings.d_steps:
-            raise ConfigError(f"batch_size {config.batch_size} must split into model.d_steps={settings.d_steps} "
-                              "equal chunks (one per discriminator update)")
+            raise ConfigError(
+                f"batch_size {config.batch_size} must split into model.d_steps={settings.d_steps} "
+                "equal chunks (one per discriminator update)"
+            )
         if settings.conditional and info.num_classes < 1:
             raise ConfigError(f"dataset {info.name!r} has no classes: set model.conditional=false")
         self.num_classes = info.num_classes if settings.conditional else 0
@@ -104,22 +108,37 @@ class SAGANFamily(Family):
     # ---------------------------------------------------------------- networks
     def build_generator(self) -> nn.Module:
         settings: SAGANTrainConfig = self.config.model
-        return SAGANGenerator.from_arch(SAGANGeneratorConfig(
-            image_size=self.info.image_size, out_channels=self.info.channels, num_classes=self.num_classes,
-            z_dim=settings.z_dim, width=settings.width, attention_resolution=settings.attention_resolution))
+        return SAGANGenerator.from_arch(
+            SAGANGeneratorConfig(
+                image_size=self.info.image_size,
+                out_channels=self.info.channels,
+                num_classes=self.num_classes,
+                z_dim=settings.z_dim,
+                width=settings.width,
+                attention_resolution=settings.attention_resolution,
+            )
+        )
 
     def build_models(self) -> dict[str, nn.Module]:
         settings: SAGANTrainConfig = self.config.model
         generator = self.build_generator()
-        discriminator = ProjectionDiscriminator(DiscriminatorConfig(
-            image_size=self.info.image_size, in_channels=self.info.channels, num_classes=self.num_classes,
-            width=settings.width, attention_resolution=settings.attention_resolution,
-            init=self.discriminator_init))
+        discriminator = ProjectionDiscriminator(
+            DiscriminatorConfig(
+                image_size=self.info.image_size,
+                in_channels=self.info.channels,
+                num_classes=self.num_classes,
+                width=settings.width,
+                attention_resolution=settings.attention_resolution,
+                init=self.discriminator_init,
+            )
+        )
         return {"generator": generator, "discriminator": discriminator}
 
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
-        return {"generator": self.adamw(models["generator"].parameters()),
-                "discriminator": self.adamw(models["discriminator"].parameters(), lr=self.config.model.d_lr)}
+        return {
+            "generator": self.adamw(models["generator"].parameters()),
+            "discriminator": self.adamw(models["discriminator"].parameters(), lr=self.config.model.d_lr),
+        }
 
     # ---------------------------------------------------------------- training
     def fake_inputs(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,8 +147,13 @@ class SAGANFamily(Family):
         labels = torch.randint(0, max(self.num_classes, 1), (n,), device=device)
         return z, labels
 
-    def training_step(self, batch: dict[str, torch.Tensor], models: dict[str, nn.Module],
-                      optimizers: dict[str, torch.optim.Optimizer], accelerator: Any) -> dict[str, float]:
+    def training_step(
+        self,
+        batch: dict[str, torch.Tensor],
+        models: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        accelerator: Any,
+    ) -> dict[str, float]:
         generator, discriminator = models["generator"], models["discriminator"]
         settings: SAGANTrainConfig = self.config.model
         reals = batch["pixel_values"].chunk(settings.d_steps)
@@ -159,8 +183,13 @@ class SAGANFamily(Family):
         ortho = self.ortho_loss(accelerator.unwrap_model(generator))
         self.clip_and_step(g_loss + ortho, generator, optimizers["generator"], accelerator)
         discriminator.requires_grad_(True)
-        return {"d_loss": d_real + d_fake, "d_loss_real": d_real, "d_loss_fake": d_fake,
-                "g_loss": g_loss.item(), "ortho": ortho.item()}
+        return {
+            "d_loss": d_real + d_fake,
+            "d_loss_real": d_real,
+            "d_loss_fake": d_fake,
+            "g_loss": g_loss.item(),
+            "ortho": ortho.item(),
+        }
 
     def ortho_loss(self, generator: nn.Module) -> torch.Tensor:
         """``model.ortho_beta`` times G's off-diagonal orthogonality penalty (0 when beta is 0)."""

@@ -34,8 +34,11 @@ from training.family import Family, register_family
 #: the time sampling stops at, per SDE (score_sde run_lib: 1e-5 VE, 1e-3 VP)
 DEFAULT_SAMPLING_EPS = {ScoreKind.NCSN: 1e-5, ScoreKind.VE: 1e-5, ScoreKind.VP: 1e-3}
 #: per-pixel reduction of the loss, per SDE (score_sde configs: 1/2 sum for NCSN / VE, mean for VP)
-DEFAULT_REDUCTION = {ScoreKind.NCSN: Reduction.HALF_SUM, ScoreKind.VE: Reduction.HALF_SUM,
-                     ScoreKind.VP: Reduction.MEAN}
+DEFAULT_REDUCTION = {
+    ScoreKind.NCSN: Reduction.HALF_SUM,
+    ScoreKind.VE: Reduction.HALF_SUM,
+    ScoreKind.VP: Reduction.MEAN,
+}
 
 
 @dataclass
@@ -70,14 +73,26 @@ class ScoreTrainConfig:
     def validate(self) -> None:
         """Raise `ConfigError` naming the first out-of-range setting."""
         require_sizes("model.block_out_channels", self.block_out_channels)
-        require("model.attention_levels", self.attention_levels,
-                len(self.attention_levels) == len(self.block_out_channels), "one flag per block_out_channels entry")
+        require(
+            "model.attention_levels",
+            self.attention_levels,
+            len(self.attention_levels) == len(self.block_out_channels),
+            "one flag per block_out_channels entry",
+        )
         for name in ("layers_per_block", "norm_num_groups", "num_levels", "num_train_timesteps"):
             require_int(f"model.{name}", getattr(self, name), 1)
-        require("model.sigma_min, model.sigma_max", (self.sigma_min, self.sigma_max),
-                finite(self.sigma_max) and 0 < self.sigma_min < self.sigma_max, "0 < sigma_min < sigma_max")
-        require("model.beta_min, model.beta_max", (self.beta_min, self.beta_max),
-                finite(self.beta_max) and 0 < self.beta_min <= self.beta_max, "0 < beta_min <= beta_max")
+        require(
+            "model.sigma_min, model.sigma_max",
+            (self.sigma_min, self.sigma_max),
+            finite(self.sigma_max) and 0 < self.sigma_min < self.sigma_max,
+            "0 < sigma_min < sigma_max",
+        )
+        require(
+            "model.beta_min, model.beta_max",
+            (self.beta_min, self.beta_max),
+            finite(self.beta_max) and 0 < self.beta_min <= self.beta_max,
+            "0 < beta_min <= beta_max",
+        )
         require("model.training_eps", self.training_eps, 0 < self.training_eps < 1, "in (0, 1)")
         require_float("model.snr", self.snr, positive=True)
         require_int("model.correct_steps", self.correct_steps, 0)
@@ -98,10 +113,14 @@ class ScoreFamily(Family):
             self.kind = ScoreKind(settings.sde)
             self.weighting = Weighting(settings.weighting)
         except ValueError as exc:
-            raise ConfigError(f"score family: {exc} (sde: ncsn | ve | vp; weighting: standard | likelihood)") from None
+            raise ConfigError(
+                f"score family: {exc} (sde: ncsn | ve | vp; weighting: standard | likelihood)"
+            ) from None
         if settings.sample_scheduler and settings.sample_scheduler not in KIND_SAMPLERS[self.kind]:
-            raise ConfigError(f"sample_scheduler {settings.sample_scheduler!r} does not apply to {self.kind.value} "
-                              f"(choose {', '.join(KIND_SAMPLERS[self.kind])})")
+            raise ConfigError(
+                f"sample_scheduler {settings.sample_scheduler!r} does not apply to {self.kind.value} "
+                f"(choose {', '.join(KIND_SAMPLERS[self.kind])})"
+            )
         self.scheduler = self._make_scheduler(settings)
         self.sde = None if self.kind is ScoreKind.NCSN else make_sde(self.kind, self.scheduler)
         self.sigmas = ncsn_sigmas(self.scheduler).float() if self.kind is ScoreKind.NCSN else None
@@ -109,21 +128,40 @@ class ScoreFamily(Family):
     def _make_scheduler(self, settings: ScoreTrainConfig) -> Any:
         eps = DEFAULT_SAMPLING_EPS[self.kind]
         if self.kind is ScoreKind.VP:
-            return VPSDEScheduler(num_train_timesteps=settings.num_train_timesteps, beta_min=settings.beta_min,
-                                  beta_max=settings.beta_max, sampling_eps=eps, snr=settings.snr,
-                                  correct_steps=settings.correct_steps)
+            return VPSDEScheduler(
+                num_train_timesteps=settings.num_train_timesteps,
+                beta_min=settings.beta_min,
+                beta_max=settings.beta_max,
+                sampling_eps=eps,
+                snr=settings.snr,
+                correct_steps=settings.correct_steps,
+            )
         steps = settings.num_levels if self.kind is ScoreKind.NCSN else settings.num_train_timesteps
-        return ScoreSdeVeScheduler(num_train_timesteps=steps, snr=settings.snr, sigma_min=settings.sigma_min,
-                                   sigma_max=settings.sigma_max, sampling_eps=eps,
-                                   correct_steps=settings.correct_steps)
+        return ScoreSdeVeScheduler(
+            num_train_timesteps=steps,
+            snr=settings.snr,
+            sigma_min=settings.sigma_min,
+            sigma_max=settings.sigma_max,
+            sampling_eps=eps,
+            correct_steps=settings.correct_steps,
+        )
 
     def build_models(self) -> dict[str, nn.Module]:
         settings: ScoreTrainConfig = self.config.model
-        return {"unet": build_score_unet(ScoreNetConfig(
-            sample_size=self.info.image_size, in_channels=self.info.channels,
-            block_out_channels=tuple(settings.block_out_channels), layers_per_block=settings.layers_per_block,
-            attention_levels=tuple(settings.attention_levels), norm_num_groups=settings.norm_num_groups,
-            conditioning=self.kind.conditioning.value, num_levels=settings.num_levels))}
+        return {
+            "unet": build_score_unet(
+                ScoreNetConfig(
+                    sample_size=self.info.image_size,
+                    in_channels=self.info.channels,
+                    block_out_channels=tuple(settings.block_out_channels),
+                    layers_per_block=settings.layers_per_block,
+                    attention_levels=tuple(settings.attention_levels),
+                    norm_num_groups=settings.norm_num_groups,
+                    conditioning=self.kind.conditioning.value,
+                    num_levels=settings.num_levels,
+                )
+            )
+        }
 
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         return {"unet": self.adamw(models["unet"].parameters())}
@@ -150,8 +188,13 @@ class ScoreFamily(Family):
         score_fn = ve_score_fn(unet, self.sde) if self.kind is ScoreKind.VE else vp_score_fn(unet, self.sde)
         return sde_loss(score_fn, self.sde, x0, t, z, self.weighting, DEFAULT_REDUCTION[self.kind])
 
-    def training_step(self, batch: dict[str, torch.Tensor], models: dict[str, nn.Module],
-                      optimizers: dict[str, torch.optim.Optimizer], accelerator: Any) -> dict[str, float]:
+    def training_step(
+        self,
+        batch: dict[str, torch.Tensor],
+        models: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        accelerator: Any,
+    ) -> dict[str, float]:
         unet = models["unet"]
         x0 = self.model_range(batch["pixel_values"])
         with accelerator.autocast():

@@ -21,7 +21,9 @@ class BatchStream:
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         global_batch = batch_size * world_size
         if len(dataset) < global_batch:
-            raise ValueError(f"dataset has {len(dataset)} images, fewer than one global batch of {global_batch}")
+            raise ValueError(
+                f"dataset has {len(dataset)} images, fewer than one global batch of {global_batch}"
+            )
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed

@@ -101,11 +101,23 @@ def model_options() -> list[ModelOption]:
             continue
         warning = weakness(entry.card)
         label = f"{entry.name} ({entry.family}, {entry.source})" + (" ⚠️ weak" if warning else "")
-        options.append(ModelOption(entry.name, label, entry.family, entry.source, str(entry.path),
-                                   card_class_titles(entry.card), warning))
+        options.append(
+            ModelOption(
+                entry.name,
+                label,
+                entry.family,
+                entry.source,
+                str(entry.path),
+                card_class_titles(entry.card),
+                warning,
+            )
+        )
     if not options:
-        options.append(ModelOption(DEMO_MODEL, "demo: untrained DiT (random weights, images are noise)",
-                                   "dit", "demo", ""))
+        options.append(
+            ModelOption(
+                DEMO_MODEL, "demo: untrained DiT (random weights, images are noise)", "dit", "demo", ""
+            )
+        )
     return options
 
 
@@ -130,8 +142,11 @@ def build_demo_pipeline() -> Any:
 
     with torch.random.fork_rng():  # a fixed demo, without reseeding everyone else's random numbers
         torch.manual_seed(0)
-        transformer = build_dit(DiTConfig(sample_size=28, in_channels=1, patch_size=4, depth=2, num_heads=2,
-                                          head_dim=32, num_classes=10))
+        transformer = build_dit(
+            DiTConfig(
+                sample_size=28, in_channels=1, patch_size=4, depth=2, num_heads=2, head_dim=32, num_classes=10
+            )
+        )
     pipe = StudioDiTPipeline(transformer=transformer, scheduler=DDPMScheduler(num_train_timesteps=1000))
     pipe.register_to_config(_name_or_path=DEMO_MODEL)
     return pipe
@@ -159,7 +174,9 @@ class ModelInfo:
     plugin_errors: dict[str, str]
     note: str
     default_classifier_scale: float = 0.0
-    samplers: tuple[str, ...] = ()  # the pipeline's own samplers (score models); empty: any diffusers scheduler
+    samplers: tuple[
+        str, ...
+    ] = ()  # the pipeline's own samplers (score models); empty: any diffusers scheduler
     class_titles: tuple[str, ...] = ()
     dataset: str = ""
     warning: str = ""  # why the model is too weak to rely on (empty: fine or not measured)
@@ -175,8 +192,10 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
     """`ModelInfo` for a loaded studio pipeline and its model card."""
     parameters = tuple(getattr(pipe, "call_parameters", ()))
     if not parameters:
-        raise StudioError(f"{name} loads as {type(pipe).__name__}, which is not a studio pipeline "
-                          "(it lists no call_parameters); the app serves studio checkpoints")
+        raise StudioError(
+            f"{name} loads as {type(pipe).__name__}, which is not a studio pipeline "
+            "(it lists no call_parameters); the app serves studio checkpoints"
+        )
     if "classifier_scale" in parameters and getattr(pipe, "classifier", None) is None:
         parameters = tuple(p for p in parameters if p != "classifier_scale")  # ADM without a noisy classifier
     num_classes = int(getattr(pipe, "num_classes", 0) or 0)
@@ -272,6 +291,8 @@ class ModelCache:
                 # and studio checkpoints are small, so build them directly.
                 pipe = load_pipeline(str(folder), device=self.device, low_cpu_mem_usage=False)
                 card = read_card(Path(str(pipe.name_or_path)))
-                pipe.register_to_config(_name_or_path=name)  # records carry the chosen name, not a server path
+                pipe.register_to_config(
+                    _name_or_path=name
+                )  # records carry the chosen name, not a server path
         pipe.set_progress_bar_config(disable=True)
         return pipe, card

@@ -58,7 +58,9 @@ def class_choice(value: Any) -> int | tuple[int, ...] | None:
         try:
             label = int(text.split(":")[0]) if not isinstance(item, (int, np.integer)) else int(item)
         except ValueError:
-            raise StudioError(f"class must be a class index (e.g. 3 or 1,3) or {ALL_CLASSES!r}, got {item!r}") from None
+            raise StudioError(
+                f"class must be a class index (e.g. 3 or 1,3) or {ALL_CLASSES!r}, got {item!r}"
+            ) from None
         labels.append(label)
     if not labels:
         return None
@@ -76,6 +78,7 @@ def classes_of(labels: Sequence[int], num_classes: int | None = None) -> int | t
         return None
     if not num_classes and len(labels) > 1 and labels == list(range(len(labels))):
         return None
-    period = next(p for p in range(1, len(labels) + 1)
-                  if all(label == labels[i % p] for i, label in enumerate(labels)))
+    period = next(
+        p for p in range(1, len(labels) + 1) if all(label == labels[i % p] for i, label in enumerate(labels))
+    )
     return class_choice(labels[:period])

@@ -56,7 +56,9 @@ class ControlRequest:
         candidates = {
             "control_image": picture,
             "condition": self.condition,
-            "class_labels": list(self.class_label) if isinstance(self.class_label, tuple) else self.class_label,
+            "class_labels": list(self.class_label)
+            if isinstance(self.class_label, tuple)
+            else self.class_label,
             "num_images": int(self.num_images),
             "seed": self.seed,
             "num_inference_steps": int(self.num_inference_steps),

@@ -64,7 +64,9 @@ class GenerateRequest:
         """Pipeline call arguments, restricted to ``parameters`` (a pipeline's ``call_parameters``)."""
         candidates = {
             "num_images": int(self.num_images),
-            "class_labels": list(self.class_label) if isinstance(self.class_label, tuple) else self.class_label,
+            "class_labels": list(self.class_label)
+            if isinstance(self.class_label, tuple)
+            else self.class_label,
             "seed": self.seed,
             "num_inference_steps": int(self.num_inference_steps),
             "guidance_scale": float(self.guidance_scale),
@@ -87,6 +89,7 @@ class GenerateRequest:
         known["plugins"] = tuple(known.get("plugins") or ())
         return cls(**known)
 
+
 #: the app's defaults in one place: what the Generate tab starts with and what a recalled record that
 #: does not say takes
 APP_DEFAULTS = GenerateRequest(model=DEFAULT_MODEL)
@@ -104,8 +107,10 @@ class Batch:
 
     def to_dict(self) -> dict[str, Any]:
         """Wall time and ``{"png": path, "record": ...}`` per image (JSON-ready)."""
-        return {"seconds": round(self.seconds, 4),
-                "images": [{"png": str(p), "record": r.to_dict()} for p, r in zip(self.paths, self.records)]}
+        return {
+            "seconds": round(self.seconds, 4),
+            "images": [{"png": str(p), "record": r.to_dict()} for p, r in zip(self.paths, self.records)],
+        }
 
 
 @dataclass
@@ -126,10 +131,14 @@ class GenerateResult:
         return self.baseline_seconds / max(self.batch.seconds, 1e-9)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"request": self.request.to_dict(), "history_id": self.history_id,
-                "baseline_seconds": None if self.baseline_seconds is None else round(self.baseline_seconds, 4),
-                "speedup": None if self.speedup is None else round(self.speedup, 3),
-                "reproduce": self.reproduction.to_dict() if self.reproduction else None, **self.batch.to_dict()}
+        return {
+            "request": self.request.to_dict(),
+            "history_id": self.history_id,
+            "baseline_seconds": None if self.baseline_seconds is None else round(self.baseline_seconds, 4),
+            "speedup": None if self.speedup is None else round(self.speedup, 3),
+            "reproduce": self.reproduction.to_dict() if self.reproduction else None,
+            **self.batch.to_dict(),
+        }
 
 
 @dataclass
@@ -165,9 +174,13 @@ class CompareResult:
         return self.baseline.seconds / max(self.accelerated.seconds, 1e-9)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"request": self.request.to_dict(), "speedup": round(self.speedup, 3),
-                "mean_abs_diff": round(self.mean_abs_diff, 5), "baseline": self.baseline.to_dict(),
-                "accelerated": self.accelerated.to_dict()}
+        return {
+            "request": self.request.to_dict(),
+            "speedup": round(self.speedup, 3),
+            "mean_abs_diff": round(self.mean_abs_diff, 5),
+            "baseline": self.baseline.to_dict(),
+            "accelerated": self.accelerated.to_dict(),
+        }
 
 
 def request_from_record(record: GenerationRecord) -> GenerateRequest:
@@ -182,7 +195,9 @@ def request_from_record(record: GenerationRecord) -> GenerateRequest:
         class_label=classes_of(record.class_labels or [], num_classes),
         seed=record.seeds[0],
         num_inference_steps=record.steps or APP_DEFAULTS.num_inference_steps,
-        guidance_scale=record.guidance_scale if record.guidance_scale is not None else APP_DEFAULTS.guidance_scale,
+        guidance_scale=record.guidance_scale
+        if record.guidance_scale is not None
+        else APP_DEFAULTS.guidance_scale,
         scheduler=record.sampler,
         truncation=record.extra.get("truncation"),
         classifier_scale=record.extra.get("classifier_scale"),

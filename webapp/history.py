@@ -32,8 +32,14 @@ class HistoryEntry:
         return f"#{self.id} {r.model} · seed {r.seed} · {r.num_images} img · {self.seconds:.2f} s"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "request": self.request.to_dict(), "paths": [str(p) for p in self.paths],
-                "seconds": round(self.seconds, 4), "created": self.created, "caption": self.caption()}
+        return {
+            "id": self.id,
+            "request": self.request.to_dict(),
+            "paths": [str(p) for p in self.paths],
+            "seconds": round(self.seconds, 4),
+            "created": self.created,
+            "caption": self.caption(),
+        }
 
 
 class History:
@@ -66,5 +72,7 @@ class History:
         for entry in self.entries():
             if entry.id == int(entry_id):
                 return entry
-        raise StudioError(f"generation #{entry_id} is not in the history (it keeps the last "
-                          f"{self._entries.maxlen} generations)")
+        raise StudioError(
+            f"generation #{entry_id} is not in the history (it keeps the last "
+            f"{self._entries.maxlen} generations)"
+        )

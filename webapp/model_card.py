@@ -31,11 +31,15 @@ def weakness(card: dict[str, Any]) -> str:
     sample = f" on {n} samples" if n else ""
     accuracy, fd = metrics.get("class_accuracy"), metrics.get("domain_fd")
     if accuracy is not None and accuracy < WEAK_CLASS_ACCURACY:
-        return (f"weak model: only {accuracy:.0%} of its images show the class asked for (judge{sample}); "
-                "expect many wrong or unreadable images")
+        return (
+            f"weak model: only {accuracy:.0%} of its images show the class asked for (judge{sample}); "
+            "expect many wrong or unreadable images"
+        )
     if fd is not None and fd > WEAK_DOMAIN_FD:
-        return (f"weak model: domain distance {fd:.1f} to the real images{sample} (good shipped models: under 2); "
-                "expect rough images")
+        return (
+            f"weak model: domain distance {fd:.1f} to the real images{sample} (good shipped models: under 2); "
+            "expect rough images"
+        )
     return ""
 
 
@@ -57,8 +61,11 @@ def card_text(name: str, family: str, card: dict[str, Any]) -> str:
     """The card as Markdown: one line of facts (``family dit, dataset mnist, ...``), then, when measured,
     quality and speed, the best settings and a warning for a weak model."""
     facts = [f"family {family or card.get('family') or '?'}"]
-    facts += [f"{key.replace('_', ' ')} {card[key]}" for key in ("dataset", "image_size", "trained_steps")
-              if card.get(key) is not None]
+    facts += [
+        f"{key.replace('_', ' ')} {card[key]}"
+        for key in ("dataset", "image_size", "trained_steps")
+        if card.get(key) is not None
+    ]
     if card.get("train_seconds"):
         facts.append(f"{card['train_seconds'] / 60:.0f} min of CPU training")
     lines = [", ".join(facts)]
@@ -74,16 +81,25 @@ def card_text(name: str, family: str, card: dict[str, Any]) -> str:
     if metrics.get("sample_seconds") and metrics.get("num_samples"):
         measured.append(f"{metrics['sample_seconds'] / metrics['num_samples']:.3g} s per image")
     if measured:
-        lines.append("Measured when shipped" + (f" ({metrics['num_samples']} samples)" if metrics.get("num_samples")
-                                                 else "") + ": " + ", ".join(measured))
+        lines.append(
+            "Measured when shipped"
+            + (f" ({metrics['num_samples']} samples)" if metrics.get("num_samples") else "")
+            + ": "
+            + ", ".join(measured)
+        )
     row = board_row(name)
     if row:
-        board = [f"FID {row['fid']:.1f}" if row.get("fid") is not None else "",
-                 f"worst class {row['worst_class']} at {row['min_class_accuracy']:.0%}"
-                 if row.get("worst_class") is not None and row.get("min_class_accuracy") is not None else "",
-                 f"{row['s_per_image']:.3g} s per image" if row.get("s_per_image") else ""]
-        lines.append(f"Quality board (n={row.get('n')}, {row.get('threads', '?')} thread): "
-                     + ", ".join(item for item in board if item))
+        board = [
+            f"FID {row['fid']:.1f}" if row.get("fid") is not None else "",
+            f"worst class {row['worst_class']} at {row['min_class_accuracy']:.0%}"
+            if row.get("worst_class") is not None and row.get("min_class_accuracy") is not None
+            else "",
+            f"{row['s_per_image']:.3g} s per image" if row.get("s_per_image") else "",
+        ]
+        lines.append(
+            f"Quality board (n={row.get('n')}, {row.get('threads', '?')} thread): "
+            + ", ".join(item for item in board if item)
+        )
     sampling = metrics.get("sampling")
     if sampling:
         settings = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in sorted(sampling.items()))

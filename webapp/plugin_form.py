@@ -86,8 +86,15 @@ def plugin_panels() -> list[PluginPanel]:
             kind = {bool: "bool", int: "int", float: "float"}.get(hints[f.name], "text")
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             doc = str(f.metadata.get("help", "")).replace("``", "`")
-            items.append(PluginField(f.name, kind, default if kind != "text" else spec_text(default), doc,
-                                     APP_PLUGIN_DEFAULTS.get(name, {}).get(f.name)))
+            items.append(
+                PluginField(
+                    f.name,
+                    kind,
+                    default if kind != "text" else spec_text(default),
+                    doc,
+                    APP_PLUGIN_DEFAULTS.get(name, {}).get(f.name),
+                )
+            )
         panels.append(PluginPanel(name, module_doc.strip().splitlines()[0], tuple(items)))
     return panels
 

@@ -48,8 +48,14 @@ def output_folder(model: str, seed: int) -> str:
     return f"samples/{stem}-seed{seed}"
 
 
-def reproduce(model: str, call_kwargs: dict[str, Any], plugins: Sequence[str], demo: bool = False,
-              upscale: int = 1, upscale_filter: str = "nearest") -> Reproduction:
+def reproduce(
+    model: str,
+    call_kwargs: dict[str, Any],
+    plugins: Sequence[str],
+    demo: bool = False,
+    upscale: int = 1,
+    upscale_filter: str = "nearest",
+) -> Reproduction:
     """The command line and Python code that redraw a generation of ``model`` called with ``call_kwargs``
     (the exact pipeline arguments: ``num_images``, ``seed``, ``class_labels``...) and ``plugins`` (specs)."""
     num_images, seed = int(call_kwargs["num_images"]), int(call_kwargs["seed"])
@@ -57,15 +63,29 @@ def reproduce(model: str, call_kwargs: dict[str, Any], plugins: Sequence[str], d
     if demo:
         notes.append("the demo model is built in memory by the app and has no checkpoint to load")
     if upscale > 1:
-        notes.append(f"the command line writes images as generated; the app's downloads are {upscale}x larger "
-                     f"({upscale_filter}), as the Python code does")
-    return Reproduction("" if demo else _cli(model, call_kwargs, plugins, num_images, seed),
-                        _python(model, call_kwargs, plugins, upscale, upscale_filter), "; ".join(notes))
+        notes.append(
+            f"the command line writes images as generated; the app's downloads are {upscale}x larger "
+            f"({upscale_filter}), as the Python code does"
+        )
+    return Reproduction(
+        "" if demo else _cli(model, call_kwargs, plugins, num_images, seed),
+        _python(model, call_kwargs, plugins, upscale, upscale_filter),
+        "; ".join(notes),
+    )
 
 
 def _cli(model: str, call_kwargs: dict[str, Any], plugins: Sequence[str], num_images: int, seed: int) -> str:
-    words = ["studio", "sample", model, "--num-images", str(num_images), "--batch-size", str(num_images),
-             "--seed", str(seed)]
+    words = [
+        "studio",
+        "sample",
+        model,
+        "--num-images",
+        str(num_images),
+        "--batch-size",
+        str(num_images),
+        "--seed",
+        str(seed),
+    ]
     labels = call_kwargs.get("class_labels")
     if labels is not None:
         words += ["--class-labels", ",".join(str(int(label)) for label in _as_list(labels))]
@@ -78,8 +98,9 @@ def _cli(model: str, call_kwargs: dict[str, Any], plugins: Sequence[str], num_im
     return " ".join(shlex.quote(word) for word in words)
 
 
-def _python(model: str, call_kwargs: dict[str, Any], plugins: Sequence[str], upscale: int,
-            upscale_filter: str) -> str:
+def _python(
+    model: str, call_kwargs: dict[str, Any], plugins: Sequence[str], upscale: int, upscale_filter: str
+) -> str:
     arguments = ", ".join(f"{name}={_literal(value)}" for name, value in call_kwargs.items())
     lines = ["from studio.hub import load_pipeline", "from studio.pipelines.record import save_png"]
     if plugins:
@@ -91,8 +112,12 @@ def _python(model: str, call_kwargs: dict[str, Any], plugins: Sequence[str], ups
     lines += [f"output = pipe({arguments})", "for i, image in enumerate(output.images):"]
     if upscale > 1:
         resample = "Image.Resampling." + upscale_filter.upper()
-        lines.append(f"    image = image.resize((image.width * {upscale}, image.height * {upscale}), {resample})")
-    lines += ["    save_png(image, f\"{i:02d}.png\", output.record.for_image(i))  # the PNG carries its settings"]
+        lines.append(
+            f"    image = image.resize((image.width * {upscale}, image.height * {upscale}), {resample})"
+        )
+    lines += [
+        '    save_png(image, f"{i:02d}.png", output.record.for_image(i))  # the PNG carries its settings'
+    ]
     return "\n".join(lines) + "\n"
 
 

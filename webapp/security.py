@@ -100,8 +100,10 @@ class AccessPolicy:
     @classmethod
     def create(cls, upload_dirs: Sequence[str | Path], model_dirs: Sequence[str | Path] = ()) -> AccessPolicy:
         """A policy over real, absolute paths (symbolic links resolved, so a link cannot lead outside)."""
-        return cls(tuple(Path(os.path.realpath(d)) for d in upload_dirs),
-                   tuple(Path(os.path.realpath(d)) for d in model_dirs))
+        return cls(
+            tuple(Path(os.path.realpath(d)) for d in upload_dirs),
+            tuple(Path(os.path.realpath(d)) for d in model_dirs),
+        )
 
     def upload(self, path: str | Path, what: str) -> Path:
         """``path`` if it is an existing file inside an upload folder; else `AccessDenied`, one message
@@ -121,8 +123,10 @@ class AccessPolicy:
         if _inside(real, allowed) and real.is_dir():
             return real
         known = ", ".join(sorted(listed)) or "none"
-        raise AccessDenied(f"unknown model {name!r}: choose a listed model (known: {known}); checkpoint folders "
-                           "load only from the runs folder or a folder the app was started with --allow-path")
+        raise AccessDenied(
+            f"unknown model {name!r}: choose a listed model (known: {known}); checkpoint folders "
+            "load only from the runs folder or a folder the app was started with --allow-path"
+        )
 
 
 def folder_mb(folder: Path) -> float:

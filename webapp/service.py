@@ -72,9 +72,14 @@ class StudioService:
     :param limits: bounds on images, steps and training runs, and on the outputs folder.
     """
 
-    def __init__(self, outputs_dir: Path | str = Path("outputs") / "app", device: str | None = None,
-                 history_size: int = HISTORY_SIZE, access: AccessPolicy | None = None,
-                 limits: AppLimits = LIMITS):
+    def __init__(
+        self,
+        outputs_dir: Path | str = Path("outputs") / "app",
+        device: str | None = None,
+        history_size: int = HISTORY_SIZE,
+        access: AccessPolicy | None = None,
+        limits: AppLimits = LIMITS,
+    ):
         self.outputs_dir = Path(outputs_dir)
         self.access = access or AccessPolicy.create(())
         self.limits = limits
@@ -95,8 +100,9 @@ class StudioService:
             return self.models.get(name)[1]
 
     # ------------------------------------------------------------------ generation
-    def generate(self, request: GenerateRequest, measure_speedup: bool = False,
-                 progress: ProgressFn | None = None) -> GenerateResult:
+    def generate(
+        self, request: GenerateRequest, measure_speedup: bool = False, progress: ProgressFn | None = None
+    ) -> GenerateResult:
         """Run ``request``, write its PNGs and add it to the history.
 
         With ``measure_speedup`` and plugins, the same request then runs without plugins and the
@@ -113,18 +119,34 @@ class StudioService:
             if measure:
                 self._warm_up(pipe, info, request)
             kwargs = request.call_kwargs(info.parameters)
-            output, seconds = self._run(pipe, info, kwargs, request.num_inference_steps, configs, progress,
-                                        "generating")
-            batch = self._save(list(output.images), output.record, seconds, folder, request.model,
-                               request.upscale, request.upscale_filter, info.class_titles)
+            output, seconds = self._run(
+                pipe, info, kwargs, request.num_inference_steps, configs, progress, "generating"
+            )
+            batch = self._save(
+                list(output.images),
+                output.record,
+                seconds,
+                folder,
+                request.model,
+                request.upscale,
+                request.upscale_filter,
+                info.class_titles,
+            )
             baseline = None
             if measure:
-                baseline = self._run(pipe, info, kwargs, request.num_inference_steps, [], progress,
-                                     "baseline without plugins")[1]
+                baseline = self._run(
+                    pipe, info, kwargs, request.num_inference_steps, [], progress, "baseline without plugins"
+                )[1]
             self._prune(folder)
         entry = self.history.add(request, batch.paths, seconds)
-        how = reproduce(request.model, kwargs, request.plugins, demo=request.model == DEMO_MODEL,
-                        upscale=request.upscale, upscale_filter=request.upscale_filter)
+        how = reproduce(
+            request.model,
+            kwargs,
+            request.plugins,
+            demo=request.model == DEMO_MODEL,
+            upscale=request.upscale,
+            upscale_filter=request.upscale_filter,
+        )
         return GenerateResult(request, batch, entry.id, baseline, how)
 
     def compare(self, request: GenerateRequest, progress: ProgressFn | None = None) -> CompareResult:
@@ -142,12 +164,26 @@ class StudioService:
             kwargs, steps = request.call_kwargs(info.parameters), request.num_inference_steps
             fast, fast_s = self._run(pipe, info, kwargs, steps, configs, progress, "with plugins")
             base, base_s = self._run(pipe, info, kwargs, steps, [], progress, "without plugins")
-            accelerated = self._save(list(fast.images), fast.record, fast_s, folder / "plugins", request.model,
-                                     titles=info.class_titles)
-            baseline = self._save(list(base.images), base.record, base_s, folder / "baseline", request.model,
-                                  titles=info.class_titles)
+            accelerated = self._save(
+                list(fast.images),
+                fast.record,
+                fast_s,
+                folder / "plugins",
+                request.model,
+                titles=info.class_titles,
+            )
+            baseline = self._save(
+                list(base.images),
+                base.record,
+                base_s,
+                folder / "baseline",
+                request.model,
+                titles=info.class_titles,
+            )
             self._prune(folder)
-        diff = float(np.mean([np.abs(_as_unit(a) - _as_unit(b)).mean() for a, b in zip(fast.images, base.images)]))
+        diff = float(
+            np.mean([np.abs(_as_unit(a) - _as_unit(b)).mean() for a, b in zip(fast.images, base.images)])
+        )
         return CompareResult(request, baseline, accelerated, diff)
 
     def control(self, request: ControlRequest, progress: ProgressFn | None = None) -> ControlResult:
@@ -159,15 +195,25 @@ class StudioService:
             self._stop.clear()
             pipe, info = self.models.get(request.model)
             if not info.takes("control_image"):
-                raise StudioError(f"{request.model} is a {info.family or 'non-ControlNet'} model; the Control tab "
-                                  "needs a ControlNet checkpoint (family controlnet)")
+                raise StudioError(
+                    f"{request.model} is a {info.family or 'non-ControlNet'} model; the Control tab "
+                    "needs a ControlNet checkpoint (family controlnet)"
+                )
             request = self._resolve(request, info)
             self._check(request, info)
             folder = self._new_folder("control")
-            output, seconds = self._run(pipe, info, request.call_kwargs(picture, info.parameters),
-                                        request.num_inference_steps, [], progress, "generating")
-            batch = self._save(list(output.images), output.record, seconds, folder, request.model,
-                               titles=info.class_titles)
+            output, seconds = self._run(
+                pipe,
+                info,
+                request.call_kwargs(picture, info.parameters),
+                request.num_inference_steps,
+                [],
+                progress,
+                "generating",
+            )
+            batch = self._save(
+                list(output.images), output.record, seconds, folder, request.model, titles=info.class_titles
+            )
             condition = folder / "condition.png"
             to_pil(np.asarray(output.conditions[0], dtype=np.float32)).save(condition)
             self._prune(folder)
@@ -188,7 +234,9 @@ class StudioService:
         try:
             record = read_record(str(path))
         except (OSError, ValueError, SyntaxError) as exc:
-            raise StudioError(f"{Path(path).name} is not a PNG with a studio generation record ({exc})") from None
+            raise StudioError(
+                f"{Path(path).name} is not a PNG with a studio generation record ({exc})"
+            ) from None
         return request_from_record(record)
 
     # ------------------------------------------------------------------ internals
@@ -207,28 +255,46 @@ class StudioService:
         self.limits.check_generation(request.num_images, steps)
         if not isinstance(request, GenerateRequest):
             return
-        if not 1 <= request.upscale <= self.limits.max_upscale or request.upscale_filter not in UPSCALE_FILTERS:
-            raise StudioError(f"upscale must be 1 to {self.limits.max_upscale} with a filter of "
-                              f"{', '.join(UPSCALE_FILTERS)}, got {request.upscale} {request.upscale_filter!r}")
+        if (
+            not 1 <= request.upscale <= self.limits.max_upscale
+            or request.upscale_filter not in UPSCALE_FILTERS
+        ):
+            raise StudioError(
+                f"upscale must be 1 to {self.limits.max_upscale} with a filter of "
+                f"{', '.join(UPSCALE_FILTERS)}, got {request.upscale} {request.upscale_filter!r}"
+            )
         if info.takes("control_image"):
-            raise StudioError(f"{request.model} is a ControlNet model: it follows a control picture, so use the "
-                              "Control tab")
+            raise StudioError(
+                f"{request.model} is a ControlNet model: it follows a control picture, so use the Control tab"
+            )
         sampler = request.scheduler or info.default_scheduler
         for spec in request.plugins:
             name = spec.partition(":")[0].strip().lower()
             if name in DETERMINISTIC_SAMPLER_PLUGINS and sampler and is_stochastic_sampler(sampler):
-                raise StudioError(f"{name} reuses features from earlier steps, which holds only for deterministic "
-                                  f"samplers; {sampler} adds fresh noise every step and the images become noise: "
-                                  "choose ddim or dpm++ as the sampler, or switch it off")
+                raise StudioError(
+                    f"{name} reuses features from earlier steps, which holds only for deterministic "
+                    f"samplers; {sampler} adds fresh noise every step and the images become noise: "
+                    "choose ddim or dpm++ as the sampler, or switch it off"
+                )
 
     def _prune(self, newest: Path) -> None:
         """Keep the outputs folder within its limits, oldest generations first; ``newest`` stays, and
         the history forgets the generations whose images were deleted."""
-        if prune_outputs(self.outputs_dir, self.limits.max_output_mb, self.limits.max_output_runs, keep=[newest]):
+        if prune_outputs(
+            self.outputs_dir, self.limits.max_output_mb, self.limits.max_output_runs, keep=[newest]
+        ):
             self.history.drop_missing()
 
-    def _run(self, pipe: Any, info: ModelInfo, kwargs: dict[str, Any], steps: int, configs: list[Any],
-             progress: ProgressFn | None, phase: str) -> tuple[Any, float]:
+    def _run(
+        self,
+        pipe: Any,
+        info: ModelInfo,
+        kwargs: dict[str, Any],
+        steps: int,
+        configs: list[Any],
+        progress: ProgressFn | None,
+        phase: str,
+    ) -> tuple[Any, float]:
         """One pipeline call with ``configs`` applied for its duration: its output and wall time."""
         kwargs = dict(kwargs)
         if info.takes("callback_on_step_end"):
@@ -254,8 +320,15 @@ class StudioService:
         kernel setup): measured 6.5 s against 0.7 s for the same call later, which would make
         whichever run goes first look slow.
         """
-        self._run(pipe, info, dataclasses.replace(request, num_images=1, num_inference_steps=1).call_kwargs(info.parameters),
-                  1, [], None, "warm-up")
+        self._run(
+            pipe,
+            info,
+            dataclasses.replace(request, num_images=1, num_inference_steps=1).call_kwargs(info.parameters),
+            1,
+            [],
+            None,
+            "warm-up",
+        )
 
     def _step_callback(self, total: int, progress: ProgressFn | None, phase: str) -> Callable:
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
@@ -277,8 +350,16 @@ class StudioService:
                 return folder
 
     @staticmethod
-    def _save(images: list[Any], record: GenerationRecord, seconds: float, folder: Path, model: str,
-              upscale: int = 1, upscale_filter: str = "nearest", titles: tuple[str, ...] = ()) -> Batch:
+    def _save(
+        images: list[Any],
+        record: GenerationRecord,
+        seconds: float,
+        folder: Path,
+        model: str,
+        upscale: int = 1,
+        upscale_filter: str = "nearest",
+        titles: tuple[str, ...] = (),
+    ) -> Batch:
         """Write each image as ``NN-<model>-class<C>-seed<S>.png`` (names that stay apart once downloaded)
         with its own record (its seed and class), ``upscale`` times larger when asked."""
         folder.mkdir(parents=True, exist_ok=True)
@@ -290,7 +371,9 @@ class StudioService:
             path = folder / f"{index:02d}-{stem}{label}-seed{image_record.seeds[0]}.png"
             if upscale > 1:
                 image = image if isinstance(image, PIL.Image.Image) else to_pil(np.asarray(image))
-                image = image.resize((image.width * upscale, image.height * upscale), UPSCALE_FILTERS[upscale_filter])
+                image = image.resize(
+                    (image.width * upscale, image.height * upscale), UPSCALE_FILTERS[upscale_filter]
+                )
                 image_record.extra["upscale"] = f"{upscale}x {upscale_filter}"
             save_png(image, str(path), image_record)
             paths.append(path)

@@ -29,7 +29,9 @@ def training_presets() -> dict[str, list[str]]:
     """Generative family -> its tiny presets (``training/configs/<family>-*tiny*.yaml``)."""
     from training.config import available_presets
 
-    presets = {family: [p for p in names if TRAIN_PRESET_MARK in p] for family, names in available_presets().items()}
+    presets = {
+        family: [p for p in names if TRAIN_PRESET_MARK in p] for family, names in available_presets().items()
+    }
     return {family: names for family, names in presets.items() if names and is_generative(family)}
 
 
@@ -40,8 +42,14 @@ def resumable_runs(family: str, preset: str) -> list[str]:
     if not root.is_dir():
         return []
     pattern = re.compile(rf"{re.escape(family)}-{re.escape(preset)}-\d{{8}}-\d{{6}}(-\d+)?")
-    return sorted((run.name for run in root.iterdir()
-                   if pattern.fullmatch(run.name) and any((run / "checkpoints").glob("checkpoint-*"))), reverse=True)
+    return sorted(
+        (
+            run.name
+            for run in root.iterdir()
+            if pattern.fullmatch(run.name) and any((run / "checkpoints").glob("checkpoint-*"))
+        ),
+        reverse=True,
+    )
 
 
 @dataclass
@@ -91,8 +99,9 @@ class TrainingRunner:
         self._thread: threading.Thread | None = None
         self._run_dir: Path | None = None
 
-    def start(self, family: str, preset: str, max_steps: int, overrides: Sequence[str] = (),
-              resume: str = "") -> TrainStatus:
+    def start(
+        self, family: str, preset: str, max_steps: int, overrides: Sequence[str] = (), resume: str = ""
+    ) -> TrainStatus:
         """Start a run (or continue the run named ``resume`` up to ``max_steps``); `StudioError` if one is
         going, the family or preset is not offered, ``resume`` is not one of `resumable_runs`, or the
         config exceeds the limits. ``overrides`` are for code that calls the runner, not for the app's callers.
@@ -101,31 +110,54 @@ class TrainingRunner:
         from training.family import get_family
 
         if self._thread is not None and self._thread.is_alive():
-            raise StudioError(f"training run {self._status.run} is still going: stop it or wait for it to end")
+            raise StudioError(
+                f"training run {self._status.run} is still going: stop it or wait for it to end"
+            )
         offered = training_presets()
         if family not in offered:
-            raise StudioError(f"the app does not train family {family!r} (offered: {', '.join(sorted(offered))})")
+            raise StudioError(
+                f"the app does not train family {family!r} (offered: {', '.join(sorted(offered))})"
+            )
         if preset not in offered[family]:
-            raise StudioError(f"unknown preset {preset!r} for family {family!r} (offered: {', '.join(offered[family])})")
+            raise StudioError(
+                f"unknown preset {preset!r} for family {family!r} (offered: {', '.join(offered[family])})"
+            )
         max_steps = int(max_steps)
         if resume:
             if resume not in resumable_runs(family, preset):
-                raise StudioError(f"{resume!r} is not a {family} {preset} run of this app with a checkpoint "
-                                  f"(resumable: {', '.join(resumable_runs(family, preset)) or 'none'})")
+                raise StudioError(
+                    f"{resume!r} is not a {family} {preset} run of this app with a checkpoint "
+                    f"(resumable: {', '.join(resumable_runs(family, preset)) or 'none'})"
+                )
             run_dir = runs_dir() / resume
         else:
             run_dir = self._new_run_dir(f"{family}-{preset}")
-        settings = [f"max_steps={max_steps}", f"sample_every={max(1, max_steps // 4)}", f"checkpointing_steps={max_steps}"]
+        settings = [
+            f"max_steps={max_steps}",
+            f"sample_every={max(1, max_steps // 4)}",
+            f"checkpointing_steps={max_steps}",
+        ]
         where = [f"output_dir={run_dir}", "resume_from_checkpoint=" + ("latest" if resume else "''")]
-        config = load_config(family, get_family(family).config_class, preset, settings + list(overrides) + where)
+        config = load_config(
+            family, get_family(family).config_class, preset, settings + list(overrides) + where
+        )
         self.limits.check_training(config)
         self._stop.clear()
         self._run_dir = run_dir
         with self._lock:
-            self._status = TrainStatus("running", run_dir.name, family, preset, 0, max_steps,
-                                       message=f"training {family} ({preset}) for {max_steps} steps")
+            self._status = TrainStatus(
+                "running",
+                run_dir.name,
+                family,
+                preset,
+                0,
+                max_steps,
+                message=f"training {family} ({preset}) for {max_steps} steps",
+            )
         command = f"app: train {family} --preset {preset} " + " ".join(settings + list(overrides))
-        self._thread = threading.Thread(target=self._train, args=(config, command), name="studio-train", daemon=True)
+        self._thread = threading.Thread(
+            target=self._train, args=(config, command), name="studio-train", daemon=True
+        )
         self._thread.start()
         return self.status()
 
@@ -173,8 +205,11 @@ class TrainingRunner:
             status.state = "stopped" if result.step < status.max_steps else "finished"
             status.step = result.step
             status.checkpoint = str(result.pipeline_dir) if result.pipeline_dir.is_dir() else None
-            status.message = (f"{status.state} at step {result.step}: checkpoint {status.run} is in the model list"
-                              if status.checkpoint else f"{status.state} at step {result.step} (no checkpoint)")
+            status.message = (
+                f"{status.state} at step {result.step}: checkpoint {status.run} is in the model list"
+                if status.checkpoint
+                else f"{status.state} at step {result.step} (no checkpoint)"
+            )
 
     @staticmethod
     def _new_run_dir(stem: str) -> Path:

@@ -158,7 +158,9 @@ def load_shapes(config: DataConfig) -> RawImages:
             foreground = rng.integers(0, 256, size=3)
         images[i] = np.where(mask[..., None], foreground, background).astype(np.uint8)
         interior = mask.copy()
-        interior[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+        interior[1:-1, 1:-1] = (
+            mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+        )
         interior[[0, -1], :] = False
         interior[:, [0, -1]] = False
         masks[i] = mask * 255

@@ -1,7 +1,7 @@
 """``studio data``: the built-in datasets, their cards, split sizes and class names, and a sample grid.
 
-    studio data list
-    studio data show animals --grid animals.png
+studio data list
+studio data show animals --grid animals.png
 """
 
 from __future__ import annotations
@@ -20,14 +20,20 @@ GRID_PER_CLASS = 8
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``data`` subcommand (``list`` and ``show``) to an argparse subparsers object."""
-    parser = subparsers.add_parser("data", help="list the built-in datasets, or show one's card, splits and classes")
+    parser = subparsers.add_parser(
+        "data", help="list the built-in datasets, or show one's card, splits and classes"
+    )
     actions = parser.add_subparsers(dest="data_command", required=True)
     listing = actions.add_parser("list", help="the built-in datasets with their source and licence")
     listing.set_defaults(func=run_list)
     show = actions.add_parser("show", help="a dataset's card, images per split and per class, and a grid")
     show.add_argument("name", help="a built-in dataset (see `studio data list`)")
-    show.add_argument("--grid", type=Path, default=None,
-                      help=f"write a PNG with {GRID_PER_CLASS} train images of each class, one row per class")
+    show.add_argument(
+        "--grid",
+        type=Path,
+        default=None,
+        help=f"write a PNG with {GRID_PER_CLASS} train images of each class, one row per class",
+    )
     show.set_defaults(func=run_show)
     return parser
 
@@ -61,14 +67,18 @@ def run_show(args: argparse.Namespace) -> int:
     config = DataConfig(name=card.name)
     splits = {split: build_dataset(config, split) for split in ("train", "val")}
     info = splits["train"].info
-    counts = {split: np.bincount(data.labels.numpy(), minlength=info.num_classes) for split, data in splits.items()}
+    counts = {
+        split: np.bincount(data.labels.numpy(), minlength=info.num_classes) for split, data in splits.items()
+    }
     print(f"{card.name}: {card.title}")
     print(f"source:   {card.source}")
     print(f"licence:  {card.licence}")
     print(f"citation: {card.citation}")
     print(f"split:    {card.split}")
-    print(f"images:   train {len(splits['train'])}, val {len(splits['val'])}; {info.image_size} x {info.image_size}, "
-          f"{info.channels} channel{'s' if info.channels > 1 else ''}")
+    print(
+        f"images:   train {len(splits['train'])}, val {len(splits['val'])}; {info.image_size} x {info.image_size}, "
+        f"{info.channels} channel{'s' if info.channels > 1 else ''}"
+    )
     if card.domain:
         print(f"judge:    studio/weights/{card.domain}-classifier (class accuracy, domain FD)")
     print(f"classes:  {info.num_classes}")

@@ -23,10 +23,14 @@ CANNY_THRESHOLDS = (0.1, 0.2)
 
 
 def _grey_batch(images: np.ndarray | torch.Tensor) -> np.ndarray:
-    array = images.detach().cpu().float().numpy() if torch.is_tensor(images) else np.asarray(images, np.float32)
+    array = (
+        images.detach().cpu().float().numpy() if torch.is_tensor(images) else np.asarray(images, np.float32)
+    )
     if array.ndim == 4:
         if array.shape[1] != 1:
-            raise StudioError(f"condition maps take one-channel images (N, 1, H, W), got {array.shape[1]} channels")
+            raise StudioError(
+                f"condition maps take one-channel images (N, 1, H, W), got {array.shape[1]} channels"
+            )
         array = array[:, 0]
     if array.ndim != 3:
         raise StudioError(f"condition maps take images (N, H, W) or (N, 1, H, W), got shape {array.shape}")

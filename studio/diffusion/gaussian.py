@@ -30,7 +30,9 @@ COSINE_OFFSET = 0.008  # s in f(t) = cos²(((t/T) + s)/(1 + s)·π/2)
 MAX_BETA = 0.999
 
 
-def make_betas(schedule: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+def make_betas(
+    schedule: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> np.ndarray:
     """β_1..β_T in float64: ``linear`` (from beta_start to beta_end) or ``squaredcos_cap_v2`` (cosine).
 
     The names and the linear endpoints follow diffusers' scheduler config (beta_start/beta_end),
@@ -41,6 +43,7 @@ def make_betas(schedule: str, num_timesteps: int, beta_start: float = 1e-4, beta
     if schedule == "linear":
         return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
     if schedule == "squaredcos_cap_v2":
+
         def f(t: np.ndarray) -> np.ndarray:
             return np.cos((t / num_timesteps + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2) ** 2
 
@@ -59,17 +62,22 @@ def space_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
     return sorted({round(i * stride) for i in range(num_steps)})
 
 
-def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+def normal_kl(
+    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
-                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
 
 
 def _standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor
+) -> torch.Tensor:
     """log-probability (nats, elementwise) of 8-bit images ``x`` in [-1, 1] under a Gaussian
     discretised into 256 bins of width 2/255; the edge bins take the tails (IDDPM decoder)."""
     centered = x - means
@@ -103,8 +111,13 @@ class GaussianDiffusion:
     :param original_num_timesteps: T of the training diffusion (rescales the VLB term).
     """
 
-    def __init__(self, *, betas: np.ndarray, timestep_map: np.ndarray | None = None,
-                 original_num_timesteps: int | None = None):
+    def __init__(
+        self,
+        *,
+        betas: np.ndarray,
+        timestep_map: np.ndarray | None = None,
+        original_num_timesteps: int | None = None,
+    ):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ConfigError("betas must be a 1-d array in (0, 1]")
@@ -124,14 +137,20 @@ class GaussianDiffusion:
         first = self.posterior_variance[1] if len(betas) > 1 else betas[0]
         self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (
+            (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        )
 
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_scheduler_config(cls, config: Any) -> GaussianDiffusion:
         """The diffusion a diffusers scheduler config describes (T, beta_schedule, beta_start/end)."""
-        betas = make_betas(config["beta_schedule"], int(config["num_train_timesteps"]),
-                           float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02)))
+        betas = make_betas(
+            config["beta_schedule"],
+            int(config["num_train_timesteps"]),
+            float(config.get("beta_start", 1e-4)),
+            float(config.get("beta_end", 0.02)),
+        )
         return cls(betas=betas)
 
     def respaced(self, num_steps: int) -> GaussianDiffusion:
@@ -139,8 +158,11 @@ class GaussianDiffusion:
         kept = space_timesteps(self.num_timesteps, num_steps)
         cumprod = self.alphas_cumprod[kept]
         betas = 1.0 - cumprod / np.append(1.0, cumprod[:-1])
-        return GaussianDiffusion(betas=betas, timestep_map=self.timestep_map[kept],
-                                 original_num_timesteps=self.original_num_timesteps)
+        return GaussianDiffusion(
+            betas=betas,
+            timestep_map=self.timestep_map[kept],
+            original_num_timesteps=self.original_num_timesteps,
+        )
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
@@ -156,16 +178,24 @@ class GaussianDiffusion:
     # ---------------------------------------------------------------- forward process
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε."""
-        return (self._extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
-                + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise)
+        return (
+            self._extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
+            + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
+        )
 
-    def q_posterior_mean_variance(self, x_start: torch.Tensor, x_t: torch.Tensor,
-                                  t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def q_posterior_mean_variance(
+        self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance β̃_t and clipped log variance of q(x_{t-1} | x_t, x_0)."""
-        mean = (self._extract(self.posterior_mean_coef1, t, x_t) * x_start
-                + self._extract(self.posterior_mean_coef2, t, x_t) * x_t)
-        return (mean, self._extract(self.posterior_variance, t, x_t),
-                self._extract(self.posterior_log_variance_clipped, t, x_t))
+        mean = (
+            self._extract(self.posterior_mean_coef1, t, x_t) * x_start
+            + self._extract(self.posterior_mean_coef2, t, x_t) * x_t
+        )
+        return (
+            mean,
+            self._extract(self.posterior_variance, t, x_t),
+            self._extract(self.posterior_log_variance_clipped, t, x_t),
+        )
 
     # ---------------------------------------------------------------- reverse process
     def model_log_variance(self, v: torch.Tensor | None, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -178,15 +208,21 @@ class GaussianDiffusion:
         return frac * max_log + (1 - frac) * min_log
 
     def predict_xstart_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-                - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+        return (
+            self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        )
 
-    def predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, x_start: torch.Tensor) -> torch.Tensor:
-        return ((self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x_start)
-                / self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t))
+    def predict_eps_from_xstart(
+        self, x_t: torch.Tensor, t: torch.Tensor, x_start: torch.Tensor
+    ) -> torch.Tensor:
+        return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x_start) / self._extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t
+        )
 
-    def p_mean_variance(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                        clip_denoised: bool = True) -> dict[str, torch.Tensor]:
+    def p_mean_variance(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip_denoised: bool = True
+    ) -> dict[str, torch.Tensor]:
         """Mean, variance, log variance, ε and x̂_0 of p_θ(x_{t-1} | x_t) from the raw model output."""
         channels = x_t.shape[1]
         eps = model_output[:, :channels]
@@ -196,22 +232,36 @@ class GaussianDiffusion:
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
-        return {"mean": mean, "variance": torch.exp(log_variance), "log_variance": log_variance,
-                "eps": eps, "pred_xstart": pred_xstart}
+        return {
+            "mean": mean,
+            "variance": torch.exp(log_variance),
+            "log_variance": log_variance,
+            "eps": eps,
+            "pred_xstart": pred_xstart,
+        }
 
     # ---------------------------------------------------------------- losses
-    def vb_terms_bpd(self, model_output: torch.Tensor, x_start: torch.Tensor, x_t: torch.Tensor,
-                     t: torch.Tensor) -> torch.Tensor:
+    def vb_terms_bpd(
+        self, model_output: torch.Tensor, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
         """Per-example VLB term in bits per dim: KL(q(x_{t-1}|x_t,x_0) || p_θ) for t > 0, the
         discretised decoder NLL −log p_θ(x_0 | x_1) at t = 0."""
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
         out = self.p_mean_variance(model_output, x_t, t, clip_denoised=False)
-        kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / math.log(2.0)
+        kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / math.log(
+            2.0
+        )
         nll = -discretized_gaussian_log_likelihood(x_start, out["mean"], 0.5 * out["log_variance"])
         return torch.where(t == 0, mean_flat(nll) / math.log(2.0), kl)
 
-    def training_losses(self, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_start: torch.Tensor,
-                        t: torch.Tensor, noise: torch.Tensor, vlb_weight: float = 0.001) -> dict[str, torch.Tensor]:
+    def training_losses(
+        self,
+        model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        x_start: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        vlb_weight: float = 0.001,
+    ) -> dict[str, torch.Tensor]:
         """The hybrid loss L_simple + λ·L_vlb per example (IDDPM), as a dict of terms.
 
         ``mse`` trains ε; ``vb`` trains only v: it is computed from a detached ε (as guided-diffusion), so
@@ -233,8 +283,15 @@ class GaussianDiffusion:
         return terms
 
     # ---------------------------------------------------------------- samplers
-    def p_sample(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                 gradient: torch.Tensor | None = None, scale: float = 0.0) -> StepOutput:
+    def p_sample(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        gradient: torch.Tensor | None = None,
+        scale: float = 0.0,
+    ) -> StepOutput:
         """Ancestral step x_t -> x_{t-1} (step indices ``t``); with ``gradient`` g = ∇ log p(y|x_t)
         the mean becomes μ + s·Σ·g (ADM ``condition_mean``). No noise is added at t = 0."""
         out = self.p_mean_variance(model_output, x_t, t)
@@ -257,8 +314,16 @@ class GaussianDiffusion:
         direction = np.sqrt(np.clip(1 - alpha_bar_prev - sigma**2, 0.0, None))
         return sigma, direction
 
-    def ddim_sample(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None,
-                    eta: float = 0.0, gradient: torch.Tensor | None = None, scale: float = 0.0) -> StepOutput:
+    def ddim_sample(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor | None,
+        eta: float = 0.0,
+        gradient: torch.Tensor | None = None,
+        scale: float = 0.0,
+    ) -> StepOutput:
         """DDIM step x_t -> x_{t-1}; with ``gradient`` ε̂ = ε − sqrt(1 − ᾱ_t)·s·g (ADM ``condition_score``).
         ``eta`` 0 is deterministic (``noise`` may be None).
 
@@ -271,12 +336,16 @@ class GaussianDiffusion:
         pred_xstart = out["pred_xstart"]
         if gradient is not None:
             shift = self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * scale * gradient  # ε − ε̂
-            pred_xstart = (pred_xstart + self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * shift).clamp(-1, 1)
+            pred_xstart = (
+                pred_xstart + self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * shift
+            ).clamp(-1, 1)
         eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
         sigma, direction = self.ddim_coefficients(eta)
         sigma = self._extract(sigma, t, x_t)
-        sample = (pred_xstart * self._extract(np.sqrt(self.alphas_cumprod_prev), t, x_t)
-                  + self._extract(direction, t, x_t) * eps)
+        sample = (
+            pred_xstart * self._extract(np.sqrt(self.alphas_cumprod_prev), t, x_t)
+            + self._extract(direction, t, x_t) * eps
+        )
         if eta > 0:
             nonzero = (t != 0).to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))
             sample = sample + nonzero * sigma * noise

@@ -22,8 +22,9 @@ from studio.errors import ConfigError
 SAMPLER_KINDS = ("ddpm", "ddim")
 
 
-def classifier_gradient(classifier: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor,
-                        labels: torch.Tensor) -> torch.Tensor:
+def classifier_gradient(
+    classifier: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """∇_{x_t} Σ_i log p(y_i | x_t,i) for a noisy classifier returning ``.logits`` (N, K).
 
     Each image's gradient depends only on its own log-probability (the sum separates), so one
@@ -73,15 +74,23 @@ class ADMSampler:
     def scale_model_input(self, sample: torch.Tensor, timestep: torch.Tensor | int) -> torch.Tensor:
         return sample
 
-    def step(self, model_output: torch.Tensor, timestep: torch.Tensor | int, sample: torch.Tensor,
-             generator: list[torch.Generator] | torch.Generator | None = None,
-             gradient: torch.Tensor | None = None, scale: float = 0.0) -> StepOutput:
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: torch.Tensor | int,
+        sample: torch.Tensor,
+        generator: list[torch.Generator] | torch.Generator | None = None,
+        gradient: torch.Tensor | None = None,
+        scale: float = 0.0,
+    ) -> StepOutput:
         """x_t -> x_{t-1} at original index ``timestep``; ``gradient`` is ∇ log p(y | x_t), ``scale`` s."""
         if self.spaced is None:
             raise ConfigError("ADMSampler.step called before set_timesteps")
         index = self._index.get(int(timestep))
         if index is None:
-            raise ConfigError(f"timestep {int(timestep)} is not one of this sampler's {len(self._index)} steps")
+            raise ConfigError(
+                f"timestep {int(timestep)} is not one of this sampler's {len(self._index)} steps"
+            )
         t = torch.full((sample.shape[0],), index, dtype=torch.long, device=sample.device)
         if self.kind == "ddpm":
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)

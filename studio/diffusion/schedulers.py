@@ -58,14 +58,19 @@ def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     class_name = SCHEDULER_ALIASES.get(name.lower(), name)
     cls = getattr(diffusers, class_name, None)
     if cls is None or not class_name.endswith("Scheduler"):
-        raise ConfigError(f"unknown scheduler {name!r}; choose one of {', '.join(scheduler_names())} "
-                          "or a diffusers scheduler class name")
+        raise ConfigError(
+            f"unknown scheduler {name!r}; choose one of {', '.join(scheduler_names())} "
+            "or a diffusers scheduler class name"
+        )
     config = dict(base_config)
     if config.get("variance_type") in LEARNED_VARIANCES:
         config["variance_type"] = "fixed_small"
     accepted = inspect.signature(cls.__init__).parameters
-    if (config.get("beta_schedule") == "squaredcos_cap_v2" and "lambda_min_clipped" in accepted
-            and config.get("lambda_min_clipped", -math.inf) == -math.inf):
+    if (
+        config.get("beta_schedule") == "squaredcos_cap_v2"
+        and "lambda_min_clipped" in accepted
+        and config.get("lambda_min_clipped", -math.inf) == -math.inf
+    ):
         _override(config, lambda_min_clipped=COSINE_LAMBDA_MIN)
     if config.get("clip_sample") and "clip_sample" not in accepted and "thresholding" in accepted:
         # the model declares x0 in [-r, r]; the solvers' form of that clip is thresholding at r

@@ -38,8 +38,9 @@ def _reduce(terms: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     return 0.5 * flat.sum(1) if reduction is Reduction.HALF_SUM else flat.mean(1)
 
 
-def ncsn_loss(score_fn: LevelScoreFn, x0: torch.Tensor, sigmas: torch.Tensor, levels: torch.Tensor,
-              z: torch.Tensor) -> dict[str, torch.Tensor]:
+def ncsn_loss(
+    score_fn: LevelScoreFn, x0: torch.Tensor, sigmas: torch.Tensor, levels: torch.Tensor, z: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """NCSN's DSM loss with lambda(sigma_i) = sigma_i^2 (``anneal_power`` 2).
 
     x~ = x0 + sigma_i z, target -z / sigma_i; per example 1/2 sum (s(x~, i) - target)^2 sigma_i^2.
@@ -52,9 +53,15 @@ def ncsn_loss(score_fn: LevelScoreFn, x0: torch.Tensor, sigmas: torch.Tensor, le
     return {"loss": per_example.mean(), "per_example": per_example}
 
 
-def sde_loss(score_fn: ScoreFn, sde: SDE, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
-             weighting: Weighting = Weighting.STANDARD,
-             reduction: Reduction = Reduction.HALF_SUM) -> dict[str, torch.Tensor]:
+def sde_loss(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    z: torch.Tensor,
+    weighting: Weighting = Weighting.STANDARD,
+    reduction: Reduction = Reduction.HALF_SUM,
+) -> dict[str, torch.Tensor]:
     """Continuous DSM loss of a score SDE (score_sde ``get_sde_loss_fn``).
 
     x_t = mean(t) + std(t) z; standard weighting: reduce((s std + z)^2); likelihood weighting:

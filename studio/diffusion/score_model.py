@@ -48,8 +48,11 @@ class ScoreKind(str, Enum):
 
     @property
     def conditioning(self) -> NoiseConditioning:
-        return {ScoreKind.NCSN: NoiseConditioning.LEVEL, ScoreKind.VE: NoiseConditioning.LOG_SIGMA,
-                ScoreKind.VP: NoiseConditioning.TIME}[self]
+        return {
+            ScoreKind.NCSN: NoiseConditioning.LEVEL,
+            ScoreKind.VE: NoiseConditioning.LOG_SIGMA,
+            ScoreKind.VP: NoiseConditioning.TIME,
+        }[self]
 
 
 class VPSDEScheduler(SchedulerMixin, ConfigMixin):
@@ -66,8 +69,15 @@ class VPSDEScheduler(SchedulerMixin, ConfigMixin):
     order = 1
 
     @register_to_config
-    def __init__(self, num_train_timesteps: int = 1000, beta_min: float = 0.1, beta_max: float = 20.0,
-                 sampling_eps: float = 1e-3, snr: float = 0.16, correct_steps: int = 0):
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        sampling_eps: float = 1e-3,
+        snr: float = 0.16,
+        correct_steps: int = 0,
+    ):
         self.timesteps: torch.Tensor | None = None
 
     def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:
@@ -80,7 +90,9 @@ def score_kind(unet: UNet2DModel, scheduler: Any) -> ScoreKind:
     kind = {c.conditioning: c for c in ScoreKind}[conditioning_of(unet)]
     wanted = VPSDEScheduler if kind is ScoreKind.VP else ScoreSdeVeScheduler
     if not isinstance(scheduler, wanted):
-        raise ConfigError(f"a {kind.value} score network needs a {wanted.__name__}, got {type(scheduler).__name__}")
+        raise ConfigError(
+            f"a {kind.value} score network needs a {wanted.__name__}, got {type(scheduler).__name__}"
+        )
     return kind
 
 

@@ -109,8 +109,9 @@ class Corrector(ABC):
     def update(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def langevin_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float, alpha: torch.Tensor | float = 1.0
-                       ) -> torch.Tensor:
+def langevin_step_size(
+    score: torch.Tensor, noise: torch.Tensor, snr: float, alpha: torch.Tensor | float = 1.0
+) -> torch.Tensor:
     """Per-example step e = 2 alpha (snr ||z|| / ||s||)^2, (B,).
 
     score_sde and diffusers average the norms over the batch; per-example norms keep image i
@@ -160,8 +161,9 @@ def pc_timesteps(N: int, eps: float) -> torch.Tensor:
     return torch.linspace(1.0, eps, N)
 
 
-def pc_sample_progressive(predictor: Predictor, corrector: Corrector, x: torch.Tensor, eps: float
-                          ) -> Iterator[SamplerStep]:
+def pc_sample_progressive(
+    predictor: Predictor, corrector: Corrector, x: torch.Tensor, eps: float
+) -> Iterator[SamplerStep]:
     """Predictor-corrector from the prior sample ``x`` down to t = eps: corrector, then predictor
     at each of the N = ``predictor.sde.N`` times (score_sde's order)."""
     for i, t in enumerate(pc_timesteps(predictor.sde.N, eps).tolist()):
@@ -188,16 +190,23 @@ def langevin_step_sizes(sigmas: torch.Tensor, step_lr: float) -> torch.Tensor:
     return step_lr * (sigmas / sigmas[-1]) ** 2
 
 
-def langevin_step(level_score_fn: LevelScoreFn, x: torch.Tensor, level: int, step_size: float,
-                  noise_fn: NoiseFn) -> torch.Tensor:
+def langevin_step(
+    level_score_fn: LevelScoreFn, x: torch.Tensor, level: int, step_size: float, noise_fn: NoiseFn
+) -> torch.Tensor:
     """x + s score(x, i) + sqrt(2 s) z."""
     levels = torch.full((x.shape[0],), level, device=x.device, dtype=torch.long)
     return x + step_size * level_score_fn(x, levels) + math.sqrt(2.0 * step_size) * noise_fn(x)
 
 
-def annealed_langevin_progressive(level_score_fn: LevelScoreFn, sigmas: torch.Tensor, x: torch.Tensor,
-                                  step_lr: float, n_steps_each: int, noise_fn: NoiseFn,
-                                  denoise: bool = True) -> Iterator[SamplerStep]:
+def annealed_langevin_progressive(
+    level_score_fn: LevelScoreFn,
+    sigmas: torch.Tensor,
+    x: torch.Tensor,
+    step_lr: float,
+    n_steps_each: int,
+    noise_fn: NoiseFn,
+    denoise: bool = True,
+) -> Iterator[SamplerStep]:
     """Annealed Langevin dynamics over the descending ladder ``sigmas`` (level i = index i).
 
     Yields after each level; with ``denoise`` the last yield adds the Tweedie step
@@ -214,11 +223,20 @@ def annealed_langevin_progressive(level_score_fn: LevelScoreFn, sigmas: torch.Te
         yield SamplerStep(level, float(sigmas[level]), x, mean)
 
 
-def annealed_langevin(level_score_fn: LevelScoreFn, sigmas: torch.Tensor, x: torch.Tensor, step_lr: float,
-                      n_steps_each: int, noise_fn: NoiseFn, denoise: bool = True) -> torch.Tensor:
+def annealed_langevin(
+    level_score_fn: LevelScoreFn,
+    sigmas: torch.Tensor,
+    x: torch.Tensor,
+    step_lr: float,
+    n_steps_each: int,
+    noise_fn: NoiseFn,
+    denoise: bool = True,
+) -> torch.Tensor:
     """The final (denoised) sample of `annealed_langevin_progressive`."""
     last = None
-    for last in annealed_langevin_progressive(level_score_fn, sigmas, x, step_lr, n_steps_each, noise_fn, denoise):
+    for last in annealed_langevin_progressive(
+        level_score_fn, sigmas, x, step_lr, n_steps_each, noise_fn, denoise
+    ):
         pass
     return x if last is None else last.sample_mean
 
@@ -232,9 +250,16 @@ class ODEResult:
     nfe: int
 
 
-def probability_flow_ode(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, t_start: float = 1.0,
-                         t_end: float = 1e-3, rtol: float = 1e-5, atol: float = 1e-5,
-                         denoise: bool = False) -> ODEResult:
+def probability_flow_ode(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    t_start: float = 1.0,
+    t_end: float = 1e-3,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    denoise: bool = False,
+) -> ODEResult:
     """Integrate dx/dt = f - g^2 s / 2 from ``t_start`` to ``t_end`` with scipy's RK45.
 
     Deterministic: the same ``x`` gives the same output. Runs forward in time too (t_start <
@@ -249,8 +274,14 @@ def probability_flow_ode(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, t_start: 
         times = torch.full((shape[0],), t, device=device, dtype=dtype)
         return rsde.sde(state, times)[0].detach().cpu().double().flatten().numpy()
 
-    solution = solve_ivp(drift, (t_start, t_end), x.detach().cpu().double().flatten().numpy(), rtol=rtol,
-                         atol=atol, method="RK45")
+    solution = solve_ivp(
+        drift,
+        (t_start, t_end),
+        x.detach().cpu().double().flatten().numpy(),
+        rtol=rtol,
+        atol=atol,
+        method="RK45",
+    )
     out = torch.from_numpy(solution.y[:, -1]).reshape(shape).to(device=device, dtype=dtype)
     nfe = int(solution.nfev)
     if denoise:

@@ -115,7 +115,9 @@ class VESDE(SDE):
         """The N grid sigmas, ascending from sigma_min to sigma_max (geometric)."""
         if self.N == 1:
             return torch.tensor([float(self.sigma_max)], dtype=torch.float64)
-        return torch.exp(torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N, dtype=torch.float64))
+        return torch.exp(
+            torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N, dtype=torch.float64)
+        )
 
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         diffusion = self.sigma(t) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min))
@@ -196,8 +198,9 @@ class ReverseSDE:
         self.probability_flow = probability_flow
         self.N = forward.N
 
-    def _reverse(self, x: torch.Tensor, t: torch.Tensor, drift: torch.Tensor,
-                 diffusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _reverse(
+        self, x: torch.Tensor, t: torch.Tensor, drift: torch.Tensor, diffusion: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         weight = 0.5 if self.probability_flow else 1.0
         drift = drift - expand_as(diffusion**2, x) * self.score_fn(x, t) * weight
         return drift, torch.zeros_like(diffusion) if self.probability_flow else diffusion

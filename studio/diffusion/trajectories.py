@@ -46,7 +46,9 @@ def record_steps(teacher_steps: int, num_slices: int) -> list[int]:
     """DDIM step counts after which states are kept: ``round(N·(1 − (1 − m/M)²))``, m = 1..M."""
     steps = [round(teacher_steps * (1 - (1 - m / num_slices) ** 2)) for m in range(1, num_slices + 1)]
     if len(set(steps)) != num_slices or steps[0] < 1:
-        raise ConfigError(f"{teacher_steps} teacher steps are too few for {num_slices} distinct recorded states")
+        raise ConfigError(
+            f"{teacher_steps} teacher steps are too few for {num_slices} distinct recorded states"
+        )
     return steps
 
 
@@ -75,7 +77,9 @@ class TrajectoryGrid:
         """The grid of ``scheduler`` (a DDIMScheduler; its ``set_timesteps`` is called) at N = ``teacher_steps``."""
         scheduler.set_timesteps(teacher_steps)
         ts = [int(t) for t in scheduler.timesteps]
-        stride = scheduler.config.num_train_timesteps // teacher_steps  # DDIMScheduler.step's previous-timestep rule
+        stride = (
+            scheduler.config.num_train_timesteps // teacher_steps
+        )  # DDIMScheduler.step's previous-timestep rule
         abar = scheduler.alphas_cumprod
         final = float(scheduler.final_alpha_cumprod)
         steps = record_steps(teacher_steps, num_slices)
@@ -129,14 +133,17 @@ class Teacher:
         return int(size[0] if isinstance(size, (list, tuple)) else size)
 
     @torch.no_grad()
-    def model_output(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
-                     guidance_scale: float) -> torch.Tensor:
+    def model_output(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, guidance_scale: float
+    ) -> torch.Tensor:
         """The (guided) prediction at ``x``, timestep ``t``: ``u + s·(c − u)`` with the null class as u."""
         batch = x.shape[0]
         guided = guidance_scale != 1.0
         if guided and (self.null_class is None or labels is None):
-            raise ConfigError(f"teacher {self.name or type(self.unet).__name__} has no null class, so it cannot be "
-                              f"guided (guidance_scale {guidance_scale}); use guidance_scale=1")
+            raise ConfigError(
+                f"teacher {self.name or type(self.unet).__name__} has no null class, so it cannot be "
+                f"guided (guidance_scale {guidance_scale}); use guidance_scale=1"
+            )
         if guided:
             x = torch.cat([x, x])
             labels = torch.cat([labels, torch.full_like(labels, self.null_class)])  # type: ignore[arg-type]
@@ -180,9 +187,14 @@ def teacher_from_pipeline(pipe: Any, name: str = "") -> Teacher:
     unets = [m for m in pipe.components.values() if isinstance(m, UNet2DModel)]
     if not unets:
         kinds = ", ".join(sorted(type(m).__name__ for m in pipe.components.values() if m is not None))
-        hint = " (text/context-conditioned teachers are not supported by the recorder)" if any(
-            isinstance(m, UNet2DConditionModel) for m in pipe.components.values()) else ""
-        raise CheckpointError(f"DSNO needs a teacher with a UNet2DModel; {name or type(pipe).__name__} has {kinds}{hint}")
+        hint = (
+            " (text/context-conditioned teachers are not supported by the recorder)"
+            if any(isinstance(m, UNet2DConditionModel) for m in pipe.components.values())
+            else ""
+        )
+        raise CheckpointError(
+            f"DSNO needs a teacher with a UNet2DModel; {name or type(pipe).__name__} has {kinds}{hint}"
+        )
     unet = unets[0].eval()
     scheduler = teacher_scheduler(pipe.scheduler.config)
     embeds = int(unet.config.get("num_class_embeds") or 0)
@@ -205,15 +217,22 @@ def load_teacher(name_or_path: str, device: str | None = "cpu") -> Teacher:
     try:
         pipe = load_pipeline(name_or_path, device=device)
     except CheckpointError as exc:
-        raise CheckpointError(f"DSNO teacher {name_or_path!r} is not available: {exc}. Train or download the "
-                              "teacher first, or point model.teacher at a checkpoint folder") from None
+        raise CheckpointError(
+            f"DSNO teacher {name_or_path!r} is not available: {exc}. Train or download the "
+            "teacher first, or point model.teacher at a checkpoint folder"
+        ) from None
     return teacher_from_pipeline(pipe, name_or_path)
 
 
 # ============================================================================ recording
 @torch.no_grad()
-def ddim_trajectory(teacher: Teacher, grid: TrajectoryGrid, x_T: torch.Tensor, labels: torch.Tensor | None,
-                    guidance_scale: float = 1.0) -> torch.Tensor:
+def ddim_trajectory(
+    teacher: Teacher,
+    grid: TrajectoryGrid,
+    x_T: torch.Tensor,
+    labels: torch.Tensor | None,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
     """Run DDIM (η = 0) for ``grid.teacher_steps`` from ``x_T``; (B, M + 1, C, H, W): x_T, then the kept states."""
     scheduler = DDIMScheduler.from_config(teacher.scheduler.config)
     scheduler.set_timesteps(grid.teacher_steps, device=x_T.device)
@@ -230,7 +249,9 @@ def ddim_trajectory(teacher: Teacher, grid: TrajectoryGrid, x_T: torch.Tensor, l
 
 def initial_noise(pair_indices: range, shape: tuple[int, int, int], seed: int) -> torch.Tensor:
     """x_T of the given pairs: pair p draws (C, H, W) standard normal noise with seed ``seed + p``."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + p)) for p in pair_indices])
+    return torch.stack(
+        [torch.randn(shape, generator=torch.Generator().manual_seed(seed + p)) for p in pair_indices]
+    )
 
 
 def pair_labels(num_pairs: int, num_classes: int) -> np.ndarray:
@@ -240,8 +261,9 @@ def pair_labels(num_pairs: int, num_classes: int) -> np.ndarray:
     return np.arange(num_pairs, dtype=np.int64) % num_classes
 
 
-def trajectory_meta(teacher: Teacher, grid: TrajectoryGrid, num_pairs: int, seed: int,
-                    guidance_scale: float) -> dict[str, Any]:
+def trajectory_meta(
+    teacher: Teacher, grid: TrajectoryGrid, num_pairs: int, seed: int, guidance_scale: float
+) -> dict[str, Any]:
     """What a trajectory folder records about how it was made (compared on resume and by the trainer)."""
     from studio.models.dsno import teacher_fingerprint
 
@@ -261,8 +283,16 @@ def trajectory_meta(teacher: Teacher, grid: TrajectoryGrid, num_pairs: int, seed
     }
 
 
-def record_trajectories(teacher: Teacher, grid: TrajectoryGrid, folder: str | Path, num_pairs: int, seed: int = 0,
-                        guidance_scale: float = 1.0, batch_size: int = 32, progress: bool = True) -> Path:
+def record_trajectories(
+    teacher: Teacher,
+    grid: TrajectoryGrid,
+    folder: str | Path,
+    num_pairs: int,
+    seed: int = 0,
+    guidance_scale: float = 1.0,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> Path:
     """Record ``num_pairs`` teacher trajectories into ``folder`` (resumes an interrupted recording).
 
     Returns ``folder``. An existing complete folder made with other settings raises `DataError`.
@@ -294,7 +324,9 @@ def record_trajectories(teacher: Teacher, grid: TrajectoryGrid, folder: str | Pa
         stop = min(start + batch_size, num_pairs)
         x_T = initial_noise(range(start, stop), shape[2:], seed).to(device)
         y = torch.from_numpy(labels[start:stop]).to(device) if teacher.num_classes else None
-        states[start:stop] = ddim_trajectory(teacher, grid, x_T, y, guidance_scale).cpu().numpy().astype(np.float16)
+        states[start:stop] = (
+            ddim_trajectory(teacher, grid, x_T, y, guidance_scale).cpu().numpy().astype(np.float16)
+        )
         states.flush()
         _write_json(partial / PROGRESS_FILE, {"done": stop})
         bar.update(stop - start)
@@ -313,11 +345,21 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 def check_meta(found: dict[str, Any], expected: dict[str, Any], folder: Path) -> None:
     """Refuse trajectories made with another teacher, grid, guidance, seed or pair count."""
-    keys = ("teacher_hash", "teacher_steps", "record_steps", "timesteps", "guidance_scale", "num_pairs", "seed")
+    keys = (
+        "teacher_hash",
+        "teacher_steps",
+        "record_steps",
+        "timesteps",
+        "guidance_scale",
+        "num_pairs",
+        "seed",
+    )
     diffs = [f"{k}: {found.get(k)} (wanted {expected[k]})" for k in keys if found.get(k) != expected[k]]
     if diffs:
-        raise DataError(f"trajectories in {folder} were made with other settings ({'; '.join(diffs)}); "
-                        "delete the folder or choose another one")
+        raise DataError(
+            f"trajectories in {folder} were made with other settings ({'; '.join(diffs)}); "
+            "delete the folder or choose another one"
+        )
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -334,12 +376,20 @@ class TrajectoryDataset(Dataset):
     one when the fraction is positive). ``info`` describes the images (a `DatasetInfo`).
     """
 
-    def __init__(self, folder: str | Path, split: str = "train", holdout_fraction: float = 0.0, name: str = "trajectories"):
+    def __init__(
+        self,
+        folder: str | Path,
+        split: str = "train",
+        holdout_fraction: float = 0.0,
+        name: str = "trajectories",
+    ):
         from studio.data import DatasetInfo
 
         folder = Path(folder)
         if not (folder / META_FILE).is_file():
-            raise DataError(f"{folder} holds no complete DSNO trajectories (no {META_FILE}); record them first")
+            raise DataError(
+                f"{folder} holds no complete DSNO trajectories (no {META_FILE}); record them first"
+            )
         self.meta = read_meta(folder)
         total = int(self.meta["num_pairs"])
         held = max(1, round(total * holdout_fraction)) if holdout_fraction > 0 else 0
@@ -348,9 +398,13 @@ class TrajectoryDataset(Dataset):
         self.indices = range(total - held) if split == "train" else range(total - held, total)
         self.states = np.load(folder / "states.npy", mmap_mode="r")
         self.labels = np.load(folder / "labels.npy")
-        self.info = DatasetInfo(name=name, image_size=int(self.meta["image_size"]), channels=int(self.meta["channels"]),
-                                num_classes=int(self.meta["num_classes"]),
-                                class_names=tuple(self.meta.get("class_names", ())))
+        self.info = DatasetInfo(
+            name=name,
+            image_size=int(self.meta["image_size"]),
+            channels=int(self.meta["channels"]),
+            num_classes=int(self.meta["num_classes"]),
+            class_names=tuple(self.meta.get("class_names", ())),
+        )
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -358,4 +412,8 @@ class TrajectoryDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         pair = self.indices[index]
         states = torch.from_numpy(np.asarray(self.states[pair], dtype=np.float32))  # (M + 1, C, H, W)
-        return {"noise": states[0], "states": states[1:], "class_labels": torch.tensor(int(self.labels[pair]))}
+        return {
+            "noise": states[0],
+            "states": states[1:],
+            "class_labels": torch.tensor(int(self.labels[pair])),
+        }

@@ -19,8 +19,16 @@ from studio.errors import MetricError
 from studio.metrics.evaluate import EvalConfig, available_metrics, evaluate, parse_metrics
 
 #: the smallest accepted value of each count option (``num_samples`` 0 means all)
-MINIMUM = {"num_samples": 0, "image_size": 0, "feature_size": 1, "kid_subsets": 1, "kid_subset_size": 2, "pr_k": 1,
-           "batch_size": 1, "seed": 0}
+MINIMUM = {
+    "num_samples": 0,
+    "image_size": 0,
+    "feature_size": 1,
+    "kid_subsets": 1,
+    "kid_subset_size": 2,
+    "pr_k": 1,
+    "batch_size": 1,
+    "seed": 0,
+}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -73,8 +73,10 @@ class EvalConfig:
 
     num_samples: int = option(0, "evaluate the first N samples (0 = all)")
     reference_split: str = option(
-        "auto", "split of a built-in reference (auto: its standard test split if it has one, else train)",
-        ("auto", "train", "val", "all"))
+        "auto",
+        "split of a built-in reference (auto: its standard test split if it has one, else train)",
+        ("auto", "train", "val", "all"),
+    )
     image_size: int = option(0, "size a built-in/folder reference is loaded at (0 = the samples' size)")
     feature_net: str = option("", "TorchScript feature network for fid/kid/pr (default: Inception-v3)")
     feature_size: int = option(299, "input size of --feature-net")

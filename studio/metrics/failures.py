@@ -50,9 +50,13 @@ def _grey_unit(images: np.ndarray) -> np.ndarray:
     """uint8 (N, C, H, W) -> float (N, H, W) in [0, 1], channels averaged."""
     array = np.asarray(images)
     if array.ndim != 4 or array.dtype != np.uint8:
-        raise MetricError(f"the failure detector takes uint8 images (N, C, H, W), got {array.dtype} {array.shape}")
+        raise MetricError(
+            f"the failure detector takes uint8 images (N, C, H, W), got {array.dtype} {array.shape}"
+        )
     if array.shape[-1] != array.shape[-2] or array.shape[-1] < 8:
-        raise MetricError(f"the failure detector takes square images of at least 8 px, got {array.shape[-2:]}")
+        raise MetricError(
+            f"the failure detector takes square images of at least 8 px, got {array.shape[-2:]}"
+        )
     return array.astype(np.float64).mean(axis=1) / 255.0
 
 
@@ -60,7 +64,7 @@ def border_mask(size: int) -> np.ndarray:
     """Boolean (size, size) mask of the border ring (4 px at 28 px, scaled)."""
     width = max(1, round(size * BORDER_AT_28 / 28))
     mask = np.ones((size, size), dtype=bool)
-    mask[width:size - width, width:size - width] = False
+    mask[width : size - width, width : size - width] = False
     return mask
 
 
@@ -74,8 +78,9 @@ def border_roughness(grey: np.ndarray) -> np.ndarray:
     return np.concatenate([dv, dh], axis=1).mean(axis=1)
 
 
-def failure_flags(images: np.ndarray, logits: np.ndarray | None = None,
-                  thresholds: FailureThresholds = FailureThresholds()) -> dict[str, np.ndarray]:
+def failure_flags(
+    images: np.ndarray, logits: np.ndarray | None = None, thresholds: FailureThresholds = FailureThresholds()
+) -> dict[str, np.ndarray]:
     """Boolean (N,) arrays per reason (``noise``, ``flooded``, ``blank``, ``unsure``) and ``failed`` (any).
 
     :param images: uint8 (N, C, H, W), as `studio.metrics.samples.to_uint8` gives.
@@ -93,16 +98,21 @@ def failure_flags(images: np.ndarray, logits: np.ndarray | None = None,
     if logits is not None:
         logits = np.asarray(logits)
         if logits.ndim != 2 or len(logits) != count:
-            raise MetricError(f"the failure detector needs logits (N, K) for its {count} images, got {logits.shape}")
+            raise MetricError(
+                f"the failure detector needs logits (N, K) for its {count} images, got {logits.shape}"
+            )
         flags["unsure"] = softmax(logits, axis=1).max(axis=1) < thresholds.unsure
     flags["failed"] = np.logical_or.reduce([flags[reason] for reason in REASONS])
     return flags
 
 
-def failure_summary(images: np.ndarray, logits: np.ndarray | None = None,
-                    thresholds: FailureThresholds = FailureThresholds()) -> dict[str, float]:
+def failure_summary(
+    images: np.ndarray, logits: np.ndarray | None = None, thresholds: FailureThresholds = FailureThresholds()
+) -> dict[str, float]:
     """Shares of failed images overall (``failed``) and per reason, in [0, 1]."""
     flags = failure_flags(images, logits, thresholds)
     if len(flags["failed"]) == 0:
         raise MetricError("the failure detector needs at least one image")
-    return {f"failed_{name}" if name != "failed" else "failed": float(flag.mean()) for name, flag in flags.items()}
+    return {
+        f"failed_{name}" if name != "failed" else "failed": float(flag.mean()) for name, flag in flags.items()
+    }

@@ -77,7 +77,9 @@ def load_reference(
         images = load_npz(Path(reference).expanduser())
         return Reference(images, str(reference), "all", pixel_digest(images), "")
     if isinstance(reference, (str, Path)) and (Path(reference).expanduser() / "manifest.jsonl").is_file():
-        images = load_images(Path(reference).expanduser())  # a `studio sample` folder: its images, not grid.png
+        images = load_images(
+            Path(reference).expanduser()
+        )  # a `studio sample` folder: its images, not grid.png
         return Reference(images, str(reference), "all", pixel_digest(images), "")
     if not isinstance(reference, DataConfig):
         reference = DataConfig(name=str(reference), image_size=image_size, channels=channels)
@@ -97,7 +99,9 @@ def _dataset_reference(config: DataConfig, split: str) -> Reference:
     labels = dataset.labels.numpy() if dataset.info.num_classes else None
     images = ImageSet(dataset.uint8_images(), labels, f"{config.name}:{split}")
     is_builtin = config.name in builtin_datasets()
-    return Reference(images, config.name, split, pixel_digest(images), dataset_domain(config.name) if is_builtin else "")
+    return Reference(
+        images, config.name, split, pixel_digest(images), dataset_domain(config.name) if is_builtin else ""
+    )
 
 
 def stats_cache_dir() -> Path:

@@ -74,12 +74,16 @@ class ADMConfig:
             raise ConfigError(f"ADM widths {widths} must be divisible by norm_groups {self.norm_groups}")
         attention_widths = [w for w, r in zip(widths, self.resolutions()) if r in self.attention_resolutions]
         if any(w % self.head_channels for w in attention_widths + [widths[-1]]):
-            raise ConfigError(f"ADM attention widths {attention_widths + [widths[-1]]} must be divisible by "
-                              f"head_channels {self.head_channels}")
+            raise ConfigError(
+                f"ADM attention widths {attention_widths + [widths[-1]]} must be divisible by "
+                f"head_channels {self.head_channels}"
+            )
         unknown = sorted(set(self.attention_resolutions) - set(self.resolutions()))
         if unknown:
-            raise ConfigError(f"ADM attention_resolutions {unknown} match no level; the levels run at "
-                              f"{self.resolutions()} px")
+            raise ConfigError(
+                f"ADM attention_resolutions {unknown} match no level; the levels run at "
+                f"{self.resolutions()} px"
+            )
         if self.resolutions()[-1] < 1:
             raise ConfigError(f"ADM sample_size {self.sample_size} is too small for {len(widths)} levels")
         if self.num_classes < 0:
@@ -93,12 +97,16 @@ class ADMConfig:
         return [self.sample_size // 2**i for i in range(len(self.channel_mult))]
 
     def down_block_types(self) -> tuple[str, ...]:
-        return tuple("AttnDownBlock2D" if r in self.attention_resolutions else "ResnetDownsampleBlock2D"
-                     for r in self.resolutions())
+        return tuple(
+            "AttnDownBlock2D" if r in self.attention_resolutions else "ResnetDownsampleBlock2D"
+            for r in self.resolutions()
+        )
 
     def up_block_types(self) -> tuple[str, ...]:
-        return tuple("AttnUpBlock2D" if r in self.attention_resolutions else "ResnetUpsampleBlock2D"
-                     for r in reversed(self.resolutions()))
+        return tuple(
+            "AttnUpBlock2D" if r in self.attention_resolutions else "ResnetUpsampleBlock2D"
+            for r in reversed(self.resolutions())
+        )
 
 
 # ------------------------------------------------------------------------------------------ UNet
@@ -238,25 +246,43 @@ class NoisyClassifier(ModelMixin, ConfigMixin):
         for i, channels in enumerate(block_out_channels):
             has_attention = resolution in attention_resolutions
             is_last = i == len(block_out_channels) - 1
-            self.down_blocks.append(get_down_block(
-                "AttnDownBlock2D" if has_attention else "ResnetDownsampleBlock2D",
-                num_layers=layers_per_block, in_channels=previous, out_channels=channels, temb_channels=time_dim,
-                add_downsample=not is_last, resnet_eps=NORM_EPS, resnet_act_fn="silu", resnet_groups=norm_groups,
-                attention_head_dim=head_channels, resnet_time_scale_shift="scale_shift",
-                downsample_type="resnet", dropout=dropout))
+            self.down_blocks.append(
+                get_down_block(
+                    "AttnDownBlock2D" if has_attention else "ResnetDownsampleBlock2D",
+                    num_layers=layers_per_block,
+                    in_channels=previous,
+                    out_channels=channels,
+                    temb_channels=time_dim,
+                    add_downsample=not is_last,
+                    resnet_eps=NORM_EPS,
+                    resnet_act_fn="silu",
+                    resnet_groups=norm_groups,
+                    attention_head_dim=head_channels,
+                    resnet_time_scale_shift="scale_shift",
+                    downsample_type="resnet",
+                    dropout=dropout,
+                )
+            )
             previous = channels
             if not is_last:
                 resolution //= 2
         self.mid_block = UNetMidBlock2D(
-            in_channels=previous, temb_channels=time_dim, dropout=dropout, resnet_eps=NORM_EPS,
-            resnet_act_fn="silu", resnet_time_scale_shift="scale_shift", attention_head_dim=head_channels,
-            resnet_groups=norm_groups)
+            in_channels=previous,
+            temb_channels=time_dim,
+            dropout=dropout,
+            resnet_eps=NORM_EPS,
+            resnet_act_fn="silu",
+            resnet_time_scale_shift="scale_shift",
+            attention_head_dim=head_channels,
+            resnet_groups=norm_groups,
+        )
         self.norm_out = nn.GroupNorm(norm_groups, previous, eps=NORM_EPS)
         self.pool = AttentionPool2d(resolution, previous, head_channels, num_classes)
         zero_init_outputs(self)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int = 0,
-                return_dict: bool = True) -> NoisyClassifierOutput | tuple:
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor | int = 0, return_dict: bool = True
+    ) -> NoisyClassifierOutput | tuple:
         """Logits of x_t (N, C, H, W) at original timestep indices ``timestep`` (scalar or (N,))."""
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1)
         timesteps = timesteps.expand(sample.shape[0]) if timesteps.numel() == 1 else timesteps
@@ -271,16 +297,23 @@ class NoisyClassifier(ModelMixin, ConfigMixin):
         return NoisyClassifierOutput(logits=logits)
 
 
-def build_noisy_classifier(config: ADMConfig, num_train_timesteps: int, beta_schedule: str,
-                           layers_per_block: int | None = None) -> NoisyClassifier:
+def build_noisy_classifier(
+    config: ADMConfig, num_train_timesteps: int, beta_schedule: str, layers_per_block: int | None = None
+) -> NoisyClassifier:
     """A noisy classifier with the encoder layout of ``config`` (depth overridable) for that diffusion."""
     config.validate()
     if config.num_classes < 2:
         raise ConfigError(f"a noisy classifier needs at least 2 classes, got {config.num_classes}")
     return NoisyClassifier(
-        image_size=config.sample_size, in_channels=config.in_channels, num_classes=config.num_classes,
+        image_size=config.sample_size,
+        in_channels=config.in_channels,
+        num_classes=config.num_classes,
         block_out_channels=config.block_out_channels(),
         layers_per_block=config.layers_per_block if layers_per_block is None else layers_per_block,
-        attention_resolutions=tuple(config.attention_resolutions), head_channels=config.head_channels,
-        norm_groups=config.norm_groups, dropout=config.dropout, num_train_timesteps=num_train_timesteps,
-        beta_schedule=beta_schedule)
+        attention_resolutions=tuple(config.attention_resolutions),
+        head_channels=config.head_channels,
+        norm_groups=config.norm_groups,
+        dropout=config.dropout,
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
+    )

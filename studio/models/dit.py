@@ -50,7 +50,9 @@ class DiTConfig:
 def build_dit(config: DiTConfig) -> DiTTransformer2DModel:
     """A DiT with adaLN-Zero init and no per-block label dropout."""
     if config.sample_size % config.patch_size:
-        raise ConfigError(f"DiT sample_size {config.sample_size} is not divisible by patch_size {config.patch_size}")
+        raise ConfigError(
+            f"DiT sample_size {config.sample_size} is not divisible by patch_size {config.patch_size}"
+        )
     if config.num_classes < 1:
         raise ConfigError("DiT is class-conditional: num_classes must be at least 1")
     model = DiTTransformer2DModel(

@@ -28,7 +28,10 @@ from torch import nn
 from studio.errors import CheckpointError, ConfigError
 
 #: backbone classes a student can be built on, by class name (the name is stored in the config)
-UNET_CLASSES: dict[str, type[ModelMixin]] = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
+UNET_CLASSES: dict[str, type[ModelMixin]] = {
+    "UNet2DModel": UNet2DModel,
+    "UNet2DConditionModel": UNet2DConditionModel,
+}
 #: how the raw per-slice output becomes a state (see `DSNOStudent`'s ``output_param``)
 OUTPUT_PARAMS = ("x0_ddim", "state")
 #: TimeConv initialisations: the reference's small uniform weights, or zeros (student == teacher per slice)
@@ -36,8 +39,18 @@ INITS = ("reference", "zero")
 #: LeakyReLU slope of the temporal layers (reference value)
 LEAKY_SLOPE = 0.01
 #: config fields fixed by training; overriding them at load time would silently change the operator
-FROZEN_FIELDS = ("num_slices", "timesteps", "alphas_cumprod", "alpha_cumprod_start", "teacher_hash",
-                 "guidance_scale", "num_classes", "output_param", "unet_config", "unet_class")
+FROZEN_FIELDS = (
+    "num_slices",
+    "timesteps",
+    "alphas_cumprod",
+    "alpha_cumprod_start",
+    "teacher_hash",
+    "guidance_scale",
+    "num_classes",
+    "output_param",
+    "unet_config",
+    "unet_class",
+)
 
 
 # ============================================================================ temporal convolution
@@ -57,7 +70,9 @@ class TimeConv(nn.Module):
     def __init__(self, channels: int, num_slices: int, modes: int = 2, init: str = "reference"):
         super().__init__()
         if not 1 <= modes <= num_slices // 2 + 1:
-            raise ConfigError(f"TimeConv modes must be in 1..{num_slices // 2 + 1} for {num_slices} slices, got {modes}")
+            raise ConfigError(
+                f"TimeConv modes must be in 1..{num_slices // 2 + 1} for {num_slices} slices, got {modes}"
+            )
         if init not in INITS:
             raise ConfigError(f"unknown TimeConv init {init!r} (known: {', '.join(INITS)})")
         self.num_slices = num_slices
@@ -79,7 +94,9 @@ class TimeConv(nn.Module):
     def hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         """Forward hook: mix the hooked layer's output (B·M, C, H, W) over its M slices."""
         hidden = output[0] if isinstance(output, tuple) else output
-        mixed = self(hidden.unflatten(0, (-1, self.num_slices))).flatten(0, 1)  # (B, M, C, H, W) -> (B·M, ...)
+        mixed = self(hidden.unflatten(0, (-1, self.num_slices))).flatten(
+            0, 1
+        )  # (B, M, C, H, W) -> (B·M, ...)
         return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
 
 
@@ -117,8 +134,17 @@ def teacher_fingerprint(unet: nn.Module, scheduler_config: dict[str, Any] | None
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     if scheduler_config is not None:
-        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
-        digest.update(json.dumps({k: scheduler_config.get(k) for k in keys}, sort_keys=True, default=str).encode())
+        keys = (
+            "num_train_timesteps",
+            "beta_start",
+            "beta_end",
+            "beta_schedule",
+            "trained_betas",
+            "prediction_type",
+        )
+        digest.update(
+            json.dumps({k: scheduler_config.get(k) for k in keys}, sort_keys=True, default=str).encode()
+        )
     return digest.hexdigest()[:16]
 
 
@@ -172,10 +198,14 @@ class DSNOStudent(ModelMixin, ConfigMixin):
         if unet_class not in UNET_CLASSES:
             raise ConfigError(f"DSNO students are built on {' or '.join(UNET_CLASSES)}, not {unet_class}")
         if output_param not in OUTPUT_PARAMS:
-            raise ConfigError(f"unknown DSNO output_param {output_param!r} (known: {', '.join(OUTPUT_PARAMS)})")
+            raise ConfigError(
+                f"unknown DSNO output_param {output_param!r} (known: {', '.join(OUTPUT_PARAMS)})"
+            )
         if not len(timesteps) == len(alphas_cumprod) == num_slices:
-            raise ConfigError(f"DSNO grid mismatch: num_slices {num_slices}, {len(timesteps)} timesteps, "
-                              f"{len(alphas_cumprod)} alphas_cumprod")
+            raise ConfigError(
+                f"DSNO grid mismatch: num_slices {num_slices}, {len(timesteps)} timesteps, "
+                f"{len(alphas_cumprod)} alphas_cumprod"
+            )
         self.unet = UNET_CLASSES[unet_class].from_config(unet_config)
         points = hook_points(self.unet)
         self.tconvs = nn.ModuleList(TimeConv(channels, num_slices, modes, init) for _, channels in points)
@@ -184,8 +214,15 @@ class DSNOStudent(ModelMixin, ConfigMixin):
 
     # ---------------------------------------------------------------- building
     @classmethod
-    def from_teacher(cls, unet: nn.Module, *, timesteps: list[int], alphas_cumprod: list[float],
-                     alpha_cumprod_start: float, **settings: Any) -> DSNOStudent:
+    def from_teacher(
+        cls,
+        unet: nn.Module,
+        *,
+        timesteps: list[int],
+        alphas_cumprod: list[float],
+        alpha_cumprod_start: float,
+        **settings: Any,
+    ) -> DSNOStudent:
         """A student whose backbone is a copy of the teacher's ``unet`` (which stays untouched and unhooked).
 
         ``settings`` are the remaining constructor fields (modes, output_param, init, teacher names...).
@@ -193,9 +230,15 @@ class DSNOStudent(ModelMixin, ConfigMixin):
         name = type(unet).__name__
         if name not in UNET_CLASSES:
             raise ConfigError(f"DSNO needs a UNet2DModel or UNet2DConditionModel teacher, got {name}")
-        student = cls(unet_class=name, unet_config=public_config(unet.config), timesteps=[int(t) for t in timesteps],
-                      alphas_cumprod=[float(a) for a in alphas_cumprod], alpha_cumprod_start=float(alpha_cumprod_start),
-                      num_slices=len(timesteps), **settings)
+        student = cls(
+            unet_class=name,
+            unet_config=public_config(unet.config),
+            timesteps=[int(t) for t in timesteps],
+            alphas_cumprod=[float(a) for a in alphas_cumprod],
+            alpha_cumprod_start=float(alpha_cumprod_start),
+            num_slices=len(timesteps),
+            **settings,
+        )
         student.unet.load_state_dict(unet.state_dict())
         student.to(unet.device)
         return student if unet.dtype == torch.float32 else student.to(unet.dtype)
@@ -205,21 +248,36 @@ class DSNOStudent(ModelMixin, ConfigMixin):
         """`ModelMixin.from_pretrained`, refusing overrides of what training fixed (grid, teacher...)."""
         fixed = sorted(set(kwargs) & set(FROZEN_FIELDS))
         if fixed:
-            raise CheckpointError(f"a DSNO student's {', '.join(fixed)} are fixed by its distillation and cannot "
-                                  "be overridden at load time; distil a new student for other settings")
+            raise CheckpointError(
+                f"a DSNO student's {', '.join(fixed)} are fixed by its distillation and cannot "
+                "be overridden at load time; distil a new student for other settings"
+            )
         return super().from_pretrained(*args, **kwargs)
 
-    def check_compatible(self, *, num_slices: int | None = None, timesteps: list[int] | None = None,
-                         teacher_hash: str | None = None, guidance_scale: float | None = None) -> None:
+    def check_compatible(
+        self,
+        *,
+        num_slices: int | None = None,
+        timesteps: list[int] | None = None,
+        teacher_hash: str | None = None,
+        guidance_scale: float | None = None,
+    ) -> None:
         """Raise `CheckpointError` if this student was distilled for another grid, teacher or guidance."""
-        expected = {"num_slices": num_slices, "timesteps": None if timesteps is None else [int(t) for t in timesteps],
-                    "teacher_hash": teacher_hash, "guidance_scale": guidance_scale}
+        expected = {
+            "num_slices": num_slices,
+            "timesteps": None if timesteps is None else [int(t) for t in timesteps],
+            "teacher_hash": teacher_hash,
+            "guidance_scale": guidance_scale,
+        }
         for key, value in expected.items():
             ours = self.config[key]
             if value is not None and list(ours if isinstance(ours, (list, tuple)) else [ours]) != list(
-                    value if isinstance(value, (list, tuple)) else [value]):
-                raise CheckpointError(f"this DSNO student was distilled with {key}={ours}, not {value}: it is only "
-                                      "valid for its own time grid, teacher and guidance scale")
+                value if isinstance(value, (list, tuple)) else [value]
+            ):
+                raise CheckpointError(
+                    f"this DSNO student was distilled with {key}={ours}, not {value}: it is only "
+                    "valid for its own time grid, teacher and guidance scale"
+                )
 
     # ---------------------------------------------------------------- forward
     @property
@@ -230,8 +288,12 @@ class DSNOStudent(ModelMixin, ConfigMixin):
     def image_channels(self) -> int:
         return int(self.unet.config.in_channels)
 
-    def raw(self, x_T: torch.Tensor, class_labels: torch.Tensor | None = None,
-            encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+    def raw(
+        self,
+        x_T: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The backbone's output for all slices: (B, C, H, W) -> (B, M, C_out, H, W); slice m runs at t_m."""
         m = self.config.num_slices
         batch = x_T.shape[0]
@@ -247,8 +309,12 @@ class DSNOStudent(ModelMixin, ConfigMixin):
         out = self.unet(x, t, **kwargs).sample  # (B·M, C_out, H, W)
         return out.unflatten(0, (batch, m))
 
-    def forward(self, x_T: torch.Tensor, class_labels: torch.Tensor | None = None,
-                encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x_T: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Trajectory states (B, M, C, H, W) for the initial noise ``x_T``; ``[:, -1]`` is the sample.
 
         A learned-variance teacher's extra output channels are dropped (first C channels kept).

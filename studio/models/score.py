@@ -70,7 +70,9 @@ def build_score_unet(config: ScoreNetConfig) -> UNet2DModel:
         conditioning = NoiseConditioning(config.conditioning)
     except ValueError:
         known = ", ".join(c.value for c in NoiseConditioning)
-        raise ConfigError(f"unknown score-network conditioning {config.conditioning!r} (known: {known})") from None
+        raise ConfigError(
+            f"unknown score-network conditioning {config.conditioning!r} (known: {known})"
+        ) from None
     widths = tuple(int(w) for w in config.block_out_channels)
     attention = tuple(bool(a) for a in config.attention_levels)
     if len(attention) != len(widths):

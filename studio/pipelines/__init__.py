@@ -13,5 +13,14 @@ from studio.pipelines.gan import StudioGANPipeline
 from studio.pipelines.record import GenerationRecord
 from studio.pipelines.score import StudioScorePipeline
 
-__all__ = ["GenerationRecord", "StudioADMPipeline", "StudioControlNetPipeline", "StudioDSNOPipeline", "StudioDiTPipeline", "StudioGANPipeline", "StudioPipelineMixin", "StudioPipelineOutput",
-           "StudioScorePipeline"]
+__all__ = [
+    "GenerationRecord",
+    "StudioADMPipeline",
+    "StudioControlNetPipeline",
+    "StudioDSNOPipeline",
+    "StudioDiTPipeline",
+    "StudioGANPipeline",
+    "StudioPipelineMixin",
+    "StudioPipelineOutput",
+    "StudioScorePipeline",
+]

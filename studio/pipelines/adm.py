@@ -54,8 +54,18 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
     family = "adm"
     model_cpu_offload_seq = "unet"
     _optional_components: ClassVar[list[str]] = ["classifier"]
-    call_parameters = ("num_images", "class_labels", "num_inference_steps", "guidance_scale", "classifier_scale",
-                       "seed", "scheduler", "eta", "output_type", "callback_on_step_end")
+    call_parameters = (
+        "num_images",
+        "class_labels",
+        "num_inference_steps",
+        "guidance_scale",
+        "classifier_scale",
+        "seed",
+        "scheduler",
+        "eta",
+        "output_type",
+        "callback_on_step_end",
+    )
 
     def __init__(self, unet: UNet2DModel, scheduler: Any, classifier: NoisyClassifier | None = None):
         super().__init__()
@@ -102,7 +112,9 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
 
         # 1. initial noise, one generator per image
         channels, size = self.unet.config.in_channels, self.unet.config.sample_size
-        sample = randn_tensor((plan.num_images, channels, size, size), generator=generators, device=device, dtype=dtype)
+        sample = randn_tensor(
+            (plan.num_images, channels, size, size), generator=generators, device=device, dtype=dtype
+        )
         sampler.set_timesteps(num_inference_steps, device=device)
         sample = sample * sampler.init_noise_sigma
         y = torch.tensor(labels, device=device) if labels is not None else None
@@ -110,8 +122,9 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
         # 2. denoising loop
         denoise_started = time.perf_counter()
         with batch_invariant(self.unet), self._classifier_batch_invariant(), self._plugins_bound(sampler):
-            sample = self._denoise(sample, y, sampler, guidance_scale, classifier_scale, generators, eta,
-                                   callback_on_step_end)
+            sample = self._denoise(
+                sample, y, sampler, guidance_scale, classifier_scale, generators, eta, callback_on_step_end
+            )
         denoise_s = time.perf_counter() - denoise_started
 
         # 3. convert
@@ -123,8 +136,12 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
             sampler=scheduler_name(sampler) if not isinstance(sampler, ADMSampler) else sampler.kind,
             steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            extra={"classifier_scale": classifier_scale, "eta": eta, "image_size": int(sample.shape[-1]),
-                   "interrupted": self._interrupt},
+            extra={
+                "classifier_scale": classifier_scale,
+                "eta": eta,
+                "image_size": int(sample.shape[-1]),
+                "interrupted": self._interrupt,
+            },
             timings={"denoise_s": round(denoise_s, 4)},
         )
         return self.finish_call(sample, output_type, record, started, return_dict)
@@ -133,16 +150,22 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
     def _check_call(self, steps: int, guidance_scale: float, classifier_scale: float, eta: float) -> None:
         check_finite(guidance_scale=guidance_scale, classifier_scale=classifier_scale, eta=eta)
         if not 1 <= steps <= self.scheduler.config.num_train_timesteps:
-            raise StudioError(f"num_inference_steps must be in 1..{self.scheduler.config.num_train_timesteps} "
-                              f"(the trained T), got {steps}")
+            raise StudioError(
+                f"num_inference_steps must be in 1..{self.scheduler.config.num_train_timesteps} "
+                f"(the trained T), got {steps}"
+            )
         if classifier_scale < 0:
             raise StudioError(f"classifier_scale must be >= 0, got {classifier_scale}")
         if classifier_scale > 0 and self.classifier is None:
-            raise StudioError(f"classifier_scale={classifier_scale} needs a noisy classifier, but this ADM pipeline "
-                              "has none; attach one with scripts/attach_classifier.py (studio.pipelines.adm.attach_classifier)")
+            raise StudioError(
+                f"classifier_scale={classifier_scale} needs a noisy classifier, but this ADM pipeline "
+                "has none; attach one with scripts/attach_classifier.py (studio.pipelines.adm.attach_classifier)"
+            )
         if guidance_scale != 1.0 and null_class(self.unet) < 1:
-            raise StudioError(f"guidance_scale={guidance_scale} (classifier-free guidance) needs a class-conditional "
-                              "UNet; this one is unconditional: use guidance_scale=1")
+            raise StudioError(
+                f"guidance_scale={guidance_scale} (classifier-free guidance) needs a class-conditional "
+                "UNet; this one is unconditional: use guidance_scale=1"
+            )
         if eta < 0:
             raise StudioError(f"eta must be >= 0, got {eta}")
 
@@ -160,9 +183,17 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
         return batch_invariant(self.classifier) if self.classifier is not None else nullcontext()
 
     # ---------------------------------------------------------------- loop
-    def _denoise(self, sample: torch.Tensor, y: torch.Tensor | None, sampler: Any, guidance_scale: float,
-                 classifier_scale: float, generators: list[torch.Generator], eta: float,
-                 callback_on_step_end: Callable | None) -> torch.Tensor:
+    def _denoise(
+        self,
+        sample: torch.Tensor,
+        y: torch.Tensor | None,
+        sampler: Any,
+        guidance_scale: float,
+        classifier_scale: float,
+        generators: list[torch.Generator],
+        eta: float,
+        callback_on_step_end: Callable | None,
+    ) -> torch.Tensor:
         """Model (CFG-batched), classifier gradient at the original timestep, sampler step, callback."""
         channels = sample.shape[1]
         guided = isinstance(sampler, ADMSampler)
@@ -170,15 +201,19 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
         for i, t in enumerate(self.progress_bar(sampler.timesteps)):
             if self._interrupt:
                 break
-            timesteps = t.expand(sample.shape[0]) if torch.is_tensor(t) else torch.full(
-                (sample.shape[0],), t, device=sample.device)
+            timesteps = (
+                t.expand(sample.shape[0])
+                if torch.is_tensor(t)
+                else torch.full((sample.shape[0],), t, device=sample.device)
+            )
             output = self._model_output(sampler.scale_model_input(sample, t), timesteps, y, guidance_scale)
             if guided:
                 gradient = None
                 if classifier_scale > 0:
                     gradient = classifier_gradient(self.classifier, sample, timesteps.long(), y)
-                sample = sampler.step(output, t, sample, gradient=gradient, scale=classifier_scale,
-                                      **step_kwargs).prev_sample
+                sample = sampler.step(
+                    output, t, sample, gradient=gradient, scale=classifier_scale, **step_kwargs
+                ).prev_sample
             else:
                 sample = sampler.step(output[:, :channels], t, sample, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
@@ -186,16 +221,18 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
                 sample = returned.get("latents", sample)
         return sample
 
-    def _model_output(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None,
-                      guidance_scale: float) -> torch.Tensor:
+    def _model_output(
+        self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None, guidance_scale: float
+    ) -> torch.Tensor:
         """UNet output (ε, then v if learned); with CFG one batched pass over (x, y) and (x, null)."""
         if y is None or null_class(self.unet) < 1:
             return self.unet(x, timesteps).sample
         if guidance_scale == 1.0:
             return self.unet(x, timesteps, class_labels=y).sample
         null = torch.full_like(y, null_class(self.unet))
-        both = self.unet(torch.cat([x, x]), torch.cat([timesteps, timesteps]),
-                         class_labels=torch.cat([y, null])).sample
+        both = self.unet(
+            torch.cat([x, x]), torch.cat([timesteps, timesteps]), class_labels=torch.cat([y, null])
+        ).sample
         cond, uncond = both.chunk(2)
         return cfg_mix(cond, uncond, guidance_scale, x.shape[1])
 
@@ -206,13 +243,17 @@ def check_classifier(unet: UNet2DModel, scheduler: Any, classifier: NoisyClassif
     expected = (scheduler.config.num_train_timesteps, scheduler.config.beta_schedule)
     got = (config.num_train_timesteps, config.beta_schedule)
     if got != expected:
-        raise ConfigError(f"the classifier was trained for T={got[0]} with the {got[1]!r} schedule, the UNet's "
-                          f"diffusion has T={expected[0]} with {expected[1]!r}; guidance needs the same diffusion")
+        raise ConfigError(
+            f"the classifier was trained for T={got[0]} with the {got[1]!r} schedule, the UNet's "
+            f"diffusion has T={expected[0]} with {expected[1]!r}; guidance needs the same diffusion"
+        )
     if null_class(unet) > 0 and config.num_classes != null_class(unet):
         raise ConfigError(f"the classifier has {config.num_classes} classes, the UNet {null_class(unet)}")
     if config.image_size != unet.config.sample_size or config.in_channels != unet.config.in_channels:
-        raise ConfigError(f"the classifier takes {config.in_channels}x{config.image_size}px images, the UNet "
-                          f"makes {unet.config.in_channels}x{unet.config.sample_size}px")
+        raise ConfigError(
+            f"the classifier takes {config.in_channels}x{config.image_size}px images, the UNet "
+            f"makes {unet.config.in_channels}x{unet.config.sample_size}px"
+        )
 
 
 def load_noisy_classifier(source: str | Path) -> NoisyClassifier:
@@ -221,11 +262,15 @@ def load_noisy_classifier(source: str | Path) -> NoisyClassifier:
     for candidate in (path, path / "classifier", path / "pipeline" / "classifier"):
         if (candidate / "config.json").is_file():
             return NoisyClassifier.from_pretrained(str(candidate))
-    raise ConfigError(f"no noisy classifier in {source} (looked for config.json in it, classifier/ and "
-                      "pipeline/classifier/)")
+    raise ConfigError(
+        f"no noisy classifier in {source} (looked for config.json in it, classifier/ and "
+        "pipeline/classifier/)"
+    )
 
 
-def attach_classifier(adm_source: str | Path, classifier_source: str | Path, output: str | Path | None = None) -> Path:
+def attach_classifier(
+    adm_source: str | Path, classifier_source: str | Path, output: str | Path | None = None
+) -> Path:
     """Write an ADM pipeline folder that holds ``classifier_source``'s noisy classifier.
 
     ``adm_source``: an ADM run or pipeline folder; ``output`` defaults to that pipeline folder

@@ -62,8 +62,10 @@ def check_steps(steps: Any, num_train_timesteps: int) -> int:
     """The number of sampling steps, refused outside 1..T: a diffusion model knows only its T trained timesteps."""
     steps = check_count("num_inference_steps", steps)
     if steps > num_train_timesteps:
-        raise StudioError(f"num_inference_steps must be in 1..{num_train_timesteps} (the timesteps the model was "
-                          f"trained on), got {steps}")
+        raise StudioError(
+            f"num_inference_steps must be in 1..{num_train_timesteps} (the timesteps the model was "
+            f"trained on), got {steps}"
+        )
     return steps
 
 
@@ -75,8 +77,10 @@ def check_scheduler_steps(scheduler: Any, steps: int) -> None:
     """
     order = getattr(scheduler, "pndm_order", 0)
     if type(scheduler).__name__ == "PNDMScheduler" and not scheduler.config.skip_prk_steps and steps < order:
-        raise StudioError(f"the pndm scheduler needs at least {order} steps (its Runge-Kutta warm-up takes {order}), "
-                          f"got {steps}")
+        raise StudioError(
+            f"the pndm scheduler needs at least {order} steps (its Runge-Kutta warm-up takes {order}), "
+            f"got {steps}"
+        )
 
 
 def check_eta_applies(scheduler: Any, eta: float) -> None:
@@ -89,8 +93,10 @@ def check_eta_applies(scheduler: Any, eta: float) -> None:
     kind = getattr(scheduler, "kind", None)  # studio's ADM sampler: "ddpm" or "ddim"
     takes_eta = kind == "ddim" if kind is not None else "eta" in inspect.signature(scheduler.step).parameters
     if not takes_eta:
-        raise StudioError(f"eta={eta} has no effect with the {kind or type(scheduler).__name__} sampler (only DDIM "
-                          "takes eta); leave it at 0 or use scheduler ddim")
+        raise StudioError(
+            f"eta={eta} has no effect with the {kind or type(scheduler).__name__} sampler (only DDIM "
+            "takes eta); leave it at 0 or use scheduler ddim"
+        )
 
 
 def scheduler_step_kwargs(scheduler: Any, generators: list[torch.Generator], eta: float) -> dict[str, Any]:
@@ -134,7 +140,9 @@ def label_source(class_labels: int | Sequence[int] | None, num_classes: int) -> 
         if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
             raise StudioError(f"class labels must be integers, got {label!r}")
         if not 0 <= int(label) < num_classes:
-            raise StudioError(f"class label {label} is out of range: this model has classes 0..{num_classes - 1}")
+            raise StudioError(
+                f"class label {label} is out of range: this model has classes 0..{num_classes - 1}"
+            )
     labels = [int(label) for label in given]
     return lambda i: labels[i % len(labels)]
 
@@ -285,7 +293,9 @@ class StudioPipelineMixin:
         return [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds]
 
     @staticmethod
-    def labels_for(num_images: int, class_labels: int | Sequence[int] | None, num_classes: int) -> list[int] | None:
+    def labels_for(
+        num_images: int, class_labels: int | Sequence[int] | None, num_classes: int
+    ) -> list[int] | None:
         """Class of each image: one int for all, a list cycled over the images, or None.
 
         None on a class-conditional model gives balanced classes (image i gets ``i % num_classes``).
@@ -308,7 +318,12 @@ class StudioPipelineMixin:
         raise StudioError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
 
     def finish_call(
-        self, images: torch.Tensor, output_type: str, record: GenerationRecord, started: float, return_dict: bool
+        self,
+        images: torch.Tensor,
+        output_type: str,
+        record: GenerationRecord,
+        started: float,
+        return_dict: bool,
     ) -> StudioPipelineOutput | tuple:
         """Convert ``images`` (in [-1, 1]), complete ``record`` and return them the diffusers way."""
         converted = self.convert_output(images, output_type)

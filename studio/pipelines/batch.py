@@ -41,7 +41,14 @@ from studio.pipelines.record import GenerationRecord, make_grid, png_info, read_
 GRID_MAX_IMAGES = 64
 SETTINGS_FILE = "sampling.json"
 #: call arguments that vary per batch or only shape the output: not settings of a folder
-PER_CALL_ARGUMENTS = ("num_images", "class_labels", "seed", "output_type", "callback_on_step_end", "return_dict")
+PER_CALL_ARGUMENTS = (
+    "num_images",
+    "class_labels",
+    "seed",
+    "output_type",
+    "callback_on_step_end",
+    "return_dict",
+)
 
 
 @dataclass
@@ -93,7 +100,9 @@ def weights_fingerprint(pipe: Any) -> str:
         if isinstance(component, torch.nn.Module):
             for key, tensor in component.state_dict().items():
                 digest.update(f"{name}.{key}".encode())
-                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                digest.update(
+                    tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                )
         elif hasattr(component, "config"):
             digest.update(json.dumps(dict(component.config), sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
@@ -107,13 +116,17 @@ def call_settings(pipe: Any, call_kwargs: dict[str, Any]) -> dict[str, Any]:
     """
     accepted = getattr(pipe, "call_parameters", None)
     if accepted is None:
-        raise StudioError(f"{type(pipe).__name__} is not a studio pipeline (it lists no call_parameters); "
-                          "batch sampling needs one")
+        raise StudioError(
+            f"{type(pipe).__name__} is not a studio pipeline (it lists no call_parameters); "
+            "batch sampling needs one"
+        )
     unknown = sorted(set(call_kwargs) - set(accepted) | set(call_kwargs) & set(PER_CALL_ARGUMENTS))
     if unknown:
         family = getattr(pipe, "family", "") or type(pipe).__name__
-        raise StudioError(f"{family} models take no {', '.join(unknown)} here (settings: "
-                          f"{', '.join(n for n in accepted if n not in PER_CALL_ARGUMENTS)})")
+        raise StudioError(
+            f"{family} models take no {', '.join(unknown)} here (settings: "
+            f"{', '.join(n for n in accepted if n not in PER_CALL_ARGUMENTS)})"
+        )
     signature = inspect.signature(pipe.__call__).parameters
     settings = {}
     for name in accepted:
@@ -124,18 +137,25 @@ def call_settings(pipe: Any, call_kwargs: dict[str, Any]) -> dict[str, Any]:
     return _jsonable(settings)
 
 
-def folder_request(pipe: Any, seed: int, class_labels: int | Sequence[int] | None,
-                   call_kwargs: dict[str, Any]) -> dict[str, Any]:
+def folder_request(
+    pipe: Any, seed: int, class_labels: int | Sequence[int] | None, call_kwargs: dict[str, Any]
+) -> dict[str, Any]:
     """What a sample folder's images depend on, apart from how many there are (``sampling.json``)."""
-    return json.loads(json.dumps({
-        "model": pipe.model_name(),
-        "family": getattr(pipe, "family", ""),
-        "weights": weights_fingerprint(pipe),
-        "seed": seed,
-        "class_labels": _jsonable(class_labels),
-        "settings": call_settings(pipe, call_kwargs),
-        "plugins": {plugin.name: plugin.settings() for plugin in getattr(pipe, "plugins", [])},
-    }, sort_keys=True, default=str))
+    return json.loads(
+        json.dumps(
+            {
+                "model": pipe.model_name(),
+                "family": getattr(pipe, "family", ""),
+                "weights": weights_fingerprint(pipe),
+                "seed": seed,
+                "class_labels": _jsonable(class_labels),
+                "settings": call_settings(pipe, call_kwargs),
+                "plugins": {plugin.name: plugin.settings() for plugin in getattr(pipe, "plugins", [])},
+            },
+            sort_keys=True,
+            default=str,
+        )
+    )
 
 
 def _first_difference(stored: dict[str, Any], request: dict[str, Any]) -> tuple[str, Any, Any] | None:
@@ -164,8 +184,9 @@ def prepare_folder(out_dir: Path, is_main: bool) -> None:
         raise StudioError(f"the output folder {out_dir} is not writable")
 
 
-def check_folder(out_dir: Path, num_images: int, request: dict[str, Any],
-                 label_of: Callable[[int], int] | None) -> tuple[set[int], int]:
+def check_folder(
+    out_dir: Path, num_images: int, request: dict[str, Any], label_of: Callable[[int], int] | None
+) -> tuple[set[int], int]:
     """Images 0..num_images-1 already in ``out_dir`` that belong to this request, and how many are unreadable.
 
     Refuses a folder made with other settings (naming the first difference), image files without
@@ -187,15 +208,21 @@ def check_folder(out_dir: Path, num_images: int, request: dict[str, Any],
         try:
             stored = json.loads(settings_path.read_text())
         except (OSError, ValueError) as exc:
-            raise StudioError(f"cannot read {settings_path}: {exc}; remove it or sample into another folder") from None
+            raise StudioError(
+                f"cannot read {settings_path}: {exc}; remove it or sample into another folder"
+            ) from None
         difference = _first_difference(stored, request)
         if difference is not None:
             key, old, new = difference
-            raise StudioError(f"{out_dir} holds images made with {key}={old!r}, this run asks for {key}={new!r}; "
-                              "resume with the same settings or sample into another --out")
+            raise StudioError(
+                f"{out_dir} holds images made with {key}={old!r}, this run asks for {key}={new!r}; "
+                "resume with the same settings or sample into another --out"
+            )
     else:
-        raise StudioError(f"{out_dir} holds {len(found)} image files but no {SETTINGS_FILE} (not made by "
-                          "`studio sample`, or by an older version); sample into another --out")
+        raise StudioError(
+            f"{out_dir} holds {len(found)} image files but no {SETTINGS_FILE} (not made by "
+            "`studio sample`, or by an older version); sample into another --out"
+        )
     present, unreadable = set(), 0
     for index, path in found.items():
         if index >= num_images:
@@ -212,11 +239,21 @@ def check_folder(out_dir: Path, num_images: int, request: dict[str, Any],
     return present, unreadable
 
 
-def _check_image_record(path: Path, record: GenerationRecord, index: int, request: dict[str, Any],
-                        label_of: Callable[[int], int] | None) -> None:
+def _check_image_record(
+    path: Path,
+    record: GenerationRecord,
+    index: int,
+    request: dict[str, Any],
+    label_of: Callable[[int], int] | None,
+) -> None:
     settings = request["settings"]
-    expected = {"model": request["model"], "family": request["family"], "seeds": [request["seed"] + index],
-                "class_labels": None if label_of is None else [label_of(index)], "plugins": request["plugins"]}
+    expected = {
+        "model": request["model"],
+        "family": request["family"],
+        "seeds": [request["seed"] + index],
+        "class_labels": None if label_of is None else [label_of(index)],
+        "plugins": request["plugins"],
+    }
     if settings.get("num_inference_steps") is not None and record.steps is not None:
         expected["steps"] = settings["num_inference_steps"]
     if settings.get("guidance_scale") is not None and record.guidance_scale is not None:
@@ -224,12 +261,15 @@ def _check_image_record(path: Path, record: GenerationRecord, index: int, reques
     got = json.loads(json.dumps(record.to_dict(), default=str))
     for key, value in expected.items():
         if got.get(key) != value:
-            raise StudioError(f"{path} was drawn with {key}={got.get(key)!r}, this run asks for {value!r}; "
-                              "remove it or sample into another --out")
+            raise StudioError(
+                f"{path} was drawn with {key}={got.get(key)!r}, this run asks for {value!r}; "
+                "remove it or sample into another --out"
+            )
 
 
-def missing_batches(num_images: int, present: Container[int], batch_size: int, process_index: int = 0,
-                    num_processes: int = 1) -> Iterator[list[int]]:
+def missing_batches(
+    num_images: int, present: Container[int], batch_size: int, process_index: int = 0, num_processes: int = 1
+) -> Iterator[list[int]]:
     """This process's batches of the indices not in ``present``, lazily (batch k goes to process k mod P).
 
     Every process walks the same sequence of missing indices, so the shares are disjoint and
@@ -258,8 +298,15 @@ def _share(missing: int, batch_size: int, process_index: int, num_processes: int
 
 
 # ------------------------------------------------------------------------------------------ sampling
-def sample_to_folder(pipe: Any, out_dir: str | Path, num_images: int, batch_size: int = 16, seed: int = 0,
-                     class_labels: int | Sequence[int] | None = None, **call_kwargs: Any) -> SampleRun:
+def sample_to_folder(
+    pipe: Any,
+    out_dir: str | Path,
+    num_images: int,
+    batch_size: int = 16,
+    seed: int = 0,
+    class_labels: int | Sequence[int] | None = None,
+    **call_kwargs: Any,
+) -> SampleRun:
     """Generate ``num_images`` images into ``out_dir``, keeping those an earlier run with the same settings made.
 
     ``call_kwargs`` go to every pipeline call (steps, guidance, scheduler, truncation...); only
@@ -287,10 +334,17 @@ def sample_to_folder(pipe: Any, out_dir: str | Path, num_images: int, batch_size
     pipe.set_progress_bar_config(disable=True)
     bar = tqdm(total=share, desc=f"sampling (process {state.process_index})", disable=not share)
     try:  # the bar ends its line even when a call fails, so an error message starts on its own
-        for batch in missing_batches(num_images, present, batch_size, state.process_index, state.num_processes):
+        for batch in missing_batches(
+            num_images, present, batch_size, state.process_index, state.num_processes
+        ):
             labels = [label_of(i) for i in batch] if label_of is not None else None
-            out = pipe(num_images=len(batch), seed=[seed + i for i in batch], output_type="np",
-                       **({"class_labels": labels} if takes_labels else {}), **call_kwargs)
+            out = pipe(
+                num_images=len(batch),
+                seed=[seed + i for i in batch],
+                output_type="np",
+                **({"class_labels": labels} if takes_labels else {}),
+                **call_kwargs,
+            )
             for j, index in enumerate(batch):
                 _save(out.images[j], image_path(out_dir, index), out.record.for_image(j))
             generated += len(batch)
@@ -302,8 +356,9 @@ def sample_to_folder(pipe: Any, out_dir: str | Path, num_images: int, batch_size
         try:
             write_summaries(out_dir, num_images)
         except OSError as exc:
-            raise StudioError(f"cannot write samples.npz, grid.png and manifest.jsonl in {out_dir}: "
-                              f"{exc.strerror or exc}") from None
+            raise StudioError(
+                f"cannot write samples.npz, grid.png and manifest.jsonl in {out_dir}: {exc.strerror or exc}"
+            ) from None
     state.wait_for_everyone()
     return SampleRun(out_dir, num_images, generated, len(present), unreadable)
 
@@ -326,18 +381,27 @@ def write_summaries(out_dir: Path, num_images: int) -> None:
         seeds = np.lib.format.open_memmap(seeds_file, "w+", seeds_dtype, (num_images,))
         with zipfile.ZipFile(npz_tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
             with archive.open("images.npy", "w", force_zip64=True) as npy, manifest_tmp.open("w") as manifest:
-                header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False,
-                          "shape": (num_images, *first.shape)}
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(first.dtype),
+                    "fortran_order": False,
+                    "shape": (num_images, *first.shape),
+                }
                 np.lib.format.write_array_header_2_0(npy, header)
                 for index in range(num_images):
                     array, record = (first, first_record) if index == 0 else _read(out_dir, index)
                     if array.shape != first.shape:
-                        raise StudioError(f"{image_path(out_dir, index)} is {array.shape}, image 0 is {first.shape}")
+                        raise StudioError(
+                            f"{image_path(out_dir, index)} is {array.shape}, image 0 is {first.shape}"
+                        )
                     npy.write(np.ascontiguousarray(array).tobytes())
                     labels[index] = record.class_labels[0] if record.class_labels else -1
                     seeds[index] = record.seeds[0]
-                    manifest.write(json.dumps({"file": image_path(out_dir, index).name, **record.to_dict()},
-                                              sort_keys=True) + "\n")
+                    manifest.write(
+                        json.dumps(
+                            {"file": image_path(out_dir, index).name, **record.to_dict()}, sort_keys=True
+                        )
+                        + "\n"
+                    )
                     if index < GRID_MAX_IMAGES:
                         grid_images.append(array)
                         grid_records.append(record)
@@ -348,10 +412,14 @@ def write_summaries(out_dir: Path, num_images: int) -> None:
         del labels, seeds  # close the memory maps before their folder goes
     os.replace(npz_tmp, out_dir / "samples.npz")
     os.replace(manifest_tmp, out_dir / "manifest.jsonl")
-    grid_record = GenerationRecord.from_dict({  # a new record: the images' own records stay as they are
-        **first_record.to_dict(), "seeds": [r.seeds[0] for r in grid_records],
-        "class_labels": [r.class_labels[0] for r in grid_records] if first_record.class_labels else None,
-        "extra": {**first_record.extra, "grid": True}})  # marked: a one-image grid has one seed too
+    grid_record = GenerationRecord.from_dict(
+        {  # a new record: the images' own records stay as they are
+            **first_record.to_dict(),
+            "seeds": [r.seeds[0] for r in grid_records],
+            "class_labels": [r.class_labels[0] for r in grid_records] if first_record.class_labels else None,
+            "extra": {**first_record.extra, "grid": True},
+        }
+    )  # marked: a one-image grid has one seed too
     grid = make_grid(np.stack(grid_images))
     _atomic(out_dir / "grid.png", lambda p: grid.save(p, format="PNG", pnginfo=png_info(grid_record)))
 

@@ -73,8 +73,11 @@ def parse_class_labels(text: str | None) -> int | list[int] | None:
 # ------------------------------------------------------------------------------------------ sample
 def add_sample_parser(subparsers: Any, extensions: Sequence[SampleExtension] = ()) -> argparse.ArgumentParser:
     """Add the ``sample`` subcommand to an argparse subparsers object, with the ``extensions``' options."""
-    parser = subparsers.add_parser("sample", help="sample a checkpoint into a folder of PNGs + npz",
-                                   description="Batch sampling; resumable; shards over `accelerate launch` processes.")
+    parser = subparsers.add_parser(
+        "sample",
+        help="sample a checkpoint into a folder of PNGs + npz",
+        description="Batch sampling; resumable; shards over `accelerate launch` processes.",
+    )
     parser.add_argument("checkpoint", help="shipped model name, run name, folder or hub id")
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -82,17 +85,34 @@ def add_sample_parser(subparsers: Any, extensions: Sequence[SampleExtension] = (
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument("--class-labels", default=None, help="one class for all (3) or a list cycled (0,1,2)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (diffusion models)")
-    parser.add_argument("--scheduler", default=None, help="ddpm, ddim, dpm++, euler, heun, ... (diffusion models)")
+    parser.add_argument(
+        "--scheduler", default=None, help="ddpm, ddim, dpm++, euler, heun, ... (diffusion models)"
+    )
     parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale")
     parser.add_argument("--eta", type=float, default=None, help="DDIM eta")
     parser.add_argument("--truncation", type=float, default=None, help="BigGAN truncation threshold")
-    parser.add_argument("--classifier-scale", type=float, default=None,
-                        help="ADM classifier guidance scale (needs a checkpoint with a noisy classifier)")
-    parser.add_argument("--control-image", default=None, help="ControlNet: picture to follow (PNG, JPEG, ...)")
-    parser.add_argument("--condition", default=None, help="ControlNet: canny, sobel or none (picture is the map)")
-    parser.add_argument("--control-scale", type=float, default=None, help="ControlNet: residual scale (0 = base)")
-    parser.add_argument("--guess-mode", action="store_const", const=True, default=None,
-                        help="ControlNet: residuals 0.1 -> 1, condition only on the conditional CFG branch")
+    parser.add_argument(
+        "--classifier-scale",
+        type=float,
+        default=None,
+        help="ADM classifier guidance scale (needs a checkpoint with a noisy classifier)",
+    )
+    parser.add_argument(
+        "--control-image", default=None, help="ControlNet: picture to follow (PNG, JPEG, ...)"
+    )
+    parser.add_argument(
+        "--condition", default=None, help="ControlNet: canny, sobel or none (picture is the map)"
+    )
+    parser.add_argument(
+        "--control-scale", type=float, default=None, help="ControlNet: residual scale (0 = base)"
+    )
+    parser.add_argument(
+        "--guess-mode",
+        action="store_const",
+        const=True,
+        default=None,
+        help="ControlNet: residuals 0.1 -> 1, condition only on the conditional CFG branch",
+    )
     for extension in extensions:
         extension.add_arguments(parser)
     parser.add_argument("--device", default=None, help="auto, cpu, cuda")
@@ -134,7 +154,9 @@ def run_sample(args: argparse.Namespace, extensions: Sequence[SampleExtension] =
     check_count("--batch-size", args.batch_size)
     check_seed_range(args.seed, args.num_images)
     labels = parse_class_labels(args.class_labels)
-    state = PartialState(cpu=resolve_device(args.device).type == "cpu")  # one process per device under a launcher
+    state = PartialState(
+        cpu=resolve_device(args.device).type == "cpu"
+    )  # one process per device under a launcher
     pipe = load_pipeline(args.checkpoint, device=str(state.device))
     for module in pipe.components.values():
         if hasattr(module, "modules"):
@@ -145,8 +167,10 @@ def run_sample(args: argparse.Namespace, extensions: Sequence[SampleExtension] =
     run = sample_to_folder(pipe, args.out, args.num_images, args.batch_size, args.seed, labels, **kwargs)
     if state.is_main_process:
         redrawn = f", {run.redrawn} unreadable ones drawn again" if run.redrawn else ""
-        print(f"{run.num_images} images in {run.out_dir} ({run.skipped} already there{redrawn}); "
-              f"samples.npz, grid.png, manifest.jsonl written")
+        print(
+            f"{run.num_images} images in {run.out_dir} ({run.skipped} already there{redrawn}); "
+            f"samples.npz, grid.png, manifest.jsonl written"
+        )
     return 0
 
 
@@ -167,8 +191,16 @@ def run_models(args: argparse.Namespace) -> int:
         return 0
     rows = [("NAME", "FAMILY", "SOURCE", "STEPS", "DATASET", "PATH")]
     for e in entries:
-        rows.append((e.name, e.family, e.source, str(e.card.get("trained_steps", "")),
-                     str(e.card.get("dataset", "")), str(e.path)))
+        rows.append(
+            (
+                e.name,
+                e.family,
+                e.source,
+                str(e.card.get("trained_steps", "")),
+                str(e.card.get("dataset", "")),
+                str(e.path),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

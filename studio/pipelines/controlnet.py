@@ -61,7 +61,9 @@ def _as_grey_list(control_image: ControlImage | Sequence[ControlImage]) -> list[
         if array.ndim == 3:
             array = array[None]
         if array.ndim != 4:
-            raise StudioError(f"a control tensor must be (C, H, W) or (N, C, H, W), got shape {tuple(array.shape)}")
+            raise StudioError(
+                f"a control tensor must be (C, H, W) or (N, C, H, W), got shape {tuple(array.shape)}"
+            )
         array = np.moveaxis(array, 1, -1)
     elif isinstance(control_image, np.ndarray):  # (H, W), (H, W, C) or (N, H, W, C), channels last
         array = control_image
@@ -73,9 +75,13 @@ def _as_grey_list(control_image: ControlImage | Sequence[ControlImage]) -> list[
         elif array.ndim == 3:
             array = array[None]
         if array.ndim != 4:
-            raise StudioError(f"a control array must be (H, W), (H, W, C) or (N, H, W, C), got shape {array.shape}")
+            raise StudioError(
+                f"a control array must be (H, W), (H, W, C) or (N, H, W, C), got shape {array.shape}"
+            )
     else:
-        raise StudioError(f"control_image must be a PIL image, numpy array or tensor, got {type(control_image).__name__}")
+        raise StudioError(
+            f"control_image must be a PIL image, numpy array or tensor, got {type(control_image).__name__}"
+        )
     channels = array.shape[-1]
     if channels not in (1, 3, 4):
         raise StudioError(f"a control image needs 1 (grey), 3 (RGB) or 4 (RGBA) channels, got {channels}")
@@ -108,9 +114,21 @@ class StudioControlNetPipeline(StudioADMPipeline):
     model_cpu_offload_seq = "controlnet->unet"
     _optional_components: ClassVar[list[str]] = []
     conditions: ClassVar[tuple[str, ...]] = CONDITIONS
-    call_parameters = ("control_image", "class_labels", "num_images", "seed", "num_inference_steps", "scheduler",
-                       "guidance_scale", "controlnet_conditioning_scale", "guess_mode", "condition", "eta",
-                       "output_type", "callback_on_step_end")
+    call_parameters = (
+        "control_image",
+        "class_labels",
+        "num_images",
+        "seed",
+        "num_inference_steps",
+        "scheduler",
+        "guidance_scale",
+        "controlnet_conditioning_scale",
+        "guess_mode",
+        "condition",
+        "eta",
+        "output_type",
+        "callback_on_step_end",
+    )
 
     def __init__(self, unet: ADMConditionUNet, controlnet: ADMControlNetModel, scheduler: Any):
         super(StudioADMPipeline, self).__init__()
@@ -121,7 +139,9 @@ class StudioControlNetPipeline(StudioADMPipeline):
 
     classifier = None  # no classifier guidance in this pipeline
 
-    def prepare_conditions(self, control_image: ControlImage | Sequence[ControlImage], condition: str) -> np.ndarray:
+    def prepare_conditions(
+        self, control_image: ControlImage | Sequence[ControlImage], condition: str
+    ) -> np.ndarray:
         """Condition maps (M, 1, S, S) float32 in [0, 1] at the model's sample size S."""
         if condition not in CONDITIONS:
             raise StudioError(f"unknown condition type {condition!r} (known: {', '.join(CONDITIONS)})")
@@ -165,8 +185,9 @@ class StudioControlNetPipeline(StudioADMPipeline):
         check_scheduler_steps(sampler, num_inference_steps)
         check_eta_applies(sampler, eta)
         channels, size = self.unet.config.in_channels, self.unet.config.sample_size
-        sample = randn_tensor((plan.num_images, channels, size, size), generator=plan.generators, device=device,
-                              dtype=dtype)
+        sample = randn_tensor(
+            (plan.num_images, channels, size, size), generator=plan.generators, device=device, dtype=dtype
+        )
         sampler.set_timesteps(num_inference_steps, device=device)
         sample = sample * sampler.init_noise_sigma
         y = torch.tensor(plan.labels, device=device) if plan.labels is not None else None
@@ -176,19 +197,29 @@ class StudioControlNetPipeline(StudioADMPipeline):
         denoise_started = time.perf_counter()
         try:
             with batch_invariant(self.unet), batch_invariant(self.controlnet), self._plugins_bound(sampler):
-                sample = self._denoise(sample, y, sampler, guidance_scale, 0.0, plan.generators, eta,
-                                       callback_on_step_end)
+                sample = self._denoise(
+                    sample, y, sampler, guidance_scale, 0.0, plan.generators, eta, callback_on_step_end
+                )
         finally:
             self._hint = None
         denoise_s = time.perf_counter() - denoise_started
 
         record = GenerationRecord(
-            model=self.model_name(), family=self.family, seeds=plan.seeds, class_labels=plan.labels,
+            model=self.model_name(),
+            family=self.family,
+            seeds=plan.seeds,
+            class_labels=plan.labels,
             sampler=sampler.kind if isinstance(sampler, ADMSampler) else scheduler_name(sampler),
-            steps=num_inference_steps, guidance_scale=guidance_scale,
-            extra={"condition": condition, "controlnet_conditioning_scale": float(controlnet_conditioning_scale),
-                   "guess_mode": bool(guess_mode), "eta": eta, "image_size": int(sample.shape[-1]),
-                   "interrupted": self._interrupt},
+            steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            extra={
+                "condition": condition,
+                "controlnet_conditioning_scale": float(controlnet_conditioning_scale),
+                "guess_mode": bool(guess_mode),
+                "eta": eta,
+                "image_size": int(sample.shape[-1]),
+                "interrupted": self._interrupt,
+            },
             timings={"denoise_s": round(denoise_s, 4)},
         )
         out = self.finish_call(sample, output_type, record, started, True)
@@ -200,32 +231,73 @@ class StudioControlNetPipeline(StudioADMPipeline):
     def _classifier_batch_invariant(self) -> AbstractContextManager:
         return nullcontext()
 
-    def _model_output(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None,
-                      guidance_scale: float) -> torch.Tensor:
+    def _model_output(
+        self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None, guidance_scale: float
+    ) -> torch.Tensor:
         """Base output with residuals; with CFG one batched pass over (x, y) and (x, null)."""
         hint, scale, guess = self._hint, self._control_scale, self._guess_mode
         if y is None or guidance_scale == 1.0 or null_class(self.unet) < 1:
             return self._controlled(x, timesteps, hint, y, scale, guess)
         null = torch.full_like(y, null_class(self.unet))
         if guess:  # the condition reaches only the conditional branch
-            down, mid = self.controlnet(x, timesteps, encoder_hidden_states=None, controlnet_cond=hint,
-                                        class_labels=y, conditioning_scale=scale, guess_mode=True, return_dict=False)
+            down, mid = self.controlnet(
+                x,
+                timesteps,
+                encoder_hidden_states=None,
+                controlnet_cond=hint,
+                class_labels=y,
+                conditioning_scale=scale,
+                guess_mode=True,
+                return_dict=False,
+            )
             down = [torch.cat([d, torch.zeros_like(d)]) for d in down]
             mid = torch.cat([mid, torch.zeros_like(mid)])
-            both = self.unet(torch.cat([x, x]), torch.cat([timesteps, timesteps]), encoder_hidden_states=None,
-                             class_labels=torch.cat([y, null]), down_block_additional_residuals=down,
-                             mid_block_additional_residual=mid).sample
+            both = self.unet(
+                torch.cat([x, x]),
+                torch.cat([timesteps, timesteps]),
+                encoder_hidden_states=None,
+                class_labels=torch.cat([y, null]),
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+            ).sample
         else:
-            both = self._controlled(torch.cat([x, x]), torch.cat([timesteps, timesteps]), torch.cat([hint, hint]),
-                                    torch.cat([y, null]), scale, False)
+            both = self._controlled(
+                torch.cat([x, x]),
+                torch.cat([timesteps, timesteps]),
+                torch.cat([hint, hint]),
+                torch.cat([y, null]),
+                scale,
+                False,
+            )
         cond, uncond = both.chunk(2)
         return cfg_mix(cond, uncond, guidance_scale, x.shape[1])
 
-    def _controlled(self, x: torch.Tensor, timesteps: torch.Tensor, hint: torch.Tensor, y: torch.Tensor | None,
-                    scale: float, guess_mode: bool) -> torch.Tensor:
+    def _controlled(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        hint: torch.Tensor,
+        y: torch.Tensor | None,
+        scale: float,
+        guess_mode: bool,
+    ) -> torch.Tensor:
         if scale == 0.0 and not guess_mode:  # exactly the base model
             return self.unet(x, timesteps, encoder_hidden_states=None, class_labels=y).sample
-        down, mid = self.controlnet(x, timesteps, encoder_hidden_states=None, controlnet_cond=hint, class_labels=y,
-                                    conditioning_scale=scale, guess_mode=guess_mode, return_dict=False)
-        return self.unet(x, timesteps, encoder_hidden_states=None, class_labels=y,
-                         down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        down, mid = self.controlnet(
+            x,
+            timesteps,
+            encoder_hidden_states=None,
+            controlnet_cond=hint,
+            class_labels=y,
+            conditioning_scale=scale,
+            guess_mode=guess_mode,
+            return_dict=False,
+        )
+        return self.unet(
+            x,
+            timesteps,
+            encoder_hidden_states=None,
+            class_labels=y,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample

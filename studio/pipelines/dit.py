@@ -44,8 +44,17 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
     family = "dit"
     model_cpu_offload_seq = "transformer->vae"
     _optional_components = ["vae"]  # noqa: RUF012 - diffusers reads this class attribute as a list
-    call_parameters = ("num_images", "class_labels", "num_inference_steps", "guidance_scale", "seed", "scheduler",
-                       "eta", "output_type", "callback_on_step_end")
+    call_parameters = (
+        "num_images",
+        "class_labels",
+        "num_inference_steps",
+        "guidance_scale",
+        "seed",
+        "scheduler",
+        "eta",
+        "output_type",
+        "callback_on_step_end",
+    )
 
     def __init__(self, transformer: DiTTransformer2DModel, scheduler: Any, vae: Any = None):
         super().__init__()
@@ -94,7 +103,9 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
         # 1. initial noise, one generator per image
         size = self.transformer.config.sample_size
         channels = self.transformer.config.in_channels
-        latents = randn_tensor((plan.num_images, channels, size, size), generator=generators, device=device, dtype=dtype)
+        latents = randn_tensor(
+            (plan.num_images, channels, size, size), generator=generators, device=device, dtype=dtype
+        )
         sampler.set_timesteps(num_inference_steps, device=latents.device)
         latents = latents * sampler.init_noise_sigma
 
@@ -144,8 +155,11 @@ class StudioDiTPipeline(StudioPipelineMixin, DiffusionPipeline):
                 break
             model_input = torch.cat([latents, latents]) if use_cfg else latents
             model_input = sampler.scale_model_input(model_input, t)
-            timesteps = t.expand(model_input.shape[0]) if torch.is_tensor(t) else torch.full(
-                (model_input.shape[0],), t, device=latents.device)
+            timesteps = (
+                t.expand(model_input.shape[0])
+                if torch.is_tensor(t)
+                else torch.full((model_input.shape[0],), t, device=latents.device)
+            )
             output = self.transformer(model_input, timestep=timesteps, class_labels=y).sample[:, :channels]
             if use_cfg:
                 cond, uncond = output.chunk(2)

@@ -78,8 +78,12 @@ class StudioDSNOPipeline(StudioPipelineMixin, DiffusionPipeline):
 
         # 2. one student call per fixed-size chunk; the last state of each trajectory is the sample
         call_started = time.perf_counter()
-        images = torch.cat([self._sample_chunk(noise[i : i + CHUNK_SIZE], None if y is None else y[i : i + CHUNK_SIZE])
-                            for i in range(0, num_images, CHUNK_SIZE)])
+        images = torch.cat(
+            [
+                self._sample_chunk(noise[i : i + CHUNK_SIZE], None if y is None else y[i : i + CHUNK_SIZE])
+                for i in range(0, num_images, CHUNK_SIZE)
+            ]
+        )
         call_s = time.perf_counter() - call_started
 
         student = self.student.config
@@ -91,8 +95,13 @@ class StudioDSNOPipeline(StudioPipelineMixin, DiffusionPipeline):
             sampler="dsno",
             steps=1,
             guidance_scale=float(student.guidance_scale),
-            extra={"nfe": 1, "teacher": student.teacher, "teacher_sampler": f"ddim-{student.teacher_steps}",
-                   "time_grid": list(student.timesteps), "image_size": size},
+            extra={
+                "nfe": 1,
+                "teacher": student.teacher,
+                "teacher_sampler": f"ddim-{student.teacher_steps}",
+                "time_grid": list(student.timesteps),
+                "image_size": size,
+            },
             timings={"student_s": round(call_s, 4)},
         )
         return self.finish_call(images, output_type, record, started, return_dict)
@@ -110,9 +119,13 @@ class StudioDSNOPipeline(StudioPipelineMixin, DiffusionPipeline):
         check_finite(guidance_scale=guidance)
         student = self.student.config
         if steps is not None and steps != 1:
-            raise StudioError(f"a DSNO student samples in one network call; it takes no step count (got "
-                              f"num_inference_steps={steps}). Its teacher's {student.teacher_steps}-step DDIM "
-                              "trajectory is baked in; sample the teacher for other step counts")
+            raise StudioError(
+                f"a DSNO student samples in one network call; it takes no step count (got "
+                f"num_inference_steps={steps}). Its teacher's {student.teacher_steps}-step DDIM "
+                "trajectory is baked in; sample the teacher for other step counts"
+            )
         if guidance is not None and float(guidance) != float(student.guidance_scale):
-            raise StudioError(f"this DSNO student was distilled at guidance scale {student.guidance_scale} and "
-                              f"cannot sample at {guidance}; distil another student for another scale")
+            raise StudioError(
+                f"this DSNO student was distilled at guidance scale {student.guidance_scale} and "
+                f"cannot sample at {guidance}; distil another student for another scale"
+            )

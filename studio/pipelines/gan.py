@@ -75,8 +75,10 @@ class StudioGANPipeline(StudioPipelineMixin, DiffusionPipeline):
         """
         if unsupported:
             names = ", ".join(sorted(unsupported))
-            raise StudioError(f"{type(self).__name__} does not take {names}: a GAN draws each image in one "
-                              f"forward pass (it takes {', '.join(self.call_parameters)})")
+            raise StudioError(
+                f"{type(self).__name__} does not take {names}: a GAN draws each image in one "
+                f"forward pass (it takes {', '.join(self.call_parameters)})"
+            )
         started = time.perf_counter()
         check_finite(truncation=truncation)
         device, dtype = self._execution_device, self.generator.dtype
@@ -84,8 +86,9 @@ class StudioGANPipeline(StudioPipelineMixin, DiffusionPipeline):
         labels = plan.labels
 
         # 1. one latent per image from its own generator
-        latents = torch.stack([truncated_normal(self.generator.z_dim, truncation, g, dtype)
-                               for g in plan.generators])  # (N, z_dim)
+        latents = torch.stack(
+            [truncated_normal(self.generator.z_dim, truncation, g, dtype) for g in plan.generators]
+        )  # (N, z_dim)
         y = torch.tensor(labels, device=device) if labels is not None else None
 
         # 2. the generator in eval mode, on fixed-size chunks

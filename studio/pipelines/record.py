@@ -60,7 +60,9 @@ class GenerationRecord:
             "Sampler": self.sampler,
             "CFG scale": self.guidance_scale,
             "Seed": self.seeds[0] if len(self.seeds) == 1 else self.seeds,
-            "Class": self.class_labels[0] if self.class_labels and len(self.class_labels) == 1 else self.class_labels,
+            "Class": self.class_labels[0]
+            if self.class_labels and len(self.class_labels) == 1
+            else self.class_labels,
             "Model": self.model,
             "Family": self.family,
             **{k.replace("_", " ").capitalize(): v for k, v in self.extra.items()},

@@ -56,8 +56,11 @@ from studio.pipelines.record import GenerationRecord
 
 SAMPLERS = ("langevin", "pc", "ode")
 #: the samplers each kind supports, default first
-KIND_SAMPLERS = {ScoreKind.NCSN: ("langevin", "pc"), ScoreKind.VE: ("pc", "langevin", "ode"),
-                 ScoreKind.VP: ("pc", "ode")}
+KIND_SAMPLERS = {
+    ScoreKind.NCSN: ("langevin", "pc"),
+    ScoreKind.VE: ("pc", "langevin", "ode"),
+    ScoreKind.VP: ("pc", "ode"),
+}
 #: NCSN's Langevin step (ermongroup/ncsn configs/anneal.yml: step_lr 2e-5 with T = 100 per level)
 DEFAULT_STEP_LR = 2e-5
 ODE_TOLERANCE = 1e-5
@@ -87,8 +90,17 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
     #: its samplers (Langevin, predictor-corrector, ODE) are not a diffusers scheduler loop: step plugins refuse it
     scheduler_loop = False
     model_cpu_offload_seq = "unet"
-    call_parameters = ("num_images", "num_inference_steps", "seed", "scheduler", "corrector_steps", "snr",
-                       "step_lr", "output_type", "callback_on_step_end")
+    call_parameters = (
+        "num_images",
+        "num_inference_steps",
+        "seed",
+        "scheduler",
+        "corrector_steps",
+        "snr",
+        "step_lr",
+        "output_type",
+        "callback_on_step_end",
+    )
 
     def __init__(self, unet: UNet2DModel, scheduler: Any):
         super().__init__()
@@ -145,8 +157,12 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
         device, dtype = self._execution_device, self.unet.dtype
         plan = self.begin_call(num_images, None, seed, device)
         generators = plan.generators
-        shape = (num_images, self.unet.config.in_channels, self.unet.config.sample_size,
-                 self.unet.config.sample_size)
+        shape = (
+            num_images,
+            self.unet.config.in_channels,
+            self.unet.config.sample_size,
+            self.unet.config.sample_size,
+        )
 
         def noise_fn(like: torch.Tensor) -> torch.Tensor:
             return randn_tensor(like.shape, generator=generators, device=like.device, dtype=like.dtype)
@@ -158,8 +174,20 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
                 x, nfe = self._ode(kind, shape, generators, device, dtype)
                 extra["nfe_per_image"] = nfe
             else:
-                x, nfe = self._run_progressive(kind, sampler, shape, steps, corrector_steps, snr, step_lr,
-                                               generators, noise_fn, device, dtype, callback_on_step_end)
+                x, nfe = self._run_progressive(
+                    kind,
+                    sampler,
+                    shape,
+                    steps,
+                    corrector_steps,
+                    snr,
+                    step_lr,
+                    generators,
+                    noise_fn,
+                    device,
+                    dtype,
+                    callback_on_step_end,
+                )
                 extra["nfe"] = nfe
         denoise_s = time.perf_counter() - denoise_started
         if sampler == "pc":
@@ -182,14 +210,26 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
         return self.finish_call(x, output_type, record, started, return_dict)
 
     # ------------------------------------------------------------------ checks
-    def _check_inputs(self, kind: ScoreKind, sampler: str, num_images: int, steps: int | None,
-                      corrector_steps: int | None, snr: float | None, step_lr: float) -> None:
+    def _check_inputs(
+        self,
+        kind: ScoreKind,
+        sampler: str,
+        num_images: int,
+        steps: int | None,
+        corrector_steps: int | None,
+        snr: float | None,
+        step_lr: float,
+    ) -> None:
         check_finite(snr=snr, step_lr=step_lr)
         if sampler not in SAMPLERS:
-            raise StudioError(f"unknown sampler {sampler!r} for a score model; choose one of {', '.join(SAMPLERS)}")
+            raise StudioError(
+                f"unknown sampler {sampler!r} for a score model; choose one of {', '.join(SAMPLERS)}"
+            )
         if sampler not in KIND_SAMPLERS[kind]:
-            raise StudioError(f"sampler {sampler!r} does not apply to a {kind.value} model "
-                              f"(it supports {', '.join(KIND_SAMPLERS[kind])})")
+            raise StudioError(
+                f"sampler {sampler!r} does not apply to a {kind.value} model "
+                f"(it supports {', '.join(KIND_SAMPLERS[kind])})"
+            )
         if num_images < 1:
             raise StudioError(f"num_images must be at least 1, got {num_images}")
         if steps is not None and steps < 1:
@@ -205,32 +245,54 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
         if kind is ScoreKind.NCSN and steps is not None:
             levels = int(self.scheduler.config.num_train_timesteps)
             if sampler == "pc" and steps != levels:
-                raise StudioError(f"pc on an NCSN runs its {levels} trained noise levels: "
-                                  f"num_inference_steps must be {levels}, got {steps}")
+                raise StudioError(
+                    f"pc on an NCSN runs its {levels} trained noise levels: "
+                    f"num_inference_steps must be {levels}, got {steps}"
+                )
             if steps > levels:
-                raise StudioError(f"this NCSN has {levels} noise levels; num_inference_steps must be at most {levels}")
+                raise StudioError(
+                    f"this NCSN has {levels} noise levels; num_inference_steps must be at most {levels}"
+                )
 
     # ------------------------------------------------------------------ samplers
-    def _run_progressive(self, kind: ScoreKind, sampler: str, shape: tuple[int, ...], steps: int,
-                         corrector_steps: int, snr: float, step_lr: float, generators: list[torch.Generator],
-                         noise_fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                         dtype: torch.dtype, callback: Callable | None) -> tuple[torch.Tensor, int]:
+    def _run_progressive(
+        self,
+        kind: ScoreKind,
+        sampler: str,
+        shape: tuple[int, ...],
+        steps: int,
+        corrector_steps: int,
+        snr: float,
+        step_lr: float,
+        generators: list[torch.Generator],
+        noise_fn: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+        dtype: torch.dtype,
+        callback: Callable | None,
+    ) -> tuple[torch.Tensor, int]:
         """Run a progressive sampler with progress bar, step callback and interrupt; (sample, NFE)."""
         if sampler == "langevin":
             x = torch.cat([torch.rand((1, *shape[1:]), generator=g, device=g.device) for g in generators]).to(
-                device=device, dtype=dtype)  # NCSN starts from U(0, 1)
+                device=device, dtype=dtype
+            )  # NCSN starts from U(0, 1)
             level_fn, sigmas = self._ladder(kind, steps)
             counted = CountingScore(level_fn)
             progressive: Iterator[SamplerStep] = annealed_langevin_progressive(
-                counted, sigmas, x, step_lr, corrector_steps, noise_fn)
+                counted, sigmas, x, step_lr, corrector_steps, noise_fn
+            )
         else:
             sde, score_fn = self._sde_and_score(kind, steps)
             counted = CountingScore(score_fn)
             x = sde.prior_sampling(randn_tensor(shape, generator=generators, device=device, dtype=dtype))
             predictor = ReverseDiffusionPredictor(sde, counted, noise_fn)
-            corrector = (LangevinCorrector(sde, counted, noise_fn, snr, corrector_steps) if corrector_steps
-                         else NoneCorrector(sde, counted, noise_fn, snr, 0))
-            progressive = pc_sample_progressive(predictor, corrector, x, float(self.scheduler.config.sampling_eps))
+            corrector = (
+                LangevinCorrector(sde, counted, noise_fn, snr, corrector_steps)
+                if corrector_steps
+                else NoneCorrector(sde, counted, noise_fn, snr, 0)
+            )
+            progressive = pc_sample_progressive(
+                predictor, corrector, x, float(self.scheduler.config.sampling_eps)
+            )
         for step in self.progress_bar(progressive, total=steps):
             x = step.sample_mean
             if callback is not None:
@@ -264,8 +326,14 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
         model = FixedBatchModel(self.unet)
         return sde, ve_score_fn(model, sde) if kind is ScoreKind.VE else vp_score_fn(model, sde)
 
-    def _ode(self, kind: ScoreKind, shape: tuple[int, ...], generators: list[torch.Generator],
-             device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, list[int]]:
+    def _ode(
+        self,
+        kind: ScoreKind,
+        shape: tuple[int, ...],
+        generators: list[torch.Generator],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, list[int]]:
         """Probability-flow ODE, one image at a time; (samples, NFE per image)."""
         sde, score_fn = self._sde_and_score(kind, int(self.scheduler.config.num_train_timesteps))
         eps = float(self.scheduler.config.sampling_eps)
@@ -274,8 +342,9 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
             if self._interrupt:
                 break
             z = randn_tensor((1, *shape[1:]), generator=generator, device=device, dtype=dtype)
-            result = probability_flow_ode(sde, score_fn, sde.prior_sampling(z), 1.0, eps, ODE_TOLERANCE,
-                                          ODE_TOLERANCE, denoise=True)
+            result = probability_flow_ode(
+                sde, score_fn, sde.prior_sampling(z), 1.0, eps, ODE_TOLERANCE, ODE_TOLERANCE, denoise=True
+            )
             samples.append(result.sample)
             nfes.append(result.nfe)
         if not samples:

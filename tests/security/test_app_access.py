@@ -82,7 +82,11 @@ def cached_copies(content: bytes) -> list[Path]:
     from gradio.utils import get_upload_folder
 
     root = Path(get_upload_folder())
-    return [p for p in root.rglob("*") if p.is_file() and p.stat().st_size == len(content) and p.read_bytes() == content]
+    return [
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.stat().st_size == len(content) and p.read_bytes() == content
+    ]
 
 
 def forget_copies(content: bytes) -> None:
@@ -154,11 +158,25 @@ def test_app_flags_name_allowed_folders_and_output_limits(tmp_path):
     from app import parse_args
     from webapp.ui import app_access
 
-    args = parse_args(["--allow-path", str(tmp_path), "--allow-path", str(tmp_path), "--max-output-mb", "5",
-                       "--max-output-runs", "3"])
+    args = parse_args(
+        [
+            "--allow-path",
+            str(tmp_path),
+            "--allow-path",
+            str(tmp_path),
+            "--max-output-mb",
+            "5",
+            "--max-output-runs",
+            "3",
+        ]
+    )
     assert args.allow_path == [tmp_path, tmp_path] and (args.max_output_mb, args.max_output_runs) == (5.0, 3)
     assert app_access(args.allow_path).model_dirs == (tmp_path.resolve(), tmp_path.resolve())
-    for bad in (["--allow-path", str(tmp_path / "missing")], ["--max-output-mb", "0"], ["--max-output-runs", "0"]):
+    for bad in (
+        ["--allow-path", str(tmp_path / "missing")],
+        ["--max-output-mb", "0"],
+        ["--max-output-runs", "0"],
+    ):
         with pytest.raises(SystemExit):
             parse_args(bad)
 
@@ -170,7 +188,9 @@ def test_the_upload_endpoint_is_the_only_way_in(app):
     picture[4:12, 7:9] = 255
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, format="PNG")
-    uploaded = httpx.post(url.rstrip("/") + "/gradio_api/upload", files={"files": ("mine.png", buffer.getvalue())})
+    uploaded = httpx.post(
+        url.rstrip("/") + "/gradio_api/upload", files={"files": ("mine.png", buffer.getvalue())}
+    )
     server_path = json.loads(uploaded.text)[0]
     event, payload = call(app[0], "control", control_data({"path": server_path, "meta": FILE_META}))
     assert event == "complete", payload
@@ -186,8 +206,11 @@ def test_the_service_itself_reads_only_uploads(runs_dir, server_files, tmp_path)
     from webapp.ui import app_access
 
     service = StudioService(tmp_path / "out", device="cpu", access=app_access())
-    studio_png = StudioService(tmp_path / "made", device="cpu").generate(
-        GenerateRequest("demo", num_images=1, seed=123, num_inference_steps=1)).batch.paths[0]
+    studio_png = (
+        StudioService(tmp_path / "made", device="cpu")
+        .generate(GenerateRequest("demo", num_images=1, seed=123, num_inference_steps=1))
+        .batch.paths[0]
+    )
     with pytest.raises(AccessDenied, match=r"PNG 00-demo-class0-seed123.png is not an uploaded file"):
         service.request_from_png(studio_png)
     with pytest.raises(AccessDenied, match="control image private.png is not an uploaded file"):

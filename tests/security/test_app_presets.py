@@ -23,11 +23,11 @@ def test_every_offered_preset_fits_the_limits():
     for family_name, presets in offered.items():
         family_cls = get_family(family_name)
         for preset in presets:
-            config = load_config(family_name, family_cls.config_class, preset, [f"max_steps={LIMITS.max_train_steps}"])
+            config = load_config(
+                family_name, family_cls.config_class, preset, [f"max_steps={LIMITS.max_train_steps}"]
+            )
             LIMITS.check_training(config)
             with torch.random.fork_rng():
                 models = family_cls(config, dataset_info(config.data)).build_models()
             count = sum(p.numel() for model in models.values() for p in model.parameters())
             assert count <= LIMITS.max_model_parameters, (family_name, preset, count)
-
-

@@ -56,7 +56,9 @@ def crafted(tmp_path):
 
 def upload(url: str, name: str, content: bytes) -> str:
     """Upload a file the way the page does; its path on the server."""
-    response = httpx.post(url.rstrip("/") + "/gradio_api/upload", files={"files": (name, content)}, timeout=60)
+    response = httpx.post(
+        url.rstrip("/") + "/gradio_api/upload", files={"files": (name, content)}, timeout=60
+    )
     return response.json()[0]
 
 
@@ -66,12 +68,16 @@ def runs_now() -> set[str]:
 
 def test_train_refuses_an_uploaded_preset_and_does_not_echo_it(app, crafted):
     checkpoint, marker = crafted
-    yaml = (f"family: dit\nmax_steps: 1\nresume_from_checkpoint: {checkpoint}\nsecret_token: hunter2\n"
-            "model:\n  depth: 4000\n  head_dim: 4096\n").encode()
+    yaml = (
+        f"family: dit\nmax_steps: 1\nresume_from_checkpoint: {checkpoint}\nsecret_token: hunter2\n"
+        "model:\n  depth: 4000\n  head_dim: 4096\n"
+    ).encode()
     server_path = upload(app[0], "evil.yaml", yaml)
     before = runs_now()
     for preset in (server_path, "../../" + server_path, "mnist-tiny.yaml", "/etc/hostname.yaml"):
-        message = refusal(app[0], "train", ["dit", preset, 10, ""]).replace(preset, "PRESET")  # the path is random
+        message = refusal(app[0], "train", ["dit", preset, 10, ""]).replace(
+            preset, "PRESET"
+        )  # the path is random
         assert "hunter2" not in message and "secret_token" not in message and "4000" not in message
     assert runs_now() == before and not marker.exists()
 
@@ -79,27 +85,39 @@ def test_train_refuses_an_uploaded_preset_and_does_not_echo_it(app, crafted):
 def test_train_resumes_only_the_apps_own_runs(app, crafted):
     checkpoint, marker = crafted
     before = runs_now()
-    for resume in (str(checkpoint), str(checkpoint.parent.parent), "../" + checkpoint.parent.parent.name, "latest"):
-        assert "is not a dit mnist-tiny run of this app" in refusal(app[0], "train", ["dit", "mnist-tiny", 10, resume])
+    for resume in (
+        str(checkpoint),
+        str(checkpoint.parent.parent),
+        "../" + checkpoint.parent.parent.name,
+        "latest",
+    ):
+        assert "is not a dit mnist-tiny run of this app" in refusal(
+            app[0], "train", ["dit", "mnist-tiny", 10, resume]
+        )
     assert runs_now() == before and not marker.exists()
 
 
 def test_train_refuses_families_and_sizes_beyond_the_limits(app):
     before = runs_now()
     assert "not in the list of choices" in refusal(app[0], "train", ["classifier", "mnist", 10, ""])
-    assert "greater than maximum value" in refusal(app[0], "train", ["dit", "mnist-tiny", 10**9, ""])  # the slider
+    assert "greater than maximum value" in refusal(
+        app[0], "train", ["dit", "mnist-tiny", 10**9, ""]
+    )  # the slider
     with pytest.raises(StudioError, match=f"max steps must be between 1 and {LIMITS.max_train_steps}"):
         app[1].trainer.start("dit", "mnist-tiny", 10**9)  # the service, whatever the widget allows
     assert runs_now() == before
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["batch_size=100000"], "batch size must be between 1"),
-    (["batch_size=64", "gradient_accumulation_steps=64"], "batch size must be between 1"),
-    (["num_sample_images=100000"], "sample images must be between 1"),
-    (["eval_every=1", "eval_num_images=100000"], "evaluation images must be between 1"),
-    (["data.image_size=4096"], "image size must be between 1"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["batch_size=100000"], "batch size must be between 1"),
+        (["batch_size=64", "gradient_accumulation_steps=64"], "batch size must be between 1"),
+        (["num_sample_images=100000"], "sample images must be between 1"),
+        (["eval_every=1", "eval_num_images=100000"], "evaluation images must be between 1"),
+        (["data.image_size=4096"], "image size must be between 1"),
+    ],
+)
 def test_training_configs_beyond_the_limits_are_refused_before_anything_runs(runs_dir, overrides, message):
     runner = TrainingRunner()
     with pytest.raises(StudioError, match=message):
@@ -116,11 +134,16 @@ def test_generation_requests_beyond_the_limits_are_refused(app):
     service = app[1]  # and the service refuses them whatever the widgets allow
     with pytest.raises(StudioError, match=f"number of images must be between 1 and {LIMITS.max_images}"):
         service.generate(GenerateRequest(DIT, num_images=10**6))
-    with pytest.raises(StudioError, match=f"number of steps must be between 1 and {LIMITS.max_sampling_steps}"):
+    with pytest.raises(
+        StudioError, match=f"number of steps must be between 1 and {LIMITS.max_sampling_steps}"
+    ):
         service.compare(GenerateRequest(DIT, num_inference_steps=10**6, plugins=("fora",)))
     with pytest.raises(StudioError, match="number of images must be between 1"):
         service.generate(GenerateRequest(DIT, num_images=0))
-    assert call(app[0], "generate", [DIT, "all", "ddim", 2, 4.0, 0.0, 0, False, 1, "", False, 0.0, "1"])[0] == "complete"
+    assert (
+        call(app[0], "generate", [DIT, "all", "ddim", 2, 4.0, 0.0, 0, False, 1, "", False, 0.0, "1"])[0]
+        == "complete"
+    )
 
 
 def test_control_batch_beyond_the_limit_is_refused(app):
@@ -137,11 +160,15 @@ def test_control_batch_beyond_the_limit_is_refused(app):
 def test_outputs_keep_the_newest_runs_within_the_limits(checkpoints_runs, tmp_path):
     limits = dataclasses.replace(LIMITS, max_output_runs=3)
     service = StudioService(tmp_path / "outputs", device="cpu", limits=limits)
-    results = [service.generate(GenerateRequest(DIT, num_images=1, seed=s, num_inference_steps=2)) for s in range(5)]
+    results = [
+        service.generate(GenerateRequest(DIT, num_images=1, seed=s, num_inference_steps=2)) for s in range(5)
+    ]
     folders = sorted(p.name for p in (tmp_path / "outputs").iterdir())
     assert folders == [r.batch.paths[0].parent.name for r in results[-3:]]
     assert [e.request.seed for e in service.history.entries()] == [4, 3, 2]  # pruned runs leave the history
-    tight = StudioService(tmp_path / "tight", device="cpu", limits=dataclasses.replace(LIMITS, max_output_mb=1e-6))
+    tight = StudioService(
+        tmp_path / "tight", device="cpu", limits=dataclasses.replace(LIMITS, max_output_mb=1e-6)
+    )
     for seed in range(3):
         newest = tight.generate(GenerateRequest(DIT, num_images=1, seed=seed, num_inference_steps=2))
         assert [p.name for p in (tmp_path / "tight").iterdir()] == [newest.batch.paths[0].parent.name]

@@ -26,10 +26,22 @@ from training.family import get_family
 from training.loop import train
 
 #: every file name accelerate's `load_state` read with pickle (its layout before studio's own)
-PICKLE_POSITIONS = ["optimizer.bin", "optimizer_1.bin", "scheduler.bin", "scheduler_1.bin", "sampler.bin",
-                    "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "custom_checkpoint_2.pkl",
-                    "custom_checkpoint_3.pkl", "random_states_0.pkl", "random_states_1.pkl", "scaler.pt",
-                    "pytorch_model.bin", "dl_state_dict.bin"]
+PICKLE_POSITIONS = [
+    "optimizer.bin",
+    "optimizer_1.bin",
+    "scheduler.bin",
+    "scheduler_1.bin",
+    "sampler.bin",
+    "custom_checkpoint_0.pkl",
+    "custom_checkpoint_1.pkl",
+    "custom_checkpoint_2.pkl",
+    "custom_checkpoint_3.pkl",
+    "random_states_0.pkl",
+    "random_states_1.pkl",
+    "scaler.pt",
+    "pytorch_model.bin",
+    "dl_state_dict.bin",
+]
 
 
 class Payload:
@@ -43,8 +55,12 @@ class Payload:
 
 
 def tiny_config(output_dir: Path, *overrides: str):
-    return load_config("dit", get_family("dit").config_class, "mnist-tiny",
-                       TINY_DIT_OVERRIDES + [f"output_dir={output_dir}", "checkpointing_steps=2", *overrides])
+    return load_config(
+        "dit",
+        get_family("dit").config_class,
+        "mnist-tiny",
+        TINY_DIT_OVERRIDES + [f"output_dir={output_dir}", "checkpointing_steps=2", *overrides],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +140,21 @@ def test_latest_skips_a_crafted_state_file_and_starts_afresh(tmp_path, genuine):
 def test_the_cli_refuses_a_crafted_resume_in_one_line(tmp_path, capsys):
     marker = tmp_path / "ran"
     checkpoint = old_layout(tmp_path / "crafted", marker)
-    code = main(["train", "dit", "--preset", "mnist-tiny", "--max-steps", "3", "--output-dir", str(tmp_path / "run"),
-                 "--resume-from-checkpoint", str(checkpoint), *TINY_DIT_OVERRIDES])
+    code = main(
+        [
+            "train",
+            "dit",
+            "--preset",
+            "mnist-tiny",
+            "--max-steps",
+            "3",
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--resume-from-checkpoint",
+            str(checkpoint),
+            *TINY_DIT_OVERRIDES,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "unsafe" in err[0], err
     assert not marker.exists()
@@ -133,6 +162,7 @@ def test_the_cli_refuses_a_crafted_resume_in_one_line(tmp_path, capsys):
 
 def test_a_genuine_resume_unpickles_nothing(tmp_path, genuine, monkeypatch):
     """Resume with every unpickling entry point disabled: it still works, so it never unpickles."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("resume unpickled something")
 

@@ -28,8 +28,20 @@ from webapp.ui.generate_tab import GenerateTab
 from webapp.ui.train_tab import TrainTab
 
 #: the public endpoints (``Client(url).predict(..., api_name="/generate")``)
-API_NAMES = ("generate", "compare", "stop", "models", "model_info", "history", "recall", "png_info", "train",
-             "train_stop", "train_status", "control")
+API_NAMES = (
+    "generate",
+    "compare",
+    "stop",
+    "models",
+    "model_info",
+    "history",
+    "recall",
+    "png_info",
+    "train",
+    "train_stop",
+    "train_status",
+    "control",
+)
 
 
 def allowed_paths(service: StudioService) -> list[str]:
@@ -50,8 +62,10 @@ def build_app(service: StudioService) -> gr.Blocks:
     options = service.model_options()
     with gr.Blocks(title="studio") as demo:
         gr.HTML(APP_STYLE, padding=False)
-        gr.Markdown("# studio\nGenerate with diffusion and GAN checkpoints, compare fast-sampling plugins, "
-                    "train a tiny model.")
+        gr.Markdown(
+            "# studio\nGenerate with diffusion and GAN checkpoints, compare fast-sampling plugins, "
+            "train a tiny model."
+        )
         with gr.Tab("Generate"):
             generate = GenerateTab(service, options)
         with gr.Tab("Compare"):
@@ -69,8 +83,9 @@ def build_app(service: StudioService) -> gr.Blocks:
             """Stop the running generation or comparison after its current step."""
             service.stop()
 
-        generate.stop.click(stop, None, None, api_name="stop", cancels=[generate.event, compare.event],
-                            concurrency_limit=None)
+        generate.stop.click(
+            stop, None, None, api_name="stop", cancels=[generate.event, compare.event], concurrency_limit=None
+        )
         demo.load(None, None, None, js=SHORTCUT_JS, api_visibility="private", queue=False)
     demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     return demo

@@ -32,10 +32,12 @@ PIXELATED = "studio-pixels"
 ACTION_BAR = "studio-actions"
 # (gradio's page container clips with overflow: hidden, which makes it the sticky bar's scroll box although
 # it never scrolls; overflow: clip clips the same without that)
-APP_STYLE = (f"<style>.{PIXELATED} img, img.{PIXELATED} {{ image-rendering: pixelated; }}\n"
-             ".gradio-container { overflow: clip !important; }\n"
-             f".row.{ACTION_BAR} {{ position: sticky; bottom: 0; z-index: 20; padding: 8px 0;"
-             " background: var(--background-fill-primary); box-shadow: 0 -6px 8px -6px rgba(0, 0, 0, 0.25); }</style>")
+APP_STYLE = (
+    f"<style>.{PIXELATED} img, img.{PIXELATED} {{ image-rendering: pixelated; }}\n"
+    ".gradio-container { overflow: clip !important; }\n"
+    f".row.{ACTION_BAR} {{ position: sticky; bottom: 0; z-index: 20; padding: 8px 0;"
+    " background: var(--background-fill-primary); box-shadow: 0 -6px 8px -6px rgba(0, 0, 0, 0.25); }</style>"
+)
 #: the buttons Ctrl+Enter (Cmd+Enter) clicks: the first one that is on screen (the open tab's)
 RUN_BUTTONS = ("generate-button", "compare-button", "control-button")
 #: runs once per page: Ctrl+Enter clicks the open tab's run button
@@ -104,8 +106,12 @@ def class_update(info: ModelInfo, chosen: Any, previous: dict[str, Any] | None, 
         chosen = []
         info_text = f"reset to every class in turn: {info.name} has other classes than the previous model"
     valid = {value for _, value in choices}
-    return gr.update(choices=choices, value=[c for c in chosen if c in valid], visible=bool(info.class_names),
-                     info=info_text)
+    return gr.update(
+        choices=choices,
+        value=[c for c in chosen if c in valid],
+        visible=bool(info.class_names),
+        info=info_text,
+    )
 
 
 def class_state(info: ModelInfo) -> dict[str, Any]:

@@ -36,31 +36,61 @@ class ControlTab:
         self.titles = {o.name: o.class_titles for o in options if o.family == CONTROL_FAMILY}
         controlnets = [(o.label, o.name) for o in options if o.family == CONTROL_FAMILY]
         first = self.titles.get(controlnets[0][1], ()) if controlnets else ()
-        gr.Markdown("Generate images that follow a picture's edges with a ControlNet checkpoint. Upload a picture "
-                    "or draw one, pick how it becomes the condition (edges detected from it, or the drawing itself "
-                    "as white strokes on black), and set how strongly the network follows it (0 = the base model).")
+        gr.Markdown(
+            "Generate images that follow a picture's edges with a ControlNet checkpoint. Upload a picture "
+            "or draw one, pick how it becomes the condition (edges detected from it, or the drawing itself "
+            "as white strokes on black), and set how strongly the network follows it (0 = the base model)."
+        )
         with gr.Row():
             with gr.Column(scale=2):
-                self.model = gr.Dropdown(controlnets, value=controlnets[0][1] if controlnets else None,
-                                         label="ControlNet model", allow_custom_value=True,
-                                         info="shipped or local ControlNet runs; or type a checkpoint folder")
+                self.model = gr.Dropdown(
+                    controlnets,
+                    value=controlnets[0][1] if controlnets else None,
+                    label="ControlNet model",
+                    allow_custom_value=True,
+                    info="shipped or local ControlNet runs; or type a checkpoint folder",
+                )
                 with gr.Tab("Upload"):
-                    self.picture = gr.Image(type="filepath", label="Control image", sources=["upload", "clipboard"],
-                                            image_mode="L", height=240)
+                    self.picture = gr.Image(
+                        type="filepath",
+                        label="Control image",
+                        sources=["upload", "clipboard"],
+                        image_mode="L",
+                        height=240,
+                    )
                 with gr.Tab("Sketch"):
-                    self.sketch = gr.Sketchpad(type="filepath", label="Sketch", canvas_size=(280, 280),
-                                               image_mode="RGBA")
+                    self.sketch = gr.Sketchpad(
+                        type="filepath", label="Sketch", canvas_size=(280, 280), image_mode="RGBA"
+                    )
                     self.use_sketch = gr.Button("Use sketch", size="sm")
-                self.condition = gr.Radio(list(CONDITIONS), value="canny", label="Condition",
-                                          info="canny / sobel: edges of the picture; none: the picture is the "
-                                               "condition map")
-                self.classes = gr.Dropdown(class_choices(first), value=[], multiselect=True, label="Class",
-                                           info=CLASS_INFO, allow_custom_value=True)
-                self.scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control scale",
-                                       info="multiplies every ControlNet residual; 0 = the base model alone")
-                self.guess = gr.Checkbox(False, label="Guess mode",
-                                         info="condition only on the CFG conditional branch, residuals scaled from "
-                                              "0.1 (shallow) to 1 (middle)")
+                self.condition = gr.Radio(
+                    list(CONDITIONS),
+                    value="canny",
+                    label="Condition",
+                    info="canny / sobel: edges of the picture; none: the picture is the condition map",
+                )
+                self.classes = gr.Dropdown(
+                    class_choices(first),
+                    value=[],
+                    multiselect=True,
+                    label="Class",
+                    info=CLASS_INFO,
+                    allow_custom_value=True,
+                )
+                self.scale = gr.Slider(
+                    0.0,
+                    2.0,
+                    value=1.0,
+                    step=0.05,
+                    label="Control scale",
+                    info="multiplies every ControlNet residual; 0 = the base model alone",
+                )
+                self.guess = gr.Checkbox(
+                    False,
+                    label="Guess mode",
+                    info="condition only on the CFG conditional branch, residuals scaled from "
+                    "0.1 (shallow) to 1 (middle)",
+                )
                 with gr.Row():
                     self.steps = gr.Slider(1, LIMITS.max_sampling_steps, value=20, step=1, label="Steps")
                     self.guidance = gr.Slider(0.0, 15.0, value=1.0, step=0.25, label="Guidance scale (CFG)")
@@ -72,28 +102,58 @@ class ControlTab:
                     self.stop = gr.Button("Stop", variant="stop")
             with gr.Column(scale=3):
                 with gr.Row():
-                    self.condition_view = gr.Image(elem_classes=[PIXELATED], label="Condition the network sees",
-                                                   type="filepath", interactive=False, height=240, format="png")
-                    self.gallery = gr.Gallery(elem_classes=[PIXELATED], label="Images", format="png", columns=4,
-                                              height="auto", interactive=False, fit_columns=False)
+                    self.condition_view = gr.Image(
+                        elem_classes=[PIXELATED],
+                        label="Condition the network sees",
+                        type="filepath",
+                        interactive=False,
+                        height=240,
+                        format="png",
+                    )
+                    self.gallery = gr.Gallery(
+                        elem_classes=[PIXELATED],
+                        label="Images",
+                        format="png",
+                        columns=4,
+                        height="auto",
+                        interactive=False,
+                        fit_columns=False,
+                    )
                 with gr.Accordion("Generation records", open=False):
                     self.details = gr.JSON(label="Records")
 
-    def control(self, model: str, control_image: dict | str | None, condition: str, classes: Any,
-                control_scale: float, guess_mode: bool, steps: float, guidance_scale: float, seed: float | None,
-                num_images: float,
-                progress: gr.Progress = gr.Progress()) -> tuple[str, list, dict]:  # noqa: B008 (gradio's way)
+    def control(
+        self,
+        model: str,
+        control_image: dict | str | None,
+        condition: str,
+        classes: Any,
+        control_scale: float,
+        guess_mode: bool,
+        steps: float,
+        guidance_scale: float,
+        seed: float | None,
+        num_images: float,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's way)
+    ) -> tuple[str, list, dict]:
         """Generate images that follow an uploaded picture with a ControlNet model. Returns the condition map
         the network saw, the images (PNG files that carry their generation settings) and those settings."""
         # The event skips gradio's preprocessing, so a corrupt upload reaches the service and comes back as a
         # readable error; the service accepts only files in the upload cache.
         path = control_image.get("path") if isinstance(control_image, dict) else control_image
         with user_errors():
-            request = ControlRequest(model=model or "", control_image=path or "", condition=condition,
-                                     class_label=class_choice(classes), num_images=int(num_images),
-                                     seed=None if seed is None else int(seed), num_inference_steps=int(steps),
-                                     guidance_scale=float(guidance_scale), control_scale=float(control_scale),
-                                     guess_mode=bool(guess_mode))
+            request = ControlRequest(
+                model=model or "",
+                control_image=path or "",
+                condition=condition,
+                class_label=class_choice(classes),
+                num_images=int(num_images),
+                seed=None if seed is None else int(seed),
+                num_inference_steps=int(steps),
+                guidance_scale=float(guidance_scale),
+                control_scale=float(control_scale),
+                guess_mode=bool(guess_mode),
+            )
             result = self.service.control(request, reporter(progress))
         return str(result.condition), gallery_items(result.batch), result.to_dict()
 
@@ -114,14 +174,50 @@ class ControlTab:
 
     def wire(self) -> None:
         outputs = [self.condition_view, self.gallery, self.details]
-        event = self.run.click(lambda: (None, None, None), None, outputs, queue=False, api_visibility="private",
-                               show_progress="hidden").then(
-            self.control, [self.model, self.picture, self.condition, self.classes, self.scale, self.guess,
-                           self.steps, self.guidance, self.seed, self.num_images],
-            outputs, api_name="control", concurrency_id=CPU, concurrency_limit=1, preprocess=False)
-        self.stop.click(self.service.stop, None, None, cancels=[event], api_name="control_stop",
-                        api_visibility="private", concurrency_limit=None)
-        self.model.change(self.model_classes, [self.model, self.classes], self.classes, api_visibility="private",
-                          queue=False)
-        self.use_sketch.click(self.sketch_file, self.sketch, self.picture, api_visibility="private", queue=False)
+        event = self.run.click(
+            lambda: (None, None, None),
+            None,
+            outputs,
+            queue=False,
+            api_visibility="private",
+            show_progress="hidden",
+        ).then(
+            self.control,
+            [
+                self.model,
+                self.picture,
+                self.condition,
+                self.classes,
+                self.scale,
+                self.guess,
+                self.steps,
+                self.guidance,
+                self.seed,
+                self.num_images,
+            ],
+            outputs,
+            api_name="control",
+            concurrency_id=CPU,
+            concurrency_limit=1,
+            preprocess=False,
+        )
+        self.stop.click(
+            self.service.stop,
+            None,
+            None,
+            cancels=[event],
+            api_name="control_stop",
+            api_visibility="private",
+            concurrency_limit=None,
+        )
+        self.model.change(
+            self.model_classes,
+            [self.model, self.classes],
+            self.classes,
+            api_visibility="private",
+            queue=False,
+        )
+        self.use_sketch.click(
+            self.sketch_file, self.sketch, self.picture, api_visibility="private", queue=False
+        )
         self.use_sketch.click(lambda: "none", None, self.condition, api_visibility="private", queue=False)

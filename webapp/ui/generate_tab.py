@@ -33,13 +33,29 @@ from webapp.ui.common import (
 from webapp.ui.plugin_widgets import PluginWidgets, joined_specs, plugin_notes
 
 #: the Download size choices: (label, "<factor> <filter>")
-DOWNLOAD_SIZES = [("as generated", "1"), ("4× crisp (nearest)", "4 nearest"), ("4× smooth (bicubic)", "4 bicubic"),
-                  ("8× crisp (nearest)", "8 nearest"), ("8× smooth (bicubic)", "8 bicubic")]
+DOWNLOAD_SIZES = [
+    ("as generated", "1"),
+    ("4× crisp (nearest)", "4 nearest"),
+    ("4× smooth (bicubic)", "4 bicubic"),
+    ("8× crisp (nearest)", "8 nearest"),
+    ("8× smooth (bicubic)", "8 bicubic"),
+]
 
 
-def make_request(model: str, classes: Any, sampler: str | None, steps: float, guidance_scale: float,
-                 truncation: float, seed: float | None, randomize_seed: bool, num_images: float, plugins: str,
-                 classifier_scale: float = 0.0, download_size: str | None = "1") -> GenerateRequest:
+def make_request(
+    model: str,
+    classes: Any,
+    sampler: str | None,
+    steps: float,
+    guidance_scale: float,
+    truncation: float,
+    seed: float | None,
+    randomize_seed: bool,
+    num_images: float,
+    plugins: str,
+    classifier_scale: float = 0.0,
+    download_size: str | None = "1",
+) -> GenerateRequest:
     """A `GenerateRequest` from the Generate tab's values (truncation and classifier scale 0 = off,
     empty seed = random, download size ``"4 nearest"`` = 4x larger PNGs with that filter)."""
     factor, _, name = (download_size or "1").partition(" ")
@@ -83,62 +99,130 @@ class GenerateTab:
         with gr.Row():
             with gr.Column(scale=2):
                 with gr.Row():
-                    self.model = gr.Dropdown([(o.label, o.name) for o in generators], value=default_model(generators),
-                                             label="Model", allow_custom_value=True, scale=5,
-                                             info="a shipped model or local run; or type the path of a checkpoint "
-                                                  "in the runs folder (or a folder the app allows)")
+                    self.model = gr.Dropdown(
+                        [(o.label, o.name) for o in generators],
+                        value=default_model(generators),
+                        label="Model",
+                        allow_custom_value=True,
+                        scale=5,
+                        info="a shipped model or local run; or type the path of a checkpoint "
+                        "in the runs folder (or a folder the app allows)",
+                    )
                     self.refresh = gr.Button("Refresh models", scale=1, size="sm")
                 self.model_note = gr.Markdown()
-                self.classes = gr.Dropdown([], value=[], multiselect=True, label="Class", info=CLASS_INFO,
-                                           allow_custom_value=True,  # API callers may send "3" or "1,3"
-                                           elem_id="class-picker")
-                self.shown_classes = gr.State({})  # `class_state` of the model shown, to keep a choice it shares
-                self.sampler = gr.Dropdown(scheduler_names(), value="", label="Sampler", allow_custom_value=True,
-                                           info="empty: the model's own default")
-                self.steps = gr.Slider(1, LIMITS.max_sampling_steps, value=defaults.num_inference_steps, step=1,
-                                       label="Steps")
-                self.guidance = gr.Slider(0.0, 15.0, value=defaults.guidance_scale, step=0.25,
-                                          label="Guidance scale (CFG)",
-                                          info="1 = conditional model only, > 1 = classifier-free guidance")
-                self.truncation = gr.Slider(0.0, 3.0, value=0.0, step=0.05, label="Truncation",
-                                            info="latents resampled into [-t, t]; 0 = off (plain normal latents)")
-                self.classifier = gr.Slider(0.0, 10.0, value=0.0, step=0.25, label="Classifier guidance scale",
-                                            visible=False,
-                                            info="ADM: follow a noisy classifier's gradient (ddpm/ddim); 0 = off")
+                self.classes = gr.Dropdown(
+                    [],
+                    value=[],
+                    multiselect=True,
+                    label="Class",
+                    info=CLASS_INFO,
+                    allow_custom_value=True,  # API callers may send "3" or "1,3"
+                    elem_id="class-picker",
+                )
+                self.shown_classes = gr.State(
+                    {}
+                )  # `class_state` of the model shown, to keep a choice it shares
+                self.sampler = gr.Dropdown(
+                    scheduler_names(),
+                    value="",
+                    label="Sampler",
+                    allow_custom_value=True,
+                    info="empty: the model's own default",
+                )
+                self.steps = gr.Slider(
+                    1, LIMITS.max_sampling_steps, value=defaults.num_inference_steps, step=1, label="Steps"
+                )
+                self.guidance = gr.Slider(
+                    0.0,
+                    15.0,
+                    value=defaults.guidance_scale,
+                    step=0.25,
+                    label="Guidance scale (CFG)",
+                    info="1 = conditional model only, > 1 = classifier-free guidance",
+                )
+                self.truncation = gr.Slider(
+                    0.0,
+                    3.0,
+                    value=0.0,
+                    step=0.05,
+                    label="Truncation",
+                    info="latents resampled into [-t, t]; 0 = off (plain normal latents)",
+                )
+                self.classifier = gr.Slider(
+                    0.0,
+                    10.0,
+                    value=0.0,
+                    step=0.25,
+                    label="Classifier guidance scale",
+                    visible=False,
+                    info="ADM: follow a noisy classifier's gradient (ddpm/ddim); 0 = off",
+                )
                 with gr.Row():
-                    self.seed = gr.Number(defaults.seed, precision=0, label="Seed", info="image i uses seed + i")
+                    self.seed = gr.Number(
+                        defaults.seed, precision=0, label="Seed", info="image i uses seed + i"
+                    )
                     self.randomize = gr.Checkbox(False, label="Randomize seed")
-                self.num_images = gr.Slider(1, LIMITS.max_images, value=defaults.num_images, step=1, label="Batch size")
+                self.num_images = gr.Slider(
+                    1, LIMITS.max_images, value=defaults.num_images, step=1, label="Batch size"
+                )
                 with gr.Accordion("Fast-sampling plugins", open=True):
                     self.plugins = [PluginWidgets(panel) for panel in plugin_panels()]
                     self.plugins_note = gr.Markdown(visible=False)
-                    self.plugin_text = gr.Textbox("", label="Plugin specs", placeholder="none",
-                                                  info="set by the switches above, or type "
-                                                       f"name:key=value,... (several separated by '{PLUGIN_SEPARATOR}')")
+                    self.plugin_text = gr.Textbox(
+                        "",
+                        label="Plugin specs",
+                        placeholder="none",
+                        info="set by the switches above, or type "
+                        f"name:key=value,... (several separated by '{PLUGIN_SEPARATOR}')",
+                    )
                 with gr.Row():
-                    self.measure = gr.Checkbox(False, label="Measure speedup (also runs the request without plugins)")
-                    self.download_size = gr.Dropdown(DOWNLOAD_SIZES, value="1", label="Download size",
-                                                     info="saved PNGs enlarged for use elsewhere")
+                    self.measure = gr.Checkbox(
+                        False, label="Measure speedup (also runs the request without plugins)"
+                    )
+                    self.download_size = gr.Dropdown(
+                        DOWNLOAD_SIZES,
+                        value="1",
+                        label="Download size",
+                        info="saved PNGs enlarged for use elsewhere",
+                    )
                 with gr.Row(elem_classes=[ACTION_BAR]):
                     self.run = gr.Button("Generate", variant="primary", elem_id=RUN_BUTTONS[0], scale=3)
                     self.stop = gr.Button("Stop", variant="stop", scale=1)
                     gr.Markdown("Ctrl+Enter", min_height=0)
             with gr.Column(scale=3):
-                self.gallery = gr.Gallery(elem_classes=[PIXELATED], label="Images", format="png", columns=4,
-                                          height="auto", interactive=False, fit_columns=False)
+                self.gallery = gr.Gallery(
+                    elem_classes=[PIXELATED],
+                    label="Images",
+                    format="png",
+                    columns=4,
+                    height="auto",
+                    interactive=False,
+                    fit_columns=False,
+                )
                 self.timing = gr.Markdown()
-                with gr.Accordion("Reproduce: copy as command line or Python", open=True,
-                                  visible=False) as self.reproduce_box:
-                    self.cli_code = gr.Code(language="shell", label="Command line (studio sample)", interactive=False,
-                                            lines=2)
+                with gr.Accordion(
+                    "Reproduce: copy as command line or Python", open=True, visible=False
+                ) as self.reproduce_box:
+                    self.cli_code = gr.Code(
+                        language="shell", label="Command line (studio sample)", interactive=False, lines=2
+                    )
                     self.python_code = gr.Code(language="python", label="Python", interactive=False, lines=6)
                     self.reproduce_note = gr.Markdown()
                 with gr.Accordion("Generation records", open=False):
                     self.details = gr.JSON(label="Records")
                 with gr.Accordion("History (click an image to recall its parameters)", open=True):
-                    self.history = gr.Gallery(elem_classes=[PIXELATED], label="Recent generations", columns=6,
-                                              height="auto", allow_preview=False, interactive=False, fit_columns=False)
-                    self.png_file = gr.File(label="Recall from a studio PNG", file_types=[".png"], type="filepath")
+                    self.history = gr.Gallery(
+                        elem_classes=[PIXELATED],
+                        label="Recent generations",
+                        columns=6,
+                        height="auto",
+                        allow_preview=False,
+                        interactive=False,
+                        fit_columns=False,
+                    )
+                    self.png_file = gr.File(
+                        label="Recall from a studio PNG", file_types=[".png"], type="filepath"
+                    )
                     self.recalled = gr.JSON(label="Recalled parameters")
                 with gr.Accordion("Model details", open=False):
                     self.model_details = gr.JSON(label="Model")
@@ -149,47 +233,93 @@ class GenerateTab:
     @property
     def request_inputs(self) -> list[gr.Component]:
         """The components a request is made of, in the order of `make_request`'s first ten arguments."""
-        return [self.model, self.classes, self.sampler, self.steps, self.guidance, self.truncation, self.seed,
-                self.randomize, self.num_images, self.plugin_text]
+        return [
+            self.model,
+            self.classes,
+            self.sampler,
+            self.steps,
+            self.guidance,
+            self.truncation,
+            self.seed,
+            self.randomize,
+            self.num_images,
+            self.plugin_text,
+        ]
 
     @property
     def settings(self) -> list[gr.Component]:
         """Every component `settings_for` may change."""
         widgets = [w for part in self.plugins for w in (part.group, *part.widgets)]
-        return [self.model, self.model_note, self.classes, self.shown_classes, self.sampler, self.steps,
-                self.guidance, self.truncation, self.classifier, self.seed, self.randomize, self.num_images,
-                self.plugin_text, self.plugins_note, *widgets]
+        return [
+            self.model,
+            self.model_note,
+            self.classes,
+            self.shown_classes,
+            self.sampler,
+            self.steps,
+            self.guidance,
+            self.truncation,
+            self.classifier,
+            self.seed,
+            self.randomize,
+            self.num_images,
+            self.plugin_text,
+            self.plugins_note,
+            *widgets,
+        ]
 
-    def settings_for(self, info: ModelInfo, request: GenerateRequest | None, classes: Any = None,
-                     previous: dict[str, Any] | None = None) -> dict[gr.Component, Any]:
+    def settings_for(
+        self,
+        info: ModelInfo,
+        request: GenerateRequest | None,
+        classes: Any = None,
+        previous: dict[str, Any] | None = None,
+    ) -> dict[gr.Component, Any]:
         """What applies to ``info``'s model, set from a recalled ``request`` or to the model's defaults (the
         chosen ``classes`` stay when ``previous``, the model shown so far, has the same classes)."""
         notes = plugin_notes(info)
         updates = {
             self.model_note: info.note,
-            self.classes: class_update(info, request.class_list if request else classes, previous,
-                                       keep=request is None),
+            self.classes: class_update(
+                info, request.class_list if request else classes, previous, keep=request is None
+            ),
             self.shown_classes: class_state(info),
-            self.sampler: gr.update(visible=info.takes("scheduler"), choices=list(info.samplers or scheduler_names()),
-                                    value=(request.scheduler if request and request.scheduler
-                                           else info.default_scheduler)),
-            self.steps: gr.update(visible=info.takes("num_inference_steps"),
-                                  value=request.num_inference_steps if request else info.default_steps),
-            self.guidance: gr.update(visible=info.takes("guidance_scale"),
-                                     value=request.guidance_scale if request else info.default_guidance),
-            self.truncation: gr.update(visible=info.takes("truncation"),
-                                       **({"value": request.truncation or 0.0} if request else {})),
-            self.classifier: gr.update(visible=info.takes("classifier_scale"),
-                                       value=(request.classifier_scale or 0.0) if request
-                                       else info.default_classifier_scale),
+            self.sampler: gr.update(
+                visible=info.takes("scheduler"),
+                choices=list(info.samplers or scheduler_names()),
+                value=(request.scheduler if request and request.scheduler else info.default_scheduler),
+            ),
+            self.steps: gr.update(
+                visible=info.takes("num_inference_steps"),
+                value=request.num_inference_steps if request else info.default_steps,
+            ),
+            self.guidance: gr.update(
+                visible=info.takes("guidance_scale"),
+                value=request.guidance_scale if request else info.default_guidance,
+            ),
+            self.truncation: gr.update(
+                visible=info.takes("truncation"), **({"value": request.truncation or 0.0} if request else {})
+            ),
+            self.classifier: gr.update(
+                visible=info.takes("classifier_scale"),
+                value=(request.classifier_scale or 0.0) if request else info.default_classifier_scale,
+            ),
             self.plugins_note: gr.update(value=notes, visible=bool(notes)),
         }
-        for part in self.plugins:  # only the plugins that apply are shown; one line says why the others are not
+        for (
+            part
+        ) in self.plugins:  # only the plugins that apply are shown; one line says why the others are not
             updates.update(part.updates(info, request))
         if request:
-            updates.update({self.model: request.model, self.seed: request.seed, self.randomize: False,
-                            self.num_images: request.num_images,
-                            self.plugin_text: f"{PLUGIN_SEPARATOR} ".join(request.plugins)})
+            updates.update(
+                {
+                    self.model: request.model,
+                    self.seed: request.seed,
+                    self.randomize: False,
+                    self.num_images: request.num_images,
+                    self.plugin_text: f"{PLUGIN_SEPARATOR} ".join(request.plugins),
+                }
+            )
         return updates
 
     # ------------------------------------------------------------------ handlers (page events)
@@ -212,8 +342,11 @@ class GenerateTab:
         found = generate_options(self.service.model_options())
         if name not in [o.name for o in found]:
             name = default_model(found)
-        return {**self.pick_model(name, classes, previous), self.history: self.history_items(),
-                self.model: gr.update(choices=[(o.label, o.name) for o in found], value=name)}
+        return {
+            **self.pick_model(name, classes, previous),
+            self.history: self.history_items(),
+            self.model: gr.update(choices=[(o.label, o.name) for o in found], value=name),
+        }
 
     def apply_request(self, data: dict[str, Any]) -> dict:
         """Set every control from recalled parameters (loading their model first)."""
@@ -236,15 +369,26 @@ class GenerateTab:
         if not data:
             return {self.history: self.history_items()}
         how = data.get("reproduce") or {}
-        return {self.history: self.history_items(), self.seed: data["request"]["seed"],
-                self.cli_code: how.get("cli", ""), self.python_code: how.get("python", ""),
-                self.reproduce_note: f"*{how['note']}*" if how.get("note") else "",
-                self.reproduce_box: gr.update(visible=True)}
+        return {
+            self.history: self.history_items(),
+            self.seed: data["request"]["seed"],
+            self.cli_code: how.get("cli", ""),
+            self.python_code: how.get("python", ""),
+            self.reproduce_note: f"*{how['note']}*" if how.get("note") else "",
+            self.reproduce_box: gr.update(visible=True),
+        }
 
     def clear_results(self) -> dict:
         """Before a run: no image, time or code of the previous run stays on screen as if it were this one's."""
-        return {self.gallery: None, self.timing: "", self.details: None, self.cli_code: "", self.python_code: "",
-                self.reproduce_note: "", self.reproduce_box: gr.update(visible=False)}
+        return {
+            self.gallery: None,
+            self.timing: "",
+            self.details: None,
+            self.cli_code: "",
+            self.python_code: "",
+            self.reproduce_note: "",
+            self.reproduce_box: gr.update(visible=False),
+        }
 
     def recall_selected(self, evt: gr.SelectData) -> dict[str, Any]:
         """The parameters of the clicked history entry."""
@@ -254,24 +398,51 @@ class GenerateTab:
         return entries[evt.index].request.to_dict()
 
     # ------------------------------------------------------------------ API endpoints
-    def generate(self, model: str, classes: Any, sampler: str | None, steps: float, guidance_scale: float,
-                 truncation: float, seed: float | None, randomize_seed: bool, num_images: float, plugins: str,
-                 measure_speedup: bool, classifier_scale: float = 0.0, download_size: str = "1",
-                 progress: gr.Progress = gr.Progress()) -> tuple[list, str, dict]:  # noqa: B008 (how gradio asks for it)
+    def generate(
+        self,
+        model: str,
+        classes: Any,
+        sampler: str | None,
+        steps: float,
+        guidance_scale: float,
+        truncation: float,
+        seed: float | None,
+        randomize_seed: bool,
+        num_images: float,
+        plugins: str,
+        measure_speedup: bool,
+        classifier_scale: float = 0.0,
+        download_size: str = "1",
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (how gradio asks for it)
+    ) -> tuple[list, str, dict]:
         """Generate a batch of images. Returns the images (PNG files that carry their generation settings),
         the wall time (and the speedup over no plugins, when measured) and each image's settings, with the
         command line and Python code that draw them again."""
         with user_errors():
-            request = make_request(model, classes, sampler, steps, guidance_scale, truncation, seed, randomize_seed,
-                                   num_images, plugins, classifier_scale, download_size)
+            request = make_request(
+                model,
+                classes,
+                sampler,
+                steps,
+                guidance_scale,
+                truncation,
+                seed,
+                randomize_seed,
+                num_images,
+                plugins,
+                classifier_scale,
+                download_size,
+            )
             result = self.service.generate(request, bool(measure_speedup), reporter(progress))
         return gallery_items(result.batch), timing_text(result, measure_speedup), result.to_dict()
 
     def list_models(self) -> tuple[Any, list[dict[str, Any]]]:
         """The models the app can serve now: their name, label, family, source and folder."""
         found = self.service.model_options()
-        return (gr.update(choices=[(o.label, o.name) for o in generate_options(found)]),
-                [dataclasses.asdict(o) for o in found])
+        return (
+            gr.update(choices=[(o.label, o.name) for o in generate_options(found)]),
+            [dataclasses.asdict(o) for o in found],
+        )
 
     def model_info(self, model: str) -> dict:
         """Describe a model: its family, the settings it takes, its classes and defaults, and which
@@ -299,32 +470,71 @@ class GenerateTab:
     def wire(self, demo: gr.Blocks) -> None:
         """Register the tab's events; the public ones are API endpoints with stable names."""
         picker_inputs = [self.model, self.classes, self.shown_classes]
-        self.model.input(self.pick_model, picker_inputs, [self.model_details, *self.settings],
-                         api_visibility="private", concurrency_id=MODELS)
-        demo.load(self.open_page, picker_inputs, [self.model_details, *self.settings, self.history],
-                  api_visibility="private", concurrency_id=MODELS)
-        self.refresh.click(self.list_models, None, [self.model, self.models_json], api_name="models",
-                           concurrency_limit=None)
+        self.model.input(
+            self.pick_model,
+            picker_inputs,
+            [self.model_details, *self.settings],
+            api_visibility="private",
+            concurrency_id=MODELS,
+        )
+        demo.load(
+            self.open_page,
+            picker_inputs,
+            [self.model_details, *self.settings, self.history],
+            api_visibility="private",
+            concurrency_id=MODELS,
+        )
+        self.refresh.click(
+            self.list_models, None, [self.model, self.models_json], api_name="models", concurrency_limit=None
+        )
         gr.api(self.model_info, api_name="model_info", concurrency_id=MODELS)
 
         plugin_widgets = [w for part in self.plugins for w in part.widgets]
-        gr.on([w.change for w in plugin_widgets], self.sync_plugin_text, set(plugin_widgets), self.plugin_text,
-              api_visibility="private", queue=False, show_progress="hidden")
+        gr.on(
+            [w.change for w in plugin_widgets],
+            self.sync_plugin_text,
+            set(plugin_widgets),
+            self.plugin_text,
+            api_visibility="private",
+            queue=False,
+            show_progress="hidden",
+        )
 
         results = [self.gallery, self.timing, self.details]
         code = [self.cli_code, self.python_code, self.reproduce_note, self.reproduce_box]
         # the previous results go first, so a stopped or failed run does not leave them looking like its own
-        self.event = self.run.click(self.clear_results, None, [*results, *code], queue=False,
-                                    api_visibility="private", show_progress="hidden").then(
-            self.generate, [*self.request_inputs, self.measure, self.classifier, self.download_size], results,
-            api_name="generate", concurrency_id=CPU, concurrency_limit=1)
-        self.event.success(self.after_generate, self.details, [self.history, self.seed, *code],
-                           api_visibility="private", queue=False)
+        self.event = self.run.click(
+            self.clear_results,
+            None,
+            [*results, *code],
+            queue=False,
+            api_visibility="private",
+            show_progress="hidden",
+        ).then(
+            self.generate,
+            [*self.request_inputs, self.measure, self.classifier, self.download_size],
+            results,
+            api_name="generate",
+            concurrency_id=CPU,
+            concurrency_limit=1,
+        )
+        self.event.success(
+            self.after_generate,
+            self.details,
+            [self.history, self.seed, *code],
+            api_visibility="private",
+            queue=False,
+        )
 
-        self.history.select(self.recall_selected, None, self.recalled, api_visibility="private", queue=False).success(
-            self.apply_request, self.recalled, self.settings, api_visibility="private", concurrency_id=MODELS)
-        self.png_file.upload(self.png_info, self.png_file, self.recalled, api_name="png_info",
-                             concurrency_limit=None).success(
-            self.apply_request, self.recalled, self.settings, api_visibility="private", concurrency_id=MODELS)
+        self.history.select(
+            self.recall_selected, None, self.recalled, api_visibility="private", queue=False
+        ).success(
+            self.apply_request, self.recalled, self.settings, api_visibility="private", concurrency_id=MODELS
+        )
+        self.png_file.upload(
+            self.png_info, self.png_file, self.recalled, api_name="png_info", concurrency_limit=None
+        ).success(
+            self.apply_request, self.recalled, self.settings, api_visibility="private", concurrency_id=MODELS
+        )
         gr.api(self.history_list, api_name="history", concurrency_limit=None)
         gr.api(self.recall, api_name="recall", concurrency_limit=None)

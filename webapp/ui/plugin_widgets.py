@@ -34,7 +34,9 @@ class PluginWidgets:
         """This plugin's spec from the widget values (None when switched off)."""
         if not values[self.enabled]:
             return None
-        return plugin_spec(self.panel.name, {f.name: values[w] for f, w in zip(self.panel.fields, self.settings)})
+        return plugin_spec(
+            self.panel.name, {f.name: values[w] for f, w in zip(self.panel.fields, self.settings)}
+        )
 
     def updates(self, info: ModelInfo, request: GenerateRequest | None) -> dict[gr.Component, Any]:
         """Shown only when the plugin applies to ``info``'s model (switched off otherwise); with a recalled
@@ -52,14 +54,18 @@ class PluginWidgets:
         else:
             values = chosen[self.panel.name]
             updates[self.enabled] = gr.update(value=True, interactive=True)
-            updates.update({w: gr.update(value=values[f.name]) for f, w in zip(self.panel.fields, self.settings)})
+            updates.update(
+                {w: gr.update(value=values[f.name]) for f, w in zip(self.panel.fields, self.settings)}
+            )
         return updates
 
 
 def plugin_notes(info: ModelInfo) -> str:
     """One line per plugin that does not apply to ``info``'s model, saying why."""
-    return "  \n".join(f"*{name} is not available for this model: {error}*"
-                       for name, error in sorted(info.plugin_errors.items()))
+    return "  \n".join(
+        f"*{name} is not available for this model: {error}*"
+        for name, error in sorted(info.plugin_errors.items())
+    )
 
 
 def joined_specs(specs: list[str | None]) -> str:

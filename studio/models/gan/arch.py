@@ -67,10 +67,14 @@ def attention_flags(resolutions: list[int], attention_resolution: int, net: str)
     if attention_resolution == 0:
         return [False] * len(resolutions)
     if attention_resolution not in resolutions:
-        raise ConfigError(f"{net} has no feature map of side {attention_resolution} for self-attention "
-                          f"(its block outputs are {sorted(set(resolutions))}; 0 turns attention off)")
+        raise ConfigError(
+            f"{net} has no feature map of side {attention_resolution} for self-attention "
+            f"(its block outputs are {sorted(set(resolutions))}; 0 turns attention off)"
+        )
     if attention_resolution % 2:
-        raise ConfigError(f"self-attention needs an even-sided feature map, got {attention_resolution}x"
-                          f"{attention_resolution}")
+        raise ConfigError(
+            f"self-attention needs an even-sided feature map, got {attention_resolution}x"
+            f"{attention_resolution}"
+        )
     first = resolutions.index(attention_resolution)
     return [i == first for i in range(len(resolutions))]

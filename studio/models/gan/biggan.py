@@ -62,8 +62,10 @@ class BigGANGeneratorConfig:
     def __post_init__(self) -> None:
         chunks = gan_arch(self.image_size).num_g_blocks + 1
         if self.z_dim % chunks:
-            raise ConfigError(f"BigGAN at {self.image_size} px splits z into {chunks} equal chunks: "
-                              f"z_dim {self.z_dim} is not divisible by {chunks}")
+            raise ConfigError(
+                f"BigGAN at {self.image_size} px splits z into {chunks} equal chunks: "
+                f"z_dim {self.z_dim} is not divisible by {chunks}"
+            )
 
     @property
     def num_chunks(self) -> int:
@@ -123,7 +125,9 @@ class BigGANGenerator(GANGeneratorMixin, ModelMixin, ConfigMixin):
         linear = partial(sn_linear, bias=False, init=init, eps=config.sn_eps)
         norm = partial(ConditionalBatchNorm2d, cond_dim=cond_dim, linear=linear, eps=config.bn_eps)
         self.bottom_size = plan.bottom_size
-        self.linear = sn_linear(config.chunk_size, widths[0] * plan.bottom_size**2, init=init, eps=config.sn_eps)
+        self.linear = sn_linear(
+            config.chunk_size, widths[0] * plan.bottom_size**2, init=init, eps=config.sn_eps
+        )
         attention = attention_flags(plan.g_resolutions(), config.attention_resolution, "the generator")
         self.trunk = GeneratorTrunk(widths, attention, config.out_channels, conv, norm, config.bn_eps)
 

@@ -53,8 +53,15 @@ def initializer(name: str) -> InitFn:
 # iterations on the weight it is given, so initialising afterwards would leave stale u / v vectors.
 
 
-def sn_conv2d(in_channels: int, out_channels: int, kernel_size: int, *, bias: bool = True,
-              init: InitFn = nn.init.xavier_uniform_, eps: float = 1e-6) -> nn.Module:
+def sn_conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    bias: bool = True,
+    init: InitFn = nn.init.xavier_uniform_,
+    eps: float = 1e-6,
+) -> nn.Module:
     """A 'same'-padded Conv2d whose reshaped weight (out x in*k*k) has spectral norm 1."""
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
     init(conv.weight)
@@ -63,8 +70,14 @@ def sn_conv2d(in_channels: int, out_channels: int, kernel_size: int, *, bias: bo
     return spectral_norm(conv, eps=eps)
 
 
-def sn_linear(in_features: int, out_features: int, *, bias: bool = True,
-              init: InitFn = nn.init.xavier_uniform_, eps: float = 1e-6) -> nn.Module:
+def sn_linear(
+    in_features: int,
+    out_features: int,
+    *,
+    bias: bool = True,
+    init: InitFn = nn.init.xavier_uniform_,
+    eps: float = 1e-6,
+) -> nn.Module:
     """A Linear whose weight (out x in) has spectral norm 1."""
     linear = nn.Linear(in_features, out_features, bias=bias)
     init(linear.weight)
@@ -73,8 +86,9 @@ def sn_linear(in_features: int, out_features: int, *, bias: bool = True,
     return spectral_norm(linear, eps=eps)
 
 
-def sn_embedding(num_embeddings: int, embedding_dim: int, *, init: InitFn = nn.init.xavier_uniform_,
-                 eps: float = 1e-6) -> nn.Module:
+def sn_embedding(
+    num_embeddings: int, embedding_dim: int, *, init: InitFn = nn.init.xavier_uniform_, eps: float = 1e-6
+) -> nn.Module:
     """An Embedding whose table (num_embeddings x embedding_dim) has spectral norm 1."""
     embedding = nn.Embedding(num_embeddings, embedding_dim)
     init(embedding.weight)
@@ -120,8 +134,14 @@ class ConditionalBatchNorm2d(nn.Module):
     :param linear: factory ``linear(in_features, out_features)`` for the gain and bias maps.
     """
 
-    def __init__(self, num_features: int, cond_dim: int, linear: LinearFactory, eps: float = 1e-4,
-                 momentum: float = 0.1):
+    def __init__(
+        self,
+        num_features: int,
+        cond_dim: int,
+        linear: LinearFactory,
+        eps: float = 1e-4,
+        momentum: float = 0.1,
+    ):
         super().__init__()
         self.norm = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=False)
         self.gain = linear(cond_dim, num_features)
@@ -275,12 +295,20 @@ class GeneratorTrunk(nn.Module):
     :param bn_eps: epsilon of the final, unconditional batch norm.
     """
 
-    def __init__(self, channels: Sequence[int], attention: Sequence[bool], out_channels: int, conv: ConvFactory,
-                 norm: NormFactory, bn_eps: float):
+    def __init__(
+        self,
+        channels: Sequence[int],
+        attention: Sequence[bool],
+        out_channels: int,
+        conv: ConvFactory,
+        norm: NormFactory,
+        bn_eps: float,
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(GBlock(c_in, c_out, conv, norm) for c_in, c_out in pairwise(channels))
         self.attentions = nn.ModuleList(
-            SelfAttention2d(c, conv) if on else nn.Identity() for c, on in zip(channels[1:], attention))
+            SelfAttention2d(c, conv) if on else nn.Identity() for c, on in zip(channels[1:], attention)
+        )
         self.out_norm = nn.BatchNorm2d(channels[-1], eps=bn_eps)
         self.out_conv = conv(channels[-1], out_channels, 3)
 

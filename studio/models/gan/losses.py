@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def discriminator_hinge_loss(real_logits: torch.Tensor,
-                             fake_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def discriminator_hinge_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """D's hinge loss terms ``(mean relu(1 - real), mean relu(1 + fake))``; L_D is their sum.
 
     Logits (B,) of any real value; each term is >= 0 and 0 once D clears the margin.

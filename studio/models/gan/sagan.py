@@ -107,7 +107,9 @@ class SAGANGenerator(GANGeneratorMixin, ModelMixin, ConfigMixin):
         widths = [m * config.width for m in plan.g_multipliers]
         if config.num_classes > 0:
             linear = partial(sn_linear, bias=False, init=init, eps=config.sn_eps)
-            norm = partial(ConditionalBatchNorm2d, cond_dim=config.num_classes, linear=linear, eps=config.bn_eps)
+            norm = partial(
+                ConditionalBatchNorm2d, cond_dim=config.num_classes, linear=linear, eps=config.bn_eps
+            )
             self.condition = ClassOneHot(config.num_classes)
         else:
             norm = partial(UnconditionalBatchNorm2d, eps=config.bn_eps)
@@ -187,8 +189,9 @@ class ProjectionDiscriminator(nn.Module):
         init = initializer(config.init)
         conv = partial(sn_conv2d, init=init, eps=config.sn_eps)
         widths = [m * config.width for m in plan.d_multipliers]
-        attention = attention_flags(plan.d_resolutions(config.image_size), config.attention_resolution,
-                                    "the discriminator")
+        attention = attention_flags(
+            plan.d_resolutions(config.image_size), config.attention_resolution, "the discriminator"
+        )
         layers: list[nn.Module] = [FirstDBlock(config.in_channels, widths[0], conv)]
         for c_in, c_out, down in zip(widths, widths[1:], plan.d_downsample[1:]):
             layers.append(DBlock(c_in, c_out, conv, down))
@@ -210,4 +213,3 @@ class ProjectionDiscriminator(nn.Module):
         """``x`` (B, C, S, S) in [-1, 1], labels (B,) -> logits (B,) (hinge: > 1 real, < -1 fake)."""
         h = self.features(x)
         return self.linear(h).squeeze(1) + self.projection(h, class_labels)
-

@@ -17,8 +17,9 @@ from studio.errors import StudioError
 MIN_THRESHOLD = 0.01
 
 
-def truncated_normal(size: int, threshold: float | None, generator: torch.Generator,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def truncated_normal(
+    size: int, threshold: float | None, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """One latent (size,) from ``generator``: N(0, I), or truncated at ``threshold`` by redrawing.
 
     ``threshold`` None means no truncation; 0 gives zeros. The expected number of redraws per
@@ -32,8 +33,10 @@ def truncated_normal(size: int, threshold: float | None, generator: torch.Genera
     if threshold == 0:
         return torch.zeros(size, device=device, dtype=dtype)
     if threshold < MIN_THRESHOLD:
-        raise StudioError(f"truncation threshold {threshold} is too small to draw by rejection (about "
-                          f"{1.25 / threshold:.3g} draws per coordinate); use 0 for z = 0 or at least {MIN_THRESHOLD}")
+        raise StudioError(
+            f"truncation threshold {threshold} is too small to draw by rejection (about "
+            f"{1.25 / threshold:.3g} draws per coordinate); use 0 for z = 0 or at least {MIN_THRESHOLD}"
+        )
     z = torch.randn(size, generator=generator, device=device, dtype=dtype)
     outside = z.abs() > threshold
     while outside.any():
