@@ -264,3 +264,27 @@ def test_a_weak_model_is_flagged_in_the_picker_and_its_card(page):
     ).to_be_visible()
     pick_model(page, DIT)
     sync_api.expect(page.get_by_text("weak model")).to_have_count(0)
+
+
+def test_a_phone_wide_window_stacks_the_controls_and_fits_the_images(browser, url):
+    """At 400 px the model picker spans the window, the images show in two columns inside it, and the Control
+    tab's sliders each get a row (side by side they were ~135 px wide and the fourth image was clipped)."""
+    width = 400
+    narrow = browser.new_page(viewport={"width": width, "height": 900})
+    narrow.set_default_timeout(TIMEOUT_MS)
+    try:
+        narrow.goto(url)
+        assert narrow.get_by_role("combobox", name="Model").bounding_box()["width"] >= 250
+        generate_with_seed(narrow, 91)
+        images = narrow.get_by_role("img", name=re.compile(r"^seed 9[1-4] · (class|digit) \d$"))
+        sync_api.expect(images).to_have_count(4)
+        boxes = [images.nth(i).bounding_box() for i in range(4)]
+        assert all(0 <= b["x"] and b["x"] + b["width"] <= width for b in boxes), boxes
+        assert len({round(b["x"]) for b in boxes}) == 2, boxes
+        narrow.get_by_role("tab", name="Control").click()
+        for name in ("Steps", "Guidance scale (CFG)", "Batch size"):
+            slider = narrow.get_by_role("slider", name=f"range slider for {name}").last
+            sync_api.expect(slider).to_be_visible()
+            assert slider.bounding_box()["width"] >= 250, name
+    finally:
+        narrow.close()

@@ -30,13 +30,25 @@ PIXELATED = "studio-pixels"
 #: the Generate / Stop bar stays at the bottom of the window while the form above it scrolls (the form is
 #: 2,000-3,000 px tall with the plugin panels open, and results appear in the other column)
 ACTION_BAR = "studio-actions"
+#: rows of controls (or of a control column and a result column) that stack one under the other in a narrow
+#: window: side by side at phone width each gets ~130 px, too narrow for a model name or a slider
+STACK = "studio-stack"
+#: result galleries: two columns in a narrow window, since four 100 px thumbnails overflow a 400 px screen
+GALLERY = "studio-gallery"
+#: window width (px) under which rows stack and galleries show two columns
+NARROW_PX = 600
 # (gradio's page container clips with overflow: hidden, which makes it the sticky bar's scroll box although
 # it never scrolls; overflow: clip clips the same without that)
 APP_STYLE = (
     f"<style>.{PIXELATED} img, img.{PIXELATED} {{ image-rendering: pixelated; }}\n"
     ".gradio-container { overflow: clip !important; }\n"
     f".row.{ACTION_BAR} {{ position: sticky; bottom: 0; z-index: 20; padding: 8px 0;"
-    " background: var(--background-fill-primary); box-shadow: 0 -6px 8px -6px rgba(0, 0, 0, 0.25); }</style>"
+    " background: var(--background-fill-primary); box-shadow: 0 -6px 8px -6px rgba(0, 0, 0, 0.25); }\n"
+    f"@media (max-width: {NARROW_PX}px) {{\n"
+    f"  .row.{STACK} {{ flex-direction: column !important; flex-wrap: nowrap !important; }}\n"
+    f"  .row.{STACK} > * {{ width: 100% !important; min-width: 0 !important; flex: none !important; }}\n"
+    f"  .{GALLERY} .grid-container {{ grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }}\n"
+    "}</style>"
 )
 #: the buttons Ctrl+Enter (Cmd+Enter) clicks: the first one that is on screen (the open tab's)
 RUN_BUTTONS = ("generate-button", "compare-button", "control-button")

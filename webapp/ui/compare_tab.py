@@ -7,7 +7,16 @@ from typing import Any
 import gradio as gr
 
 from webapp.service import StudioService
-from webapp.ui.common import CPU, PIXELATED, RUN_BUTTONS, gallery_items, reporter, user_errors
+from webapp.ui.common import (
+    CPU,
+    GALLERY,
+    PIXELATED,
+    RUN_BUTTONS,
+    STACK,
+    gallery_items,
+    reporter,
+    user_errors,
+)
 from webapp.ui.generate_tab import GenerateTab, make_request
 
 
@@ -22,9 +31,9 @@ class CompareTab:
         )
         self.run = gr.Button("Compare", variant="primary", elem_id=RUN_BUTTONS[1])
         self.text = gr.Markdown()
-        with gr.Row():
+        with gr.Row(elem_classes=[STACK]):
             self.baseline = gr.Gallery(
-                elem_classes=[PIXELATED],
+                elem_classes=[PIXELATED, GALLERY],
                 label="Without plugins",
                 format="png",
                 columns=4,
@@ -33,7 +42,7 @@ class CompareTab:
                 fit_columns=False,
             )
             self.accelerated = gr.Gallery(
-                elem_classes=[PIXELATED],
+                elem_classes=[PIXELATED, GALLERY],
                 label="With plugins",
                 format="png",
                 columns=4,

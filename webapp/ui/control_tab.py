@@ -19,8 +19,10 @@ from webapp.ui.common import (
     CLASS_INFO,
     CONTROL_FAMILY,
     CPU,
+    GALLERY,
     PIXELATED,
     RUN_BUTTONS,
+    STACK,
     class_choices,
     gallery_items,
     reporter,
@@ -41,7 +43,7 @@ class ControlTab:
             "or draw one, pick how it becomes the condition (edges detected from it, or the drawing itself "
             "as white strokes on black), and set how strongly the network follows it (0 = the base model)."
         )
-        with gr.Row():
+        with gr.Row(elem_classes=[STACK]):
             with gr.Column(scale=2):
                 self.model = gr.Dropdown(
                     controlnets,
@@ -91,17 +93,17 @@ class ControlTab:
                     info="condition only on the CFG conditional branch, residuals scaled from "
                     "0.1 (shallow) to 1 (middle)",
                 )
-                with gr.Row():
+                with gr.Row(elem_classes=[STACK]):
                     self.steps = gr.Slider(1, LIMITS.max_sampling_steps, value=20, step=1, label="Steps")
                     self.guidance = gr.Slider(0.0, 15.0, value=1.0, step=0.25, label="Guidance scale (CFG)")
-                with gr.Row():
+                with gr.Row(elem_classes=[STACK]):
                     self.seed = gr.Number(0, precision=0, label="Seed", info="image i uses seed + i")
                     self.num_images = gr.Slider(1, LIMITS.max_images, value=4, step=1, label="Batch size")
                 with gr.Row():
                     self.run = gr.Button("Generate with control", variant="primary", elem_id=RUN_BUTTONS[2])
                     self.stop = gr.Button("Stop", variant="stop")
             with gr.Column(scale=3):
-                with gr.Row():
+                with gr.Row(elem_classes=[STACK]):
                     self.condition_view = gr.Image(
                         elem_classes=[PIXELATED],
                         label="Condition the network sees",
@@ -111,7 +113,7 @@ class ControlTab:
                         format="png",
                     )
                     self.gallery = gr.Gallery(
-                        elem_classes=[PIXELATED],
+                        elem_classes=[PIXELATED, GALLERY],
                         label="Images",
                         format="png",
                         columns=4,

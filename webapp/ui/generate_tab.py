@@ -20,9 +20,11 @@ from webapp.ui.common import (
     ACTION_BAR,
     CLASS_INFO,
     CPU,
+    GALLERY,
     MODELS,
     PIXELATED,
     RUN_BUTTONS,
+    STACK,
     class_state,
     class_update,
     gallery_items,
@@ -96,9 +98,9 @@ class GenerateTab:
         self.service = service
         generators = generate_options(options)
         defaults = APP_DEFAULTS
-        with gr.Row():
+        with gr.Row(elem_classes=[STACK]):
             with gr.Column(scale=2):
-                with gr.Row():
+                with gr.Row(elem_classes=[STACK]):
                     self.model = gr.Dropdown(
                         [(o.label, o.name) for o in generators],
                         value=default_model(generators),
@@ -157,7 +159,7 @@ class GenerateTab:
                     visible=False,
                     info="ADM: follow a noisy classifier's gradient (ddpm/ddim); 0 = off",
                 )
-                with gr.Row():
+                with gr.Row(elem_classes=[STACK]):
                     self.seed = gr.Number(
                         defaults.seed, precision=0, label="Seed", info="image i uses seed + i"
                     )
@@ -175,7 +177,7 @@ class GenerateTab:
                         info="set by the switches above, or type "
                         f"name:key=value,... (several separated by '{PLUGIN_SEPARATOR}')",
                     )
-                with gr.Row():
+                with gr.Row(elem_classes=[STACK]):
                     self.measure = gr.Checkbox(
                         False, label="Measure speedup (also runs the request without plugins)"
                     )
@@ -191,7 +193,7 @@ class GenerateTab:
                     gr.Markdown("Ctrl+Enter", min_height=0)
             with gr.Column(scale=3):
                 self.gallery = gr.Gallery(
-                    elem_classes=[PIXELATED],
+                    elem_classes=[PIXELATED, GALLERY],
                     label="Images",
                     format="png",
                     columns=4,
@@ -212,7 +214,7 @@ class GenerateTab:
                     self.details = gr.JSON(label="Records")
                 with gr.Accordion("History (click an image to recall its parameters)", open=True):
                     self.history = gr.Gallery(
-                        elem_classes=[PIXELATED],
+                        elem_classes=[PIXELATED, GALLERY],
                         label="Recent generations",
                         columns=6,
                         height="auto",

@@ -11,7 +11,7 @@ import pandas as pd
 from webapp.security import LIMITS
 from webapp.service import StudioService
 from webapp.training_runner import TrainStatus, resumable_runs, training_presets
-from webapp.ui.common import CPU, PIXELATED, user_errors
+from webapp.ui.common import CPU, PIXELATED, STACK, user_errors
 from webapp.ui.generate_tab import GenerateTab
 
 #: seconds between live updates of a training run
@@ -64,7 +64,7 @@ class TrainTab:
             "checkpoint appears in the model list when it ends (or is stopped)."
         )
         first = self.presets.get(families[0], []) if families else []
-        with gr.Row():
+        with gr.Row(elem_classes=[STACK]):
             self.family = gr.Dropdown(families, value=families[0] if families else None, label="Family")
             self.preset = gr.Dropdown(first, value=first[0] if first else None, label="Preset")
             self.max_steps = gr.Slider(
@@ -82,7 +82,7 @@ class TrainTab:
             self.run = gr.Button("Start training", variant="primary")
             self.stop = gr.Button("Stop training", variant="stop")
         self.status = gr.Markdown(train_text(service.trainer.status()))
-        with gr.Row():
+        with gr.Row(elem_classes=[STACK]):
             self.losses = gr.LinePlot(x="step", y="value", color="series", label="Training losses")
             self.sample = gr.Image(
                 elem_classes=[PIXELATED],
