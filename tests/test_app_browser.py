@@ -9,7 +9,9 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from gradio_client import Client, handle_file
 from PIL import Image
 
 from tests.test_app_service import ADM, BIGGAN, CONTROLNET, DIT, DSNO, GAN, one_thread  # noqa: F401 (fixture)
@@ -288,3 +290,41 @@ def test_a_phone_wide_window_stacks_the_controls_and_fits_the_images(browser, ur
             assert slider.bounding_box()["width"] >= 250, name
     finally:
         narrow.close()
+
+
+def test_compare_and_control_runs_join_the_history_and_a_control_run_recalls_into_its_tab(
+    page, url, tmp_path
+):
+    pick_model(page, DIT)
+    page.get_by_role("spinbutton", name="Seed").first.fill("93")
+    page.get_by_label("Plugin specs").fill("fora:interval=2")
+    page.get_by_role("tab", name="Compare").click()
+    page.get_by_role("button", name="Compare", exact=True).click()
+    sync_api.expect(page.get_by_text(re.compile(r"speedup [\d.]+×"))).to_be_visible()
+    page.get_by_role("tab", name="Generate").click()
+    page.get_by_label("Plugin specs").fill("")
+    sync_api.expect(
+        page.get_by_role("img", name=re.compile(r"^#\d+ compare · .* · seed 93 ·")).first
+    ).to_be_visible()
+
+    picture = tmp_path / "digit.png"
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[6:22, 12:16] = 255
+    Image.fromarray(digit).save(picture)
+    Client(url, verbose=False).predict(
+        CONTROLNET, handle_file(str(picture)), "sobel", "all", 0.5, False, 3, 1.0, 97, 2, api_name="/control"
+    )
+    page.reload()  # the history comes with the page
+    seed = page.get_by_role("spinbutton", name="Seed").first
+    seed.fill("5")
+    page.get_by_role("img", name=re.compile(r"^#\d+ control · .* · seed 97 ·")).first.click()
+    page.get_by_role("tab", name="Control").click()
+    sync_api.expect(page.get_by_role("spinbutton", name="Seed").last).to_have_value("97")
+    sync_api.expect(page.get_by_role("spinbutton", name="number input for Control scale")).to_have_value(
+        "0.5"
+    )
+    sync_api.expect(page.get_by_role("radio", name="sobel")).to_be_checked()
+    control_image = page.locator(".block", has=page.get_by_text("Control image", exact=True)).last
+    sync_api.expect(control_image.locator("img")).to_have_count(1)  # the uploaded picture comes back
+    page.get_by_role("tab", name="Generate").click()
+    sync_api.expect(seed).to_have_value("5")  # a ControlNet run does not change the Generate form

@@ -234,6 +234,8 @@ def test_history_is_bounded_and_newest_first():
     assert [e.request.seed for e in history.entries()] == [2, 1]
     with pytest.raises(StudioError, match="not in the history"):
         history.get(1)
+    with pytest.raises(ValueError, match="history kind"):
+        history.add(dit_request(), [], 0.1, kind="train")
 
 
 def test_compare_reports_both_timings_and_a_neutral_plugin_changes_nothing(service):

@@ -344,6 +344,25 @@ def test_history_recall_and_png_info_return_the_parameters(client):
     assert (from_png["seed"], from_png["num_images"], from_png["class_label"]) == (12, 1, 1)
 
 
+def test_compare_and_control_runs_join_the_history_and_recall_their_parameters(client, tmp_path):
+    picture = tmp_path / "digit.png"
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[6:22, 12:16] = 255
+    Image.fromarray(digit).save(picture)
+    client.predict(DIT, "3", "ddim", 3, 4.0, 0.0, 17, False, 2, "fora:interval=2", api_name="/compare")
+    control(client, CONTROLNET, str(picture), condition="sobel", seed=23)
+    controlled, compared = client.predict(api_name="/history")[:2]  # newest first
+    assert controlled["kind"] == "control" and controlled["caption"].startswith(
+        f"#{controlled['id']} control · "
+    )
+    assert controlled["request"]["seed"] == 23 and len(controlled["paths"]) == 2
+    assert compared["kind"] == "compare" and compared["request"]["plugins"] == ["fora:interval=2"]
+    assert len(compared["paths"]) == 4  # with plugins, then without
+    recalled = client.predict(controlled["id"], api_name="/recall")
+    assert (recalled["model"], recalled["condition"], recalled["seed"]) == (CONTROLNET, "sobel", 23)
+    assert client.predict(compared["id"], api_name="/recall")["seed"] == 17
+
+
 def test_bad_requests_are_readable_errors_and_the_app_keeps_serving(client, tmp_path):
     broken = runs_dir() / "not-a-run" / "broken"  # inside the runs folder (loadable by path), but not listed
     broken.mkdir(parents=True)

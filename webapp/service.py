@@ -181,6 +181,7 @@ class StudioService:
                 titles=info.class_titles,
             )
             self._prune(folder)
+        self.history.add(request, accelerated.paths + baseline.paths, fast_s, kind="compare")
         diff = float(
             np.mean([np.abs(_as_unit(a) - _as_unit(b)).mean() for a, b in zip(fast.images, base.images)])
         )
@@ -217,6 +218,7 @@ class StudioService:
             condition = folder / "condition.png"
             to_pil(np.asarray(output.conditions[0], dtype=np.float32)).save(condition)
             self._prune(folder)
+        self.history.add(request, batch.paths, seconds, kind="control")
         return ControlResult(request, batch, condition)
 
     def stop(self) -> None:

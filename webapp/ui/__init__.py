@@ -77,7 +77,7 @@ def build_app(service: StudioService) -> gr.Blocks:
         generate.wire(demo)
         compare.wire(generate)
         train.wire(generate)
-        control.wire()
+        control.wire(generate)
 
         def stop() -> None:
             """Stop the running generation or comparison after its current step."""

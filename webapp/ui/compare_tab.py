@@ -110,3 +110,6 @@ class CompareTab:
             concurrency_id=CPU,
             concurrency_limit=1,
         )
+        self.event.success(
+            generate.history_items, None, generate.history, api_visibility="private", queue=False
+        )

@@ -10,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 
+from studio.errors import StudioError
 from webapp.catalogue import ModelOption
 from webapp.classes import class_choice
 from webapp.control import CONDITIONS, ControlRequest
@@ -28,6 +29,7 @@ from webapp.ui.common import (
     reporter,
     user_errors,
 )
+from webapp.ui.generate_tab import GenerateTab
 
 
 class ControlTab:
@@ -174,7 +176,52 @@ class ControlTab:
         kept = [c for c in (chosen or []) if c in {value for _, value in choices}]
         return gr.update(choices=choices, value=kept, visible=bool(choices) or name not in self.titles)
 
-    def wire(self) -> None:
+    @property
+    def settings(self) -> list[gr.Component]:
+        """The controls a recalled Control run sets (`apply_request`)."""
+        return [
+            self.model,
+            self.picture,
+            self.condition,
+            self.classes,
+            self.scale,
+            self.guess,
+            self.steps,
+            self.guidance,
+            self.seed,
+            self.num_images,
+        ]
+
+    def apply_request(self, data: dict[str, Any]) -> dict[gr.Component, Any]:
+        """Set the controls from a recalled Control run (other kinds of run are the Generate tab's); the
+        picture comes back while its upload is still in gradio's upload cache."""
+        if not data or data.get("kind") != "control":
+            return {}
+        known = {k: v for k, v in data.items() if k in ControlRequest.__dataclass_fields__}
+        request = ControlRequest(**known)
+        label = request.class_label
+        chosen = [] if label is None else [str(label)] if isinstance(label, int) else [str(c) for c in label]
+        updates: dict[gr.Component, Any] = {
+            self.model: request.model,
+            self.condition: request.condition,
+            self.classes: self.model_classes(request.model, chosen),
+            self.scale: request.control_scale,
+            self.guess: request.guess_mode,
+            self.steps: request.num_inference_steps,
+            self.guidance: request.guidance_scale,
+            self.seed: request.seed,
+            self.num_images: request.num_images,
+        }
+        # only a file still in the upload cache comes back: returning a path publishes that file
+        try:
+            updates[self.picture] = str(self.service.access.upload(request.control_image, "control image"))
+        except StudioError:
+            pass  # the upload is gone (or was never one): the picture input stays as it is
+        return updates
+
+    def wire(self, generate: GenerateTab) -> None:
+        """Register the tab's events; its runs join the Generate tab's history, and a Control run recalled
+        there sets this tab's controls."""
         outputs = [self.condition_view, self.gallery, self.details]
         event = self.run.click(
             lambda: (None, None, None),
@@ -202,6 +249,10 @@ class ControlTab:
             concurrency_id=CPU,
             concurrency_limit=1,
             preprocess=False,
+        )
+        event.success(generate.history_items, None, generate.history, api_visibility="private", queue=False)
+        generate.recall_event.success(
+            self.apply_request, generate.recalled, self.settings, api_visibility="private", queue=False
         )
         self.stop.click(
             self.service.stop,

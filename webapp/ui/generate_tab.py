@@ -230,6 +230,7 @@ class GenerateTab:
                     self.model_details = gr.JSON(label="Model")
                     self.models_json = gr.JSON(label="Available models")
         self.event: Any = None  # the generate event, once wired (Stop cancels it)
+        self.recall_event: Any = None  # a click on a history entry, once wired (the Control tab follows it)
 
     # ------------------------------------------------------------------ component groups
     @property
@@ -351,8 +352,9 @@ class GenerateTab:
         }
 
     def apply_request(self, data: dict[str, Any]) -> dict:
-        """Set every control from recalled parameters (loading their model first)."""
-        if not data:
+        """Set every control from recalled parameters (loading their model first). A Control run's parameters
+        are left to the Control tab: its ControlNet model cannot run here."""
+        if not data or data.get("kind") == "control":
             return {}
         request = GenerateRequest.from_dict(data)
         with user_errors():
@@ -393,11 +395,12 @@ class GenerateTab:
         }
 
     def recall_selected(self, evt: gr.SelectData) -> dict[str, Any]:
-        """The parameters of the clicked history entry."""
-        entries = self.service.history.entries()
+        """The parameters of the clicked history entry, with the kind of run that made it."""
+        entries = [e for e in self.service.history.entries() if e.paths]  # the entries `history_items` shows
         if not 0 <= evt.index < len(entries):
             raise gr.Error("that generation is no longer in the history")
-        return entries[evt.index].request.to_dict()
+        entry = entries[evt.index]
+        return {"kind": entry.kind, **entry.request.to_dict()}
 
     # ------------------------------------------------------------------ API endpoints
     def generate(
@@ -528,9 +531,10 @@ class GenerateTab:
             queue=False,
         )
 
-        self.history.select(
+        self.recall_event = self.history.select(
             self.recall_selected, None, self.recalled, api_visibility="private", queue=False
-        ).success(
+        )
+        self.recall_event.success(
             self.apply_request, self.recalled, self.settings, api_visibility="private", concurrency_id=MODELS
         )
         self.png_file.upload(
