@@ -268,16 +268,27 @@ def test_a_weak_model_is_flagged_in_the_picker_and_its_card(page):
     sync_api.expect(page.get_by_text("weak model")).to_have_count(0)
 
 
+def digit_picture(folder: Path) -> Path:
+    """A 28 px control picture of a "1" (a white bar on black)."""
+    picture = folder / "digit.png"
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[6:22, 12:16] = 255
+    Image.fromarray(digit).save(picture)
+    return picture
+
+
 def test_a_phone_wide_window_stacks_the_controls_and_fits_the_images(browser, url):
-    """At 400 px the model picker spans the window, the images show in two columns inside it, and the Control
-    tab's sliders each get a row (side by side they were ~135 px wide and the fourth image was clipped)."""
+    """At 400 px the model picker spans the window, Generate scrolls to the results (under a ~2,000 px form),
+    the images show in two columns inside the window, and the Control tab's sliders each get a row (side by
+    side they were ~135 px wide, and the fourth image was clipped)."""
     width = 400
     narrow = browser.new_page(viewport={"width": width, "height": 900})
     narrow.set_default_timeout(TIMEOUT_MS)
     try:
         narrow.goto(url)
         assert narrow.get_by_role("combobox", name="Model").bounding_box()["width"] >= 250
-        generate_with_seed(narrow, 91)
+        first = generate_with_seed(narrow, 91)
+        sync_api.expect(first).to_be_in_viewport()  # the page scrolled from the button to the results
         images = narrow.get_by_role("img", name=re.compile(r"^seed 9[1-4] · (class|digit) \d$"))
         sync_api.expect(images).to_have_count(4)
         boxes = [images.nth(i).bounding_box() for i in range(4)]
@@ -307,12 +318,18 @@ def test_compare_and_control_runs_join_the_history_and_a_control_run_recalls_int
         page.get_by_role("img", name=re.compile(r"^#\d+ compare · .* · seed 93 ·")).first
     ).to_be_visible()
 
-    picture = tmp_path / "digit.png"
-    digit = np.zeros((28, 28), dtype=np.uint8)
-    digit[6:22, 12:16] = 255
-    Image.fromarray(digit).save(picture)
     Client(url, verbose=False).predict(
-        CONTROLNET, handle_file(str(picture)), "sobel", "all", 0.5, False, 3, 1.0, 97, 2, api_name="/control"
+        CONTROLNET,
+        handle_file(str(digit_picture(tmp_path))),
+        "sobel",
+        "all",
+        0.5,
+        False,
+        3,
+        1.0,
+        97,
+        2,
+        api_name="/control",
     )
     page.reload()  # the history comes with the page
     seed = page.get_by_role("spinbutton", name="Seed").first
@@ -328,3 +345,22 @@ def test_compare_and_control_runs_join_the_history_and_a_control_run_recalls_int
     sync_api.expect(control_image.locator("img")).to_have_count(1)  # the uploaded picture comes back
     page.get_by_role("tab", name="Generate").click()
     sync_api.expect(seed).to_have_value("5")  # a ControlNet run does not change the Generate form
+    sync_api.expect(error_overlays(page)).to_have_count(0)
+
+
+def test_a_failed_comparison_does_not_show_the_previous_speedup(page):
+    pick_model(page, DIT)
+    page.get_by_label("Plugin specs").fill("fora:interval=2")
+    page.get_by_role("tab", name="Compare").click()
+    speedup = page.get_by_text(re.compile(r"speedup [\d.]+×"))
+    page.get_by_role("button", name="Compare", exact=True).click()
+    sync_api.expect(speedup).to_be_visible()
+    page.get_by_role("tab", name="Generate").click()
+    page.get_by_label("Plugin specs").fill("nope:x=1")
+    page.get_by_role("tab", name="Compare").click()
+    page.get_by_role("button", name="Compare", exact=True).click()
+    sync_api.expect(page.get_by_text("unknown plugin 'nope'").first).to_be_visible()
+    sync_api.expect(speedup).to_have_count(0)
+    sync_api.expect(page.get_by_role("img", name=re.compile(r"^seed \d+ · digit"))).to_have_count(0)
+    page.get_by_role("tab", name="Generate").click()
+    page.get_by_label("Plugin specs").fill("")

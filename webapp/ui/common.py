@@ -66,6 +66,16 @@ SHORTCUT_JS = """() => {
 }""".replace("BUTTONS", json.dumps(list(RUN_BUTTONS)))
 
 
+def show_results_js(elem_id: str) -> str:
+    """Browser code for a run button: in a narrow window, where the results column sits under a form
+    2,000 px tall, scroll to it (``elem_id``) so the progress and the images are in view; wide windows show
+    both columns side by side and do not move."""
+    return (
+        f"() => {{ if (window.innerWidth <= {NARROW_PX}) "
+        f"document.getElementById({json.dumps(elem_id)})?.scrollIntoView({{block: 'start'}}); }}"
+    )
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Show a `StudioError` as a readable error in the page (and to API clients)."""

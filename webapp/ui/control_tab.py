@@ -196,7 +196,7 @@ class ControlTab:
         """Set the controls from a recalled Control run (other kinds of run are the Generate tab's); the
         picture comes back while its upload is still in gradio's upload cache."""
         if not data or data.get("kind") != "control":
-            return {}
+            return {self.model: gr.skip()}  # gradio reads an empty dict as one (missing) output value
         known = {k: v for k, v in data.items() if k in ControlRequest.__dataclass_fields__}
         request = ControlRequest(**known)
         label = request.class_label

@@ -30,6 +30,7 @@ from webapp.ui.common import (
     gallery_items,
     generate_options,
     reporter,
+    show_results_js,
     user_errors,
 )
 from webapp.ui.plugin_widgets import PluginWidgets, joined_specs, plugin_notes
@@ -42,6 +43,8 @@ DOWNLOAD_SIZES = [
     ("8× crisp (nearest)", "8 nearest"),
     ("8× smooth (bicubic)", "8 bicubic"),
 ]
+#: the column of images, timing, code and history (a narrow window scrolls to it when a run starts)
+RESULTS = "generate-results"
 
 
 def make_request(
@@ -191,7 +194,7 @@ class GenerateTab:
                     self.run = gr.Button("Generate", variant="primary", elem_id=RUN_BUTTONS[0], scale=3)
                     self.stop = gr.Button("Stop", variant="stop", scale=1)
                     gr.Markdown("Ctrl+Enter", min_height=0)
-            with gr.Column(scale=3):
+            with gr.Column(scale=3, elem_id=RESULTS):
                 self.gallery = gr.Gallery(
                     elem_classes=[PIXELATED, GALLERY],
                     label="Images",
@@ -355,7 +358,7 @@ class GenerateTab:
         """Set every control from recalled parameters (loading their model first). A Control run's parameters
         are left to the Control tab: its ControlNet model cannot run here."""
         if not data or data.get("kind") == "control":
-            return {}
+            return {self.model: gr.skip()}  # gradio reads an empty dict as one (missing) output value
         request = GenerateRequest.from_dict(data)
         with user_errors():
             info = self.service.select(request.model)
@@ -523,6 +526,7 @@ class GenerateTab:
             concurrency_id=CPU,
             concurrency_limit=1,
         )
+        self.run.click(None, None, None, js=show_results_js(RESULTS), api_visibility="private", queue=False)
         self.event.success(
             self.after_generate,
             self.details,
