@@ -7,7 +7,7 @@ against appear at any step count), on one thread.
 The checkpoints must pass with every scheduler: an earlier adm-mnist (1,372 steps on 5,000 digits)
 left noise fields on about 1 seed in 5 with every eta-0 sampler (its eps under-estimated the noise at
 high noise levels, so an eta-0 path kept noise the model then read as signal); fine-tuned on the full
-60k it passes. DPM-Solvers additionally need two scheduler settings the training config does not
+60k it passes, and so does controlnet-mnist trained over it. DPM-Solvers additionally need two scheduler settings the training config does not
 carry (`studio.diffusion.schedulers.make_scheduler`): the cosine schedule's lambda clip and
 thresholding in place of clip_sample; without them the single-step solver fails on most seeds of
 any checkpoint.
@@ -29,12 +29,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SEEDS = [*range(40), 2000]
 STEPS = 10
-CONTROLNET_BASE_DEFECT = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="controlnet-mnist carries its own copy of the earlier adm-mnist UNet, whose eta-0 path leaves "
-    "noise fields on ~1 seed in 5 (see the module docstring); retrain it over the current adm-mnist",
-)
 
 
 def uint8(images: torch.Tensor) -> np.ndarray:
@@ -149,7 +143,6 @@ def test_classifier_guided_ddim_makes_no_noise_images(adm):
     assert noise_images(sample(adm, scheduler="ddim", classifier_scale=3.0)) == []
 
 
-@CONTROLNET_BASE_DEFECT
 def test_controlnet_mnist_at_its_ddim_default_makes_no_noise_images():
     if not (SHIPPED_DIR / "controlnet-mnist").is_dir():
         pytest.skip("controlnet-mnist is not shipped")
