@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import time
 import weakref
 
@@ -243,9 +244,42 @@ def test_compare_reports_both_timings_and_a_neutral_plugin_changes_nothing(servi
     assert result.baseline.seconds > 0 and result.accelerated.seconds > 0
     assert result.speedup == pytest.approx(result.baseline.seconds / result.accelerated.seconds)
     assert result.mean_abs_diff == 0.0
+    assert result.metrics.psnr_db == math.inf and result.metrics.identical
+    assert result.metrics.accuracy_with is None and result.metrics.accuracy_without is None  # no judge
+    assert len(result.diffs) == 2 and all(not pixels(path).any() for path in result.diffs)
+    assert "fora:interval=1 vs no plugins" in result.summary and DIT in result.summary
+    assert "ddim 4 steps" in result.summary and "seeds 3-4" in result.summary
+    details = result.to_dict()
+    assert details["psnr_db"] is None and details["identical"] and details["accuracy_with"] is None
+    assert details["mean_abs_diff"] == 0.0 and len(details["diff_maps"]) == 2
     assert result.accelerated.records[0].plugins and not result.baseline.records[0].plugins
     with pytest.raises(StudioError, match="at least one plugin"):
         service.compare(dit_request())
+
+
+def test_compare_an_active_plugin_gives_a_finite_psnr_and_a_visible_difference(service):
+    result = service.compare(dit_request(plugins=("fora:interval=2",)))
+    assert math.isfinite(result.metrics.psnr_db) and result.metrics.psnr_db > 0
+    assert result.to_dict()["psnr_db"] == pytest.approx(result.metrics.psnr_db, abs=1e-3)
+    maps = [pixels(path) for path in result.diffs]
+    assert any(m.any() for m in maps)
+    fast, base = (
+        pixels(p).astype(float) / 255 for p in (result.accelerated.paths[0], result.baseline.paths[0])
+    )
+    expected = np.clip(4 * np.abs(fast - base), 0, 1) * 255
+    np.testing.assert_allclose(maps[0], expected, atol=1)  # |with - without| x4, clipped
+
+
+def test_compare_scores_both_sets_with_the_datasets_judge(tmp_path, monkeypatch):
+    """A model whose card names a dataset with a shipped judge (mnist) gets each set's class accuracy;
+    a neutral plugin leaves both sets, and so both accuracies, the same."""
+    runs = tmp_path / "runs"
+    save_pipeline(tiny_dit_pipeline(), runs / DIT / "pipeline", {"num_classes": 10, "dataset": "mnist"})
+    monkeypatch.setenv("STUDIO_RUNS", str(runs))
+    service = StudioService(tmp_path / "outputs", device="cpu")
+    metrics = service.compare(dit_request(plugins=("fora:interval=1",), class_label=(1, 7))).metrics
+    assert metrics.judge == "mnist" and metrics.accuracy_with in (0.0, 0.5, 1.0)
+    assert metrics.accuracy_with == metrics.accuracy_without
 
 
 def test_measure_speedup_runs_the_baseline(service):

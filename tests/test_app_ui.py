@@ -250,12 +250,28 @@ def test_plugins_apply_and_the_speedup_is_measured_on_request(client):
 
 
 def test_compare_shows_both_sides_with_their_timings(client):
-    baseline, accelerated, text, details = client.predict(
+    baseline, accelerated, text, details, diffs, summary = client.predict(
         DIT, "3", "ddim", 4, 4.0, 0.0, 1, False, 2, "fora:interval=2", api_name="/compare"
     )
-    assert len(baseline) == len(accelerated) == 2 and "speedup" in text
+    assert len(baseline) == len(accelerated) == len(diffs) == 2 and "speedup" in text
     assert details["baseline"]["seconds"] > 0 and details["accelerated"]["seconds"] > 0
     assert details["baseline"]["images"][0]["record"]["class_labels"] == [3]
+    assert "PSNR" in text and "dB" in text and details["psnr_db"] > 0 and not details["identical"]
+    assert details["accuracy_with"] is None and details["judge"] is None  # tiny runs name no dataset
+    assert "fora:interval=2 vs no plugins" in summary and DIT in summary and "seeds 1-2" in summary
+    assert "fora:interval=2" in details["summary"] and len(details["diff_maps"]) == 2
+    maps = [np.asarray(Image.open(item["image"])) for item in diffs]
+    assert any(m.any() for m in maps)  # fora at interval 2 moves pixels
+
+
+def test_compare_labels_each_side_with_what_it_ran():
+    from webapp.ui.compare_tab import cleared, plain_markdown, side_labels
+
+    assert side_labels(("fora:interval=2", "ras")) == ("With fora:interval=2 + ras", "Without plugins")
+    without, with_plugins = cleared("fora:interval=2; ras")[:2]
+    assert (with_plugins["label"], without["label"]) == ("With fora:interval=2 + ras", "Without plugins")
+    assert cleared("nope:x=1")[1]["label"] == "With nope:x=1"  # the run reports the bad spec
+    assert plain_markdown("skip_tuning:x=1 vs no plugins") == r"skip\_tuning:x=1 vs no plugins"
 
 
 def test_model_info_follows_call_parameters(client):

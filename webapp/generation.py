@@ -16,6 +16,7 @@ from studio.hub import list_models
 from studio.pipelines.record import GenerationRecord
 from webapp.catalogue import DEFAULT_MODEL
 from webapp.classes import class_choice, classes_of
+from webapp.comparison import ComparisonMetrics
 from webapp.control import ControlRequest
 from webapp.plugin_form import plugin_spec
 from webapp.reproduce import Reproduction
@@ -159,27 +160,35 @@ AnyRequest = typing.TypeVar("AnyRequest", GenerateRequest, ControlRequest)
 
 @dataclass
 class CompareResult:
-    """The same request with and without its plugins.
-
-    ``mean_abs_diff`` is the mean absolute pixel difference in [0, 1] between the two sets.
-    """
+    """The same request with and without its plugins: both batches, how far they differ (`metrics`), one
+    difference map per seed (``diffs``, PNG paths) and a line saying what was compared (``summary``)."""
 
     request: GenerateRequest
     baseline: Batch
     accelerated: Batch
-    mean_abs_diff: float
+    metrics: ComparisonMetrics
+    diffs: list[Path] = dataclasses.field(default_factory=list)
+    summary: str = ""
 
     @property
     def speedup(self) -> float:
         return self.baseline.seconds / max(self.accelerated.seconds, 1e-9)
 
+    @property
+    def mean_abs_diff(self) -> float:
+        """Mean absolute pixel difference in [0, 1] between the two sets."""
+        return self.metrics.mean_abs_diff
+
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the request, speedup, `ComparisonMetrics` fields, both batches and the maps."""
         return {
             "request": self.request.to_dict(),
+            "summary": self.summary,
             "speedup": round(self.speedup, 3),
-            "mean_abs_diff": round(self.mean_abs_diff, 5),
+            **self.metrics.to_dict(),
             "baseline": self.baseline.to_dict(),
             "accelerated": self.accelerated.to_dict(),
+            "diff_maps": [str(p) for p in self.diffs],
         }
 
 

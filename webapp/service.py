@@ -6,13 +6,14 @@
 - `webapp.catalogue`: which models are offered, what each takes, the one pipeline in memory;
 - `webapp.plugin_form`: the fast-sampling plugins' settings and their spec text;
 - `webapp.generation`: requests and results; `webapp.history`: the last generations;
+- `webapp.comparison`: how far images with plugins stray from those without (PSNR, judge accuracy, maps);
 - `webapp.training_runner`: the Train tab's background run;
 - `webapp.security`: what callers may ask for (limits, uploaded files, listed models).
 
 `StudioService.generate` passes a pipeline only the arguments its ``call_parameters`` list, applies the
 requested plugins for that one call and removes them afterwards, writes every image as a PNG carrying its
 generation record, and times the call; `StudioService.compare` runs the same seeds with and without the
-plugins.
+plugins and measures how far the two sets differ.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from samplers import apply, parse_plugin_spec
 from studio.errors import StudioError
 from studio.pipelines.record import GenerationRecord, read_record, save_png, to_pil
 from webapp.catalogue import DEMO_MODEL, ModelCache, ModelInfo, ModelOption, model_options
+from webapp.comparison import compare_images, comparison_summary, diff_maps, plugin_text
 from webapp.control import ControlRequest, read_control_image
 from webapp.generation import (
     UPSCALE_FILTERS,
@@ -162,7 +164,8 @@ class StudioService:
             folder = self._new_folder("compare")
             self._warm_up(pipe, info, request)
             kwargs, steps = request.call_kwargs(info.parameters), request.num_inference_steps
-            fast, fast_s = self._run(pipe, info, kwargs, steps, configs, progress, "with plugins")
+            with_label = f"with {plugin_text(request.plugins)}"
+            fast, fast_s = self._run(pipe, info, kwargs, steps, configs, progress, with_label)
             base, base_s = self._run(pipe, info, kwargs, steps, [], progress, "without plugins")
             accelerated = self._save(
                 list(fast.images),
@@ -180,12 +183,19 @@ class StudioService:
                 request.model,
                 titles=info.class_titles,
             )
+            labels = [r.class_labels[0] for r in accelerated.records if r.class_labels]
+            metrics = compare_images(list(fast.images), list(base.images), labels, info.dataset)
+            diffs = _save_diff_maps(list(fast.images), list(base.images), folder / "diff", accelerated)
             self._prune(folder)
         self.history.add(request, accelerated.paths + baseline.paths, fast_s, kind="compare")
-        diff = float(
-            np.mean([np.abs(_as_unit(a) - _as_unit(b)).mean() for a, b in zip(fast.images, base.images)])
+        summary = comparison_summary(
+            request.model,
+            (request.scheduler or info.default_scheduler) if info.takes("scheduler") else None,
+            request.num_inference_steps if info.takes("num_inference_steps") else None,
+            [r.seeds[0] for r in accelerated.records],
+            request.plugins,
         )
-        return CompareResult(request, baseline, accelerated, diff)
+        return CompareResult(request, baseline, accelerated, metrics, diffs, summary)
 
     def control(self, request: ControlRequest, progress: ProgressFn | None = None) -> ControlResult:
         """Generate with a ControlNet checkpoint following ``request.control_image``; save the PNGs and
@@ -383,7 +393,14 @@ class StudioService:
         return Batch(paths, records, seconds, tuple(titles))
 
 
-def _as_unit(image: Any) -> np.ndarray:
-    """A PIL image or array as float32 in [0, 1]."""
-    array = np.asarray(image)
-    return array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+def _save_diff_maps(
+    with_plugins: list[Any], without: list[Any], folder: Path, named_like: Batch
+) -> list[Path]:
+    """Write the amplified difference maps (`diff_maps`) as plain PNGs named after ``named_like``'s images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image, source in zip(diff_maps(with_plugins, without), named_like.paths):
+        path = folder / source.name
+        to_pil(image).save(path)
+        paths.append(path)
+    return paths
