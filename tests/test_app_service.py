@@ -270,6 +270,17 @@ def test_compare_an_active_plugin_gives_a_finite_psnr_and_a_visible_difference(s
     np.testing.assert_allclose(maps[0], expected, atol=1)  # |with - without| x4, clipped
 
 
+def test_comparison_measures_on_unit_pixels():
+    from webapp.comparison import compare_images, diff_maps, psnr
+
+    black, grey = np.zeros((4, 4), np.float32), np.full((4, 4), 0.1, np.float32)
+    assert psnr([black], [grey]) == pytest.approx(20.0)  # MSE 0.01 on a peak of 1
+    assert psnr([black], [black]) == math.inf
+    assert diff_maps([black], [grey])[0].max() == 102 and diff_maps([black], [black + 1])[0].max() == 255
+    no_judge = compare_images([black], [grey], [3], dataset="no-such-dataset")
+    assert no_judge.accuracy_with is None and no_judge.to_dict()["judge"] is None
+
+
 def test_compare_scores_both_sets_with_the_datasets_judge(tmp_path, monkeypatch):
     """A model whose card names a dataset with a shipped judge (mnist) gets each set's class accuracy;
     a neutral plugin leaves both sets, and so both accuracies, the same."""
