@@ -60,9 +60,9 @@ class CompareTab:
         classifier_scale: float = 0.0,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's way)
     ) -> tuple[Any, Any, str, dict, list, str]:
-        """Run the same request with and without its plugins on the same seeds. Returns both sets of images
-        (the galleries' labels are set as the run starts, see `cleared`), a line with both wall times, the speedup and how far the
-        sets differ, all settings and measures, the difference maps, and a line saying what was compared."""
+        """Run the same request with and without its plugins on the same seeds. Returns both sets of
+        images, a line with both wall times, the speedup and how far the sets differ, all settings and
+        measures, the difference maps, and a line saying what was compared."""
         with user_errors():
             request = make_request(
                 model,
