@@ -100,14 +100,24 @@ def check_eta_applies(scheduler: Any, eta: float) -> None:
 
 
 def scheduler_step_kwargs(scheduler: Any, generators: list[torch.Generator], eta: float) -> dict[str, Any]:
-    """The ``generator`` / ``eta`` arguments of ``scheduler.step``, passed only to schedulers whose
-    ``step`` takes them."""
+    """The ``generator`` / ``eta`` / ``use_clipped_model_output`` arguments of ``scheduler.step``,
+    passed only to schedulers whose ``step`` takes them.
+
+    When a DDIM scheduler clips (or thresholds) its x0 prediction, diffusers by default keeps the
+    unclipped noise prediction, so the step mixes a clipped x0 with the noise of an unclipped one.
+    Once guidance pushes x0 past [-1, 1] that inconsistency compounds over the trajectory: a
+    v-prediction DiT at CFG 2 drops from 97% to 37% class accuracy. We re-derive the noise from the
+    clipped x0 (``use_clipped_model_output``), as the DDIM sampler of guided-diffusion does.
+    """
     accepted = inspect.signature(scheduler.step).parameters
     kwargs: dict[str, Any] = {}
     if "generator" in accepted:
         kwargs["generator"] = generators
     if "eta" in accepted:
         kwargs["eta"] = eta
+    clips = scheduler.config.get("clip_sample", False) or scheduler.config.get("thresholding", False)
+    if "use_clipped_model_output" in accepted and clips:
+        kwargs["use_clipped_model_output"] = True
     return kwargs
 
 
