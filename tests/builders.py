@@ -92,9 +92,9 @@ def tiny_dit_pipeline(seed: int = 0) -> StudioDiTPipeline:
 #: `studio train` overrides that shrink the DiT presets to a seconds-long CPU run
 TINY_DIT_OVERRIDES = [
     "batch_size=8",
-    "model.depth=1",
-    "model.num_heads=2",
-    "model.head_dim=8",
+    "model.network.depth=1",
+    "model.network.num_heads=2",
+    "model.network.head_dim=8",
     "model.sample_steps=2",
     "num_sample_images=4",
     "sample_every=0",

@@ -202,9 +202,9 @@ def test_hierarchical_latent_chunk_i_only_reaches_block_i():
 
 def test_biggan_refuses_a_latent_that_does_not_split_evenly():
     with pytest.raises(ConfigError, match="not divisible by 3"):
-        BigGANGeneratorConfig(z_dim=50)
+        BigGANGenerator.from_arch(BigGANGeneratorConfig(z_dim=50))
     with pytest.raises(ConfigError, match="image sizes"):
-        BigGANGeneratorConfig(image_size=20)
+        BigGANGeneratorConfig(image_size=20).validate()
 
 
 def test_orthogonal_regularization_zero_on_orthogonal_rows_positive_otherwise():

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_GAN_OVERRIDES = [
     "batch_size=8",
-    "model.width=8",
-    "model.z_dim=24",
+    "model.generator.width=8",
+    "model.discriminator.width=8",
+    "model.generator.z_dim=24",
     "num_sample_images=4",
     "sample_every=0",
     "log_every=1",
@@ -112,7 +113,10 @@ def test_ema_follows_the_update_rule_with_a_start_step():
     torch.manual_seed(0)
     family = get_family("biggan")(
         load_config(
-            "biggan", get_family("biggan").config_class, "mnist-tiny", ["model.width=8", "model.z_dim=24"]
+            "biggan",
+            get_family("biggan").config_class,
+            "mnist-tiny",
+            ["model.generator.width=8", "model.generator.z_dim=24"],
         ),
         MNIST,
     )
@@ -161,7 +165,10 @@ def test_pipelines_refresh_the_spectral_norm_vectors_an_average_shortens():
     torch.manual_seed(0)
     family = get_family("sagan")(
         load_config(
-            "sagan", get_family("sagan").config_class, "mnist-tiny", ["model.width=8", "model.z_dim=24"]
+            "sagan",
+            get_family("sagan").config_class,
+            "mnist-tiny",
+            ["model.generator.width=8", "model.generator.z_dim=24"],
         ),
         MNIST,
     )
@@ -202,7 +209,7 @@ def test_every_preset_loads_and_builds(family):
         photos = data.name == "photos"
         info = DatasetInfo(data.name, data.image_size, 3 if photos else 1, 6 if photos else 10, ())
         models = get_family(family)(config, info).build_models()
-        images = models["generator"](torch.randn(2, config.model.z_dim), torch.tensor([0, 1]))
+        images = models["generator"](torch.randn(2, config.model.generator.z_dim), torch.tensor([0, 1]))
         assert images.shape == (2, info.channels, data.image_size, data.image_size)
 
 
@@ -224,9 +231,9 @@ def test_bad_presets_and_settings_give_clear_errors():
     with pytest.raises(ConfigError, match="has no classes"):
         family_for("sagan", info=DatasetInfo("folder", 28, 1, 0, ()))
     with pytest.raises(ConfigError, match="no feature map of side 7"):
-        family_for("sagan", "model.attention_resolution=7").build_models()
+        family_for("sagan", "model.generator.attention_resolution=7").build_models()
     with pytest.raises(ConfigError, match="not divisible by 3"):
-        family_for("biggan", "model.z_dim=50").build_models()
+        family_for("biggan", "model.generator.z_dim=50").build_models()
     with pytest.raises(ConfigError, match="image sizes"):
         family_for("biggan", info=DatasetInfo("mnist", 20, 1, 10, ())).build_models()
     with pytest.raises(ConfigError, match="truncation_threshold"):

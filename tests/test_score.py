@@ -403,9 +403,9 @@ def test_interrupt_from_step_callback_stops_early():
 TINY_SCORE_OVERRIDES = [
     "batch_size=8",
     "data.image_size=16",
-    "model.block_out_channels=[8,16]",
-    "model.attention_levels=[false,false]",
-    "model.norm_num_groups=4",
+    "model.network.block_out_channels=[8,16]",
+    "model.network.attention_levels=[false,false]",
+    "model.network.norm_num_groups=4",
     "log_every=1",
     "model.sample_steps=4",
     "num_sample_images=2",

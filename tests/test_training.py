@@ -199,6 +199,10 @@ def test_init_from_starts_a_run_at_a_checkpoints_weights(tmp_path):
 def test_init_from_refuses_another_architecture_and_a_missing_checkpoint(tmp_path):
     first = train(tiny_config(tmp_path / "a", "max_steps=1", "checkpointing_steps=1"))
     with pytest.raises(ConfigError, match="'transformer' of .* has another architecture"):
-        train(tiny_config(tmp_path / "b", "max_steps=1", "model.depth=2", f"init_from={first.pipeline_dir}"))
+        train(
+            tiny_config(
+                tmp_path / "b", "max_steps=1", "model.network.depth=2", f"init_from={first.pipeline_dir}"
+            )
+        )
     with pytest.raises(CheckpointError):
         train(tiny_config(tmp_path / "c", "max_steps=1", f"init_from={tmp_path / 'nothing-here'}"))

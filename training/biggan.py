@@ -9,11 +9,9 @@ Sample grids can use the truncation trick (``model.truncation_threshold``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from torch import nn
-
-from studio.models.gan import BigGANGenerator, BigGANGeneratorConfig
+from studio.models.gan import BigGANGenerator, BigGANGeneratorConfig, DiscriminatorConfig
 from training.config import require_int
 from training.family import register_family
 from training.sagan import SAGANFamily, SAGANTrainConfig
@@ -21,37 +19,20 @@ from training.sagan import SAGANFamily, SAGANTrainConfig
 
 @dataclass
 class BigGANTrainConfig(SAGANTrainConfig):
-    """`SAGANTrainConfig` plus BigGAN's settings.
+    """`SAGANTrainConfig` with BigGAN's generator (``z_dim`` split into ``blocks + 1`` equal chunks,
+    ``shared_dim``), an orthogonally initialised D and orthogonal regularisation on by default."""
 
-    :param z_dim: latent width, split into ``blocks + 1`` equal chunks (28 px: 3, 32 px: 4).
-    :param shared_dim: width of the shared class embedding.
-    """
-
-    z_dim: int = 48
-    shared_dim: int = 32
+    generator: BigGANGeneratorConfig = field(default_factory=BigGANGeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(init="orthogonal"))
     ortho_beta: float = 1e-4
 
     def validate(self) -> None:
         super().validate()
-        require_int("model.shared_dim", self.shared_dim, 1)
+        require_int("model.generator.shared_dim", self.generator.shared_dim, 1)
 
 
 @register_family
 class BigGANFamily(SAGANFamily):
     name = "biggan"
     config_class = BigGANTrainConfig
-    discriminator_init = "orthogonal"
-
-    def build_generator(self) -> nn.Module:
-        settings: BigGANTrainConfig = self.config.model
-        return BigGANGenerator.from_arch(
-            BigGANGeneratorConfig(
-                image_size=self.info.image_size,
-                out_channels=self.info.channels,
-                num_classes=self.num_classes,
-                z_dim=settings.z_dim,
-                shared_dim=settings.shared_dim,
-                width=settings.width,
-                attention_resolution=settings.attention_resolution,
-            )
-        )
+    generator_class = BigGANGenerator

@@ -1,6 +1,9 @@
 """Training configuration: one typed schema, YAML presets, dot-list overrides.
 
-A run's config is ``TrainConfig`` with the family's own dataclass under ``model``. Presets live in
+A run's config is ``TrainConfig`` with the family's own dataclass under ``model``; that holds the
+network's shape as the network module's own config dataclass (``model.network``, or
+``model.generator`` and ``model.discriminator`` for GANs), so each network field is declared once
+and a flat ``model.<field>`` is refused with its new key. Presets live in
 ``training/configs/<family>-<preset>.yaml``; command-line overrides (``optim.lr=3e-4``) are merged
 on top, and OmegaConf refuses unknown keys and wrongly typed values. The resolved config is saved
 as ``config.yaml`` beside the run's checkpoints.
@@ -8,7 +11,9 @@ as ``config.yaml`` beside the run's checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,7 +187,9 @@ def load_config(
     path = preset_path(family, preset)
     preset_yaml = read_preset(path)
     try:
-        merged = OmegaConf.merge(schema, preset_yaml, OmegaConf.from_dotlist(list(overrides or [])))
+        override_yaml = OmegaConf.from_dotlist(list(overrides or []))
+        refuse_moved_keys(model_config_class, preset_yaml, override_yaml)
+        merged = OmegaConf.merge(schema, preset_yaml, override_yaml)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"bad configuration: {str(exc).splitlines()[0]}") from None
     except yaml.YAMLError as exc:
@@ -195,6 +202,38 @@ def load_config(
         config.output_dir = str(runs_dir() / f"{family}-{Path(preset).stem}")
     config.validate()
     return config
+
+
+def moved_keys(model_config_class: type) -> dict[str, str]:
+    """Flat ``model.<name>`` key -> the nested key(s) that hold it now.
+
+    A family's config holds its network's shape as one nested dataclass (``model.network``, or
+    ``model.generator`` and ``model.discriminator``), so every field of those dataclasses is
+    declared once, in the network's module. Presets and overrides written for the flat form
+    (``model.depth``) are told the new key instead of getting OmegaConf's bare "key not found".
+    """
+    hints = typing.get_type_hints(model_config_class)
+    own = {f.name for f in dataclasses.fields(model_config_class)}
+    moved: dict[str, list[str]] = {}
+    for section in dataclasses.fields(model_config_class):
+        nested = hints[section.name]
+        if isinstance(nested, type) and dataclasses.is_dataclass(nested):
+            for inner in dataclasses.fields(nested):
+                if inner.name not in own:
+                    moved.setdefault(inner.name, []).append(f"model.{section.name}.{inner.name}")
+    return {f"model.{name}": " and ".join(keys) for name, keys in moved.items()}
+
+
+def refuse_moved_keys(model_config_class: type, *sources: DictConfig) -> None:
+    """Raise a `ConfigError` naming the new key for the first flat network key in ``sources``."""
+    moved = moved_keys(model_config_class)
+    for source in sources:
+        model = source.get("model")
+        if isinstance(model, DictConfig):
+            for key in model:
+                old = f"model.{key}"
+                if old in moved:
+                    raise ConfigError(f"{old} moved to {moved[old]}")
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:

@@ -7,7 +7,8 @@ dropout independently in every block; `studio.models.dit` turns that off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,12 +28,10 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 @dataclass
 class DiTTrainConfig:
-    """DiT shape and diffusion settings; image size, channels and classes come from the data."""
+    """Transformer shape and diffusion settings. ``network``'s sample_size, in_channels and
+    num_classes are taken from the data."""
 
-    patch_size: int = 4
-    depth: int = 6
-    num_heads: int = 4
-    head_dim: int = 32
+    network: DiTConfig = field(default_factory=DiTConfig)
     class_dropout: float = 0.1
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2
@@ -44,8 +43,10 @@ class DiTTrainConfig:
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first out-of-range setting."""
-        for name in ("patch_size", "depth", "num_heads", "head_dim", "num_train_timesteps", "sample_steps"):
-            require_int(f"model.{name}", getattr(self, name), 1)
+        for name in ("patch_size", "depth", "num_heads", "head_dim"):
+            require_int(f"model.network.{name}", getattr(self.network, name), 1)
+        require_int("model.num_train_timesteps", self.num_train_timesteps, 1)
+        require_int("model.sample_steps", self.sample_steps, 1)
         require_fraction("model.class_dropout", self.class_dropout)
         require_float("model.snr_gamma", self.snr_gamma)
         require_float("model.sample_guidance_scale", self.sample_guidance_scale)
@@ -72,22 +73,15 @@ class DiTFamily(Family):
             beta_schedule=settings.beta_schedule,
             prediction_type=settings.prediction_type,
         )
+        self.network = dataclasses.replace(
+            settings.network,
+            sample_size=info.image_size,
+            in_channels=info.channels,
+            num_classes=info.num_classes,
+        )
 
     def build_models(self) -> dict[str, nn.Module]:
-        settings: DiTTrainConfig = self.config.model
-        return {
-            "transformer": build_dit(
-                DiTConfig(
-                    sample_size=self.info.image_size,
-                    in_channels=self.info.channels,
-                    patch_size=settings.patch_size,
-                    depth=settings.depth,
-                    num_heads=settings.num_heads,
-                    head_dim=settings.head_dim,
-                    num_classes=self.info.num_classes,
-                )
-            )
-        }
+        return {"transformer": build_dit(self.network)}
 
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         return {"transformer": self.adamw(models["transformer"].parameters())}

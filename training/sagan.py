@@ -18,7 +18,8 @@ updated inside one step, accumulating would mix micro-batches of different D sta
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from torch import nn
 from studio.errors import ConfigError
 from studio.models.gan import (
     DiscriminatorConfig,
+    GANGeneratorMixin,
     ProjectionDiscriminator,
     SAGANGenerator,
     SAGANGeneratorConfig,
@@ -45,12 +47,13 @@ from training.family import Family, register_family
 
 @dataclass
 class SAGANTrainConfig:
-    """SAGAN shape and GAN-training settings; image size, channels and classes come from the data.
+    """SAGAN networks and GAN-training settings.
 
-    :param width: base width ``ch`` of G and D (block widths are the arch plan's multiples).
-    :param z_dim: latent width.
-    :param attention_resolution: side of the feature maps (in G and D) followed by self-attention;
-        0 = none. Must be even and produced by a block (28 px: 14; 32 px: 8 or 16).
+    Both networks' image_size, channels and num_classes are taken from the data (num_classes 0
+    unless ``conditional``); each network has its own width and attention resolution.
+
+    :param generator: G's shape (``z_dim``, ``width``, ``attention_resolution``, init, epsilons).
+    :param discriminator: D's shape (``width``, ``attention_resolution``, init, epsilon).
     :param conditional: class-conditional (cBN in G, projection in D); needs a labelled dataset.
     :param d_lr: D's learning rate (G's is ``optim.lr``): two time-scale update rule.
     :param d_steps: D updates per G update; splits the loop's batch into this many chunks.
@@ -58,9 +61,8 @@ class SAGANTrainConfig:
     :param truncation_threshold: truncation of the training sample grids' latents; None = off.
     """
 
-    width: int = 32
-    z_dim: int = 64
-    attention_resolution: int = 14
+    generator: SAGANGeneratorConfig = field(default_factory=SAGANGeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     conditional: bool = True
     d_lr: float = 4e-4
     d_steps: int = 1
@@ -69,9 +71,13 @@ class SAGANTrainConfig:
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first out-of-range setting (data-dependent ones: the family)."""
-        require_int("model.width", self.width, 1)
-        require_int("model.z_dim", self.z_dim, 1)
-        require_int("model.attention_resolution", self.attention_resolution, 0)
+        require_int("model.generator.z_dim", self.generator.z_dim, 1)
+        for net in ("generator", "discriminator"):
+            shape = getattr(self, net)
+            require_int(f"model.{net}.width", shape.width, 1)
+            require_int(f"model.{net}.attention_resolution", shape.attention_resolution, 0)
+            require_float(f"model.{net}.sn_eps", shape.sn_eps, positive=True)
+        require_float("model.generator.bn_eps", self.generator.bn_eps, positive=True)
         require_float("model.d_lr", self.d_lr, positive=True)
         require_int("model.d_steps", self.d_steps, 1)
         require_float("model.ortho_beta", self.ortho_beta)
@@ -84,8 +90,7 @@ class SAGANFamily(Family):
     name = "sagan"
     config_class = SAGANTrainConfig
     ema_targets = ("generator",)
-    #: weight init of D (G's comes from its own config)
-    discriminator_init = "xavier"
+    generator_class: type[GANGeneratorMixin] = SAGANGenerator
 
     def __init__(self, config: Any, info: Any):
         super().__init__(config, info)
@@ -104,35 +109,24 @@ class SAGANFamily(Family):
         if settings.conditional and info.num_classes < 1:
             raise ConfigError(f"dataset {info.name!r} has no classes: set model.conditional=false")
         self.num_classes = info.num_classes if settings.conditional else 0
+        from_data = {"image_size": info.image_size, "num_classes": self.num_classes}
+        self.generator_shape = dataclasses.replace(
+            settings.generator, out_channels=info.channels, **from_data
+        )
+        self.discriminator_shape = dataclasses.replace(
+            settings.discriminator, in_channels=info.channels, **from_data
+        )
 
     # ---------------------------------------------------------------- networks
     def build_generator(self) -> nn.Module:
-        settings: SAGANTrainConfig = self.config.model
-        return SAGANGenerator.from_arch(
-            SAGANGeneratorConfig(
-                image_size=self.info.image_size,
-                out_channels=self.info.channels,
-                num_classes=self.num_classes,
-                z_dim=settings.z_dim,
-                width=settings.width,
-                attention_resolution=settings.attention_resolution,
-            )
-        )
+        """A freshly initialised G of the run's shape."""
+        return self.generator_class.from_arch(self.generator_shape)
 
     def build_models(self) -> dict[str, nn.Module]:
-        settings: SAGANTrainConfig = self.config.model
-        generator = self.build_generator()
-        discriminator = ProjectionDiscriminator(
-            DiscriminatorConfig(
-                image_size=self.info.image_size,
-                in_channels=self.info.channels,
-                num_classes=self.num_classes,
-                width=settings.width,
-                attention_resolution=settings.attention_resolution,
-                init=self.discriminator_init,
-            )
-        )
-        return {"generator": generator, "discriminator": discriminator}
+        return {
+            "generator": self.build_generator(),
+            "discriminator": ProjectionDiscriminator(self.discriminator_shape),
+        }
 
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         return {
@@ -143,7 +137,7 @@ class SAGANFamily(Family):
     # ---------------------------------------------------------------- training
     def fake_inputs(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Fresh latents (n, z_dim) ~ N(0, I) and uniform classes (n,) (zeros when unconditional)."""
-        z = torch.randn(n, self.config.model.z_dim, device=device)
+        z = torch.randn(n, self.generator_shape.z_dim, device=device)
         labels = torch.randint(0, max(self.num_classes, 1), (n,), device=device)
         return z, labels
 

@@ -8,6 +8,7 @@ on [0, 1] with NCSN's uniform dequantisation ``(255 x + U(0, 1)) / 256``, VP on 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,19 +44,17 @@ DEFAULT_REDUCTION = {
 
 @dataclass
 class ScoreTrainConfig:
-    """Score model, noise process, loss and sample-grid settings; image size and channels come from the data.
+    """Score network, noise process, loss and sample-grid settings.
 
+    ``network``'s sample_size and in_channels are taken from the data and its conditioning from
+    ``sde``; ``network.num_levels`` is also L, the length of the NCSN noise ladder.
     ``sigma_max`` is sigma_1 of an NCSN (1.0 in NCSN v1) or the VE SDE's sigma_max (about the
     largest distance between two training images, NCSNv2's rule: 27 for MNIST in [0, 1]).
     ``num_train_timesteps`` is N of the VE / VP grid (the default number of sampling steps).
     """
 
     sde: str = "ve"  # ncsn | ve | vp
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    layers_per_block: int = 1
-    attention_levels: list[bool] = field(default_factory=lambda: [False, True, False])
-    norm_num_groups: int = 8
-    num_levels: int = 10  # NCSN: L
+    network: ScoreNetConfig = field(default_factory=ScoreNetConfig)
     sigma_min: float = 0.01
     sigma_max: float = 27.0
     beta_min: float = 0.1
@@ -72,15 +71,17 @@ class ScoreTrainConfig:
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first out-of-range setting."""
-        require_sizes("model.block_out_channels", self.block_out_channels)
+        network = self.network
+        require_sizes("model.network.block_out_channels", network.block_out_channels)
         require(
-            "model.attention_levels",
-            self.attention_levels,
-            len(self.attention_levels) == len(self.block_out_channels),
+            "model.network.attention_levels",
+            network.attention_levels,
+            len(network.attention_levels) == len(network.block_out_channels),
             "one flag per block_out_channels entry",
         )
-        for name in ("layers_per_block", "norm_num_groups", "num_levels", "num_train_timesteps"):
-            require_int(f"model.{name}", getattr(self, name), 1)
+        for name in ("layers_per_block", "norm_num_groups", "num_levels"):
+            require_int(f"model.network.{name}", getattr(network, name), 1)
+        require_int("model.num_train_timesteps", self.num_train_timesteps, 1)
         require(
             "model.sigma_min, model.sigma_max",
             (self.sigma_min, self.sigma_max),
@@ -124,6 +125,12 @@ class ScoreFamily(Family):
         self.scheduler = self._make_scheduler(settings)
         self.sde = None if self.kind is ScoreKind.NCSN else make_sde(self.kind, self.scheduler)
         self.sigmas = ncsn_sigmas(self.scheduler).float() if self.kind is ScoreKind.NCSN else None
+        self.network = dataclasses.replace(
+            settings.network,
+            sample_size=info.image_size,
+            in_channels=info.channels,
+            conditioning=self.kind.conditioning.value,
+        )
 
     def _make_scheduler(self, settings: ScoreTrainConfig) -> Any:
         eps = DEFAULT_SAMPLING_EPS[self.kind]
@@ -136,7 +143,7 @@ class ScoreFamily(Family):
                 snr=settings.snr,
                 correct_steps=settings.correct_steps,
             )
-        steps = settings.num_levels if self.kind is ScoreKind.NCSN else settings.num_train_timesteps
+        steps = settings.network.num_levels if self.kind is ScoreKind.NCSN else settings.num_train_timesteps
         return ScoreSdeVeScheduler(
             num_train_timesteps=steps,
             snr=settings.snr,
@@ -147,21 +154,7 @@ class ScoreFamily(Family):
         )
 
     def build_models(self) -> dict[str, nn.Module]:
-        settings: ScoreTrainConfig = self.config.model
-        return {
-            "unet": build_score_unet(
-                ScoreNetConfig(
-                    sample_size=self.info.image_size,
-                    in_channels=self.info.channels,
-                    block_out_channels=tuple(settings.block_out_channels),
-                    layers_per_block=settings.layers_per_block,
-                    attention_levels=tuple(settings.attention_levels),
-                    norm_num_groups=settings.norm_num_groups,
-                    conditioning=self.kind.conditioning.value,
-                    num_levels=settings.num_levels,
-                )
-            )
-        }
+        return {"unet": build_score_unet(self.network)}
 
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         return {"unet": self.adamw(models["unet"].parameters())}

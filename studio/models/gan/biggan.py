@@ -59,8 +59,13 @@ class BigGANGeneratorConfig:
     bn_eps: float = 1e-5
     sn_eps: float = 1e-6
 
-    def __post_init__(self) -> None:
-        chunks = gan_arch(self.image_size).num_g_blocks + 1
+    def validate(self) -> None:
+        """Raise `ConfigError` unless ``image_size`` has an arch plan and z splits into its chunks.
+
+        Checked when the generator is built rather than on construction, because a training config
+        holds this shape before the data has set ``image_size``.
+        """
+        chunks = self.num_chunks
         if self.z_dim % chunks:
             raise ConfigError(
                 f"BigGAN at {self.image_size} px splits z into {chunks} equal chunks: "
@@ -112,6 +117,7 @@ class BigGANGenerator(GANGeneratorMixin, ModelMixin, ConfigMixin):
     def __init__(self, arch: dict):
         super().__init__()
         self.arch = config = BigGANGeneratorConfig(**arch)
+        config.validate()
         plan = gan_arch(config.image_size)
         init = initializer(config.init)
         conv = partial(sn_conv2d, init=init, eps=config.sn_eps)
