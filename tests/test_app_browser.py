@@ -368,3 +368,31 @@ def test_a_failed_comparison_does_not_show_the_previous_speedup(page):
     sync_api.expect(page.get_by_role("img", name=re.compile(r"^seed \d+ · digit"))).to_have_count(0)
     page.get_by_role("tab", name="Generate").click()
     page.get_by_label("Plugin specs").fill("")
+
+
+def test_training_shows_its_grids_large_and_crisp_and_generation_says_it_shares_the_cpu(page):
+    page.get_by_role("tab", name="Train").click()
+    sync_api.expect(page.get_by_text(re.compile(r"no measurement on this machine yet"))).to_be_visible()
+    page.get_by_role("spinbutton", name="number input for Max steps").fill("20")
+    page.get_by_role("button", name="Start training").click()
+    sync_api.expect(page.get_by_text(re.compile(r"finished · run dit-mnist-tiny-"))).to_be_visible()
+    grid = page.locator(".studio-pixels", has=page.get_by_text("Latest sample grid")).locator(
+        "img[src*='step-']"
+    )
+    sync_api.expect(grid).to_be_visible()
+    assert grid.evaluate("img => img.naturalWidth") >= 480  # 28 px digits, each pixel a 4 px square
+    assert grid.evaluate("img => getComputedStyle(img).imageRendering") == "pixelated"
+
+    page.get_by_role("spinbutton", name="number input for Max steps").fill("5000")
+    page.get_by_role("spinbutton", name="number input for Time budget (minutes)").fill("1")
+    page.get_by_role("button", name="Start training").click()
+    sync_api.expect(
+        page.get_by_text(re.compile(r"running · run dit-mnist-tiny-.* · step \d+/5000"))
+    ).to_be_visible()
+    page.get_by_role("tab", name="Generate").click()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    sync_api.expect(page.get_by_text("ran beside a training run", exact=False)).to_be_visible()
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_role("button", name="Stop training").click()
+    sync_api.expect(page.get_by_text(re.compile(r"stopped · run dit-mnist-tiny-"))).to_be_visible()
+    sync_api.expect(error_overlays(page.get_by_role("tabpanel"))).to_have_count(0)  # (the Train tab's)

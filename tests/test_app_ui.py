@@ -162,7 +162,7 @@ def test_endpoints_take_named_parameters_and_default_the_rest_to_the_pages_value
         "seed",
         "num_images",
     ]
-    assert names["train"] == ["family", "preset", "max_steps", "run"]
+    assert names["train"] == ["family", "preset", "max_steps", "run", "time_budget"]
     assert (names["model_info"], names["recall"], names["png_info"]) == (["model"], ["entry_id"], ["png"])
     assert all(p["parameter_has_default"] for p in endpoints["/generate"]["parameters"])
     gallery, _, details = client.predict(
@@ -438,9 +438,31 @@ def test_generate_offers_no_controlnet_and_the_api_page_speaks_to_users(app, cli
 
 
 def test_train_runs_a_listed_preset_and_continues_its_own_run(client):
-    job = client.submit("dit", "mnist-tiny", 10, "", api_name="/train")
-    text, _, _, status = job.result(timeout=300)
+    job = client.submit("dit", "mnist-tiny", 10, "", 3, api_name="/train")
+    text, _, grid, status = job.result(timeout=300)
     assert status["state"] == "finished" and status["step"] == 10, text
+    assert status["time_budget_minutes"] == 3  # the time budget reaches the run
+    with Image.open(grid) as shown, Image.open(status["sample"]) as drawn:
+        assert shown.width >= 4 * drawn.width  # the grid of 28 px digits is shown enlarged, pixel for pixel
     text, _, _, resumed = client.predict("dit", "mnist-tiny", 20, status["run"], api_name="/train")
     assert resumed["state"] == "finished" and resumed["run"] == status["run"], text
     assert resumed["history"][0]["step"] == 11 and resumed["step"] == 20
+
+
+def test_generation_runs_beside_a_training_run_and_says_so(app, client):
+    if not app[1].beside_training:
+        pytest.skip("one core: generation queues behind training (tests/test_app_train.py covers the note)")
+    job = client.submit("dit", "mnist-tiny", 5000, "", 1, api_name="/train")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # (the status is the previous run's until this one starts)
+            status = client.predict(api_name="/train_status")
+            if status["state"] == "running" and status["max_steps"] == 5000 and status["step"] >= 1:
+                break
+            time.sleep(0.1)
+        images, timing, _ = generate(client)
+        assert client.predict(api_name="/train_status")["state"] == "running"  # it did not wait for the run
+        assert len(images) == 2 and "ran beside a training run" in timing
+    finally:
+        client.predict(api_name="/train_stop")
+    assert job.result(timeout=300)[3]["state"] == "stopped"

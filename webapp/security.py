@@ -34,14 +34,17 @@ class AppLimits:
 
     :param max_images: images per Generate / Compare / Control call.
     :param max_sampling_steps: denoising steps per call.
-    :param max_train_steps: optimizer steps of one Train run.
+    :param max_train_steps: optimizer steps of one Train run (the longest offered recipe, biggan and adm
+        ``small``, has 6,000; the shipped biggan-animals was resumed to 10,000).
+    :param max_train_minutes: time budget of one Train run: every run the app starts has one, at most this
+        long, so a caller cannot hold the CPU longer whatever the step count.
     :param max_train_batch: training batch size (per step, after accumulation).
     :param max_train_images: sample-grid and evaluation images a Train run may draw.
     :param max_train_image_size: training resolution in pixels.
     :param max_upscale: factor by which saved images may be enlarged.
     :param max_model_parameters: parameters of the networks a Train run may build. Callers choose
         only a listed preset by name and no model settings, so this bounds which presets are offered
-        (`webapp.service.training_presets`).
+        (`webapp.training_presets.training_presets`).
     :param max_output_mb: the outputs folder is pruned (oldest first) down to this many MB.
     :param max_output_runs: ... and to this many generation folders.
     """
@@ -49,7 +52,8 @@ class AppLimits:
     max_images: int = 16
     max_sampling_steps: int = 250
     max_upscale: int = 8
-    max_train_steps: int = 2000
+    max_train_steps: int = 10_000
+    max_train_minutes: float = 180.0
     max_train_batch: int = 128
     max_train_images: int = 64
     max_train_image_size: int = 64
@@ -64,8 +68,14 @@ class AppLimits:
             _bounded("number of steps", steps, self.max_sampling_steps)
 
     def check_training(self, config: Any) -> None:
-        """Refuse a resolved training config (`training.config.TrainConfig`) that exceeds a limit."""
+        """Refuse a resolved training config (`training.config.TrainConfig`) that exceeds a limit (a time
+        budget of 0, none, passes here: the runner gives every run one)."""
         _bounded("max steps", config.max_steps, self.max_train_steps)
+        if not 0 <= float(config.time_budget_minutes) <= self.max_train_minutes:
+            raise StudioError(
+                f"time budget must be at most {self.max_train_minutes:g} minutes, "
+                f"got {config.time_budget_minutes:g}"
+            )
         _bounded("batch size", config.batch_size * config.gradient_accumulation_steps, self.max_train_batch)
         _bounded("sample images", config.num_sample_images, self.max_train_images)
         if config.eval_every:

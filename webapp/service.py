@@ -7,7 +7,8 @@
 - `webapp.plugin_form`: the fast-sampling plugins' settings and their spec text;
 - `webapp.generation`: requests and results; `webapp.history`: the last generations;
 - `webapp.comparison`: how far images with plugins stray from those without (PSNR, judge accuracy, maps);
-- `webapp.training_runner`: the Train tab's background run;
+- `webapp.training_runner`: the Train tab's background run; `webapp.training_presets`: the presets it
+  offers and what each costs here; `webapp.run_scoring`: the judge's score of a finished run;
 - `webapp.security`: what callers may ask for (limits, uploaded files, listed models).
 
 `StudioService.generate` passes a pipeline only the arguments its ``call_parameters`` list, applies the
@@ -19,6 +20,7 @@ plugins and measures how far the two sets differ.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import threading
 import time
@@ -60,11 +62,26 @@ class GenerationStopped(StudioError):
     """A generation was interrupted by a stop request before it finished."""
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity where the system reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every system
+        return os.cpu_count() or 1
+
+
+#: a training run leaves room for generation beside it from this many cores on; with fewer, generation waits
+BESIDE_TRAINING_CORES = 2
+
+
 class StudioService:
     """The app's actions; one instance serves every session.
 
     Generation and model loading hold one lock (one model in memory, one CPU-bound call at a
-    time); `stop` does not, so it reaches a running generation.
+    time); `stop` does not, so it reaches a running generation. A training run (`trainer`) has its own
+    thread and does not take that lock: with ``beside_training`` (default: at least
+    `BESIDE_TRAINING_CORES` cores) generation runs beside it on the cores it shares, otherwise the app
+    queues generation behind it; `training_note` says which, to whoever waits.
 
     :param outputs_dir: where PNGs are written (one folder per generation), pruned after each run to
         ``limits.max_output_runs`` folders and ``limits.max_output_mb``.
@@ -81,8 +98,12 @@ class StudioService:
         history_size: int = HISTORY_SIZE,
         access: AccessPolicy | None = None,
         limits: AppLimits = LIMITS,
+        beside_training: bool | None = None,
     ):
         self.outputs_dir = Path(outputs_dir)
+        self.beside_training = (
+            available_cores() >= BESIDE_TRAINING_CORES if beside_training is None else beside_training
+        )
         self.access = access or AccessPolicy.create(())
         self.limits = limits
         self.models = ModelCache(device, self.access)
@@ -234,6 +255,25 @@ class StudioService:
     def stop(self) -> None:
         """Ask the running generation to stop after its current step."""
         self._stop.set()
+
+    def training_note(self) -> str:
+        """What a training run means for a generation asked for now: empty when none is going; else that
+        the generation waits for it (``beside_training`` off) or shares the CPU with it, with its progress."""
+        status = self.trainer.status()
+        if not status.running:
+            return ""
+        doing = (
+            "scoring its samples" if status.state == "scoring" else f"step {status.step}/{status.max_steps}"
+        )
+        what = f"({status.family} {status.preset}, {doing})"
+        if self.beside_training:
+            return (
+                f"a training run is using the CPU too {what}: this runs beside it and takes longer than usual"
+            )
+        return (
+            f"waiting: a training run is using the CPU {what}; this starts when it ends or is stopped "
+            "(Stop training, on the Train tab)"
+        )
 
     # ------------------------------------------------------------------ recall
     def recall(self, entry_id: int) -> GenerateRequest:

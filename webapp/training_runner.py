@@ -1,10 +1,12 @@
-"""The Train tab's runner: one listed training preset at a time in a background thread, with live losses,
-sample grids and a stop request; the run's checkpoint then shows up in the model list."""
+"""The Train tab's runner: one offered training preset at a time in a background thread, with live losses,
+sample grids, a time budget and a stop request; the run's checkpoint then shows up in the model list, and
+a quick score with the shipped judge (`webapp.run_scoring`) sets it next to the shipped model of its family."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import threading
 import time
@@ -13,26 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import PIL.Image
+
 from studio.errors import StudioError
-from studio.hub import runs_dir
-from webapp.catalogue import building_networks, is_generative
+from studio.hub import read_card, runs_dir
+from webapp.catalogue import building_networks
+from webapp.generation import UPSCALE_FILTERS
+from webapp.run_scoring import SCORE_SAMPLES, SCORE_SECONDS, RunScore, score_run
 from webapp.security import LIMITS, AppLimits
+from webapp.training_presets import preset_info, training_presets
+
+__all__ = ["TrainStatus", "TrainingRunner", "readable_grid", "resumable_runs", "training_presets"]
 
 logger = logging.getLogger("webapp")
 
-
-#: presets offered by the Train tab: the ones whose name says they finish in about a minute
-TRAIN_PRESET_MARK = "tiny"
-
-
-def training_presets() -> dict[str, list[str]]:
-    """Generative family -> its tiny presets (``training/configs/<family>-*tiny*.yaml``)."""
-    from training.config import available_presets
-
-    presets = {
-        family: [p for p in names if TRAIN_PRESET_MARK in p] for family, names in available_presets().items()
-    }
-    return {family: names for family, names in presets.items() if names and is_generative(family)}
+#: sample grids are enlarged (nearest neighbour, so every pixel stays a sharp square) to about this width
+GRID_VIEW_PX = 480
 
 
 def resumable_runs(family: str, preset: str) -> list[str]:
@@ -52,14 +50,47 @@ def resumable_runs(family: str, preset: str) -> list[str]:
     )
 
 
+def readable_grid(path: str | Path | None, width: int = GRID_VIEW_PX) -> str | None:
+    """An enlarged copy of a sample grid (``samples/large/<name>``, made once): a grid of 28 px digits is
+    ~120 px wide, a blur of grey once the browser scales it up; each pixel becomes a square of pixels.
+    None when there is no grid, or it cannot be read yet (the run may be writing it)."""
+    if not path:
+        return None
+    source = Path(path)
+    target = source.parent / "large" / source.name
+    try:
+        if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
+            return str(target)
+        with PIL.Image.open(source) as grid:
+            factor = max(1, round(width / max(grid.width, 1)))
+            large = grid.resize((grid.width * factor, grid.height * factor), UPSCALE_FILTERS["nearest"])
+        target.parent.mkdir(exist_ok=True)
+        # one partial file per writer (two pages may follow the same run); readers never see half a file
+        partial = target.with_name(f".{target.stem}-{os.getpid()}-{threading.get_ident()}.png")
+        large.save(partial)
+        partial.replace(target)
+    except (OSError, ValueError, SyntaxError):  # PIL's errors for a file still being written
+        return None
+    return str(target)
+
+
 @dataclass
 class TrainStatus:
     """A snapshot of the training runner.
 
-    :param state: ``idle``, ``running``, ``finished``, ``stopped`` or ``failed``.
+    :param state: ``idle``, ``running``, ``scoring`` (trained, drawing samples for the judge), ``finished``,
+        ``stopped`` or ``failed``.
+    :param step: the newest optimizer step; ``start_step`` the one the run started (or continued) from.
+    :param time_budget_minutes: the run stops cleanly after this long, whatever ``max_steps`` says.
+    :param elapsed_s: wall seconds since the run started (until it ended).
     :param history: one dict per optimizer step: ``step`` and the logged scalars (``loss``...).
     :param sample: the newest sample grid (``samples/step-*.png``), if any.
     :param checkpoint: the run's loadable pipeline folder, once written.
+    :param plan: what the preset costs on this machine and what the shipped model reached (at the start).
+    :param score: the finished run's quick score (`webapp.run_scoring.RunScore`), once measured.
+    :param shipped: the shipped model of the same family and domain, with what its card measured.
+    :param train_seconds: seconds the run's steps took over all its sessions (from its exported card, as the
+        shipped cards record theirs).
     """
 
     state: str = "idle"
@@ -72,10 +103,23 @@ class TrainStatus:
     sample: str | None = None
     checkpoint: str | None = None
     message: str = ""
+    start_step: int = 0
+    time_budget_minutes: float = 0.0
+    elapsed_s: float = 0.0
+    plan: str = ""
+    score: dict[str, Any] | None = None
+    shipped: dict[str, Any] | None = None
+    train_seconds: float | None = None
 
     @property
     def running(self) -> bool:
-        return self.state == "running"
+        """Whether the run still uses the CPU (training, or scoring what it trained)."""
+        return self.state in ("running", "scoring")
+
+    def seconds_per_step(self) -> float | None:
+        """Wall seconds per step of this session so far (setup included), once a step has run."""
+        done = self.step - self.start_step
+        return self.elapsed_s / done if done > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,26 +129,46 @@ class TrainingRunner:
     """Runs one training preset at a time in a background thread.
 
     The run goes to ``runs_dir()/<family>-<preset>-<date>-<time>`` (a normal run folder, so its
-    ``pipeline/`` appears in `list_models()`), draws a sample grid every quarter of the run and
-    exports the checkpoint at the end or when stopped. Callers choose a listed preset by name and may
-    continue one of the runs this naming made (`resumable_runs`); nothing else reaches the config,
-    and the resolved config must fit `limits`.
+    ``pipeline/`` appears in `list_models()`), draws a sample grid at the preset's cadence (at least every
+    quarter of the run), exports the checkpoint at the preset's cadence and at the end, when stopped or when
+    its time budget runs out, then scores the export (`score_run`: ``score_samples`` images, at most about
+    ``score_seconds`` of sampling). Callers choose an offered preset by name, a step count and a time budget,
+    and may continue one of the runs this naming made (`resumable_runs`); nothing else reaches the config,
+    and the resolved config must fit `limits` (every run has a time budget of at most
+    ``limits.max_train_minutes``).
     """
 
-    def __init__(self, limits: AppLimits = LIMITS) -> None:
+    def __init__(
+        self,
+        limits: AppLimits = LIMITS,
+        score_samples: int = SCORE_SAMPLES,
+        score_seconds: float = SCORE_SECONDS,
+    ) -> None:
         self.limits = limits
+        self.score_samples = score_samples
+        self.score_seconds = score_seconds
         self._status = TrainStatus()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._run_dir: Path | None = None
+        self._started = 0.0
+        self._ended: float | None = None
 
     def start(
-        self, family: str, preset: str, max_steps: int, overrides: Sequence[str] = (), resume: str = ""
+        self,
+        family: str,
+        preset: str,
+        max_steps: int,
+        overrides: Sequence[str] = (),
+        resume: str = "",
+        time_budget_minutes: float | None = None,
     ) -> TrainStatus:
-        """Start a run (or continue the run named ``resume`` up to ``max_steps``); `StudioError` if one is
-        going, the family or preset is not offered, ``resume`` is not one of `resumable_runs`, or the
-        config exceeds the limits. ``overrides`` are for code that calls the runner, not for the app's callers.
+        """Start a run (or continue the run named ``resume`` up to ``max_steps``) that stops after
+        ``time_budget_minutes`` (None: the preset's own budget; None or 0 where it has none: the limit);
+        `StudioError` if one is going, the family or preset is not offered, ``resume`` is not one of
+        `resumable_runs`, or the config exceeds the limits. ``overrides`` are for code that calls the runner,
+        not for the app's callers.
         """
         from training.config import load_config
         from training.family import get_family
@@ -113,7 +177,7 @@ class TrainingRunner:
             raise StudioError(
                 f"training run {self._status.run} is still going: stop it or wait for it to end"
             )
-        offered = training_presets()
+        offered = training_presets(self.limits)
         if family not in offered:
             raise StudioError(
                 f"the app does not train family {family!r} (offered: {', '.join(sorted(offered))})"
@@ -123,6 +187,10 @@ class TrainingRunner:
                 f"unknown preset {preset!r} for family {family!r} (offered: {', '.join(offered[family])})"
             )
         max_steps = int(max_steps)
+        info = preset_info(family, preset, self.limits)
+        budget = info.time_budget_minutes if time_budget_minutes is None else float(time_budget_minutes)
+        if budget == 0:
+            budget = self.limits.max_train_minutes
         if resume:
             if resume not in resumable_runs(family, preset):
                 raise StudioError(
@@ -132,10 +200,12 @@ class TrainingRunner:
             run_dir = runs_dir() / resume
         else:
             run_dir = self._new_run_dir(f"{family}-{preset}")
+        quarter = max(1, max_steps // 4)
         settings = [
             f"max_steps={max_steps}",
-            f"sample_every={max(1, max_steps // 4)}",
-            f"checkpointing_steps={max_steps}",
+            f"time_budget_minutes={budget!r}",
+            f"sample_every={info.sample_every if 0 < info.sample_every <= quarter else quarter}",
+            f"checkpointing_steps={min(info.checkpointing_steps or max_steps, max_steps)}",
         ]
         where = [f"output_dir={run_dir}", "resume_from_checkpoint=" + ("latest" if resume else "''")]
         config = load_config(
@@ -144,15 +214,25 @@ class TrainingRunner:
         self.limits.check_training(config)
         self._stop.clear()
         self._run_dir = run_dir
+        self._started, self._ended = time.monotonic(), None
+        start_step = _checkpoint_step(run_dir) if resume else 0
         with self._lock:
             self._status = TrainStatus(
                 "running",
                 run_dir.name,
                 family,
                 preset,
-                0,
+                start_step,
                 max_steps,
-                message=f"training {family} ({preset}) for {max_steps} steps",
+                message=(
+                    f"training {family} ({preset}) "
+                    + (f"from step {start_step} " if start_step else "")
+                    + f"up to step {max_steps}, for at most {config.time_budget_minutes:g} min"
+                ),
+                start_step=start_step,
+                time_budget_minutes=float(config.time_budget_minutes),
+                plan=info.plan(max_steps - start_step, config.time_budget_minutes),
+                shipped=dataclasses.asdict(info.shipped) if info.shipped else None,
             )
         command = f"app: train {family} --preset {preset} " + " ".join(settings + list(overrides))
         self._thread = threading.Thread(
@@ -169,6 +249,8 @@ class TrainingRunner:
     def status(self) -> TrainStatus:
         with self._lock:
             status = dataclasses.replace(self._status, history=list(self._status.history))
+        if status.state != "idle":
+            status.elapsed_s = round((self._ended or time.monotonic()) - self._started, 1)
         if self._run_dir is not None:
             samples = sorted((self._run_dir / "samples").glob("step-*.png"))
             status.sample = str(samples[-1]) if samples else None
@@ -181,6 +263,7 @@ class TrainingRunner:
         return self.status()
 
     def _train(self, config: Any, command: str) -> None:
+        """The run's thread: train, then score what it exported."""
         from training.loop import train
 
         try:
@@ -199,16 +282,40 @@ class TrainingRunner:
             message = str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
             with self._lock:
                 self._status.state, self._status.message = "failed", f"training failed: {message}"
+            self._ended = time.monotonic()
             return
         with self._lock:
             status = self._status
-            status.state = "stopped" if result.step < status.max_steps else "finished"
+            state = "stopped" if result.step < status.max_steps else "finished"
             status.step = result.step
             status.checkpoint = str(result.pipeline_dir) if result.pipeline_dir.is_dir() else None
+            if status.checkpoint:
+                seconds = read_card(result.pipeline_dir).get("train_seconds")
+                status.train_seconds = float(seconds) if seconds else None
+            trained = f"{state} at step {result.step}"
+            if not status.checkpoint:
+                status.state, status.message = state, f"{trained} (no checkpoint)"
+                self._ended = time.monotonic()
+                return
+            status.state = "scoring"
             status.message = (
-                f"{status.state} at step {result.step}: checkpoint {status.run} is in the model list"
-                if status.checkpoint
-                else f"{status.state} at step {result.step} (no checkpoint)"
+                f"{trained}; scoring it: up to {self.score_samples} class-balanced samples for the shipped "
+                "judge (Stop ends the scoring early)"
+            )
+        self._ended = time.monotonic()
+        self._stop.clear()  # a Stop that ended the training must not also cancel its score
+        try:
+            score = score_run(
+                result.pipeline_dir, config, self.score_samples, self.score_seconds, self._stop.is_set
+            )
+        except Exception as exc:  # a failed score leaves a usable checkpoint: say so, keep the run
+            logger.exception("scoring the training run failed")
+            score = RunScore(note=f"not scored: {type(exc).__name__}: {exc}")
+        with self._lock:
+            status = self._status
+            status.state, status.score = state, score.to_dict()
+            status.message = f"{trained}: checkpoint {status.run} is in the model list. " + score_summary(
+                score, status.shipped
             )
 
     @staticmethod
@@ -221,3 +328,37 @@ class TrainingRunner:
             n += 1
             candidate = root / f"{stem}-{stamp}-{n}"
         return candidate
+
+
+def _checkpoint_step(run_dir: Path) -> int:
+    """The step of the newest checkpoint in ``run_dir`` (where a continued run starts)."""
+    steps = [
+        int(path.name.rpartition("-")[2])
+        for path in (run_dir / "checkpoints").glob("checkpoint-*")
+        if path.name.rpartition("-")[2].isdigit()
+    ]
+    return max(steps, default=0)
+
+
+def score_summary(score: RunScore, shipped: dict[str, Any] | None) -> str:
+    """One sentence: the run's class accuracy and domain FD, each beside the shipped model's."""
+    if not score.num_samples:
+        return score.note[:1].upper() + score.note[1:] + "." if score.note else "Not scored."
+    name = (shipped or {}).get("name")
+    parts = []
+    for key, label, form in (
+        ("class_accuracy", "class accuracy", "{:.1%}"),
+        ("domain_fd", "domain FD", "{:.2f}"),
+    ):
+        value = getattr(score, key)
+        if value is None:
+            continue
+        theirs = (shipped or {}).get(key)
+        parts.append(
+            f"{label} {form.format(value)}"
+            + (f" (shipped {name}: {form.format(theirs)})" if name and theirs is not None else "")
+        )
+    text = f"Scored on {score.num_samples} samples with the {score.judge} judge: " + ", ".join(parts)
+    if not name:
+        text += "; no shipped model of this family and data to compare with"
+    return text + (f" ({score.note})." if score.note else ".")

@@ -75,7 +75,7 @@ def test_train_refuses_an_uploaded_preset_and_does_not_echo_it(app, crafted):
     server_path = upload(app[0], "evil.yaml", yaml)
     before = runs_now()
     for preset in (server_path, "../../" + server_path, "mnist-tiny.yaml", "/etc/hostname.yaml"):
-        message = refusal(app[0], "train", ["dit", preset, 10, ""]).replace(
+        message = refusal(app[0], "train", ["dit", preset, 10, "", 1]).replace(
             preset, "PRESET"
         )  # the path is random
         assert "hunter2" not in message and "secret_token" not in message and "4000" not in message
@@ -92,19 +92,28 @@ def test_train_resumes_only_the_apps_own_runs(app, crafted):
         "latest",
     ):
         assert "is not a dit mnist-tiny run of this app" in refusal(
-            app[0], "train", ["dit", "mnist-tiny", 10, resume]
+            app[0], "train", ["dit", "mnist-tiny", 10, resume, 1]
         )
     assert runs_now() == before and not marker.exists()
 
 
 def test_train_refuses_families_and_sizes_beyond_the_limits(app):
     before = runs_now()
-    assert "not in the list of choices" in refusal(app[0], "train", ["classifier", "mnist", 10, ""])
+    assert "not in the list of choices" in refusal(app[0], "train", ["classifier", "mnist", 10, "", 1])
     assert "greater than maximum value" in refusal(
-        app[0], "train", ["dit", "mnist-tiny", 10**9, ""]
+        app[0], "train", ["dit", "mnist-tiny", 10**9, "", 1]
     )  # the slider
+    assert "greater than maximum value" in refusal(
+        app[0], "train", ["dit", "mnist-tiny", 10, "", 10**9]
+    )  # the time budget's slider
     with pytest.raises(StudioError, match=f"max steps must be between 1 and {LIMITS.max_train_steps}"):
         app[1].trainer.start("dit", "mnist-tiny", 10**9)  # the service, whatever the widget allows
+    # every run has a bounded time budget
+    with pytest.raises(StudioError, match=f"time budget must be at most {LIMITS.max_train_minutes:g}"):
+        app[1].trainer.start("dit", "mnist-tiny", 10, time_budget_minutes=LIMITS.max_train_minutes + 1)
+    for minutes in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(StudioError, match="time_budget_minutes must be a finite number"):
+            app[1].trainer.start("dit", "mnist-tiny", 10, time_budget_minutes=minutes)
     assert runs_now() == before
 
 

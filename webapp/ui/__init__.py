@@ -4,9 +4,11 @@ Thin by design: every handler converts component values to service calls and ser
 to component values; all logic is in `webapp.service` and the modules it names. Each tab is one
 module here (components, handlers, events); `common` holds what they share. Conventions:
 
-- CPU-bound events (generate, compare, control, train) share the concurrency id ``cpu`` with limit 1,
-  so they run one at a time, in order; model loading has its own queue (``models``); stop buttons
-  and quick UI syncs are never queued behind them;
+- CPU-bound events (generate, compare, control) share the concurrency id ``cpu`` with limit 1,
+  so they run one at a time, in order; a training run joins them on a one-core machine, and has its own
+  group (``train``) where there are cores to spare, so generation runs beside it; a request that waits
+  for (or shares the CPU with) a training run says so in its status line; model loading has its own
+  queue (``models``); stop buttons and quick UI syncs are never queued behind them;
 - every user-facing action is an API endpoint with a stable name (`API_NAMES`) and named parameters,
   usable from `gradio_client`; helper events are private;
 - galleries serve the PNG files the service wrote (with their ``parameters`` / ``studio``
@@ -64,7 +66,7 @@ def build_app(service: StudioService) -> gr.Blocks:
         gr.HTML(APP_STYLE, padding=False)
         gr.Markdown(
             "# studio\nGenerate with diffusion and GAN checkpoints, compare fast-sampling plugins, "
-            "train a tiny model."
+            "train a model and see how it measures against the shipped one."
         )
         with gr.Tab("Generate"):
             generate = GenerateTab(service, options)

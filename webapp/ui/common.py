@@ -18,6 +18,9 @@ from webapp.service import ProgressFn
 CPU = "cpu"
 #: concurrency group of model loads, so a load never waits behind a generation
 MODELS = "models"
+#: concurrency group of training runs when generation may run beside them (`StudioService.beside_training`):
+#: a run then holds this group, not `CPU`, for as long as it streams its progress
+TRAIN = "train"
 #: requests the queue holds before it refuses more
 MAX_QUEUE = 32
 #: the family whose checkpoints the Control tab lists (Generate leaves them out)

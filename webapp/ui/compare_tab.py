@@ -91,7 +91,7 @@ class CompareTab:
         # new outputs go last, so API clients reading the first four keep their positions
         outputs = [self.baseline, self.accelerated, self.text, self.details, self.diffs, self.summary]
         self.event = self.run.click(
-            cleared,
+            lambda plugins: cleared(plugins, self.service.training_note()),
             generate.plugin_text,
             outputs,
             queue=False,
@@ -128,9 +128,10 @@ def side_labels(plugins: tuple[str, ...] | list[str]) -> tuple[str, str]:
     return f"With {plugin_text(plugins)}", "Without plugins"
 
 
-def cleared(plugins: str | None) -> tuple[Any, ...]:
+def cleared(plugins: str | None, note: str = "") -> tuple[Any, ...]:
     """The Compare outputs emptied as a run starts, the galleries labelled with the plugins it runs (a
-    private step, so the ``/compare`` endpoint keeps returning plain image lists)."""
+    private step, so the ``/compare`` endpoint keeps returning plain image lists); the result line shows
+    ``note`` (why the run waits, or that it shares the CPU with a training run)."""
     try:
         specs = parse_plugin_list(plugins)
     except (StudioError, ValueError):  # the run itself reports the bad spec
@@ -139,7 +140,7 @@ def cleared(plugins: str | None) -> tuple[Any, ...]:
     return (
         gr.update(value=None, label=without_label),
         gr.update(value=None, label=with_label),
-        "",
+        f"*{note}*" if note else "",
         None,
         None,
         "",

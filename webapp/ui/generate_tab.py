@@ -386,10 +386,12 @@ class GenerateTab:
         }
 
     def clear_results(self) -> dict:
-        """Before a run: no image, time or code of the previous run stays on screen as if it were this one's."""
+        """Before a run: no image, time or code of the previous run stays on screen as if it were this one's;
+        the status line says when a training run makes this one wait or share the CPU."""
+        note = self.service.training_note()
         return {
             self.gallery: None,
-            self.timing: "",
+            self.timing: f"*{note}*" if note else "",
             self.details: None,
             self.cli_code: "",
             self.python_code: "",
@@ -441,8 +443,12 @@ class GenerateTab:
                 classifier_scale,
                 download_size,
             )
+            beside = self.service.trainer.status().running
             result = self.service.generate(request, bool(measure_speedup), reporter(progress))
-        return gallery_items(result.batch), timing_text(result, measure_speedup), result.to_dict()
+        timing = timing_text(result, measure_speedup)
+        if beside:
+            timing += "  \n*ran beside a training run, on shared cores: slower than alone*"
+        return gallery_items(result.batch), timing, result.to_dict()
 
     def list_models(self) -> tuple[Any, list[dict[str, Any]]]:
         """The models the app can serve now: their name, label, family, source and folder."""
