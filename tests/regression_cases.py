@@ -33,6 +33,12 @@ CASES: dict[str, dict[str, Any]] = {
         "scheduler": "ddim",
         "guidance_scale": 1.0,
     },
+    "dit-animals": {
+        "class_labels": LABELS,
+        "num_inference_steps": 10,
+        "scheduler": "ddim",
+        "guidance_scale": 3.0,
+    },
     "adm-mnist": {
         "class_labels": LABELS,
         "num_inference_steps": 10,
