@@ -323,3 +323,20 @@ def test_no_leakage_interrupt_and_resolution():
     handle = apply_ras(other, RASConfig(scheduler_start_step=2))
     assert run_studio(other, steps=6).images.shape[-1] == 8
     handle.remove()
+
+
+def test_pipeline_with_few_token_rows_keeps_the_scatter():
+    """16 px, patch 4, CFG: the output projection sees 4 x 4 token rows, under the pipeline's
+    small-GEMM padding (32 rows); the merged output must still be the full 16 px image."""
+    pipe = studio_pipeline(patch_size=4)
+    plain = pipe(
+        num_images=2, seed=1, class_labels=3, num_inference_steps=4, guidance_scale=4.0, output_type="pt"
+    )
+    handle = apply_ras(pipe, RASConfig(sample_ratio=0.25, scheduler_start_step=1, error_reset_steps=()))
+    out = pipe(
+        num_images=2, seed=1, class_labels=3, num_inference_steps=4, guidance_scale=4.0, output_type="pt"
+    )
+    assert handle.stats()["ras_steps"] > 0
+    assert out.images.shape == plain.images.shape == (2, 3, 16, 16)
+    assert torch.isfinite(out.images).all()
+    handle.remove()

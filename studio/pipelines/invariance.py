@@ -21,7 +21,13 @@ MIN_ROWS = 32
 
 
 def _pad_small_inputs(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-    """Forward hook: recompute a linear on < `MIN_ROWS` rows with zero rows padded in (tiny GEMMs)."""
+    """Forward hook: recompute a linear on < `MIN_ROWS` rows with zero rows padded in (tiny GEMMs).
+
+    A plugin may have rewritten the module's output with a diffusers hook (RAS scatters the active
+    token rows of the output projection back into the full grid). The recomputation sees only the
+    module's input, so it replaces the output only where that output still is the module's linear
+    map of the input; a rewritten output is returned as the hook made it.
+    """
     x = args[0]
     rows = x.numel() // x.shape[-1] if x.numel() else 0
     if rows == 0 or rows >= MIN_ROWS:
@@ -29,7 +35,20 @@ def _pad_small_inputs(module: nn.Linear, args: tuple, output: torch.Tensor) -> t
     flat = x.reshape(rows, x.shape[-1])
     padded = torch.cat([flat, flat.new_zeros(MIN_ROWS - rows, flat.shape[-1])])
     out = nn.functional.linear(padded, module.weight, module.bias)[:rows]
-    return out.reshape(*x.shape[:-1], out.shape[-1])
+    out = out.reshape(*x.shape[:-1], out.shape[-1])
+    if _rewritten_by_a_hook(module, output, out):
+        return None
+    return out
+
+
+def _rewritten_by_a_hook(module: nn.Module, output: torch.Tensor, linear: torch.Tensor) -> bool:
+    """True if a diffusers hook on ``module`` returned something other than its linear map."""
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is None or not registry.hooks:
+        return False
+    if not isinstance(output, torch.Tensor) or output.shape != linear.shape:
+        return True
+    return not torch.allclose(output, linear, rtol=1e-4, atol=1e-5)
 
 
 @contextmanager
