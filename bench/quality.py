@@ -39,11 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.report import _cell, machine
 from studio.data import DataConfig, build_dataset
+from studio.data.cards import dataset_domain
 from studio.data.command import class_grid
 from studio.errors import StudioError
 from studio.hub import SHIPPED_DIR, list_models, load_pipeline, read_card
 from studio.metrics import EvalConfig, evaluate
-from studio.metrics.failures import failure_summary
+from studio.metrics.failures import failure_summary, thresholds_for
 from studio.metrics.features import classifier_outputs, load_classifier, shipped_classifier_path
 from studio.metrics.reference import stats_cache_dir
 from studio.metrics.samples import to_uint8
@@ -174,7 +175,11 @@ def score(images: torch.Tensor, labels: list[int] | None, dataset: str, n: int) 
     domain = evaluate(images, dataset, "acc,dfd" if labels else "dfd", class_labels=labels, config=config)
     inception = evaluate(images, reference_npz(dataset, n), "fid,kid,pr", config=config)
     logits, _ = classifier_outputs(load_classifier(shipped_classifier_path(dataset)), images)
-    row: dict[str, Any] = {**domain.metrics, **inception.metrics, **failure_summary(images.numpy(), logits)}
+    row: dict[str, Any] = {
+        **domain.metrics,
+        **inception.metrics,
+        **failure_summary(images.numpy(), logits, thresholds_for(dataset_domain(dataset))),
+    }
     if labels is not None:
         wanted = np.asarray(labels)
         per_class = [float(np.mean(logits[wanted == k].argmax(1) == k)) for k in range(logits.shape[1])]

@@ -22,7 +22,14 @@ import torch
 from studio.diffusion.schedulers import scheduler_names
 from studio.errors import MetricError
 from studio.hub import SHIPPED_DIR, load_pipeline
-from studio.metrics.failures import FailureThresholds, border_mask, failure_flags, failure_summary
+from studio.metrics.failures import (
+    DOMAIN_THRESHOLDS,
+    FailureThresholds,
+    border_mask,
+    failure_flags,
+    failure_summary,
+    thresholds_for,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,6 +72,27 @@ def test_detector_passes_real_digits_and_flags_each_failure_kind():
     assert flags["flooded"].tolist() == [False] * 4 + [False] * 4 + [True] * 4 + [False] * 4
     assert flags["blank"].tolist() == [False] * 12 + [True] * 4
     assert flags["failed"].tolist() == [False] * 4 + [True] * 12
+
+
+@pytest.mark.parametrize("domain", sorted(DOMAIN_THRESHOLDS))
+def test_each_domain_passes_its_held_out_images_and_still_flags_noise_fields(domain):
+    """Animal silhouettes reach the border ring (MNIST's limits flag 12% of real animals as noise);
+    with the domain's own limits no held-out image fails, and a noise field still does."""
+    from studio.metrics.reference import load_reference
+
+    held_out = np.asarray(load_reference(domain, "val", 28, 1).images.images[:1000])
+    limits = thresholds_for(domain)
+    assert failure_summary(held_out, thresholds=limits)["failed"] == 0.0
+    rng = np.random.default_rng(0)
+    noise_field = rng.integers(0, 256, held_out[:8].shape, dtype=np.uint8)
+    assert failure_flags(noise_field, thresholds=limits)["noise"].all()
+    grey_field = np.full_like(held_out[:8], 128)
+    assert failure_flags(grey_field, thresholds=limits)["flooded"].all()
+
+
+def test_uncalibrated_domain_is_refused_by_name():
+    with pytest.raises(MetricError, match="photos.*calibrated: mnist"):
+        thresholds_for("photos")
 
 
 def test_judge_confidence_flags_unreadable_images_only_with_logits():
