@@ -2,10 +2,12 @@
 
 Per model, ``--n`` images at the card's sampling settings (``metrics.sampling``), seeds ``--seed + i``,
 class i % K for conditional models (unconditional models: no labels; ControlNet models follow the
-next validation digit of each class, condition and settings from the card), then from `studio.metrics`:
+next validation digit of each class, condition and settings from the card), drawn and judged by
+`studio.metrics.judged` (as ``scripts/ship_weights.py`` and the app's run score do), plus Inception metrics:
 
 - class accuracy and per-class accuracy by the shipped judge (the dataset's `StudioClassifier`);
-- domain FD: Frechet distance in the judge's features against the whole training split, as the cards;
+- domain FD: Frechet distance in the judge's features against the dataset's standard test split
+  (`evaluate`'s ``auto`` split), as the cards;
 - Inception FID, KID, precision and recall against a fixed reference: the first ``n`` images of the
   validation split (the same n as the samples: FID is biased by n, so compare rows at equal n only);
 - the share of failed images (`studio.metrics.failures`: noise fields, flooded or blank images,
@@ -28,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.report import _cell, machine
 from studio.data import DataConfig, build_dataset
-from studio.data.cards import dataset_domain
 from studio.data.command import class_grid
 from studio.errors import StudioError
 from studio.hub import SHIPPED_DIR, list_models, load_pipeline, read_card
 from studio.metrics import EvalConfig, evaluate
-from studio.metrics.failures import failure_summary, thresholds_for
-from studio.metrics.features import classifier_outputs, load_classifier, shipped_classifier_path
+from studio.metrics.judged import balanced_labels, draw_samples, judge_scores, validation_controls
 from studio.metrics.reference import stats_cache_dir
-from studio.metrics.samples import to_uint8
 from studio.pipelines.record import make_grid
 
 COLUMNS = [
@@ -115,42 +113,16 @@ def shipped_models() -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ sampling
-def validation_digits(dataset: str, labels: list[int]) -> list[np.ndarray]:
-    """For each label, the next validation image of that class as a [0, 1] (H, W) array (ControlNet inputs)."""
-    data = build_dataset(DataConfig(name=dataset), "val")
-    pools: dict[int, list[int]] = {}
-    for index in range(len(data)):
-        pools.setdefault(int(data[index]["class_labels"]), []).append(index)
-    used: dict[int, int] = {}
-    digits = []
-    for label in labels:
-        index = pools[label][used.get(label, 0) % len(pools[label])]
-        used[label] = used.get(label, 0) + 1
-        digits.append((data[index]["pixel_values"][0].numpy() + 1.0) / 2.0)
-    return digits
-
-
 def sample(
     pipe: Any, settings: dict[str, Any], n: int, seed: int, batch_size: int, dataset: str
 ) -> tuple[torch.Tensor, list[int] | None, float]:
     """uint8 images (n, C, H, W), their requested classes (None: unconditional) and seconds per image."""
-    num_classes = int(getattr(pipe, "num_classes", 0) or 0)
-    labels = [i % num_classes for i in range(n)] if num_classes else None
-    controlled = "control_image" in getattr(pipe, "call_parameters", ())
-    controls = validation_digits(dataset, labels) if controlled and labels else None
-    images = []
-    started = time.perf_counter()
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        kwargs = {"seed": seed + start, "output_type": "pt", **settings}
-        if controls is not None:
-            out = pipe(controls[start:stop], class_labels=labels[start:stop], **kwargs)
-        elif labels is not None:
-            out = pipe(class_labels=labels[start:stop], **kwargs)
-        else:
-            out = pipe(num_images=stop - start, **kwargs)
-        images.append(to_uint8(out.images, value_range=(0.0, 1.0)))
-    return torch.cat(images), labels, (time.perf_counter() - started) / n
+    controls = None
+    if "control_image" in getattr(pipe, "call_parameters", ()):
+        labels = balanced_labels(n, int(getattr(pipe, "num_classes", 0) or 0))
+        controls = validation_controls(dataset, labels) if labels else None
+    drawn = draw_samples(pipe, n, settings, seed=seed, batch_size=batch_size, controls=controls)
+    return drawn.images, drawn.class_labels, drawn.seconds / n
 
 
 def reference_npz(dataset: str, n: int) -> Path:
@@ -171,24 +143,17 @@ def reference_npz(dataset: str, n: int) -> Path:
 # ------------------------------------------------------------------------------------------ scoring
 def score(images: torch.Tensor, labels: list[int] | None, dataset: str, n: int) -> dict[str, Any]:
     """The board's metrics for one model's samples (see the module docstring)."""
+    judged = judge_scores(images, labels, dataset, failures=True)
     config = EvalConfig(kid_subset_size=n)
-    domain = evaluate(images, dataset, "acc,dfd" if labels else "dfd", class_labels=labels, config=config)
     inception = evaluate(images, reference_npz(dataset, n), "fid,kid,pr", config=config)
-    logits, _ = classifier_outputs(load_classifier(shipped_classifier_path(dataset)), images)
-    row: dict[str, Any] = {
-        **domain.metrics,
-        **inception.metrics,
-        **failure_summary(images.numpy(), logits, thresholds_for(dataset_domain(dataset))),
-    }
-    if labels is not None:
-        wanted = np.asarray(labels)
-        per_class = [float(np.mean(logits[wanted == k].argmax(1) == k)) for k in range(logits.shape[1])]
-        row["per_class_accuracy"] = [round(a, 4) for a in per_class]
-        row["min_class_accuracy"] = min(per_class)
-        row["worst_class"] = int(np.argmin(per_class))
+    row: dict[str, Any] = {**judged.metrics(), **inception.metrics, **(judged.failures or {})}
+    if judged.per_class_accuracy is not None:
+        row["per_class_accuracy"] = [round(a, 4) for a in judged.per_class_accuracy]
+        row["min_class_accuracy"] = judged.min_class_accuracy
+        row["worst_class"] = judged.worst_class
     else:
-        row["predicted_class_histogram"] = np.bincount(logits.argmax(1), minlength=logits.shape[1]).tolist()
-    row["judge"] = domain.settings.get("classifier", {}).get("sha256")
+        row["predicted_class_histogram"] = judged.predicted_class_histogram
+    row["judge"] = judged.judge.get("sha256")
     return row
 
 

@@ -2,11 +2,11 @@
 
 The run's exported pipeline draws class-balanced samples (class ``i % classes``, seed ``i``; unconditional
 models just seed ``i``) at its preset's sampling settings (the settings its sample grids use), and the
-shipped judge of its data's domain scores them with `studio.metrics.evaluate` against the domain's test
-images: class accuracy and domain Frechet distance, as ``scripts/ship_weights.py`` scores the shipped
-models. Bounded in time: batches of one image per class until ``num_samples``, or until the next batch
-would take sampling past ``seconds`` (the first always runs), so a slow sampler reports fewer samples
-rather than holding the CPU for minutes.
+shipped judge of its data's domain scores them against the domain's test images: class accuracy and
+domain Frechet distance. Drawing and scoring are `studio.metrics.judged`'s, the same as
+``scripts/ship_weights.py`` and the quality board use for the shipped models. Bounded in time: batches of
+one image per class until ``num_samples``, or until the next batch would take sampling past ``seconds``
+(the first always runs), so a slow sampler reports fewer samples rather than holding the CPU for minutes.
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from studio.data.cards import dataset_domain
 from webapp.catalogue import building_networks
@@ -85,9 +82,9 @@ def score_run(
     should_stop: Callable[[], bool] | None = None,
 ) -> RunScore:
     """Score the run exported to ``pipeline_dir`` (trained with ``config``) as the module docstring says."""
+    from studio.data import DataConfig
     from studio.hub import load_pipeline
-    from studio.metrics.evaluate import evaluate
-    from studio.metrics.samples import to_uint8
+    from studio.metrics.judged import balanced_labels, draw_samples, judge_scores, validation_controls
 
     started = time.perf_counter()
     domain = judge_domain(config.data.name)
@@ -100,54 +97,31 @@ def score_run(
     parameters = tuple(getattr(pipe, "call_parameters", ()))
     kwargs = {key: value for key, value in kwargs.items() if key in parameters}
     classes = int(getattr(pipe, "num_classes", 0) or 0)
-    total, batch = max(1, int(num_samples)), classes or UNCONDITIONAL_BATCH
-    wanted = [i % classes for i in range(total)] if classes else []
-    controls = _validation_digits(config, wanted or [0] * total) if "control_image" in parameters else []
-    images, note, last_batch = [], "", 0.0
-    for start in range(0, total, batch):
-        if start and should_stop is not None and should_stop():
-            note = "stopped by request"
-            break
-        if start and time.perf_counter() - started + last_batch > seconds:  # the next batch would overrun
-            note = f"cut at {start} samples to stay within {seconds:.0f} s"
-            break
-        batch_started = time.perf_counter()
-        end = min(start + batch, total)
-        call: dict[str, Any] = {"seed": start, "output_type": "pt", **kwargs}
-        if classes:
-            call["class_labels"] = wanted[start:end]
-        else:
-            call["num_images"] = end - start
-        if controls:
-            call["control_image"] = controls[start:end]
-        images.append(to_uint8(pipe(**call).images, value_range=(0.0, 1.0)))
-        last_batch = time.perf_counter() - batch_started
-    samples = torch.cat(images)
-    labels = wanted[: len(samples)] or None
-    result = evaluate(samples, domain, metrics="acc,dfd" if labels else "dfd", class_labels=labels)
-    metrics = result.metrics
+    total = max(1, int(num_samples))
+    controls = None
+    if "control_image" in parameters:
+        data = DataConfig(**{**vars(config.data), "num_images": 0})
+        controls = validation_controls(data, balanced_labels(total, classes) or [0] * total)
+    drawn = draw_samples(
+        pipe,
+        total,
+        kwargs,
+        batch_size=classes or UNCONDITIONAL_BATCH,
+        controls=controls,
+        time_limit=seconds - (time.perf_counter() - started),  # the budget counts loading too
+        should_stop=should_stop,
+    )
+    note = {
+        "request": "stopped by request",
+        "time": f"cut at {len(drawn)} samples to stay within {seconds:.0f} s",
+    }.get(drawn.stopped, "")
+    judged = judge_scores(drawn.images, drawn.class_labels, domain)
     return RunScore(
-        num_samples=len(samples),
-        class_accuracy=float(metrics["class_accuracy"]) if "class_accuracy" in metrics else None,
-        domain_fd=float(metrics["domain_fd"]) if "domain_fd" in metrics else None,
+        num_samples=len(drawn),
+        class_accuracy=judged.class_accuracy,
+        domain_fd=judged.domain_fd,
         judge=domain,
         sampling=kwargs,
         seconds=round(time.perf_counter() - started, 1),
         note=note,
     )
-
-
-def _validation_digits(config: Any, labels: list[int]) -> list[np.ndarray]:
-    """For each label, the next validation image of that class in [0, 1] (H, W): what a ControlNet follows."""
-    from studio.data import DataConfig, build_dataset
-
-    data = build_dataset(DataConfig(**{**vars(config.data), "num_images": 0}), "val")
-    targets = data.labels.numpy()
-    used: dict[int, int] = {}
-    digits = []
-    for label in labels:
-        pool = np.flatnonzero(targets == label) if data.info.num_classes else np.arange(len(data))
-        index = int(pool[used.get(label, 0) % len(pool)])
-        used[label] = used.get(label, 0) + 1
-        digits.append((data[index]["pixel_values"][0].numpy() + 1.0) / 2.0)
-    return digits
