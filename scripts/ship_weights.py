@@ -43,6 +43,7 @@ SAMPLING_DEFAULTS = {
     "scheduler": "sample_scheduler",
     "guidance_scale": "sample_guidance_scale",
     "classifier_scale": "sample_classifier_scale",
+    "truncation": "sample_truncation",
 }  # pipeline argument -> card config field
 
 
