@@ -332,9 +332,11 @@ def test_compare_and_control_runs_join_the_history_and_a_control_run_recalls_int
         api_name="/control",
     )
     page.reload()  # the history comes with the page
+    control_entry = page.get_by_role("img", name=re.compile(r"^#\d+ control · .* · seed 97 ·")).first
+    sync_api.expect(control_entry).to_be_visible()  # the page has loaded (and set the address's settings)
     seed = page.get_by_role("spinbutton", name="Seed").first
     seed.fill("5")
-    page.get_by_role("img", name=re.compile(r"^#\d+ control · .* · seed 97 ·")).first.click()
+    control_entry.click()
     page.get_by_role("tab", name="Control").click()
     sync_api.expect(page.get_by_role("spinbutton", name="Seed").last).to_have_value("97")
     sync_api.expect(page.get_by_role("spinbutton", name="number input for Control scale")).to_have_value(
@@ -396,3 +398,44 @@ def test_training_shows_its_grids_large_and_crisp_and_generation_says_it_shares_
     page.get_by_role("button", name="Stop training").click()
     sync_api.expect(page.get_by_text(re.compile(r"stopped · run dit-mnist-tiny-"))).to_be_visible()
     sync_api.expect(error_overlays(page.get_by_role("tabpanel"))).to_have_count(0)  # (the Train tab's)
+
+
+def test_a_link_opens_the_page_with_its_settings_and_a_run_puts_its_settings_in_the_address(browser, url):
+    linked = browser.new_page(viewport={"width": 1400, "height": 1800})
+    linked.set_default_timeout(TIMEOUT_MS)
+    seed = linked.get_by_role("spinbutton", name="Seed")
+    try:
+        linked.goto(url + f"?model={GAN}&classes=1,3&seed=42&plugins=")
+        sync_api.expect(linked.get_by_text("family sagan", exact=True)).to_be_visible()
+        sync_api.expect(seed).to_have_value("42")
+        sync_api.expect(linked.locator("#class-picker .token")).to_have_text(["class 1", "class 3"])
+        linked.get_by_role("button", name="Generate", exact=True).click()
+        sync_api.expect(linked.get_by_role("img", name="seed 43 · class 3", exact=True)).to_be_visible()
+        address = re.escape(f"?model={GAN}&classes=1,3&seed=42&steps=") + r"\d+&guidance=[\d.]+&plugins=$"
+        sync_api.expect(linked).to_have_url(re.compile(address))
+        sync_api.expect(linked.locator("#settings-link textarea")).to_have_value(re.compile(address))
+
+        linked.goto(url + f"?model={DIT}&seed=abc&steps=3&classes=12&sampler=pc&__theme=light")
+        warning = linked.get_by_text(re.compile(r"^Some settings in this link were not used: seed must be"))
+        sync_api.expect(warning.first).to_be_visible()
+        for problem in (
+            "tiny-dit has classes 0..9, not class 12",
+            "tiny-dit does not offer the sampler 'pc'",
+        ):
+            sync_api.expect(linked.get_by_text(problem).first).to_be_visible()
+        sync_api.expect(linked.get_by_role("spinbutton", name="number input for Steps")).to_have_value("3")
+        sync_api.expect(error_overlays(linked)).to_have_count(0)
+        seed.fill("8")
+        linked.get_by_role("button", name="Copy link").click()
+        sync_api.expect(linked).to_have_url(
+            re.compile(rf"\?model={DIT}&classes=all&seed=8&steps=3&.*&__theme=light$")
+        )
+
+        linked.goto(url + "?model=no-such-model")
+        sync_api.expect(
+            linked.get_by_text("model 'no-such-model' is not one this app lists").first
+        ).to_be_visible()
+        linked.get_by_role("button", name="Generate", exact=True).click()  # the page opened on a listed model
+        sync_api.expect(linked.get_by_text(re.compile(r"images? in [\d.]+ s"))).to_be_visible()
+    finally:
+        linked.close()

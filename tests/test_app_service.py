@@ -299,6 +299,102 @@ def test_compare_scores_both_sets_with_the_datasets_judge(tmp_path, monkeypatch)
     assert metrics.accuracy_with == metrics.accuracy_without
 
 
+def test_compare_two_models_on_the_same_seeds_and_classes(service):
+    """A DiT beside a GAN: both sets with their times, one seed and class per image on both sides, the
+    DiT's steps, sampler, guidance and plugin dropped for the GAN and named; 16 px digits beside 28 px
+    ones have no pixel difference worth measuring, and the result says why."""
+    before = len(service.history.entries())
+    request = dit_request(class_label=(1, 7), plugins=("fora:interval=2",))
+    result = service.compare_models(request, GAN)
+    assert result.first.seconds > 0 and result.second.seconds > 0
+    for batch in (result.first, result.second):
+        assert [r.seeds for r in batch.records] == [[3], [4]]
+        assert [r.class_labels for r in batch.records] == [[1], [7]]
+    assert [r.family for r in (result.first.records[0], result.second.records[0])] == ["dit", "sagan"]
+    assert result.first.records[0].plugins["fora"] and result.second.records[0].plugins == {}
+    assert result.dropped == {DIT: (), GAN: ("steps", "sampler", "guidance", "plugin fora:interval=2")}
+    assert result.second_request.scheduler is None and result.second_request.plugins == ()
+    assert result.request.plugins == ("fora:interval=2",) and result.request.scheduler == "ddim"
+    metrics = result.metrics
+    assert metrics.mean_abs_diff is None and metrics.psnr_db is None and result.diffs == []
+    assert metrics.pixel_note == "the images differ in size (16×16 vs 28×28)"
+    assert metrics.accuracy_first is None and metrics.accuracy_second is None  # tiny runs name no dataset
+    assert result.summary == (
+        f"{DIT} (ddim, 4 steps, CFG 4, fora:interval=2) vs {GAN} · seeds 3-4 · classes 1, 7 · "
+        f"dropped for {GAN}: steps, sampler, guidance, plugin fora:interval=2"
+    )
+    details = result.to_dict()
+    assert details["mode"] == "models" and details["psnr_db"] is None and details["pixel_note"]
+    assert details["dropped"][GAN][0] == "steps" and details["speed_ratio"] > 0
+    assert len(details["first"]["images"]) == len(details["second"]["images"]) == 2
+    assert service.models.name == DIT  # the Generate tab's model is the one left loaded
+    entry = service.history.entries()[0]
+    assert len(service.history.entries()) == before + 1 and entry.kind == "compare"
+    assert entry.request.model == DIT and len(entry.paths) == 4
+
+
+def test_compare_two_models_of_one_size_measures_how_their_pixels_differ(service):
+    result = service.compare_models(GenerateRequest(GAN, num_images=2, seed=5, truncation=0.5), BIGGAN)
+    metrics = result.metrics
+    assert not metrics.pixel_note and metrics.mean_abs_diff > 0 and math.isfinite(metrics.psnr_db)
+    assert result.dropped == {GAN: (), BIGGAN: ()} and result.second_request.truncation == 0.5
+    assert [r.class_labels for r in result.second.records] == [[0], [1]]  # balanced, alike on both sides
+    first, second = (pixels(b.paths[0]).astype(float) / 255 for b in (result.first, result.second))
+    expected = np.clip(4 * np.abs(second - first), 0, 1) * 255
+    np.testing.assert_allclose(pixels(result.diffs[0]), expected, atol=1)
+    assert result.summary == f"{GAN} (truncation 0.5) vs {BIGGAN} (truncation 0.5) · seeds 5-6 · classes 0, 1"
+
+
+def test_compare_two_models_keeps_classes_alike_and_refuses_what_cannot_be_compared(service):
+    """Ten classes beside four: every class both have, in turn; a class one of them lacks is refused before
+    anything runs. An unconditional model drops the classes and a sampler it does not offer."""
+    result = service.compare_models(dit_request(num_images=6), ADM)
+    for batch in (result.first, result.second):
+        assert [r.class_labels[0] for r in batch.records] == [0, 1, 2, 3, 0, 1]
+    count = len(service.history.entries())
+    for second, request, message in [
+        (ADM, dit_request(class_label=7), "class 7 is not a class of tiny-adm, which has classes 0..3"),
+        (DIT, dit_request(), "tiny-dit is already the first model"),
+        ("no-such-model", dit_request(), "unknown model 'no-such-model'"),
+        (CONTROLNET, dit_request(), "tiny-controlnet is a ControlNet model"),
+        ("", dit_request(), "choose a second model"),
+    ]:
+        with pytest.raises(StudioError, match=message):
+            service.compare_models(request, second)
+    assert len(service.history.entries()) == count
+    score = service.compare_models(dit_request(num_images=1, class_label=2), SCORE)
+    assert score.dropped == {DIT: (), SCORE: ("guidance", "sampler ddim", "classes")}
+    assert score.second.records[0].sampler == "pc" and not score.second.records[0].class_labels
+    assert score.metrics.pixel_note == "the images differ in size (16×16 vs 12×12)"
+
+
+def test_compare_two_models_scores_each_side_with_its_own_datasets_judge(tmp_path, monkeypatch):
+    """Each side is read by its own dataset's judge; digits beside animals of one size have no pixel
+    difference worth measuring."""
+    runs = tmp_path / "runs"
+    save_pipeline(tiny_sagan_pipeline(), runs / GAN / "pipeline", {"num_classes": 10, "dataset": "mnist"})
+    save_pipeline(
+        tiny_biggan_pipeline(), runs / BIGGAN / "pipeline", {"num_classes": 10, "dataset": "animals"}
+    )
+    monkeypatch.setenv("STUDIO_RUNS", str(runs))
+    service = StudioService(tmp_path / "outputs", device="cpu")
+    metrics = service.compare_models(GenerateRequest(GAN, num_images=2, class_label=(1, 7)), BIGGAN).metrics
+    assert (metrics.judge_first, metrics.judge_second) == ("mnist", "animals")
+    assert metrics.accuracy_first in (0.0, 0.5, 1.0) and metrics.accuracy_second in (0.0, 0.5, 1.0)
+    assert metrics.pixel_note == "the models draw different data (mnist vs animals)"
+    assert metrics.mean_abs_diff is None
+
+
+def test_two_models_compare_pixels_only_when_their_images_do():
+    from webapp.comparison import pixel_note
+
+    digit, big, colour = np.zeros((28, 28)), np.zeros((32, 32)), np.zeros((28, 28, 3))
+    assert pixel_note([digit], [digit], "mnist-5k", "mnist") == ""  # a subset of one dataset: one domain
+    assert pixel_note([digit], [digit], "mnist", "") == ""  # an unknown dataset is not a different one
+    assert pixel_note([digit], [big]) == "the images differ in size (28×28 vs 32×32)"
+    assert pixel_note([digit], [colour]) == "the images differ in size (28×28 vs 28×28×3)"
+
+
 def test_measure_speedup_runs_the_baseline(service):
     result = service.generate(dit_request(plugins=("fora:interval=2",)), measure_speedup=True)
     assert result.baseline_seconds > 0 and result.speedup == pytest.approx(

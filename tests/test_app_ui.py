@@ -149,7 +149,7 @@ def test_endpoints_take_named_parameters_and_default_the_rest_to_the_pages_value
         "plugins",
     ]
     assert names["generate"] == [*request, "measure_speedup", "classifier_scale", "download_size"]
-    assert names["compare"] == [*request, "classifier_scale"]
+    assert names["compare"] == [*request, "classifier_scale", "second_model"]
     assert names["control"] == [
         "model",
         "control_image",
@@ -266,6 +266,35 @@ def test_compare_shows_both_sides_with_their_timings(client):
     )  # RAS moves pixels (on a random DiT a FORA cache reuses almost exactly what it would compute)
 
 
+def test_compare_two_models_side_by_side_on_the_same_seeds_and_classes(client):
+    first, second, text, details, diffs, summary = client.predict(
+        model=DIT,
+        classes="3",
+        sampler="ddim",
+        steps=3,
+        seed=2,
+        num_images=2,
+        plugins="",
+        second_model=GAN,
+        api_name="/compare",
+    )
+    assert [item["caption"] for item in first] == ["seed 2 · digit 3", "seed 3 · digit 3"]
+    assert [item["caption"] for item in second] == ["seed 2 · class 3", "seed 3 · class 3"]
+    assert (
+        details["mode"] == "models" and details["first"]["seconds"] > 0 and details["second"]["seconds"] > 0
+    )
+    assert details["second_request"]["model"] == GAN and details["dropped"] == {
+        DIT: [],
+        GAN: ["steps", "sampler", "guidance"],
+    }
+    assert "faster" in text and "no pixel difference: the images differ in size (16×16 vs 28×28)" in text
+    assert diffs == [] and details["psnr_db"] is None and details["accuracy_first"] is None
+    assert summary == (
+        f"**Compared:** {DIT} (ddim, 3 steps, CFG 4) vs {GAN} · seeds 2-3 · class 3 · "
+        f"dropped for {GAN}: steps, sampler, guidance"
+    )
+
+
 def test_compare_labels_each_side_with_what_it_ran():
     from webapp.ui.compare_tab import cleared, plain_markdown, side_labels
 
@@ -273,6 +302,8 @@ def test_compare_labels_each_side_with_what_it_ran():
     without, with_plugins = cleared("fora:interval=2; ras")[:2]
     assert (with_plugins["label"], without["label"]) == ("With fora:interval=2 + ras", "Without plugins")
     assert cleared("nope:x=1")[1]["label"] == "With nope:x=1"  # the run reports the bad spec
+    first, second = cleared("fora", "", DIT, GAN)[:2]
+    assert (first["label"], second["label"]) == (DIT, GAN)
     assert plain_markdown("skip_tuning:x=1 vs no plugins") == r"skip\_tuning:x=1 vs no plugins"
 
 

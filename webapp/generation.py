@@ -16,7 +16,7 @@ from studio.hub import list_models
 from studio.pipelines.record import GenerationRecord
 from webapp.catalogue import DEFAULT_MODEL
 from webapp.classes import class_choice, classes_of
-from webapp.comparison import ComparisonMetrics
+from webapp.comparison import ComparisonMetrics, ModelsMetrics
 from webapp.control import ControlRequest
 from webapp.plugin_form import plugin_spec
 from webapp.reproduce import Reproduction
@@ -182,12 +182,51 @@ class CompareResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the request, speedup, `ComparisonMetrics` fields, both batches and the maps."""
         return {
+            "mode": "plugins",
             "request": self.request.to_dict(),
             "summary": self.summary,
             "speedup": round(self.speedup, 3),
             **self.metrics.to_dict(),
             "baseline": self.baseline.to_dict(),
             "accelerated": self.accelerated.to_dict(),
+            "diff_maps": [str(p) for p in self.diffs],
+        }
+
+
+@dataclass
+class ModelCompareResult:
+    """One request on two models with the same seeds and classes (`webapp.comparison`): each side's
+    request as it ran (``request``: the first model's, ``second_request``), its images and wall time, how
+    the sides compare (`metrics`), difference maps when their pixels compare (``diffs``, else empty), a
+    line saying what was compared (``summary``) and the settings dropped per model (``dropped``)."""
+
+    request: GenerateRequest
+    second_request: GenerateRequest
+    first: Batch
+    second: Batch
+    metrics: ModelsMetrics
+    diffs: list[Path] = dataclasses.field(default_factory=list)
+    summary: str = ""
+    dropped: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def speed_ratio(self) -> float:
+        """The first model's wall time / the second's: above 1, the second model is that many times faster."""
+        return self.first.seconds / max(self.second.seconds, 1e-9)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: both requests, the summary, what was dropped, `ModelsMetrics` fields, both batches
+        and the maps."""
+        return {
+            "mode": "models",
+            "request": self.request.to_dict(),
+            "second_request": self.second_request.to_dict(),
+            "summary": self.summary,
+            "dropped": {name: list(words) for name, words in self.dropped.items()},
+            "speed_ratio": round(self.speed_ratio, 3),
+            **self.metrics.to_dict(),
+            "first": self.first.to_dict(),
+            "second": self.second.to_dict(),
             "diff_maps": [str(p) for p in self.diffs],
         }
 

@@ -29,7 +29,8 @@ KINDS = ("generate", "compare", "control")
 class HistoryEntry:
     """One past run: its request (with the seed used), images, wall time and the kind of run (`KINDS`).
 
-    A comparison keeps the images with plugins first, then those without, and the time with plugins.
+    A comparison keeps the images with plugins first, then those without, and the time with plugins; a
+    comparison of two models keeps the first model's request, its images, then the second model's.
     """
 
     id: int

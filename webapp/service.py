@@ -6,7 +6,8 @@
 - `webapp.catalogue`: which models are offered, what each takes, the one pipeline in memory;
 - `webapp.plugin_form`: the fast-sampling plugins' settings and their spec text;
 - `webapp.generation`: requests and results; `webapp.history`: the last generations;
-- `webapp.comparison`: how far images with plugins stray from those without (PSNR, judge accuracy, maps);
+- `webapp.comparison`: how far images with plugins stray from those without (PSNR, judge accuracy, maps),
+  and how one request fits two models compared side by side;
 - `webapp.training_runner`: the Train tab's background run; `webapp.training_presets`: the presets it
   offers and what each costs here; `webapp.run_scoring`: the judge's score of a finished run;
 - `webapp.security`: what callers may ask for (limits, uploaded files, listed models).
@@ -14,7 +15,8 @@
 `StudioService.generate` passes a pipeline only the arguments its ``call_parameters`` list, applies the
 requested plugins for that one call and removes them afterwards, writes every image as a PNG carrying its
 generation record, and times the call; `StudioService.compare` runs the same seeds with and without the
-plugins and measures how far the two sets differ.
+plugins and measures how far the two sets differ; `StudioService.compare_models` runs one request on two
+models with the same seeds and classes.
 """
 
 from __future__ import annotations
@@ -36,7 +38,17 @@ from samplers import apply, parse_plugin_spec
 from studio.errors import StudioError
 from studio.pipelines.record import GenerationRecord, read_record, save_png, to_pil
 from webapp.catalogue import DEMO_MODEL, ModelCache, ModelInfo, ModelOption, model_options
-from webapp.comparison import compare_images, comparison_summary, diff_maps, plugin_text
+from webapp.comparison import (
+    compare_images,
+    compare_models_images,
+    comparison_summary,
+    diff_maps,
+    fit_to_model,
+    models_summary,
+    plugin_text,
+    shared_classes,
+    side_text,
+)
 from webapp.control import ControlRequest, read_control_image
 from webapp.generation import (
     UPSCALE_FILTERS,
@@ -46,6 +58,7 @@ from webapp.generation import (
     ControlResult,
     GenerateRequest,
     GenerateResult,
+    ModelCompareResult,
     request_from_record,
 )
 from webapp.history import HISTORY_SIZE, History
@@ -204,7 +217,7 @@ class StudioService:
                 request.model,
                 titles=info.class_titles,
             )
-            labels = [r.class_labels[0] for r in accelerated.records if r.class_labels]
+            labels = _labels(accelerated)
             metrics = compare_images(list(fast.images), list(base.images), labels, info.dataset)
             diffs = _save_diff_maps(list(fast.images), list(base.images), folder / "diff", accelerated)
             self._prune(folder)
@@ -217,6 +230,77 @@ class StudioService:
             request.plugins,
         )
         return CompareResult(request, baseline, accelerated, metrics, diffs, summary)
+
+    def compare_models(
+        self, request: GenerateRequest, second_model: str, progress: ProgressFn | None = None
+    ) -> ModelCompareResult:
+        """``request`` on its model and on ``second_model`` with the same seeds and classes, each side saved
+        and timed after its own untimed warm-up; what one model does not take is dropped for it and named
+        (`webapp.comparison.fit_to_model`), and pixels are compared only where the images compare.
+
+        One model is in memory at a time: both are loaded to check the request before anything runs, then
+        the second model runs first and the request's own model last, so the model the Generate tab shows
+        is the one left loaded. Loading is never timed.
+        """
+        second_model = (second_model or "").strip()
+        if not second_model:
+            raise StudioError("choose a second model to compare with")
+        if second_model == (request.model or "").strip():
+            raise StudioError(
+                f"{second_model} is already the first model: choose another one, or no second model to "
+                "compare the request with and without its plugins"
+            )
+        with self._lock:
+            self._stop.clear()
+            infos = (self.models.get(request.model)[1], self.models.get(second_model)[1])
+            request = dataclasses.replace(request, seed=self._resolve(request, infos[0]).seed)
+            request = shared_classes(request, *infos)
+            sides = [fit_to_model(request, infos[0], infos[1]), fit_to_model(request, infos[1], infos[0])]
+            for (side, _), info in zip(sides, infos):
+                self._check(side, info)
+            folder = self._new_folder("compare")
+            runs: dict[int, tuple[list[Any], Batch]] = {}
+            for index in (1, 0):
+                side = sides[index][0]
+                pipe, info = self.models.get(side.model)
+                self._warm_up(pipe, info, side)
+                configs = [parse_plugin_spec(spec) for spec in side.plugins]
+                output, seconds = self._run(
+                    pipe,
+                    info,
+                    side.call_kwargs(info.parameters),
+                    side.num_inference_steps,
+                    configs,
+                    progress,
+                    side.model,
+                )
+                images = list(output.images)
+                where = folder / ("first", "second")[index]
+                runs[index] = (
+                    images,
+                    self._save(images, output.record, seconds, where, side.model, titles=info.class_titles),
+                )
+            (first_images, first), (second_images, second) = runs[0], runs[1]
+            labels = [_labels(first), _labels(second)]
+            metrics = compare_models_images(
+                first_images, second_images, *labels, infos[0].dataset, infos[1].dataset
+            )
+            diffs = (
+                []
+                if metrics.pixel_note
+                else _save_diff_maps(second_images, first_images, folder / "diff", first)
+            )
+            self._prune(folder)
+        self.history.add(sides[0][0], first.paths + second.paths, first.seconds, kind="compare")
+        dropped = {info.name: words for (_, words), info in zip(sides, infos)}
+        summary = models_summary(
+            side_text(sides[0][0], infos[0]),
+            side_text(sides[1][0], infos[1]),
+            [r.seeds[0] for r in first.records],
+            labels[0] or labels[1],
+            dropped,
+        )
+        return ModelCompareResult(sides[0][0], sides[1][0], first, second, metrics, diffs, summary, dropped)
 
     def control(self, request: ControlRequest, progress: ProgressFn | None = None) -> ControlResult:
         """Generate with a ControlNet checkpoint following ``request.control_image``; save the PNGs and
@@ -431,6 +515,11 @@ class StudioService:
             paths.append(path)
             records.append(image_record)
         return Batch(paths, records, seconds, tuple(titles))
+
+
+def _labels(batch: Batch) -> list[int]:
+    """The requested class of each image of ``batch`` (empty for an unconditional model)."""
+    return [r.class_labels[0] for r in batch.records if r.class_labels]
 
 
 def _save_diff_maps(

@@ -14,6 +14,8 @@ module here (components, handlers, events); `common` holds what they share. Conv
 - galleries serve the PNG files the service wrote (with their ``parameters`` / ``studio``
   chunks), as PNG;
 - a `StudioError` becomes a `gr.Error` with its message; the page stays alive.
+- the Generate settings of the last run (or of the form, on Copy link) go into the page address, and a
+  page opened with such an address starts with them (`webapp.url_state`).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def build_app(service: StudioService) -> gr.Blocks:
         with gr.Tab("Generate"):
             generate = GenerateTab(service, options)
         with gr.Tab("Compare"):
-            compare = CompareTab(service)
+            compare = CompareTab(service, options)
         with gr.Tab("Train"):
             train = TrainTab(service)
         with gr.Tab("Control"):

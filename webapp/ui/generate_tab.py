@@ -34,6 +34,16 @@ from webapp.ui.common import (
     user_errors,
 )
 from webapp.ui.plugin_widgets import PluginWidgets, joined_specs, plugin_notes
+from webapp.url_state import (
+    MAX_GUIDANCE,
+    LinkSettings,
+    address_js,
+    fit_to_model,
+    from_query,
+    link_settings,
+    request_from_link,
+    to_query,
+)
 
 #: the Download size choices: (label, "<factor> <filter>")
 DOWNLOAD_SIZES = [
@@ -45,6 +55,8 @@ DOWNLOAD_SIZES = [
 ]
 #: the column of images, timing, code and history (a narrow window scrolls to it when a run starts)
 RESULTS = "generate-results"
+#: the box showing the address of the current settings (`webapp.url_state`)
+SETTINGS_LINK = "settings-link"
 
 
 def make_request(
@@ -139,7 +151,7 @@ class GenerateTab:
                 )
                 self.guidance = gr.Slider(
                     0.0,
-                    15.0,
+                    MAX_GUIDANCE,
                     value=defaults.guidance_scale,
                     step=0.25,
                     label="Guidance scale (CFG)",
@@ -205,6 +217,17 @@ class GenerateTab:
                     fit_columns=False,
                 )
                 self.timing = gr.Markdown()
+                with gr.Row(elem_classes=[STACK]):
+                    self.copy_link = gr.Button("Copy link", size="sm", scale=1)
+                    self.link = gr.Textbox(
+                        label="Link to these settings",
+                        placeholder="written after each run, or by Copy link",
+                        interactive=False,
+                        buttons=["copy"],
+                        scale=5,
+                        elem_id=SETTINGS_LINK,
+                    )
+                self.link_query = gr.Textbox(visible=False)  # from the server to the address bar
                 with gr.Accordion(
                     "Reproduce: copy as command line or Python", open=True, visible=False
                 ) as self.reproduce_box:
@@ -342,17 +365,49 @@ class GenerateTab:
             return {self.model_note: f"**Could not load {name or 'the model'}:** {exc}"}
         return {self.model_details: info.to_dict(), **self.settings_for(info, None, classes, previous)}
 
-    def open_page(self, name: str, classes: Any = None, previous: dict[str, Any] | None = None) -> dict:
-        """The current model list (runs may have appeared since the app started), then ``name`` or the default
-        model picked; and the history, which outlives the page."""
+    def open_page(
+        self,
+        name: str,
+        classes: Any = None,
+        previous: dict[str, Any] | None = None,
+        request: gr.Request | None = None,
+    ) -> dict:
+        """The current model list (runs may have appeared since the app started), then the model the page's
+        link names, ``name`` or the default model picked, with the link's other settings; and the history,
+        which outlives the page. Link values that cannot be used are named in a warning (`link_updates`)."""
         found = generate_options(self.service.model_options())
-        if name not in [o.name for o in found]:
+        names = [o.name for o in found]
+        link, problems = from_query(dict(request.query_params) if request else {}, names)
+        name = link.model or name
+        if name not in names:
             name = default_model(found)
+        updates = self.pick_model(name, classes, previous)
+        if problems or not link.empty:
+            updates.update(self.link_updates(name, link, problems))
         return {
-            **self.pick_model(name, classes, previous),
+            **updates,
             self.history: self.history_items(),
             self.model: gr.update(choices=[(o.label, o.name) for o in found], value=name),
         }
+
+    def link_updates(self, name: str, link: LinkSettings, problems: list[str]) -> dict:
+        """The form set from a link's settings for ``name``'s model (its defaults where the link does not
+        say), and the model note opened by a warning naming each link value left out, also shown as a
+        notice: a mistyped or outdated link opens the page all the same."""
+        try:
+            info = self.service.select(name)
+        except StudioError:
+            return {}  # the model note already says why it did not load
+        updates: dict[gr.Component, Any] = {}
+        if not link.empty:
+            link, unfit = fit_to_model(link, info, list(info.samplers or scheduler_names()))
+            problems = [*problems, *unfit]
+            updates = self.settings_for(info, request_from_link(link, info))
+        if problems:
+            warning = f"Some settings in this link were not used: {'; '.join(problems)}."
+            gr.Warning(warning)
+            updates[self.model_note] = f"⚠️ **{warning}**\n\n{info.note}"
+        return updates
 
     def apply_request(self, data: dict[str, Any]) -> dict:
         """Set every control from recalled parameters (loading their model first). A Control run's parameters
@@ -384,6 +439,36 @@ class GenerateTab:
             self.reproduce_note: f"*{how['note']}*" if how.get("note") else "",
             self.reproduce_box: gr.update(visible=True),
         }
+
+    def link_after_run(self, data: dict[str, Any]) -> str:
+        """The address query of the run's settings as it ran (its seed, even a random one)."""
+        request = (data or {}).get("request") or {}
+        if not request:
+            return ""
+        return to_query(
+            link_settings(
+                request.get("model"),
+                request.get("class_label"),
+                request.get("seed"),
+                request.get("num_inference_steps"),
+                request.get("scheduler"),
+                request.get("guidance_scale"),
+                request.get("plugins"),
+            )
+        )
+
+    def link_from_form(
+        self,
+        model: str,
+        classes: Any,
+        seed: float | None,
+        steps: float,
+        sampler: str | None,
+        guidance: float,
+        plugins: str,
+    ) -> str:
+        """The address query of the settings the form shows now."""
+        return to_query(link_settings(model, classes, seed, steps, sampler, guidance, plugins))
 
     def clear_results(self) -> dict:
         """Before a run: no image, time or code of the previous run stays on screen as if it were this one's;
@@ -533,6 +618,24 @@ class GenerateTab:
             concurrency_limit=1,
         )
         self.run.click(None, None, None, js=show_results_js(RESULTS), api_visibility="private", queue=False)
+        # the address carries the settings of the last run, or of the form when Copy link is pressed
+        self.event.success(
+            self.link_after_run, self.details, self.link_query, api_visibility="private", queue=False
+        ).then(None, self.link_query, self.link, js=address_js(), api_visibility="private", queue=False)
+        form = [
+            self.model,
+            self.classes,
+            self.seed,
+            self.steps,
+            self.sampler,
+            self.guidance,
+            self.plugin_text,
+        ]
+        self.copy_link.click(
+            self.link_from_form, form, self.link_query, api_visibility="private", queue=False
+        ).then(
+            None, self.link_query, self.link, js=address_js(copy=True), api_visibility="private", queue=False
+        )
         self.event.success(
             self.after_generate,
             self.details,
