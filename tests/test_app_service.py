@@ -15,7 +15,7 @@ from PIL import Image
 
 from samplers import PLUGINS
 from studio.errors import StudioError
-from studio.hub import list_models, load_pipeline, save_pipeline
+from studio.hub import list_models, load_pipeline, read_card, save_pipeline
 from tests.builders import TINY_DIT_OVERRIDES, tiny_dit_pipeline
 from webapp.catalogue import DEMO_MODEL
 from webapp.control import ControlRequest, read_control_image
@@ -737,3 +737,16 @@ def test_the_app_names_no_documents_outside_the_repository():
         if pattern.search(line)
     ]
     assert not found
+
+
+def test_a_gan_starts_at_the_truncation_its_card_was_measured_with(tmp_path):
+    """biggan-animals is scored at truncation 0.8 on its card; the app's default follows the card,
+    and a GAN whose card names none starts untruncated."""
+    service = StudioService(tmp_path / "outputs", device="cpu")
+    shipped = {entry.name: entry for entry in list_models() if entry.source == "shipped"}
+    if "biggan-animals" not in shipped or "biggan-mnist" not in shipped:
+        pytest.skip("the BigGAN checkpoints are not shipped")
+    card_value = read_card(shipped["biggan-animals"].path)["config"]["model"]["sample_truncation"]
+    info = service.select("biggan-animals")
+    assert info.takes("truncation") and info.default_truncation == card_value == 0.8
+    assert service.select("biggan-mnist").default_truncation == 0.0

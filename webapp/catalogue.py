@@ -174,6 +174,7 @@ class ModelInfo:
     plugin_errors: dict[str, str]
     note: str
     default_classifier_scale: float = 0.0
+    default_truncation: float = 0.0  # GANs: the truncation the card was measured with (0 = off)
     samplers: tuple[
         str, ...
     ] = ()  # the pipeline's own samplers (score models); empty: any diffusers scheduler
@@ -225,6 +226,7 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
         plugin_errors=errors,
         note=note,
         default_classifier_scale=float(sampling.get("sample_classifier_scale", 0.0)),
+        default_truncation=float(sampling.get("sample_truncation") or 0.0),
         samplers=tuple(getattr(pipe, "samplers", ()) or ()),
         class_titles=card_class_titles(card, num_classes),
         warning="" if name == DEMO_MODEL else weakness(card),

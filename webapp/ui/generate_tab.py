@@ -327,7 +327,8 @@ class GenerateTab:
                 value=request.guidance_scale if request else info.default_guidance,
             ),
             self.truncation: gr.update(
-                visible=info.takes("truncation"), **({"value": request.truncation or 0.0} if request else {})
+                visible=info.takes("truncation"),
+                value=(request.truncation or 0.0) if request else info.default_truncation,
             ),
             self.classifier: gr.update(
                 visible=info.takes("classifier_scale"),
