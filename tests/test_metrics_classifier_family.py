@@ -14,8 +14,9 @@ from training.family import get_family
 from training.loop import train
 
 TINY = ["max_steps=40", "batch_size=32", "data.image_size=16", "checkpointing_steps=40", "sample_every=0",
-        "num_sample_images=4", "log_every=1", "model.block_channels=[8,16]", "model.feature_dim=32",
-        "model.visualise_steps=3", "optim.lr=5e-3", "optim.warmup_steps=0"]  # fmt: skip
+        "num_sample_images=4", "log_every=1", "model.network.block_channels=[8,16]",
+        "model.network.feature_dim=32", "model.visualise_steps=3", "optim.lr=5e-3",
+        "optim.warmup_steps=0"]  # fmt: skip
 
 
 def test_studio_train_classifier_learns_and_exports_a_loadable_classifier(tmp_path):

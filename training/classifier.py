@@ -33,7 +33,7 @@ from studio.errors import ConfigError, StudioError
 from studio.hub import write_card
 from studio.metrics.classifier_metrics import class_accuracy
 from studio.metrics.features import classifier_outputs
-from studio.models.classifier import StudioClassifier
+from studio.models.classifier import ClassifierConfig, StudioClassifier
 from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput
 from studio.pipelines.record import GenerationRecord
 from training.config import require_fraction, require_int, require_sizes
@@ -72,18 +72,17 @@ def classification_loss(
 # ------------------------------------------------------------------------------------------ loop family
 @dataclass
 class ClassifierTrainConfig:
-    """Network shape; image size, channels and classes come from the data."""
+    """The network's shape (``network``; image size, channels and classes come from the data) and
+    the sample grids' class visualisations."""
 
-    block_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
-    feature_dim: int = 128
-    dropout: float = 0.2
+    network: ClassifierConfig = field(default_factory=ClassifierConfig)
     visualise_steps: int = 100  # gradient-ascent steps of the class visualisations in sample grids
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first out-of-range setting."""
-        require_sizes("model.block_channels", self.block_channels)
-        require_int("model.feature_dim", self.feature_dim, 1)
-        require_fraction("model.dropout", self.dropout)
+        require_sizes("model.network.block_channels", self.network.block_channels)
+        require_int("model.network.feature_dim", self.network.feature_dim, 1)
+        require_fraction("model.network.dropout", self.network.dropout)
         require_int("model.visualise_steps", self.visualise_steps, 0)
 
 
@@ -167,15 +166,15 @@ class ClassifierFamily(Family):
             )
 
     def build_models(self) -> dict[str, nn.Module]:
-        settings: ClassifierTrainConfig = self.config.model
+        network: ClassifierConfig = self.config.model.network
         return {
             "classifier": StudioClassifier(
                 in_channels=self.info.channels,
                 num_classes=self.info.num_classes,
                 image_size=self.info.image_size,
-                block_channels=tuple(settings.block_channels),
-                feature_dim=settings.feature_dim,
-                dropout=settings.dropout,
+                block_channels=tuple(network.block_channels),
+                feature_dim=network.feature_dim,
+                dropout=network.dropout,
                 dataset=self.info.name,
             )
         }

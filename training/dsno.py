@@ -34,7 +34,7 @@ from studio.diffusion.trajectories import (
     record_trajectories,
 )
 from studio.errors import ConfigError
-from studio.models.dsno import OUTPUT_PARAMS, DSNOStudent, teacher_fingerprint
+from studio.models.dsno import INITS, OUTPUT_PARAMS, DSNOStudent, DSNOStudentConfig, teacher_fingerprint
 from studio.pipelines.dsno import StudioDSNOPipeline
 from training.config import (
     TrainConfig,
@@ -53,20 +53,18 @@ RANDOM_TEACHER = "random"
 
 @dataclass
 class DSNOTrainConfig:
-    """Teacher, trajectory grid, student and schedule settings (see `studio.models.dsno`)."""
+    """The student's shape (``network``), and the teacher, trajectory-grid and schedule settings
+    (see `studio.models.dsno`)."""
 
+    network: DSNOStudentConfig = field(default_factory=DSNOStudentConfig)
     teacher: str = (
         "adm-mnist"  # shipped name, run name, folder or hub id; "random" = tiny random UNet (smoke tests)
     )
     teacher_steps: int = 64  # N: DDIM steps of the recorded teacher trajectories
-    num_slices: int = 4  # M: states per trajectory the student emits (quadratic grid)
-    modes: int = 2  # Fourier modes of the temporal convolutions
     guidance_scale: float = (
         1.0  # CFG scale of the teacher (needs a null class unless 1); baked into the student
     )
-    output_param: str = "x0_ddim"  # x0_ddim | state
     loss_weighting: str = "snr_clamped"  # snr_clamped | uniform
-    tconv_init: str = "reference"  # reference | zero
     num_pairs: int = 256  # recorded trajectories
     trajectories: str = ""  # trajectory folder; "" = <output_dir>/trajectories
     trajectory_seed: int = 0  # pair p starts from noise seeded trajectory_seed + p
@@ -85,15 +83,24 @@ class DSNOTrainConfig:
     def validate(self) -> None:
         """Raise `ConfigError` naming the first unknown choice or out-of-range setting, before any
         teacher is loaded or trajectory recorded."""
-        if self.output_param not in OUTPUT_PARAMS:
+        network = self.network
+        if network.output_param not in OUTPUT_PARAMS:
             raise ConfigError(
-                f"unknown model.output_param {self.output_param!r} (known: {', '.join(OUTPUT_PARAMS)})"
+                f"unknown model.network.output_param {network.output_param!r} "
+                f"(known: {', '.join(OUTPUT_PARAMS)})"
+            )
+        if network.tconv_init not in INITS:
+            raise ConfigError(
+                f"unknown model.network.tconv_init {network.tconv_init!r} (known: {', '.join(INITS)})"
             )
         if self.loss_weighting not in WEIGHTINGS:
             raise ConfigError(
                 f"unknown model.loss_weighting {self.loss_weighting!r} (known: {', '.join(WEIGHTINGS)})"
             )
-        for name in ("teacher_steps", "num_slices", "modes", "num_pairs", "record_batch_size"):
+        require_int("model.network.num_slices", network.num_slices, 1)
+        # TimeConv keeps at most the M // 2 + 1 modes of a real FFT over M slices
+        require_int("model.network.modes", network.modes, 1, network.num_slices // 2 + 1)
+        for name in ("teacher_steps", "num_pairs", "record_batch_size"):
             require_int(f"model.{name}", getattr(self, name), 1)
         require_int("model.trajectory_seed", self.trajectory_seed, 0)
         require_float("model.guidance_scale", self.guidance_scale)
@@ -175,7 +182,7 @@ class DSNOFamily(Family):
         settings: DSNOTrainConfig = config.model
         self.teacher = build_teacher(config)
         self.grid = TrajectoryGrid.for_scheduler(
-            self.teacher.scheduler, settings.teacher_steps, settings.num_slices
+            self.teacher.scheduler, settings.teacher_steps, settings.network.num_slices
         )
         self.weights = loss_weights(self.grid.alphas_cumprod, settings.loss_weighting)
 
@@ -190,7 +197,9 @@ class DSNOFamily(Family):
                 f"{config.data.image_size} (the size samples are evaluated at); set data.image_size="
                 f"{teacher.image_size}"
             )
-        grid = TrajectoryGrid.for_scheduler(teacher.scheduler, settings.teacher_steps, settings.num_slices)
+        grid = TrajectoryGrid.for_scheduler(
+            teacher.scheduler, settings.teacher_steps, settings.network.num_slices
+        )
         state = PartialState()
         with state.main_process_first():  # the main process records; the others then find the folder complete
             folder = record_trajectories(
@@ -207,14 +216,15 @@ class DSNOFamily(Family):
 
     def build_models(self) -> dict[str, nn.Module]:
         settings: DSNOTrainConfig = self.config.model
+        network = settings.network
         student = DSNOStudent.from_teacher(
             self.teacher.unet,
             timesteps=list(self.grid.timesteps),
             alphas_cumprod=list(self.grid.alphas_cumprod),
             alpha_cumprod_start=self.grid.alpha_cumprod_start,
-            modes=settings.modes,
-            output_param=settings.output_param,
-            init=settings.tconv_init,
+            modes=network.modes,
+            output_param=network.output_param,
+            init=network.tconv_init,
             teacher=self.teacher.name,
             teacher_hash=teacher_fingerprint(self.teacher.unet, dict(self.teacher.scheduler.config)),
             teacher_steps=settings.teacher_steps,

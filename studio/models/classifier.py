@@ -32,6 +32,21 @@ class ClassifierOutput(BaseOutput):
     features: torch.Tensor
 
 
+@dataclass
+class ClassifierConfig:
+    """What training chooses of a `StudioClassifier`'s shape; in_channels, num_classes and
+    image_size come from the dataset.
+
+    :param block_channels: channels of each conv block; a 2x2 max-pool sits between blocks.
+    :param feature_dim: width of the penultimate (feature) layer.
+    :param dropout: dropout before the head, active only in training.
+    """
+
+    block_channels: tuple[int, ...] = (16, 32, 64)
+    feature_dim: int = 128
+    dropout: float = 0.2
+
+
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """Two 3x3 convolutions, each followed by BatchNorm and ReLU; the spatial size is kept."""
     return nn.Sequential(

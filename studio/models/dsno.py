@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,6 +52,24 @@ FROZEN_FIELDS = (
     "unet_config",
     "unet_class",
 )
+
+
+@dataclass
+class DSNOStudentConfig:
+    """What training chooses of a student's shape; the backbone is the teacher's UNet and the grid's
+    timesteps and ᾱ come from the teacher's schedule, so they are not settings.
+
+    :param num_slices: M, the trajectory states the student emits (also the states recorded per
+        teacher trajectory, on the quadratic grid).
+    :param modes: Fourier modes of every `TimeConv` (1 to M // 2 + 1).
+    :param output_param: how a raw slice becomes a state, one of `OUTPUT_PARAMS` (see `DSNOStudent`).
+    :param tconv_init: `TimeConv` initialisation, one of `INITS`.
+    """
+
+    num_slices: int = 4
+    modes: int = 2
+    output_param: str = "x0_ddim"
+    tconv_init: str = "reference"
 
 
 # ============================================================================ temporal convolution
