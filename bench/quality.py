@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.report import _cell, machine
 from studio.data import DataConfig, build_dataset
+from studio.data.cards import dataset_domain
 from studio.data.command import class_grid
 from studio.errors import StudioError
 from studio.hub import SHIPPED_DIR, list_models, load_pipeline, read_card
@@ -145,7 +146,8 @@ def score(images: torch.Tensor, labels: list[int] | None, dataset: str, n: int) 
     """The board's metrics for one model's samples (see the module docstring)."""
     judged = judge_scores(images, labels, dataset, failures=True)
     config = EvalConfig(kid_subset_size=n)
-    inception = evaluate(images, reference_npz(dataset, n), "fid,kid,pr", config=config)
+    # the domain's standard held-out split, so a model trained on mnist-5k is measured as one on mnist
+    inception = evaluate(images, reference_npz(dataset_domain(dataset), n), "fid,kid,pr", config=config)
     row: dict[str, Any] = {**judged.metrics(), **inception.metrics, **(judged.failures or {})}
     if judged.per_class_accuracy is not None:
         row["per_class_accuracy"] = [round(a, 4) for a in judged.per_class_accuracy]
