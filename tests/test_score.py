@@ -341,6 +341,24 @@ def test_pipeline_pc_nfe_counts_corrector_and_predictor_calls():
     )
 
 
+def test_langevin_defaults_are_saved_with_the_pipeline(tmp_path):
+    """A model tuned for few Langevin steps per level keeps them: its default call equals the explicit
+    one after a save/load round trip, and differs from NCSN's 100-step default."""
+    tuned = tiny_score_pipeline("ncsn")
+    tuned.register_to_config(langevin_steps=3, step_lr=4e-5)
+    tuned.save_pretrained(tmp_path / "ncsn")
+    loaded = StudioScorePipeline.from_pretrained(tmp_path / "ncsn")
+    assert (loaded.config.langevin_steps, loaded.config.step_lr) == (3, 4e-5)
+    by_default = loaded(scheduler="langevin", seed=1, output_type="pt")
+    explicit = loaded(scheduler="langevin", seed=1, corrector_steps=3, step_lr=4e-5, output_type="pt")
+    assert torch.equal(by_default.images, explicit.images)
+    assert by_default.record.extra["corrector_steps"] == 3 and by_default.record.extra["step_lr"] == 4e-5
+    assert (
+        tiny_score_pipeline("ncsn")(scheduler="langevin", output_type="pt").record.extra["corrector_steps"]
+        == 100
+    )
+
+
 @pytest.mark.parametrize("kind", ["ncsn", "ve", "vp"])
 def test_save_load_round_trip_is_bit_identical(kind, tmp_path):
     pipe = tiny_score_pipeline(kind)

@@ -196,7 +196,10 @@ class ScoreFamily(Family):
         return {"loss": loss.detach().item()}
 
     def make_pipeline(self, models: dict[str, nn.Module]) -> StudioScorePipeline:
-        return StudioScorePipeline(unet=models["unet"], scheduler=self.scheduler)
+        """The exported pipeline keeps the run's Langevin steps per level as its default."""
+        steps = self.config.model.sample_corrector_steps
+        extra = {"langevin_steps": steps} if steps > 0 and self.kind is not ScoreKind.VP else {}
+        return StudioScorePipeline(unet=models["unet"], scheduler=self.scheduler, **extra)
 
     def sample_kwargs(self) -> dict[str, Any]:
         settings: ScoreTrainConfig = self.config.model

@@ -61,8 +61,10 @@ KIND_SAMPLERS = {
     ScoreKind.VE: ("pc", "langevin", "ode"),
     ScoreKind.VP: ("pc", "ode"),
 }
-#: NCSN's Langevin step (ermongroup/ncsn configs/anneal.yml: step_lr 2e-5 with T = 100 per level)
+#: NCSN's Langevin step and steps per level (ermongroup/ncsn configs/anneal.yml: step_lr 2e-5 with
+#: T = 100 per level); a pipeline saves its own (``langevin_steps``, ``step_lr`` in model_index.json)
 DEFAULT_STEP_LR = 2e-5
+DEFAULT_LANGEVIN_STEPS = 100
 ODE_TOLERANCE = 1e-5
 
 
@@ -102,10 +104,18 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
         "callback_on_step_end",
     )
 
-    def __init__(self, unet: UNet2DModel, scheduler: Any):
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: Any,
+        langevin_steps: int = DEFAULT_LANGEVIN_STEPS,
+        step_lr: float = DEFAULT_STEP_LR,
+    ):
         super().__init__()
         score_kind(unet, scheduler)  # refuses a mismatched pair now rather than at the first call
         self.register_modules(unet=unet, scheduler=scheduler)
+        # saved in model_index.json: the Langevin settings a model was tuned for travel with it
+        self.register_to_config(langevin_steps=int(langevin_steps), step_lr=float(step_lr))
 
     @property
     def kind(self) -> ScoreKind:
@@ -129,7 +139,7 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
         scheduler: str | None = None,
         corrector_steps: int | None = None,
         snr: float | None = None,
-        step_lr: float = DEFAULT_STEP_LR,
+        step_lr: float | None = None,
         output_type: str = "pil",
         callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
         return_dict: bool = True,
@@ -140,19 +150,24 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
             default: L for an NCSN, else the scheduler's ``num_train_timesteps``. Unused by ``ode``.
         :param seed: base seed (image i uses seed + i), one seed per image, or None for random.
         :param scheduler: the sampler, ``langevin``, ``pc`` or ``ode`` (default: the model's first).
-        :param corrector_steps: Langevin steps per level (``langevin``, default 100) or corrector
+        :param corrector_steps: Langevin steps per level (``langevin``, default: the pipeline's
+            ``langevin_steps``, NCSN's 100 unless the model was saved with its own) or corrector
             steps per predictor step (``pc``, default: the scheduler's ``correct_steps``).
         :param snr: the corrector's signal-to-noise ratio (``pc``; default: the scheduler's).
-        :param step_lr: annealed Langevin's epsilon (``langevin``).
+        :param step_lr: annealed Langevin's epsilon (``langevin``; default: the pipeline's ``step_lr``).
         """
         started = time.perf_counter()
         kind = self.kind
         sampler = scheduler or self.samplers[0]
+        step_lr = float(self.config.step_lr) if step_lr is None else step_lr
         self._check_inputs(kind, sampler, num_images, num_inference_steps, corrector_steps, snr, step_lr)
         config = self.scheduler.config
         steps = int(num_inference_steps or config.num_train_timesteps)
         if corrector_steps is None:
-            corrector_steps = 100 if sampler == "langevin" else int(config.correct_steps)
+            corrector_steps = (
+                int(self.config.langevin_steps) if sampler == "langevin" else int(config.correct_steps)
+            )
+
         snr = float(config.snr if snr is None else snr)
         device, dtype = self._execution_device, self.unet.dtype
         plan = self.begin_call(num_images, None, seed, device)
