@@ -7,6 +7,7 @@ import gc
 import math
 import time
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -750,3 +751,17 @@ def test_a_gan_starts_at_the_truncation_its_card_was_measured_with(tmp_path):
     info = service.select("biggan-animals")
     assert info.takes("truncation") and info.default_truncation == card_value == 0.8
     assert service.select("biggan-mnist").default_truncation == 0.0
+
+
+def test_control_tab_shows_what_the_controlnet_was_trained_on(tmp_path):
+    from webapp.ui.control_tab import control_model_note
+
+    service = StudioService(tmp_path / "outputs", device="cpu")
+    options = service.model_options()
+    if not any(o.name == "controlnet-mnist" for o in options):
+        pytest.skip("controlnet-mnist is not shipped")
+    card = read_card(Path(next(o for o in options if o.name == "controlnet-mnist").folder))
+    note = control_model_note(options, "controlnet-mnist")
+    assert note.startswith("family controlnet") and f"trained steps {card['trained_steps']}" in note
+    assert card["status"] in note
+    assert control_model_note(options, "/tmp/no-such-controlnet") == ""

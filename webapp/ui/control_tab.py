@@ -6,14 +6,17 @@ The picture goes to the pipeline as a file path, so the ``/control`` endpoint ta
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from studio.errors import StudioError
+from studio.hub import read_card
 from webapp.catalogue import ModelOption
 from webapp.classes import class_choice
 from webapp.control import CONDITIONS, ControlRequest
+from webapp.model_card import card_text
 from webapp.security import LIMITS
 from webapp.service import StudioService
 from webapp.ui.common import (
@@ -53,6 +56,9 @@ class ControlTab:
                     label="ControlNet model",
                     allow_custom_value=True,
                     info="shipped or local ControlNet runs; or type a checkpoint folder",
+                )
+                self.model_note = gr.Markdown(
+                    control_model_note(options, controlnets[0][1]) if controlnets else ""
                 )
                 with gr.Tab("Upload"):
                     self.picture = gr.Image(
@@ -270,7 +276,29 @@ class ControlTab:
             api_visibility="private",
             queue=False,
         )
+        self.model.change(
+            lambda name: control_model_note(self.service.model_options(), name),
+            self.model,
+            self.model_note,
+            api_visibility="private",
+            queue=False,
+        )
         self.use_sketch.click(
             self.sketch_file, self.sketch, self.picture, api_visibility="private", queue=False
         )
         self.use_sketch.click(lambda: "none", None, self.condition, api_visibility="private", queue=False)
+
+
+def control_model_note(options: list[ModelOption], name: str) -> str:
+    """What the ControlNet ``name`` was trained on and how well it follows, from its card (read without
+    loading the model); empty for a folder the picker does not list or a card that cannot be read."""
+    option = next((o for o in options if o.name == name), None)
+    if option is None or not option.folder:
+        return ""
+    try:
+        card = read_card(Path(option.folder))
+    except (OSError, ValueError, StudioError):
+        return ""
+    text = card_text(name, option.family, card)
+    status = str(card.get("status") or "").strip()
+    return f"{text}\n\n{status}" if status else text
