@@ -46,6 +46,7 @@ CASES: dict[str, dict[str, Any]] = {
         "classifier_scale": 3.0,
     },
     "score-mnist": {"num_images": 2, "num_inference_steps": 20, "scheduler": "pc"},
+    "ncsn-mnist": {"num_images": 2, "num_inference_steps": 10, "scheduler": "langevin", "corrector_steps": 2},
     "dsno-mnist": {"class_labels": LABELS},
     "controlnet-mnist": {"class_labels": LABELS, "num_inference_steps": 10, "control_image": "digits"},
 }
