@@ -139,7 +139,7 @@ def test_generation_requests_beyond_the_limits_are_refused(app):
     many_steps = [DIT, "all", "ddim", 10**6, 4.0, 0.0, 0, False, 1, "", False, 0.0, "1"]
     for data in (big_batch, many_steps):  # the sliders' ranges come from the limits
         assert "greater than maximum value" in refusal(app[0], "generate", data)
-        assert "greater than maximum value" in refusal(app[0], "compare", data[:9] + ["fora", 0.0])
+        assert "greater than maximum value" in refusal(app[0], "compare", data[:9] + ["fora", 0.0, ""])
     service = app[1]  # and the service refuses them whatever the widgets allow
     with pytest.raises(StudioError, match=f"number of images must be between 1 and {LIMITS.max_images}"):
         service.generate(GenerateRequest(DIT, num_images=10**6))
