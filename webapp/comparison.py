@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from studio.data.cards import dataset_domain
 from studio.errors import StudioError
 
 if TYPE_CHECKING:  # (generation imports this module: its request type is only named here)
@@ -105,7 +106,7 @@ def judge_accuracy(images: Sequence[Any], labels: Sequence[int], dataset: str) -
     if not dataset or not images or len(labels) != len(images):
         return None
     try:
-        judge = load_classifier(shipped_classifier_path(dataset))
+        judge = load_classifier(shipped_classifier_path(dataset_domain(dataset)))
     except StudioError:
         return None
     logits, _ = classifier_outputs(judge, _uint8_batch(images))
@@ -238,12 +239,6 @@ def shared_classes(request: GenerateRequest, first: ModelInfo, second: ModelInfo
     return request
 
 
-def domain(dataset: str) -> str:
-    """The data a model draws, to tell whether two models' pixels compare: a dataset's variants
-    (``mnist-5k``, a subset of ``mnist``) are one domain."""
-    return dataset.split("-")[0]
-
-
 def size_text(shape: tuple[int, ...]) -> str:
     """``28×28`` for a grey image, ``28×28×3`` for a colour one."""
     return "×".join(str(n) for n in shape) if shape else "no images"
@@ -257,7 +252,7 @@ def pixel_note(
     shapes = [np.asarray(images[0]).shape if len(images) else () for images in (first, second)]
     if shapes[0] != shapes[1]:
         return f"the images differ in size ({size_text(shapes[0])} vs {size_text(shapes[1])})"
-    if first_dataset and second_dataset and domain(first_dataset) != domain(second_dataset):
+    if first_dataset and second_dataset and dataset_domain(first_dataset) != dataset_domain(second_dataset):
         return f"the models draw different data ({first_dataset} vs {second_dataset})"
     return ""
 
