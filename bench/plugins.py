@@ -28,6 +28,9 @@ Writes ``<out>.json``, ``<out>.md`` and (with matplotlib) ``<out>.png``.
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import io
 import json
 import os
 import platform
@@ -45,10 +48,12 @@ from diffusers import (
     DDIMScheduler,
     FasterCacheConfig,
     FirstBlockCacheConfig,
+    MagCacheConfig,
     PyramidAttentionBroadcastConfig,
     TaylorSeerCacheConfig,
     apply_faster_cache,
     apply_first_block_cache,
+    apply_mag_cache,
     apply_pyramid_attention_broadcast,
     apply_taylorseer_cache,
 )
@@ -217,62 +222,116 @@ def _hook_names(model: torch.nn.Module) -> dict[torch.nn.Module, set[str]]:
 
 DIT_CACHE_IDS = [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"]
 
-METHODS = [
-    Method("plain DDIM", "baseline", plain),
-    Method("FORA N=2", "studio", studio_plugins("fora:interval=2")),
-    Method("FORA N=3", "studio", studio_plugins("fora:interval=3")),
-    Method("FORA N=4", "studio", studio_plugins("fora:interval=4")),
-    Method("RAS 0.75", "studio", studio_plugins("ras:ratio=0.75")),
-    Method("RAS 0.5", "studio", studio_plugins("ras:ratio=0.5")),
-    Method("RAS 0.25", "studio", studio_plugins("ras:ratio=0.25")),
-    Method("FORA N=3 + RAS 0.5", "studio", studio_plugins("fora:interval=3", "ras:ratio=0.5")),
-    Method(
-        "FirstBlockCache 0.05",
+
+class MagCacheRatios:
+    """MagCache's per-step magnitude ratios for this model, from one calibration run per step count.
+
+    MagCache (Ma et al., 2025) skips blocks while the accumulated ratio of residual magnitudes between
+    steps stays near 1; the ratios are a property of the model and schedule, measured by running the
+    hook in calibrate mode (every block computed, so that run's output is plain's) and read from what
+    it prints. Calibrated on the first batch of the run's own seeds.
+    """
+
+    def __init__(self) -> None:
+        self.by_steps: dict[int, list[float]] = {}
+
+    def config(self, pipe: StudioDiTPipeline, threshold: float, args: argparse.Namespace) -> Any:
+        if args.steps not in self.by_steps:
+            self.by_steps[args.steps] = self._calibrate(pipe, args)
+        return MagCacheConfig(
+            threshold=threshold, num_inference_steps=args.steps, mag_ratios=self.by_steps[args.steps]
+        )
+
+    @staticmethod
+    def _calibrate(pipe: StudioDiTPipeline, args: argparse.Namespace) -> list[float]:
+        printed = io.StringIO()
+        calibrate = diffusers_hook(
+            apply_mag_cache, lambda probe: MagCacheConfig(calibrate=True, num_inference_steps=args.steps)
+        )
+        with contextlib.redirect_stdout(printed), calibrate(pipe):
+            pipe(**generation_kwargs(pipe, args, args.images))
+        lines = [line for line in printed.getvalue().splitlines() if line.startswith("[")]
+        if not lines:
+            raise RuntimeError("MagCache calibration printed no ratios")
+        return [float(x) for x in ast.literal_eval(lines[-1])]
+
+
+def mag_cache(threshold: float, ratios: MagCacheRatios, args: argparse.Namespace) -> Callable:
+    """MagCache at ``threshold`` with ratios calibrated for ``args.steps``."""
+
+    @contextmanager
+    def enable(pipe: StudioDiTPipeline) -> Iterator[dict]:
+        config = ratios.config(pipe, threshold, args)
+        with diffusers_hook(apply_mag_cache, lambda probe: config)(pipe) as info:
+            yield info
+
+    return enable
+
+
+def first_block_cache(threshold: float) -> Method:
+    return Method(
+        f"FirstBlockCache {threshold:g}",
         "diffusers",
-        diffusers_hook(apply_first_block_cache, lambda probe: FirstBlockCacheConfig(threshold=0.05)),
-    ),
-    Method(
-        "FirstBlockCache 0.2",
-        "diffusers",
-        diffusers_hook(apply_first_block_cache, lambda probe: FirstBlockCacheConfig(threshold=0.2)),
-    ),
-    Method(
-        "PAB spatial 2",
-        "diffusers",
-        diffusers_hook(
-            apply_pyramid_attention_broadcast,
-            lambda probe: PyramidAttentionBroadcastConfig(
-                spatial_attention_block_skip_range=2, current_timestep_callback=lambda: probe.value
-            ),
-        ),
-    ),
-    Method(
-        "TaylorSeer N=3 order 1",
+        diffusers_hook(apply_first_block_cache, lambda probe: FirstBlockCacheConfig(threshold=threshold)),
+    )
+
+
+def taylorseer(interval: int, order: int) -> Method:
+    return Method(
+        f"TaylorSeer N={interval} order {order}",
         "diffusers",
         diffusers_hook(
             apply_taylorseer_cache,
             lambda probe: TaylorSeerCacheConfig(
-                cache_interval=3,
+                cache_interval=interval,
                 disable_cache_before_step=3,
-                max_order=1,
+                max_order=order,
                 taylor_factors_dtype=torch.float32,
                 cache_identifiers=DIT_CACHE_IDS,
             ),
         ),
-    ),
-    Method(
-        "FasterCache",
-        "diffusers",
-        diffusers_hook(
-            apply_faster_cache,
-            lambda probe: FasterCacheConfig(
-                spatial_attention_block_skip_range=2, current_timestep_callback=lambda: probe.value
+    )
+
+
+def build_methods(args: argparse.Namespace) -> list[Method]:
+    """Every method of the benchmark: studio's plugins and diffusers' cache hooks at several settings,
+    so each family has a point at every quality level of the frontier."""
+    ratios = MagCacheRatios()
+    return [
+        Method("plain DDIM", "baseline", plain),
+        *(Method(f"FORA N={n}", "studio", studio_plugins(f"fora:interval={n}")) for n in (2, 3, 4)),
+        *(Method(f"RAS {r:g}", "studio", studio_plugins(f"ras:ratio={r}")) for r in (0.75, 0.5, 0.25)),
+        Method("FORA N=2 + RAS 0.5", "studio", studio_plugins("fora:interval=2", "ras:ratio=0.5")),
+        Method("FORA N=3 + RAS 0.5", "studio", studio_plugins("fora:interval=3", "ras:ratio=0.5")),
+        *(first_block_cache(threshold) for threshold in (0.05, 0.1, 0.2, 0.3)),
+        Method(
+            "PAB spatial 2",
+            "diffusers",
+            diffusers_hook(
+                apply_pyramid_attention_broadcast,
+                lambda probe: PyramidAttentionBroadcastConfig(
+                    spatial_attention_block_skip_range=2, current_timestep_callback=lambda: probe.value
+                ),
             ),
         ),
-        note="its denoiser hook approximates the unconditional half on 5-D video latents (B, C, F, H, W) and "
-        "assumes uncond-first CFG batches; DiT gives 4-D, cond-first batches",
-    ),
-]
+        *(taylorseer(interval, 1) for interval in (2, 3, 4)),
+        *(
+            Method(f"MagCache {threshold:g}", "diffusers", mag_cache(threshold, ratios, args))
+            for threshold in (0.06, 0.12, 0.24)
+        ),
+        Method(
+            "FasterCache",
+            "diffusers",
+            diffusers_hook(
+                apply_faster_cache,
+                lambda probe: FasterCacheConfig(
+                    spatial_attention_block_skip_range=2, current_timestep_callback=lambda: probe.value
+                ),
+            ),
+            note="its denoiser hook approximates the unconditional half on 5-D video latents (B, C, F, H, W) and "
+            "assumes uncond-first CFG batches; DiT gives 4-D, cond-first batches",
+        ),
+    ]
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -297,13 +356,14 @@ def domain_quality(images: torch.Tensor, labels: list[int] | None, reference: st
 
 def correct_per_image(images: torch.Tensor, labels: list[int] | None, reference: str) -> list[bool] | None:
     """Whether the shipped classifier of ``reference`` reads each [0, 1] image as its requested class."""
+    from studio.data.cards import dataset_domain
     from studio.errors import StudioError
     from studio.metrics.features import classifier_outputs, load_classifier, shipped_classifier_path
 
     if labels is None:
         return None
-    try:
-        classifier = load_classifier(shipped_classifier_path(reference))
+    try:  # the judge of the dataset's domain (mnist-5k is judged by the mnist classifier)
+        classifier = load_classifier(shipped_classifier_path(dataset_domain(reference)))
     except StudioError:
         return None
     logits, _ = classifier_outputs(classifier, (images * 255).round().to(torch.uint8))
@@ -332,13 +392,34 @@ def paired_speedup(baseline: list[float], method: list[float]) -> float:
     return round(statistics.median(b / m for b, m in zip(baseline, method)), 3)
 
 
+def generation_kwargs(
+    pipe: StudioDiTPipeline, args: argparse.Namespace, count: int, first_image: int = 0
+) -> dict[str, Any]:
+    """Pipeline arguments for images ``first_image .. first_image + count`` of a run: image i gets seed
+    ``args.seed + i`` and class ``i % K``, so a pass split into batches gives the images one large call
+    would (the pipelines are batch-invariant)."""
+    indices = range(first_image, first_image + count)
+    classes = pipe.num_classes
+    return {
+        "num_images": count,
+        "class_labels": [i % classes for i in indices] if classes else None,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "seed": [args.seed + i for i in indices],
+        "scheduler": "ddim",
+        "output_type": "pt",
+    }
+
+
 def run_once(
     pipe: StudioDiTPipeline,
     method: Method,
     args: argparse.Namespace,
     count_work: bool = False,
     num_images: int | None = None,
+    first_image: int = 0,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One generation with ``method`` of images ``first_image ..`` of the run (see `generation_kwargs`)."""
     with ExitStack() as stack:
         stack.enter_context(method.enable(pipe))
         work = BlockWork(pipe.transformer) if count_work else None
@@ -346,14 +427,7 @@ def run_once(
         if cuda:
             torch.cuda.synchronize()
         cpu_started, wall_started = time.process_time(), time.perf_counter()
-        output = pipe(
-            num_images=num_images or args.images,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            seed=args.seed,
-            scheduler="ddim",
-            output_type="pt",
-        )
+        output = pipe(**generation_kwargs(pipe, args, num_images or args.images, first_image))
         if cuda:
             torch.cuda.synchronize()
         cpu_s, wall_s = time.process_time() - cpu_started, time.perf_counter() - wall_started
@@ -371,14 +445,39 @@ def run_once(
     return output.images.float().cpu(), info
 
 
+def quality_pass(
+    pipe: StudioDiTPipeline, method: Method, args: argparse.Namespace
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The untimed pass: ``args.quality_images`` images in batches of ``args.images``, with work counted.
+
+    MACs are summed over the batches; the plugin stats are those of one generation (the last batch).
+    """
+    total = args.quality_images or args.images
+    images, labels, macs, info = [], [], 0.0, {}
+    for first in range(0, total, args.images):
+        batch, info = run_once(
+            pipe, method, args, count_work=True, num_images=min(args.images, total - first), first_image=first
+        )
+        images.append(batch)
+        labels.extend(info["class_labels"] or [])
+        macs += info["macs"]
+    info.update(macs=macs, class_labels=labels or None)
+    return torch.cat(images), info
+
+
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Pass 1 (quality, work, stats), then ``args.repeats`` rounds; each round times every method at
+    every thread count of ``args.threads`` back to back, so load drift hits all alike."""
     pipe = load(args)
-    methods = [m for m in METHODS if not args.only or m.name in args.only or m.family == "baseline"]
+    methods = [
+        m for m in build_methods(args) if not args.only or m.name in args.only or m.family == "baseline"
+    ]
     results: dict[str, dict[str, Any]] = {}
     reference, base_macs, base_correct = None, None, None
+    torch.set_num_threads(max(args.threads))
     for method in methods:  # pass 1: warm-up, images, stats, work
         try:
-            images, info = run_once(pipe, method, args, count_work=True, num_images=args.quality_images)
+            images, info = quality_pass(pipe, method, args)
         except Exception as exc:  # noqa: BLE001  (a diffusers hook that does not fit this model)
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             reason = f"not applicable: {type(exc).__name__}: {message}" + (
@@ -398,8 +497,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "ideal_speedup": round(base_macs / info["macs"], 3) if info["macs"] else None,
             "mean_abs_diff": round(float((images - reference).abs().mean()), 5),
             "psnr_db": round(psnr(images, reference), 2),
-            "times_s": [],
-            "cpu_times_s": [],
+            "timing": {str(threads): {"times_s": [], "cpu_times_s": []} for threads in args.threads},
         }
         if args.reference != "none":
             results[method.name].update(domain_quality(images, info["class_labels"], args.reference))
@@ -407,20 +505,24 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             base_correct = base_correct if base_correct is not None else correct
             if correct is not None and base_correct is not None:
                 results[method.name].update(paired_accuracy_change(correct, base_correct))
-        print(f"{method.name}: warm-up {info['denoise_s']:.2f}s", file=sys.stderr)
-    for round_index in range(args.repeats):  # timed rounds, round-robin
-        for method in methods:
-            if results[method.name]["applicable"]:
-                _, info = run_once(pipe, method, args)
-                results[method.name]["times_s"].append(info["denoise_s"])
-                results[method.name]["cpu_times_s"].append(round(info["cpu_s"], 3))
+        print(f"{method.name}: quality pass done", file=sys.stderr)
+    for round_index in range(args.repeats):  # timed rounds, round-robin over thread counts and methods
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for method in methods:
+                if results[method.name]["applicable"]:
+                    _, info = run_once(pipe, method, args)
+                    timing = results[method.name]["timing"][str(threads)]
+                    timing["times_s"].append(info["denoise_s"])
+                    timing["cpu_times_s"].append(round(info["cpu_s"], 3))
         print(f"round {round_index + 1}/{args.repeats} done", file=sys.stderr)
-    base = results["plain DDIM"]
+    base = results["plain DDIM"]["timing"]
     for entry in results.values():
         if entry["applicable"]:
-            entry["median_s"] = round(statistics.median(entry["times_s"]), 4)
-            entry["speedup"] = paired_speedup(base["times_s"], entry["times_s"])
-            entry["cpu_speedup"] = paired_speedup(base["cpu_times_s"], entry["cpu_times_s"])
+            for threads, timing in entry["timing"].items():
+                timing["median_s"] = round(statistics.median(timing["times_s"]), 4)
+                timing["speedup"] = paired_speedup(base[threads]["times_s"], timing["times_s"])
+                timing["cpu_speedup"] = paired_speedup(base[threads]["cpu_times_s"], timing["cpu_times_s"])
     return {
         "model": pipe.model_name(),
         "setup": {
@@ -432,7 +534,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed,
             "repeats": args.repeats,
             "reference": args.reference,
-            "threads": torch.get_num_threads(),
+            "threads": list(args.threads),
             "device": args.device,
             "dtype": args.dtype,
             "attention": args.attention,
@@ -462,7 +564,7 @@ def profile(args: argparse.Namespace, rows: int = 12) -> str:
 
     pipe = load(args)
     sections = []
-    for method in (m for m in METHODS if m.name in PROFILED):
+    for method in (m for m in build_methods(args) if m.name in PROFILED):
         run_once(pipe, method, args)
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             run_once(pipe, method, args)
@@ -472,26 +574,81 @@ def profile(args: argparse.Namespace, rows: int = 12) -> str:
 
 
 # ---------------------------------------------------------------------------- reporting
+#: quality levels of the frontier: largest class-accuracy drop vs plain (points), and smallest PSNR to plain (dB)
+ACCURACY_LEVELS = (0.5, 1.0, 2.0)
+PSNR_LEVELS = (40.0, 35.0, 30.0, 25.0)
+
+
+def frontier(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """For each quality level and thread count: the fastest studio method and the fastest diffusers hook.
+
+    A method reaches an accuracy level L when its paired class-accuracy change vs plain on the same
+    seeds is >= -L points (gains count as within), and a PSNR level P when its output is >= P dB from
+    plain's. Speed is the paired wall-time speedup at that thread count. Rows without a qualifying
+    method of a family leave that side empty.
+    """
+    applicable = {n: e for n, e in report["methods"].items() if e["applicable"] and e["family"] != "baseline"}
+    levels: list[tuple[str, Callable[[dict[str, Any]], bool]]] = []
+    if any("accuracy_change" in e for e in applicable.values()):
+        levels += [
+            (f"class accuracy within {level:g} pts", _within_accuracy(level)) for level in ACCURACY_LEVELS
+        ]
+    levels += [(f"PSNR to plain >= {level:g} dB", _within_psnr(level)) for level in PSNR_LEVELS]
+    rows = []
+    for threads in report["setup"]["threads"]:
+        for label, reaches in levels:
+            row: dict[str, Any] = {"level": label, "threads": threads}
+            for family in ("studio", "diffusers"):
+                candidates = [
+                    (e["timing"][str(threads)]["speedup"], n)
+                    for n, e in applicable.items()
+                    if e["family"] == family and reaches(e)
+                ]
+                speedup, name = max(candidates, default=(None, None))
+                row[family] = {"method": name, "speedup": speedup}
+            studio_speedup, peer_speedup = row["studio"]["speedup"], row["diffusers"]["speedup"]
+            row["ahead"] = (
+                None
+                if studio_speedup is None and peer_speedup is None
+                else "studio"
+                if peer_speedup is None or (studio_speedup is not None and studio_speedup >= peer_speedup)
+                else "diffusers"
+            )
+            rows.append(row)
+    return rows
+
+
+def _within_accuracy(level: float) -> Callable[[dict[str, Any]], bool]:
+    return lambda entry: "accuracy_change" in entry and 100 * entry["accuracy_change"] >= -level
+
+
+def _within_psnr(level: float) -> Callable[[dict[str, Any]], bool]:
+    return lambda entry: entry["psnr_db"] >= level
+
+
 def markdown(report: dict[str, Any]) -> str:
     setup = report["setup"]
+    threads = [str(t) for t in setup["threads"]]
     lines = [
         f"# Fast-sampling plugins: {report['model']}",
         "",
         (
-            f"DDIM {setup['steps']} steps, {setup['images']} images (CFG {setup['guidance']}, batch "
-            f"{(2 if setup['guidance'] != 1.0 else 1) * setup['images']} rows), seeds {setup['seed']}+i, {setup['sample_size']} px / patch "
+            f"DDIM {setup['steps']} steps, {setup['images']} images per timed call (CFG {setup['guidance']}, batch "
+            f"{(2 if setup['guidance'] != 1.0 else 1) * setup['images']} rows), image i: seed {setup['seed']} + i, "
+            f"class i % K; {setup['sample_size']} px / patch "
             f"{setup['patch_size']}, depth {setup['depth']}, width {setup['width']}; {setup.get('device', 'cpu')} "
-            f"{setup.get('dtype', 'float32')}, {setup.get('attention', 'sdpa')} attention, {setup['threads']} torch "
-            f"thread(s), median of {setup['repeats']} timed round-robin runs; load average at the end "
-            f"{report['machine']['loadavg_end']}. Quality columns: the untimed first pass of "
-            f"{setup.get('quality_images', setup['images'])} images per method."
+            f"{setup.get('dtype', 'float32')}, {setup.get('attention', 'sdpa')} attention; "
+            f"{setup['repeats']} timed rounds, each running every method at {' and '.join(threads)} torch "
+            f"thread(s) back to back in one process; load average at the end {report['machine']['loadavg_end']}. "
+            f"Quality columns: the untimed first pass of {setup.get('quality_images', setup['images'])} images "
+            "per method."
         ),
         "",
         (
-            "Speedup = median over rounds of plain / method wall time of the denoising loop (each round runs "
-            "every method back to back); CPU speedup = the same with the process CPU time of the call (robust "
-            "when other processes share the cores). MAC bound = 1 / share of the attention+MLP multiply-adds "
-            "still done: the speedup if they were the whole step. FORA still runs the patch embedding, gated "
+            "Speedup = median over rounds of plain / method wall time of the denoising loop at that thread count "
+            "(in brackets the same with process CPU time, robust when other processes share the cores). "
+            "MAC bound = 1 / share of the attention+MLP multiply-adds still done: the speedup if they were the "
+            "whole step. FORA still runs the patch embedding, gated "
             "residual adds, output layer and scheduler on reuse steps; RAS also shrinks the token-wise norms, "
             "GELU and residual ops and the working set; both take the adaLN conditioning from a table built "
             "once per generation while plain DDIM recomputes it in every block and step, so on a small CPU "
@@ -502,25 +659,52 @@ def markdown(report: dict[str, Any]) -> str:
             "seeds (mean of correct - plain-correct per image, 95% normal interval)."
         ),
         "",
-        (
-            "| method | family | median s | speedup | CPU speedup | MAC bound | MACs done | mean abs diff | PSNR dB "
-            "| class acc | Δ acc (95% CI) | domain FD | notes |"
-        ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | family | "
+        + " | ".join(f"{t}T median s | {t}T speedup (CPU)" for t in threads)
+        + " | MAC bound | MACs done | mean abs diff | PSNR dB | class acc | Δ acc (95% CI) | domain FD | notes |",
+        "|---|---|" + "---|---|" * len(threads) + "---|---|---|---|---|---|---|---|",
     ]
     for name, entry in report["methods"].items():
         if not entry["applicable"]:
-            lines.append(f"| {name} | {entry['family']} |" + " – |" * 10 + f" {entry['reason']} |")
+            lines.append(
+                f"| {name} | {entry['family']} |" + " – |" * (8 + 2 * len(threads)) + f" {entry['reason']} |"
+            )
             continue
         notes = "; ".join(f"{k}: {_short(v)}" for k, v in entry["stats"].items())
+        timing = " | ".join(
+            f"{entry['timing'][t]['median_s']:.3f} | {entry['timing'][t]['speedup']:.2f}x "
+            f"({entry['timing'][t]['cpu_speedup']:.2f}x)"
+            for t in threads
+        )
         lines.append(
-            f"| {name} | {entry['family']} | {entry['median_s']:.3f} | {entry['speedup']:.2f}x | "
-            f"{entry['cpu_speedup']:.2f}x | {entry['ideal_speedup']:.2f}x | {entry['work_fraction']:.2f} | "
+            f"| {name} | {entry['family']} | {timing} | {entry['ideal_speedup']:.2f}x | {entry['work_fraction']:.2f} | "
             f"{entry['mean_abs_diff']:.4f} | {entry['psnr_db']} | {entry.get('class_accuracy', '–')} | "
             f"{_accuracy_change(entry)} | "
             f"{entry.get('domain_fd', '–')} | {notes} |"
         )
+    lines += [
+        "",
+        "## Frontier: the fastest method of each family at each quality level",
+        "",
+        (
+            "A method reaches an accuracy level when its paired class-accuracy change vs plain is no worse than "
+            "minus that many points (gains count), a PSNR level when its output is at least that close to plain's."
+        ),
+        "",
+        "| quality level | threads | fastest studio method | speedup | fastest diffusers hook | speedup | ahead |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report.get("frontier", []):
+        studio, peer = row["studio"], row["diffusers"]
+        lines.append(
+            f"| {row['level']} | {row['threads']} | {studio['method'] or '–'} | {_speed(studio['speedup'])} | "
+            f"{peer['method'] or '–'} | {_speed(peer['speedup'])} | {row['ahead'] or '–'} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def _speed(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}x"
 
 
 def _accuracy_change(entry: dict[str, Any]) -> str:
@@ -545,15 +729,17 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    threads = str(report["setup"]["threads"][0])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = {"baseline": "black", "studio": "tab:blue", "diffusers": "tab:orange"}
     for name, entry in report["methods"].items():
         if not entry["applicable"] or entry["family"] == "baseline":
             continue
         quality = min(entry["psnr_db"], 60.0)
-        ax.scatter(entry["speedup"], quality, color=colours[entry["family"]])
-        ax.annotate(name, (entry["speedup"], quality), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.set_xlabel("wall-time speedup vs plain DDIM (x)")
+        speedup = entry["timing"][threads]["speedup"]
+        ax.scatter(speedup, quality, color=colours[entry["family"]])
+        ax.annotate(name, (speedup, quality), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlabel(f"wall-time speedup vs plain DDIM (x), {threads} torch thread(s)")
     ax.set_ylabel("PSNR vs plain DDIM output (dB, higher = closer)")
     ax.set_title(f"speed / quality: {report['model']}, DDIM {report['setup']['steps']} steps", fontsize=9)
     ax.axvline(1.0, color="grey", lw=0.5)
@@ -574,7 +760,9 @@ def main(argv: list[str] | None = None) -> None:
         "--checkpoint", default="none", help="studio.load_pipeline name/path, or 'none' (random init)"
     )
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument(
+        "--images", type=int, default=16, help="images per call (timed runs and quality batches)"
+    )
     parser.add_argument(
         "--quality-images",
         type=int,
@@ -584,7 +772,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="torch thread counts, each timed in every round (default: torch's choice)",
+    )
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where the model runs")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model and latent dtype")
     parser.add_argument(
@@ -604,10 +798,13 @@ def main(argv: list[str] | None = None) -> None:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.threads = args.threads or [torch.get_num_threads()]
+    if min(args.threads) < 1:
+        print(f"error: --threads must be >= 1, got {min(args.threads)}", file=sys.stderr)
+        raise SystemExit(2)
     started = time.perf_counter()
     report = benchmark(args)
+    report["frontier"] = frontier(report)
     report["bench_wall_s"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(report, indent=2, default=str))

@@ -99,5 +99,63 @@ def test_bfloat16_run_records_its_runtime(bench, monkeypatch, tmp_path):
     }
     fora = report["methods"]["FORA N=3"]
     assert fora["applicable"] and fora["stats"]["fora"]["full_evaluations"] == 2  # T = 3: refresh k = 0, 2
-    assert math.isfinite(fora["mean_abs_diff"]) and fora["median_s"] > 0
+    threads = str(torch.get_num_threads())
+    assert report["setup"]["threads"] == [int(threads)] and list(fora["timing"]) == [threads]
+    assert math.isfinite(fora["mean_abs_diff"]) and fora["timing"][threads]["median_s"] > 0
     assert "cpu bfloat16, sdpa attention" in Path(f"{out}.md").read_text()
+
+
+def test_quality_pass_in_batches_gives_the_images_of_one_call(bench):
+    """Image i has seed + i and class i % K whatever batch it is drawn in (the pipelines are batch-invariant)."""
+    import argparse
+
+    pipe = bench.random_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    plain = bench.Method("plain DDIM", "baseline", bench.plain)
+    args = argparse.Namespace(steps=2, guidance=2.0, seed=7, images=2, quality_images=5)
+    batched, info = bench.quality_pass(pipe, plain, args)
+    whole, whole_info = bench.run_once(pipe, plain, args, num_images=5)
+    assert torch.equal(batched, whole)
+    assert info["class_labels"] == whole_info["class_labels"] == [0, 1, 2, 3, 4]
+
+
+def _entry(family, psnr_db, speedups, accuracy_change=None):
+    entry = {
+        "family": family,
+        "applicable": True,
+        "psnr_db": psnr_db,
+        "timing": {t: {"speedup": s} for t, s in speedups.items()},
+    }
+    if accuracy_change is not None:
+        entry["accuracy_change"] = accuracy_change
+    return entry
+
+
+def test_frontier_picks_the_fastest_method_of_each_family_per_level(bench):
+    report = {
+        "setup": {"threads": [1, 2]},
+        "methods": {
+            "plain DDIM": _entry("baseline", float("inf"), {"1": 1.0, "2": 1.0}, 0.0),
+            "fast studio": _entry("studio", 26.0, {"1": 3.0, "2": 2.4}, -0.015),
+            "close studio": _entry("studio", 36.0, {"1": 2.0, "2": 1.5}, -0.004),
+            "close peer": _entry("diffusers", 41.0, {"1": 1.5, "2": 1.7}, 0.002),
+            "broken peer": {"family": "diffusers", "applicable": False, "reason": "not applicable"},
+        },
+    }
+    rows = {(r["level"], r["threads"]): r for r in bench.frontier(report)}
+    within_half = rows[("class accuracy within 0.5 pts", 1)]
+    assert within_half["studio"] == {"method": "close studio", "speedup": 2.0}
+    assert within_half["diffusers"] == {"method": "close peer", "speedup": 1.5}
+    assert within_half["ahead"] == "studio"
+    assert rows[("class accuracy within 2 pts", 2)]["studio"]["method"] == "fast studio"
+    assert rows[("PSNR to plain >= 40 dB", 2)]["studio"] == {"method": None, "speedup": None}
+    assert rows[("PSNR to plain >= 40 dB", 2)]["ahead"] == "diffusers"
+    assert rows[("PSNR to plain >= 35 dB", 2)]["ahead"] == "diffusers"  # 1.7x beats 1.5x at two threads
+    assert rows[("PSNR to plain >= 35 dB", 1)]["ahead"] == "studio"
+
+
+def test_bench_refuses_a_zero_thread_count(bench, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "benchmark", no_benchmark)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--threads", "0"])
+    assert exit_info.value.code == 2 and "--threads must be >= 1" in capsys.readouterr().err
