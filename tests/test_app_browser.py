@@ -411,7 +411,10 @@ def test_a_link_opens_the_page_with_its_settings_and_a_run_puts_its_settings_in_
         sync_api.expect(linked.locator("#class-picker .token")).to_have_text(["class 1", "class 3"])
         linked.get_by_role("button", name="Generate", exact=True).click()
         sync_api.expect(linked.get_by_role("img", name="seed 43 · class 3", exact=True)).to_be_visible()
-        address = re.escape(f"?model={GAN}&classes=1,3&seed=42&steps=") + r"\d+&guidance=[\d.]+&plugins=$"
+        address = (
+            re.escape(f"?model={GAN}&classes=1,3&seed=42&steps=")
+            + r"\d+&guidance=[\d.]+&plugins=&batch=4&truncation=0&classifier_scale=0$"
+        )
         sync_api.expect(linked).to_have_url(re.compile(address))
         sync_api.expect(linked.locator("#settings-link textarea")).to_have_value(re.compile(address))
 
@@ -437,5 +440,41 @@ def test_a_link_opens_the_page_with_its_settings_and_a_run_puts_its_settings_in_
         ).to_be_visible()
         linked.get_by_role("button", name="Generate", exact=True).click()  # the page opened on a listed model
         sync_api.expect(linked.get_by_text(re.compile(r"images? in [\d.]+ s"))).to_be_visible()
+    finally:
+        linked.close()
+
+
+def test_a_link_sets_batch_size_truncation_and_classifier_scale_and_a_bad_one_falls_back(browser, url):
+    linked = browser.new_page(viewport={"width": 1400, "height": 1800})
+    linked.set_default_timeout(TIMEOUT_MS)
+    batch = linked.get_by_role("spinbutton", name="number input for Batch size")
+    truncation = linked.get_by_role("spinbutton", name="number input for Truncation")
+    classifier = linked.get_by_role("spinbutton", name="number input for Classifier guidance scale")
+    try:
+        linked.goto(url + f"?model={GAN}&seed=42&batch=2&truncation=0.5")
+        sync_api.expect(linked.get_by_text("family sagan", exact=True)).to_be_visible()
+        sync_api.expect(batch).to_have_value("2")
+        sync_api.expect(truncation).to_have_value("0.5")
+        linked.get_by_role("button", name="Generate", exact=True).click()
+        sync_api.expect(linked.get_by_role("img", name="seed 43 · class 1", exact=True)).to_be_visible()
+        sync_api.expect(linked.get_by_role("img", name=re.compile(r"^seed \d+ · class \d$"))).to_have_count(2)
+        sync_api.expect(linked).to_have_url(re.compile(r"&batch=2&truncation=0\.5&classifier_scale=0$"))
+
+        linked.goto(url + f"?model={ADM}&classifier_scale=2.5&batch=3")
+        sync_api.expect(linked.get_by_text("family adm", exact=True)).to_be_visible()
+        sync_api.expect(classifier).to_have_value("2.5")
+        sync_api.expect(batch).to_have_value("3")
+        sync_api.expect(truncation).to_be_hidden()  # an ADM takes no truncation
+
+        linked.goto(url + f"?model={ADM}&classifier_scale=11&batch=99&truncation=x")
+        warning = (
+            "Some settings in this link were not used: batch must be a whole number from 1 to 16, got '99'; "
+            "truncation must be a number from 0 to 3, got 'x'; "
+            "classifier_scale must be a number from 0 to 10, got '11'."
+        )
+        sync_api.expect(linked.get_by_text(warning, exact=True).first).to_be_visible()
+        sync_api.expect(classifier).to_have_value("0")  # the model's default
+        sync_api.expect(batch).to_have_value("4")  # the app's default
+        sync_api.expect(error_overlays(linked)).to_have_count(0)
     finally:
         linked.close()
