@@ -372,6 +372,65 @@ def test_a_failed_comparison_does_not_show_the_previous_speedup(page):
     page.get_by_label("Plugin specs").fill("")
 
 
+@pytest.fixture
+def shipped_url(tmp_path):
+    """An app that also lists the shipped models, and so has the shipped judges that score their images."""
+    with running_app(tmp_path, shipped=True) as (app_url, _):
+        yield app_url
+
+
+def gallery(page, label: str):
+    """The gallery whose label is ``label`` exactly."""
+    title = page.get_by_test_id("block-label").filter(has_text=re.compile(rf"^\s*{re.escape(label)}\s*$"))
+    return page.locator(".block", has=title)
+
+
+def test_compare_two_shipped_models_side_by_side_with_each_sides_judge(browser, shipped_url):
+    """dit-mnist beside sagan-mnist on the same seeds and classes, as a user runs it: each side's images
+    under its model's name, a summary naming both models and what the GAN does not take, both wall times,
+    and the mnist judge's class accuracy of each side."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(shipped_url)
+        pick_model(page, "dit-mnist")
+        sync_api.expect(page.get_by_text(re.compile(r"^family dit, dataset mnist"))).to_be_visible()
+        choose_classes(page, "digit 2", "digit 7")
+        page.get_by_role("spinbutton", name="Seed").fill("11")
+        page.get_by_role("spinbutton", name="number input for Batch size").fill("2")
+        page.get_by_role("spinbutton", name="number input for Steps").fill("10")
+        page.get_by_role("tab", name="Compare").click()
+        page.get_by_role("combobox", name="Second model").click()
+        page.get_by_role("option", name=re.compile(r"^sagan-mnist ")).click()
+        page.get_by_role("button", name="Compare", exact=True).click()
+
+        for side in (gallery(page, "dit-mnist"), gallery(page, "sagan-mnist")):
+            for caption in ("seed 11 · digit 2", "seed 12 · digit 7"):
+                sync_api.expect(side.get_by_role("img", name=caption, exact=True)).to_be_visible()
+            sync_api.expect(side.get_by_role("img", name=re.compile(r"^seed "))).to_have_count(2)
+        sync_api.expect(
+            page.get_by_text(
+                re.compile(
+                    r"^Compared: dit-mnist \(.*10 steps.*\) vs sagan-mnist · seeds 11-12 · classes 2, 7 · "
+                    r"dropped for sagan-mnist: steps, sampler, guidance$"
+                )
+            )
+        ).to_be_visible()
+        sync_api.expect(
+            page.get_by_text(re.compile(r"^dit-mnist [\d.]+ s · sagan-mnist [\d.]+ s → .* faster"))
+        ).to_be_visible()
+        sync_api.expect(
+            page.get_by_text(
+                re.compile(
+                    r"class accuracy: dit-mnist \d+% \(mnist judge\), sagan-mnist \d+% \(mnist judge\)$"
+                )
+            )
+        ).to_be_visible()
+        sync_api.expect(error_overlays(page)).to_have_count(0)
+    finally:
+        page.close()
+
+
 def test_training_shows_its_grids_large_and_crisp_and_generation_says_it_shares_the_cpu(page):
     page.get_by_role("tab", name="Train").click()
     sync_api.expect(page.get_by_text(re.compile(r"no measurement on this machine yet"))).to_be_visible()
