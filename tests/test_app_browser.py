@@ -372,6 +372,65 @@ def test_a_failed_comparison_does_not_show_the_previous_speedup(page):
     page.get_by_label("Plugin specs").fill("")
 
 
+@pytest.fixture
+def shipped_url(tmp_path):
+    """An app that also lists the shipped models, and so has the shipped judges that score their images."""
+    with running_app(tmp_path, shipped=True) as (app_url, _):
+        yield app_url
+
+
+def gallery(page, label: str):
+    """The gallery whose label is ``label`` exactly."""
+    title = page.get_by_test_id("block-label").filter(has_text=re.compile(rf"^\s*{re.escape(label)}\s*$"))
+    return page.locator(".block", has=title)
+
+
+def test_compare_two_shipped_models_side_by_side_with_each_sides_judge(browser, shipped_url):
+    """dit-mnist beside sagan-mnist on the same seeds and classes, as a user runs it: each side's images
+    under its model's name, a summary naming both models and what the GAN does not take, both wall times,
+    and the mnist judge's class accuracy of each side."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(shipped_url)
+        pick_model(page, "dit-mnist")
+        sync_api.expect(page.get_by_text(re.compile(r"^family dit, dataset mnist"))).to_be_visible()
+        choose_classes(page, "digit 2", "digit 7")
+        page.get_by_role("spinbutton", name="Seed").fill("11")
+        page.get_by_role("spinbutton", name="number input for Batch size").fill("2")
+        page.get_by_role("spinbutton", name="number input for Steps").fill("10")
+        page.get_by_role("tab", name="Compare").click()
+        page.get_by_role("combobox", name="Second model").click()
+        page.get_by_role("option", name=re.compile(r"^sagan-mnist ")).click()
+        page.get_by_role("button", name="Compare", exact=True).click()
+
+        for side in (gallery(page, "dit-mnist"), gallery(page, "sagan-mnist")):
+            for caption in ("seed 11 · digit 2", "seed 12 · digit 7"):
+                sync_api.expect(side.get_by_role("img", name=caption, exact=True)).to_be_visible()
+            sync_api.expect(side.get_by_role("img", name=re.compile(r"^seed "))).to_have_count(2)
+        sync_api.expect(
+            page.get_by_text(
+                re.compile(
+                    r"^Compared: dit-mnist \(.*10 steps.*\) vs sagan-mnist · seeds 11-12 · classes 2, 7 · "
+                    r"dropped for sagan-mnist: steps, sampler, guidance$"
+                )
+            )
+        ).to_be_visible()
+        sync_api.expect(
+            page.get_by_text(re.compile(r"^dit-mnist [\d.]+ s · sagan-mnist [\d.]+ s → .* faster"))
+        ).to_be_visible()
+        sync_api.expect(
+            page.get_by_text(
+                re.compile(
+                    r"class accuracy: dit-mnist \d+% \(mnist judge\), sagan-mnist \d+% \(mnist judge\)$"
+                )
+            )
+        ).to_be_visible()
+        sync_api.expect(error_overlays(page)).to_have_count(0)
+    finally:
+        page.close()
+
+
 def test_training_shows_its_grids_large_and_crisp_and_generation_says_it_shares_the_cpu(page):
     page.get_by_role("tab", name="Train").click()
     sync_api.expect(page.get_by_text(re.compile(r"no measurement on this machine yet"))).to_be_visible()
@@ -411,7 +470,10 @@ def test_a_link_opens_the_page_with_its_settings_and_a_run_puts_its_settings_in_
         sync_api.expect(linked.locator("#class-picker .token")).to_have_text(["class 1", "class 3"])
         linked.get_by_role("button", name="Generate", exact=True).click()
         sync_api.expect(linked.get_by_role("img", name="seed 43 · class 3", exact=True)).to_be_visible()
-        address = re.escape(f"?model={GAN}&classes=1,3&seed=42&steps=") + r"\d+&guidance=[\d.]+&plugins=$"
+        address = (
+            re.escape(f"?model={GAN}&classes=1,3&seed=42&steps=")
+            + r"\d+&guidance=[\d.]+&plugins=&batch=4&truncation=0&classifier_scale=0$"
+        )
         sync_api.expect(linked).to_have_url(re.compile(address))
         sync_api.expect(linked.locator("#settings-link textarea")).to_have_value(re.compile(address))
 
@@ -437,5 +499,41 @@ def test_a_link_opens_the_page_with_its_settings_and_a_run_puts_its_settings_in_
         ).to_be_visible()
         linked.get_by_role("button", name="Generate", exact=True).click()  # the page opened on a listed model
         sync_api.expect(linked.get_by_text(re.compile(r"images? in [\d.]+ s"))).to_be_visible()
+    finally:
+        linked.close()
+
+
+def test_a_link_sets_batch_size_truncation_and_classifier_scale_and_a_bad_one_falls_back(browser, url):
+    linked = browser.new_page(viewport={"width": 1400, "height": 1800})
+    linked.set_default_timeout(TIMEOUT_MS)
+    batch = linked.get_by_role("spinbutton", name="number input for Batch size")
+    truncation = linked.get_by_role("spinbutton", name="number input for Truncation")
+    classifier = linked.get_by_role("spinbutton", name="number input for Classifier guidance scale")
+    try:
+        linked.goto(url + f"?model={GAN}&seed=42&batch=2&truncation=0.5")
+        sync_api.expect(linked.get_by_text("family sagan", exact=True)).to_be_visible()
+        sync_api.expect(batch).to_have_value("2")
+        sync_api.expect(truncation).to_have_value("0.5")
+        linked.get_by_role("button", name="Generate", exact=True).click()
+        sync_api.expect(linked.get_by_role("img", name="seed 43 · class 1", exact=True)).to_be_visible()
+        sync_api.expect(linked.get_by_role("img", name=re.compile(r"^seed \d+ · class \d$"))).to_have_count(2)
+        sync_api.expect(linked).to_have_url(re.compile(r"&batch=2&truncation=0\.5&classifier_scale=0$"))
+
+        linked.goto(url + f"?model={ADM}&classifier_scale=2.5&batch=3")
+        sync_api.expect(linked.get_by_text("family adm", exact=True)).to_be_visible()
+        sync_api.expect(classifier).to_have_value("2.5")
+        sync_api.expect(batch).to_have_value("3")
+        sync_api.expect(truncation).to_be_hidden()  # an ADM takes no truncation
+
+        linked.goto(url + f"?model={ADM}&classifier_scale=11&batch=99&truncation=x")
+        warning = (
+            "Some settings in this link were not used: batch must be a whole number from 1 to 16, got '99'; "
+            "truncation must be a number from 0 to 3, got 'x'; "
+            "classifier_scale must be a number from 0 to 10, got '11'."
+        )
+        sync_api.expect(linked.get_by_text(warning, exact=True).first).to_be_visible()
+        sync_api.expect(classifier).to_have_value("0")  # the model's default
+        sync_api.expect(batch).to_have_value("4")  # the app's default
+        sync_api.expect(error_overlays(linked)).to_have_count(0)
     finally:
         linked.close()

@@ -21,7 +21,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from studio.hub import runs_dir
+from studio.hub import SHIPPED_DIR, runs_dir
 from tests.test_app_service import (  # noqa: F401 (fixture)
     ADM,
     BIGGAN,
@@ -46,13 +46,16 @@ def free_port() -> int:
 
 @contextmanager
 def running_app(
-    root: Path, allow_paths: tuple[str, ...] = (), limits: AppLimits = LIMITS
+    root: Path, allow_paths: tuple[str, ...] = (), limits: AppLimits = LIMITS, shipped: bool = False
 ) -> Iterator[tuple[str, StudioService]]:
     """The app over tiny runs in ``root/runs``, launched on a free port as ``app.py`` does (uploads only,
-    checkpoints from the runs folder and ``allow_paths``); yields its URL and service."""
+    checkpoints from the runs folder and ``allow_paths``); yields its URL and service. The shipped
+    checkpoints, and with them the judges that score a dataset's images, are hidden unless ``shipped``
+    (the folder is one setting per process: an app started before this one sees what this one sees until
+    this one closes)."""
     write_checkpoints(root / "runs")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("studio.hub.SHIPPED_DIR", root / "no-shipped-weights")
+        patch.setattr("studio.hub.SHIPPED_DIR", SHIPPED_DIR if shipped else root / "no-shipped-weights")
         patch.setenv("STUDIO_RUNS", str(root / "runs"))
         patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         service = StudioService(root / "outputs", device="cpu", access=app_access(allow_paths), limits=limits)

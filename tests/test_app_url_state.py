@@ -141,6 +141,66 @@ def test_a_link_becomes_the_request_the_form_shows_with_the_models_defaults_else
     )
 
 
+def test_batch_size_truncation_and_classifier_scale_ride_along_and_read_back():
+    settings = link_settings("sagan-mnist", None, 5, 20, "ddim", 4.0, "", 2.0, 0.7, 0.0)
+    assert (settings.batch, settings.truncation, settings.classifier_scale) == (2, 0.7, 0.0)
+    query = to_query(settings)
+    assert query.endswith("&plugins=&batch=2&truncation=0.7&classifier_scale=0")  # 0: off, written out
+    assert read(query) == (settings, [])
+    assert read("batch=16&truncation=3&classifier_scale=10") == (
+        LinkSettings(batch=16, truncation=3.0, classifier_scale=10.0),
+        [],
+    )
+    assert to_query(link_settings("sagan-mnist", None, None, None, None, None, None, "x", None, "nan")) == (
+        "model=sagan-mnist&classes=all&plugins="
+    )  # what does not read is left out, so the page opened by the link keeps its own value
+
+
+def test_a_bad_batch_size_truncation_or_classifier_scale_is_named_and_left_to_the_page():
+    settings, problems = read("model=sagan-mnist&batch=0&truncation=3.5&classifier_scale=x&seed=4")
+    assert settings == LinkSettings(model="sagan-mnist", seed=4)
+    assert problems == [
+        "batch must be a whole number from 1 to 16, got '0'",
+        "truncation must be a number from 0 to 3, got '3.5'",
+        "classifier_scale must be a number from 0 to 10, got 'x'",
+    ]
+    settings, problems = read("batch=2.5&truncation=-0.5&classifier_scale=inf")
+    assert settings == LinkSettings()
+    assert problems == [
+        "batch must be a whole number from 1 to 16, got '2.5'",
+        "truncation must be a number from 0 to 3, got '-0.5'",
+        "classifier_scale must be a number from 0 to 10, got 'inf'",
+    ]
+
+
+def test_a_links_batch_truncation_and_classifier_scale_reach_the_form_with_the_models_defaults_elsewhere():
+    gan = model_info(
+        name="biggan-animals",
+        family="biggan",
+        parameters=("num_images", "class_labels", "seed", "truncation"),
+        default_truncation=0.8,
+    )
+    plain = request_from_link(LinkSettings(), gan)
+    assert (plain.num_images, plain.truncation, plain.classifier_scale) == (
+        APP_DEFAULTS.num_images,
+        0.8,
+        None,
+    )
+    linked = request_from_link(LinkSettings(batch=2, truncation=0.5, classifier_scale=3.0), gan)
+    assert (linked.num_images, linked.truncation, linked.classifier_scale) == (2, 0.5, None)
+    assert request_from_link(LinkSettings(truncation=0.0), gan).truncation is None  # off, not the default
+    adm = model_info(
+        name="adm-mnist",
+        family="adm",
+        parameters=("num_images", "class_labels", "seed", "num_inference_steps", "classifier_scale"),
+        default_classifier_scale=3.0,
+    )
+    assert request_from_link(LinkSettings(), adm).classifier_scale == 3.0
+    assert request_from_link(LinkSettings(classifier_scale=1.5), adm).classifier_scale == 1.5
+    assert request_from_link(LinkSettings(classifier_scale=0.0, truncation=0.5), adm).classifier_scale is None
+    assert request_from_link(LinkSettings(truncation=0.5), adm).truncation is None  # not a GAN: not taken
+
+
 def test_the_address_code_replaces_only_the_links_own_parameters():
     code = address_js()
     assert code.startswith("(query) => {") and "history.replaceState" in code

@@ -1,10 +1,11 @@
 """Generate settings in the page address, so that a link opens the page with them.
 
-``?model=dit-mnist&classes=1,3&seed=3&steps=50&sampler=ddim&guidance=2.5&plugins=fora:interval=2`` is
-written into the address after every Generate run and by the Copy link button, and a page opened with such
-a query starts with those settings. Links outlive the models they name and get typed or cut short, so
-reading one never fails: every valid value is used, and each one that is not is named in a readable
-warning while the page keeps its own value for it.
+``?model=dit-mnist&classes=1,3&seed=3&steps=50&sampler=ddim&guidance=2.5&plugins=fora:interval=2&batch=4``
+(then a GAN's ``truncation`` and an ADM's ``classifier_scale``, 0 when off) is written into the address
+after every Generate run and by the Copy link button, and a page opened with such a query starts with
+those settings. Links outlive the models they name and get typed or cut short, so reading one never
+fails: every valid value is used, and each one that is not is named in a readable warning while the page
+keeps its own value for it.
 
 Plain functions, no UI: `to_query` writes a query, `from_query` reads one, `fit_to_model` checks what
 depends on the model (its classes, samplers and plugins) and `request_from_link` turns the result into the
@@ -27,10 +28,26 @@ from webapp.generation import APP_DEFAULTS, GenerateRequest
 from webapp.plugin_form import PLUGIN_SEPARATOR, parse_plugin_list
 from webapp.security import LIMITS
 
-#: the settings a link carries, in the order it writes them
-QUERY_KEYS = ("model", "classes", "seed", "steps", "sampler", "guidance", "plugins")
+#: the settings a link carries, in the order it writes them (the later ones came later: earlier links
+#: keep their look)
+QUERY_KEYS = (
+    "model",
+    "classes",
+    "seed",
+    "steps",
+    "sampler",
+    "guidance",
+    "plugins",
+    "batch",
+    "truncation",
+    "classifier_scale",
+)
 #: the largest guidance scale the Generate form offers
 MAX_GUIDANCE = 15.0
+#: the largest GAN truncation the Generate form offers (0: off)
+MAX_TRUNCATION = 3.0
+#: the largest ADM classifier guidance scale the Generate form offers (0: off)
+MAX_CLASSIFIER_SCALE = 10.0
 #: the largest seed a link may carry (torch's generators take 64-bit seeds)
 MAX_SEED = 2**63 - 1
 #: values longer than this are not read: a settings link has no use for a page of text
@@ -49,6 +66,9 @@ class LinkSettings:
     :param classes: classes taken in turn; empty: every class in turn.
     :param sampler: a sampler name; empty: the model's own default.
     :param plugins: plugin specs; empty: no plugins.
+    :param batch: images per run.
+    :param truncation: a GAN's latent truncation; 0: off.
+    :param classifier_scale: an ADM's classifier guidance scale; 0: off.
     """
 
     model: str | None = None
@@ -58,6 +78,9 @@ class LinkSettings:
     sampler: str | None = None
     guidance: float | None = None
     plugins: tuple[str, ...] | None = None
+    batch: int | None = None
+    truncation: float | None = None
+    classifier_scale: float | None = None
 
     @property
     def empty(self) -> bool:
@@ -73,11 +96,15 @@ def link_settings(
     sampler: str | None,
     guidance: float | None,
     plugins: str | Sequence[str] | None,
+    batch: float | None = None,
+    truncation: float | None = None,
+    classifier_scale: float | None = None,
 ) -> LinkSettings:
     """The Generate form's values (or a request's) as a link carries them. Classes read as the form reads
     them (``["1", "3"]``, ``"1,3"``, ``3``, none: every class in turn); plugin specs are split at the
     separator, unchecked (a link to a bad spec warns where it opens). A value that does not read is left
-    out of the link rather than written wrong."""
+    out of the link rather than written wrong; so is one not given (truncation or classifier scale off is
+    0, not None: a link without them opens with the model's defaults)."""
     try:
         choice = class_choice(classes)
     except StudioError:
@@ -95,6 +122,9 @@ def link_settings(
         sampler=(sampler or "").strip(),
         guidance=_number(guidance, float),
         plugins=specs,
+        batch=_number(batch, int),
+        truncation=_number(truncation, float),
+        classifier_scale=_number(classifier_scale, float),
     )
 
 
@@ -118,6 +148,9 @@ def to_query(settings: LinkSettings) -> str:
         "sampler": settings.sampler or None,
         "guidance": None if settings.guidance is None else f"{settings.guidance:g}",
         "plugins": None if settings.plugins is None else PLUGIN_SEPARATOR.join(settings.plugins),
+        "batch": settings.batch,
+        "truncation": None if settings.truncation is None else f"{settings.truncation:g}",
+        "classifier_scale": None if settings.classifier_scale is None else f"{settings.classifier_scale:g}",
     }
     return "&".join(
         f"{key}={quote(str(values[key]), safe=READABLE)}" for key in QUERY_KEYS if values[key] is not None
@@ -173,13 +206,13 @@ def _sampler(text: str, models: Collection[str]) -> str:
     return text
 
 
-def _guidance(text: str, models: Collection[str]) -> float:
+def _scale(text: str, what: str, high: float) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0.0 <= value <= MAX_GUIDANCE:  # (false for nan)
-        raise StudioError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {text!r}")
+    if not 0.0 <= value <= high:  # (false for nan)
+        raise StudioError(f"{what} must be a number from 0 to {high:g}, got {text!r}")
     return value
 
 
@@ -196,8 +229,11 @@ _READERS = {
     "seed": lambda text, _: _whole(text, "seed", 0, MAX_SEED),
     "steps": lambda text, _: _whole(text, "steps", 1, LIMITS.max_sampling_steps),
     "sampler": _sampler,
-    "guidance": _guidance,
+    "guidance": lambda text, _: _scale(text, "guidance", MAX_GUIDANCE),
     "plugins": _plugins,
+    "batch": lambda text, _: _whole(text, "batch", 1, LIMITS.max_images),
+    "truncation": lambda text, _: _scale(text, "truncation", MAX_TRUNCATION),
+    "classifier_scale": lambda text, _: _scale(text, "classifier_scale", MAX_CLASSIFIER_SCALE),
 }
 
 
@@ -231,16 +267,22 @@ def fit_to_model(
 
 def request_from_link(settings: LinkSettings, info: ModelInfo) -> GenerateRequest:
     """The request the Generate form shows for ``info``'s model opened by a link: the link's settings,
-    the model's defaults (and the app's) where the link does not say."""
+    the model's defaults (and the app's) where the link does not say. A truncation or classifier scale
+    the model does not take is left off, so the runs it makes do not record one."""
+    truncation = info.default_truncation if settings.truncation is None else settings.truncation
+    classifier_scale = (
+        info.default_classifier_scale if settings.classifier_scale is None else settings.classifier_scale
+    )
     return GenerateRequest(
         model=info.name,
-        num_images=APP_DEFAULTS.num_images,
+        num_images=settings.batch or APP_DEFAULTS.num_images,
         class_label=settings.classes or None,
         seed=APP_DEFAULTS.seed if settings.seed is None else settings.seed,
         num_inference_steps=settings.steps or info.default_steps,
         guidance_scale=info.default_guidance if settings.guidance is None else settings.guidance,
         scheduler=settings.sampler or None,
-        classifier_scale=info.default_classifier_scale or None,
+        truncation=(truncation or None) if info.takes("truncation") else None,
+        classifier_scale=(classifier_scale or None) if info.takes("classifier_scale") else None,
         plugins=settings.plugins or (),
     )
 

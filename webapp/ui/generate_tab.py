@@ -35,7 +35,9 @@ from webapp.ui.common import (
 )
 from webapp.ui.plugin_widgets import PluginWidgets, joined_specs, plugin_notes
 from webapp.url_state import (
+    MAX_CLASSIFIER_SCALE,
     MAX_GUIDANCE,
+    MAX_TRUNCATION,
     LinkSettings,
     address_js,
     fit_to_model,
@@ -159,7 +161,7 @@ class GenerateTab:
                 )
                 self.truncation = gr.Slider(
                     0.0,
-                    3.0,
+                    MAX_TRUNCATION,
                     value=0.0,
                     step=0.05,
                     label="Truncation",
@@ -167,7 +169,7 @@ class GenerateTab:
                 )
                 self.classifier = gr.Slider(
                     0.0,
-                    10.0,
+                    MAX_CLASSIFIER_SCALE,
                     value=0.0,
                     step=0.25,
                     label="Classifier guidance scale",
@@ -442,7 +444,8 @@ class GenerateTab:
         }
 
     def link_after_run(self, data: dict[str, Any]) -> str:
-        """The address query of the run's settings as it ran (its seed, even a random one)."""
+        """The address query of the run's settings as it ran (its seed, even a random one; a truncation or
+        classifier scale it ran without is written as 0, off, not left to the model's default)."""
         request = (data or {}).get("request") or {}
         if not request:
             return ""
@@ -455,6 +458,9 @@ class GenerateTab:
                 request.get("scheduler"),
                 request.get("guidance_scale"),
                 request.get("plugins"),
+                request.get("num_images"),
+                request.get("truncation") or 0.0,
+                request.get("classifier_scale") or 0.0,
             )
         )
 
@@ -467,9 +473,25 @@ class GenerateTab:
         sampler: str | None,
         guidance: float,
         plugins: str,
+        num_images: float,
+        truncation: float,
+        classifier_scale: float,
     ) -> str:
         """The address query of the settings the form shows now."""
-        return to_query(link_settings(model, classes, seed, steps, sampler, guidance, plugins))
+        return to_query(
+            link_settings(
+                model,
+                classes,
+                seed,
+                steps,
+                sampler,
+                guidance,
+                plugins,
+                num_images,
+                truncation,
+                classifier_scale,
+            )
+        )
 
     def clear_results(self) -> dict:
         """Before a run: no image, time or code of the previous run stays on screen as if it were this one's;
@@ -631,6 +653,9 @@ class GenerateTab:
             self.sampler,
             self.guidance,
             self.plugin_text,
+            self.num_images,
+            self.truncation,
+            self.classifier,
         ]
         self.copy_link.click(
             self.link_from_form, form, self.link_query, api_visibility="private", queue=False
