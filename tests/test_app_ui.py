@@ -22,7 +22,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from studio.hub import runs_dir
-from tests.test_app_service import (  # noqa: F401 (fixture)
+from tests.builders import (
     ADM,
     BIGGAN,
     CONTROLNET,
@@ -30,12 +30,13 @@ from tests.test_app_service import (  # noqa: F401 (fixture)
     DSNO,
     GAN,
     SCORE,
-    one_thread,
     write_checkpoints,
 )
 from webapp.security import LIMITS, AppLimits
 from webapp.service import StudioService
 from webapp.ui import API_NAMES, allowed_paths, app_access, build_app
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def free_port() -> int:

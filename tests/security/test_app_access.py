@@ -18,12 +18,13 @@ from gradio_client import Client
 from PIL import Image
 
 from studio.hub import save_pipeline
-from tests.builders import tiny_dit_pipeline
-from tests.test_app_service import CONTROLNET, DIT, one_thread  # noqa: F401 (fixture)
+from tests.builders import CONTROLNET, DIT, tiny_dit_pipeline
 from tests.test_app_ui import running_app
 from webapp.generation import GenerateRequest
 from webapp.security import AccessDenied, AccessPolicy
 from webapp.service import StudioService
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FILE_META = {"_type": "gradio.FileData"}
 
