@@ -14,8 +14,8 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from tests.app_server import running_app
 from tests.builders import ADM, BIGGAN, CONTROLNET, DIT, DSNO, GAN
-from tests.test_app_ui import running_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium tries to reach outside hosts (update checks, component

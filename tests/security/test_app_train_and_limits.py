@@ -17,9 +17,8 @@ from PIL import Image
 
 from studio.errors import StudioError
 from studio.hub import runs_dir, save_pipeline
+from tests.app_server import FILE_META, call, control_data, refusal, running_app
 from tests.builders import CONTROLNET, DIT, TINY_DIT_OVERRIDES, tiny_dit_pipeline
-from tests.security.test_app_access import FILE_META, call, control_data, refusal
-from tests.test_app_ui import running_app
 from webapp.control import ControlRequest
 from webapp.generation import GenerateRequest
 from webapp.security import LIMITS, prune_outputs
