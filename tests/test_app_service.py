@@ -641,23 +641,6 @@ def test_the_model_build_lock_is_taken_and_given_back_in_one_place():
     assert not MODEL_BUILD_LOCK.locked()
 
 
-def test_the_app_names_no_documents_outside_the_repository():
-    """Reasons are stated where they apply, not pointed to in documents a reader of the code does not have."""
-    import re
-    from pathlib import Path
-
-    import webapp
-
-    pattern = re.compile(r"§|\bissue \d|\b(spec|training|design|ecosystem)\.md\b|\bspec [\w.]+\.md")
-    found = [
-        f"{path.name}:{n}"
-        for path in Path(webapp.__file__).parent.rglob("*.py")
-        for n, line in enumerate(path.read_text().splitlines(), 1)
-        if pattern.search(line)
-    ]
-    assert not found
-
-
 def test_a_gan_starts_at_the_truncation_its_card_was_measured_with(tmp_path):
     """biggan-animals is scored at truncation 0.8 on its card; the app's default follows the card,
     and a GAN whose card names none starts untruncated."""
