@@ -38,7 +38,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.report import _cell, machine
+from bench.report import RESULTS, _cell, machine
 from studio.data import DataConfig, build_dataset
 from studio.data.cards import dataset_domain
 from studio.data.command import class_grid
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument(
         "--out",
-        default=str(ROOT / "bench" / "results" / "quality"),
+        default=str(RESULTS / "quality"),
         help="writes OUT.json, OUT.md and OUT/<model>.png",
     )
     parser.add_argument(
