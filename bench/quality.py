@@ -209,10 +209,11 @@ def write_board(rows: list[dict[str, Any]], out: Path) -> None:
         "",
         (
             "Each row: n images at the card's sampling settings (seed 0 + i, class i % 10), scored by the shipped "
-            "MNIST judge (class accuracy, worst class, domain FD vs the training split), Inception-v3 FID / KID / "
-            "precision / recall vs the first n MNIST validation images (biased by n: compare rows at equal n), "
-            "share of failed images (studio/metrics/failures.py), sampling seconds per image at the stated "
-            "threads, and the card's CPU training minutes. Reproduce: `studio bench quality --models NAME --n N`."
+            "judge of the model's domain, MNIST or animals (class accuracy, worst class, domain FD vs the "
+            "training split), Inception-v3 FID / KID / precision / recall vs the first n validation images of "
+            "that domain (biased by n: compare rows at equal n), share of failed images "
+            "(studio/metrics/failures.py), sampling seconds per image at the stated threads, and the card's CPU "
+            "training minutes. Reproduce: `studio bench quality --models NAME --n N`."
         ),
         "",
         f"| {' | '.join(COLUMNS)} |",
