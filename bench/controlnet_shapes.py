@@ -11,7 +11,8 @@ the controlled outputs and the uncontrolled ones in three rows.
     python bench/controlnet_shapes.py                      # the shipped controlnet-mnist
     python bench/controlnet_shapes.py --model runs/controlnet-mnist-small/pipeline --labels 0,3,7
 
-Writes ``bench/results/controlnet-shapes.{json,md}`` and ``docs/images/controlnet-shapes.png``.
+Writes ``bench/results/controlnet-shapes.{json,md}`` and ``docs/images/controlnet-shapes.png`` (installed:
+``./bench_results/``, see `bench.report`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bench.report import write_results
+from bench.report import IMAGES, write_results
 from studio.data.conditions import condition_maps
 from studio.hub import load_pipeline, read_card, resolve
 from studio.metrics.edges import edge_f1
@@ -34,7 +35,7 @@ SIZE = 28
 STROKE = 3
 #: the drawn shapes: outlines, bars and letters, none of them a digit
 SHAPES = ("ring", "bar", "square", "triangle", "X", "T", "H", "plus")
-GRID = Path(__file__).resolve().parent.parent / "docs" / "images" / "controlnet-shapes.png"
+GRID = IMAGES / "controlnet-shapes.png"
 
 
 def draw_shape(name: str, size: int = SIZE) -> np.ndarray:

@@ -38,7 +38,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.report import _cell, machine
+from bench.report import RESULTS, _cell, machine
 from studio.data import DataConfig, build_dataset
 from studio.data.cards import dataset_domain
 from studio.data.command import class_grid
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument(
         "--out",
-        default=str(ROOT / "bench" / "results" / "quality"),
+        default=str(RESULTS / "quality"),
         help="writes OUT.json, OUT.md and OUT/<model>.png",
     )
     parser.add_argument(
@@ -209,10 +209,11 @@ def write_board(rows: list[dict[str, Any]], out: Path) -> None:
         "",
         (
             "Each row: n images at the card's sampling settings (seed 0 + i, class i % 10), scored by the shipped "
-            "MNIST judge (class accuracy, worst class, domain FD vs the training split), Inception-v3 FID / KID / "
-            "precision / recall vs the first n MNIST validation images (biased by n: compare rows at equal n), "
-            "share of failed images (studio/metrics/failures.py), sampling seconds per image at the stated "
-            "threads, and the card's CPU training minutes. Reproduce: `studio bench quality --models NAME --n N`."
+            "judge of the model's domain, MNIST or animals (class accuracy, worst class, domain FD vs the "
+            "training split), Inception-v3 FID / KID / precision / recall vs the first n validation images of "
+            "that domain (biased by n: compare rows at equal n), share of failed images "
+            "(studio/metrics/failures.py), sampling seconds per image at the stated threads, and the card's CPU "
+            "training minutes. Reproduce: `studio bench quality --models NAME --n N`."
         ),
         "",
         f"| {' | '.join(COLUMNS)} |",

@@ -12,17 +12,21 @@ from typing import Any
 import torch
 
 
-def _results_dir() -> Path:
-    """``bench/results`` in a source checkout; ``./bench_results`` when the package is installed
-    (results never go into site-packages)."""
-    here = Path(__file__).resolve().parent
-    if (here.parent / "pyproject.toml").is_file():
-        return here / "results"
-    return Path.cwd() / "bench_results"
+def _checkout() -> Path | None:
+    """The source checkout bench/ sits in, or None when the package is installed."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else None
 
 
-#: where every benchmark writes its JSON and markdown by default
-RESULTS = _results_dir()
+#: the source checkout, or None when studio is installed (then nothing is written into site-packages)
+CHECKOUT = _checkout()
+
+#: where every benchmark writes its JSON and markdown by default: ``bench/results`` in a checkout,
+#: ``./bench_results`` when the package is installed
+RESULTS = CHECKOUT / "bench" / "results" if CHECKOUT else Path.cwd() / "bench_results"
+
+#: where a benchmark's pictures go by default: README's ``docs/images`` in a checkout, else `RESULTS`
+IMAGES = CHECKOUT / "docs" / "images" if CHECKOUT else RESULTS
 
 
 def machine() -> dict[str, Any]:

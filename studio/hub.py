@@ -157,6 +157,7 @@ def load_pipeline(name_or_path: str, device: str | None = None, **kwargs: Any) -
     Studio pipelines come back as their studio class; other diffusers pipelines (a hub id or a
     folder saved by diffusers) as whatever `DiffusionPipeline.from_pretrained` builds.
     """
+    # torch loads with the first model, not with ``import studio`` (the catalogue and cards need no torch)
     from torch import nn
 
     from studio.runtime import own_aligned_memory, resolve_device

@@ -5,8 +5,9 @@ Sizes follow diffusers' fast tests (16 px, 2 layers, 2 heads of 8): each builds 
 on CPU. Pipelines that diffusers loads from the hub (`DiTPipeline`, Stable Diffusion, SD3) are written
 with ``save_pretrained`` to a temporary folder and read back, so plugins are tested on what users load.
 
-Sections: weights, DiT, plain UNets, ADM (UNet, classifier, ControlNet), score models,
-Stable Diffusion / SD3, a minimal studio UNet pipeline.
+Sections: weights, DiT, plain UNets, ADM (UNet, classifier, ControlNet), score models, GANs and DSNO,
+the app tests' runs (one tiny checkpoint per family), Stable Diffusion / SD3, a minimal studio UNet
+pipeline.
 """
 
 from __future__ import annotations
@@ -37,17 +38,24 @@ from torch import nn
 
 from studio.diffusion.schedulers import make_scheduler, scheduler_name
 from studio.diffusion.score_model import VPSDEScheduler
+from studio.diffusion.trajectories import TrajectoryGrid
+from studio.hub import save_pipeline
 from studio.models.adm import ADMConfig, build_adm_unet, build_noisy_classifier
 from studio.models.controlnet import condition_unet_from_adm, controlnet_from_unet
 from studio.models.dit import DiTConfig, build_dit
+from studio.models.dsno import DSNOStudent
+from studio.models.gan import BigGANGenerator, BigGANGeneratorConfig, SAGANGenerator, SAGANGeneratorConfig
 from studio.models.score import ScoreNetConfig, build_score_unet
 from studio.pipelines.adm import StudioADMPipeline
 from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput
 from studio.pipelines.controlnet import StudioControlNetPipeline
 from studio.pipelines.dit import StudioDiTPipeline
+from studio.pipelines.dsno import StudioDSNOPipeline
+from studio.pipelines.gan import StudioGANPipeline
 from studio.pipelines.record import GenerationRecord
 from studio.pipelines.score import StudioScorePipeline
 from studio.testing import char_clip_tokenizer, sd_ddim_scheduler, tiny_clip_text_config, tiny_sd_vae
+from training.dsno import random_teacher
 
 
 # ------------------------------------------------------------------------------------------ weights
@@ -296,6 +304,66 @@ def tiny_score_pipeline(kind: str, seed: int = 0) -> StudioScorePipeline:
     pipe = StudioScorePipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# ------------------------------------------------------------------------------------------ GANs and DSNO
+def tiny_sagan_pipeline() -> StudioGANPipeline:
+    """A 28 px, width-8 SAGAN generator (10 classes) in a `StudioGANPipeline`."""
+    torch.manual_seed(0)
+    generator = SAGANGenerator.from_arch(SAGANGeneratorConfig(z_dim=16, width=8, attention_resolution=14))
+    return StudioGANPipeline(generator)
+
+
+def tiny_biggan_pipeline() -> StudioGANPipeline:
+    """A 28 px, width-8 BigGAN generator (10 classes) in a `StudioGANPipeline`."""
+    torch.manual_seed(0)
+    generator = BigGANGenerator.from_arch(
+        BigGANGeneratorConfig(z_dim=24, shared_dim=8, width=8, attention_resolution=14)
+    )
+    return StudioGANPipeline(generator)
+
+
+def tiny_dsno_pipeline() -> StudioDSNOPipeline:
+    """A one-call DSNO student of a random 8 px teacher (10 classes) in a `StudioDSNOPipeline`."""
+    teacher = random_teacher(8, 1, 10, [8, 8], seed=0)
+    grid = TrajectoryGrid.for_scheduler(teacher.scheduler, 16, 4)
+    student = DSNOStudent.from_teacher(
+        teacher.unet,
+        timesteps=list(grid.timesteps),
+        alphas_cumprod=list(grid.alphas_cumprod),
+        alpha_cumprod_start=grid.alpha_cumprod_start,
+        teacher="random",
+        teacher_steps=16,
+        guidance_scale=1.0,
+        num_classes=10,
+    ).eval()
+    return StudioDSNOPipeline(student=student)
+
+
+# ------------------------------------------------------------------------------------------ the app tests' runs
+#: run names `write_checkpoints` saves, one tiny model per family
+DIT = "tiny-dit"
+GAN = "tiny-sagan"
+BIGGAN = "tiny-biggan"
+ADM = "tiny-adm"
+DSNO = "tiny-dsno"
+SCORE = "tiny-score"
+CONTROLNET = "tiny-controlnet"
+
+
+def write_checkpoints(runs: Path) -> None:
+    """One tiny model per family as runs ``tiny-dit``, ``tiny-sagan``, ``tiny-biggan``, ``tiny-adm``,
+    ``tiny-dsno``, ``tiny-score`` and ``tiny-controlnet`` under ``runs``."""
+    names = [f"digit {i}" for i in range(10)]
+    save_pipeline(tiny_dit_pipeline(), runs / DIT / "pipeline", {"num_classes": 10, "class_names": names})
+    save_pipeline(tiny_sagan_pipeline(), runs / GAN / "pipeline", {"num_classes": 10})
+    save_pipeline(tiny_biggan_pipeline(), runs / BIGGAN / "pipeline", {"num_classes": 10})
+    save_pipeline(tiny_adm_pipeline(with_classifier=True), runs / ADM / "pipeline", {"num_classes": 4})
+    # a weak model, as dsno-mnist is: the picker flags it
+    weak = {"num_classes": 10, "metrics": {"class_accuracy": 0.5, "num_samples": 8}}
+    save_pipeline(tiny_dsno_pipeline(), runs / DSNO / "pipeline", weak)
+    save_pipeline(tiny_score_pipeline("ve"), runs / SCORE / "pipeline", {})
+    save_pipeline(tiny_controlnet_pipeline(), runs / CONTROLNET / "pipeline", {"num_classes": 4})
 
 
 # ------------------------------------------------------------------------------------------ SD / SD3

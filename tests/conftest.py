@@ -1,5 +1,6 @@
-"""Shared fixtures. Tiny models, pipelines and training overrides live in `tests.builders`; what the
-plugin tests measure lives in `tests.plugin_checks`."""
+"""Shared fixtures. Tiny models, pipelines, training overrides and the app tests' runs live in
+`tests.builders`; what the plugin tests measure in `tests.plugin_checks`; the app on a local port and raw
+endpoint calls in `tests.app_server`; two-process launches in `tests.launch`."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from tests.test_app_service import ADM, BIGGAN, CONTROLNET, DIT, DSNO, GAN, one_thread  # noqa: F401 (fixture)
-from tests.test_app_ui import running_app
+from tests.app_server import running_app
+from tests.builders import ADM, BIGGAN, CONTROLNET, DIT, DSNO, GAN
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium tries to reach outside hosts (update checks, component
@@ -32,6 +32,7 @@ TIMEOUT_MS = 60_000
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.skipif(
         not CHROMIUM.exists(),
         reason="Debian chromium is not installed at /usr/bin/chromium (run scripts/install_browser.sh)",

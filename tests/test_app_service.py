@@ -11,13 +11,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from samplers import PLUGINS
 from studio.errors import StudioError
 from studio.hub import list_models, load_pipeline, read_card, save_pipeline
-from tests.builders import TINY_DIT_OVERRIDES, tiny_dit_pipeline
+from tests.builders import (
+    ADM,
+    BIGGAN,
+    CONTROLNET,
+    DIT,
+    DSNO,
+    GAN,
+    SCORE,
+    TINY_DIT_OVERRIDES,
+    tiny_biggan_pipeline,
+    tiny_dit_pipeline,
+    tiny_sagan_pipeline,
+    write_checkpoints,
+)
 from webapp.catalogue import DEMO_MODEL
 from webapp.control import ControlRequest, read_control_image
 from webapp.generation import GenerateRequest
@@ -27,103 +39,9 @@ from webapp.security import AccessPolicy
 from webapp.service import GenerationStopped, StudioService
 from webapp.training_runner import training_presets
 
-DIT = "tiny-dit"
-GAN = "tiny-sagan"
-BIGGAN = "tiny-biggan"
-ADM = "tiny-adm"
-DSNO = "tiny-dsno"
-SCORE = "tiny-score"
-CONTROLNET = "tiny-controlnet"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more intra-op threads, and on a shared 2-core machine two threads
-    per process oversubscribe the cores (measured: a 4-image generation 0.4 s vs 3.2 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_sagan_pipeline():
-    """A 28 px, width-8 SAGAN generator (10 classes) in a `StudioGANPipeline`."""
-    from studio.models.gan import SAGANGenerator, SAGANGeneratorConfig
-    from studio.pipelines.gan import StudioGANPipeline
-
-    torch.manual_seed(0)
-    generator = SAGANGenerator.from_arch(SAGANGeneratorConfig(z_dim=16, width=8, attention_resolution=14))
-    return StudioGANPipeline(generator)
-
-
-def tiny_biggan_pipeline():
-    """A 28 px, width-8 BigGAN generator (10 classes) in a `StudioGANPipeline`."""
-    from studio.models.gan import BigGANGenerator, BigGANGeneratorConfig
-    from studio.pipelines.gan import StudioGANPipeline
-
-    torch.manual_seed(0)
-    generator = BigGANGenerator.from_arch(
-        BigGANGeneratorConfig(z_dim=24, shared_dim=8, width=8, attention_resolution=14)
-    )
-    return StudioGANPipeline(generator)
-
-
-def tiny_adm_pipeline():
-    """A 16 px ADM UNet (4 classes + null) with its noisy classifier in a `StudioADMPipeline`."""
-    from tests.builders import tiny_adm_pipeline
-
-    return tiny_adm_pipeline(with_classifier=True)
-
-
-def tiny_score_pipeline(kind: str):
-    """A 12 px score UNet of ``kind`` (ncsn / ve / vp), unconditional, in a `StudioScorePipeline`."""
-    from tests.builders import tiny_score_pipeline as build
-
-    return build(kind)
-
-
-def tiny_controlnet_pipeline():
-    """A 16 px ADM base (4 classes) with a randomised ControlNet in a `StudioControlNetPipeline`."""
-    from tests.builders import tiny_controlnet_pipeline as build
-
-    return build()
-
-
-def tiny_dsno_pipeline():
-    """A one-call DSNO student of a random 8 px teacher (10 classes) in a `StudioDSNOPipeline`."""
-    from studio.diffusion.trajectories import TrajectoryGrid
-    from studio.models.dsno import DSNOStudent
-    from studio.pipelines.dsno import StudioDSNOPipeline
-    from training.dsno import random_teacher
-
-    teacher = random_teacher(8, 1, 10, [8, 8], seed=0)
-    grid = TrajectoryGrid.for_scheduler(teacher.scheduler, 16, 4)
-    student = DSNOStudent.from_teacher(
-        teacher.unet,
-        timesteps=list(grid.timesteps),
-        alphas_cumprod=list(grid.alphas_cumprod),
-        alpha_cumprod_start=grid.alpha_cumprod_start,
-        teacher="random",
-        teacher_steps=16,
-        guidance_scale=1.0,
-        num_classes=10,
-    ).eval()
-    return StudioDSNOPipeline(student=student)
-
-
-def write_checkpoints(runs) -> None:
-    """One tiny model per family as runs ``tiny-dit``, ``tiny-sagan``, ``tiny-biggan``, ``tiny-adm``,
-    ``tiny-dsno``, ``tiny-score`` and ``tiny-controlnet`` under ``runs``."""
-    names = [f"digit {i}" for i in range(10)]
-    save_pipeline(tiny_dit_pipeline(), runs / DIT / "pipeline", {"num_classes": 10, "class_names": names})
-    save_pipeline(tiny_sagan_pipeline(), runs / GAN / "pipeline", {"num_classes": 10})
-    save_pipeline(tiny_biggan_pipeline(), runs / BIGGAN / "pipeline", {"num_classes": 10})
-    save_pipeline(tiny_adm_pipeline(), runs / ADM / "pipeline", {"num_classes": 4})
-    # a weak model, as dsno-mnist is: the picker flags it
-    weak = {"num_classes": 10, "metrics": {"class_accuracy": 0.5, "num_samples": 8}}
-    save_pipeline(tiny_dsno_pipeline(), runs / DSNO / "pipeline", weak)
-    save_pipeline(tiny_score_pipeline("ve"), runs / SCORE / "pipeline", {})
-    save_pipeline(tiny_controlnet_pipeline(), runs / CONTROLNET / "pipeline", {"num_classes": 4})
+# Tiny models gain nothing from more intra-op threads, and on a shared 2-core machine two threads per
+# process oversubscribe the cores (measured: a 4-image generation 0.4 s vs 3.2 s).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -721,23 +639,6 @@ def test_the_model_build_lock_is_taken_and_given_back_in_one_place():
     with pytest.raises(RuntimeError), building_networks():
         raise RuntimeError("a failed build")
     assert not MODEL_BUILD_LOCK.locked()
-
-
-def test_the_app_names_no_documents_outside_the_repository():
-    """Reasons are stated where they apply, not pointed to in documents a reader of the code does not have."""
-    import re
-    from pathlib import Path
-
-    import webapp
-
-    pattern = re.compile(r"§|\bissue \d|\b(spec|training|design|ecosystem)\.md\b|\bspec [\w.]+\.md")
-    found = [
-        f"{path.name}:{n}"
-        for path in Path(webapp.__file__).parent.rglob("*.py")
-        for n, line in enumerate(path.read_text().splitlines(), 1)
-        if pattern.search(line)
-    ]
-    assert not found
 
 
 def test_a_gan_starts_at_the_truncation_its_card_was_measured_with(tmp_path):

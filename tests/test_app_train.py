@@ -16,13 +16,14 @@ import yaml
 
 from studio.hub import SHIPPED_DIR, read_card
 from tests.builders import TINY_DIT_OVERRIDES
-from tests.test_app_service import one_thread  # noqa: F401 (fixture)
 from webapp.security import LIMITS
 from webapp.service import StudioService
 from webapp.training_presets import preset_info, training_presets
 from webapp.training_runner import TrainingRunner, readable_grid
 from webapp.ui import build_app
 from webapp.ui.train_tab import TrainTab, train_text
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shipped_card(name: str) -> dict:

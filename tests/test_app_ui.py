@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
-import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +17,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from studio.hub import SHIPPED_DIR, runs_dir
-from tests.test_app_service import (  # noqa: F401 (fixture)
+from studio.hub import runs_dir
+from tests.app_server import running_app
+from tests.builders import (
     ADM,
     BIGGAN,
     CONTROLNET,
@@ -30,47 +27,10 @@ from tests.test_app_service import (  # noqa: F401 (fixture)
     DSNO,
     GAN,
     SCORE,
-    one_thread,
-    write_checkpoints,
 )
-from webapp.security import LIMITS, AppLimits
-from webapp.service import StudioService
-from webapp.ui import API_NAMES, allowed_paths, app_access, build_app
+from webapp.ui import API_NAMES
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def running_app(
-    root: Path, allow_paths: tuple[str, ...] = (), limits: AppLimits = LIMITS, shipped: bool = False
-) -> Iterator[tuple[str, StudioService]]:
-    """The app over tiny runs in ``root/runs``, launched on a free port as ``app.py`` does (uploads only,
-    checkpoints from the runs folder and ``allow_paths``); yields its URL and service. The shipped
-    checkpoints, and with them the judges that score a dataset's images, are hidden unless ``shipped``
-    (the folder is one setting per process: an app started before this one sees what this one sees until
-    this one closes)."""
-    write_checkpoints(root / "runs")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("studio.hub.SHIPPED_DIR", SHIPPED_DIR if shipped else root / "no-shipped-weights")
-        patch.setenv("STUDIO_RUNS", str(root / "runs"))
-        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        service = StudioService(root / "outputs", device="cpu", access=app_access(allow_paths), limits=limits)
-        demo = build_app(service)
-        _, url, _ = demo.launch(
-            prevent_thread_lock=True,
-            server_name="127.0.0.1",
-            server_port=free_port(),
-            allowed_paths=allowed_paths(service),
-            quiet=True,
-        )
-        try:
-            yield url, service
-        finally:
-            demo.close()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

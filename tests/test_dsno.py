@@ -22,6 +22,7 @@ from studio.errors import CheckpointError, ConfigError, DataError, StudioError
 from studio.hub import list_models, load_pipeline, save_pipeline
 from studio.models.dsno import DSNOStudent, TimeConv, hook_points, teacher_fingerprint
 from studio.pipelines.dsno import StudioDSNOPipeline
+from tests import builders
 from training.dsno import random_teacher
 
 TIMES = [525, 225, 45, 0]
@@ -30,11 +31,10 @@ ABARS = [0.4, 0.8, 0.97, 1.0]
 
 # ---------------------------------------------------------------------------- tiny models
 def tiny_unet2d(seed: int = 0) -> UNet2DModel:
-    """3 levels, 2 layers per block, attention in the middle level, learned-σ output, 10 classes + null."""
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=1,
+    """`tests.builders.tiny_unet2d` with 3 levels, 2 layers per block, attention in the middle level,
+    learned-σ output, 10 classes + null."""
+    return builders.tiny_unet2d(
+        seed=seed,
         out_channels=2,
         block_out_channels=(8, 16, 16),
         layers_per_block=2,
@@ -201,7 +201,6 @@ def test_recorder_ddim_sets_its_sample_space_options_instead_of_inheriting_them(
     from diffusers import DDPMScheduler
 
     from studio.diffusion.trajectories import teacher_from_pipeline, teacher_scheduler
-    from tests.builders import tiny_adm_pipeline
 
     training = DDPMScheduler(
         beta_schedule="squaredcos_cap_v2",
@@ -218,7 +217,7 @@ def test_recorder_ddim_sets_its_sample_space_options_instead_of_inheriting_them(
     x, eps = torch.full((1, 1, 2, 2), 0.5), torch.full((1, 1, 2, 2), -3.0)
     ddim.set_timesteps(4)
     assert ddim.step(eps, ddim.timesteps[0], x).pred_original_sample.min() > 1  # x0 left unclamped
-    pipe = tiny_adm_pipeline(with_classifier=False)
+    pipe = builders.tiny_adm_pipeline(with_classifier=False)
     assert pipe.scheduler.config.clip_sample
     assert not teacher_from_pipeline(pipe).scheduler.config.clip_sample
 

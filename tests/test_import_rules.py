@@ -8,12 +8,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: what no room imports: the test suite, the maintainer scripts and the app launcher live only in a checkout
+#: (an installed studio has none of them), and the launcher is the edge
+CHECKOUT_ONLY = {"tests", "scripts", "app"}
+
 #: room -> top-level packages it must never import
 FORBIDDEN = {
-    "studio": {"training", "samplers", "webapp", "studio_cli", "bench"},
-    "samplers": {"training", "webapp", "studio_cli", "bench"},
-    "training": {"webapp", "studio_cli", "bench"},
-    "webapp": {"studio_cli", "bench"},
+    "studio": {"training", "samplers", "webapp", "studio_cli", "bench"} | CHECKOUT_ONLY,
+    "samplers": {"training", "webapp", "studio_cli", "bench"} | CHECKOUT_ONLY,
+    "training": {"webapp", "studio_cli", "bench"} | CHECKOUT_ONLY,
+    "webapp": {"studio_cli", "bench"} | CHECKOUT_ONLY,
+    "bench": CHECKOUT_ONLY,
+    "studio_cli": CHECKOUT_ONLY,
 }
 
 
@@ -43,3 +49,22 @@ def test_the_hub_does_not_import_the_pipelines():
     modules = {node.module for node in ast.walk(hub) if isinstance(node, ast.ImportFrom)}
     modules |= {alias.name for node in ast.walk(hub) if isinstance(node, ast.Import) for alias in node.names}
     assert not [m for m in modules if m and m.startswith("studio.pipelines")]
+
+
+def test_test_modules_share_helpers_through_helper_modules_only():
+    """Shared fixtures live in conftest.py, tiny models in `tests.builders` and other shared helpers in
+    non-test modules of tests/; a test module importing another one would run its module-level setup twice
+    and hide where a helper lives."""
+    offending = {}
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        modules |= {
+            alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+        test_modules = sorted(
+            m for m in modules if m.split(".")[0] == "tests" and m.split(".")[-1].startswith("test_")
+        )
+        if test_modules:
+            offending[str(path.relative_to(REPO))] = test_modules
+    assert offending == {}

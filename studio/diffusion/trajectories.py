@@ -31,7 +31,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from studio.data import DatasetInfo
 from studio.errors import CheckpointError, ConfigError, DataError
+from studio.hub import load_pipeline, read_card
+from studio.models.dsno import teacher_fingerprint
 
 META_FILE = "meta.json"
 PROGRESS_FILE = "progress.json"
@@ -203,8 +206,6 @@ def teacher_from_pipeline(pipe: Any, name: str = "") -> Teacher:
     card_names: list[str] = []
     folder = Path(str(getattr(pipe, "name_or_path", "") or ""))
     if folder.is_dir():
-        from studio.hub import read_card
-
         card_names = [str(n) for n in read_card(folder).get("class_names", [])]
     names = tuple(card_names) if len(card_names) == num_classes else tuple(str(i) for i in range(num_classes))
     return Teacher(unet, scheduler, name or str(folder), num_classes, null_class, names)
@@ -212,8 +213,6 @@ def teacher_from_pipeline(pipe: Any, name: str = "") -> Teacher:
 
 def load_teacher(name_or_path: str, device: str | None = "cpu") -> Teacher:
     """Load a teacher checkpoint by shipped name, run name, folder or hub id (`studio.hub.load_pipeline`)."""
-    from studio.hub import load_pipeline
-
     try:
         pipe = load_pipeline(name_or_path, device=device)
     except CheckpointError as exc:
@@ -265,8 +264,6 @@ def trajectory_meta(
     teacher: Teacher, grid: TrajectoryGrid, num_pairs: int, seed: int, guidance_scale: float
 ) -> dict[str, Any]:
     """What a trajectory folder records about how it was made (compared on resume and by the trainer)."""
-    from studio.models.dsno import teacher_fingerprint
-
     return {
         "num_pairs": num_pairs,
         "seed": seed,
@@ -383,8 +380,6 @@ class TrajectoryDataset(Dataset):
         holdout_fraction: float = 0.0,
         name: str = "trajectories",
     ):
-        from studio.data import DatasetInfo
-
         folder = Path(folder)
         if not (folder / META_FILE).is_file():
             raise DataError(

@@ -26,6 +26,7 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
 
+from studio import __version__
 from studio.errors import StudioError
 from studio.pipelines.record import GenerationRecord, to_pil
 
@@ -348,8 +349,6 @@ class StudioPipelineMixin:
 
     def finish_record(self, record: GenerationRecord, started: float) -> GenerationRecord:
         """Add plugin settings/stats and the total wall time to ``record``."""
-        from studio import __version__
-
         record.plugins, record.plugin_stats = self._plugin_report()
         record.timings["total_s"] = round(time.perf_counter() - started, 4)
         record.studio_version = __version__

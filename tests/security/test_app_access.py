@@ -18,14 +18,13 @@ from gradio_client import Client
 from PIL import Image
 
 from studio.hub import save_pipeline
-from tests.builders import tiny_dit_pipeline
-from tests.test_app_service import CONTROLNET, DIT, one_thread  # noqa: F401 (fixture)
-from tests.test_app_ui import running_app
+from tests.app_server import FILE_META, call, control_data, refusal, running_app
+from tests.builders import CONTROLNET, DIT, tiny_dit_pipeline
 from webapp.generation import GenerateRequest
 from webapp.security import AccessDenied, AccessPolicy
 from webapp.service import StudioService
 
-FILE_META = {"_type": "gradio.FileData"}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -50,31 +49,6 @@ def server_files(tmp_path):
     checkpoint = tmp_path / "elsewhere"
     save_pipeline(tiny_dit_pipeline(), checkpoint / "pipeline", {"num_classes": 10})
     return {"secret": secret, "picture": picture, "pixels": pixels, "checkpoint": checkpoint}
-
-
-def call(url: str, api_name: str, data: list) -> tuple[str, str]:
-    """POST ``data`` to an endpoint and read its event stream: ("complete" or "error", the data line)."""
-    base = url.rstrip("/") + f"/gradio_api/call/{api_name}"
-    event_id = httpx.post(base, json={"data": data}, timeout=60).json()["event_id"]
-    event, payload = "", ""
-    with httpx.stream("GET", f"{base}/{event_id}", timeout=120) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event in ("complete", "error"):
-                return event, line.split(":", 1)[1].strip()
-    return event, payload
-
-
-def refusal(url: str, api_name: str, data: list) -> str:
-    """The error message of a call that must fail (the test fails if it completes)."""
-    event, payload = call(url, api_name, data)
-    assert event == "error", f"/{api_name} accepted {data}: {payload[:200]}"
-    return payload
-
-
-def control_data(image) -> list:
-    return [CONTROLNET, image, "none", "all", 1.0, False, 2, 1.0, 0, 1]
 
 
 def cached_copies(content: bytes) -> list[Path]:

@@ -6,11 +6,13 @@ the size of the networks a caller can make the app build.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from tests.test_app_service import one_thread  # noqa: F401 (fixture)
 from webapp.security import LIMITS
 from webapp.training_runner import training_presets
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_offered_preset_fits_the_limits():

@@ -17,15 +17,15 @@ from PIL import Image
 
 from studio.errors import StudioError
 from studio.hub import runs_dir, save_pipeline
-from tests.builders import TINY_DIT_OVERRIDES, tiny_dit_pipeline
-from tests.security.test_app_access import FILE_META, call, control_data, refusal
-from tests.test_app_service import CONTROLNET, DIT, one_thread  # noqa: F401 (fixture)
-from tests.test_app_ui import running_app
+from tests.app_server import FILE_META, call, control_data, refusal, running_app
+from tests.builders import CONTROLNET, DIT, TINY_DIT_OVERRIDES, tiny_dit_pipeline
 from webapp.control import ControlRequest
 from webapp.generation import GenerateRequest
 from webapp.security import LIMITS, prune_outputs
 from webapp.service import StudioService
 from webapp.training_runner import TrainingRunner, resumable_runs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _WriteMarker:
