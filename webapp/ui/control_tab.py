@@ -120,11 +120,12 @@ class ControlTab:
                         height=240,
                         format="png",
                     )
+                    # two columns: beside the condition map four 100 px thumbnails overflow (~350 px wide)
                     self.gallery = gr.Gallery(
                         elem_classes=[PIXELATED, GALLERY],
                         label="Images",
                         format="png",
-                        columns=4,
+                        columns=2,
                         height="auto",
                         interactive=False,
                         fit_columns=False,
