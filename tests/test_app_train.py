@@ -16,10 +16,11 @@ import yaml
 
 from studio.hub import SHIPPED_DIR, read_card
 from tests.builders import TINY_DIT_OVERRIDES
+from webapp.pixel_view import pixel_view
 from webapp.security import LIMITS
 from webapp.service import StudioService
 from webapp.training_presets import preset_info, training_presets
-from webapp.training_runner import TrainingRunner, readable_grid
+from webapp.training_runner import TrainingRunner
 from webapp.ui import build_app
 from webapp.ui.train_tab import TrainTab, train_text
 
@@ -115,7 +116,7 @@ def test_live_grids_are_enlarged_with_square_pixels(runs_dir):
     runner = TrainingRunner(score_samples=10)
     runner.start("dit", "mnist-tiny", 2, overrides=TINY_DIT_OVERRIDES)
     status = runner.wait(300)
-    view = readable_grid(status.sample)
+    view = pixel_view(status.sample)
     with Image.open(status.sample) as grid, Image.open(view) as large:
         factor = large.width // grid.width
         assert factor >= 4 and large.size == (grid.width * factor, grid.height * factor)

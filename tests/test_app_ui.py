@@ -192,8 +192,12 @@ def test_control_follows_an_uploaded_picture_and_shows_its_condition(client, tmp
     Image.fromarray(digit).save(picture)
     condition, gallery, details = control(client, CONTROLNET, str(picture), condition="canny", scale=1.0)
     with Image.open(condition) as shown:
-        edges = np.asarray(shown)
-    assert edges.shape == (16, 16) and edges.max() == 255 and edges[0, 0] == 0  # canny map at model size
+        view = np.asarray(shown)
+    # the 16 px canny map at model size, shown enlarged with square pixels (15 x 15 each: about 240 px)
+    assert view.shape == (240, 240)
+    edges = view[::15, ::15]
+    assert np.array_equal(view, np.kron(edges, np.ones((15, 15), dtype=view.dtype)))
+    assert edges.max() == 255 and edges[0, 0] == 0
     assert len(gallery) == 2
     record = details["images"][0]["record"]
     assert record["family"] == "controlnet" and record["seeds"] == [5]

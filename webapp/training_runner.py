@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 import threading
 import time
@@ -15,22 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import PIL.Image
-
 from studio.errors import StudioError
 from studio.hub import read_card, runs_dir
 from webapp.catalogue import building_networks
-from webapp.generation import UPSCALE_FILTERS
 from webapp.run_scoring import SCORE_SAMPLES, SCORE_SECONDS, RunScore, score_run
 from webapp.security import LIMITS, AppLimits
 from webapp.training_presets import preset_info, training_presets
 
-__all__ = ["TrainStatus", "TrainingRunner", "readable_grid", "resumable_runs", "training_presets"]
+__all__ = ["TrainStatus", "TrainingRunner", "resumable_runs", "training_presets"]
 
 logger = logging.getLogger("webapp")
-
-#: sample grids are enlarged (nearest neighbour, so every pixel stays a sharp square) to about this width
-GRID_VIEW_PX = 480
 
 
 def resumable_runs(family: str, preset: str) -> list[str]:
@@ -48,30 +41,6 @@ def resumable_runs(family: str, preset: str) -> list[str]:
         ),
         reverse=True,
     )
-
-
-def readable_grid(path: str | Path | None, width: int = GRID_VIEW_PX) -> str | None:
-    """An enlarged copy of a sample grid (``samples/large/<name>``, made once): a grid of 28 px digits is
-    ~120 px wide, a blur of grey once the browser scales it up; each pixel becomes a square of pixels.
-    None when there is no grid, or it cannot be read yet (the run may be writing it)."""
-    if not path:
-        return None
-    source = Path(path)
-    target = source.parent / "large" / source.name
-    try:
-        if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
-            return str(target)
-        with PIL.Image.open(source) as grid:
-            factor = max(1, round(width / max(grid.width, 1)))
-            large = grid.resize((grid.width * factor, grid.height * factor), UPSCALE_FILTERS["nearest"])
-        target.parent.mkdir(exist_ok=True)
-        # one partial file per writer (two pages may follow the same run); readers never see half a file
-        partial = target.with_name(f".{target.stem}-{os.getpid()}-{threading.get_ident()}.png")
-        large.save(partial)
-        partial.replace(target)
-    except (OSError, ValueError, SyntaxError):  # PIL's errors for a file still being written
-        return None
-    return str(target)
 
 
 @dataclass

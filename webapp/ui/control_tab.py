@@ -17,6 +17,7 @@ from webapp.catalogue import ModelOption
 from webapp.classes import class_choice
 from webapp.control import CONDITIONS, ControlRequest
 from webapp.model_card import card_text
+from webapp.pixel_view import CONDITION_VIEW_PX, pixel_view
 from webapp.security import LIMITS
 from webapp.service import StudioService
 from webapp.ui.common import (
@@ -166,7 +167,7 @@ class ControlTab:
                 guess_mode=bool(guess_mode),
             )
             result = self.service.control(request, reporter(progress))
-        return str(result.condition), gallery_items(result.batch), result.to_dict()
+        return pixel_view(result.condition, CONDITION_VIEW_PX), gallery_items(result.batch), result.to_dict()
 
     def sketch_file(self, value: dict | None) -> str | None:
         """The sketch pad's flattened drawing (a PNG path), for the control image input. Only a file in the

@@ -9,10 +9,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from webapp.pixel_view import pixel_view
 from webapp.security import LIMITS
 from webapp.service import StudioService
 from webapp.training_presets import PresetInfo, preset_infos
-from webapp.training_runner import TrainStatus, readable_grid, resumable_runs
+from webapp.training_runner import TrainStatus, resumable_runs
 from webapp.ui.common import CPU, PIXELATED, STACK, TRAIN, user_errors
 from webapp.ui.generate_tab import GenerateTab
 
@@ -22,7 +23,7 @@ TRAIN_POLL_S = 1.0
 DEFAULT_TRAIN_FAMILY = "dit"
 #: the time budget offered for presets that set none (the smoke tests, which end in a minute or two)
 DEFAULT_TRAIN_MINUTES = 10.0
-#: height of the sample grid on the page (grids are enlarged to about `readable_grid`'s 480 px)
+#: height of the sample grid on the page (grids are enlarged to about `pixel_view`'s 480 px)
 GRID_HEIGHT_PX = 480
 
 
@@ -260,7 +261,7 @@ class TrainTab:
         while True:
             # no empty frame: a LinePlot that first gets one never draws its lines (gradio 6.31)
             losses = loss_frame(status) if status.history else gr.skip()
-            grid = readable_grid(status.sample)
+            grid = pixel_view(status.sample)
             if status.sample and grid is None:
                 grid = gr.skip()  # the newest grid is still being written: keep the one shown
             yield train_text(status), losses, grid, status.to_dict()
