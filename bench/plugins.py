@@ -474,7 +474,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     ]
     results: dict[str, dict[str, Any]] = {}
     reference, base_macs, base_correct = None, None, None
-    torch.set_num_threads(max(args.threads))
+    torch.set_num_threads(min(args.threads))  # quality does not depend on threads; one is robust to load
     for method in methods:  # pass 1: warm-up, images, stats, work
         try:
             images, info = quality_pass(pipe, method, args)
