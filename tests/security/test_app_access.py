@@ -156,7 +156,8 @@ def test_app_flags_name_allowed_folders_and_output_limits(tmp_path):
 
 
 def test_the_upload_endpoint_is_the_only_way_in(app):
-    """An uploaded picture is accepted by /control and its condition map is the picture itself."""
+    """An uploaded picture is accepted by /control and its condition map is the picture itself,
+    shown enlarged with square pixels."""
     url = app[0]
     picture = np.zeros((16, 16), dtype=np.uint8)
     picture[4:12, 7:9] = 255
@@ -171,7 +172,10 @@ def test_the_upload_endpoint_is_the_only_way_in(app):
     condition, gallery, _ = json.loads(payload)
     assert len(gallery) == 1
     with Image.open(condition["path"]) as shown:
-        np.testing.assert_array_equal(np.asarray(shown), picture)
+        shown_pixels = np.asarray(shown)
+    factor = shown_pixels.shape[0] // picture.shape[0]
+    assert factor > 1, "the condition map is shown enlarged"
+    np.testing.assert_array_equal(shown_pixels, np.kron(picture, np.ones((factor, factor), np.uint8)))
 
 
 def test_the_service_itself_reads_only_uploads(runs_dir, server_files, tmp_path):
