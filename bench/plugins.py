@@ -299,11 +299,18 @@ def build_methods(args: argparse.Namespace) -> list[Method]:
     ratios = MagCacheRatios()
     return [
         Method("plain DDIM", "baseline", plain),
-        *(Method(f"FORA N={n}", "studio", studio_plugins(f"fora:interval={n}")) for n in (2, 3, 4)),
+        *(Method(f"FORA N={n}", "studio", studio_plugins(f"fora:interval={n}")) for n in (2, 3, 4, 5)),
+        # the first steps fix the image's layout, so computing them fresh buys PSNR cheaply
+        *(
+            Method(f"FORA N={n} warm-up {w}", "studio", studio_plugins(f"fora:interval={n},warmup_steps={w}"))
+            for n, w in ((2, 3), (3, 3), (4, 4))
+        ),
         *(Method(f"RAS {r:g}", "studio", studio_plugins(f"ras:ratio={r}")) for r in (0.75, 0.5, 0.25)),
-        Method("FORA N=2 + RAS 0.5", "studio", studio_plugins("fora:interval=2", "ras:ratio=0.5")),
-        Method("FORA N=3 + RAS 0.5", "studio", studio_plugins("fora:interval=3", "ras:ratio=0.5")),
-        *(first_block_cache(threshold) for threshold in (0.05, 0.1, 0.2, 0.3)),
+        *(
+            Method(f"FORA N={n} + RAS 0.5", "studio", studio_plugins(f"fora:interval={n}", "ras:ratio=0.5"))
+            for n in (2, 3, 4)
+        ),
+        *(first_block_cache(threshold) for threshold in (0.05, 0.1, 0.2, 0.3, 0.4)),
         Method(
             "PAB spatial 2",
             "diffusers",

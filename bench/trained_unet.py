@@ -36,6 +36,8 @@ from bench.report import write_results
 from studio.hub import load_pipeline
 
 SKIP_GRID = (
+    "skip_tuning:bottom=0.6",
+    "skip_tuning:bottom=0.7",
     "skip_tuning:bottom=0.8",
     "skip_tuning:bottom=0.9",
     "skip_tuning:bottom=0.95",
@@ -67,7 +69,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--methods", nargs="+", default=None, help="plugin specs (default: the grid)")
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="CFG scale (1 = unguided)")
+    parser.add_argument(
+        "--classifier-scale", type=float, default=0.0, help="ADM classifier guidance scale (0 = none)"
+    )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="quality only: plain runs once per batch instead of beside every method (half the work)",
+    )
     parser.add_argument("--dataset", default="mnist", help="reference data of the judge and domain FD")
     parser.add_argument("--out", default="trained_unet", help="results name under bench/results")
     return parser.parse_args(argv)
@@ -97,6 +107,8 @@ def run_setting(pipe: Any, args: argparse.Namespace, setting: str) -> list[dict[
     scheduler, _, steps_text = setting.partition(":")
     steps = int(steps_text)
     call = {"scheduler": scheduler, "num_inference_steps": steps, "guidance_scale": args.guidance_scale}
+    if args.classifier_scale:
+        call["classifier_scale"] = args.classifier_scale
     specs = methods_for(steps, args.methods)
     labels = [i % pipe.num_classes for i in range(args.n)]
     images: dict[str, list[torch.Tensor]] = {name: [] for name in ["plain", *specs]}
@@ -107,7 +119,8 @@ def run_setting(pipe: Any, args: argparse.Namespace, setting: str) -> list[dict[
         seeds = list(range(start, start + len(batch_labels)))
         batch_plain = None
         for spec in specs:  # plain runs right before each method, so each pair shares the machine's state
-            plain_images, plain_s = sample(pipe, batch_labels, seeds, call, None)
+            if batch_plain is None or not args.no_timing:
+                plain_images, plain_s = sample(pipe, batch_labels, seeds, call, None)
             method_images, method_s = sample(pipe, batch_labels, seeds, call, spec)
             batch_plain = plain_images if batch_plain is None else batch_plain
             paired_plain[spec].append(plain_s)
@@ -138,8 +151,9 @@ def run_setting(pipe: Any, args: argparse.Namespace, setting: str) -> list[dict[
                 paired_accuracy_change(correct_per_image(result, labels, args.dataset), plain_correct),
                 psnr_vs_plain_db=round(psnr(result, plain), 2),
                 s_per_image=round(statistics.median(seconds[name]) / args.batch_size, 4),
-                speedup=round(statistics.median(p / m for p, m in paired), 3),
             )
+            if not args.no_timing:
+                row["speedup"] = round(statistics.median(p / m for p, m in paired), 3)
         print(f"{setting} {name}: {row}", file=sys.stderr, flush=True)
         rows.append(row)
     return rows
@@ -155,11 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     rows = [row for setting in args.settings for row in run_setting(pipe, args, setting)]
     notes = (
-        f"Model `{args.model}`, CFG {args.guidance_scale}, n = {args.n} class-balanced images (seed i, class i % "
+        f"Model `{args.model}`, CFG {args.guidance_scale}, classifier scale {args.classifier_scale:g}, n = {args.n} class-balanced images (seed i, class i % "
         f"{pipe.num_classes}), {args.threads} thread(s); judge and domain FD: the shipped {args.dataset} "
         "classifier. accuracy_change: paired vs plain on the same seeds, with its 95% interval (only flipped "
-        "verdicts count). speedup: median over batches of plain / method wall time, run back to back. "
-        f"Command: `python bench/trained_unet.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
+        "verdicts count). speedup: median over batches of plain / method wall time, run back to back "
+        + ("(not measured: --no-timing). " if args.no_timing else ". ")
+        + f"Command: `python bench/trained_unet.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
         f"wall time {time.perf_counter() - started:.0f} s."
     )
     settings = {key: value for key, value in vars(args).items() if key != "out"}

@@ -628,9 +628,9 @@ def apply_ras(target: Any, config: RASConfig | None = None) -> PluginHandle:
     attentions = _attention_modules("ras", model, found.layout)
     metric = config.metric
     if config.metric == "std" and model.config.in_channels == 1:
-        logger.warning(
-            "ras: %s has one channel, where a channel std is undefined; selecting by l2norm",
-            type(model).__name__,
+        warn_once(
+            model,
+            f"ras: {type(model).__name__} has one channel, where a channel std is undefined; selecting by l2norm",
         )
         metric = "l2norm"
     table = acquire_table(model) if config.sample_ratio < 1 and config.precompute_conditioning else None
