@@ -3,7 +3,8 @@
     python bench/app.py [--models NAME,PATH,...] [--runs DIR] [--steps 20] [--batch 4] [--repeats 3]
                         [--threads N]
 
-Starts ``python app.py`` in a subprocess on a free port, exactly as a user would, and drives it with
+Starts the app (``python -m webapp``, what ``python app.py`` runs) in a subprocess on a free port, as a
+user would, from the current folder (its ``./runs`` are the app's runs), and drives it with
 `gradio_client`:
 
 1. launch: seconds from process start until the page answers, and until the first image comes back
@@ -45,14 +46,20 @@ def free_port() -> int:
 
 
 def start_app(port: int, outputs: Path, runs: str | None, threads: int | None) -> subprocess.Popen:
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    # the package next to this file is the one timed: from a checkout that is the working tree
+    search_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": search_path,
+    }
     if runs:
         env["STUDIO_RUNS"] = runs
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port), "--outputs", str(outputs)],
-        cwd=ROOT,
+        [sys.executable, "-m", "webapp", "--port", str(port), "--outputs", str(outputs)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -63,13 +70,13 @@ def wait_ready(url: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"app.py exited with status {process.returncode} before serving")
+            raise SystemExit(f"the app exited with status {process.returncode} before serving")
         try:
             with urllib.request.urlopen(url, timeout=5):
                 return
         except OSError:
             time.sleep(0.2)
-    raise SystemExit(f"app.py did not answer within {READY_TIMEOUT_S} s")
+    raise SystemExit(f"the app did not answer within {READY_TIMEOUT_S} s")
 
 
 def sampling(info: dict, steps: int | None, picture: str = "") -> dict:

@@ -129,7 +129,7 @@ def test_allow_path_serves_checkpoints_inside_it_only(runs_dir, server_files, tm
 
 
 def test_app_flags_name_allowed_folders_and_output_limits(tmp_path):
-    from app import parse_args
+    from webapp.launch import parse_args
     from webapp.ui import app_access
 
     args = parse_args(
