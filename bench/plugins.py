@@ -481,7 +481,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     ]
     results: dict[str, dict[str, Any]] = {}
     reference, base_macs, base_correct = None, None, None
-    torch.set_num_threads(min(args.threads))  # quality does not depend on threads; one is robust to load
+    # quality does not depend on threads; the fewest are the most robust to load, the most the fastest
+    torch.set_num_threads(args.quality_threads or min(args.threads))
     for method in methods:  # pass 1: warm-up, images, stats, work
         try:
             images, info = quality_pass(pipe, method, args)
@@ -785,6 +786,12 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=None,
         help="torch thread counts, each timed in every round (default: torch's choice)",
+    )
+    parser.add_argument(
+        "--quality-threads",
+        type=int,
+        default=None,
+        help="torch threads of the untimed quality pass (default: the smallest of --threads)",
     )
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where the model runs")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model and latent dtype")
