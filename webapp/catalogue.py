@@ -26,7 +26,7 @@ from samplers import PLUGINS, apply
 from studio.errors import StudioError
 from studio.hub import SHIPPED_DIR, list_models, load_pipeline, read_card, runs_dir
 from webapp.classes import card_class_titles
-from webapp.model_card import card_text, weakness
+from webapp.model_card import card_plugin_defaults, card_text, weakness
 from webapp.security import AccessPolicy
 
 #: the model name of the in-memory random-weight DiT offered when no checkpoint exists
@@ -181,6 +181,8 @@ class ModelInfo:
     class_titles: tuple[str, ...] = ()
     dataset: str = ""
     warning: str = ""  # why the model is too weak to rely on (empty: fine or not measured)
+    #: plugin name -> field values its panel starts with for this model (the card's measured best settings)
+    plugin_defaults: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def takes(self, parameter: str) -> bool:
         return parameter in self.parameters
@@ -231,6 +233,7 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
         class_titles=card_class_titles(card, num_classes),
         warning="" if name == DEMO_MODEL else weakness(card),
         dataset=str(card.get("dataset") or ""),
+        plugin_defaults={k: v for k, v in card_plugin_defaults(card).items() if k not in errors},
     )
 
 

@@ -104,4 +104,22 @@ def card_text(name: str, family: str, card: dict[str, Any]) -> str:
     if sampling:
         settings = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in sorted(sampling.items()))
         lines.append(f"Best settings (set below): {settings}")
+    for plugin, entry in sorted(card_plugin_entries(card).items()):
+        settings = ", ".join(f"{key} {value}" for key, value in sorted(entry["settings"].items()))
+        measured = f" ({entry['measured']})" if entry.get("measured") else ""
+        lines.append(f"{plugin} starts at {settings} for this model{measured}")
     return "  \n".join(lines)
+
+
+def card_plugin_entries(card: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The card's measured plugin settings: ``plugin_defaults`` maps a plugin name to ``{"settings": {field:
+    value}, "measured": "what the setting gained, where"}``; entries without settings are ignored."""
+    entries = card.get("plugin_defaults") or {}
+    return {
+        name: entry for name, entry in entries.items() if isinstance(entry, dict) and entry.get("settings")
+    }
+
+
+def card_plugin_defaults(card: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Plugin name -> the field values the app's panel starts with for this model (from `card_plugin_entries`)."""
+    return {name: dict(entry["settings"]) for name, entry in card_plugin_entries(card).items()}

@@ -40,7 +40,8 @@ class PluginWidgets:
 
     def updates(self, info: ModelInfo, request: GenerateRequest | None) -> dict[gr.Component, Any]:
         """Shown only when the plugin applies to ``info``'s model (switched off otherwise); with a recalled
-        ``request``, switched on with its settings when the request uses it, else off."""
+        ``request``, switched on with its settings when the request uses it, else off. A newly picked model
+        (no ``request``) sets the settings to its card's measured ones where it has them, else the app's."""
         error = info.plugin_errors.get(self.panel.name)
         updates: dict[gr.Component, Any] = {self.group: gr.update(visible=not error)}
         if error:
@@ -49,6 +50,13 @@ class PluginWidgets:
         chosen = dict(plugin_values(spec) for spec in request.plugins) if request else {}
         if request is None:
             updates[self.enabled] = gr.update(interactive=True)
+            card = info.plugin_defaults.get(self.panel.name, {})
+            updates.update(
+                {
+                    w: gr.update(value=card.get(f.name, f.start))
+                    for f, w in zip(self.panel.fields, self.settings)
+                }
+            )
         elif self.panel.name not in chosen:
             updates[self.enabled] = gr.update(value=False, interactive=True)
         else:
