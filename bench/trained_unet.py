@@ -142,9 +142,9 @@ def run_setting(pipe: Any, args: argparse.Namespace, setting: str) -> list[dict[
             **domain_quality(result, labels, args.dataset),
         }
         if name == "plain":
-            row.update(
-                s_per_image=round(statistics.median(seconds["plain"]) / args.batch_size, 4), speedup=1.0
-            )
+            row["s_per_image"] = round(statistics.median(seconds["plain"]) / args.batch_size, 4)
+            if not args.no_timing:
+                row["speedup"] = 1.0
         else:
             paired = zip(paired_plain[name], seconds[name])
             row.update(

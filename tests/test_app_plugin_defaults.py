@@ -33,7 +33,9 @@ def model_info(**changes) -> ModelInfo:
 
 
 def test_the_card_text_names_the_measured_plugin_setting():
-    assert "skip_tuning starts at rho_bottom 0.6 for this model (DPM++ 10: +3 pts)" in card_text("m", "adm", CARD)
+    assert "skip_tuning starts at rho_bottom 0.6 for this model (DPM++ 10: +3 pts)" in card_text(
+        "m", "adm", CARD
+    )
 
 
 def test_card_entries_without_settings_are_ignored():
