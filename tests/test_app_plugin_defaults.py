@@ -4,10 +4,13 @@ model's plugin panel starts at them (a model whose card has none starts at the a
 from __future__ import annotations
 
 import gradio as gr
+import pytest
 
+from studio.hub import list_models, read_card
 from webapp.catalogue import ModelInfo
 from webapp.model_card import card_plugin_defaults, card_text
 from webapp.plugin_form import plugin_panels
+from webapp.service import StudioService
 from webapp.ui.plugin_widgets import PluginWidgets
 
 CARD = {
@@ -55,3 +58,18 @@ def test_a_picked_model_starts_its_plugin_panel_at_its_card_setting():
     with_card = widgets.updates(model_info(plugin_defaults=card_plugin_defaults(CARD)), None)
     assert with_card[rho]["value"] == 0.6
     assert widgets.updates(model_info(), None)[rho]["value"] == app_start  # the next model starts afresh
+
+
+def test_the_shipped_adm_mnist_starts_skip_tuning_at_its_measured_setting(tmp_path):
+    """adm-mnist's card carries the Skip-Tuning setting its benchmark found; a model without one has none."""
+    shipped = {entry.name: entry for entry in list_models() if entry.source == "shipped"}
+    if "adm-mnist" not in shipped:
+        pytest.skip("adm-mnist is not shipped")
+    card = read_card(shipped["adm-mnist"].path)
+    measured = card["plugin_defaults"]["skip_tuning"]
+    assert measured["settings"]["rho_bottom"] < 1.0 and "DPM-Solver++" in measured["measured"]
+    service = StudioService(tmp_path / "outputs", device="cpu")
+    info = service.select("adm-mnist")
+    assert info.plugin_defaults == {"skip_tuning": measured["settings"]}
+    assert "skip_tuning starts at rho_bottom" in info.note
+    assert service.select("dit-mnist").plugin_defaults == {}
