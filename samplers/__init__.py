@@ -93,7 +93,7 @@ register_plugin(
     "encprop",
     EncPropConfig,
     apply_encoder_propagation,
-    {"alpha": "inject_alpha", "tau": "inject_tau_frac", "chunk": "max_parallel"},
+    {"alpha": "inject_alpha", "tau": "inject_tau_frac", "chunk": "max_parallel", "rows": "max_parallel_rows"},
 )
 
 

@@ -95,6 +95,17 @@ class EncPropConfig:
         },
     )
     max_parallel: int = field(default=16, metadata={"help": "at most this many steps per decoder batch."})
+    max_parallel_rows: int = field(
+        default=64,
+        metadata={
+            "help": (
+                "at most this many rows (steps x images, x2 with CFG) per decoder batch; 0: no limit. On a CPU a wide "
+                "decoder batch is slower than the steps it replaces (adm-mnist, DDIM 50, 2 threads: 0.84x / 0.59x at 32 / "
+                "100 images per call without a limit, 1.22x / 1.24x with 64), so wide batches decode fewer steps at "
+                "once; raise it on a GPU."
+            )
+        },
+    )
     inject_alpha: float = field(
         default=0.003,
         metadata={"help": ("prior noise injection strength (0.003 in the paper; 0 turns it off).")},
@@ -120,6 +131,15 @@ class EncPropConfig:
         ):
             raise ConfigError(f"encprop: max_parallel must be an integer >= 1, got {self.max_parallel!r}")
         self.max_parallel = int(self.max_parallel)
+        if (
+            isinstance(self.max_parallel_rows, bool)
+            or int(self.max_parallel_rows) != self.max_parallel_rows
+            or self.max_parallel_rows < 0
+        ):
+            raise ConfigError(
+                f"encprop: max_parallel_rows must be an integer >= 0 (0: no limit), got {self.max_parallel_rows!r}"
+            )
+        self.max_parallel_rows = int(self.max_parallel_rows)
         if self.inject_alpha < 0:
             raise ConfigError(f"encprop: inject_alpha must be >= 0, got {self.inject_alpha}")
         if not 0.0 <= self.inject_tau_frac <= 1.0:
@@ -377,8 +397,8 @@ class EncPropController:
                 return pending.output
             self._counts["recomputed_ahead"] += 1
         state.pending.clear()
-        slots = self._slots(step, timestep)
         rows = inputs["sample"].shape[0]
+        slots = self._slots(step, timestep, rows)
         call = dict(inputs)
         if len(slots) > 1:
             call = {k: _repeat_rows(v, rows, len(slots)) for k, v in inputs.items()}
@@ -398,9 +418,13 @@ class EncPropController:
             )
         return out[:rows]
 
-    def _slots(self, step: int, timestep: Any) -> list[int]:
-        """The steps decoded together from ``step``: up to the next key step, at most max_parallel."""
-        if not self.config.parallel or self.config.max_parallel == 1:
+    def _slots(self, step: int, timestep: Any, rows: int) -> list[int]:
+        """The steps decoded together from ``step``: up to the next key step, at most max_parallel, and at most
+        max_parallel_rows rows of ``rows`` each."""
+        limit = self.config.max_parallel
+        if self.config.max_parallel_rows:
+            limit = min(limit, max(1, self.config.max_parallel_rows // rows))
+        if not self.config.parallel or limit == 1:
             return [step]
         if not self._timestep_is(timestep, float(self.scheduler.timesteps[step])):
             warn_once(
@@ -409,7 +433,7 @@ class EncPropController:
             )
             return [step]
         end = min([k for k in self.keys if k > step] + [self.clock.num_steps or step + 1])
-        return list(range(step, min(end, step + self.config.max_parallel)))
+        return list(range(step, min(end, step + limit)))
 
     def _timestep_dtype(self, timestep: Any) -> torch.dtype:
         """The dtype the stock forward gives ``timestep`` (UNet2DModel casts Python numbers to long)."""

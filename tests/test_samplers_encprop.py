@@ -164,6 +164,22 @@ def test_max_parallel_caps_the_decoder_batch(caplog):
     handle.remove()
 
 
+def test_max_parallel_rows_caps_the_decoder_batch_by_rows():
+    """4 rows per call: a 9-row budget decodes 2 steps at once, 0 lifts the limit, 1 decodes one at a time."""
+    unet, scheduler = adm_unet(), DDIMScheduler()
+    peaks = {}
+    for budget in (9, 0, 1):
+        handle = samplers.apply(
+            (unet, scheduler), parse_plugin_spec(f"encprop:keys=0,chunk=16,rows={budget},alpha=0")
+        )
+        unet_loop(unet, scheduler, steps=12)
+        peaks[budget] = (handle.stats()["peak_decode_rows"], handle.stats()["decoder_batches"])
+        handle.remove()
+    assert peaks == {9: (2 * 4, 1 + 6), 0: (11 * 4, 1 + 1), 1: (4, 1 + 11)}
+    with pytest.raises(ConfigError, match="max_parallel_rows must be an integer >= 0"):
+        parse_plugin_spec("encprop:rows=-1")
+
+
 def test_non_key_step_ignores_its_latent():
     """Perturbing the latent entering a non-key step leaves that step's prediction unchanged."""
     unet, scheduler = adm_unet(), DDIMScheduler()
