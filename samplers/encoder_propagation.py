@@ -124,26 +124,21 @@ class EncPropConfig:
         if isinstance(self.keys, (list, tuple)):
             self.keys = "/".join(str(int(k)) for k in self.keys)
         key_steps(self.keys, 1)  # validates the spelling
-        if (
-            isinstance(self.max_parallel, bool)
-            or int(self.max_parallel) != self.max_parallel
-            or self.max_parallel < 1
-        ):
-            raise ConfigError(f"encprop: max_parallel must be an integer >= 1, got {self.max_parallel!r}")
-        self.max_parallel = int(self.max_parallel)
-        if (
-            isinstance(self.max_parallel_rows, bool)
-            or int(self.max_parallel_rows) != self.max_parallel_rows
-            or self.max_parallel_rows < 0
-        ):
-            raise ConfigError(
-                f"encprop: max_parallel_rows must be an integer >= 0 (0: no limit), got {self.max_parallel_rows!r}"
-            )
-        self.max_parallel_rows = int(self.max_parallel_rows)
+        self.max_parallel = _whole_number("max_parallel", self.max_parallel, 1)
+        self.max_parallel_rows = _whole_number(
+            "max_parallel_rows", self.max_parallel_rows, 0, " (0: no limit)"
+        )
         if self.inject_alpha < 0:
             raise ConfigError(f"encprop: inject_alpha must be >= 0, got {self.inject_alpha}")
         if not 0.0 <= self.inject_tau_frac <= 1.0:
             raise ConfigError(f"encprop: inject_tau_frac must be in [0, 1], got {self.inject_tau_frac}")
+
+
+def _whole_number(name: str, value: Any, minimum: int, note: str = "") -> int:
+    """``value`` as an int, or a ConfigError naming the setting when it is not a whole number >= ``minimum``."""
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        raise ConfigError(f"encprop: {name} must be an integer >= {minimum}{note}, got {value!r}")
+    return int(value)
 
 
 # ---------------------------------------------------------------------------- key schedule
