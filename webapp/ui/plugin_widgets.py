@@ -41,7 +41,7 @@ class PluginWidgets:
     def updates(self, info: ModelInfo, request: GenerateRequest | None) -> dict[gr.Component, Any]:
         """Shown only when the plugin applies to ``info``'s model (switched off otherwise); with a recalled
         ``request``, switched on with its settings when the request uses it, else off. A newly picked model
-        (no ``request``) sets the settings to its card's measured ones where it has them, else the app's."""
+        (no ``request``) sets the settings its card has measured values for and leaves the rest as they are."""
         error = info.plugin_errors.get(self.panel.name)
         updates: dict[gr.Component, Any] = {self.group: gr.update(visible=not error)}
         if error:
@@ -50,11 +50,12 @@ class PluginWidgets:
         chosen = dict(plugin_values(spec) for spec in request.plugins) if request else {}
         if request is None:
             updates[self.enabled] = gr.update(interactive=True)
-            card = info.plugin_defaults.get(self.panel.name, {})
+            card = info.plugin_defaults.get(self.panel.name, {})  # only these change: fewer change events
             updates.update(
                 {
-                    w: gr.update(value=card.get(f.name, f.start))
+                    w: gr.update(value=card[f.name])
                     for f, w in zip(self.panel.fields, self.settings)
+                    if f.name in card
                 }
             )
         elif self.panel.name not in chosen:
