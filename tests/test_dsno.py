@@ -165,6 +165,93 @@ def test_too_many_modes_are_refused():
         TimeConv(channels=2, num_slices=4, modes=4)
 
 
+def random_timeconv(channels: int, num_slices: int, modes: int, seed: int = 0) -> TimeConv:
+    """A `TimeConv` with O(1) weights, so the Fourier mixing dominates the residual."""
+    torch.manual_seed(seed)
+    layer = TimeConv(channels, num_slices, modes)
+    with torch.no_grad():
+        layer.weight.normal_(0, channels**-0.5)
+    return layer
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 8), (4, 3, 5), (5, 3, 4), (6, 1, 3), (6, 4, 2)])
+def test_dense_operator_equals_the_fourier_path(shape):
+    """Without grad the layer runs one (M·C)² 1x1 conv; it is the FFT map up to float32 rounding."""
+    num_slices, modes, channels = shape
+    layer = random_timeconv(channels, num_slices, modes)
+    u = torch.randn(3, num_slices, channels, 5, 7)
+    fourier = layer(u)  # grad enabled: the FFT path
+    assert fourier.requires_grad
+    with torch.inference_mode():  # the operator built here is reused below, outside inference mode
+        torch.testing.assert_close(layer(u), fourier.detach(), rtol=1e-5, atol=1e-5)
+    size = num_slices * channels
+    assert layer._operator is not None and layer._operator[1].shape == (size, size, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(u), fourier.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_operator_follows_weight_updates_loads_and_dtype():
+    """The cached operator is rebuilt whenever the weight changes: in-place edits, optimizer steps,
+    ``load_state_dict`` and dtype moves; a deep copy builds its own."""
+    import copy
+
+    layer = random_timeconv(4, 4, 2)
+    u = torch.randn(2, 4, 4, 3, 3)
+
+    def check(module: TimeConv, x: torch.Tensor, tol: float = 1e-5) -> None:
+        with torch.no_grad():
+            dense = module(x)
+        torch.testing.assert_close(dense, module(x).detach(), rtol=tol, atol=tol)
+
+    check(layer, u)
+    with torch.no_grad():
+        layer.weight.mul_(-2)
+    check(layer, u)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer(u).square().sum().backward()
+    optimizer.step()
+    check(layer, u)
+    other = random_timeconv(4, 4, 2, seed=1)
+    layer.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(layer(u), other(u), rtol=0, atol=0)
+    shadow = copy.deepcopy(layer)
+    with torch.no_grad():
+        shadow.weight.zero_()
+        assert torch.equal(shadow(u), u)
+    check(layer, u)
+    check(layer.double(), u.double(), tol=1e-6)
+    assert layer._operator[1].dtype == torch.float32
+
+
+def test_training_gradients_go_through_the_fourier_path_after_dense_calls():
+    """A no-grad call (cache built) changes nothing for training: same outputs and weight gradients."""
+    u = torch.randn(2, 4, 3, 4, 4, requires_grad=True)
+    fresh, used = random_timeconv(3, 4, 2), random_timeconv(3, 4, 2)
+    with torch.no_grad():
+        used(u)
+    grads = []
+    for layer in (fresh, used):
+        out = layer(u)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append(layer.weight.grad)
+    assert grads[0].abs().sum() > 0
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_student_dense_sampling_matches_the_fourier_student():
+    """The whole student (16 temporal layers, O(1) mixing) without grad matches its FFT forward."""
+    student = student_of(tiny_unet2d())
+    for i, layer in enumerate(student.tconvs):
+        layer.weight.data.copy_(random_timeconv(layer.weight.shape[0], 4, 2, seed=i).weight)
+    x, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 5, 9])
+    fourier = student(x, y).detach()
+    with torch.no_grad():
+        dense = student(x, y)
+    assert all(layer._operator is not None for layer in student.tconvs)
+    torch.testing.assert_close(dense, fourier, rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------- 4. recorder
 def test_record_grid_is_quadratic_and_matches_ddim():
     assert record_steps(64, 4) == [28, 48, 60, 64]

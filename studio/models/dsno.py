@@ -80,6 +80,11 @@ class TimeConv(nn.Module):
     modes) as real/imaginary pairs (C, C, modes, 2), so safetensors and every optimizer treat it as a
     plain float tensor. The FFT treats the slices as equally spaced samples of a periodic signal.
 
+    The mixing is linear in ``u`` over (time, channel), so when no gradient is recorded (sampling,
+    evaluation) it runs as one real (M·C) x (M·C) 1x1 convolution, `operator`, instead of an rfft, a
+    complex einsum and an irfft: same map up to float rounding, fewer passes over the activations.
+    With gradients on it runs the FFT form, so training sees exactly the parametrisation it learns.
+
     :param channels: feature channels C of the hooked layer.
     :param num_slices: M, the number of time slices per image.
     :param modes: Fourier modes kept (at most M // 2 + 1; 2 in the reference).
@@ -100,15 +105,44 @@ class TimeConv(nn.Module):
         if init == "reference":
             with torch.no_grad():
                 self.weight.uniform_(0.0, 1.0).div_(channels * channels)
+        # (key of the weight it was built from, conv weight); a plain attribute, not state
+        self._operator: tuple[tuple, torch.Tensor] | None = None
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """``u``: (B, M, C, H, W) -> same shape."""
         with torch.autocast(device_type=u.device.type, enabled=False):
-            spectrum = torch.fft.rfft(u.float(), dim=1)  # (B, M//2+1, C, H, W) complex
-            kernel = torch.view_as_complex(self.weight.float())  # (C, C, modes)
-            mixed = torch.einsum("bkchw,cdk->bkdhw", spectrum[:, : self.modes], kernel)  # (B, modes, C, H, W)
-            v = torch.fft.irfft(mixed, n=self.num_slices, dim=1)  # higher modes zero-padded
+            if torch.is_grad_enabled():
+                v = self.spectral(u.float(), self.weight.float())
+            else:
+                b, m, c, h, w = u.shape
+                v = F.conv2d(u.float().reshape(b, m * c, h, w), self.operator()).view(b, m, c, h, w)
         return u + F.leaky_relu(v.to(u.dtype), LEAKY_SLOPE)
+
+    def spectral(self, u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The mixing before the activation and residual, in Fourier form: (B, M, C, H, W) -> same shape."""
+        spectrum = torch.fft.rfft(u, dim=1)  # (B, M//2+1, C, H, W) complex
+        kernel = torch.view_as_complex(weight)  # (C, C, modes)
+        mixed = torch.einsum("bkchw,cdk->bkdhw", spectrum[:, : self.modes], kernel)  # (B, modes, C, H, W)
+        return torch.fft.irfft(mixed, n=self.num_slices, dim=1)  # higher modes zero-padded
+
+    def operator(self) -> torch.Tensor:
+        """`spectral` as a float32 1x1-conv weight (M·C_out, M·C_in, 1, 1), channel index ``m·C + c``.
+
+        Built in float64 by mixing the basis vectors, so it is the Fourier map itself (including
+        irfft dropping the imaginary part of mode 0), rounded once. Cached until the weight changes:
+        the key holds its storage, device, dtype and in-place version counter, which optimizer
+        steps, EMA updates and ``load_state_dict`` all bump.
+        """
+        weight = self.weight
+        key = (weight.data_ptr(), weight.device, weight.dtype, weight._version)
+        if self._operator is None or self._operator[0] != key:
+            with torch.no_grad():
+                size = self.num_slices * weight.shape[0]
+                basis = torch.eye(size, dtype=torch.float64, device=weight.device)
+                columns = self.spectral(basis.view(size, self.num_slices, -1, 1, 1), weight.double())
+                dense = columns.reshape(size, size).T.contiguous()  # [out (t, d), in (s, c)]
+            self._operator = (key, dense.float()[:, :, None, None])
+        return self._operator[1]
 
     def hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         """Forward hook: mix the hooked layer's output (B·M, C, H, W) over its M slices."""
