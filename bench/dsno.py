@@ -4,7 +4,9 @@ Rows, all from the same noise (image i: seed ``--seed + i``) and classes (i % K)
 (NFE 1: one network call on a batch of M slices per image); the teacher's DDIM with 1, 2, 4 steps
 (equal-NFE baselines) and with its training N (the target the student imitates); and the teacher's
 DDIM with as many steps as fit in the student's wall time (equal-time baseline). Per row: wall time
-per image (median of ``--repeats`` timed passes after an untimed warm-up), NFE (network calls per
+per image (median of ``--repeats`` timed passes after an untimed warm-up; the student and the DDIM-N
+target are timed in alternating rounds, so load from other jobs hits both alike), the speedup over
+the target (its time / the row's), NFE (network calls per
 image; CFG doubles a teacher call's batch, not its count), UNet image-evaluations per image (the
 FLOP-equivalent: M for the student, whose one call runs M slices; steps, or 2 x steps with CFG, for
 the teacher), class accuracy and domain FD from
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -29,7 +32,7 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler
 
-from bench.report import RESULTS
+from bench.report import RESULTS, machine
 from studio.diffusion.trajectories import Teacher, TrajectoryDataset, initial_noise, load_teacher
 from studio.errors import StudioError
 from studio.hub import load_pipeline, read_card
@@ -110,6 +113,18 @@ def timed(fn: Any, repeats: int) -> tuple[torch.Tensor, float]:
     return out, statistics.median(times)
 
 
+def timed_together(fns: list[Any], repeats: int) -> tuple[list[torch.Tensor], list[float]]:
+    """`timed` for several functions in ``repeats`` rounds that each time every function once, in turn."""
+    outs = [fn() for fn in fns]
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, row in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            row.append(time.perf_counter() - start)
+    return outs, [statistics.median(row) for row in times]
+
+
 def in_batches(fn: Any, noise: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> torch.Tensor:
     return torch.cat(
         [
@@ -157,9 +172,11 @@ def main(argv: list[str] | None = None) -> None:
             lambda x, y: teacher_ddim(teacher, steps, x, y, guidance), noise, labels, args.batch_size
         )
 
+    load_start = os.getloadavg()
     with torch.no_grad():
-        student_images, student_s = timed(run_student, args.repeats)
-        reference, reference_s = timed(lambda: run_teacher(config.teacher_steps), 1)
+        (student_images, reference), (student_s, reference_s) = timed_together(
+            [run_student, lambda: run_teacher(config.teacher_steps)], args.repeats
+        )
     per_step_s = reference_s / config.teacher_steps
     equal_time = max(1, int(student_s / per_step_s))
     step_counts = sorted({int(s) for s in args.steps.split(",")} | {equal_time} - {config.teacher_steps})
@@ -196,7 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     for row in rows:
         images = row.pop("images")
-        row["ms_per_image"] = 1000 * row.pop("seconds") / args.num_images
+        seconds = row.pop("seconds")
+        row["ms_per_image"] = 1000 * seconds / args.num_images
+        row["speedup"] = reference_s / seconds
         row["mad_to_target"] = float((images - reference).abs().mean())
         row.update(scores(images, labels, args.metrics, args.reference))
 
@@ -213,6 +232,10 @@ def main(argv: list[str] | None = None) -> None:
         "guidance_scale": guidance,
         "num_images": args.num_images,
         "threads": args.threads,
+        "repeats": args.repeats,
+        "machine": machine(),
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "rows": rows,
         "heldout_mse_per_slice": heldout,
     }
@@ -222,6 +245,11 @@ def main(argv: list[str] | None = None) -> None:
     keys = [k for k in rows[0] if k not in ("method",)]
     lines = [
         f"# DSNO vs teacher DDIM: {args.student} ({args.num_images} images, {args.threads} thread(s))",
+        "",
+        (
+            f"Median of {args.repeats} timed passes (student and DDIM-{config.teacher_steps} target "
+            f"interleaved); load average {result['loadavg_start'][0]} -> {result['loadavg_end'][0]}."
+        ),
         "",
         "| method | " + " | ".join(keys) + " |",
         "|---" * (len(keys) + 1) + "|",
