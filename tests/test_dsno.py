@@ -104,6 +104,28 @@ def test_gradients_reach_every_temporal_layer_from_zero_init():
     assert all(tc.weight.grad is not None and tc.weight.grad.abs().sum() > 0 for tc in student.tconvs)
 
 
+@pytest.mark.parametrize("kind", ["unet2d", "condition"])
+def test_first_resnet_head_runs_once_per_image_with_the_same_result(kind):
+    """The slices share x_T, so the first ResNet's norm1 -> SiLU -> conv1 runs on one row per image
+    and is repeated over the M slices; the student's output is the one without that sharing."""
+    unet = tiny_unet2d() if kind == "unet2d" else tiny_unet_condition()
+    student = student_of(unet)
+    first = student.unet.down_blocks[0].resnets[0]
+    rows = []
+    first.conv1.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    x = torch.randn(3, 1, 8, 8)
+    kwargs = {"class_labels": torch.tensor([1, 5, 9])} if kind == "unet2d" else {}
+    if kind == "condition":
+        kwargs["encoder_hidden_states"] = torch.randn(3, 4, 8)
+    with torch.no_grad():
+        shared = student(x, **kwargs)
+        first.norm1._forward_pre_hooks.clear()
+        first.conv1._forward_hooks.clear()
+        unshared = student(x, **kwargs)
+    assert rows == [3, 12]
+    torch.testing.assert_close(shared, unshared, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------- 2. shapes, hooks, save/load
 @pytest.mark.parametrize("kind", ["unet2d", "condition"])
 def test_shapes_hook_count_and_save_load_round_trip(kind, tmp_path):
@@ -222,6 +244,7 @@ def test_dense_operator_follows_weight_updates_loads_and_dtype():
     check(layer, u)
     check(layer.double(), u.double(), tol=1e-6)
     assert layer._operator[1].dtype == torch.float32
+    check(layer.float().to(memory_format=torch.channels_last), u)  # a 4-d weight: made non-contiguous
 
 
 def test_training_gradients_go_through_the_fourier_path_after_dense_calls():

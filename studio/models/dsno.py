@@ -6,6 +6,8 @@ teacher's deterministic sampler into one network evaluation: the student gets th
 returns the M states ``x(t_1) .. x(t_M)`` of the teacher's trajectory; the last (t = 0) is the sample.
 Slices are ordinary batch rows for the UNet; `TimeConv` layers, inserted after every ResNet(+attention)
 stage by forward hooks, mix them along the time axis in Fourier space (the reference's models/tddpmm.py).
+Since every slice starts from the same ``x_T``, the first ResNet's time-independent head runs once
+per image (`SharedStem`).
 
 The backbone is rebuilt from the teacher's config and loaded with a copy of its weights, so the
 teacher instance is never hooked. Hooks are bound methods of the `TimeConv` modules: a deep copy of
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel, UNet2DModel
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from studio.errors import CheckpointError, ConfigError
@@ -121,7 +124,7 @@ class TimeConv(nn.Module):
     def spectral(self, u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The mixing before the activation and residual, in Fourier form: (B, M, C, H, W) -> same shape."""
         spectrum = torch.fft.rfft(u, dim=1)  # (B, M//2+1, C, H, W) complex
-        kernel = torch.view_as_complex(weight)  # (C, C, modes)
+        kernel = torch.view_as_complex(weight.contiguous())  # (C, C, modes); contiguous after channels_last
         mixed = torch.einsum("bkchw,cdk->bkdhw", spectrum[:, : self.modes], kernel)  # (B, modes, C, H, W)
         return torch.fft.irfft(mixed, n=self.num_slices, dim=1)  # higher modes zero-padded
 
@@ -151,6 +154,37 @@ class TimeConv(nn.Module):
             0, 1
         )  # (B, M, C, H, W) -> (B·M, ...)
         return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
+
+
+class SharedStem:
+    """Runs the first ResNet's time-independent head once per image instead of once per slice.
+
+    All M slices of an image enter the UNet with the same ``x_T`` and differ only in the time
+    embedding, which the first ResNet adds after ``norm1 -> SiLU -> conv1``. A forward pre-hook on
+    ``norm1`` keeps one row per image (rows are ``b·M + m``), a forward hook on ``conv1`` repeats its
+    output M times: the same values (up to float rounding, as the batch differs) at 1/M of the cost.
+    A plain object holding only M, so deep copies of the student carry their own.
+    """
+
+    def __init__(self, num_slices: int):
+        self.num_slices = num_slices
+
+    @staticmethod
+    def applies_to(unet: nn.Module) -> bool:
+        """Whether the first block starts with a `ResnetBlock2D` whose head sees only the input."""
+        first = unet.down_blocks[0].resnets[0]
+        return type(first) is ResnetBlock2D and first.upsample is None and first.downsample is None
+
+    def attach(self, unet: nn.Module) -> None:
+        first = unet.down_blocks[0].resnets[0]
+        first.norm1.register_forward_pre_hook(self.one_row_per_image)
+        first.conv1.register_forward_hook(self.one_row_per_slice)
+
+    def one_row_per_image(self, module: nn.Module, args: tuple) -> tuple:
+        return (args[0][:: self.num_slices], *args[1:])
+
+    def one_row_per_slice(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output.repeat_interleave(self.num_slices, 0)
 
 
 def hook_points(unet: nn.Module) -> list[tuple[nn.Module, int]]:
@@ -264,6 +298,8 @@ class DSNOStudent(ModelMixin, ConfigMixin):
         self.tconvs = nn.ModuleList(TimeConv(channels, num_slices, modes, init) for _, channels in points)
         for (module, _), tconv in zip(points, self.tconvs):
             module.register_forward_hook(tconv.hook)
+        if SharedStem.applies_to(self.unet):
+            SharedStem(num_slices).attach(self.unet)
 
     # ---------------------------------------------------------------- building
     @classmethod
