@@ -17,6 +17,7 @@ from studio.diffusion.score_samplers import (
     NoneCorrector,
     ReverseDiffusionPredictor,
     annealed_langevin,
+    ddim_sample_progressive,
     langevin_step_sizes,
     pc_sample,
     probability_flow_ode,
@@ -43,12 +44,16 @@ KIND_SAMPLER = [
     ("ve", "pc"),
     ("ve", "langevin"),
     ("ve", "ode"),
+    ("vp", "ddpm"),
+    ("vp", "ddim"),
     ("vp", "pc"),
     ("vp", "ode"),
 ]
 FAST = {
     "langevin": {"num_inference_steps": 3, "corrector_steps": 2},
     "pc": {"num_inference_steps": 4, "corrector_steps": 1},
+    "ddpm": {"num_inference_steps": 4},
+    "ddim": {"num_inference_steps": 4},
     "ode": {},
 }
 
@@ -219,6 +224,43 @@ def test_probability_flow_ode_samples_the_gaussian_deterministically(sde):
     assert torch.equal(first.sample, again.sample) and first.nfe == again.nfe
 
 
+def final_ddim_sample(sde, score, x, steps, noise, eta):
+    *_, last = ddim_sample_progressive(sde, score, x, steps, 1e-3, noise, eta, clip=None)
+    return last.sample
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0], ids=["deterministic", "ancestral"])
+def test_vp_ddim_samples_the_gaussian(eta):
+    toy, sde = GaussianToy(), VPSDE(N=1000)
+    x = sde.prior_sampling(torch.randn(4000, toy.d, generator=torch.Generator().manual_seed(0)))
+    toy.check(final_ddim_sample(sde, toy.sde_score(sde), x, 200, seeded_noise(1), eta))
+
+
+def test_vp_ddim_at_eta_zero_draws_no_noise_and_makes_exactly_its_steps_calls():
+    toy, sde = GaussianToy(), VPSDE(N=1000)
+    calls = []
+
+    def score(x, t):
+        calls.append(float(t[0]))
+        return toy.sde_score(sde)(x, t)
+
+    def no_noise(like):
+        raise AssertionError("deterministic DDIM drew noise")
+
+    x = sde.prior_sampling(torch.randn(16, toy.d, generator=torch.Generator().manual_seed(0)))
+    first = final_ddim_sample(sde, score, x, 7, no_noise, 0.0)
+    assert len(calls) == 7 and calls[0] == 1.0 and calls[-1] == pytest.approx(1e-3)
+    assert torch.equal(first, final_ddim_sample(sde, score, x, 7, no_noise, 0.0))
+
+
+def test_vp_ddim_clips_its_x0_predictions_to_the_data_range():
+    sde = VPSDE(N=1000)
+    x = sde.prior_sampling(torch.randn(16, 2, generator=torch.Generator().manual_seed(0)))
+    far = lambda x, t: -(x - 5.0)  # a score pulling toward 5, far outside [-1, 1]
+    *_, last = ddim_sample_progressive(sde, far, x, 5, 1e-3, seeded_noise(1))
+    assert last.sample.max() <= 1.0 and last.sample.min() >= -1.0
+
+
 def test_probability_flow_ode_is_reversible_with_the_exact_score():
     toy, sde = GaussianToy(), VPSDE(N=1000)
     x0 = toy.mu + toy.s * torch.randn(
@@ -314,7 +356,9 @@ def test_pipeline_shapes_record_and_seeded_determinism(kind, sampler):
     assert not np.array_equal(out.images, other.images)
 
 
-@pytest.mark.parametrize(("kind", "sampler"), [("ncsn", "langevin"), ("ve", "pc"), ("vp", "ode")])
+@pytest.mark.parametrize(
+    ("kind", "sampler"), [("ncsn", "langevin"), ("ve", "pc"), ("vp", "ddpm"), ("vp", "ode")]
+)
 def test_image_i_is_identical_whatever_the_batch_size(kind, sampler):
     pipe = tiny_score_pipeline(kind)
     kwargs = fast_kwargs(kind, sampler)
@@ -377,7 +421,8 @@ def test_save_load_round_trip_is_bit_identical(kind, tmp_path):
 def test_bad_inputs_raise_readable_errors():
     ncsn, ve, vp = (tiny_score_pipeline(kind) for kind in ("ncsn", "ve", "vp"))
     cases = [
-        (lambda: ve(scheduler="ddim"), "unknown sampler 'ddim'"),
+        (lambda: ve(scheduler="euler"), "unknown sampler 'euler'"),
+        (lambda: ve(scheduler="ddim"), "sampler 'ddim' does not apply to a ve model"),
         (lambda: vp(scheduler="langevin"), "does not apply to a vp model"),
         (lambda: ncsn(scheduler="ode"), "does not apply to a ncsn model"),
         (lambda: ncsn(scheduler="pc", num_inference_steps=3), "num_inference_steps must be 5"),

@@ -1,6 +1,7 @@
-"""Samplers for score models that diffusers lacks: annealed Langevin dynamics, predictor-corrector
-and the probability-flow ODE (Song & Ermon 2019, NCSN; Song et al. 2021, score SDE, sec. 4; reference
-code ermongroup/ncsn anneal_runner.py and score_sde_pytorch sampling.py).
+"""Samplers for score models that diffusers lacks: annealed Langevin dynamics, predictor-corrector,
+DDIM on the VP SDE's continuous time and the probability-flow ODE (Song & Ermon 2019, NCSN; Song et
+al. 2021, score SDE, sec. 4; Song, Meng & Ermon 2021, DDIM; reference code ermongroup/ncsn
+anneal_runner.py and score_sde_pytorch sampling.py).
 
 Why our own: diffusers' `ScoreSdeVeScheduler` covers the VE predictor and corrector only, its
 corrector sizes the step with norms averaged over the batch (so image i depends on the images
@@ -179,6 +180,57 @@ def pc_sample(predictor: Predictor, corrector: Corrector, x: torch.Tensor, eps: 
     for last in pc_sample_progressive(predictor, corrector, x, eps):
         pass
     return x if last is None else last.sample_mean
+
+
+# ============================================================================ DDIM on a VP SDE
+def ddim_timesteps(N: int, eps: float) -> torch.Tensor:
+    """DDIM's N network times from 1 down to eps, spaced quadratically (the DDIM paper's CIFAR-10 choice).
+
+    Dense near the data, where a first-order step loses the most: on a Gaussian toy (s = 0.2) 25 linearly
+    spaced steps keep 59% of the data variance, quadratic ones 85%. The last step jumps from eps to t = 0.
+    """
+    return eps + (1.0 - eps) * torch.linspace(1.0, 0.0, N, dtype=torch.float64).square()
+
+
+def ddim_sample_progressive(
+    sde: VPSDE,
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    steps: int,
+    eps: float,
+    noise_fn: NoiseFn,
+    eta: float = 0.0,
+    clip: tuple[float, float] | None = (-1.0, 1.0),
+) -> Iterator[SamplerStep]:
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) in the VP SDE's continuous time, from the prior sample ``x``.
+
+    A VP model is a DDPM in continuous time, so DDIM's update applies with alpha(t) = `VPSDE.mean_coefficient`
+    and sigma(t) = sqrt(1 - alpha^2): per step, predict x0 = (x + sigma^2 score) / alpha, clip it to the
+    data range (``clip``; guided-diffusion's ``clip_denoised``), and move to the next time along the
+    re-derived noise direction, adding ``eta``-scaled fresh noise (0: deterministic, the probability-flow
+    ODE's first-order solver; 1: ancestral DDPM). The last of the ``steps`` network calls, at t = eps,
+    returns its x0 prediction (Tweedie's denoiser), so no noise injected by late steps stays in the image:
+    on an undertrained model that late noise is what leaves speckled backgrounds after PC sampling.
+    """
+    times = ddim_timesteps(steps, eps).tolist()
+    for i, t in enumerate(times):
+        batch_t = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
+        alpha = float(sde.mean_coefficient(torch.tensor(t, dtype=torch.float64)))
+        sigma = math.sqrt(max(1.0 - alpha * alpha, 0.0))
+        x0 = (x + sigma * sigma * score_fn(x, batch_t)) / alpha
+        if clip is not None:
+            x0 = x0.clamp(*clip)
+        if i == len(times) - 1:
+            yield SamplerStep(i, t, x0, x0)
+            return
+        noise_dir = (x - alpha * x0) / sigma
+        alpha_next = float(sde.mean_coefficient(torch.tensor(times[i + 1], dtype=torch.float64)))
+        sigma_next = math.sqrt(max(1.0 - alpha_next * alpha_next, 0.0))
+        # eq. 16: the DDPM posterior's std at eta = 1
+        fresh = eta * sigma_next / sigma * math.sqrt(max(1.0 - (alpha / alpha_next) ** 2, 0.0))
+        mean = alpha_next * x0 + math.sqrt(max(sigma_next**2 - fresh**2, 0.0)) * noise_dir
+        x = mean + fresh * noise_fn(x) if fresh > 0 else mean
+        yield SamplerStep(i, t, x, mean)
 
 
 # ============================================================================ annealed Langevin dynamics

@@ -1,4 +1,4 @@
-"""Unconditional sampling of score models (NCSN, VE SDE, VP SDE) with three samplers.
+"""Unconditional sampling of score models (NCSN, VE SDE, VP SDE) with four samplers.
 
 - ``langevin``: annealed Langevin dynamics (NCSN's sampler) over ``num_inference_steps`` noise
   levels, ``corrector_steps`` Langevin steps per level of size ``step_lr (sigma_i / sigma_L)^2``,
@@ -7,6 +7,11 @@
   t = 1 to ``sampling_eps``, each preceded by ``corrector_steps`` Langevin corrector steps at
   signal-to-noise ratio ``snr``; returns the last noise-free mean. An NCSN runs it on its
   trained ladder, so ``num_inference_steps`` must equal its L.
+- ``ddpm`` and ``ddim``: DDIM's update in the VP SDE's continuous time over ``num_inference_steps``
+  network calls (100 / 50 unless asked) on a quadratic time grid, ancestral (eta 1, DDPM) or
+  deterministic (eta 0), ending with the x0 prediction at ``sampling_eps``. VP models; ``ddpm`` is
+  their default: on the shipped VP model it draws clean backgrounds where PC 250 leaves speckles
+  (Inception precision 0.77 against 0.03 on 200 images), in 100 calls instead of 250.
 - ``ode``: the probability-flow ODE, integrated with scipy's adaptive RK45 (rtol = atol = 1e-5)
   plus a final denoising step; deterministic; ``num_inference_steps`` is unused and the record
   holds the number of network evaluations instead. VE and VP models.
@@ -44,6 +49,7 @@ from studio.diffusion.score_samplers import (
     ReverseDiffusionPredictor,
     SamplerStep,
     annealed_langevin_progressive,
+    ddim_sample_progressive,
     pc_sample_progressive,
     probability_flow_ode,
 )
@@ -54,13 +60,17 @@ from studio.pipelines.base import StudioPipelineMixin, StudioPipelineOutput, che
 from studio.pipelines.invariance import FixedBatchModel, batch_invariant
 from studio.pipelines.record import GenerationRecord
 
-SAMPLERS = ("langevin", "pc", "ode")
+SAMPLERS = ("langevin", "pc", "ddpm", "ddim", "ode")
 #: the samplers each kind supports, default first
 KIND_SAMPLERS = {
     ScoreKind.NCSN: ("langevin", "pc"),
     ScoreKind.VE: ("pc", "langevin", "ode"),
-    ScoreKind.VP: ("pc", "ode"),
+    ScoreKind.VP: ("ddpm", "ddim", "pc", "ode"),
 }
+#: network calls of the DDPM / DDIM samplers when none are asked for (their grid is re-spaced for any N)
+DEFAULT_STEPS = {"ddpm": 100, "ddim": 50}
+#: DDIM's eta of each (0: deterministic, 1: ancestral DDPM)
+ETA = {"ddpm": 1.0, "ddim": 0.0}
 #: NCSN's Langevin step and steps per level (ermongroup/ncsn configs/anneal.yml: step_lr 2e-5 with
 #: T = 100 per level); a pipeline saves its own (``langevin_steps``, ``step_lr`` in model_index.json)
 DEFAULT_STEP_LR = 2e-5
@@ -146,10 +156,12 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
     ) -> StudioPipelineOutput | tuple:
         """Generate ``num_images`` images.
 
-        :param num_inference_steps: noise levels (``langevin``) or predictor steps (``pc``);
-            default: L for an NCSN, else the scheduler's ``num_train_timesteps``. Unused by ``ode``.
+        :param num_inference_steps: noise levels (``langevin``), predictor steps (``pc``) or network
+            calls (``ddpm``, ``ddim``); default: L for an NCSN, 100 for ``ddpm``, 50 for ``ddim``,
+            else the scheduler's ``num_train_timesteps``. Unused by ``ode``.
         :param seed: base seed (image i uses seed + i), one seed per image, or None for random.
-        :param scheduler: the sampler, ``langevin``, ``pc`` or ``ode`` (default: the model's first).
+        :param scheduler: the sampler, ``langevin``, ``pc``, ``ddpm``, ``ddim`` or ``ode`` (default: the
+            model's first).
         :param corrector_steps: Langevin steps per level (``langevin``, default: the pipeline's
             ``langevin_steps``, NCSN's 100 unless the model was saved with its own) or corrector
             steps per predictor step (``pc``, default: the scheduler's ``correct_steps``).
@@ -162,7 +174,7 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
         step_lr = float(self.config.step_lr) if step_lr is None else step_lr
         self._check_inputs(kind, sampler, num_images, num_inference_steps, corrector_steps, snr, step_lr)
         config = self.scheduler.config
-        steps = int(num_inference_steps or config.num_train_timesteps)
+        steps = int(num_inference_steps or DEFAULT_STEPS.get(sampler, config.num_train_timesteps))
         if corrector_steps is None:
             corrector_steps = (
                 int(self.config.langevin_steps) if sampler == "langevin" else int(config.correct_steps)
@@ -209,6 +221,8 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
             extra.update(corrector_steps=corrector_steps, snr=snr)
         elif sampler == "langevin":
             extra.update(corrector_steps=corrector_steps, step_lr=step_lr)
+        elif sampler in ETA:
+            extra.update(eta=ETA[sampler])
         extra["interrupted"] = self._interrupt
 
         low, high = kind.data_range
@@ -299,15 +313,17 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
             sde, score_fn = self._sde_and_score(kind, steps)
             counted = CountingScore(score_fn)
             x = sde.prior_sampling(randn_tensor(shape, generator=generators, device=device, dtype=dtype))
-            predictor = ReverseDiffusionPredictor(sde, counted, noise_fn)
-            corrector = (
-                LangevinCorrector(sde, counted, noise_fn, snr, corrector_steps)
-                if corrector_steps
-                else NoneCorrector(sde, counted, noise_fn, snr, 0)
-            )
-            progressive = pc_sample_progressive(
-                predictor, corrector, x, float(self.scheduler.config.sampling_eps)
-            )
+            eps = float(self.scheduler.config.sampling_eps)
+            if sampler in ETA:
+                progressive = ddim_sample_progressive(sde, counted, x, steps, eps, noise_fn, ETA[sampler])
+            else:
+                predictor = ReverseDiffusionPredictor(sde, counted, noise_fn)
+                corrector = (
+                    LangevinCorrector(sde, counted, noise_fn, snr, corrector_steps)
+                    if corrector_steps
+                    else NoneCorrector(sde, counted, noise_fn, snr, 0)
+                )
+                progressive = pc_sample_progressive(predictor, corrector, x, eps)
         for step in self.progress_bar(progressive, total=steps):
             x = step.sample_mean
             if callback is not None:
