@@ -108,7 +108,7 @@ class FORAConfig:
                 "the other steps reuse the cache, ``cache_interval`` and ``anchor`` are ignored (warm-up and "
                 "cool-down steps still refresh). Made for one step count: `samplers.calibrate_fora` picks one for a "
                 "model and step count and sets ``num_inference_steps`` with it, and then a run with another step "
-                "count is refused. Every step listed is bit-identical to no plugin."
+                "count is refused. A schedule of every step is bit-identical to no plugin."
             )
         },
     )
