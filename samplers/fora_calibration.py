@@ -48,10 +48,10 @@ from samplers.base import resolve_target
 from samplers.fora import FORAConfig, apply_fora, cached_modules
 from studio.errors import ConfigError
 
-MAX_ELEMENTS = (
-    32768  # per module and step: a strided subsample of the output is enough for a mean relative L1
-)
-PROBES = 12  # one-step-reuse generations that measure the image's sensitivity (linear in between)
+#: elements kept per module and step: a strided subsample is enough for a mean relative L1
+MAX_ELEMENTS = 32768
+#: one-step-reuse generations that measure the image's sensitivity (linear in between)
+PROBES = 12
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class FORACalibration:
 
     @property
     def num_steps(self) -> int:
+        """T, the step count calibrated for."""
         return self.drift.shape[0]
 
     def reuse_error(self, schedule: Sequence[int]) -> float:
@@ -98,9 +99,8 @@ class FORACalibration:
         cost[:, 1:] = torch.cumsum(reuse, dim=1)  # reuse[j, k] is 0 for k <= j
         allowed = torch.arange(T + 1).unsqueeze(0) > torch.arange(T).unsqueeze(1)  # m > j
         cost = torch.where(allowed, cost, torch.inf)
-        best = torch.full(
-            (T,), torch.inf, dtype=torch.float64
-        )  # best[m]: least error with the last refresh at m
+        # best[m]: least error of the steps before m with the last refresh at m (so far: one refresh, at 0)
+        best = torch.full((T,), torch.inf, dtype=torch.float64)
         best[0] = 0.0
         choices: list[torch.Tensor] = []
         while True:
@@ -128,6 +128,7 @@ class FORACalibration:
 
 
 def _checked(schedule: Sequence[int], num_steps: int) -> frozenset[int]:
+    """The steps of ``schedule`` after `FORAConfig`'s validation for ``num_steps`` steps."""
     config = FORAConfig(schedule=tuple(schedule), num_inference_steps=num_steps)
     return frozenset(config.schedule)
 
