@@ -268,6 +268,40 @@ def mag_cache(threshold: float, ratios: MagCacheRatios, args: argparse.Namespace
     return enable
 
 
+CALIBRATION_IMAGES = 4
+
+
+class FORASchedules:
+    """FORA's calibrated refresh schedules for this model, from one calibration per step count.
+
+    `samplers.measure_fora` (one plain generation recording the drift of every block's
+    attention and MLP outputs, plus one-step-reuse probes for the image's sensitivity) runs once per step
+    count on ``CALIBRATION_IMAGES`` held-out images (the seeds after the quality pass's, same classes
+    rule, guidance and sampler), and each threshold then picks its schedule from it.
+    """
+
+    def __init__(self) -> None:
+        self.by_steps: dict[int, samplers.FORACalibration] = {}
+
+    def spec(self, pipe: StudioDiTPipeline, threshold: float, args: argparse.Namespace) -> str:
+        if args.steps not in self.by_steps:
+            first = max(args.quality_images or 0, args.images)
+            kwargs = generation_kwargs(pipe, args, CALIBRATION_IMAGES, first_image=first)
+            self.by_steps[args.steps] = samplers.measure_fora(pipe, lambda: pipe(**kwargs).images, args.steps)
+        return self.by_steps[args.steps].spec(threshold)
+
+
+def fora_calibrated(threshold: float, schedules: FORASchedules, args: argparse.Namespace) -> Callable:
+    """FORA with the schedule calibrated for ``args.steps`` at ``threshold``."""
+
+    @contextmanager
+    def enable(pipe: StudioDiTPipeline) -> Iterator[dict]:
+        with studio_plugins(schedules.spec(pipe, threshold, args))(pipe) as info:
+            yield info
+
+    return enable
+
+
 def first_block_cache(threshold: float) -> Method:
     return Method(
         f"FirstBlockCache {threshold:g}",
@@ -296,7 +330,7 @@ def taylorseer(interval: int, order: int) -> Method:
 def build_methods(args: argparse.Namespace) -> list[Method]:
     """Every method of the benchmark: studio's plugins and diffusers' cache hooks at several settings,
     so each family has a point at every quality level of the frontier."""
-    ratios = MagCacheRatios()
+    ratios, schedules = MagCacheRatios(), FORASchedules()
     return [
         Method("plain DDIM", "baseline", plain),
         *(Method(f"FORA N={n}", "studio", studio_plugins(f"fora:interval={n}")) for n in (2, 3, 4, 5)),
@@ -304,6 +338,11 @@ def build_methods(args: argparse.Namespace) -> list[Method]:
         *(
             Method(f"FORA N={n} warm-up {w}", "studio", studio_plugins(f"fora:interval={n},warmup_steps={w}"))
             for n, w in ((2, 3), (3, 3), (4, 4))
+        ),
+        # calibrated: refreshes where reusing would change the image most (samplers.fora_calibration)
+        *(
+            Method(f"FORA calibrated {t:g}", "studio", fora_calibrated(t, schedules, args))
+            for t in (0.015, 0.02, 0.025, 0.03, 0.04)
         ),
         *(Method(f"RAS {r:g}", "studio", studio_plugins(f"ras:ratio={r}")) for r in (0.75, 0.5, 0.25)),
         *(

@@ -22,6 +22,7 @@ from typing import Any
 from samplers.base import PluginHandle, UnsupportedTargetError
 from samplers.encoder_propagation import EncPropConfig, apply_encoder_propagation
 from samplers.fora import FORAConfig, apply_fora
+from samplers.fora_calibration import FORACalibration, calibrate_fora, measure_fora
 from samplers.ras import RASConfig, apply_ras
 from samplers.skip_tuning import SkipTuningConfig, apply_skip_tuning
 from studio.errors import ConfigError
@@ -194,6 +195,7 @@ def _scalar(text: str, kind: type) -> Any:
 __all__ = [
     "PLUGINS",
     "EncPropConfig",
+    "FORACalibration",
     "FORAConfig",
     "PluginHandle",
     "RASConfig",
@@ -204,6 +206,8 @@ __all__ = [
     "apply_fora",
     "apply_ras",
     "apply_skip_tuning",
+    "calibrate_fora",
+    "measure_fora",
     "parse_plugin_spec",
     "plugin_keys",
     "plugin_names",

@@ -25,6 +25,8 @@ SD3), so a reuse step is little more than the gated residual adds of every block
 The schedule is the reference's, in forward-step form: refresh at k = 0 and whenever
 (T - 1 - k) mod N = 0, so the last step is always fresh. T comes from the loop tap (the
 scheduler's timesteps) or `FORAConfig.num_inference_steps`; when unknown, refresh when k mod N = 0.
+An explicit ``schedule`` (the refresh steps, e.g. from `samplers.fora_calibration`) replaces the
+interval rule; the decision is still one membership test per call.
 State is kept per call ordinal within a step, so pipelines that call the model separately for
 cond and uncond never mix their caches. With RAS active, slots keep the full token grid and the
 active rows are read and written through the shared `TokenSubset`.
@@ -33,6 +35,7 @@ active rows are read and written through the shared `TokenSubset`.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +100,18 @@ class FORAConfig:
         default=0, metadata={"help": ("always refresh the first W evaluations (helps few-step runs).")}
     )
     cooldown_steps: int = field(default=0, metadata={"help": "always refresh the last C evaluations."})
+    schedule: tuple[int, ...] | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "explicit refresh steps (0-based, sorted, starting at 0, e.g. ``0/1/2/4/7``) instead of every N-th: "
+                "the other steps reuse the cache, ``cache_interval`` and ``anchor`` are ignored (warm-up and "
+                "cool-down steps still refresh). Made for one step count: `samplers.calibrate_fora` picks one for a "
+                "model and step count and sets ``num_inference_steps`` with it, and then a run with another step "
+                "count is refused. A schedule of every step is bit-identical to no plugin."
+            )
+        },
+    )
     num_inference_steps: int | None = field(
         default=None, metadata={"help": ("T when no scheduler tells it (a bare model target).")}
     )
@@ -141,6 +156,63 @@ class FORAConfig:
             raise ConfigError(f"fora: num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if not (self.cache_attention or self.cache_mlp):
             raise ConfigError("fora: cache_attention and cache_mlp are both off: nothing to cache")
+        if self.schedule is not None:
+            self.schedule = _checked_schedule(self.schedule, self.num_inference_steps)
+
+    @property
+    def caches(self) -> bool:
+        """Whether some step may reuse the cache: False for N = 1 and for a schedule listing every step
+        from 0 (then no conditioning table is built and FORA is bit-identical to no plugin)."""
+        if self.schedule is None:
+            return self.cache_interval > 1
+        return self.schedule != tuple(range(len(self.schedule))) or (
+            self.num_inference_steps is not None and len(self.schedule) < self.num_inference_steps
+        )
+
+
+def _checked_schedule(schedule: Any, num_steps: int | None) -> tuple[int, ...]:
+    """``schedule`` as a tuple of ints, or a ConfigError naming what is wrong with it."""
+    if isinstance(schedule, (str, bytes)) or not hasattr(schedule, "__iter__"):
+        raise ConfigError(f"fora: schedule must be a list of step indices (0/1/2/4/...), got {schedule!r}")
+    steps = list(schedule)
+    if not steps:
+        raise ConfigError("fora: schedule is empty; it must list the refresh steps, starting with 0")
+    for step in steps:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or int(step) != step or step < 0:
+            raise ConfigError(f"fora: schedule entries must be step indices (integers >= 0), got {step!r}")
+    steps = [int(step) for step in steps]
+    if steps[0] != 0:
+        raise ConfigError(
+            f"fora: schedule must start with step 0 (the first step has nothing cached to reuse), got {steps[0]}"
+        )
+    for before, after in itertools.pairwise(steps):
+        if after <= before:
+            problem = "repeats" if after == before else "is not sorted: has"
+            raise ConfigError(
+                f"fora: schedule {problem} {after} after {before}; list each step once, ascending"
+            )
+    if num_steps is not None and steps[-1] >= num_steps:
+        raise ConfigError(
+            f"fora: schedule step {steps[-1]} is out of range for {num_steps} steps (steps are 0..{num_steps - 1})"
+        )
+    return tuple(steps)
+
+
+def check_schedule_fits(config: FORAConfig, num_steps: int) -> None:
+    """Refuse a run of ``num_steps`` steps that ``config.schedule`` was not made for (ConfigError)."""
+    if config.schedule is None:
+        return
+    made_for = config.num_inference_steps
+    if made_for is not None and made_for != num_steps:
+        raise ConfigError(
+            f"fora: the schedule was made for {made_for} steps and this run has {num_steps}; calibrate for "
+            f"{num_steps} steps or run {made_for}"
+        )
+    if config.schedule[-1] >= num_steps:
+        raise ConfigError(
+            f"fora: schedule step {config.schedule[-1]} is out of range for this run's {num_steps} steps "
+            f"(steps are 0..{num_steps - 1})"
+        )
 
 
 def is_refresh_step(k: int, num_steps: int | None, config: FORAConfig) -> bool:
@@ -148,6 +220,8 @@ def is_refresh_step(k: int, num_steps: int | None, config: FORAConfig) -> bool:
     n = config.cache_interval
     if k < config.warmup_steps:
         return True
+    if config.schedule is not None:
+        return k in config.schedule or (num_steps is not None and k >= num_steps - config.cooldown_steps)
     if num_steps is None or config.anchor == "start":
         return k % n == 0
     if k >= num_steps - config.cooldown_steps:
@@ -265,13 +339,15 @@ class FORAController:
             state.signature = signature
             state.slots.clear()
         num_steps = self.clock.num_steps or self.config.num_inference_steps
-        if num_steps is None and self.config.anchor == "end":
+        if num_steps is None and self.config.anchor == "end" and self.config.schedule is None:
             warn_once(
                 self,
                 "fora: number of steps unknown (no scheduler, no num_inference_steps): "
                 "refreshing every N-th call from the first",
             )
         k = state.calls
+        if k == 0 and num_steps is not None:
+            check_schedule_fits(self.config, num_steps)
         state.calls += 1
         refresh = not state.slots or is_refresh_step(k, num_steps, self.config)
         if num_steps is not None and state.calls >= num_steps:
@@ -575,9 +651,7 @@ def apply_fora(target: Any, config: FORAConfig | None = None) -> PluginHandle:
     found = resolve_target("fora", target)
     if has_hook(found.model, FORA_ROOT_HOOK):
         raise ConfigError(f"fora is already applied to this {type(found.model).__name__}; remove it first")
-    table = (
-        acquire_table(found.model) if config.cache_interval > 1 and config.precompute_conditioning else None
-    )
+    table = acquire_table(found.model) if config.caches and config.precompute_conditioning else None
     controller = FORAController(config, token_subset(found.model), table)
     hooks = HookSet(found.model)
     hooks.add(found.model, _RootHook(controller), FORA_ROOT_HOOK)

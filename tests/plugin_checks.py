@@ -29,6 +29,25 @@ def run_studio(pipe: StudioDiTPipeline, num_images: int = 2, steps: int = 8, see
     )
 
 
+def dit_inputs(batch: int = 4, seed: int = 0, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random inputs and class labels for `tests.builders.tiny_studio_dit`."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, size, size, generator=generator)
+    labels = torch.arange(batch) % 5  # includes the null class 4
+    return x, labels
+
+
+def dit_loop(model: nn.Module, num_steps: int, batch: int = 4) -> list[torch.Tensor]:
+    """A denoising-like loop on a bare DiT: varying inputs and timesteps, CFG-shaped batch."""
+    outputs = []
+    for k in range(num_steps):
+        x, labels = dit_inputs(batch, seed=k)
+        t = torch.full((batch,), 999 - 100 * k)
+        with torch.no_grad():
+            outputs.append(model(x, timestep=t, class_labels=labels).sample)
+    return outputs
+
+
 def run_dit(pipe: DiTPipeline, labels=(1, 7), steps: int = 8, seed: int = 0) -> torch.Tensor:
     """A diffusers `DiTPipeline` call at CFG 3, as a (N, H, W, C) tensor in [0, 1]."""
     return torch.as_tensor(

@@ -396,6 +396,9 @@ def test_plugin_panels_follow_the_registry_and_specs_round_trip():
     name, values = plugin_values(spec)
     assert name == "ras" and plugin_spec(name, values) == spec
     assert parse_plugin_list(f"fora:interval=2; {spec}") == ("fora:interval=2", spec)
+    schedule = plugin_spec("fora", {"schedule": "0/1/3/6", "num_inference_steps": 8})  # a calibrated schedule
+    assert schedule == "fora:schedule=0/1/3/6,num_inference_steps=8"
+    assert plugin_values(schedule)[1]["schedule"] == "0/1/3/6" and parse_plugin_list(schedule) == (schedule,)
 
 
 def test_classifier_runs_are_neither_offered_nor_trained_by_the_app(runs_dir, no_shipped_models, tmp_path):

@@ -119,6 +119,30 @@ def test_quality_pass_in_batches_gives_the_images_of_one_call(bench):
     assert info["class_labels"] == whole_info["class_labels"] == [0, 1, 2, 3, 4]
 
 
+def test_calibrated_fora_is_calibrated_once_on_held_out_seeds(bench, monkeypatch):
+    """Every threshold reuses one calibration, made on the images after the quality pass's."""
+    import argparse
+
+    pipe = bench.random_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    args = argparse.Namespace(steps=4, guidance=2.0, seed=7, images=2, quality_images=5)
+    calibrations, firsts = [], []
+    measure, kwargs = bench.samplers.measure_fora, bench.generation_kwargs
+    monkeypatch.setattr(
+        bench.samplers, "measure_fora", lambda *a: calibrations.append(a) or measure(*a, probes=2)
+    )
+    monkeypatch.setattr(
+        bench, "generation_kwargs", lambda *a, **k: firsts.append(k["first_image"]) or kwargs(*a, **k)
+    )
+    schedules = bench.FORASchedules()
+    found = []
+    for threshold in (0.0, 1e9):
+        with bench.fora_calibrated(threshold, schedules, args)(pipe) as info:
+            found.append(info["handles"][0].config.schedule)
+    assert len(calibrations) == 1 and firsts == [5]
+    assert found == [(0, 1, 2, 3), (0,)]
+
+
 def _entry(family, psnr_db, speedups, accuracy_change=None):
     entry = {
         "family": family,

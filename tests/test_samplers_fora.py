@@ -10,7 +10,7 @@ from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
 from samplers import FORAConfig, apply_fora
 from samplers.fora import FORA_ROOT_HOOK, is_refresh_step
 from tests.builders import tiny_sd3_transformer, tiny_studio_dit
-from tests.plugin_checks import CallCounter, hooked_modules
+from tests.plugin_checks import CallCounter, dit_inputs, dit_loop, hooked_modules
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,24 +21,6 @@ LAYERS = 2
 def refresh_steps(num_steps: int, interval: int, anchor: str = "end") -> list[int]:
     config = FORAConfig(cache_interval=interval, anchor=anchor)
     return [k for k in range(num_steps) if is_refresh_step(k, num_steps, config)]
-
-
-def dit_inputs(batch: int = 4, seed: int = 0, size: int = 16):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, size, size, generator=generator)
-    labels = torch.arange(batch) % 5  # includes the null class 4
-    return x, labels
-
-
-def dit_loop(model, num_steps: int, batch: int = 4) -> list[torch.Tensor]:
-    """A denoising-like loop: varying inputs and timesteps, CFG-shaped batch."""
-    outputs = []
-    for k in range(num_steps):
-        x, labels = dit_inputs(batch, seed=k)
-        t = torch.full((batch,), 999 - 100 * k)
-        with torch.no_grad():
-            outputs.append(model(x, timestep=t, class_labels=labels).sample)
-    return outputs
 
 
 @pytest.mark.parametrize(
