@@ -65,7 +65,7 @@ class ScoreTrainConfig:
     dequantize: bool = True  # NCSN / VE: uniform dequantisation of the [0, 1] data
     snr: float = 0.16
     correct_steps: int = 1  # default corrector steps per PC step (saved in the scheduler)
-    sample_scheduler: str = ""  # sample grids: langevin | pc | ode ("" = the model's default)
+    sample_scheduler: str = ""  # sample grids: langevin | pc | ddpm | ddim | ode ("" = the model's default)
     sample_steps: int = 0  # 0 = L for NCSN, num_train_timesteps otherwise
     sample_corrector_steps: int = -1  # -1 = the sampler's default
 
