@@ -202,7 +202,7 @@ KEPT_ROWS = [  # refused cleanly before these fixes too; kept here so the whole 
     ("dit-mnist", ["--class-labels", "three"], ["class labels must be integers"]),
     ("dit-mnist", ["--scheduler", "nope"], ["unknown scheduler 'nope'"]),
     ("adm-mnist", ["--scheduler", "nope"], ["unknown scheduler 'nope'"]),
-    ("score-mnist", ["--scheduler", "ddim"], ["unknown sampler 'ddim' for a score model"]),
+    ("score-mnist", ["--scheduler", "euler"], ["unknown sampler 'euler' for a score model"]),
     ("biggan-mnist", ["--scheduler", "ddim"], ["--scheduler does not apply to biggan models"]),
     ("dsno-mnist", ["--steps", "4"], ["--steps does not apply to dsno models"]),
     ("controlnet-mnist", ["--condition", "bogus"], ["unknown condition type 'bogus'"]),
