@@ -35,8 +35,9 @@ active rows are read and written through the shared `TokenSubset`.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,9 +166,13 @@ class FORAConfig:
         from 0 (then no conditioning table is built and FORA is bit-identical to no plugin)."""
         if self.schedule is None:
             return self.cache_interval > 1
-        return self.schedule != tuple(range(len(self.schedule))) or (
-            self.num_inference_steps is not None and len(self.schedule) < self.num_inference_steps
-        )
+        has_gap = self.schedule[-1] + 1 != len(self.schedule)  # sorted, distinct, from 0
+        return has_gap or len(self.schedule) < (self.num_inference_steps or 0)
+
+    @functools.cached_property
+    def refresh_steps(self) -> frozenset[int]:
+        """``schedule`` as a set, for the per-call membership test."""
+        return frozenset(self.schedule or ())
 
 
 def _checked_schedule(schedule: Any, num_steps: int | None) -> tuple[int, ...]:
@@ -191,11 +196,17 @@ def _checked_schedule(schedule: Any, num_steps: int | None) -> tuple[int, ...]:
             raise ConfigError(
                 f"fora: schedule {problem} {after} after {before}; list each step once, ascending"
             )
-    if num_steps is not None and steps[-1] >= num_steps:
-        raise ConfigError(
-            f"fora: schedule step {steps[-1]} is out of range for {num_steps} steps (steps are 0..{num_steps - 1})"
-        )
+    if num_steps is not None:
+        _require_in_range(steps, num_steps)
     return tuple(steps)
+
+
+def _require_in_range(schedule: Sequence[int], num_steps: int) -> None:
+    """Refuse a (sorted) schedule that names a step a run of ``num_steps`` steps does not have."""
+    if schedule[-1] >= num_steps:
+        raise ConfigError(
+            f"fora: schedule step {schedule[-1]} is out of range for {num_steps} steps (steps are 0..{num_steps - 1})"
+        )
 
 
 def check_schedule_fits(config: FORAConfig, num_steps: int) -> None:
@@ -208,11 +219,7 @@ def check_schedule_fits(config: FORAConfig, num_steps: int) -> None:
             f"fora: the schedule was made for {made_for} steps and this run has {num_steps}; calibrate for "
             f"{num_steps} steps or run {made_for}"
         )
-    if config.schedule[-1] >= num_steps:
-        raise ConfigError(
-            f"fora: schedule step {config.schedule[-1]} is out of range for this run's {num_steps} steps "
-            f"(steps are 0..{num_steps - 1})"
-        )
+    _require_in_range(config.schedule, num_steps)
 
 
 def is_refresh_step(k: int, num_steps: int | None, config: FORAConfig) -> bool:
@@ -221,7 +228,7 @@ def is_refresh_step(k: int, num_steps: int | None, config: FORAConfig) -> bool:
     if k < config.warmup_steps:
         return True
     if config.schedule is not None:
-        return k in config.schedule or (num_steps is not None and k >= num_steps - config.cooldown_steps)
+        return k in config.refresh_steps or (num_steps is not None and k >= num_steps - config.cooldown_steps)
     if num_steps is None or config.anchor == "start":
         return k % n == 0
     if k >= num_steps - config.cooldown_steps:

@@ -102,7 +102,7 @@ def test_run_with_other_step_count_is_refused():
         run_studio(pipe, steps=STEPS)
     handle.remove()
     handle = samplers.apply(pipe, FORAConfig(schedule=(0, 2, 9)))
-    with pytest.raises(ConfigError, match="step 9 is out of range for this run's 8 steps"):
+    with pytest.raises(ConfigError, match="step 9 is out of range for 8 steps"):
         run_studio(pipe, steps=STEPS)
     handle.remove()
 
