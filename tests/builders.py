@@ -288,6 +288,7 @@ def tiny_score_pipeline(kind: str, seed: int = 0) -> StudioScorePipeline:
             block_out_channels=(8, 16),
             attention_levels=(False, True),
             norm_num_groups=4,
+            attention_head_dim=8,
             conditioning=conditioning,
             num_levels=5,
         )

@@ -440,6 +440,38 @@ def test_bad_inputs_raise_readable_errors():
         StudioScorePipeline(unet=vp.unet, scheduler=ve.scheduler)
     with pytest.raises(ConfigError, match="unknown score-network conditioning"):
         build_score_unet(ScoreNetConfig(conditioning="sigma"))
+    with pytest.raises(ConfigError, match=r"attention_head_dim 48 must divide .* \(64,\)"):
+        build_score_unet(ScoreNetConfig(attention_head_dim=48))
+
+
+def test_attention_head_dim_sets_the_heads_and_keeps_the_weight_shapes():
+    """Heads split the same projections: equal state-dict shapes, another function (which is why
+    fine-tuning compares configs, below)."""
+    torch.manual_seed(0)
+    two_heads = build_score_unet(ScoreNetConfig(attention_head_dim=32))
+    eight_heads = build_score_unet(ScoreNetConfig(attention_head_dim=8))
+    eight_heads.load_state_dict(two_heads.state_dict())
+    attention = two_heads.down_blocks[1].attentions[0]
+    assert attention.heads == 2 and eight_heads.down_blocks[1].attentions[0].heads == 8
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([10, 500])
+    with torch.no_grad():
+        assert not torch.allclose(two_heads(x, t).sample, eight_heads(x, t).sample, atol=1e-4)
+
+
+def test_init_from_refuses_a_checkpoint_with_other_attention_heads(tmp_path):
+    family = get_family("score")
+    common = [*TINY_SCORE_OVERRIDES, "max_steps=1", "checkpointing_steps=1"]
+    first = train(
+        load_config("score", family.config_class, "mnist-tiny", [*common, f"output_dir={tmp_path / 'a'}"])
+    )
+    retry = [*common, f"output_dir={tmp_path / 'b'}", f"init_from={first.pipeline_dir}"]
+    with pytest.raises(ConfigError, match=r"'unet' of .* attention_head_dim=8 \(preset: 4\)"):
+        train(
+            load_config(
+                "score", family.config_class, "mnist-tiny", [*retry, "model.network.attention_head_dim=4"]
+            )
+        )
+    train(load_config("score", family.config_class, "mnist-tiny", retry))  # the same settings fine-tune
 
 
 def test_interrupt_from_step_callback_stops_early():
@@ -469,6 +501,7 @@ TINY_SCORE_OVERRIDES = [
     "model.network.block_out_channels=[8,16]",
     "model.network.attention_levels=[false,false]",
     "model.network.norm_num_groups=4",
+    "model.network.attention_head_dim=8",
     "log_every=1",
     "model.sample_steps=4",
     "num_sample_images=2",

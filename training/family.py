@@ -52,6 +52,31 @@ def get_family(name: str) -> type[Family]:
     return family
 
 
+def _refuse_other_settings(name: str, source: str, theirs: nn.Module, ours: nn.Module) -> None:
+    """Refuse fine-tuning when equal weight shapes hide another function: a diffusers network's
+    config can change what the weights compute without changing their shapes (attention heads,
+    the time embedding), so every public config entry both networks have must agree."""
+    their_config, our_config = getattr(theirs, "config", None), getattr(ours, "config", None)
+    if not (isinstance(their_config, dict) and isinstance(our_config, dict)):
+        return
+    differ = sorted(
+        key
+        for key in their_config.keys() & our_config.keys()
+        if not key.startswith("_") and _plain(their_config[key]) != _plain(our_config[key])
+    )
+    if differ:
+        shown = ", ".join(f"{k}={their_config[k]!r} (preset: {our_config[k]!r})" for k in differ)
+        raise ConfigError(
+            f"init_from: the '{name}' of {source} is configured otherwise than this preset's network: "
+            f"{shown}; set the network fields to the checkpoint's (see its config.json)"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Config values as read back from JSON (tuples become lists) so both sides compare alike."""
+    return list(map(_plain, value)) if isinstance(value, (list, tuple)) else value
+
+
 class Family(ABC):
     """One model family's part of training. Instances live for one run.
 
@@ -102,6 +127,7 @@ class Family(ABC):
                     f"init_from: the '{name}' of {source} has another architecture than this "
                     f"preset's; set the network fields to the checkpoint's (see its studio.json)"
                 )
+            _refuse_other_settings(name, source, component, model)
             model.load_state_dict(theirs)
             matched.append(name)
         if not matched:
