@@ -32,6 +32,8 @@ ControlNet residuals) falls back to a dense call with a one-time warning.
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,10 +290,12 @@ class RASController:
         metric: str,
         subset: TokenSubset,
         table: ConditioningTable | None = None,
+        metric_note: Callable[[], None] | None = None,
     ):
         self.config = config
         self.patch_size = patch_size
         self.metric = metric
+        self.metric_note = metric_note  # logs why ``metric`` is not the configured one
         self.subset = subset
         self.table = table
         self.clock = LoopClock()
@@ -348,6 +352,8 @@ class RASController:
                 self.drop_count = torch.zeros(
                     model_output.shape[0], self.layout[0][0] * self.layout[0][1], device=model_output.device
                 )
+            if self.metric_note is not None:
+                self.metric_note()
             metric = token_metric(model_output, self.patch_size, self.metric)
             self.active, self.skipped = select_tokens(metric, self.drop_count, next_skip, self.config)
             self.prev_output = model_output.detach().clone()
@@ -626,15 +632,15 @@ def apply_ras(target: Any, config: RASConfig | None = None) -> PluginHandle:
     if has_hook(model, RAS_ROOT_HOOK):
         raise ConfigError(f"ras is already applied to this {type(model).__name__}; remove it first")
     attentions = _attention_modules("ras", model, found.layout)
-    metric = config.metric
+    metric, metric_note = config.metric, None
     if config.metric == "std" and model.config.in_channels == 1:
-        warn_once(
-            model,
-            f"ras: {type(model).__name__} has one channel, where a channel std is undefined; selecting by l2norm",
-        )
         metric = "l2norm"
+        message = f"ras: {type(model).__name__} has one channel, where a channel std is undefined; selecting by l2norm"
+        metric_note = functools.partial(warn_once, model, message)  # at the first selection, not on a probe
     table = acquire_table(model) if config.sample_ratio < 1 and config.precompute_conditioning else None
-    controller = RASController(config, int(model.config.patch_size), metric, token_subset(model), table)
+    controller = RASController(
+        config, int(model.config.patch_size), metric, token_subset(model), table, metric_note
+    )
     hooks = HookSet(model)
     hooks.add(model, _RootHook(controller), RAS_ROOT_HOOK)
     hooks.add(model.get_submodule(found.layout.token_embed), _GatherHook(controller), RAS_GATHER_HOOK)

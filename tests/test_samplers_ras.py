@@ -11,7 +11,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from samplers import RASConfig, UnsupportedTargetError, apply_ras
 from samplers.ras import select_tokens, skip_schedule, token_mask_to_pixels, token_metric
-from tests.builders import studio_pipeline, tiny_sd3_transformer, tiny_studio_dit
+from tests.builders import studio_pipeline, tiny_dit_pipeline, tiny_sd3_transformer, tiny_studio_dit
 from tests.plugin_checks import hooked_modules, run_studio
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -340,3 +340,21 @@ def test_pipeline_with_few_token_rows_keeps_the_scatter():
     assert out.images.shape == plain.images.shape == (2, 3, 16, 16)
     assert torch.isfinite(out.images).all()
     handle.remove()
+
+
+def test_one_channel_metric_fallback_is_logged_at_first_use_not_on_apply(caplog):
+    """The app probes which plugins apply to a model (apply, remove); that probe must not use up the
+    once-per-model note that a one-channel model selects tokens by l2norm instead of std."""
+    pipe = tiny_dit_pipeline()
+    config = RASConfig(metric="std", scheduler_start_step=1, error_reset_steps=())
+    with caplog.at_level(logging.WARNING, logger="samplers"):
+        apply_ras(pipe, config).remove()
+    assert "one channel" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="samplers"):
+        handle = apply_ras(pipe, config)
+        pipe(class_labels=[1, 2], num_inference_steps=4, output_type="pt")
+        pipe(class_labels=[1, 2], num_inference_steps=4, output_type="pt")
+        stats = handle.stats()
+        handle.remove()
+    assert stats["ras_steps"] > 0
+    assert caplog.text.count("has one channel, where a channel std is undefined; selecting by l2norm") == 1
