@@ -489,6 +489,32 @@ def test_pipeline_outputs_record_and_batch_invariance(dsno_pipe):
     assert torch.equal(many[9:10], one)
 
 
+def test_sampling_groups_images_by_network_rows_and_keeps_the_result(dsno_pipe):
+    """Without gradients the student runs at most ``inference_rows_per_call`` rows (images x M slices)
+    per network call; images are independent, so the states match one whole-batch call."""
+    student = dsno_pipe.student
+    m = student.config.num_slices
+    x, y = initial_noise(range(7), (1, 8, 8), seed=0), torch.arange(7)
+    rows: list[int] = []
+    hook = student.unet.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            student.inference_rows_per_call = 100 * m
+            whole = student(x, y)
+            assert rows == [7 * m]
+            rows.clear()
+            student.inference_rows_per_call = 3 * m
+            grouped = student(x, y)
+            assert rows == [3 * m, 3 * m, m]
+        rows.clear()
+        student(x, y).sum().backward()  # training: the batch it was given, in one call
+        assert rows == [7 * m]
+    finally:
+        hook.remove()
+        del student.inference_rows_per_call
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=0)
+
+
 def test_pipeline_image_is_the_students_last_state_for_the_recorded_noise(dsno_pipe):
     image = dsno_pipe(class_labels=[4], seed=4, output_type="pt").images
     x_T = initial_noise(range(4, 5), (1, 8, 8), seed=0)

@@ -262,6 +262,12 @@ class DSNOStudent(ModelMixin, ConfigMixin):
     :param class_names: their names (for front ends).
     """
 
+    #: network rows (images x M slices) per call when sampling. Every image's M slices run at once,
+    #: so a batch of B images is B·M rows, twice a CFG teacher's 2·B; at 28 px, 1 CPU thread, 48 rows
+    #: (12 images) took 15% less time per image than 100 (25 images): the activations of a smaller
+    #: group stay in cache. Images are independent, so grouping changes only float rounding.
+    inference_rows_per_call: int = 48
+
     @register_to_config
     def __init__(
         self,
@@ -407,7 +413,20 @@ class DSNOStudent(ModelMixin, ConfigMixin):
         """Trajectory states (B, M, C, H, W) for the initial noise ``x_T``; ``[:, -1]`` is the sample.
 
         A learned-variance teacher's extra output channels are dropped (first C channels kept).
+        Without gradients, images run in groups of at most ``inference_rows_per_call`` network rows.
         """
+        rows = max(1, self.inference_rows_per_call // self.config.num_slices)
+        if not torch.is_grad_enabled() and x_T.shape[0] > rows:
+            return torch.cat(
+                [
+                    self(
+                        x_T[i : i + rows],
+                        None if class_labels is None else class_labels[i : i + rows],
+                        None if encoder_hidden_states is None else encoder_hidden_states[i : i + rows],
+                    )
+                    for i in range(0, x_T.shape[0], rows)
+                ]
+            )
         raw = self.raw(x_T, class_labels, encoder_hidden_states)[:, :, : self.image_channels]
         if self.config.output_param == "state":
             return raw
