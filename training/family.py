@@ -52,17 +52,24 @@ def get_family(name: str) -> type[Family]:
     return family
 
 
+_RESOLUTION_KEYS = frozenset({"sample_size"})
+
+
 def _refuse_other_settings(name: str, source: str, theirs: nn.Module, ours: nn.Module) -> None:
     """Refuse fine-tuning when equal weight shapes hide another function: a diffusers network's
     config can change what the weights compute without changing their shapes (attention heads,
-    the time embedding), so every public config entry both networks have must agree."""
+    the time embedding), so every public config entry both networks have must agree, except the
+    image size: fine-tuning at another resolution is a normal use (it sets a UNet's default size and
+    a DiT's fixed sine-cosine position table, no weights)."""
     their_config, our_config = getattr(theirs, "config", None), getattr(ours, "config", None)
     if not (isinstance(their_config, dict) and isinstance(our_config, dict)):
         return
     differ = sorted(
         key
         for key in their_config.keys() & our_config.keys()
-        if not key.startswith("_") and _plain(their_config[key]) != _plain(our_config[key])
+        if not key.startswith("_")
+        and key not in _RESOLUTION_KEYS
+        and _plain(their_config[key]) != _plain(our_config[key])
     )
     if differ:
         shown = ", ".join(f"{k}={their_config[k]!r} (preset: {our_config[k]!r})" for k in differ)
