@@ -35,7 +35,6 @@ active rows are read and written through the shared `TokenSubset`.
 from __future__ import annotations
 
 import enum
-import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -169,11 +168,6 @@ class FORAConfig:
         has_gap = self.schedule[-1] + 1 != len(self.schedule)  # sorted, distinct, from 0
         return has_gap or len(self.schedule) < (self.num_inference_steps or 0)
 
-    @functools.cached_property
-    def refresh_steps(self) -> frozenset[int]:
-        """``schedule`` as a set, for the per-call membership test."""
-        return frozenset(self.schedule or ())
-
 
 def _checked_schedule(schedule: Any, num_steps: int | None) -> tuple[int, ...]:
     """``schedule`` as a tuple of ints, or a ConfigError naming what is wrong with it."""
@@ -228,7 +222,7 @@ def is_refresh_step(k: int, num_steps: int | None, config: FORAConfig) -> bool:
     if k < config.warmup_steps:
         return True
     if config.schedule is not None:
-        return k in config.refresh_steps or (num_steps is not None and k >= num_steps - config.cooldown_steps)
+        return k in config.schedule or (num_steps is not None and k >= num_steps - config.cooldown_steps)
     if num_steps is None or config.anchor == "start":
         return k % n == 0
     if k >= num_steps - config.cooldown_steps:
