@@ -11,7 +11,9 @@ image; CFG doubles a teacher call's batch, not its count), UNet image-evaluation
 FLOP-equivalent: M for the student, whose one call runs M slices; steps, or 2 x steps with CFG, for
 the teacher), class accuracy and domain FD from
 `studio.metrics` (the shipped MNIST classifier), and the mean absolute difference to the teacher's
-DDIM-N images. ``--trajectories DIR`` adds the student's per-slice MSE on the held-out pairs.
+DDIM-N images. ``--trajectories DIR`` adds the student's per-slice MSE on the held-out pairs;
+``--ablations`` adds the student with its shared first-ResNet head off and with a whole batch per
+call, timed in the same rounds (what each speed device buys, and that it leaves the images alone).
 
     python bench/dsno.py --student runs/dsno-mnist-small          # teacher: the one it was distilled from
     python bench/dsno.py --student runs/dsno-mnist-tiny --num-images 64 --metrics none
@@ -59,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trajectories", default="", help="trajectory folder: adds held-out per-slice MSE")
     parser.add_argument("--holdout-fraction", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also time the student without its shared first-ResNet head and in one call per batch "
+        "(timed in the same alternating rounds as the student and the target)",
+    )
     parser.add_argument("--out", default=str(RESULTS / "dsno"))
     return parser.parse_args(argv)
 
@@ -125,6 +133,33 @@ def timed_together(fns: list[Any], repeats: int) -> tuple[list[torch.Tensor], li
     return outs, [statistics.median(row) for row in times]
 
 
+def student_ablations(student: Any, batch_size: int, run_student: Any) -> dict[str, Any]:
+    """Row name -> a run of the student with one speed device switched off: the shared first-ResNet
+    head (`SharedStem`: the head then runs once per slice) and the grouping of images into calls of
+    at most ``inference_rows_per_call`` rows (then a batch is one call). Each restores the student."""
+
+    def switched(attribute_owner: Any, name: str, value: Any) -> Any:
+        def run() -> torch.Tensor:
+            before = getattr(attribute_owner, name)
+            setattr(attribute_owner, name, value)
+            try:
+                return run_student()
+            finally:
+                setattr(attribute_owner, name, before)
+
+        return run
+
+    rows = {}
+    if student.shared_stem is not None:
+        rows["dsno student, no shared stem"] = switched(student.shared_stem, "enabled", False)
+    whole_batch = batch_size * student.config.num_slices
+    if whole_batch > student.inference_rows_per_call:
+        rows[f"dsno student, {whole_batch} rows per call"] = switched(
+            student, "inference_rows_per_call", whole_batch
+        )
+    return rows
+
+
 def in_batches(fn: Any, noise: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> torch.Tensor:
     return torch.cat(
         [
@@ -172,10 +207,11 @@ def main(argv: list[str] | None = None) -> None:
             lambda x, y: teacher_ddim(teacher, steps, x, y, guidance), noise, labels, args.batch_size
         )
 
+    ablations = student_ablations(student, args.batch_size, run_student) if args.ablations else {}
     load_start = os.getloadavg()
     with torch.no_grad():
-        (student_images, reference), (student_s, reference_s) = timed_together(
-            [run_student, lambda: run_teacher(config.teacher_steps)], args.repeats
+        (student_images, reference, *ablated_images), (student_s, reference_s, *ablated_s) = timed_together(
+            [run_student, lambda: run_teacher(config.teacher_steps), *ablations.values()], args.repeats
         )
     per_step_s = reference_s / config.teacher_steps
     equal_time = max(1, int(student_s / per_step_s))
@@ -190,6 +226,17 @@ def main(argv: list[str] | None = None) -> None:
             "images": student_images,
         }
     ]
+    for method, images, seconds in zip(ablations, ablated_images, ablated_s):
+        rows.append(
+            {
+                "method": method,
+                "nfe": 1,
+                "unet_evals": config.num_slices,
+                "seconds": seconds,
+                "images": images,
+                "max_diff_to_student": float((images - student_images).abs().max()),
+            }
+        )
     for steps in step_counts:
         images, seconds = timed(lambda steps=steps: run_teacher(steps), args.repeats)
         tag = " (equal time)" if steps == equal_time else ""
@@ -242,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    keys = [k for k in rows[0] if k not in ("method",)]
+    keys = list(dict.fromkeys(k for row in rows for k in row if k != "method"))
     lines = [
         f"# DSNO vs teacher DDIM: {args.student} ({args.num_images} images, {args.threads} thread(s))",
         "",

@@ -107,7 +107,7 @@ def test_gradients_reach_every_temporal_layer_from_zero_init():
 @pytest.mark.parametrize("kind", ["unet2d", "condition"])
 def test_first_resnet_head_runs_once_per_image_with_the_same_result(kind):
     """The slices share x_T, so the first ResNet's norm1 -> SiLU -> conv1 runs on one row per image
-    and is repeated over the M slices; the student's output is the one without that sharing."""
+    and is repeated over the M slices; the student's output is the one with the sharing switched off."""
     unet = tiny_unet2d() if kind == "unet2d" else tiny_unet_condition()
     student = student_of(unet)
     first = student.unet.down_blocks[0].resnets[0]
@@ -119,8 +119,7 @@ def test_first_resnet_head_runs_once_per_image_with_the_same_result(kind):
         kwargs["encoder_hidden_states"] = torch.randn(3, 4, 8)
     with torch.no_grad():
         shared = student(x, **kwargs)
-        first.norm1._forward_pre_hooks.clear()
-        first.conv1._forward_hooks.clear()
+        student.shared_stem.enabled = False
         unshared = student(x, **kwargs)
     assert rows == [3, 12]
     torch.testing.assert_close(shared, unshared, rtol=1e-5, atol=1e-5)
@@ -513,6 +512,46 @@ def test_sampling_groups_images_by_network_rows_and_keeps_the_result(dsno_pipe):
         hook.remove()
         del student.inference_rows_per_call
     torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=0)
+
+
+def test_bench_ablations_switch_off_one_speed_device_each_and_restore_it(dsno_pipe):
+    """bench/dsno.py --ablations: one run without the shared first-ResNet head (the head sees every
+    slice), one with the whole batch in one call; both give the student's images and undo their switch."""
+    from bench.dsno import student_ablations
+
+    student = dsno_pipe.student
+    m = student.config.num_slices
+    x, y = initial_noise(range(5), (1, 8, 8), seed=0), torch.arange(5)
+    unet_rows: list[int] = []
+    head_rows: list[int] = []
+    hooks = [
+        student.unet.register_forward_pre_hook(lambda module, args: unet_rows.append(args[0].shape[0])),
+        student.unet.down_blocks[0]
+        .resnets[0]
+        .conv1.register_forward_pre_hook(lambda module, args: head_rows.append(args[0].shape[0])),
+    ]
+    student.inference_rows_per_call = 2 * m
+    try:
+        with torch.no_grad():
+            plain = student(x, y)
+            assert unet_rows == [2 * m, 2 * m, m] and head_rows == [2, 2, 1]
+            ablations = student_ablations(student, 5, lambda: student(x, y))
+            assert list(ablations) == ["dsno student, no shared stem", f"dsno student, {5 * m} rows per call"]
+            unet_rows.clear()
+            head_rows.clear()
+            no_stem = ablations["dsno student, no shared stem"]()
+            assert head_rows == [2 * m, 2 * m, m]
+            unet_rows.clear()
+            head_rows.clear()
+            one_call = ablations[f"dsno student, {5 * m} rows per call"]()
+            assert unet_rows == [5 * m] and head_rows == [5]
+        assert student.shared_stem.enabled and student.inference_rows_per_call == 2 * m
+    finally:
+        for hook in hooks:
+            hook.remove()
+        del student.inference_rows_per_call
+    torch.testing.assert_close(no_stem, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(one_call, plain, atol=1e-5, rtol=0)
 
 
 def test_pipeline_image_is_the_students_last_state_for_the_recorded_noise(dsno_pipe):

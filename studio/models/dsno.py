@@ -163,11 +163,14 @@ class SharedStem:
     embedding, which the first ResNet adds after ``norm1 -> SiLU -> conv1``. A forward pre-hook on
     ``norm1`` keeps one row per image (rows are ``b·M + m``), a forward hook on ``conv1`` repeats its
     output M times: the same values (up to float rounding, as the batch differs) at 1/M of the cost.
-    A plain object holding only M, so deep copies of the student carry their own.
+    A plain object holding only M and a switch, so deep copies of the student carry their own.
+    ``enabled = False`` runs every slice through the head again (what `bench/dsno.py --ablations`
+    times against).
     """
 
     def __init__(self, num_slices: int):
         self.num_slices = num_slices
+        self.enabled = True
 
     @staticmethod
     def applies_to(unet: nn.Module) -> bool:
@@ -180,11 +183,11 @@ class SharedStem:
         first.norm1.register_forward_pre_hook(self.one_row_per_image)
         first.conv1.register_forward_hook(self.one_row_per_slice)
 
-    def one_row_per_image(self, module: nn.Module, args: tuple) -> tuple:
-        return (args[0][:: self.num_slices], *args[1:])
+    def one_row_per_image(self, module: nn.Module, args: tuple) -> tuple | None:
+        return (args[0][:: self.num_slices], *args[1:]) if self.enabled else None
 
-    def one_row_per_slice(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output.repeat_interleave(self.num_slices, 0)
+    def one_row_per_slice(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        return output.repeat_interleave(self.num_slices, 0) if self.enabled else None
 
 
 def hook_points(unet: nn.Module) -> list[tuple[nn.Module, int]]:
@@ -304,8 +307,10 @@ class DSNOStudent(ModelMixin, ConfigMixin):
         self.tconvs = nn.ModuleList(TimeConv(channels, num_slices, modes, init) for _, channels in points)
         for (module, _), tconv in zip(points, self.tconvs):
             module.register_forward_hook(tconv.hook)
-        if SharedStem.applies_to(self.unet):
-            SharedStem(num_slices).attach(self.unet)
+        #: the `SharedStem` of the first ResNet, or None when the teacher's first block has none
+        self.shared_stem = SharedStem(num_slices) if SharedStem.applies_to(self.unet) else None
+        if self.shared_stem is not None:
+            self.shared_stem.attach(self.unet)
 
     # ---------------------------------------------------------------- building
     @classmethod
