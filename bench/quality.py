@@ -1,6 +1,7 @@
 """Quality board: every shipped model (and runs given by path) sampled and scored the same way.
 
-Per model, ``--n`` images at the card's sampling settings (``metrics.sampling``), seeds ``--seed + i``,
+Per model, ``--n`` images at the card's sampling settings (``metrics.sampling``, with ``--sample``'s
+laid over them: a run without a card, or another sampler), seeds ``--seed + i``,
 class i % K for conditional models (unconditional models: no labels; ControlNet models follow the
 next validation digit of each class, condition and settings from the card), drawn and judged by
 `studio.metrics.judged` (as ``scripts/ship_weights.py`` and the app's run score do), plus Inception metrics:
@@ -17,6 +18,7 @@ next validation digit of each class, condition and settings from the card), draw
 
     studio bench quality --models biggan-mnist,sagan-mnist --n 1000
     studio bench quality --models adm-mnist --n 200        # slow samplers: a smaller stated n
+    studio bench quality --models runs/adm-mnist-small --sample '{"scheduler": "ddim"}' --out bench/results/quality-adm-ddim
     python bench/quality.py --readme                       # README's table from the board + cards
 
 Writes ``<out>.json`` and ``<out>.md`` (rows of earlier runs for other models are kept, each with its
@@ -81,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument(
+        "--sample",
+        default="",
+        metavar="JSON",
+        help="pipeline call settings laid over each card's (e.g. '{\"classifier_scale\": 0}'); the row "
+        "records the settings used",
+    )
+    parser.add_argument(
         "--out",
         default=str(RESULTS / "quality"),
         help="writes OUT.json, OUT.md and OUT/<model>.png",
@@ -104,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise StudioError(f"--n must be at least 10 (precision/recall need neighbours), got {args.n}")
     if args.threads < 1 or args.batch_size < 1:
         raise StudioError("--threads and --batch-size must be at least 1")
+    try:
+        args.sample = json.loads(args.sample) if args.sample else {}
+    except json.JSONDecodeError as exc:
+        raise StudioError(f"--sample must be a JSON object of pipeline call settings: {exc}") from None
+    if not isinstance(args.sample, dict):
+        raise StudioError(f"--sample must be a JSON object of pipeline call settings, got {args.sample!r}")
     return args
 
 
@@ -175,7 +190,7 @@ def board_row(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     pipe = load_pipeline(name, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     card = read_card(Path(pipe.name_or_path)) if Path(str(pipe.name_or_path)).is_dir() else {}
-    settings = dict((card.get("metrics") or {}).get("sampling") or {})
+    settings = {**((card.get("metrics") or {}).get("sampling") or {}), **args.sample}
     dataset = str(card.get("dataset") or "mnist")
     images, labels, seconds = sample(pipe, settings, args.n, args.seed, args.batch_size, dataset)
     label = Path(name).name if Path(name).exists() else name

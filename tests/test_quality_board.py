@@ -33,7 +33,7 @@ def tiny_run(tmp_path, monkeypatch, cache):
     return folder
 
 
-def board(out, *models, n=20):
+def board(out, *models, n=20, extra=()):
     assert (
         main(
             [
@@ -47,6 +47,7 @@ def board(out, *models, n=20):
                 "8",
                 "--out",
                 str(out),
+                *extra,
             ]
         )
         == 0
@@ -83,6 +84,24 @@ def test_a_rerun_replaces_its_own_row_and_keeps_the_others(tiny_run, tmp_path):
     rows = board(out, tiny_run, n=10)
     assert [(r["model"], r["n"]) for r in rows] == [("other-dit", 20), ("tiny-dit", 10)]
     assert rows[0]["train_minutes"] is None and rows[0]["sampling"] == "{}"
+
+
+def test_sample_settings_are_laid_over_the_cards_and_recorded(tiny_run, tmp_path):
+    """--sample changes what is drawn: the row records the merged settings, and the images differ."""
+    out = tmp_path / "quality"
+    (card_row,) = board(out, tiny_run, n=10)
+    (row,) = board(tmp_path / "other", tiny_run, n=10, extra=["--sample", '{"num_inference_steps": 3}'])
+    assert json.loads(row["sampling"]) == {"num_inference_steps": 3, "scheduler": "ddim"}
+    card_grid = np.asarray(Image.open(out / "tiny-dit.png"))
+    sampled_grid = np.asarray(Image.open(tmp_path / "other" / "tiny-dit.png"))
+    assert not np.array_equal(card_grid, sampled_grid)
+    assert json.loads(card_row["sampling"]) == {"num_inference_steps": 2, "scheduler": "ddim"}
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_board_refuses_sample_settings_that_are_not_a_json_object(text, capsys):
+    assert main(["bench", "quality", "--sample", text]) == 2
+    assert "--sample must be a JSON object" in capsys.readouterr().err
 
 
 def test_board_refuses_a_sample_count_too_small_for_its_metrics(capsys):
