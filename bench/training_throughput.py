@@ -175,7 +175,8 @@ def argv_of(args: argparse.Namespace) -> list[str]:
     words = ["--family", args.family, "--preset", args.preset]
     for variant in args.variant:
         words += ["--variant", f'"{variant}"']
-    words += ["--steps", str(args.steps), "--rounds", str(args.rounds), "--threads", str(args.threads)]
+    words += ["--steps", str(args.steps), "--rounds", str(args.rounds), "--warmup", str(args.warmup)]
+    words += ["--threads", str(args.threads)]
     return words
 
 
