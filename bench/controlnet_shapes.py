@@ -30,6 +30,7 @@ from bench.report import IMAGES, write_results
 from studio.data.conditions import condition_maps
 from studio.hub import load_pipeline, read_card, resolve
 from studio.metrics.edges import edge_f1
+from studio.pipelines.base import parse_call_settings
 
 SIZE = 28
 STROKE = 3
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    settings = json.loads(args.sample) if args.sample else card_settings(args.model)
+    settings = parse_call_settings(args.sample) if args.sample else card_settings(args.model)
     labels = [int(label) for label in args.labels.split(",")]
     rows, images = follow_shapes(pipe, args.shapes.split(","), labels, settings)
     mean_on = float(np.mean([row["edge_f1_control"] for row in rows]))

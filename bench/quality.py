@@ -49,6 +49,7 @@ from studio.hub import SHIPPED_DIR, list_models, load_pipeline, read_card
 from studio.metrics import EvalConfig, evaluate
 from studio.metrics.judged import balanced_labels, draw_samples, judge_scores, validation_controls
 from studio.metrics.reference import stats_cache_dir
+from studio.pipelines.base import parse_call_settings
 from studio.pipelines.record import make_grid
 
 COLUMNS = [
@@ -113,12 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise StudioError(f"--n must be at least 10 (precision/recall need neighbours), got {args.n}")
     if args.threads < 1 or args.batch_size < 1:
         raise StudioError("--threads and --batch-size must be at least 1")
-    try:
-        args.sample = json.loads(args.sample) if args.sample else {}
-    except json.JSONDecodeError as exc:
-        raise StudioError(f"--sample must be a JSON object of pipeline call settings: {exc}") from None
-    if not isinstance(args.sample, dict):
-        raise StudioError(f"--sample must be a JSON object of pipeline call settings, got {args.sample!r}")
+    args.sample = parse_call_settings(args.sample)
     return args
 
 

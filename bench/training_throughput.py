@@ -1,8 +1,9 @@
 """Training throughput of preset variants, side by side: seconds per optimizer step and images per second.
 
 A variant is a preset plus ``key=value`` overrides, exactly as `studio train` takes them. Each variant
-runs the loop's step body (the family's training step with backward, clipping and AdamW, then
-``zero_grad`` and the EMA update) on batches of its own training data. After ``--warmup`` untimed
+runs the loop's own step functions (`training.loop.train_on_batch`: the family's training step with
+backward, clipping and AdamW, then ``zero_grad``; `finish_optimizer_step`: learning-rate schedules and
+the EMA update) on batches of its own training data. After ``--warmup`` untimed
 steps per variant, variants are timed in ``--rounds`` alternating rounds of ``--steps`` steps, so
 load from other jobs hits each alike; a row reports the median seconds per step over rounds, images
 per second, and the ratio to the first variant (>1: faster). Checkpoints, logging and sample grids
@@ -33,6 +34,7 @@ from studio.runtime import set_attention_backend
 from training.config import load_config
 from training.ema import EMA
 from training.family import Family, get_family
+from training.loop import finish_optimizer_step, train_on_batch
 from training.stream import BatchStream
 
 COLUMNS = ["variant", "overrides", "batch_size", "parameters", "s_per_step", "images_per_s", "speedup"]
@@ -95,17 +97,15 @@ def build_variant(family_cls: type[Family], preset: str, label: str, overrides: 
         for name in family.ema_targets
         if config.ema_decay > 0
     }
+    schedules = family.lr_schedules(optimizers)
     batches = iter(BatchStream(dataset, config.batch_size, config.seed))
     accelerator = Accelerator(cpu=True)
     counter = [0]
 
     def step() -> None:
-        family.training_step(next(batches), models, optimizers, accelerator)
-        for optimizer in optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
+        train_on_batch(family, next(batches), models, optimizers, accelerator)
         counter[0] += 1
-        for name, ema in emas.items():
-            ema.update(models[name], counter[0])
+        finish_optimizer_step(counter[0], schedules, emas, models)
 
     parameters = sum(p.numel() for m in models.values() for p in m.parameters())
     return Variant(label, overrides, config.batch_size, parameters, step)

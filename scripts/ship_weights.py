@@ -36,6 +36,7 @@ from studio.data.conditions import condition_maps
 from studio.hub import SHIPPED_DIR, load_pipeline, pipeline_dir, read_card, write_card
 from studio.metrics.edges import edge_f1
 from studio.metrics.judged import balanced_labels, draw_samples, judge_scores, validation_controls
+from studio.pipelines.base import parse_call_settings
 
 MAX_BYTES = 25 * 1024 * 1024
 SAMPLING_DEFAULTS = {
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     size = folder_bytes(source)
     if size > MAX_BYTES:
         raise SystemExit(f"error: {source} is {size / 1e6:.1f} MB, over the 25 MB budget")
-    sample_kwargs = json.loads(args.sample)
+    sample_kwargs = parse_call_settings(args.sample)
     metrics = score(source, args.num_samples, sample_kwargs, args.dataset)
     if args.score_only:
         print(json.dumps(metrics, indent=2, default=str))

@@ -13,6 +13,7 @@ the denoising loop also have ``bind_scheduler(s)`` / ``unbind_scheduler(s)``, ca
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import numbers
 import time
@@ -48,6 +49,22 @@ def check_finite(**values: Any) -> None:
             raise StudioError(f"{name} must be a number, got {value!r}")
         if not math.isfinite(value):
             raise StudioError(f"{name} must be a finite number, got {value}")
+
+
+def parse_call_settings(text: str, option: str = "--sample") -> dict[str, Any]:
+    """Pipeline call settings given on a command line as a JSON object (empty text: none).
+
+    Benchmarks and the shipping script take settings as ``'{"scheduler": "ddim", ...}'``; a JSON
+    list or number would be laid over a card's settings as garbage, so anything but an object is
+    refused with the option's name.
+    """
+    try:
+        settings = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise StudioError(f"{option} must be a JSON object of pipeline call settings: {exc}") from None
+    if not isinstance(settings, dict):
+        raise StudioError(f"{option} must be a JSON object of pipeline call settings, got {text!r}")
+    return settings
 
 
 def check_count(name: str, value: Any, minimum: int = 1) -> int:
