@@ -12,7 +12,8 @@ are left out: this measures what a preset's network and batch cost, not the run'
     studio bench training-throughput --family score --preset mnist-small \\
         --variant "heads-of-8 model.network.attention_head_dim=8" --variant "heads-of-32"
 
-Writes ``bench/results/<--name>.{json,md}``.
+Writes ``bench/results/<--name>.{json,md}``; ``--profile STEPS`` adds ``<--name>.profile.txt``, the
+top operators by self CPU time of STEPS more steps per variant (profiled apart from the timing).
 """
 
 from __future__ import annotations
@@ -56,9 +57,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--name", default="training-throughput", help="results file stem")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also profile STEPS steps of each variant: top operators by self CPU time in <name>.profile.txt",
+    )
     args = parser.parse_args(argv)
     if min(args.steps, args.rounds) < 1 or args.warmup < 0 or args.threads < 1:
         raise StudioError("--steps, --rounds and --threads must be at least 1, --warmup at least 0")
+    if args.profile < 0:
+        raise StudioError(f"--profile must be a number of steps (0: no profile), got {args.profile}")
     return args
 
 
@@ -119,6 +129,21 @@ def time_steps(variant: Variant, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def profile(variants: list[Variant], steps: int, rows: int = 15) -> str:
+    """Top operators by self CPU time over ``steps`` steps of each variant (where a step's time goes)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    sections = []
+    for variant in variants:
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                variant.step()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+        sections.append(f"===== {variant.label} ({steps} steps)\n{table}")
+    return "\n".join(sections)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -168,6 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     json_path, md_path = write_results(args.name, rows, COLUMNS, notes, settings)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
+    if args.profile:
+        profile_path = md_path.with_suffix(".profile.txt")
+        profile_path.write_text(profile(variants, args.profile))
+        print(f"wrote {profile_path}")
 
 
 def argv_of(args: argparse.Namespace) -> list[str]:
@@ -177,6 +206,8 @@ def argv_of(args: argparse.Namespace) -> list[str]:
         words += ["--variant", f'"{variant}"']
     words += ["--steps", str(args.steps), "--rounds", str(args.rounds), "--warmup", str(args.warmup)]
     words += ["--threads", str(args.threads)]
+    if args.profile:
+        words += ["--profile", str(args.profile)]
     return words
 
 

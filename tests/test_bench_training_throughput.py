@@ -50,3 +50,23 @@ def test_an_unknown_override_is_refused_by_the_config_loader(monkeypatch, tmp_pa
         throughput.main(
             ["--family", "score", "--preset", "mnist-tiny", "--variant", "x no_such_key=1", "--threads", "1"]
         )
+
+
+def test_profile_names_each_variant_and_its_operators(monkeypatch, tmp_path):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    throughput.main(
+        [
+            "--family", "score", "--preset", "mnist-tiny", "--variant", "tiny",
+            "--steps", "1", "--rounds", "1", "--warmup", "0", "--threads", "1",
+            "--profile", "1", "--name", "throughput-profile",
+        ]
+    )  # fmt: skip
+    text = (tmp_path / "throughput-profile.profile.txt").read_text()
+    assert "===== tiny (1 steps)" in text
+    assert "aten::convolution_backward" in text  # the backward pass was profiled, not only the forward
+    assert "--profile 1" in (tmp_path / "throughput-profile.md").read_text()
+
+
+def test_a_negative_profile_is_refused():
+    with pytest.raises(StudioError, match="--profile"):
+        throughput.parse_args(["--family", "score", "--preset", "mnist-tiny", "--profile", "-1"])
