@@ -10,13 +10,13 @@ The PNG carries the generation record like every studio sample.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from studio.hub import load_pipeline
+from studio.pipelines.base import parse_call_settings
 from studio.pipelines.record import make_grid, save_png
 
 
@@ -27,15 +27,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=2)
     parser.add_argument("--call", default="{}", help="JSON of extra pipeline call arguments")
     args = parser.parse_args(argv)
+    call = parse_call_settings(args.call, "--call")
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     columns = pipe.num_classes or 10  # unconditional models: 10 seeds per row
     if pipe.num_classes:
-        out = pipe(
-            class_labels=list(range(columns)) * args.rows, seed=0, output_type="np", **json.loads(args.call)
-        )
+        out = pipe(class_labels=list(range(columns)) * args.rows, seed=0, output_type="np", **call)
     else:
-        out = pipe(num_images=columns * args.rows, seed=0, output_type="np", **json.loads(args.call))
+        out = pipe(num_images=columns * args.rows, seed=0, output_type="np", **call)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     images = (out.images * 255).round().astype("uint8")
     save_png(make_grid(images, columns=columns), str(args.out), out.record)
