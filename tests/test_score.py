@@ -18,9 +18,12 @@ from studio.diffusion.score_samplers import (
     ReverseDiffusionPredictor,
     annealed_langevin,
     ddim_sample_progressive,
+    langevin_step,
+    langevin_step_criterion,
     langevin_step_sizes,
     pc_sample,
     probability_flow_ode,
+    suggest_step_lr,
 )
 from studio.diffusion.sde import VESDE, VPSDE, geometric_sigmas
 from studio.errors import ConfigError, StudioError
@@ -106,6 +109,39 @@ def test_ncsn_ladder_endpoints_constant_ratio_and_langevin_steps():
     steps = langevin_step_sizes(sigmas, 2e-5)
     assert torch.allclose(steps, 2e-5 * (sigmas / 0.01) ** 2, rtol=1e-12)
     assert steps[-1] == pytest.approx(2e-5)
+
+
+def test_langevin_step_criterion_is_the_variance_ratio_a_level_leaves_on_a_one_point_dataset():
+    """Data at 0: level i's density is N(0, sigma_i^2); from the previous level's N(0, sigma_(i-1)^2),
+    n Langevin steps of this repo's size leave variance criterion * sigma_i^2 (NCSNv2's eq. 7)."""
+    sigmas = geometric_sigmas(20.0, 0.01, 60).double()
+    level, step_lr, steps = 30, 2e-5, 5
+    size = float(langevin_step_sizes(sigmas, step_lr)[level])
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(400_000, dtype=torch.float64, generator=generator) * float(sigmas[level - 1])
+    for _ in range(steps):
+        x = langevin_step(
+            lambda v, _: -v / float(sigmas[level]) ** 2,
+            x,
+            level,
+            size,
+            lambda like: torch.randn(like.shape, dtype=like.dtype, generator=generator),
+        )
+    ratio = float(x.var()) / float(sigmas[level]) ** 2
+    assert ratio == pytest.approx(langevin_step_criterion(sigmas, step_lr, steps), rel=0.01)
+
+
+@pytest.mark.parametrize(
+    "sigma_1, levels, step_lr",
+    [(50.0, 232, 6.2e-6), (90.0, 500, 3.3e-6)],  # NCSNv2's CIFAR-10 and CelebA configs (T = 5)
+)
+def test_suggested_step_lr_reproduces_the_published_ncsnv2_choices(sigma_1, levels, step_lr):
+    assert suggest_step_lr(geometric_sigmas(sigma_1, 0.01, levels), 5) == pytest.approx(step_lr)
+
+
+def test_langevin_step_criterion_refuses_steps_past_sigma_l_squared():
+    with pytest.raises(ValueError, match="step_lr must lie in"):
+        langevin_step_criterion(geometric_sigmas(1.0, 0.01, 10), 1e-4, 5)
 
 
 def test_ve_marginal_std_endpoints_and_discrete_chain_telescopes_to_sigma_max():

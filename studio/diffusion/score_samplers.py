@@ -242,6 +242,30 @@ def langevin_step_sizes(sigmas: torch.Tensor, step_lr: float) -> torch.Tensor:
     return step_lr * (sigmas / sigmas[-1]) ** 2
 
 
+def langevin_step_criterion(sigmas: torch.Tensor, step_lr: float, n_steps_each: int) -> float:
+    """NCSNv2's Technique 4 quantity (Song & Ermon 2020, eq. 7) for a ladder, step_lr and steps per level.
+
+    For data that is a single point, it is the ratio of the sample's variance after a level's
+    ``n_steps_each`` steps to the next level's sigma^2 (gamma = sigma_(i-1) / sigma_i, here the ladder's
+    geometric-mean ratio); the paper picks step_lr to bring it as close to 1 as it comes. It needs
+    0 < step_lr < sigma_L^2 (beyond, the steps overshoot and the analysis does not hold).
+    """
+    last = float(sigmas[-1]) ** 2
+    if not 0 < step_lr < last:
+        raise ValueError(f"step_lr must lie in (0, sigma_L^2 = {last:.3g}), got {step_lr}")
+    gamma = (float(sigmas[0]) / float(sigmas[-1])) ** (1 / (len(sigmas) - 1))
+    shrink = (1 - step_lr / last) ** 2
+    stationary = 2 * step_lr / (last - last * shrink)
+    return shrink**n_steps_each * (gamma**2 - stationary) + stationary
+
+
+def suggest_step_lr(sigmas: torch.Tensor, n_steps_each: int) -> float:
+    """The step_lr (to 2 significant digits) whose `langevin_step_criterion` is closest to 1."""
+    last = float(sigmas[-1]) ** 2
+    candidates = sorted({float(f"{c:.2g}") for c in np.geomspace(last * 1e-4, last * 0.99, 2000)})
+    return min(candidates, key=lambda c: abs(langevin_step_criterion(sigmas, c, n_steps_each) - 1))
+
+
 def langevin_step(
     level_score_fn: LevelScoreFn, x: torch.Tensor, level: int, step_size: float, noise_fn: NoiseFn
 ) -> torch.Tensor:

@@ -166,7 +166,9 @@ class StudioScorePipeline(StudioPipelineMixin, DiffusionPipeline):
             ``langevin_steps``, NCSN's 100 unless the model was saved with its own) or corrector
             steps per predictor step (``pc``, default: the scheduler's ``correct_steps``).
         :param snr: the corrector's signal-to-noise ratio (``pc``; default: the scheduler's).
-        :param step_lr: annealed Langevin's epsilon (``langevin``; default: the pipeline's ``step_lr``).
+        :param step_lr: annealed Langevin's epsilon (``langevin``; default: the pipeline's ``step_lr``);
+            `studio.diffusion.score_samplers.suggest_step_lr` gives NCSNv2's choice for a ladder and
+            a number of steps per level.
         """
         started = time.perf_counter()
         kind = self.kind
