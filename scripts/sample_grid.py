@@ -3,6 +3,11 @@
     python scripts/sample_grid.py biggan-mnist docs/images/biggan-mnist-small.png
     python scripts/sample_grid.py dit-mnist docs/images/dit-mnist-small.png \\
         --call '{"num_inference_steps": 50, "scheduler": "ddim", "guidance_scale": 1.0}'
+    python scripts/sample_grid.py controlnet-mnist docs/images/controlnet-mnist-small.png --rows 1 \\
+        --call '{"num_inference_steps": 20, "scheduler": "ddpm"}'
+
+A ControlNet pipeline follows the next validation digit of each image's class (as the quality board
+does), and each row of samples sits under the row of condition maps it was drawn from.
 
 The PNG carries the generation record like every studio sample.
 """
@@ -13,9 +18,12 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from studio.hub import load_pipeline
+from studio.hub import load_pipeline, read_card
+from studio.metrics.judged import validation_controls
 from studio.pipelines.base import parse_call_settings
 from studio.pipelines.record import make_grid, save_png
 
@@ -31,12 +39,22 @@ def main(argv: list[str] | None = None) -> None:
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     columns = pipe.num_classes or 10  # unconditional models: 10 seeds per row
+    if "control_image" in getattr(pipe, "call_parameters", ()):
+        dataset = str(read_card(Path(pipe.name_or_path)).get("dataset") or "mnist")
+        call["control_image"] = validation_controls(dataset, list(range(columns)) * args.rows)
     if pipe.num_classes:
         out = pipe(class_labels=list(range(columns)) * args.rows, seed=0, output_type="np", **call)
     else:
         out = pipe(num_images=columns * args.rows, seed=0, output_type="np", **call)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     images = (out.images * 255).round().astype("uint8")
+    if getattr(out, "conditions", None) is not None:
+        maps = (np.repeat(out.conditions, images.shape[-1], axis=-1) * 255).round().astype("uint8")
+        rows = [
+            np.concatenate([maps[i : i + columns], images[i : i + columns]])
+            for i in range(0, len(images), columns)
+        ]
+        images = np.concatenate(rows)
     save_png(make_grid(images, columns=columns), str(args.out), out.record)
     print(f"wrote {args.out}")
 
