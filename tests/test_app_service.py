@@ -374,6 +374,25 @@ def test_control_requests_name_a_bad_picture_or_a_model_without_controlnet(servi
             service.control(request)
 
 
+def test_control_without_a_scheduler_runs_and_records_the_cards_default(service, tmp_path):
+    """The Control tab has no scheduler menu: a request leaves it unset, and the service fills in the
+    sampler the model card measured best (not the pipeline's own default), so the record says what ran."""
+    from studio.hub import SHIPPED_DIR
+
+    if not (SHIPPED_DIR / "controlnet-mnist").is_dir():
+        pytest.skip("controlnet-mnist is not shipped")
+    card_default = read_card(SHIPPED_DIR / "controlnet-mnist")["config"]["model"]["sample_scheduler"]
+    assert card_default != "ddim"  # the pipeline's own default, so the test tells the two apart
+    digit = tmp_path / "digit.png"
+    picture = np.zeros((28, 28), dtype=np.uint8)
+    picture[6:22, 12:16] = 255
+    Image.fromarray(picture).save(digit)
+    request = ControlRequest("controlnet-mnist", str(digit), num_images=1, num_inference_steps=2)
+    result = service.control(request)
+    assert result.request.scheduler == card_default
+    assert result.batch.records[0].sampler == card_default
+
+
 def test_a_sketch_on_a_light_canvas_becomes_light_strokes_on_black(tmp_path):
     sketch = Image.new("RGBA", (28, 28), (0, 0, 0, 0))  # transparent canvas, as a sketch pad layer
     sketch.paste((0, 0, 0, 255), (10, 4, 14, 24))  # one dark vertical stroke

@@ -138,7 +138,7 @@ def test_endpoints_take_named_parameters_and_default_the_rest_to_the_pages_value
         "seed": 5,
         "num_inference_steps": 2,
         "guidance_scale": 4.0,
-        "scheduler": None,
+        "scheduler": "ddpm",  # left unset, resolved to the model's default (its own scheduler): what ran
         "truncation": None,
         "classifier_scale": None,
         "plugins": [],

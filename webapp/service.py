@@ -377,12 +377,15 @@ class StudioService:
 
     # ------------------------------------------------------------------ internals
     def _resolve(self, request: AnyRequest, info: ModelInfo) -> AnyRequest:
-        """Fix the random seed and drop a class for unconditional models."""
+        """Fix the random seed, drop a class for unconditional models and fill a missing scheduler with
+        the model's default (its card's measured best; the Control tab has no scheduler menu), so the
+        record says what ran."""
         seed = request.seed
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1 - max(int(request.num_images), 1), ()).item())
         class_label = request.class_label if info.class_names else None
-        return dataclasses.replace(request, seed=int(seed), class_label=class_label)
+        scheduler = request.scheduler or (info.default_scheduler if info.takes("scheduler") else None)
+        return dataclasses.replace(request, seed=int(seed), class_label=class_label, scheduler=scheduler)
 
     def _check(self, request: GenerateRequest | ControlRequest, info: ModelInfo) -> None:
         """Refuse a request beyond `limits` (images per call; steps when the model takes them), a ControlNet
