@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{json.dumps(card_settings, sort_keys=True)}; seeds {args.seed}..{args.seed + args.n - 1}. "
         "Reproduce: studio bench sampler-failures " + shlex.join(argv if argv is not None else sys.argv[1:])
     )
-    write_results(args.name, rows, COLUMNS, notes=notes, settings={**vars(args), "model": args.model})
+    write_results(args.name, rows, COLUMNS, notes=notes, settings=vars(args))
 
 
 if __name__ == "__main__":

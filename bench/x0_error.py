@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "sigma = sqrt((1 - alpha_bar) / alpha_bar), the noise-to-signal ratio that multiplies the eps error in x0. "
         f"Reproduce: studio bench x0-error --model {args.model} --n {args.n}"
     )
-    write_results(args.name, rows, COLUMNS, notes=notes, settings={**vars(args)})
+    write_results(args.name, rows, COLUMNS, notes=notes, settings=vars(args))
 
 
 if __name__ == "__main__":
