@@ -174,7 +174,8 @@ def test_classifier_guided_ddim_makes_no_noise_images(adm):
     assert noise_images(sample(adm, scheduler="ddim", classifier_scale=3.0)) == []
 
 
-def test_controlnet_mnist_at_its_ddim_default_makes_no_noise_images():
+@pytest.mark.parametrize("scheduler", [None, "ddim"])  # None: its default, the ancestral sampler
+def test_controlnet_mnist_at_its_default_and_with_ddim_makes_no_noise_images(scheduler):
     if not (SHIPPED_DIR / "controlnet-mnist").is_dir():
         pytest.skip("controlnet-mnist is not shipped")
     pipe = load_pipeline("controlnet-mnist", device="cpu")
@@ -185,6 +186,7 @@ def test_controlnet_mnist_at_its_ddim_default_makes_no_noise_images():
         class_labels=labels,
         seed=SEEDS,
         num_inference_steps=STEPS,
+        scheduler=scheduler,
         output_type="pt",
     ).images
     assert noise_images(uint8(images)) == []

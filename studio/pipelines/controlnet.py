@@ -157,7 +157,7 @@ class StudioControlNetPipeline(StudioADMPipeline):
         num_images: int | None = None,
         seed: int | Sequence[int] | None = 0,
         num_inference_steps: int = 50,
-        scheduler: str | None = "ddim",
+        scheduler: str | None = None,
         guidance_scale: float = 1.0,
         controlnet_conditioning_scale: float = 1.0,
         guess_mode: bool = False,
@@ -169,6 +169,8 @@ class StudioControlNetPipeline(StudioADMPipeline):
     ) -> StudioControlNetOutput | tuple:
         """Generate images that follow ``control_image`` (one map for all images, or one per image, cycled).
 
+        ``scheduler``: as the ADM pipeline's (None: the saved scheduler's own sampler, ``ddpm`` for the
+        base's training `DDPMScheduler`; ancestral sampling measured best for the shipped ControlNet).
         ``controlnet_conditioning_scale`` multiplies every residual (0 = the base ADM alone).
         ``guess_mode``: residuals scaled geometrically 0.1 -> 1 and, with CFG, only on the conditional branch.
         """
