@@ -182,12 +182,19 @@ def grid(images: torch.Tensor, labels: list[int] | None, num_classes: int, path:
     picture.save(path)
 
 
+def pipeline_card(pipe: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A loaded pipeline's model card (empty for one built in memory), the sampling settings its
+    metrics were measured with, and its data set (``mnist`` when the card names none)."""
+    folder = Path(str(pipe.name_or_path))
+    card = read_card(folder) if folder.is_dir() else {}
+    return card, dict((card.get("metrics") or {}).get("sampling") or {}), str(card.get("dataset") or "mnist")
+
+
 def board_row(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     pipe = load_pipeline(name, device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    card = read_card(Path(pipe.name_or_path)) if Path(str(pipe.name_or_path)).is_dir() else {}
-    settings = {**((card.get("metrics") or {}).get("sampling") or {}), **args.sample}
-    dataset = str(card.get("dataset") or "mnist")
+    card, card_settings, dataset = pipeline_card(pipe)
+    settings = {**card_settings, **args.sample}
     images, labels, seconds = sample(pipe, settings, args.n, args.seed, args.batch_size, dataset)
     label = Path(name).name if Path(name).exists() else name
     grid(images, labels, int(getattr(pipe, "num_classes", 0) or 0), out / f"{label}.png")

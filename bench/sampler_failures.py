@@ -29,12 +29,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.quality import sample
+from bench.quality import pipeline_card, sample
 from bench.report import write_results
 from studio.data.cards import dataset_domain
 from studio.diffusion.schedulers import scheduler_names
 from studio.errors import StudioError
-from studio.hub import load_pipeline, read_card
+from studio.hub import load_pipeline
 from studio.metrics.failures import failure_flags, thresholds_for
 from studio.metrics.judged import judge_scores
 from studio.pipelines.base import parse_call_settings
@@ -110,9 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    card = read_card(Path(pipe.name_or_path)) if Path(str(pipe.name_or_path)).is_dir() else {}
-    card_settings = {**((card.get("metrics") or {}).get("sampling") or {}), **args.sample}
-    dataset = str(card.get("dataset") or "mnist")
+    _, card_settings, dataset = pipeline_card(pipe)
+    card_settings = {**card_settings, **args.sample}
     seeds = [args.seed + i for i in range(args.n)]
     rows = []
     for scheduler in args.schedulers:

@@ -24,11 +24,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.quality import pipeline_card
 from bench.report import write_results
 from studio.data import DataConfig, build_dataset
 from studio.diffusion.gaussian import GaussianDiffusion
 from studio.errors import StudioError
-from studio.hub import load_pipeline, read_card
+from studio.hub import load_pipeline
 
 COLUMNS = [
     "timestep",
@@ -107,9 +108,9 @@ def main(argv: list[str] | None = None) -> None:
         raise StudioError(
             f"{args.model} is a {getattr(pipe, 'family', 'non-studio')} model; x0-error reads ADM models"
         )
-    card = read_card(Path(pipe.name_or_path)) if Path(str(pipe.name_or_path)).is_dir() else {}
+    _, _, dataset_name = pipeline_card(pipe)
     size = int(pipe.unet.config.sample_size)
-    data = build_dataset(DataConfig(name=str(card.get("dataset") or "mnist"), image_size=size), "val")
+    data = build_dataset(DataConfig(name=dataset_name, image_size=size), "val")
     num_classes = int(getattr(pipe, "num_classes", 0) or 0)
     if num_classes and num_classes != data.info.num_classes:
         raise StudioError(
