@@ -120,11 +120,89 @@ def test_kl_is_zero_for_the_true_posterior_and_the_decoder_nll_is_a_likelihood()
     assert torch.all(nll > 0) and torch.all(nll < 8)  # bits per dim of an 8-bit image
 
 
+# ------------------------------------------------------------------------------------------ v-prediction
+def v_diffusion(schedule: str = "squaredcos_cap_v2") -> GaussianDiffusion:
+    return GaussianDiffusion(betas=make_betas(schedule, T), prediction_type="v_prediction")
+
+
+def test_v_prediction_recovers_x0_and_eps_and_zero_kl_from_the_true_velocity():
+    diffusion = v_diffusion()
+    x0 = torch.rand(4, 1, 6, 6, dtype=torch.float64) * 2 - 1
+    t, noise = torch.tensor([1, 300, 990, 999]), torch.randn(4, 1, 6, 6, dtype=torch.float64)
+    x_t = diffusion.q_sample(x0, t, noise)
+    velocity = diffusion.velocity(x0, t, noise)
+    pred_x0, pred_eps = diffusion.predict_xstart_eps(x_t, t, velocity)
+    torch.testing.assert_close(pred_x0, x0)
+    torch.testing.assert_close(pred_eps, noise)
+    true_output = torch.cat([velocity, -torch.ones_like(noise)], dim=1)
+    assert diffusion.vb_terms_bpd(true_output, x0, x_t, t).abs().max() < 1e-6
+    terms = diffusion.training_losses(lambda x, ts: true_output, x0, t, noise)
+    assert terms["mse"].max() < 1e-12  # float32 rounding of the model output
+
+
+def test_v_prediction_does_not_amplify_the_error_at_the_last_cosine_step():
+    """The same 0.01 error costs an ε network ~200 in x̂_0 at t = T − 1 and a v network at most 0.01."""
+    x0 = torch.rand(4, 1, 6, 6, dtype=torch.float64) * 2 - 1
+    t, noise = torch.full((4,), T - 1), torch.randn(4, 1, 6, 6, dtype=torch.float64)
+    errors = {}
+    for diffusion, exact in (
+        (cosine_diffusion(), noise),
+        (v_diffusion(), v_diffusion().velocity(x0, t, noise)),
+    ):
+        x_t = diffusion.q_sample(x0, t, noise)
+        pred_x0, _ = diffusion.predict_xstart_eps(x_t, t, exact + 0.01)
+        errors[diffusion.prediction_type] = float((pred_x0 - x0).abs().max())
+    assert errors["epsilon"] > 100 and errors["v_prediction"] <= 0.01
+
+
+@pytest.mark.parametrize(("kind", "eta"), [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0)])
+def test_a_v_network_samples_what_the_equivalent_eps_network_samples(kind, eta):
+    """Wrap an ε UNet as the v network with the same x̂_0 (v = (ε − sqrt(1 − ᾱ)·x_t) / sqrt(ᾱ)): the
+    guided samplers must give the same images. A linear schedule keeps the conversion well conditioned."""
+    eps_diffusion, v_diff = GaussianDiffusion(betas=make_betas("linear", T)), v_diffusion("linear")
+    unet, classifier = tiny_adm_unet(), tiny_noisy_classifier()
+
+    class AsVelocity(torch.nn.Module):
+        def forward(self, x, ts, class_labels=None):
+            out = unet(x, ts, class_labels=class_labels).sample
+            alpha = torch.from_numpy(eps_diffusion.sqrt_alphas_cumprod).float()[ts].view(-1, 1, 1, 1)
+            sigma = (
+                torch.from_numpy(eps_diffusion.sqrt_one_minus_alphas_cumprod).float()[ts].view(-1, 1, 1, 1)
+            )
+            velocity = (out[:, :1] - sigma * x) / alpha
+            return type("Output", (), {"sample": torch.cat([velocity, out[:, 1:]], dim=1)})
+
+    results = []
+    with torch.no_grad():
+        for diffusion, network in ((eps_diffusion, unet), (v_diff, AsVelocity())):
+            results.append(run_sampler(kind, network, classifier, scale=1.0, eta=eta, diffusion=diffusion))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-4)
+
+
+def test_v_prediction_is_saved_with_the_pipeline_and_read_by_every_sampler(tmp_path):
+    scheduler = adm_scheduler()
+    scheduler.register_to_config(prediction_type="v_prediction")
+    save_pipeline(StudioADMPipeline(unet=tiny_adm_unet(), scheduler=scheduler), tmp_path / "v", {})
+    pipe = load_pipeline(str(tmp_path / "v"))
+    assert pipe._sampler("ddim", 0.0, 0.0).diffusion.prediction_type == "v_prediction"
+    assert pipe._sampler("dpm++", 0.0, 0.0).config.prediction_type == "v_prediction"
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(class_labels=[0, 1], num_inference_steps=3, scheduler="euler", output_type="pt").images
+    assert torch.isfinite(images).all()
+
+
 # ------------------------------------------------------------------------------------------ guided samplers
 def run_sampler(
-    kind: str, unet, classifier, scale: float, eta: float = 0.0, steps: int = 6, with_gradient: bool = True
+    kind: str,
+    unet,
+    classifier,
+    scale: float,
+    eta: float = 0.0,
+    steps: int = 6,
+    with_gradient: bool = True,
+    diffusion: GaussianDiffusion | None = None,
 ) -> torch.Tensor:
-    sampler = ADMSampler(cosine_diffusion(), kind, eta)
+    sampler = ADMSampler(diffusion or cosine_diffusion(), kind, eta)
     sampler.set_timesteps(steps)
     generators = [torch.Generator().manual_seed(s) for s in (0, 1, 2)]
     y = torch.tensor([0, 1, 3])
@@ -378,6 +456,21 @@ def tiny_train_config(family: str, output_dir, *overrides):
     )
 
 
+def test_v_prediction_tiny_run_loss_falls_and_saves_the_prediction_type(tmp_path):
+    result = train(
+        tiny_train_config(
+            "adm",
+            tmp_path / "run",
+            "max_steps=60",
+            "checkpointing_steps=60",
+            "model.prediction_type=v_prediction",
+        )
+    )
+    mse = [h["mse"] for h in result.history]
+    assert sum(mse[-10:]) / 10 < 0.7 * sum(mse[:10]) / 10, mse
+    assert load_pipeline(str(result.pipeline_dir)).scheduler.config.prediction_type == "v_prediction"
+
+
 def test_adm_tiny_run_loss_falls_and_exports_a_pipeline(tmp_path):
     result = train(tiny_train_config("adm", tmp_path / "run", "max_steps=40", "checkpointing_steps=40"))
     mse = [h["mse"] for h in result.history]
@@ -437,6 +530,7 @@ def test_bad_family_configs_are_refused_with_names(tmp_path):
     for override, needle in [
         ("model.p_uncond=1.5", "p_uncond"),
         ("model.beta_schedule=sigmoid", "beta_schedule"),
+        ("model.prediction_type=sample", "prediction_type"),
         ("model.sample_classifier_scale=1.0", "classifier_path"),
         ("model.sample_scheduler=nope", "unknown scheduler"),
     ]:

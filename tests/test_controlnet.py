@@ -12,6 +12,7 @@ from diffusers import UNet2DModel
 from PIL import Image
 
 from studio.data.conditions import condition_maps
+from studio.diffusion.gaussian import GaussianDiffusion
 from studio.errors import StudioError
 from studio.hub import SHIPPED_DIR, load_pipeline, save_pipeline
 from studio.metrics.edges import edge_f1
@@ -389,3 +390,21 @@ def test_studio_sample_follows_a_control_image(tmp_path, capsys):
         main([*common, "--out", str(tmp_path / "b"), "--control-image", str(tmp_path / "missing.png")]) != 0
     )
     assert "cannot read control image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_training_target_is_what_the_base_predicts(tmp_path, prediction_type):
+    """A v-prediction base is trained towards v = sqrt(ᾱ)·ε − sqrt(1 − ᾱ)·x_0, an ε base towards ε."""
+    scheduler = adm_scheduler()
+    scheduler.register_to_config(prediction_type=prediction_type)
+    base = tmp_path / "base"
+    save_pipeline(StudioADMPipeline(unet=tiny_adm_unet(CONTROL_ADM, 0), scheduler=scheduler), base, {})
+    config = tiny_config(base, tmp_path / "unused")
+    from studio.data import build_dataset
+
+    family = get_family("controlnet")(config, build_dataset(config.data, "train").info)
+    images, noise = torch.rand(3, 1, 16, 16) * 2 - 1, torch.randn(3, 1, 16, 16)
+    t = torch.tensor([0, 500, 999])
+    diffusion = GaussianDiffusion.from_scheduler_config(scheduler.config)
+    expected = noise if prediction_type == "epsilon" else diffusion.velocity(images, t, noise)
+    torch.testing.assert_close(family.target(images, noise, t), expected, rtol=1e-4, atol=1e-5)

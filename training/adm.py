@@ -2,7 +2,9 @@
 
 One training step: x_t = q_sample(x_0, t, ε) with t uniform over all T steps, labels replaced by
 the null class K with probability ``p_uncond`` (so the same network serves classifier-free
-guidance), loss = L_simple + λ·L_vlb (`GaussianDiffusion.training_losses`, IDDPM). With
+guidance), loss = L_simple + λ·L_vlb (`GaussianDiffusion.training_losses`, IDDPM), L_simple on ε
+(ADM) or on the velocity v (``prediction_type: v_prediction``, which keeps x̂_0 usable at the cosine
+schedule's near-zero-SNR last steps). With
 ``classifier_path`` set to a trained ``adm_classifier`` run, the exported pipeline carries that
 noisy classifier, so sample grids (and the shipped folder) can use classifier guidance.
 """
@@ -17,7 +19,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-from studio.diffusion.gaussian import BETA_SCHEDULES, GaussianDiffusion
+from studio.diffusion.gaussian import BETA_SCHEDULES, PREDICTION_TYPES, GaussianDiffusion
 from studio.diffusion.schedulers import make_scheduler
 from studio.errors import ConfigError
 from studio.models.adm import ADMConfig, build_adm_unet
@@ -35,6 +37,7 @@ class ADMTrainConfig:
     network: ADMConfig = field(default_factory=ADMConfig)
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"  # squaredcos_cap_v2 (cosine) | linear
+    prediction_type: str = "epsilon"  # epsilon | v_prediction (saved in the scheduler config)
     vlb_weight: float = 0.001  # λ of the hybrid loss (ignored without learned sigma)
     p_uncond: float = 0.1  # label -> null class K, per example (classifier-free guidance)
     classifier_path: str = ""  # a trained adm_classifier run to ship with the UNet ("" = none)
@@ -47,6 +50,12 @@ class ADMTrainConfig:
         """Raise `ConfigError` naming the first out-of-range setting (data-dependent ones: the family)."""
         validate_network_sizes(self.network)
         require_int("model.num_train_timesteps", self.num_train_timesteps, 1)
+        require(
+            "model.prediction_type",
+            self.prediction_type,
+            self.prediction_type in PREDICTION_TYPES,
+            f"one of {', '.join(PREDICTION_TYPES)}",
+        )
         require_float("model.vlb_weight", self.vlb_weight)
         require_fraction("model.p_uncond", self.p_uncond)
         require_int("model.sample_steps", self.sample_steps, 1)
@@ -68,14 +77,18 @@ def validate_network_sizes(network: ADMConfig) -> None:
     require_fraction("model.network.dropout", network.dropout)
 
 
-def diffusion_scheduler(num_train_timesteps: int, beta_schedule: str, learn_sigma: bool) -> DDPMScheduler:
-    """The `DDPMScheduler` saved with ADM pipelines: it records T, the β schedule and the variance type."""
+def diffusion_scheduler(
+    num_train_timesteps: int, beta_schedule: str, learn_sigma: bool, prediction_type: str = "epsilon"
+) -> DDPMScheduler:
+    """The `DDPMScheduler` saved with ADM pipelines: it records T, the β schedule, the variance type
+    and what the network predicts (ε or v), so every sampler reads the output the same way."""
     if beta_schedule not in BETA_SCHEDULES:
         raise ConfigError(f"unknown ADM beta_schedule {beta_schedule!r} (known: {', '.join(BETA_SCHEDULES)})")
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
         beta_schedule=beta_schedule,
         variance_type="learned_range" if learn_sigma else "fixed_small",
+        prediction_type=prediction_type,
         clip_sample=True,
     )
 
@@ -99,7 +112,10 @@ class ADMFamily(Family):
         )
         self.network.validate()
         self.noise_scheduler = diffusion_scheduler(
-            settings.num_train_timesteps, settings.beta_schedule, self.network.learn_sigma
+            settings.num_train_timesteps,
+            settings.beta_schedule,
+            self.network.learn_sigma,
+            settings.prediction_type,
         )
         self.diffusion = GaussianDiffusion.from_scheduler_config(self.noise_scheduler.config)
         make_scheduler(settings.sample_scheduler, self.noise_scheduler.config)  # refuse unknown names now

@@ -5,7 +5,8 @@ The base is an ADM run or shipped folder (``model.base``), converted exactly to 
 optimizer) but kept on the autograd tape, so the loss reaches the ControlNet's residuals. One
 step: hint = condition map of x_0 (canny/sobel, computed per batch: ~1 ms per 28 px image),
 labels -> null class with ``p_uncond`` (0.5, the class analogue of ControlNet's prompt dropout),
-loss = MSE between ε and the ε half of the base's learned-sigma output with residuals injected.
+loss = MSE between the base's target (ε, or v for a ``v_prediction`` base) and the mean half of
+the base's learned-sigma output with residuals injected.
 """
 
 from __future__ import annotations
@@ -125,9 +126,15 @@ class ControlNetFamily(Family):
         x_t = alpha.sqrt() * images + (1 - alpha).sqrt() * noise
         with accelerator.autocast():  # the base stays on the tape: the residuals need its gradient
             output = controlled_output(unet, controlnet, x_t, timesteps, hint, labels)
-        loss = F.mse_loss(output[:, : images.shape[1]].float(), noise)
+        loss = F.mse_loss(output[:, : images.shape[1]].float(), self.target(images, noise, timesteps))
         self.clip_and_step(loss, controlnet, optimizers["controlnet"], accelerator)
         return {"loss": loss.detach().item()}
+
+    def target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the base's mean half predicts: ε, or the velocity for a ``v_prediction`` base."""
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            return self.noise_scheduler.get_velocity(images, noise, timesteps)
+        return noise
 
     def make_pipeline(self, models: dict[str, nn.Module]) -> StudioControlNetPipeline:
         return StudioControlNetPipeline(

@@ -8,9 +8,13 @@ unguided math but expose neither the model variance Σ_θ (needed for the DDPM m
 VLB, so this is written out (as guided-diffusion does). `respaced` keeps a subset of timesteps and
 recomputes the betas between them; ``timestep_map`` holds the original indices the networks see.
 
-Model outputs are ε (first C channels) followed by v (last C channels) with learned sigma:
-``log Σ = frac·log β_t + (1 − frac)·log β̃_t``, ``frac = (v + 1) / 2``; without the v half the
-variance is the clipped posterior variance β̃_t.
+Model outputs are the mean half (first C channels) followed by the variance half (last C channels)
+with learned sigma: ``log Σ = frac·log β_t + (1 − frac)·log β̃_t``, ``frac = (r + 1) / 2``; without
+the variance half Σ is the clipped posterior variance β̃_t. The mean half is ε (``epsilon``, ADM) or
+the velocity v = sqrt(ᾱ)·ε − sqrt(1 − ᾱ)·x_0 (``v_prediction``, Salimans & Ho 2022). With ε,
+x̂_0 = (x_t − sqrt(1 − ᾱ)·ε̂) / sqrt(ᾱ) multiplies ε's error by sqrt(1/ᾱ − 1), ~2e4 at the cosine
+schedule's last step, so no ε network gives a usable x̂_0 there; with v, x̂_0 = sqrt(ᾱ)·x_t −
+sqrt(1 − ᾱ)·v̂ never amplifies the error.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from studio.errors import ConfigError
 
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 COSINE_OFFSET = 0.008  # s in f(t) = cos²(((t/T) + s)/(1 + s)·π/2)
 MAX_BETA = 0.999
 
@@ -109,6 +114,7 @@ class GaussianDiffusion:
     :param betas: β per kept step, float64 (after respacing: recomputed between kept steps).
     :param timestep_map: original timestep index of each step (the index networks are given).
     :param original_num_timesteps: T of the training diffusion (rescales the VLB term).
+    :param prediction_type: what the mean half of the model output is: ``epsilon`` or ``v_prediction``.
     """
 
     def __init__(
@@ -117,10 +123,16 @@ class GaussianDiffusion:
         betas: np.ndarray,
         timestep_map: np.ndarray | None = None,
         original_num_timesteps: int | None = None,
+        prediction_type: str = "epsilon",
     ):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ConfigError("betas must be a 1-d array in (0, 1]")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ConfigError(
+                f"unknown prediction_type {prediction_type!r} (known: {', '.join(PREDICTION_TYPES)})"
+            )
+        self.prediction_type = prediction_type
         self.betas = betas
         self.num_timesteps = len(betas)
         self.timestep_map = np.arange(len(betas)) if timestep_map is None else np.asarray(timestep_map)
@@ -144,14 +156,15 @@ class GaussianDiffusion:
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_scheduler_config(cls, config: Any) -> GaussianDiffusion:
-        """The diffusion a diffusers scheduler config describes (T, beta_schedule, beta_start/end)."""
+        """The diffusion a diffusers scheduler config describes (T, beta_schedule, beta_start/end,
+        prediction_type)."""
         betas = make_betas(
             config["beta_schedule"],
             int(config["num_train_timesteps"]),
             float(config.get("beta_start", 1e-4)),
             float(config.get("beta_end", 0.02)),
         )
-        return cls(betas=betas)
+        return cls(betas=betas, prediction_type=str(config.get("prediction_type", "epsilon")))
 
     def respaced(self, num_steps: int) -> GaussianDiffusion:
         """The diffusion over ``num_steps`` evenly spaced original steps (ADM respace.py)."""
@@ -162,6 +175,7 @@ class GaussianDiffusion:
             betas=betas,
             timestep_map=self.timestep_map[kept],
             original_num_timesteps=self.original_num_timesteps,
+            prediction_type=self.prediction_type,
         )
 
     # ---------------------------------------------------------------- helpers
@@ -197,6 +211,13 @@ class GaussianDiffusion:
             self._extract(self.posterior_log_variance_clipped, t, x_t),
         )
 
+    def velocity(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x_0, the target of a ``v_prediction`` network."""
+        return (
+            self._extract(self.sqrt_alphas_cumprod, t, x_start) * noise
+            - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start
+        )
+
     # ---------------------------------------------------------------- reverse process
     def model_log_variance(self, v: torch.Tensor | None, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log Σ_θ: learned range between log β̃_t (v = −1) and log β_t (v = +1); β̃_t without v."""
@@ -213,6 +234,16 @@ class GaussianDiffusion:
             - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
         )
 
+    def predict_xstart_eps(
+        self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x̂_0 and ε̂ from the mean half of the model output (ε or v, per ``prediction_type``)."""
+        if self.prediction_type == "epsilon":
+            return self.predict_xstart_from_eps(x_t, t, prediction), prediction
+        alpha = self._extract(self.sqrt_alphas_cumprod, t, x_t)
+        sigma = self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return alpha * x_t - sigma * prediction, sigma * x_t + alpha * prediction
+
     def predict_eps_from_xstart(
         self, x_t: torch.Tensor, t: torch.Tensor, x_start: torch.Tensor
     ) -> torch.Tensor:
@@ -225,10 +256,9 @@ class GaussianDiffusion:
     ) -> dict[str, torch.Tensor]:
         """Mean, variance, log variance, ε and x̂_0 of p_θ(x_{t-1} | x_t) from the raw model output."""
         channels = x_t.shape[1]
-        eps = model_output[:, :channels]
-        v = model_output[:, channels:] if model_output.shape[1] == 2 * channels else None
-        log_variance = self.model_log_variance(v, t, x_t)
-        pred_xstart = self.predict_xstart_from_eps(x_t, t, eps)
+        variance_half = model_output[:, channels:] if model_output.shape[1] == 2 * channels else None
+        log_variance = self.model_log_variance(variance_half, t, x_t)
+        pred_xstart, eps = self.predict_xstart_eps(x_t, t, model_output[:, :channels])
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
@@ -264,18 +294,20 @@ class GaussianDiffusion:
     ) -> dict[str, torch.Tensor]:
         """The hybrid loss L_simple + λ·L_vlb per example (IDDPM), as a dict of terms.
 
-        ``mse`` trains ε; ``vb`` trains only v: it is computed from a detached ε (as guided-diffusion), so
-        the VLB cannot pull the mean. ``vb`` is the per-t term times T (an estimate of the whole
-        VLB), so ``vlb_weight`` λ = 0.001 at T = 1000 adds the per-t term with weight 1, as ADM.
-        Without a v half the loss is plain ``mse``.
+        ``mse`` trains the mean half against ε (``epsilon``) or v (``v_prediction``); ``vb`` trains only
+        the variance half: it is computed from a detached mean half (as guided-diffusion), so the VLB
+        cannot pull the mean. ``vb`` is the per-t term times T (an estimate of the whole VLB), so
+        ``vlb_weight`` λ = 0.001 at T = 1000 adds the per-t term with weight 1, as ADM. Without a
+        variance half the loss is plain ``mse``.
         """
         x_t = self.q_sample(x_start, t, noise)
         model_output = model_fn(x_t, t)
         channels = x_start.shape[1]
-        eps = model_output[:, :channels]
-        terms = {"mse": mean_flat((noise - eps.float()) ** 2)}
+        mean_half = model_output[:, :channels]
+        target = noise if self.prediction_type == "epsilon" else self.velocity(x_start, t, noise)
+        terms = {"mse": mean_flat((target - mean_half.float()) ** 2)}
         if model_output.shape[1] == 2 * channels:
-            frozen = torch.cat([eps.detach(), model_output[:, channels:]], dim=1).float()
+            frozen = torch.cat([mean_half.detach(), model_output[:, channels:]], dim=1).float()
             terms["vb"] = self.vb_terms_bpd(frozen, x_start, x_t, t) * self.num_timesteps
             terms["loss"] = terms["mse"] + vlb_weight * terms["vb"]
         else:
