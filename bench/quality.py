@@ -45,7 +45,7 @@ from studio.data import DataConfig, build_dataset
 from studio.data.cards import dataset_domain
 from studio.data.command import class_grid
 from studio.errors import StudioError
-from studio.hub import SHIPPED_DIR, list_models, load_pipeline, read_card
+from studio.hub import SHIPPED_DIR, list_models, load_pipeline, measured_sampling, read_card
 from studio.metrics import EvalConfig, evaluate
 from studio.metrics.judged import balanced_labels, draw_samples, judge_scores, validation_controls
 from studio.metrics.reference import stats_cache_dir
@@ -187,7 +187,7 @@ def pipeline_card(pipe: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
     metrics were measured with, and its data set (``mnist`` when the card names none)."""
     folder = Path(str(pipe.name_or_path))
     card = read_card(folder) if folder.is_dir() else {}
-    return card, dict((card.get("metrics") or {}).get("sampling") or {}), str(card.get("dataset") or "mnist")
+    return card, measured_sampling(card), str(card.get("dataset") or "mnist")
 
 
 def board_row(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:

@@ -78,6 +78,12 @@ def read_card(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{card} is unreadable: {exc}") from None
 
 
+def measured_sampling(card: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline call arguments a model card's metrics were measured with ({} if none): the
+    settings the quality board scores and the app and ``studio sample`` start from."""
+    return dict((card.get("metrics") or {}).get("sampling") or {})
+
+
 def write_card(folder: Path, card: dict[str, Any]) -> None:
     """Write (or replace) the model card of a pipeline folder, atomically."""
     tmp = folder / f"{MODEL_CARD}.tmp"

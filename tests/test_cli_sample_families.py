@@ -147,3 +147,20 @@ def test_a_one_image_folder_can_be_evaluated(tmp_path, capsys):
         == 0
     )
     assert "samples: " + str(out) + " (n=1)" in capsys.readouterr().out
+
+
+def test_unset_flags_take_the_cards_measured_settings_and_flags_override_them(tmp_path, capsys):
+    """`studio sample` starts where the app does: the sampling settings the card was measured with."""
+    from tests.builders import tiny_dit_pipeline
+
+    folder = tmp_path / "dit"
+    measured = {"num_inference_steps": 3, "scheduler": "ddim", "guidance_scale": 2.0}
+    save_pipeline(tiny_dit_pipeline(), folder, {"metrics": {"sampling": measured}})
+    stdout = sample(folder, tmp_path / "card", "no fast flags", "", capsys)
+    assert "settings from the model card" in stdout and "num_inference_steps=3" in stdout
+    record = read_record(str(tmp_path / "card" / "000000.png"))
+    assert (record.steps, record.sampler, record.guidance_scale) == (3, "ddim", 2.0)
+    stdout = sample(folder, tmp_path / "flags", "", "", capsys, "--steps", "2", "--scheduler", "euler")
+    assert "num_inference_steps" not in stdout and "guidance_scale=2.0" in stdout
+    record = read_record(str(tmp_path / "flags" / "000000.png"))
+    assert (record.steps, record.sampler, record.guidance_scale) == (2, "euler", 2.0)

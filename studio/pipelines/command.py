@@ -14,6 +14,7 @@ import argparse
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from studio.errors import ConfigError
@@ -76,7 +77,8 @@ def add_sample_parser(subparsers: Any, extensions: Sequence[SampleExtension] = (
     parser = subparsers.add_parser(
         "sample",
         help="sample a checkpoint into a folder of PNGs + npz",
-        description="Batch sampling; resumable; shards over `accelerate launch` processes.",
+        description="Batch sampling; resumable; shards over `accelerate launch` processes. Settings not "
+        "given as flags come from the model card's measured best (as in the app), else the pipeline's defaults.",
     )
     parser.add_argument("checkpoint", help="shipped model name, run name, folder or hub id")
     parser.add_argument("--num-images", type=int, default=64)
@@ -121,10 +123,13 @@ def add_sample_parser(subparsers: Any, extensions: Sequence[SampleExtension] = (
     return parser
 
 
-def sample_call_kwargs(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
-    """Pipeline call arguments from the flags given; refuse flags the model does not take."""
+def sample_call_kwargs(
+    args: argparse.Namespace, pipe: Any, card_settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Pipeline call arguments: ``card_settings`` (the model card's measured sampling settings, those
+    the model takes), overridden by the flags given; refuse flags the model does not take."""
     accepted = set(getattr(pipe, "call_parameters", ()))
-    kwargs = {}
+    kwargs = {name: value for name, value in (card_settings or {}).items() if name in accepted}
     for flag, name in SAMPLE_ARGUMENTS.items():
         value = getattr(args, flag)
         if value is None:
@@ -145,7 +150,7 @@ def sample_call_kwargs(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
 def run_sample(args: argparse.Namespace, extensions: Sequence[SampleExtension] = ()) -> int:
     from accelerate import PartialState
 
-    from studio.hub import load_pipeline
+    from studio.hub import load_pipeline, measured_sampling, read_card
     from studio.pipelines.base import check_count, check_seed_range
     from studio.pipelines.batch import sample_to_folder
     from studio.runtime import resolve_device, set_attention_backend
@@ -161,7 +166,16 @@ def run_sample(args: argparse.Namespace, extensions: Sequence[SampleExtension] =
     for module in pipe.components.values():
         if hasattr(module, "modules"):
             set_attention_backend(module, args.attention)
-    kwargs = sample_call_kwargs(args, pipe)
+    folder = Path(str(pipe.name_or_path))
+    card_settings = measured_sampling(read_card(folder)) if folder.is_dir() else {}
+    kwargs = sample_call_kwargs(args, pipe, card_settings)
+    flagged = {name for flag, name in SAMPLE_ARGUMENTS.items() if getattr(args, flag) is not None}
+    from_card = {
+        name: value for name, value in kwargs.items() if name in card_settings and name not in flagged
+    }
+    if from_card and state.is_main_process:
+        listed = ", ".join(f"{name}={value}" for name, value in sorted(from_card.items()))
+        print(f"settings from the model card (measured best; flags override them): {listed}")
     for extension in extensions:
         extension.prepare(pipe, args)
     run = sample_to_folder(pipe, args.out, args.num_images, args.batch_size, args.seed, labels, **kwargs)
