@@ -146,7 +146,17 @@ SAMPLE_ROWS = [
         ["--steps", "3", "--scheduler", "pndm"],
         ["pndm scheduler needs at least 4 steps", "got 3"],
     ),
-    ("adm-mnist", ["--steps", "2", "--scheduler", "pndm"], ["pndm scheduler needs at least 4 steps"]),
+    (
+        "adm-mnist",
+        ["--steps", "2", "--scheduler", "pndm", "--classifier-scale", "0"],
+        ["pndm scheduler needs at least 4 steps"],
+    ),
+    # the card's classifier guidance (scale 3) with a solver that cannot take it
+    (
+        "adm-mnist",
+        ["--steps", "2", "--scheduler", "dpm++"],
+        ["'ddpm' or 'ddim'", "set classifier_scale to 0"],
+    ),
     ("controlnet-mnist", ["--steps", "1", "--scheduler", "pndm"], ["pndm scheduler needs at least 4 steps"]),
     # output folders that cannot be one
     ("dit-mnist", ["--out", "{file}"], ["is a file, not a folder"]),
@@ -164,10 +174,18 @@ SAMPLE_ROWS = [
     ("dit-mnist", ["--eta", "-1", "--scheduler", "ddim"], ["eta must be >= 0, got -1.0"]),
     *[(model, ["--attention", "xformers"], ["use --attention sdpa"]) for model in ("dit-mnist", "adm-mnist")],
     # eta with a sampler that ignores it (recorded, no effect)
-    ("dit-mnist", ["--eta", "0.5"], ["eta=0.5 has no effect with the DDPMScheduler sampler"]),
+    (
+        "dit-mnist",
+        ["--eta", "0.5", "--scheduler", "ddpm"],
+        ["eta=0.5 has no effect with the DDPMScheduler sampler"],
+    ),
     ("dit-mnist", ["--eta", "0.5", "--scheduler", "dpm++"], ["eta=0.5 has no effect"]),
     ("adm-mnist", ["--eta", "0.3", "--scheduler", "ddpm"], ["eta=0.3 has no effect with the ddpm sampler"]),
-    ("adm-mnist", ["--eta", "0.3", "--scheduler", "euler"], ["eta=0.3 has no effect"]),
+    (
+        "adm-mnist",
+        ["--eta", "0.3", "--scheduler", "euler", "--classifier-scale", "0"],
+        ["eta=0.3 has no effect"],
+    ),
     (
         "controlnet-mnist",
         ["--eta", "0.3", "--scheduler", "ddpm"],

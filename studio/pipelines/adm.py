@@ -175,7 +175,10 @@ class StudioADMPipeline(StudioPipelineMixin, DiffusionPipeline):
         if kind in SAMPLER_KINDS:
             return ADMSampler(GaussianDiffusion.from_scheduler_config(self.scheduler.config), kind, eta)
         if classifier_scale > 0:
-            raise StudioError(f"classifier guidance runs with scheduler 'ddpm' or 'ddim', not {name!r}")
+            raise StudioError(
+                f"classifier guidance (classifier_scale={classifier_scale}) runs with scheduler 'ddpm' or "
+                f"'ddim', not {name!r}: choose one of those, or set classifier_scale to 0"
+            )
         return make_scheduler(name, self.scheduler.config) if name else self.scheduler
 
     def _classifier_batch_invariant(self) -> AbstractContextManager:
