@@ -468,7 +468,8 @@ def test_v_prediction_tiny_run_loss_falls_and_saves_the_prediction_type(tmp_path
     )
     mse = [h["mse"] for h in result.history]
     assert sum(mse[-10:]) / 10 < 0.7 * sum(mse[:10]) / 10, mse
-    assert load_pipeline(str(result.pipeline_dir)).scheduler.config.prediction_type == "v_prediction"
+    config = load_pipeline(str(result.pipeline_dir)).scheduler.config
+    assert config.prediction_type == "v_prediction" and config.timestep_spacing == "trailing"
 
 
 def test_adm_tiny_run_loss_falls_and_exports_a_pipeline(tmp_path):

@@ -77,3 +77,26 @@ def test_ddim_keeps_its_own_clip_sample():
     scheduler = make_scheduler("ddim", adm_config())
     assert scheduler.config.clip_sample is True
     assert not scheduler.config.get("thresholding", False)
+
+
+def _largest_step_ratio(scheduler) -> float:
+    """max σ_i / σ_{i+1} over the distinct nonzero σ of a 10-step ladder."""
+    scheduler.set_timesteps(10)
+    sigmas = torch.unique_consecutive(scheduler.sigmas[scheduler.sigmas > 0])
+    return float((sigmas[:-1] / sigmas[1:]).max())
+
+
+def test_heun_from_the_last_cosine_step_takes_a_geometric_ladder():
+    """Heun's trapezoid scales the change of x̂0 by σ/σ'; starting at t = T − 1 (σ ~ 2e4) on the
+    timestep ladder makes that ~3,000, the geometric ladder keeps it at the same few every step."""
+    from diffusers import HeunDiscreteScheduler
+
+    trailing = adm_config(timestep_spacing="trailing", prediction_type="v_prediction")
+    plain = HeunDiscreteScheduler.from_config(trailing)
+    assert _largest_step_ratio(plain) > 1000
+    heun = make_scheduler("heun", trailing)
+    assert heun.config.use_exponential_sigmas is True
+    assert _largest_step_ratio(heun) < 10 and float(heun.sigmas.max()) > 1e4  # still starts at T − 1
+    assert not make_scheduler("heun", adm_config()).config.use_exponential_sigmas  # leading: left alone
+    karras = make_scheduler("heun", {**trailing, "use_karras_sigmas": True}).config
+    assert karras.use_karras_sigmas and not karras.use_exponential_sigmas  # a chosen ladder is kept

@@ -81,7 +81,14 @@ def diffusion_scheduler(
     num_train_timesteps: int, beta_schedule: str, learn_sigma: bool, prediction_type: str = "epsilon"
 ) -> DDPMScheduler:
     """The `DDPMScheduler` saved with ADM pipelines: it records T, the β schedule, the variance type
-    and what the network predicts (ε or v), so every sampler reads the output the same way."""
+    and what the network predicts (ε or v), so every sampler reads the output the same way.
+
+    A v network also gets ``trailing`` timestep spacing, so diffusers' solvers start at t = T − 1,
+    where x_T ~ N(0, I) is the true marginal (Lin et al. 2024, "Common Diffusion Noise Schedules and
+    Sample Steps are Flawed"). ``leading`` (diffusers' default, kept for ε) starts 10-step sampling at
+    t = 900, where the cosine schedule still holds 15% of the signal that pure noise lacks; an ε network
+    cannot start at T − 1 (its x̂_0 is ~2e4 times its ε error there), a v network can.
+    """
     if beta_schedule not in BETA_SCHEDULES:
         raise ConfigError(f"unknown ADM beta_schedule {beta_schedule!r} (known: {', '.join(BETA_SCHEDULES)})")
     return DDPMScheduler(
@@ -89,6 +96,7 @@ def diffusion_scheduler(
         beta_schedule=beta_schedule,
         variance_type="learned_range" if learn_sigma else "fixed_small",
         prediction_type=prediction_type,
+        timestep_spacing="trailing" if prediction_type == "v_prediction" else "leading",
         clip_sample=True,
     )
 

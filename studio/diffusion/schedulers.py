@@ -41,6 +41,10 @@ LEARNED_VARIANCES = ("learned", "learned_range")
 #: schedule (alpha_bar ~ 4e-5 at the clip), dropping only the last few of the 1,000 training steps.
 COSINE_LAMBDA_MIN = -5.1
 
+#: the σ-ladder options of diffusers' discrete (Karras-style) schedulers; a config setting any of them
+#: has chosen its own ladder
+SIGMA_LADDERS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
 
 def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     """Build scheduler ``name`` from another scheduler's config (same betas, same training T).
@@ -52,8 +56,9 @@ def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     `COSINE_LAMBDA_MIN` unless the config sets one, and a ``clip_sample`` config (x0 clipped to
     [-r, r] by DDPM/DDIM, as guided-diffusion's ``clip_denoised``) becomes ``thresholding`` at r
     for the solvers that have no ``clip_sample`` (DPM-Solver(++), DEIS, UniPC), so every scheduler
-    keeps the data range the model was trained on. Raises `ConfigError` naming the choices for an
-    unknown name.
+    keeps the data range the model was trained on. Heun on a ``trailing`` schedule (which starts at
+    t = T − 1) samples on a geometric σ ladder (``use_exponential_sigmas``) unless the config picks a
+    ladder. Raises `ConfigError` naming the choices for an unknown name.
     """
     class_name = SCHEDULER_ALIASES.get(name.lower(), name)
     cls = getattr(diffusers, class_name, None)
@@ -72,6 +77,15 @@ def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
         and config.get("lambda_min_clipped", -math.inf) == -math.inf
     ):
         _override(config, lambda_min_clipped=COSINE_LAMBDA_MIN)
+    if (
+        class_name == "HeunDiscreteScheduler"
+        and config.get("timestep_spacing") == "trailing"
+        and not any(config.get(option) for option in SIGMA_LADDERS)
+    ):
+        # Heun's trapezoid adds (σ' − σ)/(2σ')·(x̂0 − x̂0') to an Euler step, so a step from σ ~ 2e4
+        # (t = T − 1 of a cosine schedule) to σ' ~ 6 multiplies the change of x̂0 by ~1,700 and
+        # every image becomes noise; a geometric ladder keeps σ/σ' the same at every step.
+        _override(config, use_exponential_sigmas=True)
     if config.get("clip_sample") and "clip_sample" not in accepted and "thresholding" in accepted:
         # the model declares x0 in [-r, r]; the solvers' form of that clip is thresholding at r
         _override(config, thresholding=True, sample_max_value=config.get("clip_sample_range", 1.0))
