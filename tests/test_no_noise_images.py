@@ -6,11 +6,11 @@ against appear at any step count), on one thread.
 
 41 seeds is what CI affords: they catch a checkpoint or sampler that fails broadly (an earlier
 adm-mnist, 1,372 steps on 5,000 digits, left noise fields on about 1 seed in 5 with every eta-0
-sampler; fine-tuned on the full 60k it passes, and so does controlnet-mnist trained over it), not a
-rare one. Rare failures are measured at 1,000 seeds by `studio bench sampler-failures`: unguided at
-10 steps the shipped adm-mnist still leaves 0.1-4.7% noise images with the deterministic samplers
-(seeds 168, 268, ... with DDIM; Heun the worst) and none with DDPM, eta-1 DDIM or Euler ancestral
-(bench/README.md, "ADM: which samplers make noise images"). DPM-Solvers additionally need two
+sampler), not a rare one. Rare failures are measured at 1,000 seeds by `studio bench sampler-failures`:
+the eps-prediction adm-mnist that followed still left 0.1-4.7% noise images with the deterministic
+samplers at 10 unguided steps (its x0 estimate at t = T - 1 is ~2e4 times its eps error); the
+v-prediction adm-mnist shipped now, sampled from t = T - 1 (trailing spacing), leaves none with any of
+them on 1,000 seeds (bench/README.md, "ADM: which samplers make noise images"). DPM-Solvers additionally need two
 scheduler settings the training config does not carry (`studio.diffusion.schedulers.make_scheduler`):
 the cosine schedule's lambda clip and thresholding in place of clip_sample; without them the
 single-step solver fails on most seeds of any checkpoint.

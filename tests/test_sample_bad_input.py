@@ -261,8 +261,8 @@ def made(tmp_path_factory, places):
 RESUME_ROWS = [  # (folder made by, model asked, flags, the field the error names)
     ("dit-mnist", "adm-mnist", [], "family='dit'"),
     ("dit-mnist", "dit-mnist", ["--steps", "3"], "num_inference_steps=2"),
-    ("dit-mnist", "dit-mnist", ["--guidance-scale", "2"], "guidance_scale=4.0"),
-    ("dit-mnist", "dit-mnist", ["--scheduler", "ddim"], "scheduler=None"),
+    ("dit-mnist", "dit-mnist", ["--guidance-scale", "2"], "guidance_scale=2.5"),  # the card's
+    ("dit-mnist", "dit-mnist", ["--scheduler", "euler"], "scheduler='ddim'"),
     ("dit-mnist", "dit-mnist", ["--eta", "0.5", "--scheduler", "ddim"], "eta=0.0"),
     ("dit-mnist", "dit-mnist", ["--seed", "1"], "seed=0"),
     ("dit-mnist", "dit-mnist", ["--class-labels", "3"], "class_labels=None"),
@@ -273,7 +273,7 @@ RESUME_ROWS = [  # (folder made by, model asked, flags, the field the error name
     ("controlnet-mnist", "controlnet-mnist", ["--condition", "sobel"], "condition='canny'"),
     ("controlnet-mnist", "controlnet-mnist", ["--control-image", "{out}/000000.png"], "control_image="),
     ("score-mnist", "score-mnist", ["--steps", "3"], "num_inference_steps=2"),
-    ("score-mnist", "score-mnist", ["--scheduler", "ode"], "scheduler=None"),
+    ("score-mnist", "score-mnist", ["--scheduler", "ode"], "scheduler='ddpm'"),
 ]
 
 
