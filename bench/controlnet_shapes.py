@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 
 from bench.report import IMAGES, write_results
 from studio.data.conditions import condition_maps
-from studio.hub import load_pipeline, read_card, resolve
+from studio.hub import card_sampling, load_pipeline, read_card, resolve
 from studio.metrics.edges import edge_f1
 from studio.pipelines.base import parse_call_settings
 
@@ -105,10 +105,9 @@ def save_grid(images: dict[str, np.ndarray], path: Path, scale: int = 3) -> None
 
 
 def card_settings(model: str) -> dict[str, Any]:
-    """The sampling settings the model's card was measured with (DDIM 20 when it has no card)."""
+    """The model card's sampling settings (`studio.hub.card_sampling`; DDIM 20 when it has none)."""
     folder = resolve(model)
-    card = read_card(Path(folder)) if isinstance(folder, Path) else {}
-    settings = dict(card.get("metrics", {}).get("sampling") or {})
+    settings = card_sampling(read_card(Path(folder))) if isinstance(folder, Path) else {}
     return settings or {"num_inference_steps": 20, "scheduler": "ddim"}
 
 

@@ -37,7 +37,7 @@ from diffusers import DDIMScheduler
 from bench.report import RESULTS, machine
 from studio.diffusion.trajectories import Teacher, TrajectoryDataset, initial_noise, load_teacher
 from studio.errors import StudioError
-from studio.hub import load_pipeline, read_card
+from studio.hub import load_pipeline, pipeline_card
 from studio.models.dsno import teacher_fingerprint
 
 
@@ -79,7 +79,7 @@ def teacher_for(student_pipe: Any, name: str) -> Teacher:
     if name == "random":
         from training.dsno import random_teacher
 
-        run = read_card(Path(student_pipe.name_or_path)).get("config", {})
+        run = pipeline_card(student_pipe).get("config", {})
         data, model = run.get("data", {}), run.get("model", {})
         teacher = random_teacher(
             data["image_size"],

@@ -45,7 +45,7 @@ from studio.data import DataConfig, build_dataset
 from studio.data.cards import dataset_domain
 from studio.data.command import class_grid
 from studio.errors import StudioError
-from studio.hub import SHIPPED_DIR, list_models, load_pipeline, measured_sampling, read_card
+from studio.hub import SHIPPED_DIR, card_sampling, list_models, load_pipeline, pipeline_card
 from studio.metrics import EvalConfig, evaluate
 from studio.metrics.judged import balanced_labels, draw_samples, judge_scores, validation_controls
 from studio.metrics.reference import stats_cache_dir
@@ -182,18 +182,16 @@ def grid(images: torch.Tensor, labels: list[int] | None, num_classes: int, path:
     picture.save(path)
 
 
-def pipeline_card(pipe: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """A loaded pipeline's model card (empty for one built in memory), the sampling settings its
-    metrics were measured with, and its data set (``mnist`` when the card names none)."""
-    folder = Path(str(pipe.name_or_path))
-    card = read_card(folder) if folder.is_dir() else {}
-    return card, measured_sampling(card), str(card.get("dataset") or "mnist")
+def card_dataset(card: dict[str, Any]) -> str:
+    """The data set a model card names (``mnist`` when it names none): the judge and reference to score with."""
+    return str(card.get("dataset") or "mnist")
 
 
 def board_row(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     pipe = load_pipeline(name, device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    card, card_settings, dataset = pipeline_card(pipe)
+    card = pipeline_card(pipe)
+    card_settings, dataset = card_sampling(card), card_dataset(card)
     settings = {**card_settings, **args.sample}
     images, labels, seconds = sample(pipe, settings, args.n, args.seed, args.batch_size, dataset)
     label = Path(name).name if Path(name).exists() else name
@@ -321,7 +319,7 @@ def readme_rows(board_json: Path, weights: Path = SHIPPED_DIR) -> list[dict[str,
         metrics = card.get("metrics") or {}
         on_board = name in board
         source = board[name] if on_board else metrics
-        settings = json.loads(source["sampling"]) if on_board else dict(metrics.get("sampling") or {})
+        settings = json.loads(source["sampling"]) if on_board else card_sampling(card)
         worst, names = source.get("worst_class"), card.get("class_names") or []
         notes = []
         if "edge_f1" in metrics:

@@ -29,12 +29,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.quality import pipeline_card, sample
+from bench.quality import card_dataset, sample
 from bench.report import write_results
 from studio.data.cards import dataset_domain
 from studio.diffusion.schedulers import scheduler_names
 from studio.errors import StudioError
-from studio.hub import load_pipeline
+from studio.hub import card_sampling, load_pipeline, pipeline_card
 from studio.metrics.failures import failure_flags, thresholds_for
 from studio.metrics.judged import judge_scores
 from studio.pipelines.base import parse_call_settings
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    _, card_settings, dataset = pipeline_card(pipe)
+    card = pipeline_card(pipe)
+    card_settings, dataset = card_sampling(card), card_dataset(card)
     card_settings = {**card_settings, **args.sample}
     seeds = [args.seed + i for i in range(args.n)]
     rows = []

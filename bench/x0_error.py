@@ -26,12 +26,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.quality import pipeline_card
+from bench.quality import card_dataset
 from bench.report import write_results
 from studio.data import DataConfig, build_dataset
 from studio.diffusion.gaussian import GaussianDiffusion
 from studio.errors import StudioError
-from studio.hub import load_pipeline
+from studio.hub import load_pipeline, pipeline_card
 
 COLUMNS = [
     "timestep",
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         raise StudioError(
             f"{args.model} is a {getattr(pipe, 'family', 'non-studio')} model; x0-error reads ADM models"
         )
-    _, _, dataset_name = pipeline_card(pipe)
+    dataset_name = card_dataset(pipeline_card(pipe))
     size = int(pipe.unet.config.sample_size)
     data = build_dataset(DataConfig(name=dataset_name, image_size=size), "val")
     num_classes = int(getattr(pipe, "num_classes", 0) or 0)

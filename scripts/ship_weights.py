@@ -39,13 +39,6 @@ from studio.metrics.judged import balanced_labels, draw_samples, judge_scores, v
 from studio.pipelines.base import parse_call_settings
 
 MAX_BYTES = 25 * 1024 * 1024
-SAMPLING_DEFAULTS = {
-    "num_inference_steps": "sample_steps",
-    "scheduler": "sample_scheduler",
-    "guidance_scale": "sample_guidance_scale",
-    "classifier_scale": "sample_classifier_scale",
-    "truncation": "sample_truncation",
-}  # pipeline argument -> card config field
 
 
 def folder_bytes(folder: Path) -> int:
@@ -134,11 +127,6 @@ def main(argv: list[str] | None = None) -> None:
     card.pop("status", None)
     if args.reproduce:
         card["reproduce"] = args.reproduce
-    # the settings the metrics were measured with become the app's defaults for this model
-    model_settings = card.setdefault("config", {}).setdefault("model", {})
-    for call_key, card_key in SAMPLING_DEFAULTS.items():
-        if call_key in sample_kwargs:
-            model_settings[card_key] = sample_kwargs[call_key]
     if args.note:
         card["status"] = args.note
     write_card(staging, card)

@@ -78,10 +78,21 @@ def read_card(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{card} is unreadable: {exc}") from None
 
 
-def measured_sampling(card: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline call arguments a model card's metrics were measured with ({} if none): the
-    settings the quality board scores and the app and ``studio sample`` start from."""
-    return dict((card.get("metrics") or {}).get("sampling") or {})
+def pipeline_card(pipe: Any) -> dict[str, Any]:
+    """The model card of a loaded pipeline's folder ({} for one built in memory or from the hub)."""
+    folder = Path(str(getattr(pipe, "name_or_path", "") or ""))
+    return read_card(folder) if str(folder) not in ("", ".") and folder.is_dir() else {}
+
+
+def card_sampling(card: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline call arguments a model starts from, for the app, ``studio sample`` and the benches.
+
+    A scored card gives the settings its metrics were measured with (``metrics.sampling``, the
+    measured best; {} means the pipeline's own defaults). An unscored run gives the settings its
+    training sample grids were drawn with (``sampling``), so it samples as it showed itself in training.
+    """
+    measured = (card.get("metrics") or {}).get("sampling")
+    return dict(card.get("sampling") or {} if measured is None else measured)
 
 
 def write_card(folder: Path, card: dict[str, Any]) -> None:

@@ -381,7 +381,7 @@ def test_control_without_a_scheduler_runs_and_records_the_cards_default(service,
 
     if not (SHIPPED_DIR / "controlnet-mnist").is_dir():
         pytest.skip("controlnet-mnist is not shipped")
-    card_default = read_card(SHIPPED_DIR / "controlnet-mnist")["config"]["model"]["sample_scheduler"]
+    card_default = read_card(SHIPPED_DIR / "controlnet-mnist")["metrics"]["sampling"]["scheduler"]
     assert card_default != "ddim"  # the pipeline's own default, so the test tells the two apart
     digit = tmp_path / "digit.png"
     picture = np.zeros((28, 28), dtype=np.uint8)
@@ -670,7 +670,7 @@ def test_a_gan_starts_at_the_truncation_its_card_was_measured_with(tmp_path):
     shipped = {entry.name: entry for entry in list_models() if entry.source == "shipped"}
     if "biggan-animals" not in shipped or "biggan-mnist" not in shipped:
         pytest.skip("the BigGAN checkpoints are not shipped")
-    card_value = read_card(shipped["biggan-animals"].path)["config"]["model"]["sample_truncation"]
+    card_value = read_card(shipped["biggan-animals"].path)["metrics"]["sampling"]["truncation"]
     info = service.select("biggan-animals")
     assert info.takes("truncation") and info.default_truncation == card_value == 0.8
     assert service.select("biggan-mnist").default_truncation == 0.0

@@ -164,3 +164,35 @@ def test_unset_flags_take_the_cards_measured_settings_and_flags_override_them(tm
     assert "num_inference_steps" not in stdout and "guidance_scale=2.0" in stdout
     record = read_record(str(tmp_path / "flags" / "000000.png"))
     assert (record.steps, record.sampler, record.guidance_scale) == (2, "euler", 2.0)
+
+
+def test_an_unscored_run_samples_as_its_training_grids_did_and_a_score_takes_over(tmp_path, capsys):
+    """A run's card records its grid settings (``sampling``); until the run is scored (``metrics.sampling``)
+    `studio sample` and the app start from those, then from the measured best."""
+    from studio.hub import card_sampling, load_pipeline, read_card
+    from tests.builders import tiny_dit_pipeline
+    from webapp.catalogue import describe
+
+    grids = {"num_inference_steps": 2, "scheduler": "euler", "guidance_scale": 1.5}
+    measured = {"num_inference_steps": 3, "scheduler": "ddim", "guidance_scale": 2.0}
+    unscored, scored = tmp_path / "unscored", tmp_path / "scored"
+    save_pipeline(tiny_dit_pipeline(), unscored, {"sampling": grids})
+    save_pipeline(tiny_dit_pipeline(), scored, {"sampling": grids, "metrics": {"sampling": measured}})
+    for folder, expected in ((unscored, grids), (scored, measured)):
+        sample(folder, tmp_path / f"out-{folder.name}", "no fast flags", "", capsys)
+        record = read_record(str(tmp_path / f"out-{folder.name}" / "000000.png"))
+        steps, scheduler, guidance = (
+            expected["num_inference_steps"],
+            expected["scheduler"],
+            expected["guidance_scale"],
+        )
+        assert (record.steps, record.sampler, record.guidance_scale) == (steps, scheduler, guidance)
+        info = describe(folder.name, load_pipeline(str(folder), device="cpu"), read_card(folder))
+        assert (info.default_steps, info.default_scheduler, info.default_guidance) == (
+            steps,
+            scheduler,
+            guidance,
+        )
+    assert (
+        card_sampling({"sampling": grids, "metrics": {"sampling": {}}}) == {}
+    )  # scored at the pipeline's defaults

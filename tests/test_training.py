@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from studio.errors import CheckpointError, ConfigError
-from studio.hub import load_pipeline
+from studio.hub import load_pipeline, read_card
+from studio.pipelines.record import read_record
 from tests.builders import TINY_DIT_OVERRIDES
 from training.checkpoint import latest_checkpoint, read_checkpoint
 from training.config import load_config
@@ -30,7 +31,15 @@ def test_dit_tiny_loss_falls(tmp_path):
     assert last < 0.8 * first, (first, last)
     pipe = load_pipeline(str(result.pipeline_dir))
     assert pipe.transformer.config.sample_size == 16
-    assert (tmp_path / "run" / "samples" / "step-000060.png").is_file()
+    grid = read_record(str(tmp_path / "run" / "samples" / "step-000060.png"))
+    settings = {
+        "num_inference_steps": grid.steps,
+        "scheduler": grid.sampler,
+        "guidance_scale": grid.guidance_scale,
+    }
+    assert (
+        read_card(result.pipeline_dir)["sampling"] == settings
+    )  # the run samples as its grids did until scored
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
 

@@ -177,6 +177,14 @@ class Family(ABC):
         """Keyword arguments for the pipeline call that draws the training sample grids."""
         return {}
 
+    def sampling_settings(self) -> dict[str, Any]:
+        """`sample_kwargs` as the model card keeps them (``sampling``): the settings the run's grids
+        were drawn with, without the grid's control pictures and unset values. An unscored run
+        samples with these in the app and ``studio sample`` (`studio.hub.card_sampling`)."""
+        kwargs = dict(self.sample_kwargs())
+        kwargs.pop("control_image", None)
+        return {key: value for key, value in kwargs.items() if value is not None}
+
     def clip_and_step(
         self, loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, accelerator: Any
     ) -> None:

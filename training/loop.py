@@ -311,6 +311,7 @@ def _run(
         "class_names": list(dataset.info.class_names),
         "command": command,
         "config": config_to_dict(config),
+        "sampling": family.sampling_settings(),
     }
     images_per_step = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
     budget_s = config.time_budget_minutes * 60

@@ -24,7 +24,7 @@ import torch
 
 from samplers import PLUGINS, apply
 from studio.errors import StudioError
-from studio.hub import SHIPPED_DIR, list_models, load_pipeline, read_card, runs_dir
+from studio.hub import SHIPPED_DIR, card_sampling, list_models, load_pipeline, read_card, runs_dir
 from webapp.classes import card_class_titles
 from webapp.model_card import card_plugin_defaults, card_text, weakness
 from webapp.security import AccessPolicy
@@ -204,13 +204,13 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
     num_classes = int(getattr(pipe, "num_classes", 0) or 0)
     names = [str(n) for n in card.get("class_names") or []]
     class_names = tuple(names) if len(names) == num_classes else tuple(str(i) for i in range(num_classes))
-    sampling = card.get("config", {}).get("model", {}) or {}
+    sampling = card_sampling(card)
     scheduler = None
     if "scheduler" in parameters:
         from studio.diffusion.schedulers import scheduler_name
 
         own = tuple(getattr(pipe, "samplers", ()) or ())
-        scheduler = sampling.get("sample_scheduler") or (own[0] if own else scheduler_name(pipe.scheduler))
+        scheduler = sampling.get("scheduler") or (own[0] if own else scheduler_name(pipe.scheduler))
     if name == DEMO_MODEL:
         note = "**untrained demo**: a random-weight DiT built in memory; its images are noise."
     else:
@@ -221,14 +221,14 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
         family=str(getattr(pipe, "family", "") or card.get("family", "")),
         parameters=parameters,
         class_names=class_names,
-        default_steps=int(sampling.get("sample_steps", 20)),
+        default_steps=int(sampling.get("num_inference_steps", 20)),
         default_scheduler=scheduler,
-        default_guidance=float(sampling.get("sample_guidance_scale", 4.0)),
+        default_guidance=float(sampling.get("guidance_scale", 4.0)),
         plugins=tuple(name for name in sorted(PLUGINS) if name not in errors),
         plugin_errors=errors,
         note=note,
-        default_classifier_scale=float(sampling.get("sample_classifier_scale", 0.0)),
-        default_truncation=float(sampling.get("sample_truncation") or 0.0),
+        default_classifier_scale=float(sampling.get("classifier_scale", 0.0)),
+        default_truncation=float(sampling.get("truncation") or 0.0),
         samplers=tuple(getattr(pipe, "samplers", ()) or ()),
         class_titles=card_class_titles(card, num_classes),
         warning="" if name == DEMO_MODEL else weakness(card),

@@ -69,9 +69,7 @@ def sampling_settings(config: Any) -> dict[str, Any]:
 
     with building_networks():  # some families load a frozen base or teacher to describe their sampling
         family = get_family(config.family)(config, dataset_info(config.data))
-        kwargs = dict(family.sample_kwargs())
-    kwargs.pop("control_image", None)
-    return {key: value for key, value in kwargs.items() if value is not None}
+        return family.sampling_settings()
 
 
 def score_run(

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from studio.data import DatasetInfo
 from studio.errors import CheckpointError, ConfigError, DataError
-from studio.hub import load_pipeline, read_card
+from studio.hub import load_pipeline, pipeline_card
 from studio.models.dsno import teacher_fingerprint
 
 META_FILE = "meta.json"
@@ -203,12 +203,11 @@ def teacher_from_pipeline(pipe: Any, name: str = "") -> Teacher:
     embeds = int(unet.config.get("num_class_embeds") or 0)
     num_classes = int(getattr(pipe, "num_classes", embeds) or 0)
     null_class = num_classes if num_classes and embeds == num_classes + 1 else None
-    card_names: list[str] = []
-    folder = Path(str(getattr(pipe, "name_or_path", "") or ""))
-    if folder.is_dir():
-        card_names = [str(n) for n in read_card(folder).get("class_names", [])]
+    card_names = [str(n) for n in pipeline_card(pipe).get("class_names", [])]
     names = tuple(card_names) if len(card_names) == num_classes else tuple(str(i) for i in range(num_classes))
-    return Teacher(unet, scheduler, name or str(folder), num_classes, null_class, names)
+    return Teacher(
+        unet, scheduler, name or str(getattr(pipe, "name_or_path", "") or ""), num_classes, null_class, names
+    )
 
 
 def load_teacher(name_or_path: str, device: str | None = "cpu") -> Teacher:

@@ -14,7 +14,6 @@ import argparse
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from studio.errors import ConfigError
@@ -150,7 +149,7 @@ def sample_call_kwargs(
 def run_sample(args: argparse.Namespace, extensions: Sequence[SampleExtension] = ()) -> int:
     from accelerate import PartialState
 
-    from studio.hub import load_pipeline, measured_sampling, read_card
+    from studio.hub import card_sampling, load_pipeline, pipeline_card
     from studio.pipelines.base import check_count, check_seed_range
     from studio.pipelines.batch import sample_to_folder
     from studio.runtime import resolve_device, set_attention_backend
@@ -166,8 +165,7 @@ def run_sample(args: argparse.Namespace, extensions: Sequence[SampleExtension] =
     for module in pipe.components.values():
         if hasattr(module, "modules"):
             set_attention_backend(module, args.attention)
-    folder = Path(str(pipe.name_or_path))
-    card_settings = measured_sampling(read_card(folder)) if folder.is_dir() else {}
+    card_settings = card_sampling(pipeline_card(pipe))
     kwargs = sample_call_kwargs(args, pipe, card_settings)
     flagged = {name for flag, name in SAMPLE_ARGUMENTS.items() if getattr(args, flag) is not None}
     from_card = {
