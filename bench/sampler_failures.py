@@ -8,6 +8,8 @@ count of ``--steps`` (the model card's other settings, with ``--sample`` laid ov
 per row the shares of failed images by reason (`studio.metrics.failures`: noise fields, flooded,
 blank, unreadable), the class accuracy by the shipped judge, and the first seeds flagged as noise, so
 a failure can be looked at (``studio sample`` with that seed) or pinned in a test.
+``--scheduler-config`` changes the saved scheduler config every sampler is built from (its timestep
+spacing, its sigma ladder), to measure what such a choice does.
 
     studio bench sampler-failures --model adm-mnist --n 1000 --steps 10 \\
         --schedulers ddim,dpm++,heun --sample '{"classifier_scale": 0}'
@@ -73,6 +75,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="JSON",
         help="pipeline settings laid over the card's (e.g. '{\"classifier_scale\": 0}')",
     )
+    parser.add_argument(
+        "--scheduler-config",
+        default="",
+        metavar="JSON",
+        help="fields laid over the model's saved scheduler config, which every sampler is built from "
+        '(e.g. \'{"timestep_spacing": "leading"}\' to compare a spacing, '
+        "'{\"use_karras_sigmas\": true}' to pick a sigma ladder)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -87,7 +97,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise StudioError(f"--n and --steps must be at least 1, got {args.n} and {args.steps}")
     if not args.schedulers:
         raise StudioError("--schedulers must name one scheduler at least")
+    args.scheduler_config = parse_scheduler_config(args.scheduler_config)
     return args
+
+
+def parse_scheduler_config(text: str) -> dict[str, Any]:
+    """``--scheduler-config``: a JSON object of scheduler config fields ({} for none)."""
+    try:
+        fields = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise StudioError(
+            f"--scheduler-config must be a JSON object of scheduler config fields: {exc}"
+        ) from None
+    if not isinstance(fields, dict):
+        raise StudioError(
+            f"--scheduler-config must be a JSON object of scheduler config fields, got {text!r}"
+        )
+    return fields
 
 
 def failure_row(
@@ -110,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
+    if args.scheduler_config:
+        pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, **args.scheduler_config})
     card = pipeline_card(pipe)
     card_settings, dataset = card_sampling(card), card_dataset(card)
     card_settings = {**card_settings, **args.sample}
@@ -130,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(rows[-1]), flush=True)
     notes = (
         f"Model {args.model}; card settings with --sample laid over: "
-        f"{json.dumps(card_settings, sort_keys=True)}; seeds {args.seed}..{args.seed + args.n - 1}. "
+        f"{json.dumps(card_settings, sort_keys=True)}; scheduler config overrides: "
+        f"{json.dumps(args.scheduler_config, sort_keys=True) or 'none'}; seeds {args.seed}..{args.seed + args.n - 1}. "
         "Reproduce: studio bench sampler-failures " + shlex.join(argv if argv is not None else sys.argv[1:])
     )
     write_results(args.name, rows, COLUMNS, notes=notes, settings=vars(args))

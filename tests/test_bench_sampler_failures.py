@@ -61,6 +61,27 @@ def test_one_row_per_scheduler_and_step_count_with_the_card_settings_overridden(
     assert "| ddim | 1 | 12 |" in table and "--seed 100" in table
 
 
+def test_every_sampler_is_built_from_the_saved_scheduler_config_with_the_overrides(
+    tiny_run, tmp_path, monkeypatch
+):
+    """``--scheduler-config`` changes the config the samplers are built from (here: the timestep spacing)."""
+    import bench.sampler_failures as bench
+    from studio.hub import load_pipeline
+
+    saved = load_pipeline(str(tiny_run), device="cpu").scheduler.config.timestep_spacing
+    spacing = "trailing" if saved != "trailing" else "leading"
+    seen, draw = [], bench.sample
+    monkeypatch.setattr(
+        bench, "sample", lambda pipe, *rest: seen.append(pipe.scheduler.config) or draw(pipe, *rest)
+    )
+    out = tmp_path / "spacing"
+    argv = ["bench", "sampler-failures", "--model", str(tiny_run), "--n", "2", "--schedulers", "ddim,euler"]
+    overrides = json.dumps({"timestep_spacing": spacing})
+    assert main([*argv, "--steps", "2", "--scheduler-config", overrides, "--name", str(out)]) == 0
+    assert [config.timestep_spacing for config in seen] == [spacing, spacing]
+    assert f"scheduler config overrides: {overrides}" in out.with_suffix(".md").read_text()
+
+
 def test_noise_seeds_name_the_flagged_images_and_stop_after_twelve():
     rng = np.random.default_rng(0)
     clean = np.zeros((20, 1, 28, 28), dtype=np.uint8)
@@ -81,6 +102,8 @@ def test_noise_seeds_name_the_flagged_images_and_stop_after_twelve():
         (["--steps", "ten"], "--steps takes comma-separated step counts"),
         (["--steps", "0"], "--n and --steps must be at least 1"),
         (["--schedulers", " , "], "--schedulers must name one"),
+        (["--scheduler-config", "{spacing"], "--scheduler-config must be a JSON object"),
+        (["--scheduler-config", "[1]"], "--scheduler-config must be a JSON object"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(extra, message, capsys):
