@@ -200,6 +200,12 @@ def test_settings_that_are_not_network_shape_stay_directly_under_model():
         ("dsno", "mnist-tiny", "model.network.tconv_init=ones", r"unknown model\.network\.tconv_init 'ones'"),
         ("dsno", "mnist-tiny", "model.teacher_steps=0", r"model\.teacher_steps must be"),
         (
+            "dit",
+            "mnist-tiny",
+            "optim.lr_schedule=step",
+            r"optim\.lr_schedule must be one of constant, cosine, linear",
+        ),
+        (
             "classifier",
             "mnist",
             "model.network.block_channels=[16,0]",
@@ -219,3 +225,28 @@ def test_settings_that_are_not_network_shape_stay_directly_under_model():
 def test_validate_errors_name_the_dotted_path(family, preset, override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(family, get_family(family).config_class, preset, [override])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_the_lr_warms_up_then_holds_or_decays_to_zero_at_max_steps(schedule):
+    """``optim.lr_schedule``: after ``warmup_steps`` the peak LR, then constant or a decay reaching 0 at ``max_steps``."""
+    import torch
+
+    from studio.data.dataset import dataset_info
+
+    overrides = ["max_steps=100", "optim.warmup_steps=10", "optim.lr=1e-3", f"optim.lr_schedule={schedule}"]
+    config = load_config("dit", get_family("dit").config_class, "mnist-tiny", overrides)
+    family = get_family("dit")(config, dataset_info(config.data))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.optim.lr)
+    lr_schedule = family.lr_schedules({"net": optimizer})["net"]
+    rates = []
+    for _ in range(100):
+        rates.append(lr_schedule.get_last_lr()[0])
+        optimizer.step()
+        lr_schedule.step()
+    assert rates[0] == 0 and rates[10] == pytest.approx(1e-3)
+    middle, last = rates[55], lr_schedule.get_last_lr()[0]
+    if schedule == "constant":
+        assert middle == last == pytest.approx(1e-3)
+    else:
+        assert middle == pytest.approx(5e-4, rel=0.02) and last == pytest.approx(0, abs=1e-12)

@@ -65,6 +65,10 @@ def require_float(name: str, value: float, minimum: float = 0.0, positive: bool 
     require(name, value, ok, f"a finite number {'>' if positive else '>='} {minimum:g}")
 
 
+#: ``optim.lr_schedule`` -> the diffusers schedule (`diffusers.optimization.get_scheduler`) it names
+LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
+
+
 @dataclass
 class OptimConfig:
     """AdamW settings shared by all families (GANs add their own second learning rate)."""
@@ -74,6 +78,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     grad_clip: float = 1.0  # 0 = no clipping
+    #: after the warm-up: ``constant``, or ``cosine`` / ``linear`` decay to 0 at ``max_steps``
+    lr_schedule: str = "constant"
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first setting AdamW cannot use."""
@@ -87,6 +93,12 @@ class OptimConfig:
         require_float("optim.weight_decay", self.weight_decay)
         require_int("optim.warmup_steps", self.warmup_steps, 0)
         require_float("optim.grad_clip", self.grad_clip)
+        require(
+            "optim.lr_schedule",
+            self.lr_schedule,
+            self.lr_schedule in LR_SCHEDULES,
+            f"one of {', '.join(LR_SCHEDULES)}",
+        )
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from studio.data import DatasetInfo, build_dataset
 from studio.errors import ConfigError
 from studio.registry import Registry
-from training.config import TrainConfig, available_presets
+from training.config import LR_SCHEDULES, TrainConfig, available_presets
 
 
 def _import_family(name: object) -> None:
@@ -166,10 +166,17 @@ class Family(ABC):
     def lr_schedules(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
         """One LR schedule per optimizer, stepped after every optimizer step (and checkpointed).
 
-        Default: linear warm-up over ``optim.warmup_steps``, then constant.
+        Default: linear warm-up over ``optim.warmup_steps``, then ``optim.lr_schedule``: constant, or
+        a cosine or linear decay that reaches 0 at ``max_steps``.
         """
+        optim = self.config.optim
         return {
-            name: get_scheduler("constant_with_warmup", opt, num_warmup_steps=self.config.optim.warmup_steps)
+            name: get_scheduler(
+                LR_SCHEDULES[optim.lr_schedule],
+                opt,
+                num_warmup_steps=optim.warmup_steps,
+                num_training_steps=self.config.max_steps,
+            )
             for name, opt in optimizers.items()
         }
 
