@@ -488,7 +488,7 @@ def test_a_link_opens_the_page_with_its_settings_and_a_run_puts_its_settings_in_
         sync_api.expect(linked.get_by_role("img", name="seed 43 · class 3", exact=True)).to_be_visible()
         address = (
             re.escape(f"?model={GAN}&classes=1,3&seed=42&steps=")
-            + r"\d+&guidance=[\d.]+&plugins=&batch=4&truncation=0&classifier_scale=0$"
+            + r"\d+&guidance=[\d.]+&plugins=&batch=4&truncation=0&classifier_scale=0&eta=0$"
         )
         sync_api.expect(linked).to_have_url(re.compile(address))
         sync_api.expect(linked.locator("#settings-link textarea")).to_have_value(re.compile(address))
@@ -533,7 +533,7 @@ def test_a_link_sets_batch_size_truncation_and_classifier_scale_and_a_bad_one_fa
         linked.get_by_role("button", name="Generate", exact=True).click()
         sync_api.expect(linked.get_by_role("img", name="seed 43 · class 1", exact=True)).to_be_visible()
         sync_api.expect(linked.get_by_role("img", name=re.compile(r"^seed \d+ · class \d$"))).to_have_count(2)
-        sync_api.expect(linked).to_have_url(re.compile(r"&batch=2&truncation=0\.5&classifier_scale=0$"))
+        sync_api.expect(linked).to_have_url(re.compile(r"&batch=2&truncation=0\.5&classifier_scale=0&eta=0$"))
 
         linked.goto(url + f"?model={ADM}&classifier_scale=2.5&batch=3")
         sync_api.expect(linked.get_by_text("family adm", exact=True)).to_be_visible()

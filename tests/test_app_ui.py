@@ -111,8 +111,8 @@ def test_endpoints_take_named_parameters_and_default_the_rest_to_the_pages_value
         "num_images",
         "plugins",
     ]
-    assert names["generate"] == [*request, "measure_speedup", "classifier_scale", "download_size"]
-    assert names["compare"] == [*request, "classifier_scale", "second_model"]
+    assert names["generate"] == [*request, "measure_speedup", "classifier_scale", "download_size", "eta"]
+    assert names["compare"] == [*request, "classifier_scale", "second_model", "eta"]
     assert names["control"] == [
         "model",
         "control_image",
@@ -142,6 +142,7 @@ def test_endpoints_take_named_parameters_and_default_the_rest_to_the_pages_value
         "truncation": None,
         "classifier_scale": None,
         "plugins": [],
+        "eta": None,
         "upscale": 1,
         "upscale_filter": "nearest",
     }
@@ -174,6 +175,19 @@ def test_generate_returns_pngs_with_their_records_for_each_family(
     assert record["seeds"] == [7] and record["family"] == family
     assert record["extra"].get("truncation") == (truncation or None)
     assert record["extra"].get("classifier_scale") == (classifier if family == "adm" else None)
+
+
+def test_ddim_eta_reaches_the_sampler_and_its_record_and_another_sampler_refuses_it(client):
+    """The DDIM eta slider: 0 is the deterministic sampler, 1 adds DDPM's noise (other images, recorded);
+    with a sampler that ignores eta the run is refused with the reason, not run as if it applied."""
+    common = {"model": DIT, "classes": ["2"], "steps": 3, "num_images": 1, "seed": 5, "api_name": "/generate"}
+    _, _, still = client.predict(sampler="ddim", eta=0.0, **common)
+    _, _, noisy = client.predict(sampler="ddim", eta=1.0, **common)
+    assert noisy["request"]["eta"] == 1.0 and noisy["images"][0]["record"]["extra"]["eta"] == 1.0
+    with Image.open(still["images"][0]["png"]) as a, Image.open(noisy["images"][0]["png"]) as b:
+        assert np.asarray(a).tolist() != np.asarray(b).tolist()
+    with pytest.raises(AppError, match="only DDIM takes eta"):
+        client.predict(sampler="euler", eta=1.0, **common)
 
 
 def test_generate_serves_an_unconditional_score_model_with_its_own_sampler(client):

@@ -206,3 +206,21 @@ def test_the_address_code_replaces_only_the_links_own_parameters():
     assert code.startswith("(query) => {") and "history.replaceState" in code
     assert all(f'"{key}"' in code for key in QUERY_KEYS) and "clipboard" not in code
     assert "navigator.clipboard" in address_js(copy=True)
+
+
+def test_ddim_eta_rides_along_and_reaches_the_form_of_a_model_that_takes_it():
+    settings = link_settings("dit-mnist", None, 5, 20, "ddim", 1.0, "", 2, 0.0, 0.0, 0.5)
+    query = to_query(settings)
+    assert query.endswith("&classifier_scale=0&eta=0.5") and read(query) == (settings, [])
+    assert read("eta=1.5&seed=3") == (LinkSettings(seed=3), ["eta must be a number from 0 to 1, got '1.5'"])
+    adm = model_info(
+        name="controlnet-like",
+        family="adm",
+        parameters=("num_images", "class_labels", "seed", "num_inference_steps", "scheduler", "eta"),
+        default_eta=1.0,
+    )
+    assert request_from_link(LinkSettings(), adm).eta == 1.0  # the card's measured eta
+    assert request_from_link(LinkSettings(eta=0.25), adm).eta == 0.25
+    assert request_from_link(LinkSettings(eta=0.0), adm).eta is None  # deterministic, not the default
+    gan = model_info(name="sagan-mnist", family="sagan", parameters=("num_images", "class_labels", "seed"))
+    assert request_from_link(LinkSettings(eta=0.5), gan).eta is None  # a GAN takes no eta

@@ -175,6 +175,7 @@ class ModelInfo:
     note: str
     default_classifier_scale: float = 0.0
     default_truncation: float = 0.0  # GANs: the truncation the card was measured with (0 = off)
+    default_eta: float = 0.0  # DDIM's noise the card was measured with (0 = deterministic)
     samplers: tuple[
         str, ...
     ] = ()  # the pipeline's own samplers (score models); empty: any diffusers scheduler
@@ -229,6 +230,7 @@ def describe(name: str, pipe: Any, card: dict[str, Any]) -> ModelInfo:
         note=note,
         default_classifier_scale=float(sampling.get("classifier_scale", 0.0)),
         default_truncation=float(sampling.get("truncation") or 0.0),
+        default_eta=float(sampling.get("eta") or 0.0),
         samplers=tuple(getattr(pipe, "samplers", ()) or ()),
         class_titles=card_class_titles(card, num_classes),
         warning="" if name == DEMO_MODEL else weakness(card),

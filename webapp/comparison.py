@@ -172,8 +172,9 @@ SETTING_WORDS = {
     "guidance_scale": "guidance",
     "truncation": "truncation",
     "classifier_scale": "classifier scale",
+    "eta": "eta",
 }
-OPTIONAL_SETTINGS = ("scheduler", "truncation", "classifier_scale")
+OPTIONAL_SETTINGS = ("scheduler", "truncation", "classifier_scale", "eta")
 
 
 def plugin_name(spec: str) -> str:

@@ -35,6 +35,7 @@ class GenerateRequest:
     :param seed: base seed (image i uses seed + i), or None for a random one, chosen at
         generation time and kept in the history and the records.
     :param plugins: plugin specs (``"fora:cache_interval=3"``), applied for this call only.
+    :param eta: DDIM's noise (0 or None: deterministic, 1: as much as DDPM); DDIM only.
     :param upscale: the saved PNGs are this many times larger than generated (1 = as generated), resized
         with ``upscale_filter`` (``nearest``: crisp pixels; ``bicubic``: smooth); for downloads.
     """
@@ -49,6 +50,7 @@ class GenerateRequest:
     truncation: float | None = None
     classifier_scale: float | None = None
     plugins: tuple[str, ...] = ()
+    eta: float | None = None
     upscale: int = 1
     upscale_filter: str = "nearest"
 
@@ -74,6 +76,7 @@ class GenerateRequest:
             "scheduler": self.scheduler or None,
             "truncation": self.truncation,
             "classifier_scale": self.classifier_scale,
+            "eta": self.eta,
         }
         return {k: v for k, v in candidates.items() if k in parameters and v is not None}
 
@@ -249,6 +252,7 @@ def request_from_record(record: GenerationRecord) -> GenerateRequest:
         scheduler=record.sampler,
         truncation=record.extra.get("truncation"),
         classifier_scale=record.extra.get("classifier_scale"),
+        eta=record.extra.get("eta") or None,
         plugins=tuple(plugin_spec(name, settings) for name, settings in record.plugins.items()),
         **_upscale_of(record),
     )

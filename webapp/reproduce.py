@@ -22,6 +22,7 @@ CLI_FLAGS = {
     "guidance_scale": "--guidance-scale",
     "truncation": "--truncation",
     "classifier_scale": "--classifier-scale",
+    "eta": "--eta",
 }
 
 

@@ -1,7 +1,7 @@
 """Generate settings in the page address, so that a link opens the page with them.
 
 ``?model=dit-mnist&classes=1,3&seed=3&steps=50&sampler=ddim&guidance=2.5&plugins=fora:interval=2&batch=4``
-(then a GAN's ``truncation`` and an ADM's ``classifier_scale``, 0 when off) is written into the address
+(then a GAN's ``truncation``, an ADM's ``classifier_scale`` and DDIM's ``eta``, 0 when off) is written into the address
 after every Generate run and by the Copy link button, and a page opened with such a query starts with
 those settings. Links outlive the models they name and get typed or cut short, so reading one never
 fails: every valid value is used, and each one that is not is named in a readable warning while the page
@@ -41,6 +41,7 @@ QUERY_KEYS = (
     "batch",
     "truncation",
     "classifier_scale",
+    "eta",
 )
 #: the largest guidance scale the Generate form offers
 MAX_GUIDANCE = 15.0
@@ -48,6 +49,8 @@ MAX_GUIDANCE = 15.0
 MAX_TRUNCATION = 3.0
 #: the largest ADM classifier guidance scale the Generate form offers (0: off)
 MAX_CLASSIFIER_SCALE = 10.0
+#: the largest DDIM eta the Generate form offers (0: deterministic, 1: as much noise as DDPM)
+MAX_ETA = 1.0
 #: the largest seed a link may carry (torch's generators take 64-bit seeds)
 MAX_SEED = 2**63 - 1
 #: values longer than this are not read: a settings link has no use for a page of text
@@ -69,6 +72,7 @@ class LinkSettings:
     :param batch: images per run.
     :param truncation: a GAN's latent truncation; 0: off.
     :param classifier_scale: an ADM's classifier guidance scale; 0: off.
+    :param eta: DDIM's noise; 0: deterministic.
     """
 
     model: str | None = None
@@ -81,6 +85,7 @@ class LinkSettings:
     batch: int | None = None
     truncation: float | None = None
     classifier_scale: float | None = None
+    eta: float | None = None
 
     @property
     def empty(self) -> bool:
@@ -99,12 +104,13 @@ def link_settings(
     batch: float | None = None,
     truncation: float | None = None,
     classifier_scale: float | None = None,
+    eta: float | None = None,
 ) -> LinkSettings:
     """The Generate form's values (or a request's) as a link carries them. Classes read as the form reads
     them (``["1", "3"]``, ``"1,3"``, ``3``, none: every class in turn); plugin specs are split at the
     separator, unchecked (a link to a bad spec warns where it opens). A value that does not read is left
-    out of the link rather than written wrong; so is one not given (truncation or classifier scale off is
-    0, not None: a link without them opens with the model's defaults)."""
+    out of the link rather than written wrong; so is one not given (truncation, classifier scale or eta off
+    is 0, not None: a link without them opens with the model's defaults)."""
     try:
         choice = class_choice(classes)
     except StudioError:
@@ -125,6 +131,7 @@ def link_settings(
         batch=_number(batch, int),
         truncation=_number(truncation, float),
         classifier_scale=_number(classifier_scale, float),
+        eta=_number(eta, float),
     )
 
 
@@ -151,6 +158,7 @@ def to_query(settings: LinkSettings) -> str:
         "batch": settings.batch,
         "truncation": None if settings.truncation is None else f"{settings.truncation:g}",
         "classifier_scale": None if settings.classifier_scale is None else f"{settings.classifier_scale:g}",
+        "eta": None if settings.eta is None else f"{settings.eta:g}",
     }
     return "&".join(
         f"{key}={quote(str(values[key]), safe=READABLE)}" for key in QUERY_KEYS if values[key] is not None
@@ -234,6 +242,7 @@ _READERS = {
     "batch": lambda text, _: _whole(text, "batch", 1, LIMITS.max_images),
     "truncation": lambda text, _: _scale(text, "truncation", MAX_TRUNCATION),
     "classifier_scale": lambda text, _: _scale(text, "classifier_scale", MAX_CLASSIFIER_SCALE),
+    "eta": lambda text, _: _scale(text, "eta", MAX_ETA),
 }
 
 
@@ -267,12 +276,13 @@ def fit_to_model(
 
 def request_from_link(settings: LinkSettings, info: ModelInfo) -> GenerateRequest:
     """The request the Generate form shows for ``info``'s model opened by a link: the link's settings,
-    the model's defaults (and the app's) where the link does not say. A truncation or classifier scale
-    the model does not take is left off, so the runs it makes do not record one."""
+    the model's defaults (and the app's) where the link does not say. A truncation, classifier scale or
+    eta the model does not take is left off, so the runs it makes do not record one."""
     truncation = info.default_truncation if settings.truncation is None else settings.truncation
     classifier_scale = (
         info.default_classifier_scale if settings.classifier_scale is None else settings.classifier_scale
     )
+    eta = info.default_eta if settings.eta is None else settings.eta
     return GenerateRequest(
         model=info.name,
         num_images=settings.batch or APP_DEFAULTS.num_images,
@@ -284,6 +294,7 @@ def request_from_link(settings: LinkSettings, info: ModelInfo) -> GenerateReques
         truncation=(truncation or None) if info.takes("truncation") else None,
         classifier_scale=(classifier_scale or None) if info.takes("classifier_scale") else None,
         plugins=settings.plugins or (),
+        eta=(eta or None) if info.takes("eta") else None,
     )
 
 

@@ -75,6 +75,7 @@ class CompareTab:
         plugins: str,
         classifier_scale: float = 0.0,
         second_model: str | None = "",
+        eta: float = 0.0,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's way)
     ) -> tuple[Any, Any, str, dict, list, str]:
         """Run the same request twice on the same seeds: with and without its plugins, or, when a second
@@ -96,6 +97,7 @@ class CompareTab:
                 num_images,
                 plugins,
                 classifier_scale,
+                eta=eta,
             )
             if (second_model or "").strip():
                 both = self.service.compare_models(request, second_model or "", reporter(progress))
@@ -129,7 +131,7 @@ class CompareTab:
             show_progress="hidden",
         ).then(
             self.compare,
-            [*generate.request_inputs, generate.classifier, self.second_model],
+            [*generate.request_inputs, generate.classifier, self.second_model, generate.eta],
             outputs,
             api_name="compare",
             concurrency_id=CPU,

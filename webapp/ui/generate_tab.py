@@ -36,6 +36,7 @@ from webapp.ui.common import (
 from webapp.ui.plugin_widgets import PluginWidgets, joined_specs, plugin_notes
 from webapp.url_state import (
     MAX_CLASSIFIER_SCALE,
+    MAX_ETA,
     MAX_GUIDANCE,
     MAX_TRUNCATION,
     LinkSettings,
@@ -74,8 +75,9 @@ def make_request(
     plugins: str,
     classifier_scale: float = 0.0,
     download_size: str | None = "1",
+    eta: float = 0.0,
 ) -> GenerateRequest:
-    """A `GenerateRequest` from the Generate tab's values (truncation and classifier scale 0 = off,
+    """A `GenerateRequest` from the Generate tab's values (truncation, classifier scale and eta 0 = off,
     empty seed = random, download size ``"4 nearest"`` = 4x larger PNGs with that filter)."""
     factor, _, name = (download_size or "1").partition(" ")
     if not factor.isdigit():
@@ -91,6 +93,7 @@ def make_request(
         truncation=float(truncation) if truncation else None,
         classifier_scale=float(classifier_scale) if classifier_scale else None,
         plugins=parse_plugin_list(plugins),
+        eta=float(eta) if eta else None,
         upscale=int(factor),
         upscale_filter=name or "nearest",
     )
@@ -175,6 +178,15 @@ class GenerateTab:
                     label="Classifier guidance scale",
                     visible=False,
                     info="ADM: follow a noisy classifier's gradient (ddpm/ddim); 0 = off",
+                )
+                self.eta = gr.Slider(
+                    0.0,
+                    MAX_ETA,
+                    value=0.0,
+                    step=0.05,
+                    label="DDIM eta",
+                    visible=False,
+                    info="noise each DDIM step adds: 0 = deterministic, 1 = as much as DDPM (ddim only)",
                 )
                 with gr.Row(elem_classes=[STACK]):
                     self.seed = gr.Number(
@@ -291,6 +303,7 @@ class GenerateTab:
             self.guidance,
             self.truncation,
             self.classifier,
+            self.eta,
             self.seed,
             self.randomize,
             self.num_images,
@@ -335,6 +348,10 @@ class GenerateTab:
             self.classifier: gr.update(
                 visible=info.takes("classifier_scale"),
                 value=(request.classifier_scale or 0.0) if request else info.default_classifier_scale,
+            ),
+            self.eta: gr.update(
+                visible=info.takes("eta"),
+                value=(request.eta or 0.0) if request else info.default_eta,
             ),
             self.plugins_note: gr.update(value=notes, visible=bool(notes)),
         }
@@ -444,8 +461,8 @@ class GenerateTab:
         }
 
     def link_after_run(self, data: dict[str, Any]) -> str:
-        """The address query of the run's settings as it ran (its seed, even a random one; a truncation or
-        classifier scale it ran without is written as 0, off, not left to the model's default)."""
+        """The address query of the run's settings as it ran (its seed, even a random one; a truncation,
+        classifier scale or eta it ran without is written as 0, off, not left to the model's default)."""
         request = (data or {}).get("request") or {}
         if not request:
             return ""
@@ -461,6 +478,7 @@ class GenerateTab:
                 request.get("num_images"),
                 request.get("truncation") or 0.0,
                 request.get("classifier_scale") or 0.0,
+                request.get("eta") or 0.0,
             )
         )
 
@@ -476,6 +494,7 @@ class GenerateTab:
         num_images: float,
         truncation: float,
         classifier_scale: float,
+        eta: float,
     ) -> str:
         """The address query of the settings the form shows now."""
         return to_query(
@@ -490,6 +509,7 @@ class GenerateTab:
                 num_images,
                 truncation,
                 classifier_scale,
+                eta,
             )
         )
 
@@ -531,6 +551,7 @@ class GenerateTab:
         measure_speedup: bool,
         classifier_scale: float = 0.0,
         download_size: str = "1",
+        eta: float = 0.0,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (how gradio asks for it)
     ) -> tuple[list, str, dict]:
         """Generate a batch of images. Returns the images (PNG files that carry their generation settings),
@@ -550,6 +571,7 @@ class GenerateTab:
                 plugins,
                 classifier_scale,
                 download_size,
+                eta,
             )
             beside = self.service.trainer.status().running
             result = self.service.generate(request, bool(measure_speedup), reporter(progress))
@@ -634,7 +656,7 @@ class GenerateTab:
             show_progress="hidden",
         ).then(
             self.generate,
-            [*self.request_inputs, self.measure, self.classifier, self.download_size],
+            [*self.request_inputs, self.measure, self.classifier, self.download_size, self.eta],
             results,
             api_name="generate",
             concurrency_id=CPU,
@@ -656,6 +678,7 @@ class GenerateTab:
             self.num_images,
             self.truncation,
             self.classifier,
+            self.eta,
         ]
         self.copy_link.click(
             self.link_from_form, form, self.link_query, api_visibility="private", queue=False
