@@ -1,10 +1,11 @@
 """Write a README sample grid: ``--rows`` rows of classes 0..K-1 from a pipeline (seed i per image).
 
     python scripts/sample_grid.py biggan-mnist docs/images/biggan-mnist-small.png
-    python scripts/sample_grid.py dit-mnist docs/images/dit-mnist-small.png \\
-        --call '{"num_inference_steps": 50, "scheduler": "ddim", "guidance_scale": 1.0}'
-    python scripts/sample_grid.py controlnet-mnist docs/images/controlnet-mnist-small.png --rows 1 \\
-        --call '{"num_inference_steps": 20, "scheduler": "ddpm"}'
+    python scripts/sample_grid.py dit-mnist docs/images/dit-mnist-cfg1.png --call '{"guidance_scale": 1.0}'
+    python scripts/sample_grid.py controlnet-mnist docs/images/controlnet-mnist-small.png --rows 1
+
+The pipeline is called with its model card's sampling settings (`studio.hub.card_sampling`, as the
+app and ``studio sample`` start from), with ``--call`` laid over them.
 
 A ControlNet pipeline follows the next validation digit of each image's class (as the quality board
 does), and each row of samples sits under the row of condition maps it was drawn from.
@@ -22,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from studio.hub import load_pipeline, read_card
+from studio.hub import card_sampling, load_pipeline, pipeline_card
 from studio.metrics.judged import validation_controls
 from studio.pipelines.base import parse_call_settings
 from studio.pipelines.record import make_grid, save_png
@@ -35,12 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=2)
     parser.add_argument("--call", default="{}", help="JSON of extra pipeline call arguments")
     args = parser.parse_args(argv)
-    call = parse_call_settings(args.call, "--call")
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
+    card = pipeline_card(pipe)
+    call = {**card_sampling(card), **parse_call_settings(args.call, "--call")}
     columns = pipe.num_classes or 10  # unconditional models: 10 seeds per row
     if "control_image" in getattr(pipe, "call_parameters", ()):
-        dataset = str(read_card(Path(pipe.name_or_path)).get("dataset") or "mnist")
+        dataset = str(card.get("dataset") or "mnist")
         call["control_image"] = validation_controls(dataset, list(range(columns)) * args.rows)
     if pipe.num_classes:
         out = pipe(class_labels=list(range(columns)) * args.rows, seed=0, output_type="np", **call)

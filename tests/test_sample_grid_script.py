@@ -14,7 +14,8 @@ from tests.builders import tiny_controlnet_pipeline
 
 def test_controlnet_grid_puts_each_row_of_samples_under_the_condition_maps_it_followed(tmp_path):
     folder = tmp_path / "cn"
-    save_pipeline(tiny_controlnet_pipeline(), folder, {"dataset": "mnist"})
+    card = {"dataset": "mnist", "metrics": {"sampling": {"num_inference_steps": 3, "scheduler": "ddpm"}}}
+    save_pipeline(tiny_controlnet_pipeline(), folder, card)
     out = tmp_path / "grid.png"
     main([str(folder), str(out), "--rows", "2", "--call", '{"num_inference_steps": 2}'])
     picture = Image.open(out)
@@ -31,3 +32,4 @@ def test_controlnet_grid_puts_each_row_of_samples_under_the_condition_maps_it_fo
     assert not np.array_equal(row(0), row(2))  # the second row follows other digits of the same classes
     record = json.loads(picture.info["studio"])
     assert record["family"] == "controlnet" and record["class_labels"] == list(range(10)) * 2
+    assert (record["steps"], record["sampler"]) == (2, "ddpm")  # the card's settings, --call laid over them
