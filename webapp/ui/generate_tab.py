@@ -99,6 +99,12 @@ def make_request(
     )
 
 
+def off_slider(maximum: float, step: float, label: str, info: str, visible: bool = False) -> gr.Slider:
+    """A slider from 0 (the setting off) to ``maximum``, starting off; `settings_for` shows it for the
+    models that take its setting."""
+    return gr.Slider(0.0, maximum, value=0.0, step=step, label=label, visible=visible, info=info)
+
+
 def timing_text(result: GenerateResult, measured: bool) -> str:
     """Wall time of a generation, and the speedup when the baseline was measured."""
     n, seconds = len(result.batch.paths), result.batch.seconds
@@ -162,31 +168,24 @@ class GenerateTab:
                     label="Guidance scale (CFG)",
                     info="1 = conditional model only, > 1 = classifier-free guidance",
                 )
-                self.truncation = gr.Slider(
-                    0.0,
+                self.truncation = off_slider(
                     MAX_TRUNCATION,
-                    value=0.0,
-                    step=0.05,
-                    label="Truncation",
-                    info="latents resampled into [-t, t]; 0 = off (plain normal latents)",
+                    0.05,
+                    "Truncation",
+                    "latents resampled into [-t, t]; 0 = off (plain normal latents)",
+                    visible=True,
                 )
-                self.classifier = gr.Slider(
-                    0.0,
+                self.classifier = off_slider(
                     MAX_CLASSIFIER_SCALE,
-                    value=0.0,
-                    step=0.25,
-                    label="Classifier guidance scale",
-                    visible=False,
-                    info="ADM: follow a noisy classifier's gradient (ddpm/ddim); 0 = off",
+                    0.25,
+                    "Classifier guidance scale",
+                    "ADM: follow a noisy classifier's gradient (ddpm/ddim); 0 = off",
                 )
-                self.eta = gr.Slider(
-                    0.0,
+                self.eta = off_slider(
                     MAX_ETA,
-                    value=0.0,
-                    step=0.05,
-                    label="DDIM eta",
-                    visible=False,
-                    info="noise each DDIM step adds: 0 = deterministic, 1 = as much as DDPM (ddim only)",
+                    0.05,
+                    "DDIM eta",
+                    "noise each DDIM step adds: 0 = deterministic, 1 = as much as DDPM (ddim only)",
                 )
                 with gr.Row(elem_classes=[STACK]):
                     self.seed = gr.Number(
