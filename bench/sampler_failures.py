@@ -5,7 +5,7 @@ that turns 1% of seeds into noise fields passes it two times in three. This benc
 class-balanced images (seed ``--seed + i``, class i % K; ControlNet models follow the next validation
 digit of their class, as on the quality board) with each scheduler of ``--schedulers`` at each step
 count of ``--steps`` (the model card's other settings, with ``--sample`` laid over them), and reports
-per row the shares of failed images by reason (`studio.metrics.failures`: noise fields, flooded,
+per row (or the error that stopped it, such as a sampler diverging to NaN) the shares of failed images by reason (`studio.metrics.failures`: noise fields, flooded,
 blank, unreadable), the class accuracy by the shipped judge, and the first seeds flagged as noise, so
 a failure can be looked at (``studio sample`` with that seed) or pinned in a test.
 ``--scheduler-config`` changes the saved scheduler config every sampler is built from (its timestep
@@ -52,6 +52,7 @@ COLUMNS = [
     "failed_unsure",
     "class_accuracy",
     "noise_seeds",
+    "error",
 ]
 
 #: flagged seeds listed per row (the share counts them all)
@@ -146,15 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     for scheduler in args.schedulers:
         for steps in args.steps:
             settings = {**card_settings, "scheduler": scheduler, "num_inference_steps": steps}
-            images, labels, _ = sample(pipe, settings, args.n, args.seed, args.batch_size, dataset)
-            rows.append(
-                {
-                    "scheduler": scheduler,
-                    "steps": steps,
-                    "n": args.n,
-                    **failure_row(images, labels, dataset, seeds),
-                }
-            )
+            row: dict[str, Any] = {"scheduler": scheduler, "steps": steps, "n": args.n}
+            try:
+                images, labels, _ = sample(pipe, settings, args.n, args.seed, args.batch_size, dataset)
+            except StudioError as exc:  # e.g. a sampler that diverges to NaN: a row that says so
+                rows.append({**row, "error": str(exc)})
+            else:
+                rows.append({**row, **failure_row(images, labels, dataset, seeds)})
             print(json.dumps(rows[-1]), flush=True)
     notes = (
         f"Model {args.model}; card settings with --sample laid over: "

@@ -109,3 +109,25 @@ def test_noise_seeds_name_the_flagged_images_and_stop_after_twelve():
 def test_bad_arguments_are_refused_by_name(extra, message, capsys):
     assert main(["bench", "sampler-failures", "--model", "adm-mnist", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_sampler_that_fails_gets_a_row_with_its_error_and_the_others_still_run(
+    tiny_run, tmp_path, monkeypatch
+):
+    import bench.sampler_failures as bench
+    from studio.errors import StudioError
+
+    draw = bench.sample
+
+    def sample(pipe, settings, *rest):
+        if settings["scheduler"] == "euler":
+            raise StudioError("2 of 2 images came out NaN or infinite with the euler sampler at 2 steps")
+        return draw(pipe, settings, *rest)
+
+    monkeypatch.setattr(bench, "sample", sample)
+    out = tmp_path / "diverged"
+    argv = ["bench", "sampler-failures", "--model", str(tiny_run), "--n", "2", "--schedulers", "euler,ddim"]
+    assert main([*argv, "--steps", "2", "--name", str(out)]) == 0
+    euler, ddim = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert "NaN or infinite with the euler sampler" in euler["error"] and "failed" not in euler
+    assert ddim["n"] == 2 and "failed" in ddim and not ddim.get("error")

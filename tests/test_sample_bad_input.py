@@ -526,3 +526,19 @@ def test_every_benchmark_prints_its_help_through_studio_bench(name, capsys):
         main(["bench", name, "--help"])
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_a_sampler_that_diverges_to_nan_is_an_error_that_names_it_not_blank_images():
+    """A NaN or infinite output would come out as a blank picture; the pipeline says the sampling diverged."""
+    from tests.builders import tiny_dit_pipeline
+
+    pipe = tiny_dit_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = {"class_labels": [1, 2], "num_inference_steps": 2, "scheduler": "ddim", "seed": 0}
+    assert np.isfinite(pipe(output_type="np", **kwargs).images).all()
+
+    def diverge(pipe, step, timestep, tensors):
+        return {"latents": tensors["latents"] * float("inf")}  # what a sampler blowing up leaves behind
+
+    with pytest.raises(StudioError, match=r"2 of 2 images came out NaN or infinite with the ddim sampler"):
+        pipe(output_type="np", callback_on_step_end=diverge, **kwargs)

@@ -353,7 +353,18 @@ class StudioPipelineMixin:
         started: float,
         return_dict: bool,
     ) -> StudioPipelineOutput | tuple:
-        """Convert ``images`` (in [-1, 1]), complete ``record`` and return them the diffusers way."""
+        """Convert ``images`` (in [-1, 1]), complete ``record`` and return them the diffusers way.
+
+        Raises `StudioError` when a sampler diverged to NaN or infinity: those images would come out as
+        blank pictures, indistinguishable from a model that draws nothing.
+        """
+        broken = ~torch.isfinite(images).flatten(1).all(dim=1)
+        if broken.any():
+            how = f" with the {record.sampler} sampler at {record.steps} steps" if record.sampler else ""
+            raise StudioError(
+                f"{int(broken.sum())} of {len(images)} images came out NaN or infinite{how}: the sampling "
+                "diverged; try another sampler or more steps"
+            )
         converted = self.convert_output(images, output_type)
         record = self.finish_record(record, started)
         if not return_dict:
