@@ -376,21 +376,26 @@ def test_control_requests_name_a_bad_picture_or_a_model_without_controlnet(servi
 
 def test_control_without_a_scheduler_runs_and_records_the_cards_default(service, tmp_path):
     """The Control tab has no scheduler menu: a request leaves it unset, and the service fills in the
-    sampler the model card measured best (not the pipeline's own default), so the record says what ran."""
+    sampler (and eta) the model card measured best, not the pipeline's own default, so the record says what ran."""
     from studio.hub import SHIPPED_DIR
 
     if not (SHIPPED_DIR / "controlnet-mnist").is_dir():
         pytest.skip("controlnet-mnist is not shipped")
-    card_default = read_card(SHIPPED_DIR / "controlnet-mnist")["metrics"]["sampling"]["scheduler"]
-    assert card_default != "ddim"  # the pipeline's own default, so the test tells the two apart
+    measured = read_card(SHIPPED_DIR / "controlnet-mnist")["metrics"]["sampling"]
+    card_default, card_eta = measured["scheduler"], measured.get("eta", 0.0)
+    assert (card_default, card_eta) != (
+        "ddpm",
+        0.0,
+    )  # the pipeline's own default, so the test tells them apart
     digit = tmp_path / "digit.png"
     picture = np.zeros((28, 28), dtype=np.uint8)
     picture[6:22, 12:16] = 255
     Image.fromarray(picture).save(digit)
     request = ControlRequest("controlnet-mnist", str(digit), num_images=1, num_inference_steps=2)
     result = service.control(request)
-    assert result.request.scheduler == card_default
-    assert result.batch.records[0].sampler == card_default
+    assert (result.request.scheduler, result.request.eta or 0.0) == (card_default, card_eta)
+    record = result.batch.records[0]
+    assert (record.sampler, record.extra.get("eta") or 0.0) == (card_default, card_eta)
 
 
 def test_a_sketch_on_a_light_canvas_becomes_light_strokes_on_black(tmp_path):
@@ -481,13 +486,19 @@ def test_encprop_is_refused_on_a_sampler_that_adds_noise_every_step(service):
     assert service.select(ADM).default_scheduler == "ddpm"
     for scheduler in (None, "ddpm", "euler_a"):
         with pytest.raises(
-            StudioError, match="encprop reuses features from earlier steps.*choose ddim or dpm"
+            StudioError, match="encprop reuses features from earlier steps.*choose ddim \\(eta 0\\) or dpm"
         ):
             service.generate(
                 GenerateRequest(
                     ADM, num_images=1, num_inference_steps=4, scheduler=scheduler, plugins=("encprop",)
                 )
             )
+    with pytest.raises(StudioError, match="ddim at eta 0.5 adds fresh noise every step"):
+        service.generate(
+            GenerateRequest(
+                ADM, num_images=1, num_inference_steps=4, scheduler="ddim", eta=0.5, plugins=("encprop",)
+            )
+        )
     result = service.generate(
         GenerateRequest(ADM, num_images=1, num_inference_steps=4, scheduler="ddim", plugins=("encprop",))
     )

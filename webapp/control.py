@@ -37,6 +37,7 @@ class ControlRequest:
     :param control_scale: multiplies every ControlNet residual (0 = the base model alone).
     :param guess_mode: the condition reaches only the conditional CFG branch, with residuals
         scaled geometrically from 0.1 (shallow) to 1 (middle).
+    :param eta: DDIM's noise (None with no scheduler given: the card's measured eta for its sampler).
     """
 
     model: str
@@ -50,6 +51,7 @@ class ControlRequest:
     scheduler: str | None = None
     control_scale: float = 1.0
     guess_mode: bool = False
+    eta: float | None = None
 
     def call_kwargs(self, picture: PIL.Image.Image, parameters: Sequence[str]) -> dict[str, Any]:
         """Pipeline call arguments for ``picture``, restricted to the pipeline's ``call_parameters``."""
@@ -66,6 +68,7 @@ class ControlRequest:
             "scheduler": self.scheduler or None,
             "controlnet_conditioning_scale": float(self.control_scale),
             "guess_mode": bool(self.guess_mode),
+            "eta": self.eta,
         }
         return {k: v for k, v in candidates.items() if k in parameters and v is not None}
 

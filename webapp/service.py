@@ -378,14 +378,19 @@ class StudioService:
     # ------------------------------------------------------------------ internals
     def _resolve(self, request: AnyRequest, info: ModelInfo) -> AnyRequest:
         """Fix the random seed, drop a class for unconditional models and fill a missing scheduler with
-        the model's default (its card's measured best; the Control tab has no scheduler menu), so the
-        record says what ran."""
+        the model's default (its card's measured best, with the card's eta when no eta is given; the
+        Control tab has no scheduler menu), so the record says what ran."""
         seed = request.seed
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1 - max(int(request.num_images), 1), ()).item())
         class_label = request.class_label if info.class_names else None
         scheduler = request.scheduler or (info.default_scheduler if info.takes("scheduler") else None)
-        return dataclasses.replace(request, seed=int(seed), class_label=class_label, scheduler=scheduler)
+        eta = request.eta
+        if not request.scheduler and eta is None and info.takes("eta"):
+            eta = info.default_eta or None
+        return dataclasses.replace(
+            request, seed=int(seed), class_label=class_label, scheduler=scheduler, eta=eta
+        )
 
     def _check(self, request: GenerateRequest | ControlRequest, info: ModelInfo) -> None:
         """Refuse a request beyond `limits` (images per call; steps when the model takes them), a ControlNet
@@ -409,11 +414,13 @@ class StudioService:
         sampler = request.scheduler or info.default_scheduler
         for spec in request.plugins:
             name = spec.partition(":")[0].strip().lower()
-            if name in DETERMINISTIC_SAMPLER_PLUGINS and sampler and is_stochastic_sampler(sampler):
+            noisy = sampler and (is_stochastic_sampler(sampler) or bool(request.eta))
+            if name in DETERMINISTIC_SAMPLER_PLUGINS and noisy:
+                at_eta = f" at eta {request.eta:g}" if request.eta else ""
                 raise StudioError(
                     f"{name} reuses features from earlier steps, which holds only for deterministic "
-                    f"samplers; {sampler} adds fresh noise every step and the images become noise: "
-                    "choose ddim or dpm++ as the sampler, or switch it off"
+                    f"samplers; {sampler}{at_eta} adds fresh noise every step and the images become noise: "
+                    "choose ddim (eta 0) or dpm++ as the sampler, or switch it off"
                 )
 
     def _prune(self, newest: Path) -> None:
