@@ -559,7 +559,10 @@ def test_app_offers_the_classifier_scale_only_with_a_classifier(tmp_path, monkey
     from webapp.generation import GenerateRequest, request_from_record
     from webapp.service import StudioService
 
-    card = {"num_classes": NUM_CLASSES, "config": {"model": {"sample_classifier_scale": 1.5}}}
+    card = {
+        "num_classes": NUM_CLASSES,
+        "sampling": {"classifier_scale": 1.5},
+    }  # a run's card: its grid settings
     save_pipeline(tiny_adm_pipeline(), tmp_path / "runs" / "guided" / "pipeline", card)
     save_pipeline(tiny_adm_pipeline(with_classifier=False), tmp_path / "runs" / "plain" / "pipeline", card)
     monkeypatch.setenv("STUDIO_RUNS", str(tmp_path / "runs"))

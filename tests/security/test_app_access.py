@@ -111,7 +111,7 @@ def test_model_info_loads_only_listed_or_allowed_models_and_does_not_probe_paths
 
 def test_generate_refuses_an_unlisted_checkpoint_folder(app, server_files):
     outside = str(server_files["checkpoint"])
-    data = [outside, "all", "ddim", 2, 4.0, 0.0, 0, False, 1, "", False, 0.0, "1"]
+    data = [outside, "all", "ddim", 2, 4.0, 0.0, 0, False, 1, "", False, 0.0, "1", 0.0]
     assert "--allow-path" in refusal(app[0], "generate", data)
 
 

@@ -135,11 +135,11 @@ def test_training_configs_beyond_the_limits_are_refused_before_anything_runs(run
 
 
 def test_generation_requests_beyond_the_limits_are_refused(app):
-    big_batch = [DIT, "all", "ddim", 2, 4.0, 0.0, 0, False, 10**6, "", False, 0.0, "1"]
-    many_steps = [DIT, "all", "ddim", 10**6, 4.0, 0.0, 0, False, 1, "", False, 0.0, "1"]
+    big_batch = [DIT, "all", "ddim", 2, 4.0, 0.0, 0, False, 10**6, "", False, 0.0, "1", 0.0]
+    many_steps = [DIT, "all", "ddim", 10**6, 4.0, 0.0, 0, False, 1, "", False, 0.0, "1", 0.0]
     for data in (big_batch, many_steps):  # the sliders' ranges come from the limits
         assert "greater than maximum value" in refusal(app[0], "generate", data)
-        assert "greater than maximum value" in refusal(app[0], "compare", data[:9] + ["fora", 0.0, ""])
+        assert "greater than maximum value" in refusal(app[0], "compare", data[:9] + ["fora", 0.0, "", 0.0])
     service = app[1]  # and the service refuses them whatever the widgets allow
     with pytest.raises(StudioError, match=f"number of images must be between 1 and {LIMITS.max_images}"):
         service.generate(GenerateRequest(DIT, num_images=10**6))
@@ -150,7 +150,7 @@ def test_generation_requests_beyond_the_limits_are_refused(app):
     with pytest.raises(StudioError, match="number of images must be between 1"):
         service.generate(GenerateRequest(DIT, num_images=0))
     assert (
-        call(app[0], "generate", [DIT, "all", "ddim", 2, 4.0, 0.0, 0, False, 1, "", False, 0.0, "1"])[0]
+        call(app[0], "generate", [DIT, "all", "ddim", 2, 4.0, 0.0, 0, False, 1, "", False, 0.0, "1", 0.0])[0]
         == "complete"
     )
 
