@@ -98,23 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise StudioError(f"--n and --steps must be at least 1, got {args.n} and {args.steps}")
     if not args.schedulers:
         raise StudioError("--schedulers must name one scheduler at least")
-    args.scheduler_config = parse_scheduler_config(args.scheduler_config)
+    args.scheduler_config = parse_call_settings(
+        args.scheduler_config, "--scheduler-config", "scheduler config fields"
+    )
     return args
-
-
-def parse_scheduler_config(text: str) -> dict[str, Any]:
-    """``--scheduler-config``: a JSON object of scheduler config fields ({} for none)."""
-    try:
-        fields = json.loads(text) if text else {}
-    except json.JSONDecodeError as exc:
-        raise StudioError(
-            f"--scheduler-config must be a JSON object of scheduler config fields: {exc}"
-        ) from None
-    if not isinstance(fields, dict):
-        raise StudioError(
-            f"--scheduler-config must be a JSON object of scheduler config fields, got {text!r}"
-        )
-    return fields
 
 
 def failure_row(

@@ -51,7 +51,9 @@ def check_finite(**values: Any) -> None:
             raise StudioError(f"{name} must be a finite number, got {value}")
 
 
-def parse_call_settings(text: str, option: str = "--sample") -> dict[str, Any]:
+def parse_call_settings(
+    text: str, option: str = "--sample", what: str = "pipeline call settings"
+) -> dict[str, Any]:
     """Pipeline call settings given on a command line as a JSON object (empty text: none).
 
     Benchmarks and the shipping script take settings as ``'{"scheduler": "ddim", ...}'``; a JSON
@@ -61,9 +63,9 @@ def parse_call_settings(text: str, option: str = "--sample") -> dict[str, Any]:
     try:
         settings = json.loads(text) if text else {}
     except json.JSONDecodeError as exc:
-        raise StudioError(f"{option} must be a JSON object of pipeline call settings: {exc}") from None
+        raise StudioError(f"{option} must be a JSON object of {what}: {exc}") from None
     if not isinstance(settings, dict):
-        raise StudioError(f"{option} must be a JSON object of pipeline call settings, got {text!r}")
+        raise StudioError(f"{option} must be a JSON object of {what}, got {text!r}")
     return settings
 
 
