@@ -68,11 +68,16 @@ def page(browser, url):
 
 
 def generate_with_seed(page, seed: int):
-    """Set the seed, click Generate, and return the gallery image of that seed (class 0)."""
+    """Set the seed, click Generate, and return the gallery image of that seed (class 0).
+
+    Returns once the run's follow-up updates have landed too (its command line is shown): they set the
+    Seed field to the seed used, so a test that fills the seed before then can see its value overwritten
+    by this run's."""
     page.get_by_role("spinbutton", name="Seed").fill(str(seed))
     page.get_by_role("button", name="Generate", exact=True).click()
     image = page.get_by_role("img", name=re.compile(rf"^seed {seed} · (class|digit) 0$"))
     sync_api.expect(image).to_be_visible()
+    sync_api.expect(page.get_by_text(re.compile(rf"^studio sample .* --seed {seed} ")).first).to_be_visible()
     return image
 
 
