@@ -76,6 +76,7 @@ def test_eval_npz_all_metrics_writes_json_with_settings(tmp_path, feature_net, t
     assert set(metrics) == {
         "fid", "kid", "kid_std", "precision", "recall", "density", "coverage",
         "class_accuracy", "classifier_score", "domain_fd", "mem_nn_distance", "mem_near_copy_share",
+        "background_grain", "background_grain_reference",
     }  # fmt: skip
     assert metrics["class_accuracy"] >= 0.95 and metrics["mem_near_copy_share"] == 0.0
     assert settings["num_samples"] == 64 and settings["feature_net"]["name"] == "torchscript:tiny.pt"

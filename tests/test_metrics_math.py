@@ -15,6 +15,7 @@ from studio.metrics import (
     memorisation,
     prdc,
 )
+from studio.metrics.failures import background_grain
 from studio.metrics.samples import image_set, to_uint8
 
 
@@ -149,3 +150,16 @@ def test_float_images_quantise_like_saved_pngs_and_evaluate_refuses_them():
         to_uint8(np.zeros((4, 28, 28, 1), dtype=np.uint8))
     with pytest.raises(MetricError, match=r"evaluate takes uint8 images.*value_range=\(0, 1\)"):
         image_set(pixels.float() / 255.0)
+
+
+def test_background_grain_counts_dark_pixels_that_are_not_black():
+    square = np.zeros((2, 1, 16, 16), dtype=np.uint8)
+    square[:, :, 4:12, 4:12] = 255  # a white shape on black: no grain
+    assert background_grain(square) == 0.0
+    faint = square.copy()
+    faint[0][faint[0] == 0] = 13  # 0.05 of full scale over the whole background of one image
+    assert background_grain(faint) == pytest.approx(0.5)  # half the background pixels of the two images
+    colour = np.repeat(faint, 3, axis=1)  # channels are averaged to grey
+    assert background_grain(colour) == pytest.approx(0.5)
+    with pytest.raises(MetricError, match="no dark pixels|none"):
+        background_grain(np.full((1, 1, 16, 16), 255, dtype=np.uint8))

@@ -102,3 +102,15 @@ def test_evaluate_reads_the_reference_features_from_the_cache(mnist_val, tmp_pat
     other = evaluate(mnist_val.uint8_images()[:64], other_data, ["dfd"], config=config)
     assert other.settings["reference_cache"] == {"classifier": "miss"}
     assert other.metrics != first.metrics and len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def test_background_grain_of_real_digits_is_the_references_and_noise_raises_it(mnist_val):
+    """Held-out digits have their training split's grain (the anti-aliased rims only); faint noise of a few
+    grey levels, which fails no image, lights up a large part of the background (the half of it below 0
+    is clipped to black)."""
+    real = evaluate(mnist_val.uint8_images()[:200], "mnist-5k", ["grain"], config=NO_CACHE).metrics
+    assert real["background_grain"] < 0.1
+    assert real["background_grain"] == pytest.approx(real["background_grain_reference"], abs=0.02)
+    noisy_images = add_noise(mnist_val.uint8_images()[:200], 0.03, seed=1)
+    noisy = evaluate(noisy_images, "mnist-5k", ["grain"], config=NO_CACHE).metrics
+    assert noisy["background_grain"] > 3 * real["background_grain"]

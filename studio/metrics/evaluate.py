@@ -14,6 +14,7 @@ Metrics are registered by name. Each works in one space:
     cs    classifier_score: the Inception Score formula on the domain classifier's logits (not IS)
     dfd   domain_fd: Frechet distance in the domain classifier's penultimate features
     mem   nearest-neighbour distance to the reference (training) images in pixel space
+    grain background_grain: share of dark pixels that are not black, samples and reference
 
 Features are computed once per space and shared by the metrics that use it. Reference features
 come from the on-disk cache (`studio.metrics.reference`).
@@ -36,6 +37,7 @@ from studio import __version__
 from studio.data import DataConfig
 from studio.errors import MetricError
 from studio.metrics.classifier_metrics import class_accuracy, classifier_score
+from studio.metrics.failures import GRAIN_BLACK, GRAIN_DARK, background_grain
 from studio.metrics.features import (
     FeatureNet,
     classifier_outputs,
@@ -267,6 +269,16 @@ def _memorisation(ctx: EvalContext) -> dict[str, float]:
         )
     ctx.settings["mem"] = {"space": "pixels in [0, 1]", "near_copy_ratio": ctx.config.mem_ratio}
     return memorisation(unit_pixels(fake), unit_pixels(real), ctx.config.mem_ratio)
+
+
+@register_metric("grain")
+def _background_grain(ctx: EvalContext) -> dict[str, float]:
+    """Background grain of the samples, and of the reference for scale (`failures.background_grain`)."""
+    ctx.settings["grain"] = {"background_below": GRAIN_DARK, "grain_above": GRAIN_BLACK}
+    return {
+        "background_grain": background_grain(ctx.samples.images.numpy()),
+        "background_grain_reference": background_grain(ctx.reference.images.images.numpy()),
+    }
 
 
 def unit_pixels(images: torch.Tensor) -> np.ndarray:

@@ -101,6 +101,27 @@ def border_roughness(grey: np.ndarray) -> np.ndarray:
     return np.concatenate([dv, dh], axis=1).mean(axis=1)
 
 
+#: a pixel darker than this is background (the digits' and silhouettes' strokes are near white)
+GRAIN_DARK = 0.5
+#: a background pixel brighter than this is grain (a real digit's or silhouette's background is 0 apart
+#: from the anti-aliased rim around the shape)
+GRAIN_BLACK = 0.02
+
+
+def background_grain(images: np.ndarray) -> float:
+    """Share of the dark (background) pixels that are not black, over all images: the faint grain a
+    sampler leaves where a digit or silhouette dataset has an empty black background. It never fails an
+    image (see ``noise`` for that) but a user sees it; compare it with the same number on the real data.
+
+    :param images: uint8 (N, C, H, W).
+    """
+    grey = _grey_unit(images)
+    background = grey[grey < GRAIN_DARK]
+    if background.size == 0:
+        raise MetricError("background grain needs images with dark pixels; these have none")
+    return float((background > GRAIN_BLACK).mean())
+
+
 def failure_flags(
     images: np.ndarray, logits: np.ndarray | None = None, thresholds: FailureThresholds = FailureThresholds()
 ) -> dict[str, np.ndarray]:
