@@ -16,6 +16,10 @@ next validation digit of each class, condition and settings from the card), draw
 - seconds per image (sampling wall time over n, at ``--threads`` torch threads) and the CPU training
   minutes the card records.
 
+``--models real:mnist,real:animals`` adds reference rows: n real training images of that domain, class
+i % K for image i, scored exactly as samples are, so every column has its value for the data itself (the
+judge's accuracy and failure share on real images; FID and precision/recall between two real sets of n).
+
     studio bench quality --models biggan-mnist,sagan-mnist --n 1000
     studio bench quality --models adm-mnist --n 200        # slow samplers: a smaller stated n
     studio bench quality --models runs/adm-mnist-small --sample '{"scheduler": "ddim"}' --out bench/results/quality-adm-ddim
@@ -68,6 +72,8 @@ COLUMNS = [
     "s_per_image",
     "train_minutes",
 ]
+#: ``--models real:mnist`` scores that domain's real training images: the board's reference row
+REAL_PREFIX = "real:"
 README = ROOT / "README.md"
 README_START, README_END = "<!-- quality-board:start -->", "<!-- quality-board:end -->"
 
@@ -78,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--models",
         default="",
-        help="comma-separated shipped names, run names or folders (default: every shipped model)",
+        help="comma-separated shipped names, run names or folders, or real:DOMAIN for the real training "
+        "images of mnist or animals scored the same way (default: every shipped model)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--batch-size", type=int, default=100)
@@ -187,7 +194,44 @@ def card_dataset(card: dict[str, Any]) -> str:
     return str(card.get("dataset") or "mnist")
 
 
+def real_images(domain: str, n: int) -> tuple[torch.Tensor, list[int]]:
+    """``n`` training-split images of ``domain``, class ``i % K`` for image i as the samples are drawn (the
+    next unused image of that class): the real data the models learned from, kept apart from the
+    validation images that serve as the FID reference."""
+    data = build_dataset(DataConfig(name=domain), "train")
+    labels = balanced_labels(n, data.info.num_classes)
+    if labels is None:
+        raise StudioError(f"{REAL_PREFIX}{domain}: a reference row needs a data set with classes to judge")
+    by_class = {c: iter(np.flatnonzero(data.labels.numpy() == c).tolist()) for c in set(labels)}
+    try:
+        indices = [next(by_class[c]) for c in labels]
+    except StopIteration:
+        raise StudioError(f"--n {n} needs more training images per class than {domain} has") from None
+    return data.uint8_images()[indices], labels
+
+
+def real_row(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """The board's reference row ``real:DOMAIN``: real training images scored exactly as a model's samples,
+    so each column has its value for the data itself (FID and precision/recall between two real sets of
+    this n; the judge's accuracy and failure share on real digits or animals)."""
+    domain = name.removeprefix(REAL_PREFIX)
+    images, labels = real_images(domain, args.n)
+    grid(images, labels, max(labels) + 1, out / f"real-{domain}.png")
+    return {
+        "model": name,
+        "n": args.n,
+        "sampling": "training split",
+        **score(images, labels, domain, args.n),
+        "s_per_image": None,
+        "train_minutes": None,
+        "seed": None,
+        "threads": args.threads,
+    }
+
+
 def board_row(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    if name.startswith(REAL_PREFIX):
+        return real_row(name, args, out)
     pipe = load_pipeline(name, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     card = pipeline_card(pipe)
@@ -226,10 +270,11 @@ def write_board(rows: list[dict[str, Any]], out: Path) -> None:
         (
             "Each row: n images at the card's sampling settings (seed 0 + i, class i % 10), scored by the shipped "
             "judge of the model's domain, MNIST or animals (class accuracy, worst class, domain FD vs the "
-            "training split), Inception-v3 FID / KID / precision / recall vs the first n validation images of "
-            "that domain (biased by n: compare rows at equal n), share of failed images "
+            "domain's test split), Inception-v3 FID / KID / precision / recall vs the first n of those test images "
+            "(biased by n: compare rows at equal n), share of failed images "
             "(studio/metrics/failures.py), sampling seconds per image at the stated threads, and the card's CPU "
-            "training minutes. Reproduce: `studio bench quality --models NAME --n N`."
+            "training minutes. Rows `real:DOMAIN` are real training images of that domain scored the same way: "
+            "the value of each column for the data itself. Reproduce: `studio bench quality --models NAME --n N`."
         ),
         "",
         f"| {' | '.join(COLUMNS)} |",
@@ -324,7 +369,9 @@ def readme_rows(board_json: Path, weights: Path = SHIPPED_DIR) -> list[dict[str,
         notes = []
         if "edge_f1" in metrics:
             notes.append(
-                f"edge F1 {metrics['edge_f1']:.3g} ({metrics['edge_f1_scale0']:.3g} without control)"
+                f"edge F1 {metrics['edge_f1']:.3g} ({metrics['edge_f1_scale0']:.3g} without control); "
+                "drawn from the edges of the validation digits the FID reference is made of, so its FID "
+                "is not comparable with the other rows"
             )
         histogram = source.get("predicted_class_histogram")
         if source.get("class_accuracy") is None and histogram:
@@ -373,12 +420,32 @@ def readme_judges(weights: Path = SHIPPED_DIR) -> str:
     return "Judges (class accuracy, worst class, domain FD): " + "; ".join(parts) + "."
 
 
+def readme_reference(board_json: Path) -> str:
+    """One line giving the board's reference rows (real training images scored as samples), if it has any."""
+    rows = json.loads(board_json.read_text())["rows"] if board_json.is_file() else []
+    parts = [
+        f"{row['model'].removeprefix(REAL_PREFIX)} (n = {row['n']:,}): class accuracy "
+        f"{_percent(row['class_accuracy'], '.1f')}, worst class {_percent(row['min_class_accuracy'], '.0f')}, "
+        f"domain FD {row['domain_fd']:.3g}, FID {row['fid']:.1f}, precision / recall "
+        f"{row['precision']:.2f} / {row['recall']:.2f}, failed {_percent(row['failed'], '.1f')}"
+        for row in rows
+        if row["model"].startswith(REAL_PREFIX)
+    ]
+    if not parts:
+        return ""
+    return (
+        "Real training images scored the same way (`studio bench quality --models real:mnist,real:animals`), "
+        "the value of each column for the data itself: " + "; ".join(parts) + "."
+    )
+
+
 def readme_table(board_json: Path, weights: Path = SHIPPED_DIR) -> str:
     """The markdown that goes between the README's quality-board markers."""
     lines = [f"| {' | '.join(README_COLUMNS)} |", f"|{'---|' * len(README_COLUMNS)}"]
     for row in readme_rows(board_json, weights):
         lines.append("| " + " | ".join(row[column] for column in README_COLUMNS) + " |")
-    return "\n".join(lines + ["", readme_judges(weights)])
+    reference = readme_reference(board_json)
+    return "\n".join(lines + ["", *([reference, ""] if reference else []), readme_judges(weights)])
 
 
 def update_readme(readme: Path, board_json: Path, check: bool = False, weights: Path = SHIPPED_DIR) -> bool:

@@ -60,6 +60,8 @@ def write_results(
 
 
 def _cell(value: Any) -> str:
+    if value is None:  # not measured for this row
+        return "–"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

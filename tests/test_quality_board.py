@@ -136,3 +136,28 @@ def test_readme_update_rewrites_only_between_the_markers_and_refuses_a_readme_wi
     readme.write_text("# no markers\n")
     with pytest.raises(StudioError, match="needs exactly one"):
         update_readme(readme, RESULTS / "quality.json")
+
+
+def test_a_reference_row_scores_real_training_images_as_samples_are_scored(tmp_path, monkeypatch, cache):
+    """real:mnist is the data itself on the board: class-balanced training digits the judge reads almost all
+    of, at a finite FID against the validation reference, with a class grid and a README line."""
+    from bench.quality import readme_reference
+
+    monkeypatch.setenv("STUDIO_CACHE", str(cache))
+    out = tmp_path / "quality"
+    (row,) = board(out, "real:mnist", n=30)
+    assert row["model"] == "real:mnist" and row["sampling"] == "training split"
+    assert row["class_accuracy"] >= 0.9 and len(row["per_class_accuracy"]) == 10
+    assert row["fid"] > 0 and 0.0 <= row["failed"] <= 1.0
+    assert row["s_per_image"] is None and row["train_minutes"] is None
+    assert Image.open(out / "real-mnist.png").size == (
+        10 * 30 + 2,
+        10 * 30 + 2,
+    )  # a row of 28 px digits per class
+    assert readme_reference(out.with_suffix(".json")).startswith("Real training images scored the same way")
+    assert "mnist (n = 30): class accuracy" in readme_reference(out.with_suffix(".json"))
+
+
+def test_a_reference_row_of_an_unknown_domain_is_refused(tmp_path, capsys):
+    assert main(["bench", "quality", "--models", "real:nope", "--n", "10", "--out", str(tmp_path / "q")]) == 2
+    assert "nope" in capsys.readouterr().err
