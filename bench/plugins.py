@@ -342,7 +342,7 @@ def build_methods(args: argparse.Namespace) -> list[Method]:
         # calibrated: refreshes where reusing would change the image most (samplers.fora_calibration)
         *(
             Method(f"FORA calibrated {t:g}", "studio", fora_calibrated(t, schedules, args))
-            for t in (0.015, 0.02, 0.025, 0.03, 0.04)
+            for t in (0.01, 0.015, 0.02, 0.025, 0.03, 0.04)
         ),
         *(Method(f"RAS {r:g}", "studio", studio_plugins(f"ras:ratio={r}")) for r in (0.75, 0.5, 0.25)),
         *(
