@@ -161,5 +161,7 @@ def test_background_grain_counts_dark_pixels_that_are_not_black():
     assert background_grain(faint) == pytest.approx(0.5)  # half the background pixels of the two images
     colour = np.repeat(faint, 3, axis=1)  # channels are averaged to grey
     assert background_grain(colour) == pytest.approx(0.5)
-    with pytest.raises(MetricError, match="no dark pixels|none"):
+    with pytest.raises(MetricError, match="needs images with dark pixels"):
         background_grain(np.full((1, 1, 16, 16), 255, dtype=np.uint8))
+    with pytest.raises(MetricError, match=r"background grain takes uint8 images"):
+        background_grain(faint.astype(np.float32))

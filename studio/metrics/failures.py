@@ -24,6 +24,9 @@ twice the 99.9th percentile of the domain's training images, at least MNIST's li
 silhouettes reach into the ring (their roughness median is 0.051, 99.9th percentile 0.149; the
 border median's 0.167), so there the limits are 0.30 / 0.33 and only strong noise fields count:
 faint grain on that domain is a quality loss (domain FD, FID), not a failed image.
+
+`background_grain` measures that faint grain on any black-background domain: the share of dark pixels
+that are not black, compared with the same number on the real data (``studio eval --metrics grain``).
 """
 
 from __future__ import annotations
@@ -69,17 +72,13 @@ def thresholds_for(domain: str) -> FailureThresholds:
         ) from None
 
 
-def _grey_unit(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, C, H, W) -> float (N, H, W) in [0, 1], channels averaged."""
+def _grey_unit(images: np.ndarray, user: str = "the failure detector") -> np.ndarray:
+    """uint8 (N, C, H, W) -> float (N, H, W) in [0, 1], channels averaged (errors name ``user``)."""
     array = np.asarray(images)
     if array.ndim != 4 or array.dtype != np.uint8:
-        raise MetricError(
-            f"the failure detector takes uint8 images (N, C, H, W), got {array.dtype} {array.shape}"
-        )
+        raise MetricError(f"{user} takes uint8 images (N, C, H, W), got {array.dtype} {array.shape}")
     if array.shape[-1] != array.shape[-2] or array.shape[-1] < 8:
-        raise MetricError(
-            f"the failure detector takes square images of at least 8 px, got {array.shape[-2:]}"
-        )
+        raise MetricError(f"{user} takes square images of at least 8 px, got {array.shape[-2:]}")
     return array.astype(np.float64).mean(axis=1) / 255.0
 
 
@@ -115,7 +114,7 @@ def background_grain(images: np.ndarray) -> float:
 
     :param images: uint8 (N, C, H, W).
     """
-    grey = _grey_unit(images)
+    grey = _grey_unit(images, "background grain")
     background = grey[grey < GRAIN_DARK]
     if background.size == 0:
         raise MetricError("background grain needs images with dark pixels; these have none")
